@@ -1,0 +1,125 @@
+/**
+ * The access record: one per request, shape fixed up front, filled by each stage, written once
+ * when the response closes (STYLE.md §11). Also the pino setup for both logs, with redaction as
+ * a second line: no stage ever puts a header, cookie or password into a record.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import pino, { type DestinationStream, type Logger } from 'pino';
+import { pathOf, hostName } from './classify.js';
+import type { Reason } from './errors.js';
+import type { Service } from './services.js';
+
+/** The access-log record (INTERFACE.md, "Access log"). Every field is always present. */
+export interface AccessRecord {
+  /** When the request arrived (ISO 8601). */
+  time: string;
+  client: string | null;
+  sni: string | null;
+  host: string | null;
+  method: string;
+  /** The request path as sent, without the query string. */
+  path: string;
+  service: Service | null;
+  /** `NETBIOS\sam` once a name could be parsed, also when authentication failed. */
+  user: string | null;
+  decision: 'allow' | 'deny';
+  reason: Reason | null;
+  rule: string | null;
+  /** The status sent; 499 when the client went away before an answer. */
+  status: number;
+  durationMs: number;
+  /** Whether a cached decision answered: `hit`, `miss`, or null when no authentication ran. */
+  cache: 'hit' | 'miss' | 'stale' | null;
+  /** Time from dispatch to Exchange's response headers; null when not forwarded. */
+  upstreamMs: number | null;
+  bytesIn: number;
+  bytesOut: number;
+  userAgent: string | null;
+  /** MAPI `X-RequestType` / ActiveSync `Cmd`: what the client was doing. */
+  operation: string | null;
+  /** Technical detail for a denial (never a credential). */
+  detail: string | null;
+}
+
+const MAX_FIELD = 512;
+
+/** A fresh record for a request, with everything the request itself tells. */
+export function newAccessRecord(req: IncomingMessage, started = Date.now()): AccessRecord {
+  const socket = req.socket as Partial<TLSSocket>;
+  return {
+    time: new Date(started).toISOString(),
+    client: req.socket.remoteAddress ?? null,
+    sni: typeof socket.servername === 'string' ? socket.servername.toLowerCase() : null,
+    host: hostName(req.headers.host),
+    method: req.method ?? '',
+    path: clip(pathOf(req.url ?? '')),
+    service: null,
+    user: null,
+    decision: 'deny',
+    reason: null,
+    rule: null,
+    status: 0,
+    durationMs: 0,
+    cache: null,
+    upstreamMs: null,
+    bytesIn: 0,
+    bytesOut: 0,
+    userAgent: clipOrNull(req.headers['user-agent']),
+    operation: clipOrNull(req.headers['x-requesttype']),
+    detail: null,
+  };
+}
+
+export function clip(s: string): string {
+  return s.length > MAX_FIELD ? s.slice(0, MAX_FIELD) + '…' : s;
+}
+
+function clipOrNull(v: string | string[] | undefined): string | null {
+  const s = Array.isArray(v) ? v[0] : v;
+  return s === undefined ? null : clip(s);
+}
+
+/** Paths pino must never print, whatever object a log call is given. */
+export const REDACT_PATHS = [
+  'authorization', 'cookie', 'password', 'bindPassword', 'rawPacket',
+  '*.authorization', '*.cookie', '*.password', '*.bindPassword', '*.rawPacket', '*["set-cookie"]',
+  'headers.authorization', 'headers.cookie', 'req.headers.authorization', 'req.headers.cookie',
+  'err.rawPacket', 'err.config',
+];
+
+const FORMATTERS = { level: (label: string) => ({ level: label }) };
+
+/** The access logger: JSON lines to stdout or a file; records carry their own `time`. */
+export function accessLogger(target: string, stream?: DestinationStream): { log: Logger; flush(): void } {
+  const dest = stream ?? pino.destination({ dest: target === 'stdout' ? 1 : target, mkdir: true, sync: false });
+  const log = pino({ base: null, timestamp: false, messageKey: 'msg', formatters: FORMATTERS, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }, dest);
+  return { log, flush: () => flush(dest) };
+}
+
+/** The operational log: startup, reloads, faults. JSON lines to stderr. */
+export function appLogger(level: string, stream?: DestinationStream): Logger {
+  return pino({
+    level, base: { name: 'exgate' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: FORMATTERS,
+    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+  }, stream ?? pino.destination({ dest: 2, sync: true }));
+}
+
+function flush(dest: DestinationStream): void {
+  const d = dest as DestinationStream & { flushSync?: () => void };
+  try {
+    d.flushSync?.();
+  } catch {
+    // not ready yet (sonic-boom before open) or already closed: nothing to flush
+  }
+}
+
+/** What an ActiveSync request does: its `Cmd=` (plain query form; base64 queries stay null). */
+export function activeSyncCommand(url: string): string | null {
+  const q = url.indexOf('?');
+  if (q < 0) return null;
+  for (const pair of url.slice(q + 1).split('&')) {
+    if (pair.slice(0, 4).toLowerCase() === 'cmd=') return clip(pair.slice(4));
+  }
+  return null;
+}

@@ -1,0 +1,63 @@
+/**
+ * authorize: (service, identity, policy) → Decision. Pure and total: no I/O, no req/res, an
+ * answer for every input (STYLE.md §2–4).
+ *
+ * - A deny that matches beats any allow.
+ * - A service no rule allows is denied (default deny); an empty group list means nobody.
+ * - In report-only mode a would-be denial is let through with reason `report-only`, and the rule
+ *   that would have denied it is named.
+ */
+import type { Policy, Rule } from './policy/compile.js';
+import type { Service } from './services.js';
+
+/** Who is asking, as far as policy cares: the account's DN and its policy-relevant groups (lowercase DNs). */
+export interface Principal {
+  readonly dn: string;
+  readonly groups: ReadonlySet<string>;
+}
+
+export type Allow = { readonly allow: true; readonly reason: 'allowed' | 'report-only'; readonly rule: string | null };
+export type Deny = { readonly allow: false; readonly reason: 'not-allowed' | 'denied-by-rule'; readonly rule: string | null };
+export type Decision = Allow | Deny;
+
+/** Decides whether `principal` may use `service`. */
+export function authorize(service: Service, principal: Principal, policy: Policy): Decision {
+  const verdict = evaluate(service, principal, policy);
+  if (verdict.allow || policy.mode === 'enforce') return verdict;
+  return { allow: true, reason: 'report-only', rule: verdict.rule };
+}
+
+function evaluate(service: Service, principal: Principal, policy: Policy): Decision {
+  const rules = policy.byService.get(service);
+  if (!rules) return { allow: false, reason: 'not-allowed', rule: null };
+  const userKey = principal.dn.toLowerCase();
+  for (const rule of rules.deny) {
+    if (matches(rule, userKey, principal.groups)) return { allow: false, reason: 'denied-by-rule', rule: rule.id };
+  }
+  for (const rule of rules.allow) {
+    if (matches(rule, userKey, principal.groups)) return { allow: true, reason: 'allowed', rule: rule.id };
+  }
+  return { allow: false, reason: 'not-allowed', rule: null };
+}
+
+function matches(rule: Rule, userKey: string, groups: ReadonlySet<string>): boolean {
+  if (rule.everyone) return true;
+  if (rule.users.has(userKey)) return true;
+  for (const g of rule.groups) if (groups.has(g)) return true;
+  return false;
+}
+
+/**
+ * What can be decided before anyone has authenticated: a service denied to everyone
+ * (`deny: all`) or allowed to no one is refused without asking for credentials.
+ * Returns null when the answer depends on who is asking.
+ */
+export function authorizeAnonymous(service: Service, policy: Policy): Deny | null {
+  const rules = policy.byService.get(service);
+  const denyAll = rules?.deny.find((r) => r.everyone);
+  const verdict: Deny | null = denyAll
+    ? { allow: false, reason: 'denied-by-rule', rule: denyAll.id }
+    : !rules || rules.allow.length === 0 ? { allow: false, reason: 'not-allowed', rule: null } : null;
+  if (verdict === null || policy.mode === 'enforce') return verdict;
+  return null;   // report-only: authenticate anyway, so the would-be denial is logged with its user
+}

@@ -1,0 +1,73 @@
+/**
+ * The command line: argv → one command function (INTERFACE.md, "Command line").
+ *
+ *   exgate serve --config FILE        run the gateway
+ *   exgate check --config FILE        validate config + policy against the directory; `ok` or every problem
+ *   exgate demo                       the self-contained demo (`npm start`)
+ *   exgate hash-password              scrypt hash for the `file` directory (password on stdin)
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { check } from './commands/check.js';
+import { demo } from './commands/demo.js';
+import { serve } from './commands/serve.js';
+import { hashPassword } from './directory/file.js';
+
+const USAGE = `usage: exgate <command> [options]
+
+commands:
+  serve --config FILE      run the gateway
+  check --config FILE      validate the config and the policy, resolve every group; print ok or every problem
+  demo                     run the self-contained demo (npm start): gateway on https://127.0.0.1:8443
+  hash-password            read a password on stdin, print its scrypt hash for a file directory
+  version                  print the version
+`;
+
+/** Runs one command; resolves to the process exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'serve': return serve(configArg(rest));
+    case 'check': return check(configArg(rest));
+    case 'demo': return demo();
+    case 'hash-password': return hashPasswordCommand();
+    case 'version':
+    case '--version': return print(version());
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h': return print(USAGE);
+    default:
+      process.stderr.write(`exgate: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+function configArg(args: readonly string[]): string {
+  const { values } = parseArgs({ args: [...args], options: { config: { type: 'string', short: 'c' } }, strict: true });
+  if (!values.config) throw new Error('--config FILE is required');
+  return values.config;
+}
+
+async function hashPasswordCommand(): Promise<number> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  const password = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  if (!password) {
+    process.stderr.write('exgate: no password on stdin\n');
+    return 1;
+  }
+  return print(await hashPassword(password));
+}
+
+function print(text: string): number {
+  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
+  return 0;
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}

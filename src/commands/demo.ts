@@ -1,0 +1,52 @@
+/**
+ * `exgate demo` (`npm start`): the self-contained demo. It starts the built-in Exchange
+ * stand-in on the upstream address of config/demo.yaml, then the gateway with that config:
+ * a generated self-signed certificate, the embedded `file` directory (alice may, bob may not),
+ * access records on stdout.
+ */
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../config/load.js';
+import { ConfigError } from '../errors.js';
+import { startExchangeStandin } from '../standin/exchange.js';
+import { startGateway } from './serve.js';
+
+/** The demo's config, shipped in the package. */
+export const DEMO_CONFIG = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'config', 'demo.yaml');
+
+export async function demo(configFile = DEMO_CONFIG): Promise<number> {
+  let upstreamUrl: URL;
+  try {
+    upstreamUrl = loadConfig(configFile).upstream.url;
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  const standin = await startExchangeStandin({ host: upstreamUrl.hostname, port: Number(upstreamUrl.port) });
+  const running = await startGateway(configFile);
+  const { port } = running.address;
+  process.stderr.write(banner(port, standin.url));
+  await new Promise<void>((resolve) => {
+    const stop = () => { void running.close().then(() => standin.close()).then(resolve); };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  return 0;
+}
+
+function banner(port: number, upstream: string): string {
+  const base = `https://127.0.0.1:${port}`;
+  return `
+exgate demo: gateway on ${base}, Exchange stand-in on ${upstream} (not real Exchange)
+  allowed (200):  curl -k -u 'alice:Alice-Demo-1' ${base}/EWS/Exchange.asmx -d '<x/>'
+  not allowed:    curl -k -u 'bob:Bob-Demo-1'     ${base}/EWS/Exchange.asmx -d '<x/>'   (403)
+  wrong password: curl -k -u 'alice:nope'         ${base}/EWS/Exchange.asmx -d '<x/>'   (401)
+  denied to all:  curl -k ${base}/ecp/                                                   (403)
+  internal name:  curl -k --resolve exchange.demo.test:${port}:127.0.0.1 https://exchange.demo.test:${port}/owa/   (421)
+Access records follow on stdout, one JSON line per request. Ctrl-C stops.
+
+`;
+}

@@ -1,0 +1,99 @@
+/**
+ * `exgate serve --config FILE`: load everything, listen, and run until SIGTERM/SIGINT.
+ * SIGHUP reloads config, policy and certificate; on any error the running state stays.
+ * startGateway() is also what the tests and the demo use, in-process.
+ */
+import type { AddressInfo } from 'node:net';
+import type { DestinationStream, Logger } from 'pino';
+import { accessLogger, appLogger } from '../access-log.js';
+import { loadConfig, type Config } from '../config/load.js';
+import { ConfigError, DirectoryUnavailableError } from '../errors.js';
+import { Gateway } from '../gateway.js';
+import { buildState } from '../state.js';
+import { ensureSelfSigned, loadTlsMaterial, secureContextOptions } from '../tls.js';
+
+export interface StartOptions {
+  /** Access-log destination instead of `log.access` (tests capture it). */
+  readonly accessStream?: DestinationStream;
+  /** Operational-log destination instead of stderr. */
+  readonly appStream?: DestinationStream;
+  /** Overrides `listen` (tests use port 0). */
+  readonly port?: number;
+  readonly host?: string;
+}
+
+export interface RunningGateway {
+  readonly gateway: Gateway;
+  readonly address: AddressInfo;
+  readonly log: Logger;
+  /** Reloads config, policy and certificate; false (and the old state kept) on any error. */
+  reload(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Loads a config file, builds the state and starts listening. Throws ConfigError or DirectoryUnavailableError. */
+export async function startGateway(file: string, opts: StartOptions = {}): Promise<RunningGateway> {
+  const config = loadConfig(file);
+  const log = appLogger(config.log.level, opts.appStream);
+  const access = accessLogger(config.log.access, opts.accessStream);
+  if (await ensureSelfSigned(config)) log.warn({ cert: config.tls.cert }, 'generated a self-signed certificate (lab use only)');
+  const material = loadTlsMaterial(config);
+  const state = await buildState(config, log);
+  const gateway = new Gateway(state, material, { access: access.log, app: log });
+  const address = await gateway.listen(opts.port ?? config.listen.port, opts.host ?? config.listen.host);
+  log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
+
+  const reload = async (): Promise<boolean> => {
+    try {
+      const next: Config = loadConfig(file);
+      const nextMaterial = loadTlsMaterial(next);
+      const nextState = await buildState(next, log);
+      const old = gateway.state;
+      gateway.tlsServer.setSecureContext(secureContextOptions(nextMaterial, next.tls));
+      gateway.setState(nextState);
+      if (old.directory !== nextState.directory) setTimeout(() => { void old.directory.close(); }, 30_000).unref();
+      log.info({ policy: nextState.policy.version }, 'reloaded');
+      return true;
+    } catch (err) {
+      log.error({ problems: err instanceof ConfigError ? err.problems : undefined, err: err instanceof ConfigError ? undefined : err }, 'reload failed; keeping the running configuration');
+      return false;
+    }
+  };
+  const close = async () => {
+    await gateway.close();
+    access.flush();
+  };
+  return { gateway, address, log, reload, close };
+}
+
+const RETRY_MS = 5000;
+
+/** Runs the gateway until a stop signal. Waits for the directory if it is down at startup (fail closed: not listening meanwhile). */
+export async function serve(file: string): Promise<number> {
+  let running: RunningGateway | undefined;
+  for (;;) {
+    try {
+      running = await startGateway(file);
+      break;
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        process.stderr.write(`${err.message}\n`);
+        return 1;
+      }
+      if (!(err instanceof DirectoryUnavailableError)) throw err;
+      process.stderr.write(`exgate: ${err.message}; retrying in ${RETRY_MS / 1000} s\n`);
+      await new Promise((r) => setTimeout(r, RETRY_MS));
+    }
+  }
+  const gw = running;
+  process.on('SIGHUP', () => { void gw.reload(); });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      gw.log.info({ signal }, 'stopping');
+      void gw.close().then(resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  return 0;
+}

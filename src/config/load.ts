@@ -1,0 +1,201 @@
+/**
+ * loadConfig: gateway YAML → validated, resolved, frozen Config. Every problem is collected and
+ * reported at once with file, key and line; `exgate check` runs exactly this (plus the policy).
+ * Paths are relative to the folder of the file that names them.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { nameTable, type NameTable } from '../classify.js';
+import { ConfigError, type ConfigProblem } from '../errors.js';
+import { SERVICE_DEFAULTS, SERVICES, type Service, type ServiceDefaults } from '../services.js';
+import { gatewaySchema, type GatewayFile } from './schema.js';
+import { keyPath, readYaml, Secret, validate, type YamlFile } from './yaml.js';
+
+export interface LdapSettings {
+  readonly type: 'ldap';
+  readonly urls: readonly string[];
+  readonly ca: string | undefined;
+  readonly startTls: boolean;
+  readonly bindDn: string;
+  readonly bindPassword: Secret;
+  readonly baseDn: string;
+  readonly netbiosDomain: string;
+  readonly upnSuffixes: readonly string[];
+  readonly connectTimeoutMs: number;
+  readonly timeoutMs: number;
+}
+
+export interface FileSettings {
+  readonly type: 'file';
+  readonly path: string;
+  readonly baseDn: string;
+  readonly netbiosDomain: string;
+  readonly upnSuffixes: readonly string[];
+}
+
+/** The loaded gateway configuration. Frozen; a reload builds a new one. */
+export interface Config {
+  readonly file: string;
+  readonly listen: GatewayFile['listen'];
+  readonly tls: GatewayFile['tls'] & { readonly cert: string; readonly key: string };
+  readonly names: NameTable & { readonly externalList: readonly string[]; readonly internalList: readonly string[] };
+  readonly upstream: {
+    readonly url: URL;
+    readonly origin: string;
+    readonly ca: string | undefined;
+    readonly servername: string;
+    readonly insecureSkipVerify: boolean;
+    readonly connectTimeoutMs: number;
+  };
+  readonly directory: LdapSettings | FileSettings;
+  readonly policyFile: string;
+  readonly log: GatewayFile['log'];
+  readonly http: GatewayFile['http'];
+  readonly cache: GatewayFile['cache'];
+  readonly lockout: GatewayFile['lockout'];
+  readonly services: Readonly<Record<Service, ServiceDefaults>>;
+  readonly admin: GatewayFile['admin'];
+  readonly mailboxFlags: GatewayFile['mailboxFlags'];
+}
+
+/** Loads and validates a gateway config file; throws ConfigError listing every problem. */
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  const path = resolve(file);
+  const yaml = readYaml(path);
+  const raw = validate(gatewaySchema, yaml);
+  const problems: ConfigProblem[] = [];
+  const config = resolveConfig(raw, yaml, env, problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return deepFreeze(config);
+}
+
+function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv, problems: ConfigProblem[]): Config {
+  const dir = dirname(yaml.file);
+  const at = (path: readonly PropertyKey[], message: string) =>
+    problems.push({ file: yaml.file, key: keyPath(path), line: yaml.lineOf(path), message });
+  const rel = (p: string) => (isAbsolute(p) ? p : resolve(dir, p));
+  const readPem = (p: string | undefined, key: readonly PropertyKey[]) => {
+    if (p === undefined) return undefined;
+    try {
+      const text = readFileSync(rel(p), 'utf8');
+      if (!text.includes('-----BEGIN')) at(key, `${rel(p)} is not a PEM file`);
+      return text;
+    } catch (err) {
+      at(key, `cannot read ${rel(p)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+      return undefined;
+    }
+  };
+
+  const tls = { ...raw.tls, cert: rel(raw.tls.cert), key: rel(raw.tls.key) };
+  if (!raw.tls.selfSigned) {
+    if (!existsSync(tls.cert)) at(['tls', 'cert'], `file not found: ${tls.cert}`);
+    if (!existsSync(tls.key)) at(['tls', 'key'], `file not found: ${tls.key}`);
+  }
+
+  for (const [i, n] of raw.names.internal.entries()) {
+    if (raw.names.external.some((e) => e.toLowerCase() === n.toLowerCase())) {
+      at(['names', 'internal', i], `${n} is also listed as external`);
+    }
+  }
+  const names = {
+    ...nameTable(raw.names.external, raw.names.internal, raw.names.noSni),
+    externalList: raw.names.external,
+    internalList: raw.names.internal,
+  };
+
+  const url = new URL(raw.upstream.url);
+  const upstream = {
+    url,
+    origin: url.origin,
+    ca: readPem(raw.upstream.ca, ['upstream', 'ca']),
+    servername: raw.upstream.servername ?? url.hostname.replace(/^\[|\]$/g, ''),
+    insecureSkipVerify: raw.upstream.insecureSkipVerify,
+    connectTimeoutMs: raw.upstream.connectTimeoutMs,
+  };
+
+  const directory = resolveDirectory(raw.directory, rel, readPem, at, env);
+
+  const policyFile = rel(raw.policyFile);
+  if (!existsSync(policyFile)) at(['policyFile'], `file not found: ${policyFile}`);
+
+  const log = { ...raw.log, access: raw.log.access === 'stdout' ? 'stdout' : rel(raw.log.access) };
+  const mailboxFlags = raw.mailboxFlags && {
+    ...raw.mailboxFlags,
+    runner: raw.mailboxFlags.runner.map((a) => (a.startsWith('./') || a.startsWith('../') ? rel(a) : a)),
+  };
+
+  return {
+    file: yaml.file, listen: raw.listen, tls, names, upstream, directory, policyFile, log,
+    http: raw.http, cache: raw.cache, lockout: raw.lockout, services: serviceSettings(raw),
+    admin: raw.admin, mailboxFlags,
+  };
+}
+
+function resolveDirectory(
+  raw: GatewayFile['directory'],
+  rel: (p: string) => string,
+  readPem: (p: string | undefined, key: readonly PropertyKey[]) => string | undefined,
+  at: (path: readonly PropertyKey[], message: string) => void,
+  env: NodeJS.ProcessEnv,
+): LdapSettings | FileSettings {
+  if (raw.type === 'file') {
+    const path = rel(raw.path);
+    if (!existsSync(path)) at(['directory', 'path'], `file not found: ${path}`);
+    const baseDn = raw.baseDn ?? suffixToDn(raw.upnSuffixes[0] ?? 'exgate.local');
+    return { type: 'file', path, baseDn, netbiosDomain: raw.netbiosDomain, upnSuffixes: raw.upnSuffixes };
+  }
+  const urls = typeof raw.url === 'string' ? [raw.url] : raw.url;
+  if (raw.startTls) {
+    urls.forEach((u, i) => {
+      if (u.startsWith('ldaps:')) at(['directory', 'url', ...(typeof raw.url === 'string' ? [] : [i])], 'startTls needs an ldap:// URL (ldaps:// is TLS already)');
+    });
+  }
+  let password = '';
+  if ((raw.bindPasswordEnv === undefined) === (raw.bindPasswordFile === undefined)) {
+    at(['directory'], 'give exactly one of bindPasswordEnv and bindPasswordFile');
+  } else if (raw.bindPasswordEnv !== undefined) {
+    const value = env[raw.bindPasswordEnv];
+    if (!value) at(['directory', 'bindPasswordEnv'], `environment variable ${raw.bindPasswordEnv} is not set`);
+    password = value ?? '';
+  } else if (raw.bindPasswordFile !== undefined) {
+    try {
+      password = readFileSync(rel(raw.bindPasswordFile), 'utf8').replace(/\r?\n$/, '');
+      if (!password) at(['directory', 'bindPasswordFile'], 'file is empty');
+    } catch (err) {
+      at(['directory', 'bindPasswordFile'], `cannot read ${rel(raw.bindPasswordFile)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+  return {
+    type: 'ldap', urls, ca: readPem(raw.ca, ['directory', 'ca']), startTls: raw.startTls,
+    bindDn: raw.bindDn, bindPassword: new Secret(password), baseDn: raw.baseDn,
+    netbiosDomain: raw.netbiosDomain, upnSuffixes: raw.upnSuffixes,
+    connectTimeoutMs: raw.connectTimeoutMs, timeoutMs: raw.timeoutMs,
+  };
+}
+
+/** `lab.test` → `DC=lab,DC=test`. */
+export function suffixToDn(suffix: string): string {
+  return suffix.split('.').map((p) => `DC=${p}`).join(',');
+}
+
+function serviceSettings(raw: GatewayFile): Record<Service, ServiceDefaults> {
+  const out = {} as Record<Service, ServiceDefaults>;
+  for (const s of SERVICES) {
+    const o = raw.services[s] ?? {};
+    const d = SERVICE_DEFAULTS[s];
+    out[s] = {
+      auth: o.auth ?? d.auth,
+      maxBodyBytes: o.maxBodyBytes ?? d.maxBodyBytes,
+      idleTimeoutSeconds: o.idleTimeoutSeconds ?? d.idleTimeoutSeconds,
+    };
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value) && !(value instanceof Secret) && !(value instanceof URL)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

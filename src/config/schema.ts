@@ -1,0 +1,183 @@
+/**
+ * The gateway configuration schema, with every default beside its key (INTERFACE.md, "Gateway
+ * configuration"). Unknown keys are errors. Durations carry their unit in the key name.
+ * load.ts validates a file against this, reports every problem at once, and freezes the result.
+ */
+import { z } from 'zod';
+import { SERVICES, type Service } from '../services.js';
+
+const port = z.number().int().min(0).max(65535);
+const nonEmpty = z.string().min(1, 'must not be empty');
+const names = z.array(nonEmpty);
+const seconds = z.number().int().min(0);
+const positive = z.number().int().min(1);
+
+const listen = z.strictObject({
+  /** Address to listen on. Default: all IPv4 addresses. */
+  host: nonEmpty.default('0.0.0.0'),
+  /** Default: 443. */
+  port: port.default(443),
+});
+
+const tls = z.strictObject({
+  /** PEM certificate chain: the leaf first. */
+  cert: nonEmpty,
+  /** PEM private key. */
+  key: nonEmpty,
+  /** Lab only: generate a sha256 self-signed cert+key at these paths when they are missing. Default: false. */
+  selfSigned: z.boolean().default(false),
+  /** Oldest TLS version accepted. Default: TLSv1.2. */
+  minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+  /** A client that has not finished the handshake by then is dropped. Default: 10000. */
+  handshakeTimeoutMs: positive.default(10_000),
+});
+
+const namesSection = z.strictObject({
+  /** The internet-facing names this gateway serves. */
+  external: names.min(1, 'needs at least one name'),
+  /** The internal namespace: refused here with 421. Default: none. */
+  internal: names.default([]),
+  /** A client that sent no SNI: treated as `external` (default) or refused (`reject`). */
+  noSni: z.enum(['external', 'reject']).default('external'),
+});
+
+const upstream = z.strictObject({
+  /** Exchange, e.g. https://exchange.lab.test:443. */
+  url: z.url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' }),
+  /** PEM file of the CA(s) that issued Exchange's certificate. Default: Node's built-in CA list. */
+  ca: nonEmpty.optional(),
+  /** SNI sent to Exchange and the name verified on its certificate. Default: the URL's host. */
+  servername: nonEmpty.optional(),
+  /** Lab only: do not verify Exchange's certificate. Default: false. */
+  insecureSkipVerify: z.boolean().default(false),
+  /** Default: 10000. */
+  connectTimeoutMs: positive.default(10_000),
+});
+
+const directoryCommon = {
+  /** `DOMAIN\user` is accepted for this NetBIOS name only; a bare `user` means `DOMAIN\user`. */
+  netbiosDomain: nonEmpty,
+  /** `user@suffix` is accepted for these suffixes only. Default: none. */
+  upnSuffixes: names.default([]),
+};
+
+const ldapUrl = z.string().regex(/^ldaps?:\/\/[^/?#\s]+\/?$/, 'expected ldap://host[:port] or ldaps://host[:port]');
+
+const ldapDirectory = z.strictObject({
+  type: z.literal('ldap'),
+  /** One URL, or a list tried in order. */
+  url: z.union([ldapUrl, z.array(ldapUrl).min(1)], { error: 'expected an LDAP URL or a list of LDAP URLs' }),
+  /** PEM file of the CA that issued the DCs' certificates. Default: Node's built-in CA list. */
+  ca: nonEmpty.optional(),
+  /** Upgrade ldap:// connections with StartTLS. Default: false. */
+  startTls: z.boolean().default(false),
+  /** The service account that looks users and groups up. */
+  bindDn: nonEmpty,
+  /** Name of the environment variable holding the service account's password. */
+  bindPasswordEnv: nonEmpty.optional(),
+  /** Or a file holding it (one line; the trailing newline is ignored). */
+  bindPasswordFile: nonEmpty.optional(),
+  /** Where users and groups are searched. */
+  baseDn: nonEmpty,
+  ...directoryCommon,
+  /** TCP (and TLS) connect limit per DC. Default: 3000. */
+  connectTimeoutMs: positive.default(3000),
+  /** Limit for each LDAP operation. Default: 5000. */
+  timeoutMs: positive.default(5000),
+});
+
+const fileDirectory = z.strictObject({
+  type: z.literal('file'),
+  /** The YAML file of users, password hashes and groups. */
+  path: nonEmpty,
+  /** Base of the DNs the file directory makes up. Default: from the first UPN suffix. */
+  baseDn: nonEmpty.optional(),
+  ...directoryCommon,
+});
+
+const directory = z.discriminatedUnion('type', [ldapDirectory, fileDirectory], {
+  error: 'directory.type must be ldap or file',
+});
+
+const log = z.strictObject({
+  /** Operational log level (stderr). Default: info. */
+  level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Where access records go: `stdout` (default) or a file path. */
+  access: nonEmpty.default('stdout'),
+});
+
+const cache = z.strictObject({
+  /** Entries per cache. Default: 10000. */
+  max: positive.default(10_000),
+  /** A verified password is trusted this long. Default: 300. */
+  authTtlSeconds: seconds.default(300),
+  /** A group change takes effect within this. Default: 60. */
+  groupTtlSeconds: seconds.default(60),
+  /** A wrong password is remembered this long. Default: 30. */
+  negativeTtlSeconds: seconds.default(30),
+});
+
+const lockout = z.strictObject({
+  /** Failures per user and source class within the window. Default: 5. */
+  threshold: positive.default(5),
+  /** Default: 1800. */
+  windowSeconds: positive.default(1800),
+});
+
+const serviceSettings = z.strictObject({
+  /** basic (default) | ntlm | basic+ntlm. */
+  auth: z.enum(['basic', 'ntlm', 'basic+ntlm']).optional(),
+  /** Largest request body forwarded; 0 = no limit. Defaults in services.ts. */
+  maxBodyBytes: z.number().int().min(0).optional(),
+  /** Longest silence on a request before it is cut. Defaults in services.ts. */
+  idleTimeoutSeconds: positive.optional(),
+});
+
+const services = z.partialRecord(z.enum(SERVICES), serviceSettings);
+
+const admin = z.strictObject({
+  /** Default: 127.0.0.1 (never the public interface unless you say so). */
+  host: nonEmpty.default('127.0.0.1'),
+  /** Default: 9090. */
+  port: port.default(9090),
+});
+
+const mailboxFlags = z.strictObject({
+  /** Command that reads a PowerShell script on stdin, e.g. [pwsh, -NoProfile, -File, session.ps1]. */
+  runner: z.array(nonEmpty).min(1),
+  /** Refuse a plan that blocks more than this share of mailboxes, unless --force. Default: 0.1. */
+  maxBlockShare: z.number().min(0).max(1).default(0.1),
+  /** 0 = on demand only; otherwise `serve` also syncs on this interval. Default: 0. */
+  intervalMinutes: z.number().min(0).default(0),
+});
+
+const http = z.strictObject({
+  /** Slow-header (slowloris) limit for a request's headers. Default: 30000. */
+  headersTimeoutMs: positive.default(30_000),
+  /** How long an idle client connection is kept open between requests. Default: 100000. */
+  keepAliveTimeoutMs: positive.default(100_000),
+});
+
+/** The whole gateway file. */
+export const gatewaySchema = z.strictObject({
+  listen: listen.prefault({}),
+  tls,
+  names: namesSection,
+  upstream,
+  directory,
+  /** The policy file (INTERFACE.md, "Policy file"). */
+  policyFile: nonEmpty,
+  log: log.prefault({}),
+  http: http.prefault({}),
+  cache: cache.prefault({}),
+  lockout: lockout.prefault({}),
+  services: services.default({}),
+  admin: admin.optional(),
+  mailboxFlags: mailboxFlags.optional(),
+});
+
+export type GatewayFile = z.infer<typeof gatewaySchema>;
+export type LdapDirectoryConfig = z.infer<typeof ldapDirectory>;
+export type FileDirectoryConfig = z.infer<typeof fileDirectory>;
+export type ServiceSettings = z.infer<typeof serviceSettings>;
+export type { Service };

@@ -1,0 +1,214 @@
+/**
+ * The `ldap` directory: Active Directory through ldapts.
+ *
+ * - One long-lived service-account connection for searches; a fresh connection for every password
+ *   check, because a bind changes the connection's identity (research/node-proxy.md §7).
+ * - Search, require exactly one entry, then bind with its DN: more predictable than binding with
+ *   the typed name, which AD resolves in several ways (MS-ADTS 5.1.1.1.1).
+ * - Filters are built with escapeFilter only. Nested membership with LDAP_MATCHING_RULE_IN_CHAIN.
+ * - Both connectTimeout and timeout are always set: `timeout` alone does not cover connect/TLS.
+ * - Any technical failure becomes DirectoryUnavailableError (→ 503); a refused bind is a value.
+ */
+import { isIP } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
+import {
+  Client, escapeFilter, InvalidCredentialsError, NoSuchObjectError, ResultCodeError, SizeLimitExceededError,
+  type Entry,
+} from 'ldapts';
+import type { LdapSettings } from '../config/load.js';
+import type { Logon } from '../credentials.js';
+import { DirectoryUnavailableError } from '../errors.js';
+import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
+
+/** LDAP_MATCHING_RULE_IN_CHAIN: walks nested group membership on the DC. */
+const IN_CHAIN = '1.2.840.113556.1.4.1941';
+const USER_ATTRIBUTES = ['sAMAccountName', 'userPrincipalName', 'mail'];
+
+/**
+ * AD's bind sub-codes (the `data XXX` in the error text) → reasons. The DC checks the password
+ * before the account state, so a state is only ever revealed to someone who knows the password.
+ */
+const SUB_CODES: Readonly<Record<string, PasswordRefusal>> = {
+  '52e': 'bad-credentials',
+  '525': 'bad-credentials',          // no such user
+  '530': 'account-disabled',         // not permitted to log on at this time
+  '531': 'account-disabled',         // not permitted to log on at this workstation
+  '532': 'password-expired',
+  '533': 'account-disabled',
+  '701': 'account-expired',
+  '773': 'password-must-change',
+  '775': 'account-locked',
+};
+const SUB_CODE = /data ([0-9a-f]{3,4})\b/i;
+
+/** Minimal logger the directory reports faults to (never with credentials). */
+export interface DirectoryLog {
+  warn(obj: object, msg: string): void;
+}
+
+export class LdapDirectory implements Directory {
+  #service: Promise<Client> | null = null;
+  #url: string;
+
+  constructor(private readonly settings: LdapSettings, private readonly log: DirectoryLog) {
+    this.#url = settings.urls[0] as string;
+  }
+
+  async findAccount(logon: Logon & { kind: 'sam' | 'upn' }): Promise<Account | null> {
+    const filter = logon.kind === 'sam'
+      ? escapeFilter`(&(objectCategory=person)(objectClass=user)(sAMAccountName=${logon.sam}))`
+      : escapeFilter`(&(objectCategory=person)(objectClass=user)(userPrincipalName=${logon.upn}))`;
+    const entries = await this.search(this.settings.baseDn, filter, USER_ATTRIBUTES, 'sub', 2);
+    if (entries === null || entries.length !== 1) return null;
+    return this.account(entries[0] as Entry);
+  }
+
+  async verifyPassword(account: Account, password: string): Promise<PasswordCheck> {
+    if (password === '') return { ok: false, reason: 'bad-credentials' };   // an empty simple bind is anonymous
+    const client = await this.connect(this.#url);
+    try {
+      await client.bind(account.dn, password);
+      return { ok: true };
+    } catch (err) {
+      if (err instanceof InvalidCredentialsError) {
+        const code = SUB_CODE.exec(err.message)?.[1]?.toLowerCase();
+        return { ok: false, reason: (code && SUB_CODES[code]) || 'bad-credentials' };
+      }
+      throw this.unavailable('password check', err);
+    } finally {
+      client.unbind().catch(() => {});
+    }
+  }
+
+  async memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>> {
+    if (groupDns.length === 0) return new Set();
+    const any = groupDns.map((g) => escapeFilter`(distinguishedName=${g})`).join('');
+    const filter = `(&(objectClass=group)${escapeFilter`(member:${IN_CHAIN}:=${account.dn})`}(|${any}))`;
+    const entries = await this.search(this.settings.baseDn, filter, ['distinguishedName'], 'sub');
+    return new Set((entries ?? []).map((e) => dnKey(e.dn)));
+  }
+
+  async groupsOf(account: Account): Promise<readonly GroupRef[]> {
+    const filter = escapeFilter`(&(objectClass=group)(member:${IN_CHAIN}:=${account.dn}))`;
+    const entries = await this.search(this.settings.baseDn, filter, ['sAMAccountName'], 'sub');
+    return (entries ?? []).map((e) => ({ dn: e.dn, name: text(e, 'sAMAccountName') ?? e.dn }));
+  }
+
+  async resolveGroup(name: string): Promise<GroupRef | null> {
+    const entries = looksLikeDn(name)
+      ? await this.search(name.trim(), '(objectClass=group)', ['sAMAccountName'], 'base')
+      : await this.search(this.settings.baseDn, escapeFilter`(&(objectClass=group)(sAMAccountName=${name}))`, ['sAMAccountName'], 'sub', 2);
+    if (entries === null || entries.length !== 1) return null;
+    const e = entries[0] as Entry;
+    return { dn: e.dn, name: text(e, 'sAMAccountName') ?? e.dn };
+  }
+
+  async ping(): Promise<void> {
+    await this.search(this.settings.baseDn, '(objectClass=domain)', ['distinguishedName'], 'base');
+  }
+
+  async close(): Promise<void> {
+    const service = this.#service;
+    this.#service = null;
+    if (service) await service.then((c) => c.unbind(), () => {}).catch(() => {});
+  }
+
+  private account(e: Entry): Account {
+    const sam = text(e, 'sAMAccountName') ?? '';
+    return { dn: e.dn, sam, user: `${this.settings.netbiosDomain.toUpperCase()}\\${sam}`, upn: text(e, 'userPrincipalName'), mail: text(e, 'mail') };
+  }
+
+  /**
+   * Runs one search on the service connection. null when the base does not exist or the answer
+   * is ambiguous (more than `sizeLimit` entries). Retries once on a fresh connection, because DCs
+   * drop idle LDAP connections (MaxConnIdleTime, 900 s by default).
+   */
+  private async search(base: string, filter: string, attributes: string[], scope: 'base' | 'sub', sizeLimit = 0): Promise<Entry[] | null> {
+    for (let attempt = 0; ; attempt++) {
+      const client = await this.service();
+      try {
+        const { searchEntries } = await client.search(base, { scope, filter, attributes, sizeLimit, paged: sizeLimit === 0 ? { pageSize: 500 } : false });
+        return searchEntries;
+      } catch (err) {
+        if (err instanceof NoSuchObjectError) return null;
+        if (err instanceof SizeLimitExceededError) return null;
+        this.dropService(client);
+        if (attempt === 0 && !(err instanceof ResultCodeError)) continue;
+        throw this.unavailable('search', err);
+      }
+    }
+  }
+
+  /** The bound service-account connection, made on first use and after any fault. */
+  private service(): Promise<Client> {
+    this.#service ??= this.bindService().catch((err: unknown) => {
+      this.#service = null;
+      throw err;
+    });
+    return this.#service;
+  }
+
+  private async bindService(): Promise<Client> {
+    let lastError: unknown;
+    for (const url of this.settings.urls) {
+      let client: Client | undefined;
+      try {
+        client = await this.connect(url);
+        await client.bind(this.settings.bindDn, this.settings.bindPassword.reveal());
+        this.#url = url;
+        return client;
+      } catch (err) {
+        lastError = err;
+        client?.unbind().catch(() => {});
+        this.log.warn({ url, err: describe(err) }, 'directory: service account cannot bind');
+      }
+    }
+    throw this.unavailable('service bind', lastError);
+  }
+
+  private dropService(client: Client): void {
+    this.#service = null;
+    client.unbind().catch(() => {});
+  }
+
+  /** A new connection to `url`, TLS-protected as configured. */
+  private async connect(url: string): Promise<Client> {
+    const { connectTimeoutMs, timeoutMs, ca, startTls } = this.settings;
+    const tlsOptions: ConnectionOptions = { minVersion: 'TLSv1.2', ...(ca ? { ca } : {}) };
+    // ldapts opens implicit TLS whenever tlsOptions is non-empty, even for ldap:// (research/samba.md
+    // §3): pass it only for ldaps://, and upgrade ldap:// with startTLS.
+    const client = new Client({
+      url, connectTimeout: connectTimeoutMs, timeout: timeoutMs,
+      ...(url.startsWith('ldaps:') ? { tlsOptions } : {}),
+    });
+    if (startTls && url.startsWith('ldap:')) {
+      try {
+        const host = new URL(url).hostname;
+        await client.startTLS({ ...tlsOptions, ...(isIP(host) ? {} : { servername: host }) });
+      } catch (err) {
+        client.unbind().catch(() => {});
+        throw this.unavailable('StartTLS', err);
+      }
+    }
+    return client;
+  }
+
+  private unavailable(what: string, err: unknown): DirectoryUnavailableError {
+    return err instanceof DirectoryUnavailableError ? err : new DirectoryUnavailableError(`directory ${what} failed: ${describe(err)}`);
+  }
+}
+
+/** An error's message without anything a bind could have put in it beyond the server's text. */
+function describe(err: unknown): string {
+  if (err instanceof ResultCodeError) return `${err.name} (${err.code}): ${err.message}`;
+  if (err instanceof Error) return `${(err as NodeJS.ErrnoException).code ?? err.name}: ${err.message}`;
+  return String(err);
+}
+
+function text(e: Entry, name: string): string | null {
+  const key = Object.keys(e).find((k) => k.toLowerCase() === name.toLowerCase());
+  const v = key === undefined ? undefined : e[key];
+  const first = Array.isArray(v) ? v[0] : v;
+  if (first === undefined || first === null) return null;
+  return Buffer.isBuffer(first) ? first.toString('utf8') : String(first);
+}

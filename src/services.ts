@@ -1,0 +1,72 @@
+/**
+ * The Exchange service table: which path prefix is which service, and what each service needs
+ * from the gateway by default. Data only; classify.ts looks paths up here.
+ *
+ * Timeouts sit above each protocol's own heartbeat (research/node-proxy.md §4):
+ * - ActiveSync Ping holds a request up to 3540 s (59 min) with no byte on the wire → 3660 s.
+ * - MAPI NotificationWait answers within 5 min and writes PENDING every 30 s (MS-OXCMAPIHTTP 3.2.5.5) → 360 s.
+ * - EWS streaming notifications last up to 30 min with periodic keep-alives → 2100 s.
+ * - Outlook Anywhere keeps channels up to 900 s between server keep-alives → 960 s.
+ * Body limits follow Exchange's own defaults (EWS 64 MiB, ActiveSync 10 MiB, OWA 35 MB).
+ */
+
+/** The closed service vocabulary of INTERFACE.md. */
+export const SERVICES = [
+  'mapi', 'rpc', 'ews', 'mrsproxy', 'activesync', 'owa', 'ecp', 'oab', 'autodiscover', 'powershell', 'api',
+] as const;
+
+export type Service = (typeof SERVICES)[number];
+
+/** How the gateway authenticates a service's clients. NTLM arrives with issue 4. */
+export type AuthMode = 'basic' | 'ntlm' | 'basic+ntlm';
+
+export interface ServiceDefaults {
+  readonly auth: AuthMode;
+  /** Largest request body forwarded; larger gets 413 `too-large`. 0 = no limit. */
+  readonly maxBodyBytes: number;
+  /** Longest silence on the client or the upstream side of a request before it is cut. */
+  readonly idleTimeoutSeconds: number;
+}
+
+const MiB = 1024 * 1024;
+
+/** Default settings per service; `services:` in the gateway config overrides them key by key. */
+export const SERVICE_DEFAULTS: Readonly<Record<Service, ServiceDefaults>> = {
+  mapi: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 360 },
+  rpc: { auth: 'basic', maxBodyBytes: 0, idleTimeoutSeconds: 960 },
+  ews: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 2100 },
+  mrsproxy: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300 },
+  activesync: { auth: 'basic', maxBodyBytes: 10 * MiB, idleTimeoutSeconds: 3660 },
+  owa: { auth: 'basic', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300 },
+  ecp: { auth: 'basic', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300 },
+  oab: { auth: 'basic', maxBodyBytes: 1 * MiB, idleTimeoutSeconds: 300 },
+  autodiscover: { auth: 'basic', maxBodyBytes: 1 * MiB, idleTimeoutSeconds: 120 },
+  powershell: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300 },
+  api: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300 },
+};
+
+/**
+ * Path prefixes, most specific first. A prefix ending in '/' also matches the bare folder
+ * (`/ews` is `/ews/`); one without a trailing slash matches itself and anything below it.
+ * Paths are compared after normalization (lowercase, single slashes).
+ */
+export const SERVICE_PREFIXES: readonly (readonly [prefix: string, service: Service])[] = [
+  ['/ews/mrsproxy.svc', 'mrsproxy'],
+  ['/mapi/', 'mapi'],
+  ['/rpc/', 'rpc'],
+  ['/ews/', 'ews'],
+  ['/microsoft-server-activesync', 'activesync'],
+  ['/owa/', 'owa'],
+  ['/ecp/', 'ecp'],
+  ['/oab/', 'oab'],
+  ['/autodiscover/', 'autodiscover'],
+  ['/powershell/', 'powershell'],
+  ['/api/', 'api'],
+];
+
+/** The methods Outlook Anywhere uses; Node's HTTP parser rejects both (research/node-proxy.md §1). */
+export const RPC_METHODS: ReadonlySet<string> = new Set(['RPC_IN_DATA', 'RPC_OUT_DATA']);
+
+export function isService(name: string): name is Service {
+  return (SERVICES as readonly string[]).includes(name);
+}

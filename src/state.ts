@@ -1,0 +1,53 @@
+/**
+ * The gateway's state: everything a request needs, built from the config in one go and frozen.
+ * A reload builds a new State and swaps it in; on any error the old one stays (STYLE.md §8).
+ */
+import type { Logger } from 'pino';
+import { Authenticator } from './authenticate.js';
+import type { Config } from './config/load.js';
+import type { LogonDomain } from './credentials.js';
+import type { Directory } from './directory/directory.js';
+import { FileDirectory } from './directory/file.js';
+import { LdapDirectory } from './directory/ldap.js';
+import { loadPolicy, type Policy } from './policy/compile.js';
+import { Upstream } from './proxy.js';
+
+export interface State {
+  readonly config: Config;
+  readonly directory: Directory;
+  readonly domain: LogonDomain;
+  readonly policy: Policy;
+  readonly authenticator: Authenticator;
+  readonly upstream: Upstream;
+  /** The Basic realm of 401 challenges. */
+  readonly realm: string;
+}
+
+/** Opens the directory the config names (no connection is made yet for LDAP). */
+export function openDirectory(config: Config, log: Pick<Logger, 'warn'>): Directory {
+  return config.directory.type === 'ldap'
+    ? new LdapDirectory(config.directory, log)
+    : FileDirectory.load(config.directory);
+}
+
+export function logonDomain(config: Config): LogonDomain {
+  return { netbios: config.directory.netbiosDomain, upnSuffixes: config.directory.upnSuffixes };
+}
+
+/** Builds the full state: opens the directory and compiles the policy against it. */
+export async function buildState(config: Config, log: Pick<Logger, 'warn'>): Promise<State> {
+  const directory = openDirectory(config, log);
+  const domain = logonDomain(config);
+  try {
+    const policy = await loadPolicy(config.policyFile, directory, domain);
+    return Object.freeze({
+      config, directory, domain, policy,
+      authenticator: new Authenticator({ directory, domain }),
+      upstream: new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000)),
+      realm: config.names.externalList[0] ?? 'exgate',
+    });
+  } catch (err) {
+    await directory.close();
+    throw err;
+  }
+}
