@@ -8,9 +8,9 @@
  * connection, and a shared pool hands one user's session to another.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { pipeline, Transform } from 'node:stream';
-import { Client, type Dispatcher } from 'undici';
+import { buildConnector, Client, type Dispatcher } from 'undici';
 import type { AccessRecord } from './access-log.js';
 import type { Config } from './config/load.js';
 import { DENY_STATUS, type DenyReason } from './errors.js';
@@ -40,6 +40,9 @@ const STATUS_TEXT: Readonly<Record<number, string>> = {
   400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large',
   421: 'Misdirected Request', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
+
+/** How much longer than the upstream side the client side of a request may stay silent. */
+const CLIENT_IDLE_GRACE_MS = 10_000;
 
 /** Seconds a client is told to wait after a 503. */
 const RETRY_AFTER_SECONDS = 10;
@@ -104,24 +107,31 @@ export function declaredBodyTooLarge(req: IncomingMessage, settings: ServiceDefa
 export class Upstream {
   readonly #clients = new WeakMap<Socket, Client>();
   readonly #options: Client.Options;
+  /** The TLS name to send and verify on every request (null for plain http). */
+  readonly servername: string | null;
 
   constructor(readonly config: Config['upstream'], keepAliveTimeoutMs: number) {
     const https = config.url.protocol === 'https:';
+    this.servername = https && !isIP(config.servername) ? config.servername : null;
+    const connector = buildConnector({
+      timeout: config.connectTimeoutMs,
+      keepAlive: true,                      // 59-minute-silent ActiveSync sockets must survive internal firewalls
+      ...(https ? {
+        rejectUnauthorized: !config.insecureSkipVerify,
+        ...(config.ca ? { ca: config.ca } : {}),
+        minVersion: 'TLSv1.2' as const,
+        ALPNProtocols: ['http/1.1'],
+      } : {}),
+    });
+    const servername = this.servername ?? undefined;
     this.#options = {
       pipelining: 1,
       keepAliveTimeout: keepAliveTimeoutMs,
       keepAliveMaxTimeout: keepAliveTimeoutMs,
-      connect: {
-        timeout: config.connectTimeoutMs,
-        keepAlive: true,                    // 59-minute-silent ActiveSync sockets must survive internal firewalls
-        ...(https ? {
-          servername: config.servername,
-          rejectUnauthorized: !config.insecureSkipVerify,
-          ...(config.ca ? { ca: config.ca } : {}),
-          minVersion: 'TLSv1.2' as const,
-          ALPNProtocols: ['http/1.1'],
-        } : {}),
-      },
+      // undici would otherwise take the TLS servername from each request's Host header, which the
+      // client controls (undici 7 lib/core/request.js: `servername || getServerName(this.host)`).
+      // Exchange's certificate is always checked against the configured name.
+      connect: (opts, callback) => connector({ ...opts, servername }, callback),
     };
   }
 
@@ -145,7 +155,9 @@ export class Upstream {
  */
 export function forward(req: IncomingMessage, res: ServerResponse, record: AccessRecord, settings: ServiceDefaults, upstream: Upstream): void {
   const idleMs = settings.idleTimeoutSeconds * 1000;
-  req.socket.setTimeout(idleMs);
+  // The client side waits a little longer than the upstream side, so that a silent Exchange is
+  // answered with 504 before the client connection itself is dropped as idle.
+  req.socket.setTimeout(idleMs + CLIENT_IDLE_GRACE_MS);
   const started = performance.now();
   const body = requestBody(req, settings, record);
   if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();

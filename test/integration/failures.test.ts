@@ -1,0 +1,135 @@
+/**
+ * When something behind the gateway fails: the directory (503, fast, never an allow), Exchange
+ * (502 / 504), a client that goes away (the upstream request is aborted), and per-service
+ * timeouts that decide when a silent upstream counts as dead.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import { USERS } from '../helpers/ad-fixtures.js';
+import { clientFor, EXTERNAL, basic, send, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { startTcpRelay, type TcpRelay } from '../helpers/tcp-relay.js';
+
+const { alice } = USERS;
+const creds = { user: alice.sam, password: alice.password };
+
+describe('directory down', () => {
+  let relay: TcpRelay;
+  let h: Harness;
+  beforeAll(async () => {
+    relay = await startTcpRelay(Number(new URL(inject('ldapUrl')).port || 389));
+    h = await startHarness({ directory: 'ldap', directoryOverrides: { url: `ldap://127.0.0.1:${relay.port}`, connectTimeoutMs: 1000, timeoutMs: 1500 } });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await relay?.close();
+  });
+  afterEach(async () => {
+    await relay.restore();
+  });
+
+  it('answers 503 with Retry-After when the DC refuses connections, and never forwards', async () => {
+    expect((await send(h, '/owa/', creds)).status).toBe(200);
+    await relay.refuse();
+    const before = h.standin.requests.length;
+    const started = Date.now();
+    const r = await send(h, '/owa/', { user: 'carol', password: USERS.carol.password });
+    expect(r.status).toBe(503);
+    expect(Number(r.headers['retry-after'])).toBeGreaterThan(0);
+    expect(Date.now() - started).toBeLessThan(5000);       // answered, not hung
+    expect(await h.record((x) => x.status === 503)).toMatchObject({ reason: 'directory-unavailable', decision: 'deny', user: 'LAB\\carol' });
+    expect(h.standin.requests.length).toBe(before);
+  });
+
+  it('answers 503 when the DC accepts but never answers (timeouts), and recovers without a restart', async () => {
+    await relay.blackhole();
+    const started = Date.now();
+    const r = await send(h, '/owa/', creds);
+    expect(r.status).toBe(503);
+    expect(Date.now() - started).toBeLessThan(8000);
+    await relay.restore();
+    expect((await send(h, '/owa/', creds)).status).toBe(200);
+  });
+});
+
+describe('Exchange failing', () => {
+  it('answers 502 when Exchange is unreachable', async () => {
+    const h = await startHarness({ directory: 'file', gateway: { upstream: { url: 'https://127.0.0.1:1', servername: 'exchange-be.lab.test', ca: 'upstream-ca.pem' } } });
+    try {
+      const r = await send(h, '/owa/', creds);
+      expect(r.status).toBe(502);
+      expect(await h.record((x) => x.status === 502)).toMatchObject({ reason: 'upstream-error', decision: 'allow', user: 'LAB\\alice' });
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('refuses an Exchange certificate the configured CA did not issue (502)', async () => {
+    const h = await startHarness({ directory: 'file', gateway: {} });
+    try {
+      // Point the trust at the gateway's own certificate instead of the stand-in's CA.
+      const { writeFileSync, readFileSync } = await import('node:fs');
+      const { join } = await import('node:path');
+      writeFileSync(join(h.dir, 'upstream-ca.pem'), readFileSync(join(h.dir, 'gateway.crt')));
+      expect(await h.running.reload()).toBe(true);
+      const before = h.standin.requests.length;
+      const r = await send(h, '/owa/', creds);
+      expect(r.status).toBe(502);
+      expect((await h.record((x) => x.status === 502)).detail).toMatch(/certificate|self.signed|verify/i);
+      expect(h.standin.requests.length).toBe(before);
+    } finally {
+      await h.close();
+    }
+  });
+
+  describe('with short per-service timeouts', () => {
+    let h: Harness;
+    const lines: string[] = [];
+    beforeAll(async () => {
+      h = await startHarness({
+        directory: 'file',
+        gateway: { services: { ews: { idleTimeoutSeconds: 1 }, activesync: { idleTimeoutSeconds: 2 } } },
+        standin: { log: (l) => lines.push(l) },
+      });
+    });
+    afterAll(async () => {
+      await h?.close();
+    });
+
+    it('answers 504 when Exchange stays silent past the service idle timeout', async () => {
+      const r = await send(h, '/ews/standin/slow-headers?ms=3000', creds);
+      expect(r.status).toBe(504);
+      expect((await h.record((x) => x.status === 504)).reason).toBe('upstream-timeout');
+    });
+
+    it('waits out an ActiveSync Ping whose heartbeat is inside the service timeout', async () => {
+      const r = await send(h, '/Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=d&DeviceType=t', {
+        ...creds, method: 'POST', body: 'ping', headers: { 'x-standin-heartbeat-ms': '1500' },
+      });
+      expect(r.status).toBe(200);
+      expect((await h.record((x) => x.operation === 'Ping')).upstreamMs).toBeGreaterThanOrEqual(1400);
+    });
+
+    it('aborts the upstream request when the client goes away', async () => {
+      const client = clientFor(h);
+      const ac = new AbortController();
+      const pending = client.request({
+        path: '/Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=abort&DeviceType=t', method: 'POST', body: 'ping', signal: ac.signal,
+        headers: { host: EXTERNAL, authorization: basic(alice.sam, alice.password), 'x-standin-heartbeat-ms': '1800' },
+      }).catch((e: unknown) => e);
+      await waitFor(() => h.standin.seen((r) => r.url.includes('DeviceId=abort')) === 1);
+      ac.abort();
+      await pending;
+      await client.destroy();
+      await waitFor(() => lines.some((l) => l.includes('DeviceId=abort') && l.includes('closed before the response ended')));
+      expect((await h.record((x) => x.path.startsWith('/Microsoft-Server-ActiveSync') && x.status === 499)).decision).toBe('allow');
+    });
+  });
+});
+
+async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
