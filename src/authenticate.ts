@@ -43,6 +43,7 @@ export class Authenticator {
     const logon = parseLogon(credential.user, this.deps.domain);
     if (logon.kind === 'refused') return { ok: false, reason: 'bad-credentials', user: logon.display, detail: logon.why };
     if (credential.password === '') return { ok: false, reason: 'bad-credentials', user: logon.display, detail: 'empty password' };
+    if (credential.password.includes('\0')) return { ok: false, reason: 'bad-credentials', user: logon.display, detail: 'NUL in password' };
     try {
       const account = await this.deps.directory.findAccount(logon);
       if (!account) return { ok: false, reason: 'bad-credentials', user: logon.display, detail: 'no such account' };

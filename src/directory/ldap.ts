@@ -12,7 +12,8 @@
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import {
-  Client, escapeFilter, InvalidCredentialsError, NoSuchObjectError, ResultCodeError, SizeLimitExceededError,
+  Client, escapeFilter, InvalidCredentialsError, InvalidDNSyntaxError, NoSuchObjectError, ResultCodeError,
+  SizeLimitExceededError,
   type Entry,
 } from 'ldapts';
 import type { LdapSettings } from '../config/load.js';
@@ -55,29 +56,42 @@ export class LdapDirectory implements Directory {
   }
 
   async findAccount(logon: Logon & { kind: 'sam' | 'upn' }): Promise<Account | null> {
+    const [attribute, asked] = logon.kind === 'sam' ? ['sAMAccountName', logon.sam] : ['userPrincipalName', logon.upn];
+    if (!exactName(asked)) return null;
     const filter = logon.kind === 'sam'
-      ? escapeFilter`(&(objectCategory=person)(objectClass=user)(sAMAccountName=${logon.sam}))`
-      : escapeFilter`(&(objectCategory=person)(objectClass=user)(userPrincipalName=${logon.upn}))`;
+      ? escapeFilter`(&(objectCategory=person)(objectClass=user)(sAMAccountName=${asked}))`
+      : escapeFilter`(&(objectCategory=person)(objectClass=user)(userPrincipalName=${asked}))`;
     const entries = await this.search(this.settings.baseDn, filter, USER_ATTRIBUTES, 'sub', 2);
     if (entries === null || entries.length !== 1) return null;
-    return this.account(entries[0] as Entry);
+    const entry = entries[0] as Entry;
+    // AD matches loosely (it ignores trailing spaces, and Samba stops at a NUL): accept the entry
+    // only if it carries exactly the name asked for, case aside.
+    if (text(entry, attribute)?.toLowerCase() !== asked.toLowerCase()) return null;
+    return this.account(entry);
   }
 
   async verifyPassword(account: Account, password: string): Promise<PasswordCheck> {
-    if (password === '') return { ok: false, reason: 'bad-credentials' };   // an empty simple bind is anonymous
-    const client = await this.connect(this.#url);
-    try {
-      await client.bind(account.dn, password);
-      return { ok: true };
-    } catch (err) {
-      if (err instanceof InvalidCredentialsError) {
-        const code = SUB_CODE.exec(err.message)?.[1]?.toLowerCase();
-        return { ok: false, reason: (code && SUB_CODES[code]) || 'bad-credentials' };
+    // An empty simple bind is anonymous and "succeeds"; Samba stops comparing at a NUL.
+    if (password === '' || password.includes('\0')) return { ok: false, reason: 'bad-credentials' };
+    let lastError: unknown;
+    for (const url of this.urlsFromCurrent()) {
+      const client = await this.connect(url).catch((err: unknown) => { lastError = err; return null; });
+      if (!client) continue;
+      try {
+        await client.bind(account.dn, password);
+        return { ok: true };
+      } catch (err) {
+        if (err instanceof InvalidCredentialsError) {
+          const code = SUB_CODE.exec(err.message)?.[1]?.toLowerCase();
+          return { ok: false, reason: (code && SUB_CODES[code]) || 'bad-credentials' };
+        }
+        lastError = err;
+        this.log.warn({ url, err: describe(err) }, 'directory: password check failed on this DC');
+      } finally {
+        client.unbind().catch(() => {});
       }
-      throw this.unavailable('password check', err);
-    } finally {
-      client.unbind().catch(() => {});
     }
+    throw this.unavailable('password check', lastError);
   }
 
   async memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>> {
@@ -95,12 +109,15 @@ export class LdapDirectory implements Directory {
   }
 
   async resolveGroup(name: string): Promise<GroupRef | null> {
+    if (!exactName(name)) return null;
     const entries = looksLikeDn(name)
       ? await this.search(name.trim(), '(objectClass=group)', ['sAMAccountName'], 'base')
       : await this.search(this.settings.baseDn, escapeFilter`(&(objectClass=group)(sAMAccountName=${name}))`, ['sAMAccountName'], 'sub', 2);
     if (entries === null || entries.length !== 1) return null;
     const e = entries[0] as Entry;
-    return { dn: e.dn, name: text(e, 'sAMAccountName') ?? e.dn };
+    const sam = text(e, 'sAMAccountName');
+    if (!looksLikeDn(name) && sam?.toLowerCase() !== name.toLowerCase()) return null;
+    return { dn: e.dn, name: sam ?? e.dn };
   }
 
   async ping(): Promise<void> {
@@ -130,7 +147,7 @@ export class LdapDirectory implements Directory {
         const { searchEntries } = await client.search(base, { scope, filter, attributes, sizeLimit, paged: sizeLimit === 0 ? { pageSize: 500 } : false });
         return searchEntries;
       } catch (err) {
-        if (err instanceof NoSuchObjectError) return null;
+        if (err instanceof NoSuchObjectError || err instanceof InvalidDNSyntaxError) return null;
         if (err instanceof SizeLimitExceededError) return null;
         this.dropService(client);
         if (attempt === 0 && !(err instanceof ResultCodeError)) continue;
@@ -166,6 +183,13 @@ export class LdapDirectory implements Directory {
     throw this.unavailable('service bind', lastError);
   }
 
+  /** The configured URLs, starting with the one that answered last (failover order). */
+  private urlsFromCurrent(): string[] {
+    const urls = this.settings.urls;
+    const i = Math.max(0, urls.indexOf(this.#url));
+    return [...urls.slice(i), ...urls.slice(0, i)];
+  }
+
   private dropService(client: Client): void {
     this.#service = null;
     client.unbind().catch(() => {});
@@ -182,12 +206,19 @@ export class LdapDirectory implements Directory {
       ...(url.startsWith('ldaps:') ? { tlsOptions } : {}),
     });
     if (startTls && url.startsWith('ldap:')) {
+      const host = new URL(url).hostname;
+      // ldapts times the StartTLS request but not the TLS handshake after it: bound both.
+      let timer: NodeJS.Timeout | undefined;
+      const stalled = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`StartTLS handshake timed out after ${connectTimeoutMs + timeoutMs} ms`)), connectTimeoutMs + timeoutMs);
+      });
       try {
-        const host = new URL(url).hostname;
-        await client.startTLS({ ...tlsOptions, ...(isIP(host) ? {} : { servername: host }) });
+        await Promise.race([client.startTLS({ ...tlsOptions, ...(isIP(host) ? {} : { servername: host }) }), stalled]);
       } catch (err) {
         client.unbind().catch(() => {});
         throw this.unavailable('StartTLS', err);
+      } finally {
+        clearTimeout(timer);
       }
     }
     return client;
@@ -196,6 +227,11 @@ export class LdapDirectory implements Directory {
   private unavailable(what: string, err: unknown): DirectoryUnavailableError {
     return err instanceof DirectoryUnavailableError ? err : new DirectoryUnavailableError(`directory ${what} failed: ${describe(err)}`);
   }
+}
+
+/** A name that can be looked up literally: no NUL, no control characters, no outer spaces. */
+function exactName(name: string): boolean {
+  return name.length > 0 && name === name.trim() && !/[\x00-\x1f\x7f]/.test(name);
 }
 
 /** An error's message without anything a bind could have put in it beyond the server's text. */
