@@ -40,6 +40,11 @@ function evaluate(service: Service, principal: Principal, policy: Policy): Decis
   return { allow: false, reason: 'not-allowed', rule: null };
 }
 
+/** An allow rule that names at least someone (an empty group list means nobody). */
+function admitsAnyone(rule: Rule): boolean {
+  return rule.everyone || rule.groups.size > 0 || rule.users.size > 0;
+}
+
 function matches(rule: Rule, userKey: string, groups: ReadonlySet<string>): boolean {
   if (rule.everyone) return true;
   if (rule.users.has(userKey)) return true;
@@ -57,7 +62,7 @@ export function authorizeAnonymous(service: Service, policy: Policy): Deny | nul
   const denyAll = rules?.deny.find((r) => r.everyone);
   const verdict: Deny | null = denyAll
     ? { allow: false, reason: 'denied-by-rule', rule: denyAll.id }
-    : !rules || rules.allow.length === 0 ? { allow: false, reason: 'not-allowed', rule: null } : null;
+    : !rules?.allow.some(admitsAnyone) ? { allow: false, reason: 'not-allowed', rule: null } : null;
   if (verdict === null || policy.mode === 'enforce') return verdict;
   return null;   // report-only: authenticate anyway, so the would-be denial is logged with its user
 }

@@ -61,7 +61,7 @@ export function hostName(host: string | undefined): string | null {
   if (h.startsWith('[')) {
     const end = h.indexOf(']');
     if (end < 0) return null;
-    h = h.slice(0, end + 1);
+    h = h.slice(1, end);                          // `[::1]:8443` → `::1`, as names.external lists it
   } else {
     const colon = h.indexOf(':');
     if (colon >= 0) h = h.slice(0, colon);
@@ -145,7 +145,22 @@ function percentDecode(raw: string): string | null {
   } catch {
     return null;
   }
-  return hasControl(text) ? null : text;
+  return hasControl(text) || hasAsciiLookalike(text) ? null : text;
+}
+
+/**
+ * True when a non-ASCII character changes into ASCII under case mapping: `ſ` (long s) upper-cases
+ * to `S`, the Kelvin sign `K` lower-cases to `k`, `ı` to `I`. IIS compares paths case-insensitively,
+ * so `/ews/mrſproxy.svc` could reach MRSProxy while this table reads it as `ews`.
+ */
+function hasAsciiLookalike(s: string): boolean {
+  for (const ch of s) {
+    if (ch.charCodeAt(0) < 0x80) continue;
+    for (const mapped of [ch.toUpperCase(), ch.toLowerCase()]) {
+      for (let i = 0; i < mapped.length; i++) if (mapped.charCodeAt(i) < 0x80) return true;
+    }
+  }
+  return false;
 }
 
 function hexValue(c: number): number {

@@ -62,11 +62,32 @@ export interface Config {
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
   const path = resolve(file);
   const yaml = readYaml(path);
-  const raw = validate(gatewaySchema, yaml);
   const problems: ConfigProblem[] = [];
+  let raw: GatewayFile;
+  try {
+    raw = validate(gatewaySchema, yaml);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    // Report the file and environment problems too, as far as the sections they need did parse.
+    const partial = parsedSections(yaml);
+    if (partial) resolveConfig(partial, yaml, env, problems);
+    throw new ConfigError([...err.problems, ...problems]);
+  }
   const config = resolveConfig(raw, yaml, env, problems);
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze(config);
+}
+
+/** The sections resolveConfig reads, each validated alone; null when one of them is invalid. */
+function parsedSections(yaml: YamlFile): GatewayFile | null {
+  const data = (yaml.data ?? {}) as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const [key, schema] of Object.entries(gatewaySchema.shape)) {
+    const result = schema.safeParse(data[key]);
+    if (result.success) out[key] = result.data;
+    else if (['tls', 'names', 'upstream', 'directory', 'policyFile', 'log', 'mailboxFlags'].includes(key)) return null;
+  }
+  return out as GatewayFile;
 }
 
 function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv, problems: ConfigProblem[]): Config {
@@ -93,7 +114,7 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
   }
 
   for (const [i, n] of raw.names.internal.entries()) {
-    if (raw.names.external.some((e) => e.toLowerCase() === n.toLowerCase())) {
+    if (raw.names.external.some((e) => sameName(e, n))) {
       at(['names', 'internal', i], `${n} is also listed as external`);
     }
   }
@@ -171,6 +192,11 @@ function resolveDirectory(
     netbiosDomain: raw.netbiosDomain, upnSuffixes: raw.upnSuffixes,
     connectTimeoutMs: raw.connectTimeoutMs, timeoutMs: raw.timeoutMs,
   };
+}
+
+/** DNS names compare case-insensitively and without the root's trailing dot (as nameTable keys them). */
+function sameName(a: string, b: string): boolean {
+  return a.toLowerCase().replace(/\.$/, '') === b.toLowerCase().replace(/\.$/, '');
 }
 
 /** `lab.test` → `DC=lab,DC=test`. */

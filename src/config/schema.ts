@@ -96,7 +96,7 @@ const fileDirectory = z.strictObject({
 });
 
 const directory = z.discriminatedUnion('type', [ldapDirectory, fileDirectory], {
-  error: 'directory.type must be ldap or file',
+  error: 'must be ldap or file',
 });
 
 const log = z.strictObject({

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { inspect } from 'node:util';
-import { isNode, LineCounter, parseDocument, type Document } from 'yaml';
+import { isMap, isNode, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 
@@ -28,7 +28,7 @@ export function readYaml(file: string): YamlFile {
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   if (doc.errors.length > 0) {
     throw new ConfigError(doc.errors.map((e) => ({
-      file, key: '', line: e.linePos?.[0]?.line, message: `YAML: ${e.message.split('\n')[0]}`,
+      file, key: '', line: lines.linePos(e.pos[0]).line, message: `YAML: ${e.message.split('\n')[0]}`,
     })));
   }
   return { file, text, data: doc.toJS() ?? {}, lineOf: (path) => lineOf(doc, lines, path) };
@@ -36,6 +36,12 @@ export function readYaml(file: string): YamlFile {
 
 function lineOf(doc: Document, lines: LineCounter, path: readonly PropertyKey[]): number | undefined {
   for (let n = path.length; n >= 0; n--) {
+    // A key's own line: a block value starts on the line after its key.
+    const parent = n > 0 ? doc.getIn(path.slice(0, n - 1) as unknown[], true) : undefined;
+    if (isMap(parent)) {
+      const pair = parent.items.find((p) => isScalar(p.key) && p.key.value === path[n - 1]);
+      if (pair && isNode(pair.key) && pair.key.range) return lines.linePos(pair.key.range[0]).line;
+    }
     const node = doc.getIn(path.slice(0, n) as unknown[], true);
     if (isNode(node) && node.range) return lines.linePos(node.range[0]).line;
   }
@@ -51,7 +57,7 @@ export function keyPath(path: readonly PropertyKey[]): string {
 
 /** Validates parsed YAML against a schema; returns the value or throws a ConfigError with every problem. */
 export function validate<S extends z.ZodType>(schema: S, yaml: YamlFile): z.output<S> {
-  const result = schema.safeParse(yaml.data);
+  const result = schema.safeParse(yaml.data, { reportInput: true });   // tells 'missing' from 'wrong type'
   if (result.success) return result.data;
   const problems: ConfigProblem[] = [];
   for (const issue of result.error.issues) {

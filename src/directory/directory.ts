@@ -2,7 +2,7 @@
  * The Directory: what the gateway needs from Active Directory, and nothing of LDAP leaks out.
  * Two implementations keep this contract: `ldap` (production, ldapts against AD) and `file`
  * (the demo and labs: users, scrypt hashes and nested groups in YAML). One contract test suite
- * runs against both (test/contract/directory.contract.ts).
+ * runs against both (test/contract/directory.contract.test.ts).
  *
  * "No" is a value, "broken" is an error: a wrong password is `{ ok: false, reason }`; only a
  * technical fault throws, and then always a DirectoryUnavailableError.

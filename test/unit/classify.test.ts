@@ -95,6 +95,8 @@ describe('classify: ambiguous or malformed targets are bad-request (400)', () =>
     ['alternate data stream', '/ecp::$DATA'],
     ['alternate data stream folder', '/ecp::$INDEX_ALLOCATION/default.aspx'],
     ['8.3 short name', '/ECP~1/'],
+    ['long s that upper-cases to S (IIS would read mrsproxy)', '/ews/mr%C5%BFproxy.svc'],
+    ['Kelvin sign that lower-cases to k', '/owa/%E2%84%AA'],
     ['8.3 short name below a service', '/owa/AUTH~1/logon.aspx'],
     ['absolute-form', `https://${EXTERNAL}/ews/exchange.asmx`],
     ['asterisk-form', '*'],
@@ -160,11 +162,7 @@ describe('classify: names (421 misdirected)', () => {
     expect(route('/nothing/../here')).toMatchObject({ reason: 'bad-request' });
   });
 
-  // BUG (src/classify.ts hostName): `[::1]:8443` comes out as `[::1]` with its brackets, while
-  // names.external lists IPv6 literals bare (tls.ts passes each name to isIP() to make an IP SAN,
-  // and isIP('[::1]') is 0). A client going to https://[::1]:8443/ sends no SNI (RFC 6066 §3 forbids
-  // IP literals there) and Host `[::1]:8443`, so it is always refused with 421.
-  it.fails('an IPv6 literal Host matches the bare address in names.external', () => {
+  it('an IPv6 literal Host matches the bare address in names.external', () => {
     expect(hostName('[::1]:8443')).toBe('::1');
     expect(classify(undefined, '[::1]:8443', '/ews/', nameTable(['::1'], [], 'external'))).toMatchObject({ ok: true, host: '::1' });
   });

@@ -1,0 +1,262 @@
+// loadConfig (src/config/load.ts): golden error fixtures, defaults, the INTERFACE.md example, and the
+// bind password's Secret. Each test/fixtures/configs/<case>.yaml with a <case>.expected.txt must fail
+// with exactly that ConfigError text, the fixtures folder written as `<dir>`.
+// The files the fixtures point at live in test/fixtures/configs/support/.
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { inspect } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadConfig, type Config } from '../../src/config/load.js';
+import { ConfigError } from '../../src/errors.js';
+
+const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), '../fixtures/configs');
+const ENV_PASSWORD = 'env-Secret-Pa55!';
+const FILE_PASSWORD = 'file-secret-Pa55';   // support/bind-password.txt, without its newline
+const ENV = { EXGATE_BIND_PASSWORD: ENV_PASSWORD };
+
+const fixture = (name: string) => join(FIXTURES, name);
+
+/** The ConfigError text of loading `file`, with `dir` written as `<dir>`; fails if it loads. */
+function errorText(file: string, env: NodeJS.ProcessEnv, dir = FIXTURES): string {
+  try {
+    loadConfig(file, env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return err.message.split(dir + '/').join('<dir>/');
+  }
+  throw new Error(`${file} loaded without error`);
+}
+
+/** Cases whose problems may come in any order (the fix decides the order). */
+const ANY_ORDER = new Set(['several-problems-mixed']);
+
+const goldenCases = readdirSync(FIXTURES)
+  .filter((f) => f.endsWith('.expected.txt'))
+  .map((f) => f.slice(0, -'.expected.txt'.length))
+  .sort();
+
+describe('golden error fixtures (test/fixtures/configs/*.expected.txt)', () => {
+  it('covers every case the brief asks for', () => {
+    expect(goldenCases).toEqual(expect.arrayContaining([
+      'unknown-key-top', 'unknown-key-nested', 'wrong-types', 'missing-required', 'bad-enum', 'missing-env',
+      'both-password-sources', 'starttls-ldaps', 'name-external-and-internal', 'missing-cert', 'yaml-syntax',
+      'several-problems', 'missing-users-file',
+    ]));
+  });
+
+  for (const name of goldenCases) {
+    it(name, () => {
+      const expected = readFileSync(fixture(`${name}.expected.txt`), 'utf8').trimEnd();
+      const actual = errorText(fixture(`${name}.yaml`), ENV);
+      if (ANY_ORDER.has(name)) expect(actual.split('\n').sort()).toEqual(expected.split('\n').sort());
+      else expect(actual).toBe(expected);
+    });
+  }
+});
+
+describe('problems are located by file, key and line', () => {
+  it('directory.urll: an unknown nested key is named with its own line', () => {
+    try {
+      loadConfig(fixture('unknown-key-nested.yaml'), ENV);
+      expect.unreachable('loaded');
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).problems).toContainEqual({
+        file: fixture('unknown-key-nested.yaml'), key: 'directory.urll', line: 6, message: 'unknown key',
+      });
+    }
+  });
+
+  it('a missing config file is a ConfigError naming it', () => {
+    expect(errorText(fixture('no-such-file.yaml'), ENV)).toBe('<dir>/no-such-file.yaml: cannot read: ENOENT');
+  });
+
+  it('a relative path is resolved against the working directory and reported absolute', () => {
+    const rel = join('test/fixtures/configs', 'missing-env.yaml');
+    const text = errorText(rel, ENV, resolve('test/fixtures/configs'));
+    expect(text).toBe(readFileSync(fixture('missing-env.expected.txt'), 'utf8').trimEnd());
+  });
+});
+
+describe('a valid minimal ldap config', () => {
+  const config = loadConfig(fixture('valid-minimal.yaml'), ENV);
+
+  it('takes every default', () => {
+    expect(config.listen).toEqual({ host: '0.0.0.0', port: 443 });
+    expect(config.log).toEqual({ level: 'info', access: 'stdout' });
+    expect(config.cache).toEqual({ max: 10000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30 });
+    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800 });
+    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660 });
+    expect(config.services.ews.maxBodyBytes).toBe(67108864);
+    expect(config.services.owa.maxBodyBytes).toBe(35_000_000);
+    expect(config.tls).toMatchObject({ selfSigned: false, minVersion: 'TLSv1.2' });
+    expect(config.names.noSni).toBe('external');
+    expect(config.names.internalList).toEqual([]);
+    expect(config.admin).toBeUndefined();
+    expect(config.mailboxFlags).toBeUndefined();
+  });
+
+  it('resolves paths against the config file and the upstream name from its URL', () => {
+    expect(config.file).toBe(fixture('valid-minimal.yaml'));
+    expect(config.tls.cert).toBe(join(FIXTURES, 'support/gateway.crt'));
+    expect(config.tls.key).toBe(join(FIXTURES, 'support/gateway.key'));
+    expect(config.policyFile).toBe(join(FIXTURES, 'support/policy.yaml'));
+    expect(config.upstream).toMatchObject({ origin: 'https://exchange.lab.test', servername: 'exchange.lab.test', insecureSkipVerify: false, ca: undefined });
+    expect(config.directory).toMatchObject({
+      type: 'ldap', urls: ['ldaps://dc1.lab.test:636'], startTls: false, baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: [],
+    });
+  });
+
+  it('is frozen, deeply', () => {
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.cache)).toBe(true);
+    expect(Object.isFrozen(config.services.ews)).toBe(true);
+    expect(Object.isFrozen(config.names.externalList)).toBe(true);
+  });
+
+  it('reads the bind password from the environment given, not process.env', () => {
+    const d = config.directory;
+    expect(d.type === 'ldap' && d.bindPassword.reveal()).toBe(ENV_PASSWORD);
+    expect(errorText(fixture('valid-minimal.yaml'), {})).toContain('environment variable EXGATE_BIND_PASSWORD is not set');
+    expect(errorText(fixture('valid-minimal.yaml'), { EXGATE_BIND_PASSWORD: '' })).toContain('EXGATE_BIND_PASSWORD is not set');
+  });
+});
+
+describe('a valid config with bindPasswordFile, StartTLS and CA files', () => {
+  it('loads the password without its trailing newline, and the PEMs', () => {
+    const config = loadConfig(fixture('valid-password-file.yaml'), {});
+    const d = config.directory;
+    expect(d.type).toBe('ldap');
+    if (d.type !== 'ldap') return;
+    expect(d.bindPassword.reveal()).toBe(FILE_PASSWORD);
+    expect(d.urls).toEqual(['ldap://dc1.lab.test', 'ldap://dc2.lab.test:389']);
+    expect(d.startTls).toBe(true);
+    expect(d.upnSuffixes).toEqual(['lab.test']);
+    expect(d.ca).toContain('-----BEGIN CERTIFICATE-----');
+    expect(config.upstream.ca).toContain('-----BEGIN CERTIFICATE-----');
+  });
+});
+
+describe('a valid lab config: self-signed TLS, file directory, overrides', () => {
+  const config = loadConfig(fixture('valid-self-signed.yaml'), {});
+
+  it('does not need the cert and key files when selfSigned is true', () => {
+    expect(config.tls).toMatchObject({ selfSigned: true, cert: join(FIXTURES, 'support/generated/missing.crt') });
+  });
+
+  it('derives the file directory\'s baseDn from the first UPN suffix', () => {
+    expect(config.directory).toEqual({
+      type: 'file', path: join(FIXTURES, 'support/users.yaml'), baseDn: 'DC=lab,DC=test',
+      netbiosDomain: 'LAB', upnSuffixes: ['lab.test', 'mail.lab.test'],
+    });
+    const bare = loadConfig(fixture('valid-file-directory-no-suffix.yaml'), {});
+    expect(bare.directory).toMatchObject({ type: 'file', baseDn: 'DC=exgate,DC=local', upnSuffixes: [] });
+  });
+
+  it('keeps what it was given and defaults the rest, key by key', () => {
+    expect(config.names).toMatchObject({ noSni: 'reject', externalList: ['outlook-ext.lab.test', '127.0.0.1'] });
+    expect(config.upstream).toMatchObject({ origin: 'http://127.0.0.1:8444', servername: 'exchange.lab.test', insecureSkipVerify: true });
+    expect(config.log).toEqual({ level: 'debug', access: join(FIXTURES, 'logs/access.log') });
+    expect(config.services.ews).toEqual({ auth: 'basic', maxBodyBytes: 0, idleTimeoutSeconds: 2100 });
+    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 600 });
+  });
+});
+
+describe('the INTERFACE.md example config, verbatim', () => {
+  // test/fixtures/configs/interface-example.yaml is the YAML block of INTERFACE.md "Gateway
+  // configuration" as is. It is copied to <tmp>/config/gateway.yaml and the files it names are
+  // created around it, mirroring its relative paths.
+  const tmp = mkdtempSync(join(tmpdir(), 'exgate-config-'));
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  const pem = readFileSync(fixture('support/ca.pem'), 'utf8');
+  mkdirSync(join(tmp, 'config'));
+  mkdirSync(join(tmp, 'certs'));
+  copyFileSync(fixture('interface-example.yaml'), join(tmp, 'config/gateway.yaml'));
+  for (const f of ['gateway.crt', 'gateway.key', 'exchange-ca.pem', 'ad-ca.pem']) writeFileSync(join(tmp, 'certs', f), pem);
+  writeFileSync(join(tmp, 'config/policy.yaml'), 'rules: []\n');
+  const file = join(tmp, 'config/gateway.yaml');
+
+  it('loads when the files exist and EXGATE_BIND_PASSWORD is set', () => {
+    const config = loadConfig(file, ENV);
+    expect(config.listen).toEqual({ host: '0.0.0.0', port: 443 });
+    expect(config.tls).toMatchObject({ cert: join(tmp, 'certs/gateway.crt'), key: join(tmp, 'certs/gateway.key'), selfSigned: false });
+    expect(config.names.externalList).toEqual(['outlook-ext.lab.test', 'autodiscover.lab.test']);
+    expect(config.names.internalList).toEqual(['outlook.lab.test']);
+    expect(config.names.noSni).toBe('external');
+    expect(config.upstream).toMatchObject({ origin: 'https://exchange.lab.test', servername: 'exchange.lab.test', insecureSkipVerify: false, ca: pem });
+    expect(config.directory).toMatchObject({
+      type: 'ldap', urls: ['ldaps://dc1.lab.test:636'], ca: pem, startTls: false,
+      bindDn: 'CN=svc-exgate,CN=Users,DC=lab,DC=test', baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: ['lab.test'],
+    });
+    expect(config.policyFile).toBe(join(tmp, 'config/policy.yaml'));
+    expect(config.log).toEqual({ level: 'info', access: 'stdout' });
+    expect(config.cache).toEqual({ max: 10000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30 });
+    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800 });
+    expect(config.services.mapi.auth).toBe('basic+ntlm');
+    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660 });
+    expect(config.admin).toEqual({ host: '127.0.0.1', port: 9090 });
+    expect(config.mailboxFlags).toEqual({
+      runner: ['pwsh', '-NoProfile', '-File', join(tmp, 'scripts/exchange-session.ps1')], maxBlockShare: 0.1, intervalMinutes: 0,
+    });
+  });
+
+  it('does not load without EXGATE_BIND_PASSWORD', () => {
+    expect(errorText(file, {}, join(tmp, 'config'))).toBe(
+      '<dir>/gateway.yaml:25: directory.bindPasswordEnv: environment variable EXGATE_BIND_PASSWORD is not set',
+    );
+  });
+
+  it('names every missing file at once', () => {
+    const bare = mkdtempSync(join(tmpdir(), 'exgate-config-bare-'));
+    try {
+      copyFileSync(fixture('interface-example.yaml'), join(bare, 'gateway.yaml'));
+      const text = errorText(join(bare, 'gateway.yaml'), ENV, bare).split(dirname(bare) + '/').join('<parent>/');
+      expect(text.split('\n').map((l) => l.replace(/^<dir>\/gateway\.yaml:\d+: /, ''))).toEqual([
+        'tls.cert: file not found: <parent>/certs/gateway.crt',
+        'tls.key: file not found: <parent>/certs/gateway.key',
+        'upstream.ca: cannot read <parent>/certs/exchange-ca.pem: ENOENT',
+        'directory.ca: cannot read <parent>/certs/ad-ca.pem: ENOENT',
+        'policyFile: file not found: <dir>/policy.yaml',
+      ]);
+    } finally {
+      rmSync(bare, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the bind password never prints', () => {
+  const configs: [what: string, load: () => Config, secret: string][] = [
+    ['bindPasswordEnv', () => loadConfig(fixture('valid-minimal.yaml'), ENV), ENV_PASSWORD],
+    ['bindPasswordFile', () => loadConfig(fixture('valid-password-file.yaml'), {}), FILE_PASSWORD],
+  ];
+  it.each(configs)('%s', (_what, load, secret) => {
+    const config = load();
+    const d = config.directory;
+    expect(d.type === 'ldap' && d.bindPassword.reveal()).toBe(secret);   // the check below is not vacuous
+    expect(JSON.stringify(config)).not.toContain(secret);
+    expect(JSON.stringify(config)).toContain('"bindPassword":"[redacted]"');
+    expect(inspect(config, { depth: 10 })).not.toContain(secret);
+    expect(inspect(config, { depth: Infinity, showHidden: true })).not.toContain(secret);
+    if (d.type !== 'ldap') return;
+    expect(String(d.bindPassword)).toBe('[redacted]');
+    expect(`${d.bindPassword}`).toBe('[redacted]');
+    expect(inspect(d.bindPassword)).toBe('[redacted]');
+    expect(Object.keys(d.bindPassword)).toEqual([]);
+  });
+
+  it('nor does a ConfigError about it', () => {
+    const text = errorText(fixture('both-password-sources.yaml'), ENV);
+    expect(text).not.toContain(ENV_PASSWORD);
+    expect(text).not.toContain(FILE_PASSWORD);
+  });
+});
+
+describe('fixtures', () => {
+  it('every fixture a config names exists (so a golden error is the one meant)', () => {
+    for (const f of ['gateway.crt', 'gateway.key', 'ca.pem', 'not-pem.txt', 'bind-password.txt', 'policy.yaml']) {
+      expect(existsSync(join(FIXTURES, 'support', f)), f).toBe(true);
+    }
+  });
+});
