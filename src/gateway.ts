@@ -81,7 +81,8 @@ export class Gateway {
     const { http, tls } = state.config;
     this.httpServer = createHttpServer({
       requestTimeout: 0,                       // Node's 300 s default also cuts long uploads
-      headersTimeout: http.headersTimeoutMs,   // slowloris guard
+      headersTimeout: http.headersTimeoutMs,   // slowloris guard, checked every…
+      connectionsCheckingInterval: Math.min(5000, Math.ceil(http.headersTimeoutMs / 2)),   // …Node's default is 30 s
       keepAliveTimeout: http.keepAliveTimeoutMs,
       requireHostHeader: false,                // classify answers a missing Host (421) and logs it
     }, (req, res) => { void handle(req, res, this.#state, logs); });

@@ -31,6 +31,9 @@ export const HIDDEN_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
   'x-proxy-routingcorrectness', 'x-powered-by', 'x-aspnet-version', 'x-owa-diagnosticsinfo', 'x-serverapplication-diag',
 ]);
 
+/** Request headers forwarded exactly once, from Node's parsed view. */
+const SINGLE: ReadonlySet<string> = new Set(['host', 'content-length']);
+
 const RESPONSE_DROP: ReadonlySet<string> = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings',
   ...HIDDEN_RESPONSE_HEADERS,
@@ -209,10 +212,14 @@ function requestHeaders(req: IncomingMessage): string[] {
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (REQUEST_DROP.has(lower) || named?.has(lower)) continue;
-    if (lower === 'content-length' && (raw[i + 1] === '0')) continue;
+    if (REQUEST_DROP.has(lower) || named?.has(lower) || SINGLE.has(lower)) continue;
     out.push(name, raw[i + 1] as string);
   }
+  // Headers that must appear once, taken from Node's parse (it keeps the first Host and rejects
+  // conflicting Content-Lengths), never from a client's repeated raw lines.
+  if (req.headers.host !== undefined) out.push('Host', req.headers.host);
+  const length = req.headers['content-length'];
+  if (length !== undefined && length !== '0') out.push('Content-Length', length);
   out.push('X-Forwarded-For', req.socket.remoteAddress ?? '', 'X-Forwarded-Proto', 'https');
   return out;
 }

@@ -126,6 +126,32 @@ describe('Exchange failing', () => {
   });
 });
 
+describe('slow clients', () => {
+  it('answers a request whose headers trickle in past http.headersTimeoutMs with 408 and closes it', async () => {
+    const h = await startHarness({ directory: 'file', gateway: { http: { headersTimeoutMs: 1000 } } });
+    try {
+      const { connect } = await import('node:tls');
+      const started = Date.now();
+      const reply = await new Promise<string>((resolve, reject) => {
+        const socket = connect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa }, () => {
+          socket.write(`GET /owa/ HTTP/1.1\r\nHost: ${EXTERNAL}\r\nX-Slow: `);
+        });
+        let data = '';
+        const drip = setInterval(() => socket.write('a'), 200);
+        socket.on('data', (d: Buffer) => { data += d.toString('latin1'); });
+        socket.on('close', () => { clearInterval(drip); resolve(data); });
+        socket.on('error', (e) => { clearInterval(drip); reject(e); });
+      });
+      expect(reply.startsWith('HTTP/1.1 408')).toBe(true);
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect(await h.record((x) => x.status === 408)).toMatchObject({ reason: 'bad-request', decision: 'deny' });
+      expect(h.standin.requests.length).toBe(0);
+    } finally {
+      await h.close();
+    }
+  });
+});
+
 async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
