@@ -4,6 +4,7 @@
  * a second line: no stage ever puts a header, cookie or password into a record.
  */
 import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import { pathOf, hostName } from './classify.js';
@@ -44,13 +45,20 @@ export interface AccessRecord {
 
 const MAX_FIELD = 512;
 
+/** What a record is made from: a parsed request, or the head of one Node's parser refused. */
+export interface RequestHead {
+  readonly method?: string | undefined;
+  readonly url?: string | undefined;
+  readonly headers: IncomingMessage['headers'];
+}
+
 /** A fresh record for a request, with everything the request itself tells. */
-export function newAccessRecord(req: IncomingMessage, started = Date.now()): AccessRecord {
-  const socket = req.socket as Partial<TLSSocket>;
+export function newAccessRecord(socket: Socket, req: RequestHead, started = Date.now()): AccessRecord {
+  const sni = (socket as Partial<TLSSocket>).servername;
   return {
     time: new Date(started).toISOString(),
-    client: req.socket.remoteAddress ?? null,
-    sni: typeof socket.servername === 'string' ? socket.servername.toLowerCase() : null,
+    client: socket.remoteAddress ?? null,
+    sni: typeof sni === 'string' ? sni.toLowerCase() : null,
     host: hostName(req.headers.host),
     method: req.method ?? '',
     path: clip(pathOf(req.url ?? '')),

@@ -7,8 +7,12 @@
  * IIS would read them and then matched exactly (STYLE.md §9, Caddy's path matcher):
  * decode once, lowercase (IIS paths are case-insensitive), merge `//`, and refuse whatever could
  * mean something else further in: encoded `/` `\` `%`, `..`, control characters, invalid UTF-8,
- * Windows' trailing-dot/space trimming (`/ecp./`), alternate data streams (`:`) and 8.3 short
- * names (`ECP~1`).
+ * Windows' trailing-dot/space trimming (`/ecp./`), alternate data streams (`:`), 8.3 short
+ * names (`ECP~1`) and ASP.NET cookieless segments (`/ews/(S(x))/mrsproxy.svc`).
+ *
+ * checkHead() refuses request heads that could mean one thing to the gateway and another to
+ * Exchange: a repeated Authorization, a transfer coding other than chunked, a Host that is not
+ * `name[:port]`, a method Exchange does not use.
  */
 import { SERVICE_PREFIXES, type Service } from './services.js';
 
@@ -110,6 +114,7 @@ export function normalizePath(raw: string): string | null {
     if (segment.endsWith('.') || segment.endsWith(' ')) return null;   // Windows trims these: `/ecp./` is `/ecp/`
     if (segment.includes(':')) return null;               // NTFS alternate data streams: `ecp::$DATA`
     if (SHORT_NAME.test(segment)) return null;            // 8.3 short names: `ECP~1`
+    if (segment.includes('(')) return null;               // ASP.NET cookieless `(S(…))` segments, removed after IIS picked the handler
     segments.push(segment);
   }
   const trailing = decoded.endsWith('/') && segments.length > 0 ? '/' : '';
@@ -186,5 +191,34 @@ export function serviceOf(path: string): Service | null {
       return service;
     }
   }
+  return null;
+}
+
+/** The methods Exchange's HTTP services use; anything else (TRACE, WebDAV, …) is refused. */
+const METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']);
+const HOST = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
+
+/** What checkHead needs of a request. */
+export interface Head {
+  readonly method?: string | undefined;
+  readonly headers: { readonly host?: string | undefined; readonly 'transfer-encoding'?: string | undefined };
+  readonly rawHeaders: readonly string[];
+}
+
+/** A refusal of the request head (400, or `status` when HTTP has a better code), or null when it is fine. */
+export function checkHead(req: Head): (Misroute & { readonly status?: number }) | null {
+  if (!METHODS.has(req.method ?? '')) return { ok: false, reason: 'bad-request', detail: `method ${req.method} is not served`, status: 405 };
+  let authorizations = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    if ((req.rawHeaders[i] as string).length === 13 && (req.rawHeaders[i] as string).toLowerCase() === 'authorization') authorizations++;
+  }
+  // Node keeps the first; IIS might take another: one checked identity, one forwarded.
+  if (authorizations > 1) return { ok: false, reason: 'bad-request', detail: 'more than one Authorization header' };
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
+    return { ok: false, reason: 'bad-request', detail: 'transfer coding other than chunked', status: 501 };
+  }
+  const host = req.headers.host;
+  if (host !== undefined && !HOST.test(host)) return { ok: false, reason: 'bad-request', detail: 'Host is not name[:port]' };
   return null;
 }

@@ -9,11 +9,10 @@
  */
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import type { AccessRecord } from './access-log.js';
-import { clip } from './access-log.js';
+import { newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorizeAnonymous } from './authorize.js';
-import { classify, hostName, pathOf } from './classify.js';
-import { DENY_STATUS, type DenyReason } from './errors.js';
+import { classify } from './classify.js';
+import { DENY_STATUS, statusLine, type DenyReason } from './errors.js';
 import { RPC_METHODS } from './services.js';
 import type { State } from './state.js';
 
@@ -30,11 +29,6 @@ interface FailedHead {
   readonly host: string | undefined;
 }
 
-const STATUS_LINE: Readonly<Record<number, string>> = {
-  400: '400 Bad Request', 403: '403 Forbidden', 404: '404 Not Found', 408: '408 Request Timeout',
-  421: '421 Misdirected Request', 431: '431 Request Header Fields Too Large', 501: '501 Not Implemented',
-};
-
 /** Handles a `clientError`: answers, logs one access record, closes the connection. */
 export function handleClientError(err: ParserError, socket: Socket, state: State, write: (r: AccessRecord) => void): void {
   if (err.code === 'ECONNRESET' || !socket.writable) {
@@ -42,13 +36,12 @@ export function handleClientError(err: ParserError, socket: Socket, state: State
     return;
   }
   const head = failedHead(err);
-  const record = recordFor(socket, head);
+  const record = newAccessRecord(socket, { method: head?.method ?? '', url: head?.target ?? '', headers: head?.host ? { host: head.host } : {} });
   const [status, reason, detail] = verdict(err, head, socket, state, record);
   record.status = status;
   record.reason = reason;
   record.detail = detail;
-  socket.end(`HTTP/1.1 ${STATUS_LINE[status] ?? `${status} Error`}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
-  record.durationMs = 0;
+  endWithStatus(socket, status);
   write(record);
 }
 
@@ -93,13 +86,7 @@ function printable(s: string, max: number): string {
   return s.slice(0, max).replace(/[^\x20-\x7e]/g, '?');
 }
 
-function recordFor(socket: Socket, head: FailedHead | null): AccessRecord {
-  const sni = (socket as TLSSocket).servername;
-  return {
-    time: new Date().toISOString(), client: socket.remoteAddress ?? null,
-    sni: typeof sni === 'string' ? sni.toLowerCase() : null, host: hostName(head?.host),
-    method: head?.method ?? '', path: clip(pathOf(head?.target ?? '')), service: null, user: null,
-    decision: 'deny', reason: null, rule: null, status: 0, durationMs: 0, cache: null, upstreamMs: null,
-    bytesIn: 0, bytesOut: 0, userAgent: null, operation: null, detail: null,
-  };
+/** Answers on a raw socket with a bare status and closes it (no request object exists to answer). */
+export function endWithStatus(socket: Socket, status: number): void {
+  socket.end(`${statusLine(status)}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
 }

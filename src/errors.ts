@@ -1,3 +1,5 @@
+import { STATUS_CODES } from 'node:http';
+
 /**
  * The one catalog of outcomes: every reason of INTERFACE.md, and the HTTP status a denial with
  * that reason gets. proxy.ts `deny()` is the only writer of these responses.
@@ -40,6 +42,11 @@ export const DENY_STATUS: Readonly<Record<DenyReason, number>> = {
   'upstream-error': 502,
   'upstream-timeout': 504,
 };
+
+/** `HTTP/1.1 403 Forbidden`: the status line for a status, with Node's reason phrase. */
+export function statusLine(status: number): string {
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`;
+}
 
 /**
  * A technical fault of the directory (unreachable, timed out, unexpected LDAP result). It is never

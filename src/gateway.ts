@@ -13,9 +13,10 @@ import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { activeSyncCommand, newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize, authorizeAnonymous } from './authorize.js';
-import { classify } from './classify.js';
-import { handleClientError } from './client-error.js';
-import { declaredBodyTooLarge, deny, fail, forward } from './proxy.js';
+import { checkHead, classify } from './classify.js';
+import { endWithStatus, handleClientError } from './client-error.js';
+import { basicChallenge, declaredBodyTooLarge, deny, fail, forward } from './proxy.js';
+import { requestIdleMs } from './services.js';
 import type { State } from './state.js';
 import { createTlsServer, type TlsMaterial } from './tls.js';
 
@@ -27,46 +28,70 @@ export interface GatewayLogs {
 
 /** The pipeline. `state` is read once per request, so a reload never splits a request in two. */
 export async function handle(req: IncomingMessage, res: ServerResponse, state: State, logs: GatewayLogs): Promise<void> {
-  const record = newAccessRecord(req);
-  const started = performance.now();
-  res.once('close', () => writeRecord(logs.access, record, res, started));
+  const record = newAccessRecord(req.socket, req);
+  const written = recordOnceDone(logs.access, record, res);
   try {
-    const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
-    if (!route.ok) return deny(req, res, record, route.reason, { detail: route.detail });
-    record.service = route.service;
-    if (route.service === 'activesync') record.operation = activeSyncCommand(req.url ?? '');
-    const service = state.config.services[route.service];
-    if (declaredBodyTooLarge(req, service)) return deny(req, res, record, 'too-large', { detail: `limit ${service.maxBodyBytes} bytes` });
-
-    const refused = authorizeAnonymous(route.service, state.policy);
-    if (refused) {
-      record.rule = refused.rule;
-      return deny(req, res, record, refused.reason);
-    }
-
-    const auth = await state.authenticator.authenticate(req.headers.authorization, state.policy.groupDns);
-    record.user = auth.ok ? auth.identity.user : auth.user;
-    if (!auth.ok) return deny(req, res, record, auth.reason, { realm: state.realm, detail: auth.detail });
-    record.cache = auth.cache;
-
-    const decision = authorize(route.service, auth.identity, state.policy);
-    record.rule = decision.rule;
-    if (!decision.allow) return deny(req, res, record, decision.reason);
-
-    record.decision = 'allow';
-    record.reason = decision.reason;
-    if (res.destroyed) return;                      // the client left while the directory answered
-    forward(req, res, record, service, state.upstream);
+    await pipeline(req, res, record, state);
   } catch (err) {
     logs.app.error({ err, path: record.path }, 'internal error while handling a request');
     fail(req, res, record, 'upstream-error', { detail: 'internal error' });
+  } finally {
+    written.settled();
   }
 }
 
-function writeRecord(access: Logger, record: AccessRecord, res: ServerResponse, started: number): void {
-  record.status = res.headersSent ? res.statusCode : 499;
-  record.durationMs = Math.round(performance.now() - started);
-  access.info(record);
+async function pipeline(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State): Promise<void> {
+  const head = checkHead(req);
+  if (head) return deny(req, res, record, head.reason, { detail: head.detail, ...(head.status ? { status: head.status } : {}) });
+  const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
+  if (!route.ok) return deny(req, res, record, route.reason, { detail: route.detail });
+  record.service = route.service;
+  if (route.service === 'activesync') record.operation = activeSyncCommand(req.url ?? '');
+  const settings = state.config.services[route.service];
+  if (declaredBodyTooLarge(req, settings)) return deny(req, res, record, 'too-large', { detail: `limit ${settings.maxBodyBytes} bytes` });
+
+  const refused = authorizeAnonymous(route.service, state.policy);
+  if (refused) {
+    record.rule = refused.rule;
+    return deny(req, res, record, refused.reason);
+  }
+
+  const auth = await state.authenticator.authenticate(req.headers.authorization, state.policy.groupDns);
+  record.user = auth.ok ? auth.identity.user : auth.user;
+  if (!auth.ok) return deny(req, res, record, auth.reason, { realm: state.realm, detail: auth.detail });
+  record.cache = auth.cache;
+
+  const decision = authorize(route.service, auth.identity, state.policy);
+  record.rule = decision.rule;
+  if (!decision.allow) return deny(req, res, record, decision.reason);
+
+  record.decision = 'allow';
+  record.reason = decision.reason;
+  if (res.destroyed) return;                      // the client left while the directory answered
+  forward(req, res, record, {
+    host: route.host,
+    settings,
+    idleMs: requestIdleMs(route.service, settings, record.operation),
+    basicChallenge: settings.auth === 'basic' ? basicChallenge(state.realm) : null,
+  }, state.upstream);
+}
+
+/**
+ * Writes the record once both the response has closed and the pipeline has settled: a client
+ * that leaves while the directory answers is still logged with its user and reason.
+ */
+function recordOnceDone(access: Logger, record: AccessRecord, res: ServerResponse): { settled(): void } {
+  const started = performance.now();
+  let closed = false;
+  let settled = false;
+  const write = () => {
+    if (!closed || !settled) return;
+    record.status = res.headersSent ? res.statusCode : 499;
+    record.durationMs = Math.round(performance.now() - started);
+    access.info(record);
+  };
+  res.once('close', () => { closed = true; write(); });
+  return { settled: () => { settled = true; write(); } };
 }
 
 /** A running gateway: TLS listener → HTTP server → handle(). */
@@ -84,12 +109,18 @@ export class Gateway {
       headersTimeout: http.headersTimeoutMs,   // slowloris guard, checked every…
       connectionsCheckingInterval: Math.min(5000, Math.ceil(http.headersTimeoutMs / 2)),   // …Node's default is 30 s
       keepAliveTimeout: http.keepAliveTimeoutMs,
-      requireHostHeader: false,                // classify answers a missing Host (421) and logs it
+      requireHostHeader: false,                // classify names the site by SNI then, or answers 421, and logs it
     }, (req, res) => { void handle(req, res, this.#state, logs); });
     // Answer `Expect: 100-continue` only once the request is allowed (forward() sends the 100).
     this.httpServer.on('checkContinue', (req, res) => { void handle(req, res, this.#state, logs); });
     this.httpServer.on('clientError', (err: Error, socket: Socket) => {
       handleClientError(err, socket, this.#state, (r) => logs.access.info(r));
+    });
+    // An `Expect` other than 100-continue: refused through deny() and logged (Node would send a bare 417).
+    this.httpServer.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+      const record = newAccessRecord(req.socket, req);
+      recordOnceDone(logs.access, record, res).settled();
+      deny(req, res, record, 'bad-request', { detail: 'unsupported Expect', status: 417 });
     });
     this.httpServer.on('connect', (req: IncomingMessage, socket: Socket) => this.refuseConnect(req, socket));
     // The HTTP server never listens itself; this starts its headersTimeout checks
@@ -120,9 +151,17 @@ export class Gateway {
     });
   }
 
-  /** Stops accepting, closes every connection, and closes the directory. */
-  async close(): Promise<void> {
+  /**
+   * Stops accepting, lets requests in flight finish for up to `graceMs` (idle keep-alive
+   * connections are closed at once), then cuts what is left and closes the directory.
+   */
+  async close(graceMs = 0): Promise<void> {
     const closed = new Promise<void>((resolve) => this.tlsServer.close(() => resolve()));
+    const deadline = Date.now() + graceMs;
+    while (this.#sockets.size > 0 && Date.now() < deadline) {
+      this.httpServer.closeIdleConnections();
+      await new Promise((r) => setTimeout(r, 50));
+    }
     for (const s of this.#sockets) s.destroy();
     this.httpServer.close();
     await closed;
@@ -135,12 +174,13 @@ export class Gateway {
     this.httpServer.emit('connection', socket);
   }
 
+  /** CONNECT never reaches a request handler (Node hands over the socket): answer it raw. */
   private refuseConnect(req: IncomingMessage, socket: Socket): void {
-    const record = newAccessRecord(req);
+    const record = newAccessRecord(socket, req);
     record.reason = 'bad-request';
     record.detail = 'CONNECT is not served';
     record.status = 405;
-    socket.end('HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+    endWithStatus(socket, 405);
     this.logs.access.info(record);
   }
 }

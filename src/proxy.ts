@@ -7,42 +7,15 @@
  * upstream connection (`Client`, pipelining 1), destroyed with it: NTLM authenticates the TCP
  * connection, and a shared pool hands one user's session to another.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
 import { pipeline, Transform } from 'node:stream';
 import { buildConnector, Client, type Dispatcher } from 'undici';
 import type { AccessRecord } from './access-log.js';
 import type { Config } from './config/load.js';
 import { DENY_STATUS, type DenyReason } from './errors.js';
+import { requestHeaders, responseHeaders } from './headers.js';
 import type { ServiceDefaults } from './services.js';
-
-// Hop-by-hop headers (RFC 9110 §7.6.1) plus what undici refuses (`expect`) and what the gateway
-// owns: a client must not be able to claim its own X-Forwarded-For.
-const REQUEST_DROP: ReadonlySet<string> = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding',
-  'upgrade', 'http2-settings', 'expect', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded',
-  'x-real-ip',
-]);
-
-/** Response headers that name Exchange's internal servers (and its software), removed by default. */
-export const HIDDEN_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
-  'x-feserver', 'x-beserver', 'x-calculatedbetarget', 'x-diaginfo', 'x-febeserver', 'x-fefqdn', 'x-feproxyinfo',
-  'x-feefzinfo', 'x-targetbeserver', 'x-beserverexception', 'x-backendhttpstatus', 'x-proxy-backendserverstatus',
-  'x-proxy-routingcorrectness', 'x-powered-by', 'x-aspnet-version', 'x-owa-diagnosticsinfo', 'x-serverapplication-diag',
-]);
-
-/** Request headers forwarded exactly once, from Node's parsed view. */
-const SINGLE: ReadonlySet<string> = new Set(['host', 'content-length']);
-
-const RESPONSE_DROP: ReadonlySet<string> = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings',
-  ...HIDDEN_RESPONSE_HEADERS,
-]);
-
-const STATUS_TEXT: Readonly<Record<number, string>> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large',
-  421: 'Misdirected Request', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
-};
 
 /** How much longer than the upstream side the client side of a request may stay silent. */
 const CLIENT_IDLE_GRACE_MS = 10_000;
@@ -55,6 +28,13 @@ export interface DenyOptions {
   /** For 401: the Basic realm. */
   readonly realm?: string;
   readonly detail?: string;
+  /** For `bad-request` only: a more precise 4xx/5xx than 400 (405, 417, 501). */
+  readonly status?: number;
+}
+
+/** The Basic challenge of the gateway (INTERFACE.md: `Basic realm="…", charset="UTF-8"`). */
+export function basicChallenge(realm: string): string {
+  return `Basic realm="${realm}", charset="UTF-8"`;
 }
 
 /**
@@ -68,7 +48,8 @@ export function deny(req: IncomingMessage, res: ServerResponse, record: AccessRe
 
 /**
  * Writes the response for a reason without touching the record's decision: an allowed request
- * that Exchange failed (502/504) keeps `decision: allow`.
+ * that Exchange failed (502/504) keeps `decision: allow`. After the response has started, all it
+ * can do is cut the connection.
  */
 export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRecord, reason: DenyReason, opts: DenyOptions = {}): void {
   record.reason = reason;
@@ -77,16 +58,16 @@ export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRe
     res.destroy();
     return;
   }
-  const status = DENY_STATUS[reason];
-  const body = `${status} ${STATUS_TEXT[status] ?? ''}\n`;
+  const status = reason === 'bad-request' && opts.status ? opts.status : DENY_STATUS[reason];
+  const body = `${status} ${STATUS_CODES[status] ?? ''}\n`;
   const headers: Record<string, string | number> = {
     'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-store',
   };
-  if (status === 401) headers['www-authenticate'] = `Basic realm="${opts.realm ?? 'exgate'}", charset="UTF-8"`;
+  if (status === 401) headers['www-authenticate'] = basicChallenge(opts.realm ?? 'exgate');
   if (status === 503) headers['retry-after'] = RETRY_AFTER_SECONDS;
-  if (status === 400 || status === 421 || status === 413 || hasUnreadBody(req)) {
+  if (status === 400 || status === 421 || status === 413 || status >= 500 || !req.complete) {
     headers.connection = 'close';
     res.shouldKeepAlive = false;
   }
@@ -94,13 +75,7 @@ export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRe
   res.end(req.method === 'HEAD' ? undefined : body);
 }
 
-function hasUnreadBody(req: IncomingMessage): boolean {
-  if (req.complete) return false;
-  const length = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
-}
-
-/** The declared body length, or null for a chunked body; 413 when it exceeds the limit. */
+/** True when the declared body length exceeds the service's limit (→ 413 before anything else). */
 export function declaredBodyTooLarge(req: IncomingMessage, settings: ServiceDefaults): boolean {
   const length = req.headers['content-length'];
   return settings.maxBodyBytes > 0 && length !== undefined && Number(length) > settings.maxBodyBytes;
@@ -110,12 +85,12 @@ export function declaredBodyTooLarge(req: IncomingMessage, settings: ServiceDefa
 export class Upstream {
   readonly #clients = new WeakMap<Socket, Client>();
   readonly #options: Client.Options;
-  /** The TLS name to send and verify on every request (null for plain http). */
-  readonly servername: string | null;
+  /** The name every request is sent under; see the connector below. */
+  readonly servername: string;
 
   constructor(readonly config: Config['upstream'], keepAliveTimeoutMs: number) {
     const https = config.url.protocol === 'https:';
-    this.servername = https && !isIP(config.servername) ? config.servername : null;
+    this.servername = config.servername;
     const connector = buildConnector({
       timeout: config.connectTimeoutMs,
       keepAlive: true,                      // 59-minute-silent ActiveSync sockets must survive internal firewalls
@@ -126,15 +101,16 @@ export class Upstream {
         ALPNProtocols: ['http/1.1'],
       } : {}),
     });
-    const servername = this.servername ?? undefined;
+    // undici takes each request's TLS servername from its Host header, which the client controls
+    // (undici 7 lib/core/request.js: `servername || getServerName(this.host)`), and drops the
+    // connection when it changes. The connector pins SNI and the verified name to the config
+    // (none for an IP address), and forward() gives every request the same servername.
+    const sni = isIP(config.servername) ? undefined : config.servername;
     this.#options = {
       pipelining: 1,
       keepAliveTimeout: keepAliveTimeoutMs,
       keepAliveMaxTimeout: keepAliveTimeoutMs,
-      // undici would otherwise take the TLS servername from each request's Host header, which the
-      // client controls (undici 7 lib/core/request.js: `servername || getServerName(this.host)`).
-      // Exchange's certificate is always checked against the configured name.
-      connect: (opts, callback) => connector({ ...opts, servername }, callback),
+      connect: (opts, callback) => connector({ ...opts, servername: sni }, callback),
     };
   }
 
@@ -152,29 +128,39 @@ export class Upstream {
   }
 }
 
+/** What forward() needs to know about the request's route. */
+export interface Forwarding {
+  /** The name the client reached (its Host when it sent none). */
+  readonly host: string;
+  readonly settings: ServiceDefaults;
+  /** Longest silence allowed on this request: the service's idle timeout, or less for short operations. */
+  readonly idleMs: number;
+  /** For services whose clients use Basic only: the gateway's challenge (others are filtered). */
+  readonly basicChallenge: string | null;
+}
+
 /**
  * Streams the request to Exchange and the response back, with no buffering either way.
  * A client abort aborts the upstream request; an upstream cut ends the client response.
  */
-export function forward(req: IncomingMessage, res: ServerResponse, record: AccessRecord, settings: ServiceDefaults, upstream: Upstream): void {
-  const idleMs = settings.idleTimeoutSeconds * 1000;
+export function forward(req: IncomingMessage, res: ServerResponse, record: AccessRecord, route: Forwarding, upstream: Upstream): void {
   // The client side waits a little longer than the upstream side, so that a silent Exchange is
   // answered with 504 before the client connection itself is dropped as idle.
-  req.socket.setTimeout(idleMs + CLIENT_IDLE_GRACE_MS);
-  const started = performance.now();
-  const body = requestBody(req, settings, record);
+  req.socket.setTimeout(route.idleMs + CLIENT_IDLE_GRACE_MS);
+  const body = requestBody(req, route.settings, record);
   if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
-  const relay = new ResponseRelay(res, record, started);
+  const relay = new ResponseRelay(req, res, record, route.basicChallenge);
   upstream.clientFor(req.socket).dispatch({
     origin: upstream.config.origin,
+    servername: upstream.servername,
     path: req.url ?? '/',
     method: req.method ?? 'GET',
-    headers: requestHeaders(req),
+    headers: requestHeaders(req, route.host),
     body,
-    // Per-request limits sized to the service: an ActiveSync Ping answers only after its heartbeat.
-    headersTimeout: idleMs,
-    bodyTimeout: idleMs,
-  }, relay);
+    // Per-request limits sized to the operation: an ActiveSync Ping answers only after its heartbeat.
+    headersTimeout: route.idleMs,
+    bodyTimeout: route.idleMs,
+  } as Dispatcher.DispatchOptions, relay);
   res.once('close', () => relay.clientClosed());
 }
 
@@ -205,38 +191,18 @@ function requestBody(req: IncomingMessage, settings: ServiceDefaults, record: Ac
   return counter;
 }
 
-function requestHeaders(req: IncomingMessage): string[] {
-  const raw = req.rawHeaders;
-  const named = connectionTokens(req.headers.connection);
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i] as string;
-    const lower = name.toLowerCase();
-    if (REQUEST_DROP.has(lower) || named?.has(lower) || SINGLE.has(lower)) continue;
-    out.push(name, raw[i + 1] as string);
-  }
-  // Headers that must appear once, taken from Node's parse (it keeps the first Host and rejects
-  // conflicting Content-Lengths), never from a client's repeated raw lines.
-  if (req.headers.host !== undefined) out.push('Host', req.headers.host);
-  const length = req.headers['content-length'];
-  if (length !== undefined && length !== '0') out.push('Content-Length', length);
-  out.push('X-Forwarded-For', req.socket.remoteAddress ?? '', 'X-Forwarded-Proto', 'https');
-  return out;
-}
-
-function connectionTokens(value: string | undefined): Set<string> | null {
-  if (!value) return null;
-  const v = value.toLowerCase();
-  if (v === 'keep-alive' || v === 'close') return null;
-  return new Set(value.split(',').map((t) => t.trim().toLowerCase()).filter(Boolean));
-}
-
 /** Relays one upstream response to the client, with backpressure both ways. */
 class ResponseRelay implements Dispatcher.DispatchHandler {
   #controller: Dispatcher.DispatchController | null = null;
   #done = false;
+  readonly #started = performance.now();
 
-  constructor(private readonly res: ServerResponse, private readonly record: AccessRecord, private readonly started: number) {}
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    private readonly record: AccessRecord,
+    private readonly basicChallenge: string | null,
+  ) {}
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
@@ -245,8 +211,11 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, _headers: unknown, statusMessage?: string): void {
     if (statusCode < 200) return;                   // 1xx: Node writes its own 100 Continue
-    this.record.upstreamMs = Math.round(performance.now() - this.started);
-    const headers = responseHeaders(controller.rawHeaders as Buffer[] | undefined);
+    this.record.upstreamMs = Math.round(performance.now() - this.#started);
+    // Exchange answered before reading the whole body (a 401, IIS request filtering): the rest of
+    // the upload is neither forwarded nor drained, so this connection cannot carry another request.
+    if (!this.req.complete) this.res.shouldKeepAlive = false;
+    const headers = responseHeaders(controller.rawHeaders as Buffer[] | undefined, statusCode, this.basicChallenge);
     this.res.writeHead(statusCode, statusMessage || undefined, headers);
   }
 
@@ -268,11 +237,11 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     if (this.res.destroyed) return;                 // the client left first; nothing to tell
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EXGATE_TOO_LARGE') {
-      deny(this.res.req, this.res, this.record, 'too-large', { detail: err.message });
+      deny(this.req, this.res, this.record, 'too-large', { detail: err.message });
       return;
     }
     const timeout = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
-    fail(this.res.req, this.res, this.record, timeout ? 'upstream-timeout' : 'upstream-error', { detail: `${code ?? err.name}: ${err.message}` });
+    fail(this.req, this.res, this.record, timeout ? 'upstream-timeout' : 'upstream-error', { detail: `${code ?? err.name}: ${err.message}` });
   }
 
   /** The client response closed: if the upstream exchange is still running, abort it. */
@@ -281,20 +250,4 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
       this.#controller.abort(new Error('client went away'));
     }
   }
-}
-
-function responseHeaders(raw: Buffer[] | undefined): string[] {
-  const out: string[] = [];
-  if (!raw) return out;
-  let named: Set<string> | null = null;
-  for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as Buffer).toString('latin1').toLowerCase() === 'connection') named = connectionTokens((raw[i + 1] as Buffer).toString('latin1'));
-  }
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = (raw[i] as Buffer).toString('latin1');
-    const lower = name.toLowerCase();
-    if (RESPONSE_DROP.has(lower) || named?.has(lower)) continue;
-    out.push(name, (raw[i + 1] as Buffer).toString('latin1'));
-  }
-  return out;
 }

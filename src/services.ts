@@ -70,3 +70,20 @@ export const RPC_METHODS: ReadonlySet<string> = new Set(['RPC_IN_DATA', 'RPC_OUT
 export function isService(name: string): name is Service {
   return (SERVICES as readonly string[]).includes(name);
 }
+
+/** ActiveSync commands that hold a request open on purpose (Ping, and Sync with Wait). */
+const ACTIVESYNC_LONG_POLLS: ReadonlySet<string> = new Set(['ping', 'sync']);
+/** Longest silence for an ActiveSync command that answers at once (SendMail, FolderSync, …). */
+const ACTIVESYNC_SHORT_SECONDS = 300;
+
+/**
+ * The idle timeout of one request: the service's, except ActiveSync commands known not to be
+ * long-polls, which get at most 300 s. A command the gateway cannot read (the base64 query form
+ * of EAS 12.1+) keeps the long timeout.
+ */
+export function requestIdleMs(service: Service, settings: ServiceDefaults, operation: string | null): number {
+  const seconds = service === 'activesync' && operation !== null && !ACTIVESYNC_LONG_POLLS.has(operation.toLowerCase())
+    ? Math.min(settings.idleTimeoutSeconds, ACTIVESYNC_SHORT_SECONDS)
+    : settings.idleTimeoutSeconds;
+  return seconds * 1000;
+}

@@ -98,3 +98,13 @@ export function createTlsServer(material: TlsMaterial, opts: TlsServerOptions, o
     honorCipherOrder: true,
   }, onConnection);
 }
+
+/** The names in `names` that the certificate does not cover (exact or one-label wildcard SANs). */
+export function certificateGaps(material: TlsMaterial, names: readonly string[]): string[] {
+  const sans = material.names.map((n) => n.toLowerCase());
+  const covered = (name: string) => {
+    const n = name.toLowerCase().replace(/\.$/, '');
+    return sans.some((san) => san === n || (san.startsWith('*.') && n.endsWith(san.slice(1)) && !n.slice(0, -san.length + 1).includes('.')));
+  };
+  return names.filter((n) => !covered(n));
+}

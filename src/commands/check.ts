@@ -6,7 +6,7 @@ import { loadConfig } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError, formatProblem, type ConfigProblem } from '../errors.js';
 import { loadPolicy } from '../policy/compile.js';
 import { logonDomain, openDirectory } from '../state.js';
-import { loadTlsMaterial } from '../tls.js';
+import { certificateGaps, loadTlsMaterial } from '../tls.js';
 import { existsSync } from 'node:fs';
 
 export async function check(file: string, out: NodeJS.WritableStream = process.stdout): Promise<number> {
@@ -36,7 +36,13 @@ export async function findProblems(file: string): Promise<ConfigProblem[]> {
   }
   if (!config.tls.selfSigned || (existsSync(config.tls.cert) && existsSync(config.tls.key))) {
     try {
-      loadTlsMaterial(config);
+      const material = loadTlsMaterial(config);
+      for (const name of certificateGaps(material, config.names.externalList)) {
+        problems.push({ file: config.file, key: 'tls.cert', message: `the certificate does not cover ${name}` });
+      }
+      if (material.notAfter.getTime() < Date.now()) {
+        problems.push({ file: config.file, key: 'tls.cert', message: `the certificate expired on ${material.notAfter.toISOString()}` });
+      }
     } catch (err) {
       collect(err, { file: config.file, key: 'tls' });
     }

@@ -10,7 +10,7 @@ import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
 import { Gateway } from '../gateway.js';
 import { buildState } from '../state.js';
-import { ensureSelfSigned, loadTlsMaterial, secureContextOptions } from '../tls.js';
+import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from '../tls.js';
 
 export interface StartOptions {
   /** Access-log destination instead of `log.access` (tests capture it). */
@@ -28,17 +28,20 @@ export interface RunningGateway {
   readonly log: Logger;
   /** Reloads config, policy and certificate; false (and the old state kept) on any error. */
   reload(): Promise<boolean>;
-  close(): Promise<void>;
+  /** Stops accepting and closes, letting requests in flight run up to `graceMs`. */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** Loads a config file, builds the state and starts listening. Throws ConfigError or DirectoryUnavailableError. */
 export async function startGateway(file: string, opts: StartOptions = {}): Promise<RunningGateway> {
   const config = loadConfig(file);
   const log = appLogger(config.log.level, opts.appStream);
-  const access = accessLogger(config.log.access, opts.accessStream);
   if (await ensureSelfSigned(config)) log.warn({ cert: config.tls.cert }, 'generated a self-signed certificate (lab use only)');
   const material = loadTlsMaterial(config);
+  warnAboutCertificate(material, config, log);
   const state = await buildState(config, log);
+  // Opened only once everything else loaded: a startup retried while the DC is down leaks nothing.
+  const access = accessLogger(config.log.access, opts.accessStream);
   const gateway = new Gateway(state, material, { access: access.log, app: log });
   const address = await gateway.listen(opts.port ?? config.listen.port, opts.host ?? config.listen.host);
   log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
@@ -59,11 +62,19 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       return false;
     }
   };
-  const close = async () => {
-    await gateway.close();
+  const close = async (graceMs = 0) => {
+    await gateway.close(graceMs);
     access.flush();
   };
   return { gateway, address, log, reload, close };
+}
+
+/** Logs what is wrong or about to be with the certificate: names it lacks, expiry within 14 days. */
+function warnAboutCertificate(material: TlsMaterial, config: Config, log: Logger): void {
+  const missing = certificateGaps(material, config.names.externalList);
+  if (missing.length > 0) log.warn({ missing }, 'the certificate does not name every external name; clients will refuse it for those');
+  const days = Math.floor((material.notAfter.getTime() - Date.now()) / 86_400_000);
+  if (days < 14) log.warn({ notAfter: material.notAfter.toISOString(), days }, days < 0 ? 'the certificate has expired' : 'the certificate expires soon');
 }
 
 const RETRY_MS = 5000;
@@ -90,7 +101,7 @@ export async function serve(file: string): Promise<number> {
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       gw.log.info({ signal }, 'stopping');
-      void gw.close().then(resolve);
+      void gw.close(gw.gateway.state.config.http.shutdownGraceMs).then(resolve);
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));

@@ -45,6 +45,7 @@ export interface Config {
     readonly ca: string | undefined;
     readonly servername: string;
     readonly insecureSkipVerify: boolean;
+    readonly allowPlaintext: boolean;
     readonly connectTimeoutMs: number;
   };
   readonly directory: LdapSettings | FileSettings;
@@ -125,12 +126,16 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
   };
 
   const url = new URL(raw.upstream.url);
+  if (url.protocol === 'http:' && !isLoopback(url.hostname) && !raw.upstream.allowPlaintext) {
+    at(['upstream', 'url'], 'http:// sends every Basic password in clear; use https:// (or allowPlaintext: true, lab only)');
+  }
   const upstream = {
     url,
     origin: url.origin,
     ca: readPem(raw.upstream.ca, ['upstream', 'ca']),
     servername: raw.upstream.servername ?? url.hostname.replace(/^\[|\]$/g, ''),
     insecureSkipVerify: raw.upstream.insecureSkipVerify,
+    allowPlaintext: raw.upstream.allowPlaintext,
     connectTimeoutMs: raw.upstream.connectTimeoutMs,
   };
 
@@ -166,6 +171,11 @@ function resolveDirectory(
     return { type: 'file', path, baseDn, netbiosDomain: raw.netbiosDomain, upnSuffixes: raw.upnSuffixes };
   }
   const urls = typeof raw.url === 'string' ? [raw.url] : raw.url;
+  urls.forEach((u, i) => {
+    if (u.startsWith('ldap:') && !raw.startTls && !raw.allowPlaintext && !isLoopback(new URL(u).hostname)) {
+      at(['directory', 'url', ...(typeof raw.url === 'string' ? [] : [i])], 'ldap:// without startTls sends every password in clear; use ldaps://, startTls: true (or allowPlaintext: true, lab only)');
+    }
+  });
   if (raw.startTls) {
     urls.forEach((u, i) => {
       if (u.startsWith('ldaps:')) at(['directory', 'url', ...(typeof raw.url === 'string' ? [] : [i])], 'startTls needs an ldap:// URL (ldaps:// is TLS already)');
@@ -192,6 +202,12 @@ function resolveDirectory(
     netbiosDomain: raw.netbiosDomain, upnSuffixes: raw.upnSuffixes,
     connectTimeoutMs: raw.connectTimeoutMs, timeoutMs: raw.timeoutMs,
   };
+}
+
+/** 127.0.0.0/8, ::1 and localhost: traffic that never leaves the machine. */
+function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
 }
 
 /** DNS names compare case-insensitively and without the root's trailing dot (as nameTable keys them). */

@@ -50,6 +50,8 @@ const upstream = z.strictObject({
   servername: nonEmpty.optional(),
   /** Lab only: do not verify Exchange's certificate. Default: false. */
   insecureSkipVerify: z.boolean().default(false),
+  /** Lab only: allow an http:// Exchange that is not on loopback (Basic passwords in clear). Default: false. */
+  allowPlaintext: z.boolean().default(false),
   /** Default: 10000. */
   connectTimeoutMs: positive.default(10_000),
 });
@@ -71,6 +73,8 @@ const ldapDirectory = z.strictObject({
   ca: nonEmpty.optional(),
   /** Upgrade ldap:// connections with StartTLS. Default: false. */
   startTls: z.boolean().default(false),
+  /** Lab only: allow ldap:// without StartTLS to a DC that is not on loopback (passwords in clear). Default: false. */
+  allowPlaintext: z.boolean().default(false),
   /** The service account that looks users and groups up. */
   bindDn: nonEmpty,
   /** Name of the environment variable holding the service account's password. */
@@ -152,6 +156,8 @@ const mailboxFlags = z.strictObject({
 });
 
 const http = z.strictObject({
+  /** On SIGTERM, how long requests in flight may take to finish before they are cut. Default: 10000. */
+  shutdownGraceMs: z.number().int().min(0).default(10_000),
   /** Slow-header (slowloris) limit for a request's headers. Default: 30000. */
   headersTimeoutMs: positive.default(30_000),
   /** How long an idle client connection is kept open between requests. Default: 100000. */

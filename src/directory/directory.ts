@@ -13,7 +13,7 @@ import type { Logon } from '../credentials.js';
 export interface Account {
   readonly dn: string;
   readonly sam: string;
-  /** `NETBIOS\sam`: how the access log and `explain` name the account. */
+  /** `NETBIOS\sam`, sam lowercased: how the access log and `explain` name the account. */
   readonly user: string;
   readonly upn: string | null;
   readonly mail: string | null;

@@ -63,7 +63,7 @@ export class FileDirectory implements Directory {
     for (const [sam, u] of Object.entries(raw.users)) {
       const upn = u.upn ?? (settings.upnSuffixes[0] ? `${sam}@${settings.upnSuffixes[0]}` : null);
       const dn = `CN=${escapeRdn(u.name ?? sam)},CN=Users,${settings.baseDn}`;
-      users.set(sam.toLowerCase(), { ...u, account: { dn, sam, user: `${settings.netbiosDomain.toUpperCase()}\\${sam}`, upn, mail: u.mail ?? null } });
+      users.set(sam.toLowerCase(), { ...u, account: { dn, sam, user: `${settings.netbiosDomain.toUpperCase()}\\${sam.toLowerCase()}`, upn, mail: u.mail ?? null } });
     }
     const groups = new Map<string, GroupRef & { members: readonly string[] }>();
     for (const [name, g] of Object.entries(raw.groups)) {

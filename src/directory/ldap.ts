@@ -27,7 +27,8 @@ const USER_ATTRIBUTES = ['sAMAccountName', 'userPrincipalName', 'mail'];
 
 /**
  * AD's bind sub-codes (the `data XXX` in the error text) → reasons. The DC checks the password
- * before the account state, so a state is only ever revealed to someone who knows the password.
+ * before most account states (disabled, expired, must change), so those are only revealed to
+ * someone who knows the password; a locked-out account answers 775 whatever the password.
  */
 const SUB_CODES: Readonly<Record<string, PasswordRefusal>> = {
   '52e': 'bad-credentials',
@@ -132,7 +133,7 @@ export class LdapDirectory implements Directory {
 
   private account(e: Entry): Account {
     const sam = text(e, 'sAMAccountName') ?? '';
-    return { dn: e.dn, sam, user: `${this.settings.netbiosDomain.toUpperCase()}\\${sam}`, upn: text(e, 'userPrincipalName'), mail: text(e, 'mail') };
+    return { dn: e.dn, sam, user: `${this.settings.netbiosDomain.toUpperCase()}\\${sam.toLowerCase()}`, upn: text(e, 'userPrincipalName'), mail: text(e, 'mail') };
   }
 
   /**

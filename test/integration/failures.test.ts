@@ -126,6 +126,19 @@ describe('Exchange failing', () => {
   });
 });
 
+describe('challenges of a service that also speaks NTLM', () => {
+  it('passes several WWW-Authenticate headers from Exchange as separate headers, in order', async () => {
+    const h = await startHarness({ directory: 'file', gateway: { services: { owa: { auth: 'basic+ntlm' } } } });
+    try {
+      const r = await send(h, '/owa/standin/401', creds);
+      expect(r.status).toBe(401);
+      expect(r.headers['www-authenticate']).toEqual(['Negotiate', 'NTLM', 'Basic realm="exchange-standin"']);
+    } finally {
+      await h.close();
+    }
+  });
+});
+
 describe('slow clients', () => {
   it('answers a request whose headers trickle in past http.headersTimeoutMs with 408 and closes it', async () => {
     const h = await startHarness({ directory: 'file', gateway: { http: { headersTimeoutMs: 1000 } } });

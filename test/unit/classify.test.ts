@@ -1,7 +1,7 @@
 // Table tests for classify (src/classify.ts): names first (421), then the path (400 / 404), then the
 // service table (INTERFACE.md "Services"). Each row is one request as a client could send it.
 import { describe, expect, it } from 'vitest';
-import { classify, hostName, nameTable, normalizePath, serviceOf } from '../../src/classify.js';
+import { checkHead, classify, hostName, nameTable, normalizePath, serviceOf } from '../../src/classify.js';
 import type { Service } from '../../src/services.js';
 
 const EXTERNAL = 'outlook-ext.lab.test';
@@ -98,6 +98,8 @@ describe('classify: ambiguous or malformed targets are bad-request (400)', () =>
     ['long s that upper-cases to S (IIS would read mrsproxy)', '/ews/mr%C5%BFproxy.svc'],
     ['Kelvin sign that lower-cases to k', '/owa/%E2%84%AA'],
     ['8.3 short name below a service', '/owa/AUTH~1/logon.aspx'],
+    ['ASP.NET cookieless segment (S(…))', '/ews/(S(abc))/mrsproxy.svc'],
+    ['ASP.NET cookieless segment (X(…))', '/owa/(X(1)S(2))/auth/'],
     ['absolute-form', `https://${EXTERNAL}/ews/exchange.asmx`],
     ['asterisk-form', '*'],
     ['authority-form', `${EXTERNAL}:443`],
@@ -223,5 +225,26 @@ describe('serviceOf: normalized path → service', () => {
     ['/', null], ['/apix', null],
   ])('%s → %s', (path, service) => {
     expect(serviceOf(path)).toBe(service);
+  });
+});
+
+describe('checkHead', () => {
+  const head = (method: string, raw: string[], headers: Record<string, string> = {}) => ({ method, rawHeaders: raw, headers });
+  it.each([
+    ['GET with one Authorization', head('GET', ['Host', 'mail.lab.test', 'Authorization', 'Basic eDp5']), null],
+    ['OPTIONS (ActiveSync)', head('OPTIONS', []), null],
+    ['two Authorization headers', head('GET', ['Authorization', 'Basic eDp5', 'authorization', 'Basic eTp6']), 400],
+    ['TRACE', head('TRACE', []), 405],
+    ['PROPFIND', head('PROPFIND', []), 405],
+    ['Transfer-Encoding: gzip, chunked', head('POST', [], { 'transfer-encoding': 'gzip, chunked' }), 501],
+    ['Transfer-Encoding: chunked', head('POST', [], { 'transfer-encoding': 'chunked' }), null],
+    ['Host with userinfo', head('GET', [], { host: 'mail.lab.test:1@evil.example' }), 400],
+    ['Host with a path', head('GET', [], { host: 'mail.lab.test/x' }), 400],
+    ['Host name:port', head('GET', [], { host: 'mail.lab.test:8443' }), null],
+    ['Host [v6]:port', head('GET', [], { host: '[::1]:8443' }), null],
+  ] as const)('%s', (_what, h, status) => {
+    const r = checkHead(h);
+    if (status === null) expect(r).toBeNull();
+    else expect(r?.status ?? 400).toBe(status);
   });
 });

@@ -139,6 +139,14 @@ describe('a valid config with bindPasswordFile, StartTLS and CA files', () => {
   });
 });
 
+describe('plaintext to a host that is not loopback', () => {
+  it('loads only when allowPlaintext says so (lab only)', () => {
+    const config = loadConfig(fixture('valid-plaintext-allowed.yaml'), {});
+    expect(config.upstream.allowPlaintext).toBe(true);
+    expect(config.directory.type).toBe('ldap');
+  });
+});
+
 describe('a valid lab config: self-signed TLS, file directory, overrides', () => {
   const config = loadConfig(fixture('valid-self-signed.yaml'), {});
 

@@ -1,0 +1,91 @@
+/**
+ * Which headers cross the gateway, both ways. Client headers are hostile (STYLE.md §10): hop-by-hop
+ * headers (RFC 9110 §7.6.1), anything named in `Connection`, `Expect` (the gateway answers
+ * 100-continue itself) and the forwarding headers the gateway owns never pass. Exchange's answers
+ * lose the headers that name its internal servers, and, for services whose clients authenticate
+ * with Basic only, the challenges such clients cannot answer.
+ */
+import type { IncomingMessage } from 'node:http';
+
+const REQUEST_DROP: ReadonlySet<string> = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding',
+  'upgrade', 'http2-settings', 'expect', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded',
+  'x-real-ip',
+]);
+
+/** Forwarded exactly once, from Node's parsed view, never from a client's repeated raw lines. */
+const SINGLE: ReadonlySet<string> = new Set(['host', 'content-length', 'authorization']);
+
+/** Response headers that name Exchange's internal servers (and its software), removed by default. */
+export const HIDDEN_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
+  'x-feserver', 'x-beserver', 'x-calculatedbetarget', 'x-diaginfo', 'x-febeserver', 'x-fefqdn', 'x-feproxyinfo',
+  'x-feefzinfo', 'x-targetbeserver', 'x-beserverexception', 'x-backendhttpstatus', 'x-proxy-backendserverstatus',
+  'x-proxy-routingcorrectness', 'x-powered-by', 'x-aspnet-version', 'x-owa-diagnosticsinfo', 'x-serverapplication-diag',
+]);
+
+const RESPONSE_DROP: ReadonlySet<string> = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings',
+  ...HIDDEN_RESPONSE_HEADERS,
+]);
+
+/**
+ * The headers to send Exchange: the client's, minus the hop-by-hop and gateway-owned ones, in
+ * their order and case; Host (the SNI name when the client sent none), Content-Length and
+ * Authorization once; X-Forwarded-For / -Proto set by the gateway.
+ */
+export function requestHeaders(req: IncomingMessage, host: string): string[] {
+  const raw = req.rawHeaders;
+  const named = connectionTokens(req.headers.connection);
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (REQUEST_DROP.has(lower) || SINGLE.has(lower) || named?.has(lower)) continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  out.push('Host', req.headers.host ?? host);
+  const length = req.headers['content-length'];
+  if (length !== undefined && length !== '0') out.push('Content-Length', length);
+  if (req.headers.authorization !== undefined) out.push('Authorization', req.headers.authorization);
+  out.push('X-Forwarded-For', req.socket.remoteAddress ?? '', 'X-Forwarded-Proto', 'https');
+  return out;
+}
+
+/**
+ * The headers to send the client from Exchange's raw response headers. With `basicOnly`, a
+ * 401's challenges are cut to Basic ones (a Basic-only gateway cannot carry NTLM or Kerberos),
+ * and when none is left the gateway's own is given.
+ */
+export function responseHeaders(raw: readonly Buffer[] | undefined, status: number, basicOnly: string | null): string[] {
+  const out: string[] = [];
+  if (!raw) return out;
+  let named: Set<string> | null = null;
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as Buffer).length === 10 && (raw[i] as Buffer).toString('latin1').toLowerCase() === 'connection') {
+      named = connectionTokens((raw[i + 1] as Buffer).toString('latin1'));
+    }
+  }
+  let challenges = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as Buffer).toString('latin1');
+    const lower = name.toLowerCase();
+    if (RESPONSE_DROP.has(lower) || named?.has(lower)) continue;
+    const value = (raw[i + 1] as Buffer).toString('latin1');
+    if (basicOnly !== null && lower === 'www-authenticate') {
+      if (!BASIC.test(value)) continue;
+      challenges++;
+    }
+    out.push(name, value);
+  }
+  if (basicOnly !== null && status === 401 && challenges === 0) out.push('WWW-Authenticate', basicOnly);
+  return out;
+}
+
+const BASIC = /^basic\b/i;
+
+function connectionTokens(value: string | undefined): Set<string> | null {
+  if (!value) return null;
+  const v = value.toLowerCase();
+  if (v === 'keep-alive' || v === 'close') return null;
+  return new Set(v.split(',').map((t) => t.trim()).filter(Boolean));
+}
