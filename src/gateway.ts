@@ -56,10 +56,13 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
     return deny(req, res, record, refused.reason);
   }
 
-  const auth = await state.authenticator.authenticate(req.headers.authorization, state.policy.groupDns);
+  const auth = await state.authenticator.authenticate({
+    header: req.headers.authorization, source: req.socket.remoteAddress ?? '',
+    groupDns: state.policy.groupDns, policyVersion: state.policy.version,
+  });
   record.user = auth.ok ? auth.identity.user : auth.user;
-  if (!auth.ok) return deny(req, res, record, auth.reason, { realm: state.realm, detail: auth.detail });
   record.cache = auth.cache;
+  if (!auth.ok) return deny(req, res, record, auth.reason, { realm: state.realm, detail: auth.detail, status: auth.status });
 
   const decision = authorize(route.service, auth.identity, state.policy);
   record.rule = decision.rule;

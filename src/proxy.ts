@@ -27,9 +27,10 @@ const RETRY_AFTER_SECONDS = 10;
 export interface DenyOptions {
   /** For 401: the Basic realm. */
   readonly realm?: string;
-  readonly detail?: string;
-  /** For `bad-request` only: a more precise 4xx/5xx than 400 (405, 417, 501). */
-  readonly status?: number;
+  readonly detail?: string | undefined;
+  readonly retryAfterSeconds?: number;
+  /** A more precise status than the catalog's: `bad-request` 405/417/501, `gateway-lockout` 429. */
+  readonly status?: number | undefined;
 }
 
 /** The Basic challenge of the gateway (INTERFACE.md: `Basic realm="…", charset="UTF-8"`). */
@@ -58,7 +59,7 @@ export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRe
     res.destroy();
     return;
   }
-  const status = reason === 'bad-request' && opts.status ? opts.status : DENY_STATUS[reason];
+  const status = (reason === 'bad-request' || reason === 'gateway-lockout') && opts.status ? opts.status : DENY_STATUS[reason];
   const body = `${status} ${STATUS_CODES[status] ?? ''}\n`;
   const headers: Record<string, string | number> = {
     'content-type': 'text/plain; charset=utf-8',
@@ -67,6 +68,7 @@ export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRe
   };
   if (status === 401) headers['www-authenticate'] = basicChallenge(opts.realm ?? 'exgate');
   if (status === 503) headers['retry-after'] = RETRY_AFTER_SECONDS;
+  if (status === 429) headers['retry-after'] = opts.retryAfterSeconds ?? RETRY_AFTER_SECONDS;
   if (status === 400 || status === 421 || status === 413 || status >= 500 || !req.complete) {
     headers.connection = 'close';
     res.shouldKeepAlive = false;

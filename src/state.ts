@@ -34,15 +34,24 @@ export function logonDomain(config: Config): LogonDomain {
   return { netbios: config.directory.netbiosDomain, upnSuffixes: config.directory.upnSuffixes };
 }
 
-/** Builds the full state: opens the directory and compiles the policy against it. */
-export async function buildState(config: Config, log: Pick<Logger, 'warn'>): Promise<State> {
+/**
+ * Builds the full state: opens the directory and compiles the policy against it. On a reload,
+ * `previous` hands over what must survive it: the lockout counters always (a reload must not
+ * forgive an attacker), and the credential caches when the directory and cache settings are the
+ * same (cached group standings are keyed by policy version, so a new policy never reuses them).
+ */
+export async function buildState(config: Config, log: Pick<Logger, 'warn'>, previous?: State): Promise<State> {
   const directory = openDirectory(config, log);
   const domain = logonDomain(config);
   try {
     const policy = await loadPolicy(config.policyFile, directory, domain);
+    const carry = previous && {
+      lockout: sameJson(previous.config.lockout, config.lockout) ? previous.authenticator.lockout : undefined,
+      cache: sameJson(previous.config.cache, config.cache) && sameJson(previous.config.directory, config.directory) ? previous.authenticator.cache : undefined,
+    };
     return Object.freeze({
       config, directory, domain, policy,
-      authenticator: new Authenticator({ directory, domain }),
+      authenticator: new Authenticator({ directory, domain, cache: config.cache, lockout: { ...config.lockout, max: config.cache.max } }, carry),
       upstream: new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000)),
       realm: config.names.externalList[0] ?? 'exgate',
     });
@@ -50,4 +59,8 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>): Pro
     await directory.close();
     throw err;
   }
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
 }

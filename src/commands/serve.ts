@@ -50,7 +50,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     try {
       const next: Config = loadConfig(file);
       const nextMaterial = loadTlsMaterial(next);
-      const nextState = await buildState(next, log);
+      const nextState = await buildState(next, log, gateway.state);
       const old = gateway.state;
       gateway.tlsServer.setSecureContext(secureContextOptions(nextMaterial, next.tls));
       gateway.setState(nextState);

@@ -23,6 +23,9 @@ export interface LdapSettings {
   readonly upnSuffixes: readonly string[];
   readonly connectTimeoutMs: number;
   readonly timeoutMs: number;
+  readonly maxConcurrentBinds: number;
+  readonly maxQueuedBinds: number;
+  readonly dcRetrySeconds: number;
 }
 
 export interface FileSettings {
@@ -201,6 +204,7 @@ function resolveDirectory(
     bindDn: raw.bindDn, bindPassword: new Secret(password), baseDn: raw.baseDn,
     netbiosDomain: raw.netbiosDomain, upnSuffixes: raw.upnSuffixes,
     connectTimeoutMs: raw.connectTimeoutMs, timeoutMs: raw.timeoutMs,
+    maxConcurrentBinds: raw.maxConcurrentBinds, maxQueuedBinds: raw.maxQueuedBinds, dcRetrySeconds: raw.dcRetrySeconds,
   };
 }
 

@@ -88,6 +88,12 @@ const ldapDirectory = z.strictObject({
   connectTimeoutMs: positive.default(3000),
   /** Limit for each LDAP operation. Default: 5000. */
   timeoutMs: positive.default(5000),
+  /** Password checks (binds) running at once against the DCs; more wait in a queue. Default: 16. */
+  maxConcurrentBinds: positive.default(16),
+  /** Password checks waiting for a slot; past this a request gets 503. Default: 256. */
+  maxQueuedBinds: z.number().int().min(0).default(256),
+  /** A DC that failed is skipped for this long before it is tried again. Default: 10. */
+  dcRetrySeconds: positive.default(10),
 });
 
 const fileDirectory = z.strictObject({
@@ -119,13 +125,21 @@ const cache = z.strictObject({
   groupTtlSeconds: seconds.default(60),
   /** A wrong password is remembered this long. Default: 30. */
   negativeTtlSeconds: seconds.default(30),
+  /** While the directory is unreachable, users verified within this long past their TTLs keep
+   * working (logged `cache: stale`). 0 = fail closed at once. Default: 0. */
+  staleIfErrorSeconds: seconds.default(0),
 });
 
 const lockout = z.strictObject({
-  /** Failures per user and source class within the window. Default: 5. */
+  /** Distinct wrong passwords per user and source class (familiar, unfamiliar) in the window
+   * before that class is refused. Keep 2 × threshold below the AD lockout threshold. Default: 5. */
   threshold: positive.default(5),
   /** Default: 1800. */
   windowSeconds: positive.default(1800),
+  /** Distinct accounts failing from one address in the window before it gets 429. Default: 10. */
+  sourceAccounts: positive.default(10),
+  /** Failures from one address in the window before it gets 429. Default: 50. */
+  sourceFailures: positive.default(50),
 });
 
 const serviceSettings = z.strictObject({

@@ -38,6 +38,9 @@ export interface Directory {
   /** Checks a password against the account, as the DC would at logon: the password first,
    * then the account's state. The password is never empty here (authenticate refuses that). */
   verifyPassword(account: Account, password: string): Promise<PasswordCheck>;
+  /** Whether the account can sign in now, without its password: the state AD would report at
+   * logon (disabled, locked, expired, must change, password expired), or null when it can. */
+  accountStatus(account: Account): Promise<PasswordRefusal | null>;
   /** Which of `groupDns` the account belongs to, directly or through nested groups.
    * Returns lowercased DNs. */
   memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>>;

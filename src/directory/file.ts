@@ -16,7 +16,7 @@ import { readYaml, validate } from '../config/yaml.js';
 import type { FileSettings } from '../config/load.js';
 import type { Logon } from '../credentials.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
-import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type PasswordCheck } from './directory.js';
+import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
 
 const isoDate = z.union([z.string(), z.date()]).transform((v, ctx) => {
   const t = new Date(v).getTime();
@@ -99,13 +99,23 @@ export class FileDirectory implements Directory {
   async verifyPassword(account: Account, password: string): Promise<PasswordCheck> {
     const u = this.users.get(account.sam.toLowerCase());
     if (!u || !(await verifyHash(u.password, password))) return { ok: false, reason: 'bad-credentials' };
-    // The order AD reports states in, once the password is right (MS-ADTS 3.1.1.3.1.x sub-codes).
-    if (u.locked) return { ok: false, reason: 'account-locked' };
-    if (u.disabled) return { ok: false, reason: 'account-disabled' };
-    if (u.expires !== undefined && u.expires <= this.now()) return { ok: false, reason: 'account-expired' };
-    if (u.mustChangePassword) return { ok: false, reason: 'password-must-change' };
-    if (u.passwordExpires !== undefined && u.passwordExpires <= this.now()) return { ok: false, reason: 'password-expired' };
-    return { ok: true };
+    const refusal = this.statusOf(u);
+    return refusal ? { ok: false, reason: refusal } : { ok: true };
+  }
+
+  async accountStatus(account: Account): Promise<PasswordRefusal | null> {
+    const u = this.users.get(account.sam.toLowerCase());
+    return u ? this.statusOf(u) : 'bad-credentials';
+  }
+
+  /** The order AD reports states in, once the password is right (MS-ADTS 3.1.1.3.1.x sub-codes). */
+  private statusOf(u: UserEntry): PasswordRefusal | null {
+    if (u.locked) return 'account-locked';
+    if (u.disabled) return 'account-disabled';
+    if (u.expires !== undefined && u.expires <= this.now()) return 'account-expired';
+    if (u.mustChangePassword) return 'password-must-change';
+    if (u.passwordExpires !== undefined && u.passwordExpires <= this.now()) return 'password-expired';
+    return null;
   }
 
   async memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>> {

@@ -17,6 +17,7 @@ import {
   type Entry,
 } from 'ldapts';
 import type { LdapSettings } from '../config/load.js';
+import { DcBreaker, Limiter } from './limits.js';
 import type { Logon } from '../credentials.js';
 import { DirectoryUnavailableError } from '../errors.js';
 import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
@@ -43,6 +44,26 @@ const SUB_CODES: Readonly<Record<string, PasswordRefusal>> = {
 };
 const SUB_CODE = /data ([0-9a-f]{3,4})\b/i;
 
+const STATUS_ATTRIBUTES = ['userAccountControl', 'msDS-User-Account-Control-Computed', 'accountExpires', 'pwdLastSet'];
+const UF_ACCOUNTDISABLE = 0x2;
+const UF_LOCKOUT = 0x10;
+const UF_PASSWORD_EXPIRED = 0x800000;
+const NEVER = 0x7fffffffffffffffn;
+const FILETIME_EPOCH_OFFSET = 116_444_736_000_000_000n;
+
+/** The logon state AD would report, read from the account's attributes (MS-ADTS 2.2.16). */
+function statusOf(e: Entry): PasswordRefusal | null {
+  const uac = Number(text(e, 'userAccountControl') ?? 0);
+  const computed = Number(text(e, 'msDS-User-Account-Control-Computed') ?? 0);
+  if (uac & UF_ACCOUNTDISABLE) return 'account-disabled';
+  if (computed & UF_LOCKOUT) return 'account-locked';
+  const expires = BigInt(text(e, 'accountExpires') ?? '0');
+  if (expires !== 0n && expires !== NEVER && expires < BigInt(Date.now()) * 10_000n + FILETIME_EPOCH_OFFSET) return 'account-expired';
+  if (text(e, 'pwdLastSet') === '0') return 'password-must-change';
+  if (computed & UF_PASSWORD_EXPIRED) return 'password-expired';
+  return null;
+}
+
 /** Minimal logger the directory reports faults to (never with credentials). */
 export interface DirectoryLog {
   warn(obj: object, msg: string): void;
@@ -51,9 +72,13 @@ export interface DirectoryLog {
 export class LdapDirectory implements Directory {
   #service: Promise<Client> | null = null;
   #url: string;
+  readonly #breaker: DcBreaker;
+  readonly #binds: Limiter;
 
   constructor(private readonly settings: LdapSettings, private readonly log: DirectoryLog) {
     this.#url = settings.urls[0] as string;
+    this.#breaker = new DcBreaker(settings.dcRetrySeconds * 1000);
+    this.#binds = new Limiter(settings.maxConcurrentBinds, settings.maxQueuedBinds, settings.timeoutMs);
   }
 
   async findAccount(logon: Logon & { kind: 'sam' | 'upn' }): Promise<Account | null> {
@@ -74,25 +99,39 @@ export class LdapDirectory implements Directory {
   async verifyPassword(account: Account, password: string): Promise<PasswordCheck> {
     // An empty simple bind is anonymous and "succeeds"; Samba stops comparing at a NUL.
     if (password === '' || password.includes('\0')) return { ok: false, reason: 'bad-credentials' };
-    let lastError: unknown;
-    for (const url of this.urlsFromCurrent()) {
-      const client = await this.connect(url).catch((err: unknown) => { lastError = err; return null; });
+    return this.#binds.run(() => this.bindAs(account.dn, password));
+  }
+
+  /** One password check: a fresh connection to the first DC that answers, bound as the user. */
+  private async bindAs(dn: string, password: string): Promise<PasswordCheck> {
+    let lastError: unknown = new Error('every domain controller failed recently');
+    for (const url of this.#breaker.usable(this.urlsFromCurrent())) {
+      const client = await this.connect(url).catch((err: unknown) => { lastError = err; this.#breaker.trip(url); return null; });
       if (!client) continue;
       try {
-        await client.bind(account.dn, password);
+        await client.bind(dn, password);
+        this.#breaker.reset(url);
         return { ok: true };
       } catch (err) {
         if (err instanceof InvalidCredentialsError) {
+          this.#breaker.reset(url);
           const code = SUB_CODE.exec(err.message)?.[1]?.toLowerCase();
           return { ok: false, reason: (code && SUB_CODES[code]) || 'bad-credentials' };
         }
         lastError = err;
+        if (!(err instanceof ResultCodeError)) this.#breaker.trip(url);
         this.log.warn({ url, err: describe(err) }, 'directory: password check failed on this DC');
       } finally {
         client.unbind().catch(() => {});
       }
     }
     throw this.unavailable('password check', lastError);
+  }
+
+  async accountStatus(account: Account): Promise<PasswordRefusal | null> {
+    const entries = await this.search(account.dn, '(objectClass=user)', STATUS_ATTRIBUTES, 'base');
+    if (entries === null || entries.length !== 1) return 'bad-credentials';      // the account is gone
+    return statusOf(entries[0] as Entry);
   }
 
   async memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>> {
@@ -151,6 +190,7 @@ export class LdapDirectory implements Directory {
         if (err instanceof NoSuchObjectError || err instanceof InvalidDNSyntaxError) return null;
         if (err instanceof SizeLimitExceededError) return null;
         this.dropService(client);
+        if (!(err instanceof ResultCodeError)) this.#breaker.trip(this.#url);
         if (attempt === 0 && !(err instanceof ResultCodeError)) continue;
         throw this.unavailable('search', err);
       }
@@ -167,17 +207,19 @@ export class LdapDirectory implements Directory {
   }
 
   private async bindService(): Promise<Client> {
-    let lastError: unknown;
-    for (const url of this.settings.urls) {
+    let lastError: unknown = new Error('every domain controller failed recently');
+    for (const url of this.#breaker.usable(this.urlsFromCurrent())) {
       let client: Client | undefined;
       try {
         client = await this.connect(url);
         await client.bind(this.settings.bindDn, this.settings.bindPassword.reveal());
         this.#url = url;
+        this.#breaker.reset(url);
         return client;
       } catch (err) {
         lastError = err;
         client?.unbind().catch(() => {});
+        if (!(err instanceof ResultCodeError)) this.#breaker.trip(url);
         this.log.warn({ url, err: describe(err) }, 'directory: service account cannot bind');
       }
     }

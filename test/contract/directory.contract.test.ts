@@ -34,6 +34,7 @@ function ldapSettings(over: Partial<LdapSettings> = {}): LdapSettings {
     type: 'ldap', urls: [ldapUrl], ca: undefined, startTls: false,
     bindDn: SERVICE_ACCOUNT.dn, bindPassword: new Secret(SERVICE_ACCOUNT.password), baseDn: DOMAIN.baseDn,
     netbiosDomain: DOMAIN.netbios, upnSuffixes: [DOMAIN.dnsName], connectTimeoutMs: 1000, timeoutMs: 3000,
+    maxConcurrentBinds: 16, maxQueuedBinds: 256, dcRetrySeconds: 30,
     ...over,
   };
 }
