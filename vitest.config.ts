@@ -18,6 +18,8 @@ export default defineConfig({
           name: 'integration',
           include: ['test/integration/**/*.test.ts', 'test/contract/**/*.test.ts'],
           globalSetup: ['test/global-setup.ts'],
+          // One file at a time: the files share one DC, and some stop it or lock accounts in it.
+          fileParallelism: false,
           testTimeout: 60_000,
           hookTimeout: 120_000,
         },

@@ -224,6 +224,8 @@ export interface SendOptions {
   /** Host header. Default: the SNI, else the external name. */
   readonly host?: string;
   readonly headersTimeout?: number;
+  /** The client's source address (any 127.x.y.z works on Linux loopback). */
+  readonly localAddress?: string;
 }
 
 export interface Reply {
@@ -235,7 +237,7 @@ export interface Reply {
 
 /** One request on a fresh TLS connection to the gateway. */
 export async function send(h: Harness, path: string, opts: SendOptions = {}): Promise<Reply> {
-  const client = clientFor(h, opts.servername === undefined ? EXTERNAL : opts.servername);
+  const client = clientFor(h, opts.servername === undefined ? EXTERNAL : opts.servername, opts.localAddress);
   try {
     return await sendOn(client, path, opts.servername === null ? (opts.host ?? EXTERNAL) : (opts.host ?? opts.servername ?? EXTERNAL), opts);
   } finally {
@@ -244,13 +246,13 @@ export async function send(h: Harness, path: string, opts: SendOptions = {}): Pr
 }
 
 /** A client connection to the gateway (keep-alive; close it yourself). */
-export function clientFor(h: Harness, servername: string | null = EXTERNAL): Client {
+export function clientFor(h: Harness, servername: string | null = EXTERNAL, localAddress?: string): Client {
   // The gateway's certificate is trusted, but not checked against the name: tests send names
   // (internal, unknown) it does not carry, to see the gateway refuse them. The SNI is forced:
   // undici would otherwise send the Host header's name.
   const connector = buildConnector({ ca: h.gatewayCa, checkServerIdentity: () => undefined });
   return new Client(h.origin, {
-    connect: (opts, cb) => connector({ ...opts, servername: servername ?? undefined }, cb),
+    connect: (opts, cb) => connector({ ...opts, servername: servername ?? undefined, localAddress: localAddress ?? null }, cb),
     headersTimeout: 0, bodyTimeout: 0,
   });
 }
