@@ -1,0 +1,30 @@
+/**
+ * `npm run bench`: every benchmark, each side by side with its baseline, printed as markdown
+ * tables with the machine they ran on. `npm run bench -- auth` runs one suite.
+ * The cold-auth suite starts a throwaway Samba AD DC (root; see test/helpers/samba.ts).
+ */
+import { coldAuthBench, cachedAuthBench } from './auth.js';
+import { machine } from './stats.js';
+
+const SUITES: Record<string, () => Promise<string>> = {
+  'auth-cached': () => cachedAuthBench(),
+  'auth-cold': () => coldAuthBench(),
+};
+
+async function main(): Promise<void> {
+  const wanted = process.argv.slice(2);
+  const names = wanted.length > 0
+    ? Object.keys(SUITES).filter((n) => wanted.some((w) => n.startsWith(w)))
+    : Object.keys(SUITES);
+  process.stdout.write(`exgate benchmarks — ${new Date().toISOString()} — ${machine()}\n\n`);
+  for (const name of names) {
+    const started = Date.now();
+    const out = await SUITES[name]!();
+    process.stdout.write(`## ${name} (${((Date.now() - started) / 1000).toFixed(0)} s)\n\n${out}\n\n`);
+  }
+}
+
+main().then(() => process.exit(0), (err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});
