@@ -49,7 +49,7 @@ export async function cachedAuthBench(rounds = 5, n = 100_000): Promise<string> 
     const auth = new Authenticator({
       directory, domain,
       cache: { max: 10_000, authTtlSeconds: 3600, groupTtlSeconds: 3600, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 },
-      lockout: { threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, max: 10_000 },
+      lockout: { threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1_209_600, max: 10_000 },
     });
     const groupDns = [(await directory.resolveGroup('AllowExternalAccess'))!.dn.toLowerCase()];
     const header = 'Basic ' + Buffer.from('alice:Passw0rd!').toString('base64');

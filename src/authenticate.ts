@@ -105,18 +105,23 @@ export class Authenticator {
       const account = await this.account(logon, trace);
       if (!account) return { ...refuse('no such account'), cache: trace.use };
       const who = dnKey(account.dn);
-      if (this.lockout.check(who, req.source) === 'account-locked') {
-        return fail('gateway-lockout', account.user, trace.use, 'too many wrong passwords from this kind of source');
-      }
       const key = this.cache.credentialKey(who, credential.password);
-      const refusal = await this.password(account, credential.password, key, trace);
+      const attempt = this.lockout.reserve(who, req.source, key);
+      if (attempt.verdict === 'source-blocked') return { ...fail('gateway-lockout', account.user, trace.use, 'source address failed for too many accounts'), status: 429 };
+      if (attempt.verdict === 'account-locked') return fail('gateway-lockout', account.user, trace.use, 'too many wrong passwords from this kind of source');
+      let refusal: PasswordRefusal | null;
+      try {
+        refusal = await this.password(account, credential.password, key, trace);
+      } finally {
+        attempt.release();
+      }
       if (refusal) {
         if (refusal === 'bad-credentials') this.lockout.failure(who, req.source, key);
         return fail(refusal, account.user, trace.use);
       }
-      this.lockout.success(who, req.source);
       const standing = await this.standing(account, req, trace);
       if (standing.refusal) return fail(standing.refusal, account.user, trace.use, 'account state changed since the password was checked');
+      this.lockout.success(who, req.source);
       return { ok: true, identity: { ...account, groups: standing.groups }, cache: trace.use };
     } catch (err) {
       if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', logon.display, trace.use, err.message);

@@ -57,7 +57,8 @@ class FreshCache<T extends object> {
 
   /** The entry if it is within its stale window (fresh ones too). */
   stale(key: string): T | undefined {
-    return this.#lru?.get(key)?.value;
+    const e = this.#lru?.get(key);
+    return e && e.freshUntil + this.staleMs > this.now() ? e.value : undefined;
   }
 
   set(key: string, value: T): void {
@@ -90,9 +91,10 @@ export class DecisionCache {
     this.standing = new FreshCache(settings.max, s(settings.groupTtlSeconds), stale, now);
   }
 
-  /** HMAC(process secret, user NUL password), hex: the only form credentials take in memory. */
+  /** HMAC(process secret, length-prefixed user, password), hex: the only form credentials take in
+   * memory. The length prefix keeps `(a\0b, c)` and `(a, b\0c)` apart. */
   credentialKey(user: string, password: string): string {
-    return createHmac('sha256', this.#secret).update(user).update('\0').update(password).digest('hex');
+    return createHmac('sha256', this.#secret).update(`${Buffer.byteLength(user)}:`).update(user).update('\0').update(password).digest('hex');
   }
 
   /** Runs `fn` once for concurrent callers with the same key; all get its result. */

@@ -138,8 +138,10 @@ const lockout = z.strictObject({
   windowSeconds: positive.default(1800),
   /** Distinct accounts failing from one address in the window before it gets 429. Default: 10. */
   sourceAccounts: positive.default(10),
-  /** Failures from one address in the window before it gets 429. Default: 50. */
+  /** Distinct failed (account, password) pairs from one address in the window before it gets 429. Default: 50. */
   sourceFailures: positive.default(50),
+  /** An address a user signed in from stays familiar this long. Default: 1209600 (14 days). */
+  familiarSeconds: positive.default(14 * 86_400),
 });
 
 const serviceSettings = z.strictObject({

@@ -53,18 +53,11 @@ describe('DecisionCache.credentialKey', () => {
     ['user and password swapped', ['alice', 'bob'], ['bob', 'alice']],
     ['a colon moved between user and password', ['a:b', 'c'], ['a', 'b:c']],
     ['case of the password', ['alice', 'Secret'], ['alice', 'secret']],
-    ['empty password vs none appended', ['alice', ''], ['alic', 'e']],
+    ['the boundary between user and password moved', ['alice', ''], ['alic', 'e']],
   ])('differs for %s', (_what, a, b) => {
     expect(cache.credentialKey(...a)).not.toBe(cache.credentialKey(...b));
   });
-
-  // BUG (low severity, defense in depth): the key is HMAC(user ‖ NUL ‖ password) with no length
-  // prefix, so a NUL moved from the password into the user collides. Not reachable through
-  // authenticate today (it refuses NUL in passwords, and the positive/negative key uses the
-  // account DN), but credentialKey promises an unambiguous key.
-  // Fix in src/decision-cache.ts credentialKey: frame the user, e.g.
-  //   createHmac('sha256', this.#secret).update(`${Buffer.byteLength(user)}:`).update(user).update(password)
-  it.fails('differs when a NUL moves between user and password', () => {
+  it('differs when a NUL moves between user and password', () => {
     expect(cache.credentialKey('a\0b', 'c')).not.toBe(cache.credentialKey('a', 'b\0c'));
   });
 });
@@ -85,22 +78,14 @@ describe('FreshCache: freshness and the stale window', () => {
     expect(cache.standing.fresh('k')).toBe(fresh ? value : undefined);
     expect(cache.standing.stale('k')).toBe(stale ? value : undefined);
   });
-
-  // BUG: stale() trusts lru-cache's own TTL, which runs on performance.now(), not on the injected
-  // clock that fresh() uses. Past the stale window the entry is still served (and under the real
-  // clock, a step of Date.now, e.g. by NTP, makes the two disagree too).
-  // Fix in src/decision-cache.ts FreshCache.stale():
-  //   const e = this.#lru?.get(key);
-  //   return e && e.freshUntil + this.staleMs > this.now() ? e.value : undefined;
-  // (or give the LRUCache `perf: { now }` and `ttlResolution: 0`).
-  it.fails('forgets an entry once the stale window has passed (injected clock)', () => {
+  it('forgets an entry once the stale window has passed (injected clock)', () => {
     const { cache, advance } = setup();
     cache.standing.set('k', standing());
     advance(180_000);
     expect(cache.standing.stale('k')).toBeUndefined();
   });
 
-  it.fails('with staleIfErrorSeconds 0 has no stale life past the TTL (injected clock)', () => {
+  it('with staleIfErrorSeconds 0 has no stale life past the TTL (injected clock)', () => {
     const { cache, advance } = setup({ staleIfErrorSeconds: 0 });
     cache.standing.set('k', standing());
     advance(60_000);
@@ -166,15 +151,6 @@ describe('FreshCache: freshness and the stale window', () => {
     expect(c.fresh('k')).toBeUndefined();
     expect(c.stale('k')).toBeUndefined();
     expect(c.size).toBe(0);
-  });
-
-  it('gives the negative cache no stale window', () => {
-    const { cache, advance } = setup();
-    cache.negative.set('k', { reason: 'bad-credentials' });
-    advance(30_000);
-    expect(cache.negative.fresh('k')).toBeUndefined();
-    // No stale life was configured for it: lru-cache's own TTL is 30 s, which this injected clock
-    // does not drive, so only freshness is asserted here.
   });
 });
 

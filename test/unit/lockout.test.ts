@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { Lockout, type LockoutSettings, type LockoutVerdict } from '../../src/lockout.js';
 
-const SETTINGS: LockoutSettings = { threshold: 3, windowSeconds: 60, sourceAccounts: 5, sourceFailures: 20, max: 100 };
+const SETTINGS: LockoutSettings = { threshold: 3, windowSeconds: 60, sourceAccounts: 5, sourceFailures: 20, familiarSeconds: 60, max: 100 };
 const WINDOW = SETTINGS.windowSeconds * 1000;
 
 const ALICE = 'cn=alice,cn=users,dc=lab,dc=test';
