@@ -24,6 +24,15 @@ export default defineConfig({
           hookTimeout: 120_000,
         },
       },
+      {
+        test: {
+          // `npm run test:slow` only: long-polls at their full protocol duration (about an hour).
+          name: 'slow',
+          include: ['test/slow/**/*.test.ts'],
+          testTimeout: 70 * 60_000,
+          hookTimeout: 120_000,
+        },
+      },
     ],
   },
 });
