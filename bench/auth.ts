@@ -3,15 +3,16 @@
  *
  * 1. Cached authentication per request (µs of CPU, in process): the Authenticator answering from
  *    its caches, against the bare header parse it cannot avoid.
- * 2. Cold authentication latency against a real Samba AD DC (p50, p99): a plain LDAP bind as the
- *    user ("without the gateway": what any LDAP check costs at least), against a full HTTPS
- *    request through the gateway with every cache off (search, bind on a fresh connection, state
- *    and group lookups, forward to the stand-in and back).
+ * 2. Latency against a real Samba AD DC (p50, p99), beside its baselines: an HTTPS request
+ *    straight to the Exchange stand-in, a plain LDAP bind and an LDAPS bind as the user (what any
+ *    check costs at least), then the gateway with its caches warm and with every cache off (LDAPS
+ *    search, bind on a fresh connection, state and group lookups, forward to the stand-in).
  *
  * Rounds alternate between the measured thing and its baseline, so load on the machine hits both.
  */
 import { randomBytes, scryptSync } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client as LdapClient } from 'ldapts';
@@ -77,58 +78,90 @@ export async function cachedAuthBench(rounds = 5, n = 100_000): Promise<string> 
 export async function coldAuthBench(rounds = 3, perRound = 100): Promise<string> {
   const samba = await startSamba({});
   const dir = mkdtempSync(join(tmpdir(), 'exgate-bench-'));
-  const standin = await startExchangeStandin({});
+  const cert = selfSignedPem(dir, 'exchange-be.lab.test');
+  const standin = await startExchangeStandin({ tls: cert });
   try {
     writeFileSync(join(dir, 'bind-password'), SERVICE_ACCOUNT.password);
+    writeFileSync(join(dir, 'upstream-ca.pem'), cert.cert);
     writeFileSync(join(dir, 'policy.yaml'), 'rules:\n  - id: outlook\n    services: [owa]\n    allow: { groups: [AllowExternalAccess] }\n');
-    writeFileSync(join(dir, 'gateway.yaml'), stringify({
+    const gatewayYaml = (cache: object) => stringify({
       listen: { host: '127.0.0.1', port: 0 },
       tls: { cert: 'gw.crt', key: 'gw.key', selfSigned: true },
       names: { external: ['mail.lab.test'] },
-      upstream: { url: standin.url },
+      upstream: { url: standin.url, ca: 'upstream-ca.pem', servername: 'exchange-be.lab.test' },
       directory: {
-        type: 'ldap', url: samba.ldapUrl, bindDn: SERVICE_ACCOUNT.dn, bindPasswordFile: 'bind-password',
+        type: 'ldap', url: samba.ldapsUrl, ca: samba.caFile, bindDn: SERVICE_ACCOUNT.dn, bindPasswordFile: 'bind-password',
         baseDn: DOMAIN.baseDn, netbiosDomain: 'LAB', upnSuffixes: ['lab.test'],
       },
       policyFile: 'policy.yaml',
       log: { level: 'warn', access: join(dir, 'access.log') },
-      cache: { authTtlSeconds: 0, groupTtlSeconds: 0, negativeTtlSeconds: 0 },
+      cache,
       lockout: { sourceAccounts: 1_000_000, sourceFailures: 1_000_000 },
-    }));
-    const gw = await startGateway(join(dir, 'gateway.yaml'));
-    const client = new Client(`https://127.0.0.1:${gw.address.port}`, { connect: { rejectUnauthorized: false, servername: 'mail.lab.test' } });
+    });
+    writeFileSync(join(dir, 'cold.yaml'), gatewayYaml({ authTtlSeconds: 0, groupTtlSeconds: 0, negativeTtlSeconds: 0 }));
+    writeFileSync(join(dir, 'warm.yaml'), gatewayYaml({ authTtlSeconds: 3600, groupTtlSeconds: 3600 }));
+    const cold = await startGateway(join(dir, 'cold.yaml'), { appStream: { write: () => {} } });
+    const warm = await startGateway(join(dir, 'warm.yaml'), { appStream: { write: () => {} } });
+    const connect = { rejectUnauthorized: false, servername: 'mail.lab.test' };
+    const clients = {
+      direct: new Client(standin.url, { connect: { rejectUnauthorized: false, servername: 'exchange-be.lab.test' } }),
+      cold: new Client(`https://127.0.0.1:${cold.address.port}`, { connect }),
+      warm: new Client(`https://127.0.0.1:${warm.address.port}`, { connect }),
+    };
     const users = [USERS.alice, USERS.carol, USERS.zoe, USERS.grace];
-    const direct: number[] = [];
-    const through: number[] = [];
+    const samples: Record<string, number[]> = { https: [], ldap: [], ldaps: [], warm: [], cold: [] };
+    const get = async (c: Client, u: (typeof users)[number]) => {
+      const res = await c.request({ path: '/owa/', method: 'GET', headers: { host: 'mail.lab.test', authorization: 'Basic ' + Buffer.from(`${u.sam}:${u.password}`).toString('base64') } });
+      await res.body.dump();
+      if (res.statusCode !== 200) throw new Error(`answered ${res.statusCode}`);
+    };
+    const bind = async (url: string, u: (typeof users)[number]) => {
+      const ldap = new LdapClient({ url, connectTimeout: 3000, timeout: 5000, tlsOptions: url.startsWith('ldaps') ? { ca: samba.caPem } : undefined });
+      await ldap.bind(u.dn, u.password);
+      await ldap.unbind();
+    };
+    const time = async (into: number[], fn: () => Promise<void>) => {
+      const t = performance.now();
+      await fn();
+      into.push(performance.now() - t);
+    };
     try {
       for (let r = 0; r < rounds; r++) {
         for (let i = 0; i < perRound; i++) {
           const u = users[i % users.length]!;
-          let t = performance.now();
-          const ldap = new LdapClient({ url: samba.ldapUrl, connectTimeout: 3000, timeout: 5000 });
-          await ldap.bind(u.dn, u.password);
-          await ldap.unbind();
-          direct.push(performance.now() - t);
-          t = performance.now();
-          const res = await client.request({ path: '/owa/', method: 'GET', headers: { host: 'mail.lab.test', authorization: 'Basic ' + Buffer.from(`${u.sam}:${u.password}`).toString('base64') } });
-          await res.body.dump();
-          if (res.statusCode !== 200) throw new Error(`gateway answered ${res.statusCode}`);
-          through.push(performance.now() - t);
+          await time(samples.https!, () => get(clients.direct, u));
+          await time(samples.ldap!, () => bind(samba.ldapUrl, u));
+          await time(samples.ldaps!, () => bind(samba.ldapsUrl, u));
+          await time(samples.warm!, () => get(clients.warm, u));
+          await time(samples.cold!, () => get(clients.cold, u));
         }
       }
     } finally {
-      await client.close();
-      await gw.close();
+      await Promise.all(Object.values(clients).map((c) => c.close()));
+      await cold.close();
+      await warm.close();
     }
-    const d = summarize(direct);
-    const g = summarize(through);
-    return table(['cold authentication against Samba AD (ms)', 'n', 'p50', 'p99'], [
-      ['without the gateway: new LDAP connection + bind as the user', d.n, fmt(d.p50, 2), fmt(d.p99, 2)],
-      ['through the gateway, caches off: HTTPS request, search + bind + state + groups, forward', g.n, fmt(g.p50, 2), fmt(g.p99, 2)],
+    const row = (label: string, key: string) => {
+      const x = summarize(samples[key]!);
+      return [label, x.n, fmt(x.p50, 2), fmt(x.p99, 2)];
+    };
+    return table(['latency on one keep-alive connection (ms), interleaved', 'n', 'p50', 'p99'], [
+      row('baseline: HTTPS request straight to the Exchange stand-in, no gateway', 'https'),
+      row('baseline: new LDAP connection + bind as the user (ldap://)', 'ldap'),
+      row('baseline: new LDAPS connection + bind as the user (ldaps://)', 'ldaps'),
+      row('through the gateway, authentication cached', 'warm'),
+      row('through the gateway, caches off (LDAPS: search, bind, state + groups)', 'cold'),
     ]);
   } finally {
     await standin.close();
     await samba.stop();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** A self-signed EC certificate for the stand-in. */
+function selfSignedPem(dir: string, name: string): { cert: string; key: string } {
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2',
+    '-subj', `/CN=${name}`, '-addext', `subjectAltName=DNS:${name}`, '-keyout', join(dir, 'up.key'), '-out', join(dir, 'up.crt')], { stdio: 'ignore' });
+  return { cert: readFileSync(join(dir, 'up.crt'), 'utf8'), key: readFileSync(join(dir, 'up.key'), 'utf8') };
 }

@@ -24,7 +24,12 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(() => process.exit(0), (err: unknown) => {
+main().then(() => {
+  // Anything still open here is a leak in a suite: say so, then end the run anyway.
+  const open = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap' && r !== 'PipeWrap' && r !== 'Timeout')   // stdio and unref'd timers;
+  if (open.length > 0) process.stderr.write(`bench: still open at the end: ${open.join(', ')}\n`);
+  process.exit(0);
+}, (err: unknown) => {
   process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
   process.exit(1);
 });

@@ -1,17 +1,19 @@
 /**
- * authenticate: the `Authorization` header → an Identity, or the reason there is none.
+ * authenticate: credentials → an Identity, or the reason there is none.
  *
- * Basic only for now (NTLM identification comes with issue 4). Cheap checks come first, so that
- * garbage and attacks never cost an LDAP round trip, and the gateway's own lockout comes before
- * any bind, so that AD never sees what the gateway refuses:
+ * Basic is verified here (NTLM is verified by Exchange; `claim` prepares it, see ntlm-auth.ts).
+ * Cheap checks come first, so that garbage and attacks never cost an LDAP round trip, and the
+ * gateway's own lockout comes before any bind, so that AD never sees what the gateway refuses:
  *
- *   parse header → source address spraying? (429) → parse the logon name (our domain only) →
- *   refuse an empty password → find the account (cached) → account locked at the gateway? (401,
- *   no bind) → the password: cached verdict, or one bind (coalesced, bounded) → the account's
- *   standing: state and policy-relevant groups (cached for groupTtlSeconds).
+ *   parse header → parse the logon name (our domain only) → refuse an empty password → source
+ *   address spraying? (429, unless the address is familiar to the account) → find the account
+ *   (cached) → locked at the gateway? (401, no bind) → a wrong password already refused? (no
+ *   bind) → the password: cached, or one bind (coalesced, bounded) → the account's standing:
+ *   state, password age and policy-relevant groups (cached for groupTtlSeconds).
  *
  * A directory fault is never a "no": it becomes `directory-unavailable` (503), or, within
- * `staleIfErrorSeconds`, an answer from expired cache entries, logged `cache: stale`.
+ * `staleIfErrorSeconds` and only while the DCs are unreachable, an answer from expired cache
+ * entries, logged `cache: stale`.
  */
 import type { Principal } from './authorize.js';
 import { parseBasic, parseLogon, type Logon, type LogonDomain } from './credentials.js';
@@ -50,12 +52,26 @@ export interface AuthRequest {
   readonly policyVersion: string;
 }
 
+/** An NTLM claim: the logon a Type 3 names, and a fingerprint of that attempt. */
+export interface ClaimRequest extends Omit<AuthRequest, 'header'> {
+  readonly logon: Logon;
+  readonly fingerprint: string;
+}
+
+export type ClaimOutcome =
+  | { readonly ok: true; readonly identity: Identity; readonly cache: CacheUse; settle(accepted: boolean | null): void }
+  | Failure;
+
 export interface AuthenticatorDeps {
   readonly directory: Directory;
   readonly domain: LogonDomain;
   readonly cache: CacheSettings;
   readonly lockout: LockoutSettings;
+  /** Told when stale entries answer because the directory is down. */
+  readonly onStale?: (err: DirectoryUnavailableError) => void;
 }
+
+type Failure = Extract<AuthOutcome, { ok: false }>;
 
 /** Tracks whether a request's answer needed the directory. */
 class Trace {
@@ -68,9 +84,13 @@ class Trace {
   }
 }
 
-type Failure = Extract<AuthOutcome, { ok: false }>;
+/** What a password check found: a refusal, or the time the password was last verified by a bind. */
+type PasswordVerdict = { readonly refusal: PasswordRefusal } | { readonly refusal: null; readonly verifiedAt: number; readonly bound: boolean };
 
-/** Authenticates Basic credentials. One per gateway state; its caches die with it on reload. */
+const SOURCE_BLOCKED = 'source address failed for too many accounts';
+const LOCKED = 'too many wrong passwords from this kind of source';
+
+/** Authenticates Basic credentials. Its caches and lockout survive a reload (state.ts). */
 export class Authenticator {
   readonly cache: DecisionCache;
   readonly lockout: Lockout;
@@ -78,50 +98,46 @@ export class Authenticator {
   constructor(
     private readonly deps: AuthenticatorDeps,
     carry: { readonly cache?: DecisionCache | undefined; readonly lockout?: Lockout | undefined } = {},
-    now: () => number = Date.now,
+    private readonly now: () => number = Date.now,
   ) {
     this.cache = carry.cache ?? new DecisionCache(deps.cache, now);
     this.lockout = carry.lockout ?? new Lockout(deps.lockout, now);
+    if (carry.lockout) carry.lockout.reconfigure(deps.lockout);
   }
 
   async authenticate(req: AuthRequest): Promise<AuthOutcome> {
     const credential = parseBasic(req.header);
     if (credential === null) return fail('no-credentials', null, null);
     if (credential === 'malformed') return fail('bad-credentials', null, null, 'malformed Basic header');
-    if (this.lockout.check(null, req.source) === 'source-blocked') {
-      return { ...fail('gateway-lockout', credential.user, null, 'source address failed for too many accounts'), status: 429 };
-    }
     const logon = parseLogon(credential.user, this.deps.domain);
-    const refuse = (why: string): Failure => {
-      this.lockout.failure(null, req.source, this.cache.credentialKey(credential.user, credential.password));
-      return fail('bad-credentials', logon.display, null, why);
+    const unknown = (why: string, cache: CacheUse | null): Failure => {
+      this.lockout.failure(null, req.source, `name:${logon.display.toLowerCase()}`);
+      return fail('bad-credentials', logon.display, cache, why);
     };
-    if (logon.kind === 'refused') return refuse(logon.why);
-    if (credential.password === '') return refuse('empty password');
-    if (credential.password.includes('\0')) return refuse('NUL in password');
+    if (logon.kind === 'refused') return unknown(logon.why, null);
+    if (credential.password === '') return unknown('empty password', null);
+    if (credential.password.includes('\0')) return unknown('NUL in password', null);
+    if (this.sourceBlocked(logon, req.source)) return blocked(logon.display);
 
     const trace = new Trace();
     try {
       const account = await this.account(logon, trace);
-      if (!account) return { ...refuse('no such account'), cache: trace.use };
+      if (!account) return unknown('no such account', trace.use);
       const who = dnKey(account.dn);
       const key = this.cache.credentialKey(who, credential.password);
-      const attempt = this.lockout.reserve(who, req.source, key);
-      if (attempt.verdict === 'source-blocked') return { ...fail('gateway-lockout', account.user, trace.use, 'source address failed for too many accounts'), status: 429 };
-      if (attempt.verdict === 'account-locked') return fail('gateway-lockout', account.user, trace.use, 'too many wrong passwords from this kind of source');
-      let refusal: PasswordRefusal | null;
-      try {
-        refusal = await this.password(account, credential.password, key, trace);
-      } finally {
-        attempt.release();
-      }
-      if (refusal) {
-        if (refusal === 'bad-credentials') this.lockout.failure(who, req.source, key);
-        return fail(refusal, account.user, trace.use);
-      }
+      let verdict = await this.checkPassword(account, credential.password, key, req.source, trace);
+      if (verdict.refusal === 'gateway-lockout') return lockedOut(account.user, trace.use, verdict);
+      if (verdict.refusal) return fail(verdict.refusal, account.user, trace.use);
       const standing = await this.standing(account, req, trace);
+      // A password set after the cached check (an admin reset): check the typed one again.
+      if (!verdict.bound && standing.passwordSetAt !== null && verdict.verifiedAt < standing.passwordSetAt) {
+        this.cache.auth.delete(key);
+        verdict = await this.checkPassword(account, credential.password, key, req.source, trace);
+        if (verdict.refusal === 'gateway-lockout') return lockedOut(account.user, trace.use, verdict);
+        if (verdict.refusal) return fail(verdict.refusal, account.user, trace.use);
+      }
       if (standing.refusal) return fail(standing.refusal, account.user, trace.use, 'account state changed since the password was checked');
-      this.lockout.success(who, req.source);
+      this.lockout.success(who, req.source, verdict.bound, accountKey(logon));
       return { ok: true, identity: { ...account, groups: standing.groups }, cache: trace.use };
     } catch (err) {
       if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', logon.display, trace.use, err.message);
@@ -129,9 +145,119 @@ export class Authenticator {
     }
   }
 
+  /**
+   * NTLM: the account a Type 3 claims, its state and groups — everything but the password, which
+   * Exchange's DC checks when the message is forwarded. `settle(accepted)` must be called with
+   * Exchange's verdict (null: no verdict, e.g. the client left): it feeds the lockout, and the
+   * attempt counts as in flight until then.
+   */
+  async claim(req: ClaimRequest): Promise<ClaimOutcome> {
+    const unknown = (why: string, cache: CacheUse | null): Failure => {
+      this.lockout.failure(null, req.source, `name:${req.logon.display.toLowerCase()}`);
+      return fail('bad-credentials', req.logon.display, cache, why);
+    };
+    if (req.logon.kind === 'refused') return unknown(req.logon.why, null);
+    if (this.sourceBlocked(req.logon, req.source)) return blocked(req.logon.display);
+    const trace = new Trace();
+    try {
+      const account = await this.account(req.logon, trace);
+      if (!account) return unknown('no such account', trace.use);
+      const who = dnKey(account.dn);
+      const attempt = this.lockout.reserve(who, req.source, req.fingerprint);
+      if (attempt.verdict !== 'open') return lockedOut(account.user, trace.use, attempt.verdict === 'source-blocked' ? { status: 429 } : {});
+      let standing: Standing;
+      try {
+        standing = await this.standing(account, req, trace);
+      } catch (err) {
+        attempt.release();
+        throw err;
+      }
+      if (standing.refusal) {
+        attempt.release();
+        return fail(standing.refusal, account.user, trace.use);
+      }
+      const settle = (accepted: boolean | null) => {
+        attempt.release();
+        if (accepted === true) this.lockout.success(who, req.source, true, req.logon.kind === 'refused' ? undefined : accountKey(req.logon));
+        if (accepted === false) this.lockout.failure(who, req.source, req.fingerprint);
+      };
+      return { ok: true, identity: { ...account, groups: standing.groups }, cache: trace.use, settle };
+    } catch (err) {
+      if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', req.logon.display, trace.use, err.message);
+      throw err;
+    }
+  }
+
+  /**
+   * An identity Exchange already accepted on this connection (NTLM), with its state and groups
+   * as of now (cached for groupTtlSeconds): a removal from a group reaches open connections too.
+   */
+  async refresh(account: Account, req: Omit<AuthRequest, 'header'>): Promise<AuthOutcome> {
+    const trace = new Trace();
+    try {
+      const standing = await this.standing(account, req, trace);
+      if (standing.refusal) return fail(standing.refusal, account.user, trace.use);
+      return { ok: true, identity: { ...account, groups: standing.groups }, cache: trace.use };
+    } catch (err) {
+      if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', account.user, trace.use, err.message);
+      throw err;
+    }
+  }
+
+  /**
+   * An address spraying many accounts is refused before any lookup, except for an account whose
+   * cached record says the address is familiar to it (a family behind one NAT keeps working).
+   */
+  private sourceBlocked(logon: Logon, source: string): boolean {
+    if (this.lockout.check(null, source) !== 'source-blocked') return false;
+    if (logon.kind === 'refused') return true;
+    const account = this.cache.accounts.fresh(accountKey(logon))?.account;
+    return !((account && this.lockout.isFamiliar(dnKey(account.dn), source)) || this.lockout.familiarName(accountKey(logon), source));
+  }
+
+  /**
+   * Whether the password opens the account: the gateway's lockout first (no bind when locked, or
+   * when this wrong password was already refused), then the caches, then one bind. The attempt
+   * counts as in flight until the bind has answered.
+   */
+  private async checkPassword(account: Account, password: string, key: string, source: string, trace: Trace): Promise<PasswordVerdict | { refusal: 'gateway-lockout'; status?: number }> {
+    const who = dnKey(account.dn);
+    const cached = this.cache.auth.fresh(key);
+    if (cached) {                                  // no bind: a plain check is enough
+      const verdict = this.lockout.check(who, source);
+      if (verdict !== 'open') return { refusal: 'gateway-lockout', ...(verdict === 'source-blocked' ? { status: 429 } : {}) };
+      return { refusal: null, verifiedAt: cached.verifiedAt, bound: false };
+    }
+    const attempt = this.lockout.reserve(who, source, key);
+    if (attempt.verdict === 'source-blocked') return { refusal: 'gateway-lockout', status: 429 };
+    if (attempt.verdict === 'account-locked') return { refusal: 'gateway-lockout' };
+    try {
+      if (this.lockout.knownBad(who, key)) return { refusal: 'bad-credentials' };
+      const known = this.cache.negative.fresh(key);
+      if (known) return { refusal: known.reason };
+      const verdict = await this.orStale<PasswordVerdict>(trace, () => {
+        const old = this.cache.auth.stale(key);
+        return old ? { refusal: null, verifiedAt: old.verifiedAt, bound: false } : undefined;
+      }, async () => {
+        const check = await this.cache.coalesce(`password\0${key}`, () => this.deps.directory.verifyPassword(account, password));
+        if (check.ok) {
+          const verifiedAt = this.now();
+          this.cache.auth.set(key, { account, verifiedAt });
+          return { refusal: null, verifiedAt, bound: true };
+        }
+        this.cache.negative.set(key, { reason: check.reason });
+        return { refusal: check.reason };
+      });
+      if (verdict.refusal === 'bad-credentials') this.lockout.failure(who, source, key);
+      return verdict;
+    } finally {
+      attempt.release();
+    }
+  }
+
   /** The account a logon names (null: none), from the cache or one search. */
   private async account(logon: Logon & { kind: 'sam' | 'upn' }, trace: Trace): Promise<Account | null> {
-    const key = logon.kind === 'sam' ? `sam:${logon.sam.toLowerCase()}` : `upn:${logon.upn.toLowerCase()}`;
+    const key = accountKey(logon);
     const cached = this.cache.accounts.fresh(key);
     if (cached) return cached.account;
     return this.orStale(trace, () => this.cache.accounts.stale(key)?.account, async () => {
@@ -141,52 +267,55 @@ export class Authenticator {
     });
   }
 
-  /** Why the password does not open the account (null: it does), from the caches or one bind. */
-  private async password(account: Account, password: string, key: string, trace: Trace): Promise<PasswordRefusal | null> {
-    if (this.cache.auth.fresh(key)) return null;
-    const known = this.cache.negative.fresh(key);
-    if (known) return known.reason;
-    return this.orStale(trace, () => (this.cache.auth.stale(key) ? null : undefined), async () => {
-      const check = await this.cache.coalesce(`password\0${key}`, () => this.deps.directory.verifyPassword(account, password));
-      if (check.ok) this.cache.auth.set(key, account);
-      else this.cache.negative.set(key, { reason: check.reason });
-      return check.ok ? null : check.reason;
-    });
-  }
-
-  /** The account's state and policy-relevant groups, refreshed every groupTtlSeconds. */
-  private async standing(account: Account, req: AuthRequest, trace: Trace): Promise<Standing> {
+  /** The account's state, password age and policy-relevant groups, refreshed every groupTtlSeconds. */
+  private async standing(account: Account, req: Pick<AuthRequest, 'groupDns' | 'policyVersion'>, trace: Trace): Promise<Standing> {
     const key = `${req.policyVersion}\0${dnKey(account.dn)}`;
     const cached = this.cache.standing.fresh(key);
     if (cached) return cached;
     return this.orStale(trace, () => this.cache.standing.stale(key), async () => {
       const standing = await this.cache.coalesce(`standing\0${key}`, async () => {
-        const [refusal, groups] = await Promise.all([
+        const [status, groups] = await Promise.all([
           this.deps.directory.accountStatus(account),
           this.deps.directory.memberships(account, req.groupDns),
         ]);
-        return { refusal, groups };
+        return { refusal: status.refusal, passwordSetAt: status.passwordSetAt, groups };
       });
       this.cache.standing.set(key, standing);
       return standing;
     });
   }
 
-  /** Runs a directory lookup; if the directory is down, falls back to a stale cache entry. */
+  /**
+   * Runs a directory lookup; if the DCs are unreachable (not merely busy), falls back to a
+   * stale cache entry, and says so.
+   */
   private async orStale<T>(trace: Trace, stale: () => T | undefined, fetch: () => Promise<T>): Promise<T> {
     trace.miss();
     try {
       return await fetch();
     } catch (err) {
-      if (!(err instanceof DirectoryUnavailableError)) throw err;
+      if (!(err instanceof DirectoryUnavailableError) || err.overload) throw err;
       const fallback = stale();
       if (fallback === undefined) throw err;
       trace.stale();
+      this.deps.onStale?.(err);
       return fallback;
     }
   }
 }
 
+function accountKey(logon: Logon & { kind: 'sam' | 'upn' }): string {
+  return logon.kind === 'sam' ? `sam:${logon.sam.toLowerCase()}` : `upn:${logon.upn.toLowerCase()}`;
+}
+
 function fail(reason: Failure['reason'], user: string | null, cache: CacheUse | null, detail?: string): Failure {
   return detail === undefined ? { ok: false, reason, user, cache } : { ok: false, reason, user, cache, detail };
+}
+
+function blocked(user: string): Failure {
+  return { ...fail('gateway-lockout', user, null, SOURCE_BLOCKED), status: 429 };
+}
+
+function lockedOut(user: string, cache: CacheUse, v: { status?: number }): Failure {
+  return v.status ? { ...fail('gateway-lockout', user, cache, SOURCE_BLOCKED), status: v.status } : fail('gateway-lockout', user, cache, LOCKED);
 }

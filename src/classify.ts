@@ -12,7 +12,7 @@
  *
  * checkHead() refuses request heads that could mean one thing to the gateway and another to
  * Exchange: a repeated Authorization, a transfer coding other than chunked, a Host that is not
- * `name[:port]`, a method Exchange does not use.
+ * `name[:port]`, a method Exchange does not use, Exchange's internal routing cookies.
  */
 import { SERVICE_PREFIXES, type Service } from './services.js';
 
@@ -201,7 +201,7 @@ const HOST = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0
 /** What checkHead needs of a request. */
 export interface Head {
   readonly method?: string | undefined;
-  readonly headers: { readonly host?: string | undefined; readonly 'transfer-encoding'?: string | undefined };
+  readonly headers: { readonly host?: string | undefined; readonly 'transfer-encoding'?: string | undefined; readonly cookie?: string | undefined };
   readonly rawHeaders: readonly string[];
 }
 
@@ -220,5 +220,12 @@ export function checkHead(req: Head): (Misroute & { readonly status?: number }) 
   }
   const host = req.headers.host;
   if (host !== undefined && !HOST.test(host)) return { ok: false, reason: 'bad-request', detail: 'Host is not name[:port]' };
+  if (req.headers.cookie !== undefined && ROUTING_COOKIE.test(req.headers.cookie)) {
+    return { ok: false, reason: 'bad-request', detail: 'Exchange-internal routing cookie from a client' };
+  }
   return null;
 }
+
+/** Exchange's front-end → back-end routing cookies; a client never sets them. ProxyLogon
+ * (CVE-2021-26855) was an SSRF through `X-BEResource`, its kin through `X-AnonResource-Backend`. */
+const ROUTING_COOKIE = /(?:^|;)\s*(?:x-beresource|x-anonresource|x-anonresource-backend)\s*=/i;

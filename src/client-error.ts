@@ -60,7 +60,8 @@ function verdict(err: ParserError, head: FailedHead | null, socket: Socket, stat
     record.rule = decision.rule;
     return [403, decision.reason, 'Outlook Anywhere (RPC over HTTP) is not allowed'];
   }
-  return [501, 'bad-request', 'Outlook Anywhere tunnelling is not enabled in this version'];
+  // Allowed, but not at the start of a connection: a tunnel needs a connection of its own.
+  return [501, 'bad-request', 'Outlook Anywhere request after other requests on one connection'];
 }
 
 /** Finds the request line the parser stopped in (scan back from bytesParsed) and its Host header. */

@@ -38,7 +38,15 @@ export interface Entry<T> {
 export interface Standing {
   /** Why the account cannot sign in now, or null when it can. */
   readonly refusal: PasswordRefusal | null;
+  /** When the password was last set (ms), or null: a password verified before it is stale. */
+  readonly passwordSetAt: number | null;
   readonly groups: ReadonlySet<string>;
+}
+
+/** A verified password: the account it opens, and when it was verified (by a bind). */
+export interface Verified {
+  readonly account: Account;
+  readonly verifiedAt: number;
 }
 
 /** One bounded cache whose entries outlive their freshness by the stale window. */
@@ -77,7 +85,7 @@ class FreshCache<T extends object> {
 export class DecisionCache {
   readonly #secret = randomBytes(32);
   readonly #inflight = new Map<string, Promise<unknown>>();
-  readonly auth: FreshCache<Account>;
+  readonly auth: FreshCache<Verified>;
   readonly negative: FreshCache<{ reason: PasswordRefusal }>;
   readonly accounts: FreshCache<{ account: Account | null }>;
   readonly standing: FreshCache<Standing>;

@@ -55,6 +55,13 @@ export function statusLine(status: number): string {
 export class DirectoryUnavailableError extends Error {
   override readonly name = 'DirectoryUnavailableError';
   readonly code = 'EXGATE_DIRECTORY_UNAVAILABLE';
+  /** True when the gateway itself is saturated (bind queue full), not the DCs unreachable:
+   * never a reason to fall back to stale cache entries. */
+  readonly overload: boolean;
+  constructor(message: string, opts: { overload?: boolean } = {}) {
+    super(message);
+    this.overload = opts.overload ?? false;
+  }
 }
 
 /** A configuration or policy problem, located by file and key. */

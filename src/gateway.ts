@@ -2,7 +2,8 @@
  * The gateway: a TLS listener, Node's HTTP server behind it, and handle(), the pipeline every
  * request takes. handle() is the table of contents of a request:
  *
- *   classify → (refuse before asking for credentials) → authenticate → authorize → forward | deny
+ *   classify → (refuse before asking for credentials) → authenticate (Basic | NTLM) → authorize →
+ *   forward | deny
  *
  * and one access record, written when the response closes. Each stage returns a value and the
  * pipeline branches on it; deny() in proxy.ts writes every refusal.
@@ -15,9 +16,15 @@ import { activeSyncCommand, newAccessRecord, type AccessRecord } from './access-
 import { authorize, authorizeAnonymous } from './authorize.js';
 import { checkHead, classify } from './classify.js';
 import { endWithStatus, handleClientError } from './client-error.js';
-import { basicChallenge, declaredBodyTooLarge, deny, fail, forward } from './proxy.js';
-import { requestIdleMs } from './services.js';
+import type { AuthOutcome } from './authenticate.js';
+import { parseBasic } from './credentials.js';
+import { readNtlmHeader } from './ntlm.js';
+import { authenticateNtlm, type NtlmOutcome } from './ntlm-auth.js';
+import { challengesFor, declaredBodyTooLarge, deny, fail, forward, respond } from './proxy.js';
+import { answerAutodiscoverJson, isAutodiscoverJson } from './autodiscover.js';
+import { requestIdleMs, type AuthMode } from './services.js';
 import type { State } from './state.js';
+import { peek } from './rpc-tunnel.js';
 import { createTlsServer, type TlsMaterial } from './tls.js';
 
 /** Where the gateway writes: the access log and the operational log. */
@@ -55,28 +62,57 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
     record.rule = refused.rule;
     return deny(req, res, record, refused.reason);
   }
+  // Anonymous by design, never forwarded: see autodiscover.ts.
+  if (route.service === 'autodiscover' && isAutodiscoverJson(route.path)) {
+    const answer = answerAutodiscoverJson(req, route.path, req.url ?? '', state.realm);
+    if (answer.kind === 'refuse') return deny(req, res, record, 'bad-request', { detail: answer.detail, status: answer.status });
+    return respond(res, record, 'application/json; charset=utf-8', answer.body, 'autodiscover.json answered by the gateway');
+  }
 
-  const auth = await state.authenticator.authenticate({
-    header: req.headers.authorization, source: req.socket.remoteAddress ?? '',
-    groupDns: state.policy.groupDns, policyVersion: state.policy.version,
-  });
-  record.user = auth.ok ? auth.identity.user : auth.user;
+  const auth = await authenticate(req, settings.auth, state);
+  record.user = auth.ok ? auth.identity?.user ?? null : auth.user;
   record.cache = auth.cache;
-  if (!auth.ok) return deny(req, res, record, auth.reason, { realm: state.realm, detail: auth.detail, status: auth.status });
+  const challenges = challengesFor(settings.auth, state.realm);
+  if (!auth.ok) return deny(req, res, record, auth.reason, { challenges, detail: auth.detail, status: auth.status });
+  const settle = 'onStatus' in auth ? auth.onStatus : undefined;
 
-  const decision = authorize(route.service, auth.identity, state.policy);
-  record.rule = decision.rule;
-  if (!decision.allow) return deny(req, res, record, decision.reason);
-
+  if (auth.identity) {
+    const decision = authorize(route.service, auth.identity, state.policy);
+    record.rule = decision.rule;
+    if (!decision.allow) {
+      settle?.(0);                                  // an NTLM Type 3 refused here never reaches Exchange
+      return deny(req, res, record, decision.reason);
+    }
+    record.reason = decision.reason;
+  } else {
+    record.reason = 'allowed';                      // an NTLM negotiate leg: no identity yet
+    record.detail = 'detail' in auth ? auth.detail : null;
+  }
   record.decision = 'allow';
-  record.reason = decision.reason;
-  if (res.destroyed) return;                      // the client left while the directory answered
+  if (res.destroyed) {                              // the client left while the directory answered
+    settle?.(0);
+    return;
+  }
   forward(req, res, record, {
     host: route.host,
     settings,
     idleMs: requestIdleMs(route.service, settings, record.operation),
-    basicChallenge: settings.auth === 'basic' ? basicChallenge(state.realm) : null,
+    auth: settings.auth,
+    challenges,
+    onStatus: settle,
   }, state.upstream);
+}
+
+/** Basic or NTLM, as the service's clients speak (`services.<name>.auth`). */
+function authenticate(req: IncomingMessage, mode: AuthMode, state: State): Promise<AuthOutcome | NtlmOutcome> {
+  const header = req.headers.authorization;
+  const context = { source: req.socket.remoteAddress ?? '', groupDns: state.policy.groupDns, policyVersion: state.policy.version };
+  if (mode === 'basic' || (mode === 'basic+ntlm' && parseBasic(header) !== null)) {
+    return state.authenticator.authenticate({ header, ...context });
+  }
+  return authenticateNtlm(req.socket, readNtlmHeader(header), {
+    ...context, authenticator: state.authenticator, upstream: state.upstream, domain: state.domain, dnsDomains: state.dnsDomains,
+  });
 }
 
 /**
@@ -174,7 +210,13 @@ export class Gateway {
   private accept(socket: TLSSocket): void {
     this.#sockets.add(socket);
     socket.once('close', () => this.#sockets.delete(socket));
-    this.httpServer.emit('connection', socket);
+    // Outlook Anywhere can only be told apart before the HTTP parser sees the bytes; look only
+    // when the policy may let someone use it.
+    if (authorizeAnonymous('rpc', this.#state.policy) === null) {
+      peek(socket, () => this.#state, (s) => this.httpServer.emit('connection', s), (r) => this.logs.access.info(r));
+    } else {
+      this.httpServer.emit('connection', socket);
+    }
   }
 
   /** CONNECT never reaches a request handler (Node hands over the socket): answer it raw. */

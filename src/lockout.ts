@@ -1,33 +1,35 @@
 /**
  * Smart lockout at the gateway, before AD ever sees an attempt (the AD FS Extranet Smart Lockout
- * and Entra smart lockout pattern):
+ * and Entra smart lockout pattern). Its promise: with `2 × threshold` below AD's lockout
+ * threshold and `windowSeconds` at least AD's "reset account lockout counter after", the gateway
+ * alone can never lock an account in AD. It keeps that promise by modelling AD's badPwdCount:
  *
- * - Failures are counted per account and per source class: *familiar* sources (addresses this
- *   account signed in from successfully within `familiarSeconds`) and *unfamiliar* ones (all
- *   others), apart. An attacker spraying from the internet fills the unfamiliar counter only, so
- *   the user keeps working from a known place.
- * - A repeat of the same wrong password counts once (a phone with an old password).
- * - At `threshold` distinct wrong passwords in `windowSeconds`, that class is locked: attempts
- *   from it are refused (401 `gateway-lockout`) without any LDAP bind, right password or not,
- *   until failures age out of the window. With 2 × threshold below AD's lockout threshold the
- *   gateway can never lock the account in AD.
- * - Per source address, failures across many accounts (password spraying) are limited too;
- *   past the limit the address gets 429 for every account.
- * - Attempts whose bind is still in flight count as failures until they are settled
- *   (`reserve`): ten wrong passwords sent at once cannot slip past a threshold of three.
+ * - It counts the failed binds it caused, per account and per source class: *familiar* sources
+ *   (addresses this account signed in from within `familiarSeconds`) and *unfamiliar* ones,
+ *   apart; an attacker fills only the unfamiliar counter, the user keeps working from home.
+ * - A wrong password already seen for the account within the window is refused without a bind
+ *   (`knownBad`), so a phone retrying an old password costs AD nothing and counts once.
+ * - Like badPwdCount, a counter resets only after `windowSeconds` without a failure (not a
+ *   sliding window), and after a success *verified by a bind* (AD resets its count then too; a
+ *   success answered from the cache resets nothing).
+ * - At `threshold`, attempts from that class are refused (401 `gateway-lockout`) with no bind.
+ * - Attempts whose bind is in flight count until settled (`reserve`): a burst cannot slip past.
+ * - Per source address (IPv6 per /64), failures across many accounts (spraying) get the address
+ *   429, except for an account that address is familiar to.
  *
- * All state is bounded (LRU with max and TTL) and keyed by account DN, so `alice`,
- * `LAB\alice` and `alice@lab.test` share one counter.
+ * State is bounded (LRU, `maxEntries`) and survives a reload (`reconfigure`). It is per process.
  */
+import { isIPv6 } from 'node:net';
 import { LRUCache } from 'lru-cache';
 
 export interface LockoutSettings {
-  /** Distinct wrong passwords per account and source class within the window. */
+  /** Failed binds per account and source class before that class is refused. */
   readonly threshold: number;
+  /** A class's count resets after this long without a failure (AD's observation window). */
   readonly windowSeconds: number;
-  /** Distinct accounts with failures from one address within the window before it gets 429. */
+  /** Distinct accounts (or unknown names) failing from one address within the window → 429. */
   readonly sourceAccounts: number;
-  /** Distinct failed (account, password) pairs from one address within the window before it gets 429. */
+  /** Distinct failed (account, password) pairs from one address within the window → 429. */
   readonly sourceFailures: number;
   /** How long a successful sign-in keeps an address familiar for that account. */
   readonly familiarSeconds: number;
@@ -37,72 +39,90 @@ export interface LockoutSettings {
 
 export type LockoutVerdict = 'open' | 'account-locked' | 'source-blocked';
 
-/** Time-stamped keys: distinct items seen within a window. */
+/** Time-stamped keys. */
 type Seen = Map<string, number>;
 
+/** One source class of one account: the wrong passwords that caused binds, since the last reset. */
+interface Counter {
+  readonly failures: Seen;
+  last: number;
+}
+
 interface AccountState {
-  /** Wrong-password fingerprint → last time, per class. */
-  readonly familiarFailures: Seen;
-  readonly unfamiliarFailures: Seen;
-  /** Address → last successful sign-in. */
-  readonly familiarSources: Seen;
+  /** The last failure of either class (AD's badPasswordTime: one per account). */
+  last: number;
+  readonly familiar: Counter;
+  readonly unfamiliar: Counter;
+  /** Source key → last successful sign-in. */
+  readonly sources: Seen;
 }
 
 interface SourceState {
-  /** Account key → last failure. */
   readonly accounts: Seen;
-  /** `account NUL fingerprint` → last failure: distinct failed attempts. */
   readonly failures: Seen;
 }
 
-/** An attempt allowed to go on to the directory; settle it with release() once it is answered. */
+/** An attempt allowed on to the directory; settle it with release() once it is answered. */
 export interface Attempt {
   readonly verdict: LockoutVerdict;
   release(): void;
 }
 
-/** The lockout bookkeeping of one gateway process. */
 export class Lockout {
+  #settings: LockoutSettings;
   readonly #accounts: LRUCache<string, AccountState>;
   readonly #sources: LRUCache<string, SourceState>;
-  readonly #windowMs: number;
-  readonly #familiarMs: number;
-  /** Attempts in flight, as if they had failed: per account class, and per source. */
   readonly #pending = new Map<string, Seen>();
+  /** Logon name (authenticate's account key) → the account DN it signed in as. */
+  readonly #names: LRUCache<string, string>;
   readonly #pendingSources = new Map<string, SourceState>();
 
-  constructor(private readonly settings: LockoutSettings, private readonly now: () => number = Date.now) {
-    this.#windowMs = settings.windowSeconds * 1000;
-    this.#familiarMs = Math.max(settings.familiarSeconds * 1000, this.#windowMs);
-    this.#accounts = new LRUCache({ max: settings.max, ttl: this.#familiarMs });
-    this.#sources = new LRUCache({ max: settings.max, ttl: this.#windowMs });
+  constructor(settings: LockoutSettings, private readonly now: () => number = Date.now) {
+    this.#settings = settings;
+    this.#accounts = new LRUCache({ max: settings.max });
+    this.#sources = new LRUCache({ max: settings.max });
+    this.#names = new LRUCache({ max: settings.max });
   }
 
-  /** May this source try this account now? `account` null: the name matched no account. */
+  /** Is this address familiar to the account this logon name signed in as? */
+  familiarName(name: string, source: string): boolean {
+    const account = this.#names.get(name);
+    return account !== undefined && this.isFamiliar(account, source);
+  }
+
+  /** New settings, same memory: a reload must not forgive an attacker. */
+  reconfigure(settings: LockoutSettings): void {
+    this.#settings = settings;
+  }
+
+  /** May this source try this account now? `account` null: only the source's limits apply. */
   check(account: string | null, source: string): LockoutVerdict {
-    const since = this.now() - this.#windowMs;
-    const src = this.#sources.get(source);
-    const pending = this.#pendingSources.get(source);
-    if (union(src?.accounts, pending?.accounts, since) >= this.settings.sourceAccounts ||
-        union(src?.failures, pending?.failures, since) >= this.settings.sourceFailures) {
-      return 'source-blocked';
-    }
+    const src = sourceKey(source);
+    const familiar = account !== null && this.familiarKey(account, src);
+    if (this.sourceBlocked(src) && !familiar) return 'source-blocked';
     if (account === null) return 'open';
+    const state = this.#accounts.get(account);           // a read: never creates (nor evicts) state
+    const counter = state && (familiar ? state.familiar : state.unfamiliar);
+    return count(state?.last ?? 0, counter, this.#pending.get(classKey(account, familiar)), this.since()) >= this.#settings.threshold ? 'account-locked' : 'open';
+  }
+
+  /** True when this wrong password was already refused for the account since its count last reset. */
+  knownBad(account: string, fingerprint: string): boolean {
     const state = this.#accounts.get(account);
-    const familiar = state !== undefined && this.isFamiliar(state, source);
-    const failures = state && (familiar ? state.familiarFailures : state.unfamiliarFailures);
-    return union(failures, this.#pending.get(classKey(account, familiar)), since) >= this.settings.threshold ? 'account-locked' : 'open';
+    if (!state) return false;
+    const since = this.since();
+    return state.last > since && [state.familiar, state.unfamiliar].some((c) => c.failures.has(fingerprint));
   }
 
   /** check(); when open, the attempt counts as a failure until release(). */
   reserve(account: string, source: string, fingerprint: string): Attempt {
     const verdict = this.check(account, source);
     if (verdict !== 'open') return { verdict, release: () => {} };
-    const state = this.#accounts.get(account);
-    const cls = classKey(account, state !== undefined && this.isFamiliar(state, source));
+    const src = sourceKey(source);
+    const cls = classKey(account, this.familiarKey(account, src));
     const t = this.now();
     const byClass = getOr(this.#pending, cls, () => new Map());
-    const bySource = getOr(this.#pendingSources, source, () => ({ accounts: new Map(), failures: new Map() }));
+    const bySource = getOr(this.#pendingSources, src, () => ({ accounts: new Map(), failures: new Map() }));
     const pair = `${account}\0${fingerprint}`;
     const added = [!byClass.has(fingerprint), !bySource.accounts.has(account), !bySource.failures.has(pair)];
     byClass.set(fingerprint, t);
@@ -115,59 +135,117 @@ export class Lockout {
         if (added[1]) bySource.accounts.delete(account);
         if (added[2]) bySource.failures.delete(pair);
         if (byClass.size === 0) this.#pending.delete(cls);
-        if (bySource.accounts.size === 0 && bySource.failures.size === 0) this.#pendingSources.delete(source);
+        if (bySource.accounts.size === 0 && bySource.failures.size === 0) this.#pendingSources.delete(src);
       },
     };
   }
 
-  /** A wrong password. `fingerprint` identifies the password (an HMAC), so repeats count once. */
+  /**
+   * A failed bind (a wrong password). `account` null: the name matched no account; then
+   * `fingerprint` should name the name, so one made-up name counts once.
+   */
   failure(account: string | null, source: string, fingerprint: string): void {
     const t = this.now();
-    const since = t - this.#windowMs;
-    const key = account ?? `?${fingerprint.slice(0, 16)}`;
-    const src = this.#sources.get(source) ?? { accounts: new Map(), failures: new Map() };
-    src.accounts.set(key, t);
-    src.failures.set(`${key}\0${fingerprint}`, t);
-    prune(src.accounts, since);
-    prune(src.failures, since);
-    this.#sources.set(source, src);
+    const src = sourceKey(source);
+    const key = account ?? `?${fingerprint}`;
+    const s = this.#sources.get(src) ?? { accounts: new Map(), failures: new Map() };
+    s.accounts.set(key, t);
+    s.failures.set(`${key}\0${fingerprint}`, t);
+    prune(s.accounts, this.since());
+    prune(s.failures, this.since());
+    this.#sources.set(src, s);
     if (account === null) return;
-    const state = this.state(account);
-    const failures = this.isFamiliar(state, source) ? state.familiarFailures : state.unfamiliarFailures;
-    failures.set(fingerprint, t);
-    prune(failures, since);
-    this.#accounts.set(account, state);
+    const counter = this.counter(account, this.familiarKey(account, src));
+    counter.failures.set(fingerprint, t);
+    counter.last = t;
+    this.state(account).last = t;
   }
 
-  /** A successful sign-in: the source becomes familiar and its class starts over (as AD resets badPwdCount). */
-  success(account: string, source: string): void {
-    const t = this.now();
+  /**
+   * A successful sign-in: the source becomes familiar. Only a success checked by a bind resets
+   * the counts, as only a real logon resets AD's badPwdCount.
+   */
+  success(account: string, source: string, verifiedByBind: boolean, name?: string): void {
+    if (name !== undefined) this.#names.set(name, account);
     const state = this.state(account);
-    (this.isFamiliar(state, source) ? state.familiarFailures : state.unfamiliarFailures).clear();
-    state.familiarSources.set(source, t);
-    prune(state.familiarSources, t - this.#familiarMs);
-    this.#accounts.set(account, state);
+    state.sources.set(sourceKey(source), this.now());
+    prune(state.sources, this.now() - this.#settings.familiarSeconds * 1000);
+    if (verifiedByBind) {
+      state.familiar.failures.clear();
+      state.unfamiliar.failures.clear();
+    }
+  }
+
+  /** Is this address familiar to this account? */
+  isFamiliar(account: string, source: string): boolean {
+    return this.familiarKey(account, sourceKey(source));
+  }
+
+  private familiarKey(account: string, src: string): boolean {
+    const last = this.#accounts.get(account)?.sources.get(src);
+    return last !== undefined && last > this.now() - this.#settings.familiarSeconds * 1000;
+  }
+
+  private sourceBlocked(src: string): boolean {
+    const s = this.#sources.get(src);
+    const p = this.#pendingSources.get(src);
+    if (s === undefined && p === undefined) return false;
+    const since = this.since();
+    return union(s?.accounts, p?.accounts, since) >= this.#settings.sourceAccounts ||
+      union(s?.failures, p?.failures, since) >= this.#settings.sourceFailures;
+  }
+
+  private counter(account: string, familiar: boolean): Counter {
+    const state = this.state(account);
+    if (state.last <= this.since()) {                       // the account quiet for a whole window: reset, as AD does
+      state.familiar.failures.clear();
+      state.unfamiliar.failures.clear();
+    }
+    return familiar ? state.familiar : state.unfamiliar;
   }
 
   private state(account: string): AccountState {
-    return this.#accounts.get(account) ?? { familiarFailures: new Map(), unfamiliarFailures: new Map(), familiarSources: new Map() };
+    let s = this.#accounts.get(account);
+    if (!s) {
+      s = { last: 0, familiar: { failures: new Map(), last: 0 }, unfamiliar: { failures: new Map(), last: 0 }, sources: new Map() };
+      this.#accounts.set(account, s);
+    }
+    return s;
   }
 
-  private isFamiliar(state: AccountState, source: string): boolean {
-    const last = state.familiarSources.get(source);
-    return last !== undefined && last > this.now() - this.#familiarMs;
+  private since(): number {
+    return this.now() - this.#settings.windowSeconds * 1000;
   }
+}
+
+/** The key an address is tracked by: IPv4 as is (also IPv4-mapped IPv6), IPv6 by its /64. */
+export function sourceKey(address: string): string {
+  if (!address.includes(':')) return address;      // IPv4: the common case, no work
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped) return mapped[1] as string;
+  if (!isIPv6(address)) return address;
+  const [head = '', tail = ''] = address.toLowerCase().split('::');
+  const left = head ? head.split(':') : [];
+  const right = tail ? tail.split(':') : [];
+  const full = [...left, ...Array(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right];
+  return `${full.slice(0, 4).map((h) => h.padStart(4, '0')).join(':')}::/64`;
 }
 
 function classKey(account: string, familiar: boolean): string {
   return `${familiar ? 'f' : 'u'}\0${account}`;
 }
 
+/** Failures counted for a class: its own (unless reset) and those in flight. */
+function count(last: number, c: Counter | undefined, pending: Seen | undefined, since: number): number {
+  const own = c && last > since ? c.failures : undefined;
+  return union(own, pending, -Infinity);
+}
+
 /** Distinct keys seen after `since` in either map. */
 function union(a: Seen | undefined, b: Seen | undefined, since: number): number {
   let n = 0;
   if (a) for (const t of a.values()) if (t > since) n++;
-  if (b) for (const [k, t] of b) if (t > since && !((a?.get(k) ?? 0) > since)) n++;
+  if (b) for (const [k, t] of b) if (t > since && !((a?.get(k) ?? -Infinity) > since)) n++;
   return n;
 }
 

@@ -15,7 +15,8 @@ import type { AccessRecord } from './access-log.js';
 import type { Config } from './config/load.js';
 import { DENY_STATUS, type DenyReason } from './errors.js';
 import { requestHeaders, responseHeaders } from './headers.js';
-import type { ServiceDefaults } from './services.js';
+import type { Account } from './directory/directory.js';
+import type { AuthMode, ServiceDefaults } from './services.js';
 
 /** How much longer than the upstream side the client side of a request may stay silent. */
 const CLIENT_IDLE_GRACE_MS = 10_000;
@@ -25,8 +26,8 @@ const RETRY_AFTER_SECONDS = 10;
 
 /** Options of a denial's response. */
 export interface DenyOptions {
-  /** For 401: the Basic realm. */
-  readonly realm?: string;
+  /** For 401: the challenges to offer (default: Basic, realm "exgate"). */
+  readonly challenges?: readonly string[];
   readonly detail?: string | undefined;
   readonly retryAfterSeconds?: number;
   /** A more precise status than the catalog's: `bad-request` 405/417/501, `gateway-lockout` 429. */
@@ -36,6 +37,13 @@ export interface DenyOptions {
 /** The Basic challenge of the gateway (INTERFACE.md: `Basic realm="…", charset="UTF-8"`). */
 export function basicChallenge(realm: string): string {
   return `Basic realm="${realm}", charset="UTF-8"`;
+}
+
+/** The challenges a service's 401 offers: NTLM first where it is on (Windows clients prefer it). */
+export function challengesFor(mode: AuthMode, realm: string): readonly string[] {
+  if (mode === 'basic') return [basicChallenge(realm)];
+  if (mode === 'ntlm') return ['NTLM'];
+  return ['NTLM', basicChallenge(realm)];
 }
 
 /**
@@ -61,12 +69,12 @@ export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRe
   }
   const status = (reason === 'bad-request' || reason === 'gateway-lockout') && opts.status ? opts.status : DENY_STATUS[reason];
   const body = `${status} ${STATUS_CODES[status] ?? ''}\n`;
-  const headers: Record<string, string | number> = {
+  const headers: Record<string, string | number | string[]> = {
     'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-store',
   };
-  if (status === 401) headers['www-authenticate'] = basicChallenge(opts.realm ?? 'exgate');
+  if (status === 401) headers['www-authenticate'] = [...(opts.challenges ?? [basicChallenge('exgate')])];
   if (status === 503) headers['retry-after'] = RETRY_AFTER_SECONDS;
   if (status === 429) headers['retry-after'] = opts.retryAfterSeconds ?? RETRY_AFTER_SECONDS;
   if (status === 400 || status === 421 || status === 413 || status >= 500 || !req.complete) {
@@ -77,15 +85,29 @@ export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRe
   res.end(req.method === 'HEAD' ? undefined : body);
 }
 
+/** Answers a request from the gateway itself (autodiscover.json), never from Exchange. */
+export function respond(res: ServerResponse, record: AccessRecord, contentType: string, body: string, detail: string): void {
+  record.decision = 'allow';
+  record.reason = 'allowed';
+  record.detail = detail;
+  record.bytesOut = Buffer.byteLength(body);
+  res.writeHead(200, { 'content-type': contentType, 'content-length': record.bytesOut, 'cache-control': 'no-store' });
+  res.end(body);
+}
+
 /** True when the declared body length exceeds the service's limit (→ 413 before anything else). */
 export function declaredBodyTooLarge(req: IncomingMessage, settings: ServiceDefaults): boolean {
   const length = req.headers['content-length'];
   return settings.maxBodyBytes > 0 && length !== undefined && Number(length) > settings.maxBodyBytes;
 }
 
-/** Pinned upstream connections: one undici Client per client socket. */
+/**
+ * Pinned upstream connections: one undici Client per client socket, and the account Exchange
+ * accepted on it by NTLM (a session lives exactly as long as its upstream connection).
+ */
 export class Upstream {
   readonly #clients = new WeakMap<Socket, Client>();
+  readonly #sessions = new WeakMap<Socket, Account>();
   readonly #options: Client.Options;
   /** The name every request is sent under; see the connector below. */
   readonly servername: string;
@@ -122,11 +144,23 @@ export class Upstream {
     if (!client) {
       const c = new Client(this.config.origin, this.#options);
       c.on('connectionError', () => {});      // reported per request through the handler
+      // A new upstream connection is a new NTLM context: the client must authenticate again.
+      c.on('disconnect', () => { this.#sessions.delete(socket); });
       socket.once('close', () => { c.destroy().catch(() => {}); });
       this.#clients.set(socket, c);
       client = c;
     }
     return client;
+  }
+
+  /** The account Exchange accepted by NTLM on this client connection, if any. */
+  session(socket: Socket): Account | null {
+    return this.#sessions.get(socket) ?? null;
+  }
+
+  setSession(socket: Socket, account: Account | null): void {
+    if (account) this.#sessions.set(socket, account);
+    else this.#sessions.delete(socket);
   }
 }
 
@@ -137,8 +171,12 @@ export interface Forwarding {
   readonly settings: ServiceDefaults;
   /** Longest silence allowed on this request: the service's idle timeout, or less for short operations. */
   readonly idleMs: number;
-  /** For services whose clients use Basic only: the gateway's challenge (others are filtered). */
-  readonly basicChallenge: string | null;
+  /** How the service's clients authenticate: decides which of Exchange's challenges pass. */
+  readonly auth: AuthMode;
+  /** The gateway's own challenges, for a 401 from Exchange that has none the client may use. */
+  readonly challenges: readonly string[];
+  /** Called with Exchange's status once its response starts (NTLM settles a Type 3 with it). */
+  readonly onStatus?: ((status: number) => void) | undefined;
 }
 
 /**
@@ -151,7 +189,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, record: Acces
   req.socket.setTimeout(route.idleMs + CLIENT_IDLE_GRACE_MS);
   const body = requestBody(req, route.settings, record);
   if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
-  const relay = new ResponseRelay(req, res, record, route.basicChallenge);
+  const relay = new ResponseRelay(req, res, record, route);
   upstream.clientFor(req.socket).dispatch({
     origin: upstream.config.origin,
     servername: upstream.servername,
@@ -203,7 +241,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     private readonly record: AccessRecord,
-    private readonly basicChallenge: string | null,
+    private readonly route: Forwarding,
   ) {}
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -217,7 +255,8 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     // Exchange answered before reading the whole body (a 401, IIS request filtering): the rest of
     // the upload is neither forwarded nor drained, so this connection cannot carry another request.
     if (!this.req.complete) this.res.shouldKeepAlive = false;
-    const headers = responseHeaders(controller.rawHeaders as Buffer[] | undefined, statusCode, this.basicChallenge);
+    this.route.onStatus?.(statusCode);
+    const headers = responseHeaders(controller.rawHeaders as Buffer[] | undefined, statusCode, this.route.auth, this.route.challenges);
     this.res.writeHead(statusCode, statusMessage || undefined, headers);
   }
 
@@ -236,6 +275,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     this.#done = true;
+    if (this.record.upstreamMs === null) this.route.onStatus?.(0);   // no answer: not accepted
     if (this.res.destroyed) return;                 // the client left first; nothing to tell
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EXGATE_TOO_LARGE') {

@@ -26,23 +26,25 @@ export interface ServiceDefaults {
   readonly maxBodyBytes: number;
   /** Longest silence on the client or the upstream side of a request before it is cut. */
   readonly idleTimeoutSeconds: number;
+  /** rpc only: Outlook Anywhere tunnels one client address may hold open at once. */
+  readonly maxTunnelsPerSource: number;
 }
 
 const MiB = 1024 * 1024;
 
 /** Default settings per service; `services:` in the gateway config overrides them key by key. */
 export const SERVICE_DEFAULTS: Readonly<Record<Service, ServiceDefaults>> = {
-  mapi: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 360 },
-  rpc: { auth: 'basic', maxBodyBytes: 0, idleTimeoutSeconds: 960 },
-  ews: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 2100 },
-  mrsproxy: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300 },
-  activesync: { auth: 'basic', maxBodyBytes: 10 * MiB, idleTimeoutSeconds: 3660 },
-  owa: { auth: 'basic', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300 },
-  ecp: { auth: 'basic', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300 },
-  oab: { auth: 'basic', maxBodyBytes: 1 * MiB, idleTimeoutSeconds: 300 },
-  autodiscover: { auth: 'basic', maxBodyBytes: 1 * MiB, idleTimeoutSeconds: 120 },
-  powershell: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300 },
-  api: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300 },
+  mapi: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 360, maxTunnelsPerSource: 16 },
+  rpc: { auth: 'basic', maxBodyBytes: 0, idleTimeoutSeconds: 960, maxTunnelsPerSource: 16 },
+  ews: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 2100, maxTunnelsPerSource: 16 },
+  mrsproxy: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
+  activesync: { auth: 'basic', maxBodyBytes: 10 * MiB, idleTimeoutSeconds: 3660, maxTunnelsPerSource: 16 },
+  owa: { auth: 'basic', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
+  ecp: { auth: 'basic', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
+  oab: { auth: 'basic', maxBodyBytes: 1 * MiB, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
+  autodiscover: { auth: 'basic', maxBodyBytes: 1 * MiB, idleTimeoutSeconds: 120, maxTunnelsPerSource: 16 },
+  powershell: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
+  api: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
 };
 
 /**

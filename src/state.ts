@@ -21,6 +21,8 @@ export interface State {
   readonly upstream: Upstream;
   /** The Basic realm of 401 challenges. */
   readonly realm: string;
+  /** The domain's DNS names, which an NTLM Type 3 may carry instead of the NetBIOS name. */
+  readonly dnsDomains: ReadonlySet<string>;
 }
 
 /** Opens the directory the config names (no connection is made yet for LDAP). */
@@ -36,8 +38,8 @@ export function logonDomain(config: Config): LogonDomain {
 
 /**
  * Builds the full state: opens the directory and compiles the policy against it. On a reload,
- * `previous` hands over what must survive it: the lockout counters always (a reload must not
- * forgive an attacker), and the credential caches when the directory and cache settings are the
+ * `previous` hands over what must survive it: the lockout state always, with the new settings
+ * applied (a reload must not forgive an attacker), and the credential caches when the directory and cache settings are the
  * same (cached group standings are keyed by policy version, so a new policy never reuses them).
  */
 export async function buildState(config: Config, log: Pick<Logger, 'warn'>, previous?: State): Promise<State> {
@@ -46,14 +48,17 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>, prev
   try {
     const policy = await loadPolicy(config.policyFile, directory, domain);
     const carry = previous && {
-      lockout: sameJson(previous.config.lockout, config.lockout) ? previous.authenticator.lockout : undefined,
+      lockout: previous.authenticator.lockout,              // reconfigured, never forgotten
       cache: sameJson(previous.config.cache, config.cache) && sameJson(previous.config.directory, config.directory) ? previous.authenticator.cache : undefined,
     };
     return Object.freeze({
       config, directory, domain, policy,
-      authenticator: new Authenticator({ directory, domain, cache: config.cache, lockout: { ...config.lockout, max: config.cache.max } }, carry),
-      upstream: new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000)),
+      authenticator: new Authenticator({ directory, domain, cache: config.cache, lockout: config.lockout, onStale: staleWarning(log) }, carry),
+      upstream: previous && sameJson(previous.config.upstream, config.upstream) && sameJson(previous.config.http, config.http)
+        ? previous.upstream                       // keep the pinned upstream connections (and NTLM sessions)
+        : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000)),
       realm: config.names.externalList[0] ?? 'exgate',
+      dnsDomains: new Set([dnToDomain(config.directory.baseDn ?? ''), ...config.directory.upnSuffixes].map((d) => d.toLowerCase()).filter(Boolean)),
     });
   } catch (err) {
     await directory.close();
@@ -63,4 +68,19 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>, prev
 
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** `DC=lab,DC=test` → `lab.test`. */
+function dnToDomain(dn: string): string {
+  return dn.split(',').map((p) => p.trim()).filter((p) => /^dc=/i.test(p)).map((p) => p.slice(3)).join('.');
+}
+
+/** Warns (at most once a minute) that sign-ins are answered from expired cache entries. */
+function staleWarning(log: Pick<Logger, 'warn'>): (err: Error) => void {
+  let last = 0;
+  return (err) => {
+    if (Date.now() - last < 60_000) return;
+    last = Date.now();
+    log.warn({ err: err.message }, 'directory unreachable: answering from expired cache entries (cache.staleIfErrorSeconds)');
+  };
 }

@@ -9,6 +9,7 @@ import { accessLogger, appLogger } from '../access-log.js';
 import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
 import { Gateway } from '../gateway.js';
+import type { Directory } from '../directory/directory.js';
 import { buildState } from '../state.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from '../tls.js';
 
@@ -54,7 +55,8 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       const old = gateway.state;
       gateway.tlsServer.setSecureContext(secureContextOptions(nextMaterial, next.tls));
       gateway.setState(nextState);
-      if (old.directory !== nextState.directory) setTimeout(() => { void old.directory.close(); }, 30_000).unref();
+      // The old directory serves requests still running on the old state; closed a little later.
+      if (old.directory !== nextState.directory) retire(old.directory);
       log.info({ policy: nextState.policy.version }, 'reloaded');
       return true;
     } catch (err) {
@@ -62,8 +64,14 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       return false;
     }
   };
+  const retired = new Set<Directory>();
+  const retire = (d: Directory) => {
+    retired.add(d);
+    setTimeout(() => { retired.delete(d); void d.close(); }, 30_000).unref();
+  };
   const close = async (graceMs = 0) => {
     await gateway.close(graceMs);
+    await Promise.all([...retired].map((d) => d.close()));
     access.flush();
   };
   return { gateway, address, log, reload, close };

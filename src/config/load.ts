@@ -233,6 +233,7 @@ function serviceSettings(raw: GatewayFile): Record<Service, ServiceDefaults> {
       auth: o.auth ?? d.auth,
       maxBodyBytes: o.maxBodyBytes ?? d.maxBodyBytes,
       idleTimeoutSeconds: o.idleTimeoutSeconds ?? d.idleTimeoutSeconds,
+      maxTunnelsPerSource: o.maxTunnelsPerSource ?? d.maxTunnelsPerSource,
     };
   }
   return out;

@@ -134,7 +134,8 @@ const lockout = z.strictObject({
   /** Distinct wrong passwords per user and source class (familiar, unfamiliar) in the window
    * before that class is refused. Keep 2 × threshold below the AD lockout threshold. Default: 5. */
   threshold: positive.default(5),
-  /** Default: 1800. */
+  /** A count resets after this long without a failure; at least AD's "reset account lockout
+   * counter after". Default: 1800. */
   windowSeconds: positive.default(1800),
   /** Distinct accounts failing from one address in the window before it gets 429. Default: 10. */
   sourceAccounts: positive.default(10),
@@ -142,6 +143,8 @@ const lockout = z.strictObject({
   sourceFailures: positive.default(50),
   /** An address a user signed in from stays familiar this long. Default: 1209600 (14 days). */
   familiarSeconds: positive.default(14 * 86_400),
+  /** Accounts and addresses the lockout tracks at most (its own bound, apart from the caches). Default: 100000. */
+  max: positive.default(100_000),
 });
 
 const serviceSettings = z.strictObject({
@@ -151,6 +154,8 @@ const serviceSettings = z.strictObject({
   maxBodyBytes: z.number().int().min(0).optional(),
   /** Longest silence on a request before it is cut. Defaults in services.ts. */
   idleTimeoutSeconds: positive.optional(),
+  /** rpc only: Outlook Anywhere tunnels one address may hold open at once. Default: 16. */
+  maxTunnelsPerSource: positive.optional(),
 });
 
 const services = z.partialRecord(z.enum(SERVICES), serviceSettings);

@@ -30,6 +30,12 @@ export type PasswordRefusal =
   | 'bad-credentials' | 'account-disabled' | 'account-locked' | 'account-expired'
   | 'password-expired' | 'password-must-change';
 
+export interface AccountStatus {
+  readonly refusal: PasswordRefusal | null;
+  /** When the password was last set (ms since the epoch), or null when unknown. */
+  readonly passwordSetAt: number | null;
+}
+
 export type PasswordCheck = { readonly ok: true } | { readonly ok: false; readonly reason: PasswordRefusal };
 
 export interface Directory {
@@ -39,8 +45,9 @@ export interface Directory {
    * then the account's state. The password is never empty here (authenticate refuses that). */
   verifyPassword(account: Account, password: string): Promise<PasswordCheck>;
   /** Whether the account can sign in now, without its password: the state AD would report at
-   * logon (disabled, locked, expired, must change, password expired), or null when it can. */
-  accountStatus(account: Account): Promise<PasswordRefusal | null>;
+   * logon (disabled, locked, expired, must change, password expired; null when it can), and when
+   * its password was last set (so that a reset ends cached sign-ins). */
+  accountStatus(account: Account): Promise<AccountStatus>;
   /** Which of `groupDns` the account belongs to, directly or through nested groups.
    * Returns lowercased DNs. */
   memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>>;

@@ -16,7 +16,7 @@ import { readYaml, validate } from '../config/yaml.js';
 import type { FileSettings } from '../config/load.js';
 import type { Logon } from '../credentials.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
-import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
+import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type AccountStatus, type PasswordCheck, type PasswordRefusal } from './directory.js';
 
 const isoDate = z.union([z.string(), z.date()]).transform((v, ctx) => {
   const t = new Date(v).getTime();
@@ -103,9 +103,9 @@ export class FileDirectory implements Directory {
     return refusal ? { ok: false, reason: refusal } : { ok: true };
   }
 
-  async accountStatus(account: Account): Promise<PasswordRefusal | null> {
+  async accountStatus(account: Account): Promise<AccountStatus> {
     const u = this.users.get(account.sam.toLowerCase());
-    return u ? this.statusOf(u) : 'bad-credentials';
+    return { refusal: u ? this.statusOf(u) : 'bad-credentials', passwordSetAt: null };
   }
 
   /** The order AD reports states in, once the password is right (MS-ADTS 3.1.1.3.1.x sub-codes). */

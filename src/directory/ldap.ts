@@ -20,7 +20,7 @@ import type { LdapSettings } from '../config/load.js';
 import { DcBreaker, Limiter } from './limits.js';
 import type { Logon } from '../credentials.js';
 import { DirectoryUnavailableError } from '../errors.js';
-import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
+import { dnKey, looksLikeDn, type Account, type AccountStatus, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
 
 /** LDAP_MATCHING_RULE_IN_CHAIN: walks nested group membership on the DC. */
 const IN_CHAIN = '1.2.840.113556.1.4.1941';
@@ -50,6 +50,14 @@ const UF_LOCKOUT = 0x10;
 const UF_PASSWORD_EXPIRED = 0x800000;
 const NEVER = 0x7fffffffffffffffn;
 const FILETIME_EPOCH_OFFSET = 116_444_736_000_000_000n;
+
+/** A FILETIME attribute (100 ns since 1601) as ms since the epoch; null for 0, never, or none. */
+function fileTimeToMs(value: string | null): number | null {
+  if (value === null || value === '0') return null;
+  const ft = BigInt(value);
+  if (ft === NEVER) return null;
+  return Number((ft - FILETIME_EPOCH_OFFSET) / 10_000n);
+}
 
 /** The logon state AD would report, read from the account's attributes (MS-ADTS 2.2.16). */
 function statusOf(e: Entry): PasswordRefusal | null {
@@ -102,7 +110,11 @@ export class LdapDirectory implements Directory {
     return this.#binds.run(() => this.bindAs(account.dn, password));
   }
 
-  /** One password check: a fresh connection to the first DC that answers, bound as the user. */
+  /**
+   * One password check: a fresh connection to the first DC that answers, bound as the user. It
+   * fails over to the next DC only when the connection could not be made: a bind that was sent
+   * may have been counted by that DC already, and must not be sent twice.
+   */
   private async bindAs(dn: string, password: string): Promise<PasswordCheck> {
     let lastError: unknown = new Error('every domain controller failed recently');
     for (const url of this.#breaker.usable(this.urlsFromCurrent())) {
@@ -121,6 +133,7 @@ export class LdapDirectory implements Directory {
         lastError = err;
         if (!(err instanceof ResultCodeError)) this.#breaker.trip(url);
         this.log.warn({ url, err: describe(err) }, 'directory: password check failed on this DC');
+        if (!notConnected(err)) break;
       } finally {
         client.unbind().catch(() => {});
       }
@@ -128,10 +141,11 @@ export class LdapDirectory implements Directory {
     throw this.unavailable('password check', lastError);
   }
 
-  async accountStatus(account: Account): Promise<PasswordRefusal | null> {
+  async accountStatus(account: Account): Promise<AccountStatus> {
     const entries = await this.search(account.dn, '(objectClass=user)', STATUS_ATTRIBUTES, 'base');
-    if (entries === null || entries.length !== 1) return 'bad-credentials';      // the account is gone
-    return statusOf(entries[0] as Entry);
+    if (entries === null || entries.length !== 1) return { refusal: 'bad-credentials', passwordSetAt: null };   // the account is gone
+    const e = entries[0] as Entry;
+    return { refusal: statusOf(e), passwordSetAt: fileTimeToMs(text(e, 'pwdLastSet')) };
   }
 
   async memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>> {
@@ -270,6 +284,13 @@ export class LdapDirectory implements Directory {
   private unavailable(what: string, err: unknown): DirectoryUnavailableError {
     return err instanceof DirectoryUnavailableError ? err : new DirectoryUnavailableError(`directory ${what} failed: ${describe(err)}`);
   }
+}
+
+/** True for errors that mean the connection was never made (the request was not sent). */
+function notConnected(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return ['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN'].includes(code ?? '') ||
+    /^Connection timeout/.test((err as Error).message ?? '');
 }
 
 /** A name that can be looked up literally: no NUL, no control characters, no outer spaces. */

@@ -58,14 +58,14 @@ export class Limiter {
 
   private wait(): Promise<void> {
     if (this.#queue.length >= this.queueMax) {
-      return Promise.reject(new DirectoryUnavailableError(`too many password checks waiting (${this.queueMax})`));
+      return Promise.reject(new DirectoryUnavailableError(`too many password checks waiting (${this.queueMax})`, { overload: true }));
     }
     return new Promise((resolve, reject) => {
       const entry = {
         start: () => { clearTimeout(entry.timer); resolve(); },
         timer: setTimeout(() => {
           this.#queue.splice(this.#queue.indexOf(entry), 1);
-          reject(new DirectoryUnavailableError(`a password check waited ${this.waitMs} ms for a free slot`));
+          reject(new DirectoryUnavailableError(`a password check waited ${this.waitMs} ms for a free slot`, { overload: true }));
         }, this.waitMs),
       };
       this.#queue.push(entry);

@@ -3,14 +3,17 @@
  * gateway forwards to (MAPI over HTTP, ActiveSync, EWS, Autodiscover, OWA), for the demo's
  * upstream and for integration tests that must prove whether a request reached "Exchange".
  *
- * It is honestly a stand-in: it checks no credentials (any Authorization header is accepted) and
- * its bodies are only shaped like Exchange's. What it does copy faithfully is the timing of the
+ * It is honestly a stand-in: it checks no Basic credentials (any Authorization header is accepted),
+ * and its bodies are only shaped like Exchange's. With `ntlmUsers` it does check NTLM, for real:
+ * it runs the connection-oriented NTLM handshake of IIS (the challenge belongs to one TCP
+ * connection, which is then authenticated as a whole) and verifies NTLMv2 against the passwords
+ * it was given (./ntlm-server.ts), so a gateway in front of it must carry the handshake intact. What it does copy faithfully is the timing of the
  * long-lived protocols, because that is what a gateway's timeouts and buffering get wrong:
  * MAPI NotificationWait streams PROCESSING/PENDING/DONE, ActiveSync Ping sends nothing until its
  * heartbeat passes, and EWS streaming notifications trickle keep-alive chunks.
  * "research §4" below is §4 of the project's research notes, node-proxy.md.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import {
   createServer as createHttpServer,
   type IncomingHttpHeaders,
@@ -21,6 +24,7 @@ import {
 } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import { buildType2, readNtlmAuthorization, readType3, type1Flags, verifyType3, type Handshake } from './ntlm-server.js';
 
 /** StandinOptions configures {@link startExchangeStandin}. Every field is optional. */
 export interface StandinOptions {
@@ -42,20 +46,52 @@ export interface StandinOptions {
   notificationWaitMs?: number;
   /** Receives one line per finished or abandoned response. Default: no logging. */
   log?: (line: string) => void;
+  /**
+   * Verify NTLM: lower-case user name → password. When set, `Authorization: NTLM` (or `Negotiate`
+   * carrying raw NTLMSSP) runs the handshake of IIS per TCP connection: Type 1 → 401 with a Type 2
+   * and a fresh challenge for that connection; Type 3 → NTLMv2 checked against
+   * `ntlmUsers[user.toLowerCase()]`, and on success the connection is authenticated: its later
+   * requests without Authorization run as `DOMAIN\user`. Kerberos, SPNEGO-wrapped or malformed
+   * tokens get the 401 challenges. Basic stays unchecked. Default: NTLM headers are accepted
+   * unchecked, like any other Authorization header.
+   */
+  ntlmUsers?: Record<string, string>;
+  /**
+   * NetBIOS domain name the stand-in's Type 2 announces. A Type 3 must name this domain, the DNS
+   * domain `ntlmDnsDomain` (both case-insensitive) or none (then the user is looked up as given,
+   * e.g. a UPN). Default `'LAB'`.
+   */
+  ntlmDomain?: string;
+  /** DNS domain name announced in the Type 2 and accepted in a Type 3. Default `'lab.test'`. */
+  ntlmDnsDomain?: string;
 }
+
+/** Which NTLM leg a request was: a Type 1, a Type 3, or a request on an NTLM-authenticated connection. */
+export type NtlmLeg = 'type1' | 'type3' | 'session' | null;
 
 /**
  * SeenRequest is one request that reached the stand-in. Secrets are never stored: the
- * `authorization`, `proxy-authorization` and `cookie` headers read `'[redacted]'`, and `user` is
- * only the user-id part of Basic credentials.
+ * `authorization`, `proxy-authorization` and `cookie` headers read `'[redacted]'`, `user` is only
+ * the user-id part of Basic credentials or the names an NTLM Type 3 claims, and no NTLM token
+ * is kept.
  */
 export interface SeenRequest {
   method: string;
   /** The request target exactly as received. */
   url: string;
   headers: Record<string, string | string[] | undefined>;
-  /** User name from a Basic Authorization header (text before the first colon), else null. */
+  /**
+   * User name from a Basic Authorization header (text before the first colon); for an NTLM Type 3
+   * the `DOMAIN\user` it claims (just `user` when its domain is empty), whether or not it verified;
+   * for a request on an NTLM-authenticated connection, that connection's `DOMAIN\user`; else null.
+   */
   user: string | null;
+  /**
+   * `'type1'` / `'type3'`: the request carried an NTLM Type 1 / Type 3 (under `NTLM` or
+   * `Negotiate`); `'session'`: it carried no Authorization and ran as the user its connection
+   * authenticated earlier (only with `ntlmUsers`); null otherwise.
+   */
+  ntlm: NtlmLeg;
   bodyBytes: number;
   bodySha256: string;
   /** Incrementing id of the TCP connection, to observe connection reuse and pinning. */
@@ -87,6 +123,10 @@ const DEFAULT_HEARTBEAT_MS = 60_000;
 const DEFAULT_STREAM_COUNT = 3;
 const DEFAULT_SLOW_HEADERS_MS = 1_000;
 const DEFAULT_BIG_BYTES = 1024 * 1024;
+const DEFAULT_NTLM_DOMAIN = 'LAB';
+const DEFAULT_NTLM_DNS_DOMAIN = 'lab.test';
+/** The NetBIOS computer name in the Type 2, the same server X-FEServer names. */
+const NTLM_COMPUTER = 'EXCH-FE01';
 const MAX_TIMER_MS = 2 ** 31 - 1; // larger values make setTimeout fire after 1 ms
 
 // Exchange's IIS offers all three schemes, each in its own header line; clients pick the first they support.
@@ -136,7 +176,22 @@ const EWS_KEEPALIVE =
 // Byte i of /owa/standin/big is i & 0xff; the chunk length is a multiple of 256 so every chunk starts aligned.
 const FILLER = Buffer.from(Array.from({ length: 64 * 1024 }, (_, i) => i & 0xff));
 
+/** NTLM settings, present when `ntlmUsers` is set. */
+interface NtlmConfig {
+  readonly users: ReadonlyMap<string, string>;
+  readonly domain: string;
+  readonly dnsDomain: string;
+}
+
+/** Where one TCP connection stands in the NTLM handshake. */
+type NtlmConnection =
+  | ({ readonly phase: 'challenged' } & Handshake)
+  | { readonly phase: 'authenticated'; readonly user: string };
+
 interface State {
+  readonly ntlm: NtlmConfig | undefined;
+  /** Per TCP connection (keyed by its socket), only with `ntlmUsers`. */
+  readonly ntlmConnections: WeakMap<object, NtlmConnection>;
   readonly pendingMs: number;
   readonly notificationWaitMs: number;
   readonly log: ((line: string) => void) | undefined;
@@ -161,6 +216,10 @@ interface Call {
   readonly path: string;
   readonly query: URLSearchParams;
   readonly user: string | null;
+  /** The request may pass the 401 gate: it carried Authorization, or its connection is NTLM-authenticated. */
+  readonly authenticated: boolean;
+  readonly ntlm: NtlmLeg;
+  readonly socketId: number;
   readonly body: BodyDigest;
   readonly timers: Timers;
 }
@@ -201,6 +260,14 @@ class Timers {
  */
 export async function startExchangeStandin(opts: StandinOptions = {}): Promise<ExchangeStandin> {
   const state: State = {
+    ntlm: opts.ntlmUsers
+      ? {
+          users: new Map(Object.entries(opts.ntlmUsers).map(([user, password]) => [user.toLowerCase(), password])),
+          domain: opts.ntlmDomain ?? DEFAULT_NTLM_DOMAIN,
+          dnsDomain: opts.ntlmDnsDomain ?? DEFAULT_NTLM_DNS_DOMAIN,
+        }
+      : undefined,
+    ntlmConnections: new WeakMap(),
     pendingMs: opts.pendingMs ?? DEFAULT_PENDING_MS,
     notificationWaitMs: opts.notificationWaitMs ?? DEFAULT_NOTIFICATION_WAIT_MS,
     log: opts.log,
@@ -272,11 +339,12 @@ async function shutdown(server: Server, sockets: Set<Socket>, state: State): Pro
 /** handle reads and records the request, then hands it to the handler its path selects. */
 async function handle(state: State, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const at = Date.now();
-  const user = basicUser(req.headers.authorization);
+  let user = basicUser(req.headers.authorization);
+  let note = '';
   const timers = new Timers(state.liveTimers);
   res.once('close', () => {
     timers.clear(); // the client went away or the response ended: no more PENDING, keep-alives or heartbeats
-    state.log?.(logLine(req, res, user));
+    state.log?.(logLine(req, res, user, note));
   });
   for (const [name, value] of Object.entries(LEAKY_HEADERS)) res.setHeader(name, value);
   res.setHeader('request-id', randomUUID());
@@ -287,10 +355,21 @@ async function handle(state: State, req: IncomingMessage, res: ServerResponse): 
   } catch {
     return; // the client went away mid-body: the request never fully reached us, so it is not recorded
   }
-  state.requests.push(toSeen(req, user, body, at, socketIdOf(state, req.socket)));
+  const socketId = socketIdOf(state, req.socket);
+  const step = ntlmStep(state, req);
+  user = step.user;
+  note = step.note ?? '';
+  state.requests.push(toSeen(req, user, step.leg, body, at, socketId));
+  if (step.reply !== undefined) {
+    return send(res, 401, 'text/plain', '401 Unauthorized\n', { 'WWW-Authenticate': step.reply });
+  }
 
   const { path, query } = parseTarget(req.url);
-  const call: Call = { state, req, res, path, query, user, body, timers };
+  const call: Call = {
+    state, req, res, path, query, user, body, timers, socketId,
+    authenticated: step.authenticated,
+    ntlm: step.leg,
+  };
   try {
     pick(call)(call);
   } catch (err) {
@@ -304,7 +383,7 @@ function pick(c: Call): Handler {
   const method = c.req.method ?? 'GET';
   // autodiscover.json is anonymous by design (research §4, Autodiscover)
   if (path.startsWith('/autodiscover/autodiscover.json')) return autodiscoverJson;
-  if (!c.req.headers.authorization || path === '/owa/standin/401') return challenge;
+  if (!c.authenticated || path === '/owa/standin/401') return challenge;
   if (method === 'POST' && (under(path, '/mapi/emsmdb') || under(path, '/mapi/nspi'))) return mapi;
   if (under(path, '/microsoft-server-activesync')) return activeSync;
   if (method === 'POST' && path === '/ews/exchange.asmx') return ews;
@@ -320,6 +399,92 @@ function under(path: string, prefix: string): boolean {
 }
 
 // ---------------------------------------------------------------------------------------------
+// NTLM, connection-oriented like IIS
+
+/** What the Authorization header (or its absence) means for one request. */
+interface NtlmStep {
+  readonly leg: NtlmLeg;
+  /** The request's user, see SeenRequest.user. */
+  readonly user: string | null;
+  /** May pass the 401 gate. */
+  readonly authenticated: boolean;
+  /** Answer 401 with these WWW-Authenticate values instead of routing the request. */
+  readonly reply?: string | string[];
+  /** Why an NTLM step failed, for the log line. */
+  readonly note?: string;
+}
+
+/**
+ * ntlmStep advances the request's TCP connection through the NTLM handshake. Without
+ * `ntlmUsers` it only classifies the header for the record, and any Authorization passes.
+ */
+function ntlmStep(state: State, req: IncomingMessage): NtlmStep {
+  const header = req.headers.authorization;
+  const token = readNtlmAuthorization(header);
+  const config = state.ntlm;
+  if (!config) {
+    if (token === null || token === 'other') return { leg: null, user: basicUser(header), authenticated: header !== undefined };
+    if (token.type === 1) return { leg: 'type1', user: null, authenticated: true };
+    if (token.type === 3) return { leg: 'type3', user: claimOf(token.message), authenticated: true };
+    return { leg: null, user: null, authenticated: true };
+  }
+
+  const connections = state.ntlmConnections;
+  const socket = req.socket;
+  if (header === undefined) {
+    const connection = connections.get(socket);
+    return connection?.phase === 'authenticated'
+      ? { leg: 'session', user: connection.user, authenticated: true }
+      : { leg: null, user: null, authenticated: false };
+  }
+  if (token === null) return { leg: null, user: basicUser(header), authenticated: true }; // Basic: unchecked, as always
+
+  if (token === 'other' || (token.type !== 1 && token.type !== 3)) {
+    connections.delete(socket);
+    return { leg: null, user: null, authenticated: false, reply: CHALLENGES, note: 'ntlm=unusable token' };
+  }
+  if (token.type === 1) {
+    const clientFlags = type1Flags(token.message);
+    if (clientFlags === null) {
+      connections.delete(socket);
+      return { leg: 'type1', user: null, authenticated: false, reply: CHALLENGES, note: 'ntlm=malformed type 1' };
+    }
+    const challenge = randomBytes(8);
+    const type2 = buildType2({
+      challenge, clientFlags, domain: config.domain, dnsDomain: config.dnsDomain, computer: NTLM_COMPUTER,
+    });
+    connections.set(socket, { phase: 'challenged', type1: Buffer.from(token.message), type2, challenge });
+    return { leg: 'type1', user: null, authenticated: false, reply: `${token.scheme} ${type2.toString('base64')}` };
+  }
+
+  // A Type 3 is good for the one challenge this connection got: whatever happens, that is used up.
+  const connection = connections.get(socket);
+  connections.delete(socket);
+  const parsed = readType3(token.message);
+  const user = claimOf(token.message);
+  const fail = (why: string): NtlmStep => ({ leg: 'type3', user, authenticated: false, reply: CHALLENGES, note: `ntlm=${why}` });
+  if (!parsed || user === null) return fail('malformed type 3');
+  if (connection?.phase !== 'challenged') return fail('no challenge on this connection');
+  if (!knownDomain(config, parsed.domain)) return fail('unknown domain');
+  const verdict = verifyType3(connection, token.message, parsed, config.users.get(parsed.user.toLowerCase()));
+  if (!verdict.ok) return fail(verdict.reason);
+  connections.set(socket, { phase: 'authenticated', user });
+  return { leg: 'type3', user, authenticated: true };
+}
+
+/** The `DOMAIN\user` a Type 3 claims (`user` alone when the domain is empty), null when unreadable. */
+function claimOf(message: Buffer): string | null {
+  const parsed = readType3(message);
+  if (!parsed) return null;
+  return parsed.domain === '' ? parsed.user : `${parsed.domain}\\${parsed.user}`;
+}
+
+function knownDomain(config: NtlmConfig, domain: string): boolean {
+  const name = domain.toUpperCase();
+  return name === '' || name === config.domain.toUpperCase() || name === config.dnsDomain.toUpperCase();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Handlers
 
 function challenge(c: Call): void {
@@ -327,7 +492,8 @@ function challenge(c: Call): void {
 }
 
 function hello(c: Call): void {
-  send(c.res, 200, 'text/plain; charset=utf-8', `hello ${c.user ?? '-'}: ${c.req.method} ${c.req.url}\n`, {
+  const who = c.ntlm !== null && c.user !== null ? `${c.user} (socket ${c.socketId})` : (c.user ?? '-');
+  send(c.res, 200, 'text/plain; charset=utf-8', `hello ${who}: ${c.req.method} ${c.req.url}\n`, {
     'X-Standin-Body-Bytes': String(c.body.bytes),
     'X-Standin-Body-Sha256': c.body.sha256,
   });
@@ -496,6 +662,7 @@ async function readBody(req: IncomingMessage): Promise<BodyDigest> {
 function toSeen(
   req: IncomingMessage,
   user: string | null,
+  ntlm: NtlmLeg,
   body: BodyDigest,
   at: number,
   socketId: number,
@@ -505,6 +672,7 @@ function toSeen(
     url: req.url ?? '',
     headers: redact(req.headers),
     user,
+    ntlm,
     bodyBytes: body.bytes,
     bodySha256: body.sha256,
     socketId,
@@ -603,7 +771,7 @@ function escapeXml(text: string): string {
   return text.replace(/[<>&"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
 }
 
-function logLine(req: IncomingMessage, res: ServerResponse, user: string | null): string {
+function logLine(req: IncomingMessage, res: ServerResponse, user: string | null, note: string): string {
   const ended = res.writableFinished ? '' : ' (closed before the response ended)';
-  return `standin ${req.method} ${req.url} ${res.statusCode} ${user ?? '-'}${ended}`;
+  return `standin ${req.method} ${req.url} ${res.statusCode} ${user ?? '-'}${note ? ` ${note}` : ''}${ended}`;
 }

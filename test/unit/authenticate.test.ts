@@ -1,29 +1,35 @@
 // Unit tests for the Authenticator (src/authenticate.ts): cheap refusals, the decision caches,
-// coalescing, smart lockout, account standing and DC outages, on an injected clock.
+// coalescing, smart lockout (known wrong passwords, quiet-period reset, familiar addresses exempt
+// from 429, unknown names per name), password resets, account standing, DC outages versus gateway
+// overload, NTLM claims (claim/settle) and refresh, and the lockout surviving a reload, on an
+// injected clock. The AD-model attack scenarios of the review are in ad-lockout-model.test.ts.
 //
 // The directory is a real FileDirectory (users YAML in a temp dir, scrypt N=1024) inside a thin
 // decorator that counts calls per method, can hold answers back (to test coalescing), can be
-// switched "down" (DirectoryUnavailableError), and can swap the directory behind it or override
-// accountStatus (to simulate changes in AD). It observes; it does not mock LDAP.
+// switched "down" (DirectoryUnavailableError, all methods or some), and can swap the directory
+// behind it or override accountStatus (to simulate changes in AD). It observes; it does not mock LDAP.
 import { randomBytes, scryptSync } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Authenticator, type AuthOutcome, type Identity } from '../../src/authenticate.js';
-import type { Logon } from '../../src/credentials.js';
+import { Authenticator, type AuthOutcome, type ClaimOutcome, type Identity } from '../../src/authenticate.js';
+import { parseLogon, type Logon } from '../../src/credentials.js';
 import type { CacheSettings } from '../../src/decision-cache.js';
-import type { Account, Directory, GroupRef, PasswordCheck, PasswordRefusal } from '../../src/directory/directory.js';
+import type { Account, AccountStatus, Directory, GroupRef, PasswordCheck, PasswordRefusal } from '../../src/directory/directory.js';
 import { FileDirectory } from '../../src/directory/file.js';
 import { DirectoryUnavailableError } from '../../src/errors.js';
-import type { LockoutSettings } from '../../src/lockout.js';
+import type { Lockout, LockoutSettings } from '../../src/lockout.js';
 
 const DOMAIN = { netbios: 'LAB', upnSuffixes: ['lab.test'] };
 const PASSWORD = 'Right-Password-1';
+const NEW_PASSWORD = 'Reset-Password-2';
 const GROUP = 'cn=allowexternalaccess,cn=users,dc=lab,dc=test';
 const OTHER_GROUP = 'cn=mobileusers,cn=users,dc=lab,dc=test';
 const HOME = '198.51.100.7';       // becomes familiar to alice by signing in
 const ATTACKER = '203.0.113.5';    // never succeeds: unfamiliar
+const ELSEWHERE = '203.0.113.99';  // another unfamiliar address
+const NAT = '100.64.0.1';          // many users behind one address
 const USERS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'] as const;
 
 const CACHE: CacheSettings = { max: 100, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 };
@@ -42,12 +48,15 @@ type Counted = 'findAccount' | 'verifyPassword' | 'accountStatus' | 'memberships
 /** Wraps a real Directory to count, hold back, fail or alter its answers. */
 class ObservedDirectory implements Directory {
   readonly calls: Record<Counted, number> = { findAccount: 0, verifyPassword: 0, accountStatus: 0, memberships: 0 };
-  /** Thrown by every call while set (a DirectoryUnavailableError: the DC is down). */
+  /** Thrown while set (a DirectoryUnavailableError: the DC is down) by every call, or by `failing` only. */
   failure: Error | null = null;
+  failing: ReadonlySet<Counted> | null = null;
   /** While set, every answer waits for it. */
   hold: Promise<void> | null = null;
-  /** When set, accountStatus answers this instead of asking the inner directory. */
-  status: PasswordRefusal | null | undefined = undefined;
+  /** When set, accountStatus answers this refusal instead of the inner directory's. */
+  refusal: PasswordRefusal | null | undefined = undefined;
+  /** When set, accountStatus answers this passwordSetAt (ms) instead of the inner directory's. */
+  passwordSetAt: number | null | undefined = undefined;
 
   constructor(public inner: Directory) {}
 
@@ -55,13 +64,18 @@ class ObservedDirectory implements Directory {
     return Object.values(this.calls).reduce((a, b) => a + b, 0);
   }
 
-  down(): void { this.failure = new DirectoryUnavailableError('test: the DC is down'); }
-  up(): void { this.failure = null; }
+  down(): void { this.fail(new DirectoryUnavailableError('test: the DC is down')); }
+  /** `err` thrown by `methods` (all when omitted). */
+  fail(err: Error, methods?: readonly Counted[]): void {
+    this.failure = err;
+    this.failing = methods ? new Set(methods) : null;
+  }
+  up(): void { this.failure = null; this.failing = null; }
 
   private async call<T>(method: Counted, answer: () => Promise<T>): Promise<T> {
     this.calls[method]++;
     if (this.hold) await this.hold;
-    if (this.failure) throw this.failure;
+    if (this.failure && (!this.failing || this.failing.has(method))) throw this.failure;
     return answer();
   }
 
@@ -71,8 +85,14 @@ class ObservedDirectory implements Directory {
   verifyPassword(account: Account, password: string): Promise<PasswordCheck> {
     return this.call('verifyPassword', () => this.inner.verifyPassword(account, password));
   }
-  accountStatus(account: Account): Promise<PasswordRefusal | null> {
-    return this.call('accountStatus', async () => (this.status !== undefined ? this.status : this.inner.accountStatus(account)));
+  accountStatus(account: Account): Promise<AccountStatus> {
+    return this.call('accountStatus', async () => {
+      const s = await this.inner.accountStatus(account);
+      return {
+        refusal: this.refusal !== undefined ? this.refusal : s.refusal,
+        passwordSetAt: this.passwordSetAt !== undefined ? this.passwordSetAt : s.passwordSetAt,
+      };
+    });
   }
   memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>> {
     return this.call('memberships', () => this.inner.memberships(account, groupDns));
@@ -88,15 +108,18 @@ let dir: string;
 let withGroup: FileDirectory;
 /** The same users, alice removed from AllowExternalAccess. */
 let aliceRemoved: FileDirectory;
+/** The same users, alice's password reset to NEW_PASSWORD. */
+let aliceReset: FileDirectory;
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'exgate-authenticate-'));
   const hash = fastHash(PASSWORD);
-  const write = (name: string, members: readonly string[]) => {
+  const newHash = fastHash(NEW_PASSWORD);
+  const write = (name: string, members: readonly string[], aliceHash = hash) => {
     const path = join(dir, name);
     writeFileSync(path, [
       'users:',
-      ...USERS.map((u) => `  ${u}: { password: '${hash}', mail: ${u}@lab.test }`),
+      ...USERS.map((u) => `  ${u}: { password: '${u === 'alice' ? aliceHash : hash}', mail: ${u}@lab.test }`),
       'groups:',
       `  AllowExternalAccess: { members: [${members.join(', ')}] }`,
       '  MobileUsers: { members: [bob] }',
@@ -105,6 +128,7 @@ beforeAll(() => {
   };
   withGroup = write('users.yaml', USERS);
   aliceRemoved = write('users-alice-removed.yaml', USERS.filter((u) => u !== 'alice'));
+  aliceReset = write('users-alice-reset.yaml', USERS, newHash);
 });
 
 afterAll(() => {
@@ -113,23 +137,34 @@ afterAll(() => {
 
 const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
 
-function setup(opts: { cache?: Partial<CacheSettings>; lockout?: Partial<LockoutSettings> } = {}) {
+function setup(opts: { cache?: Partial<CacheSettings>; lockout?: Partial<LockoutSettings>; carry?: { lockout: Lockout } } = {}) {
   const clock = { t: 1_700_000_000_000 };
   const directory = new ObservedDirectory(withGroup);
+  /** Every error onStale was told about. */
+  const staleErrors: DirectoryUnavailableError[] = [];
   const auth = new Authenticator(
-    { directory, domain: DOMAIN, cache: { ...CACHE, ...opts.cache }, lockout: { ...LOCKOUT, ...opts.lockout } },
-    {},
+    { directory, domain: DOMAIN, cache: { ...CACHE, ...opts.cache }, lockout: { ...LOCKOUT, ...opts.lockout }, onStale: (err) => staleErrors.push(err) },
+    opts.carry ?? {},
     () => clock.t,
   );
   const login = (user: string, password = PASSWORD, source = HOME, policyVersion = 'v1', groupDns = [GROUP]) =>
     auth.authenticate({ header: basic(user, password), source, groupDns, policyVersion });
-  return { auth, directory, login, advance: (ms: number) => { clock.t += ms; } };
+  /** An NTLM Type 3 naming `user`, with a response digest of `fingerprint`. */
+  const claim = (user: string, fingerprint: string, source = ATTACKER, policyVersion = 'v1') =>
+    auth.claim({ logon: parseLogon(user, DOMAIN), fingerprint, source, groupDns: [GROUP], policyVersion });
+  return { auth, directory, login, claim, staleErrors, now: () => clock.t, advance: (ms: number) => { clock.t += ms; } };
 }
 
 /** The identity of a successful outcome (fails the test otherwise). */
 function identity(o: AuthOutcome): Identity {
   if (!o.ok) expect.fail(`expected ok, got ${o.reason} (${o.detail ?? ''})`);
   return o.identity;
+}
+
+/** The settle() of a claim that went through (fails the test otherwise). */
+function settleOf(o: ClaimOutcome): (accepted: boolean | null) => void {
+  if (!o.ok) expect.fail(`expected the claim to go through, got ${o.reason} (${o.detail ?? ''})`);
+  return o.settle;
 }
 
 /** Reason, cache use and (429 only) status: what the access record shows. */
@@ -177,13 +212,57 @@ describe('Authenticator: decision caches', () => {
     expect(directory.calls.accountStatus + directory.calls.memberships).toBe(0);
   });
 
-  it('asks again once negativeTtlSeconds have passed', async () => {
+  // Changed: a wrong password was checked again once negativeTtlSeconds had passed, and each
+  // bind raised AD's badPwdCount (review, pattern A: one wrong password every 31 s). Now the
+  // lockout remembers it (knownBad) until its count resets: no bind for windowSeconds of quiet.
+  it('does not ask again once negativeTtlSeconds have passed, while the lockout remembers the wrong password', async () => {
+    const { login, directory, advance } = setup();
+    expect(seen(await login('alice', 'wrong'))).toEqual({ reason: 'bad-credentials', cache: 'miss', status: undefined });
+    advance(30 * S);                                          // negativeTtlSeconds: the negative entry is gone
+    expect(seen(await login('alice', 'wrong'))).toEqual({ reason: 'bad-credentials', cache: 'hit', status: undefined });
+    for (let t = 60; t < 600; t += 31) {                      // a phone retrying every 31 s
+      advance(31 * S);
+      expect(await login('alice', 'wrong')).toMatchObject({ ok: false, reason: 'bad-credentials' });
+    }
+    expect(directory.calls.verifyPassword).toBe(1);
+  });
+
+  it('refuses a known wrong password without a bind from any address and in any name form', async () => {
+    const { login, directory, advance } = setup();
+    await login('alice', 'wrong', ATTACKER);
+    advance(31 * S);
+    for (const [name, source] of [['alice', HOME], ['LAB\\alice', ELSEWHERE], ['alice@lab.test', ATTACKER]] as const) {
+      expect(await login(name, 'wrong', source)).toMatchObject({ ok: false, reason: 'bad-credentials', user: 'LAB\\alice' });
+    }
+    expect(directory.calls.verifyPassword).toBe(1);
+  });
+
+  it('checks a known wrong password again once windowSeconds have passed without a failure (AD has reset too)', async () => {
     const { login, directory, advance } = setup();
     await login('alice', 'wrong');
-    advance(29 * S);
-    await login('alice', 'wrong');
+    advance(599 * S);
+    await login('alice', 'wrong');                            // refused from memory: does not postpone the reset
     expect(directory.calls.verifyPassword).toBe(1);
     advance(1 * S);
+    await login('alice', 'wrong');
+    expect(directory.calls.verifyPassword).toBe(2);
+  });
+
+  it('checks a known wrong password again after a sign-in verified by a bind (AD reset its count)', async () => {
+    const { login, directory, advance } = setup();
+    await login('alice', 'wrong');
+    advance(30 * S);                                          // past negativeTtlSeconds
+    expect(seen(await login('alice', PASSWORD))).toEqual({ ok: true, cache: 'miss' });
+    await login('alice', 'wrong');
+    expect(directory.calls.verifyPassword).toBe(3);
+  });
+
+  it('keeps refusing a known wrong password after a sign-in answered from the cache (AD did not reset)', async () => {
+    const { login, directory, advance } = setup();
+    identity(await login('alice', PASSWORD));
+    await login('alice', 'wrong');
+    advance(30 * S);
+    expect(seen(await login('alice', PASSWORD))).toEqual({ ok: true, cache: 'hit' });
     await login('alice', 'wrong');
     expect(directory.calls.verifyPassword).toBe(2);
   });
@@ -292,12 +371,50 @@ describe('Authenticator: smart lockout', () => {
     expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
   });
 
-  it('opens again once the failures are windowSeconds old, and refused attempts do not extend it', async () => {
+  it('opens again once windowSeconds have passed without a failure, and refused attempts do not extend it', async () => {
     const { login, advance } = setup();
     for (const p of ['guess-1', 'guess-2', 'guess-3']) await login('alice', p, ATTACKER);
     advance(300 * S);
     expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
     advance(300 * S);
+    expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
+  });
+
+  // New: AD's quiet-period reset. Under the sliding window the first failure aged out at 600 s.
+  it('stays locked while failures keep coming less than windowSeconds apart', async () => {
+    const { login, advance } = setup();
+    await login('alice', 'guess-1', ATTACKER);                // t = 0
+    advance(250 * S);
+    await login('alice', 'guess-2', ATTACKER);                // t = 250 s
+    advance(250 * S);
+    await login('alice', 'guess-3', ATTACKER);                // t = 500 s
+    advance(100 * S);                                         // t = 600 s: the first is a window old
+    expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
+    advance(499 * S);                                         // t = 1099 s
+    expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
+    advance(1 * S);                                           // t = 1100 s: 600 s since the last failure
+    expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
+  });
+
+  it('does not reset the counts on a sign-in answered from the cache (review, pattern C)', async () => {
+    const { login, directory } = setup();
+    identity(await login('alice', PASSWORD, HOME));           // a bind: AD and the gateway at 0
+    await login('alice', 'guess-1', ATTACKER);
+    await login('alice', 'guess-2', ATTACKER);
+    expect(seen(await login('alice', PASSWORD, ELSEWHERE))).toEqual({ ok: true, cache: 'hit' }); // the phone roams
+    await login('alice', 'guess-3', ATTACKER);
+    const binds = directory.calls.verifyPassword;
+    expect(await login('alice', 'guess-4', ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
+    expect(directory.calls.verifyPassword).toBe(binds);
+  });
+
+  it('resets the counts on a sign-in verified by a bind', async () => {
+    const { login, advance } = setup();
+    identity(await login('alice', PASSWORD, HOME));
+    for (const p of ['guess-1', 'guess-2', 'guess-3']) await login('alice', p, ATTACKER);
+    expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
+    advance(300 * S);                                         // authTtlSeconds: the next sign-in binds
+    expect(seen(await login('alice', PASSWORD, HOME))).toEqual({ ok: true, cache: 'miss' });
     expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
   });
 
@@ -325,6 +442,50 @@ describe('Authenticator: smart lockout', () => {
     }
     expect(directory.total).toBe(calls);
     expect(identity(await login('erin', PASSWORD, HOME)).user).toBe('LAB\\erin'); // other addresses unaffected
+  });
+
+  it('counts one made-up name per address once, however often and in whatever form it is tried', async () => {
+    const { login } = setup();
+    for (let i = 0; i < 10; i++) await login('nobody', `guess-${i}`, ATTACKER);
+    for (const name of ['LAB\\nobody', 'NOBODY', 'lab\\NoBody']) await login(name, 'x', ATTACKER);
+    expect(identity(await login('erin', PASSWORD, ATTACKER)).user).toBe('LAB\\erin');
+    for (const name of ['nobody2', 'nobody3', 'nobody4']) await login(name, 'x', ATTACKER);
+    // frank: erin signed in from ATTACKER just now, so the address is familiar to her (exempt).
+    expect(seen(await login('frank', PASSWORD, ATTACKER))).toEqual({ reason: 'gateway-lockout', cache: null, status: 429 });
+  });
+
+  // Changed: a spraying address used to get 429 for every account (review, E: ten users with stale
+  // phones behind one NAT locked out the one whose password was right).
+  it('answers 429 to a spraying address, but not for an account that address is familiar to (its lookup cached)', async () => {
+    const { login, directory } = setup();
+    identity(await login('alice', PASSWORD, NAT));            // alice signs in from behind the NAT: familiar
+    for (const u of ['bob', 'carol', 'dave', 'erin']) {
+      expect(await login(u, 'old-password', NAT)).toMatchObject({ ok: false, reason: 'bad-credentials' });
+    }
+    const calls = directory.total;
+    expect(seen(await login('frank', PASSWORD, NAT))).toEqual({ reason: 'gateway-lockout', cache: null, status: 429 });
+    expect(seen(await login('bob', PASSWORD, NAT))).toEqual({ reason: 'gateway-lockout', cache: null, status: 429 });
+    expect(seen(await login('alice', PASSWORD, NAT))).toEqual({ ok: true, cache: 'hit' });
+    expect(seen(await login('LAB\\alice', PASSWORD, NAT))).toEqual({ ok: true, cache: 'hit' });
+    expect(directory.total).toBe(calls);
+    // Her own wrong password is a 401 counted for her, not a 429.
+    expect(seen(await login('alice', 'typo', NAT))).toEqual({ reason: 'bad-credentials', cache: 'miss', status: undefined });
+  });
+  it('keeps the familiar account working past groupTtlSeconds into a spray', async () => {
+    const { login, advance } = setup();
+    identity(await login('alice', PASSWORD, NAT));
+    for (const u of ['bob', 'carol', 'dave', 'erin']) await login(u, 'old-password', NAT);
+    expect(seen(await login('alice', PASSWORD, NAT))).toEqual({ ok: true, cache: 'hit' });
+    advance(61 * S);                                          // the account lookup is no longer fresh; the spray still counts
+    expect(seen(await login('alice', PASSWORD, NAT))).toMatchObject({ ok: true });
+  });
+
+  it('exempts an address familiar to the account only while it is familiar', async () => {
+    const { login, advance } = setup({ lockout: { familiarSeconds: 30 } });
+    identity(await login('alice', PASSWORD, NAT));
+    advance(30 * S);
+    for (const u of ['bob', 'carol', 'dave', 'erin']) await login(u, 'old-password', NAT);
+    expect(seen(await login('alice', PASSWORD, NAT))).toEqual({ reason: 'gateway-lockout', cache: null, status: 429 });
   });
 });
 
@@ -363,7 +524,7 @@ describe('Authenticator: account standing (groups and state)', () => {
   it('refuses an account disabled after it was cached, after groupTtlSeconds, with that reason', async () => {
     const { login, directory, advance } = setup();
     identity(await login('alice'));
-    directory.status = 'account-disabled';
+    directory.refusal = 'account-disabled';
     advance(59 * S);
     expect(identity(await login('alice')).user).toBe('LAB\\alice');
     advance(1 * S);
@@ -376,11 +537,64 @@ describe('Authenticator: account standing (groups and state)', () => {
     async (refusal) => {
       const { login, directory, advance } = setup();
       identity(await login('alice'));
-      directory.status = refusal;
+      directory.refusal = refusal;
       advance(60 * S);
       expect(await login('alice')).toMatchObject({ ok: false, reason: refusal });
     },
   );
+
+  it('binds again after a password reset (passwordSetAt later than the cached check), within groupTtlSeconds', async () => {
+    const { login, directory, advance, now } = setup();
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' });      // verified by a bind at t = 0
+    advance(10 * S);
+    directory.inner = aliceReset;                                                // an admin resets the password
+    directory.passwordSetAt = now();
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'hit' });       // the standing is still fresh
+    advance(50 * S);                                                             // groupTtlSeconds after the last refresh
+    expect(seen(await login('alice'))).toEqual({ reason: 'bad-credentials', cache: 'miss', status: undefined });
+    expect(directory.calls.verifyPassword).toBe(2);
+    await login('alice');                                                        // the old password is now a known wrong one
+    expect(directory.calls.verifyPassword).toBe(2);
+    expect(seen(await login('alice', NEW_PASSWORD))).toEqual({ ok: true, cache: 'miss' });
+    expect(seen(await login('alice', NEW_PASSWORD))).toEqual({ ok: true, cache: 'hit' });   // verified after the reset
+    expect(directory.calls.verifyPassword).toBe(3);
+  });
+
+  it('after a reset the typed password survives (set to the same value), binds once and then trusts that check', async () => {
+    const { login, directory, advance, now } = setup();
+    identity(await login('alice'));
+    advance(10 * S);
+    directory.passwordSetAt = now();
+    advance(50 * S);
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' });
+    expect(directory.calls.verifyPassword).toBe(2);
+    advance(60 * S);
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' });      // standing refreshed, password not
+    expect(directory.calls.verifyPassword).toBe(2);
+  });
+
+  it.each<[what: string, setAt: (now: number) => number | null]>([
+    ['before the cached check', (now) => now - 86_400_000],
+    ['unknown (null)', () => null],
+  ])('does not bind again when the password was set %s', async (_what, setAt) => {
+    const { login, directory, advance, now } = setup();
+    directory.passwordSetAt = setAt(now());
+    identity(await login('alice'));
+    advance(60 * S);
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' });
+    expect(directory.calls).toMatchObject({ verifyPassword: 1, accountStatus: 2 });
+  });
+
+  it('counts a reset-invalidated old password as a failure for the lockout', async () => {
+    const { login, directory, advance, now, auth } = setup();
+    identity(await login('alice', PASSWORD, ATTACKER));
+    directory.inner = aliceReset;
+    directory.passwordSetAt = now() + 1;
+    advance(60 * S);
+    await login('alice', PASSWORD, ATTACKER);
+    const dn = 'cn=alice,cn=users,dc=lab,dc=test';
+    expect(auth.lockout.knownBad(dn, auth.cache.credentialKey(dn, PASSWORD))).toBe(true);
+  });
 
   it('refreshes the standing at once when the policy version changes', async () => {
     const { login, directory } = setup();
@@ -451,9 +665,172 @@ describe('Authenticator: directory unavailable', () => {
     expect(await login('alice')).toMatchObject({ ok: false, reason: 'directory-unavailable' });
   });
 
+  it('serves an expired password check when only the binds fail with overload: false (DCs unreachable), and says so', async () => {
+    const { login, directory, advance, staleErrors } = setup({ cache: { staleIfErrorSeconds: 600 } });
+    await login('alice');
+    advance(301 * S);
+    const err = new DirectoryUnavailableError('test: connect ECONNREFUSED', { overload: false });
+    directory.fail(err, ['verifyPassword']);
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'stale' });
+    expect(staleErrors).toEqual([err]);
+  });
+
+  // Review, F: a full bind queue is the gateway being busy, not the DCs being down; an expired
+  // positive entry (perhaps for a password an admin has since reset) must not answer then.
+  it.each<[what: string, methods: readonly ('verifyPassword' | 'findAccount' | 'accountStatus' | 'memberships')[] | undefined]>([
+    ['the binds', ['verifyPassword']],
+    ['every call', undefined],
+  ])('never serves expired entries when %s fail with overload: true (the gateway is saturated)', async (_what, methods) => {
+    const { login, directory, advance, staleErrors } = setup({ cache: { staleIfErrorSeconds: 600 } });
+    await login('alice');
+    advance(301 * S);
+    directory.fail(new DirectoryUnavailableError('too many password checks waiting (256)', { overload: true }), methods);
+    expect(seen(await login('alice'))).toEqual({ reason: 'directory-unavailable', cache: 'miss', status: undefined });
+    expect(staleErrors).toEqual([]);
+  });
+
+  it('never serves an expired standing on overload: true either', async () => {
+    const { login, directory, advance } = setup({ cache: { staleIfErrorSeconds: 600, authTtlSeconds: 3600 } });
+    await login('alice');
+    advance(61 * S);                                          // password fresh, account and standing expired
+    directory.fail(new DirectoryUnavailableError('busy', { overload: true }), ['accountStatus', 'memberships']);
+    expect(await login('alice')).toMatchObject({ ok: false, reason: 'directory-unavailable' });
+    directory.fail(new DirectoryUnavailableError('down'), ['accountStatus', 'memberships']);
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'stale' });
+  });
+
+  it('does not count an overloaded bind as a failure', async () => {
+    const { login, directory } = setup();
+    directory.fail(new DirectoryUnavailableError('busy', { overload: true }), ['verifyPassword']);
+    for (const p of ['guess-1', 'guess-2', 'guess-3', 'guess-4']) {
+      expect(await login('alice', p, ATTACKER)).toMatchObject({ reason: 'directory-unavailable' });
+    }
+    directory.up();
+    expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
+  });
+
   it('passes on a fault that is not a DirectoryUnavailableError (a bug, not an outage)', async () => {
     const { login, directory } = setup();
     directory.failure = new TypeError('programming error');
     await expect(login('alice')).rejects.toThrow(TypeError);
+  });
+});
+
+describe('Authenticator.claim (NTLM: Exchange checks the password) and settle', () => {
+  const ALICE_DN = 'cn=alice,cn=users,dc=lab,dc=test';
+
+  it("answers the claimed account's identity and groups without a password check", async () => {
+    const { claim, directory } = setup();
+    const o = await claim('alice', 'f0');
+    expect(identity(o)).toMatchObject({ user: 'LAB\\alice', sam: 'alice' });
+    expect([...identity(o).groups]).toEqual([GROUP]);
+    expect(directory.calls).toEqual({ findAccount: 1, verifyPassword: 0, accountStatus: 1, memberships: 1 });
+    settleOf(o)(null);
+  });
+
+  it('settle(true): the address becomes familiar and both counts reset (Exchange\'s DC accepted the logon)', async () => {
+    const { login, claim, auth } = setup();
+    await login('alice', 'guess-1', ATTACKER);
+    await login('alice', 'guess-2', ATTACKER);
+    settleOf(await claim('alice', 'f0', ELSEWHERE))(true);
+    expect(auth.lockout.isFamiliar(ALICE_DN, ELSEWHERE)).toBe(true);
+    expect(auth.lockout.knownBad(ALICE_DN, auth.cache.credentialKey(ALICE_DN, 'guess-1'))).toBe(false);
+    await login('alice', 'guess-3', ATTACKER);
+    await login('alice', 'guess-4', ATTACKER);                // 2 since the reset, 4 without it
+    expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
+  });
+
+  it('settle(false): counts a failure (Exchange answered 401), up to gateway-lockout with no forwarding', async () => {
+    const { login, claim, directory } = setup();
+    identity(await login('alice', PASSWORD, HOME));
+    for (const f of ['f0', 'f1', 'f2']) settleOf(await claim('alice', f))(false);
+    const locked = await claim('alice', 'f3');
+    expect(locked).toMatchObject({ ok: false, reason: 'gateway-lockout', user: 'LAB\\alice' });
+    expect(locked.ok === false && locked.status).toBeFalsy();           // 401, not 429
+    expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
+    expect(seen(await login('alice', PASSWORD, HOME))).toEqual({ ok: true, cache: 'hit' });
+    expect(directory.calls.verifyPassword).toBe(1);
+  });
+
+  it('settle(null): only releases; the claim counted while it was in flight, not after', async () => {
+    const { login, claim, auth } = setup();
+    const open = await Promise.all(['f0', 'f1', 'f2'].map((f) => claim('alice', f)));
+    expect(await claim('alice', 'f3')).toMatchObject({ ok: false, reason: 'gateway-lockout' });
+    for (const o of open) settleOf(o)(null);
+    settleOf(await claim('alice', 'f4'))(null);
+    expect(auth.lockout.isFamiliar(ALICE_DN, ATTACKER)).toBe(false);
+    expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
+  });
+
+  it("releases the reservation when the account's state refuses the claim", async () => {
+    const { claim, directory, advance } = setup();
+    directory.refusal = 'account-disabled';
+    for (const f of ['f0', 'f1', 'f2']) expect(await claim('alice', f)).toMatchObject({ ok: false, reason: 'account-disabled' });
+    directory.refusal = undefined;
+    advance(60 * S);
+    settleOf(await claim('alice', 'f3'))(null);
+  });
+
+  it('releases the reservation when the standing lookup fails', async () => {
+    const { claim, directory } = setup();
+    settleOf(await claim('alice', 'f0'))(null);               // the account is cached now
+    directory.down();
+    for (const v of ['v2', 'v3', 'v4']) {                     // new policy versions: the standing is looked up
+      expect(await claim('alice', `f-${v}`, ATTACKER, v)).toMatchObject({ ok: false, reason: 'directory-unavailable' });
+    }
+    directory.up();
+    settleOf(await claim('alice', 'f5', ATTACKER, 'v5'))(null);
+  });
+
+  it('refuses unknown names and foreign domains as bad-credentials, counted per name at the address', async () => {
+    const { claim, login } = setup();
+    expect(await claim('nobody', 'f0')).toMatchObject({ ok: false, reason: 'bad-credentials', detail: 'no such account' });
+    expect(await claim('OTHER\\alice', 'f1')).toMatchObject({ ok: false, reason: 'bad-credentials', user: 'OTHER\\alice' });
+    expect(await claim('nobody', 'f2')).toMatchObject({ ok: false, reason: 'bad-credentials' });
+    await login('nobody2', 'x', ATTACKER);
+    expect(identity(await login('erin', PASSWORD, ATTACKER)).user).toBe('LAB\\erin');  // 3 names so far
+    await claim('nobody3', 'f3');
+    expect(seen(await login('frank', PASSWORD, ATTACKER))).toEqual({ reason: 'gateway-lockout', cache: null, status: 429 });
+  });
+
+  it('answers 429 to claims from a spraying address, except for an account it is familiar to', async () => {
+    const { claim, login } = setup();
+    settleOf(await claim('alice', 'f0', NAT))(true);
+    for (const u of ['bob', 'carol', 'dave', 'erin']) await login(u, 'old-password', NAT);
+    expect(await claim('frank', 'f1', NAT)).toMatchObject({ ok: false, reason: 'gateway-lockout', status: 429 });
+    settleOf(await claim('alice', 'f2', NAT))(null);
+  });
+});
+
+describe('Authenticator.refresh (an NTLM connection Exchange accepted)', () => {
+  it('answers the current groups and state, refreshed every groupTtlSeconds, with no password check', async () => {
+    const { login, auth, directory, advance } = setup();
+    const account = identity(await login('alice'));
+    const req = { source: HOME, groupDns: [GROUP], policyVersion: 'v1' };
+    expect(await auth.refresh(account, req)).toMatchObject({ ok: true, cache: 'hit' });
+    directory.inner = aliceRemoved;
+    advance(60 * S);
+    const after = await auth.refresh(account, req);
+    expect([...identity(after).groups]).toEqual([]);
+    expect(after.cache).toBe('miss');
+    directory.refusal = 'account-disabled';
+    advance(60 * S);
+    expect(await auth.refresh(account, req)).toMatchObject({ ok: false, reason: 'account-disabled', user: 'LAB\\alice' });
+    directory.down();
+    advance(60 * S);
+    expect(await auth.refresh(account, req)).toMatchObject({ ok: false, reason: 'directory-unavailable' });
+    expect(directory.calls.verifyPassword).toBe(1);
+  });
+});
+
+describe('Authenticator: reload', () => {
+  it('keeps the lockout state across a reload, with the new settings (a reload must not forgive an attacker)', async () => {
+    const before = setup();
+    for (const p of ['guess-1', 'guess-2', 'guess-3']) await before.login('alice', p, ATTACKER);
+    const same = setup({ carry: { lockout: before.auth.lockout } });
+    expect(same.auth.lockout).toBe(before.auth.lockout);
+    expect(await same.login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
+    const raised = setup({ carry: { lockout: before.auth.lockout }, lockout: { threshold: 4 } });
+    expect(identity(await raised.login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
   });
 });

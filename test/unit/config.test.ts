@@ -87,8 +87,8 @@ describe('a valid minimal ldap config', () => {
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 443 });
     expect(config.log).toEqual({ level: 'info', access: 'stdout' });
     expect(config.cache).toEqual({ max: 10000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 });
-    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600 });
-    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660 });
+    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600, max: 100000 });
+    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660, maxTunnelsPerSource: 16 });
     expect(config.services.ews.maxBodyBytes).toBe(67108864);
     expect(config.services.owa.maxBodyBytes).toBe(35_000_000);
     expect(config.tls).toMatchObject({ selfSigned: false, minVersion: 'TLSv1.2' });
@@ -167,8 +167,8 @@ describe('a valid lab config: self-signed TLS, file directory, overrides', () =>
     expect(config.names).toMatchObject({ noSni: 'reject', externalList: ['outlook-ext.lab.test', '127.0.0.1'] });
     expect(config.upstream).toMatchObject({ origin: 'http://127.0.0.1:8444', servername: 'exchange.lab.test', insecureSkipVerify: true });
     expect(config.log).toEqual({ level: 'debug', access: join(FIXTURES, 'logs/access.log') });
-    expect(config.services.ews).toEqual({ auth: 'basic', maxBodyBytes: 0, idleTimeoutSeconds: 2100 });
-    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 600 });
+    expect(config.services.ews).toEqual({ auth: 'basic', maxBodyBytes: 0, idleTimeoutSeconds: 2100, maxTunnelsPerSource: 16 });
+    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 600, maxTunnelsPerSource: 16 });
   });
 });
 
@@ -201,9 +201,9 @@ describe('the INTERFACE.md example config, verbatim', () => {
     expect(config.policyFile).toBe(join(tmp, 'config/policy.yaml'));
     expect(config.log).toEqual({ level: 'info', access: 'stdout' });
     expect(config.cache).toEqual({ max: 10000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 });
-    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600 });
+    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600, max: 100000 });
     expect(config.services.mapi.auth).toBe('basic+ntlm');
-    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660 });
+    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660, maxTunnelsPerSource: 16 });
     expect(config.admin).toEqual({ host: '127.0.0.1', port: 9090 });
     expect(config.mailboxFlags).toEqual({
       runner: ['pwsh', '-NoProfile', '-File', join(tmp, 'scripts/exchange-session.ps1')], maxBlockShare: 0.1, intervalMinutes: 0,

@@ -1,8 +1,10 @@
 // Unit tests for the decision caches (src/decision-cache.ts) with an injected clock: credential
 // keys (HMAC under a per-process secret), freshness and the stale-if-error window, bounds, TTL 0,
-// and coalescing of concurrent identical lookups.
+// what the auth and standing caches hold (Verified {account, verifiedAt}; passwordSetAt), and
+// coalescing of concurrent identical lookups.
 import { describe, expect, it } from 'vitest';
-import { DecisionCache, type CacheSettings, type Standing } from '../../src/decision-cache.js';
+import { DecisionCache, type CacheSettings, type Standing, type Verified } from '../../src/decision-cache.js';
+import type { Account } from '../../src/directory/directory.js';
 
 const SETTINGS: CacheSettings = { max: 100, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 120 };
 
@@ -12,7 +14,8 @@ function setup(settings: Partial<CacheSettings> = {}) {
   return { cache, advance: (ms: number) => { clock.t += ms; } };
 }
 
-const standing = (...groups: string[]): Standing => ({ refusal: null, groups: new Set(groups) });
+const standing = (...groups: string[]): Standing => ({ refusal: null, passwordSetAt: null, groups: new Set(groups) });
+const ACCOUNT: Account = { dn: 'CN=alice', sam: 'alice', user: 'LAB\\alice', upn: null, mail: null };
 
 /** A promise with its resolve and reject outside. */
 function deferred<T>() {
@@ -95,8 +98,9 @@ describe('FreshCache: freshness and the stale window', () => {
 
   it('gives each cache its own TTL', () => {
     const { cache, advance } = setup();
-    const account = { dn: 'CN=alice', sam: 'alice', user: 'LAB\\alice', upn: null, mail: null };
-    cache.auth.set('k', account);
+    const account = ACCOUNT;
+    const verified: Verified = { account, verifiedAt: 1_700_000_000_000 };
+    cache.auth.set('k', verified);
     cache.negative.set('k', { reason: 'bad-credentials' });
     cache.accounts.set('k', { account });
     advance(30_000);                        // negativeTtlSeconds
@@ -104,7 +108,7 @@ describe('FreshCache: freshness and the stale window', () => {
     expect(cache.accounts.fresh('k')).toEqual({ account });
     advance(30_000);                        // groupTtlSeconds
     expect(cache.accounts.fresh('k')).toBeUndefined();
-    expect(cache.auth.fresh('k')).toBe(account);
+    expect(cache.auth.fresh('k')).toBe(verified);
     advance(240_000);                       // authTtlSeconds
     expect(cache.auth.fresh('k')).toBeUndefined();
   });
@@ -126,6 +130,28 @@ describe('FreshCache: freshness and the stale window', () => {
     expect(cache.standing.fresh('k')).toBeUndefined();
     expect(cache.standing.stale('k')).toBeUndefined();
     expect(cache.standing.size).toBe(0);
+  });
+
+  it('keeps what a verified password was checked for, and when (the auth cache)', () => {
+    const { cache, advance } = setup();
+    cache.auth.set('k', { account: ACCOUNT, verifiedAt: 1_700_000_000_000 });
+    advance(301_000);                       // past authTtlSeconds, within the stale window
+    expect(cache.auth.fresh('k')).toBeUndefined();
+    expect(cache.auth.stale('k')).toEqual({ account: ACCOUNT, verifiedAt: 1_700_000_000_000 });
+  });
+
+  it('keeps an account standing with its refusal and passwordSetAt', () => {
+    const { cache } = setup();
+    const value: Standing = { refusal: 'password-expired', passwordSetAt: 1_600_000_000_000, groups: new Set(['cn=g']) };
+    cache.standing.set('k', value);
+    expect(cache.standing.fresh('k')).toEqual({ refusal: 'password-expired', passwordSetAt: 1_600_000_000_000, groups: new Set(['cn=g']) });
+  });
+
+  it('keeps the negative cache out of the stale window (a wrong password is never served stale)', () => {
+    const { cache, advance } = setup({ staleIfErrorSeconds: 600 });
+    cache.negative.set('k', { reason: 'bad-credentials' });
+    advance(30_000);
+    expect(cache.negative.stale('k')).toBeUndefined();
   });
 
   it('holds at most `max` entries, evicting the least recently used', () => {

@@ -1,16 +1,20 @@
 // Tests for the Exchange stand-in (src/standin/exchange.ts), run once over plain HTTP and once over
 // HTTPS with a throwaway certificate. Timings use the X-Standin-* overrides so the suite stays fast.
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect as tlsConnect } from 'node:tls';
+import { promisify } from 'node:util';
 import { Agent, Client, errors, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startExchangeStandin, type ExchangeStandin } from '../../src/standin/exchange.js';
+import {
+  avPair, buildType2, hmacMd5, md4, ntowfV2, rc4, readAvPairs, readType3, upcase, verifyType3,
+} from '../../src/standin/ntlm-server.js';
 
 const USER = 'CONTOSO\\alice';
 const PASSWORD = 'Pa55:word-with-colon';
@@ -522,3 +526,429 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in over
     });
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// NTLM (ntlmUsers): the server-side pieces, then the handshake per TCP connection with real curl
+// and with messages built here (which can carry a MIC, like Windows clients).
+
+const NTLM_USERS: Record<string, string> = {
+  alice: 'Al1ce-Passw0rd!',
+  bob: 'Bob:has:colons:in:it',
+  'zoë': 'Zoë-Pw3',
+  ...Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`user${i}`, `Pw-${i}-${'x'.repeat(i)}`])),
+};
+const NTLM_FLAG = { UNICODE: 0x1, OEM: 0x2, NTLM: 0x200, ESS: 0x80000, TARGET_INFO: 0x800000, KEY_EXCH: 0x40000000 };
+/** Type 1 flags as Windows sends them (UNICODE, OEM, REQUEST_TARGET, SIGN, LM_KEY, NTLM, ALWAYS_SIGN, ESS, VERSION, 128, KEY_EXCH, 56). */
+const WINDOWS_TYPE1_FLAGS = 0xe2088297;
+
+const hex = (text: string): Buffer => Buffer.from(text.replace(/\s+/g, ''), 'hex');
+
+function ntlmType1(flags = WINDOWS_TYPE1_FLAGS): Buffer {
+  const msg = Buffer.alloc(40);
+  msg.write('NTLMSSP\0', 0, 'latin1');
+  msg.writeUInt32LE(1, 8);
+  msg.writeUInt32LE(flags >>> 0, 12);
+  msg.writeUInt32LE(40, 20); // empty DomainNameFields / WorkstationFields point past the header
+  msg.writeUInt32LE(40, 28);
+  return msg;
+}
+
+interface Type2View {
+  flags: number;
+  challenge: Buffer;
+  targetInfo: Buffer;
+}
+
+function readType2(message: Buffer): Type2View {
+  expect(message.subarray(0, 8).toString('latin1')).toBe('NTLMSSP\0');
+  expect(message.readUInt32LE(8)).toBe(2);
+  const infoLen = message.readUInt16LE(40);
+  const infoAt = message.readUInt32LE(44);
+  expect(infoAt + infoLen).toBeLessThanOrEqual(message.length);
+  return {
+    flags: message.readUInt32LE(20),
+    challenge: message.subarray(24, 32),
+    targetInfo: message.subarray(infoAt, infoAt + infoLen),
+  };
+}
+
+interface Type3Spec {
+  type1: Buffer;
+  type2: Buffer;
+  user: string;
+  domain: string;
+  password: string;
+  /** Announce a MIC in MsvAvFlags and fill it in (with KEY_EXCH: under a fresh exported key). */
+  mic?: boolean;
+  keyExch?: boolean;
+  /** Replace the NT response (e.g. an NTLMv1-sized one). */
+  ntResponse?: Buffer;
+}
+
+/** An AUTHENTICATE_MESSAGE computed as a client would (MS-NLMP 3.1.5.1.2, 3.3.2), UNICODE, with Version and MIC fields. */
+function ntlmType3(spec: Type3Spec): Buffer {
+  const { challenge, targetInfo } = readType2(spec.type2);
+  const pairs = readAvPairs(targetInfo);
+  if (!pairs) throw new Error('bad target info');
+  const clientPairs = [...pairs].map(([id, value]) => avPair(id, value));
+  if (spec.mic) clientPairs.push(avPair(6, Buffer.from([2, 0, 0, 0])));
+  const temp = Buffer.concat([
+    Buffer.from([1, 1, 0, 0, 0, 0, 0, 0]),
+    pairs.get(7) ?? Buffer.alloc(8),
+    randomBytes(8),
+    Buffer.alloc(4),
+    ...clientPairs,
+    avPair(0, Buffer.alloc(0)),
+    Buffer.alloc(4),
+  ]);
+  const key = ntowfV2(spec.password, spec.user, spec.domain);
+  const proof = hmacMd5(key, challenge, temp);
+  const nt = spec.ntResponse ?? Buffer.concat([proof, temp]);
+  const exported = randomBytes(16);
+  const sessionKey = spec.keyExch ? rc4(hmacMd5(key, proof), exported) : Buffer.alloc(0);
+  const flags = (readType2(spec.type2).flags & ~(spec.keyExch ? 0 : NTLM_FLAG.KEY_EXCH)) >>> 0;
+  const payload = [
+    Buffer.alloc(24), // LmChallengeResponse: Z(24) when MsvAvTimestamp is present
+    nt,
+    Buffer.from(spec.domain, 'utf16le'),
+    Buffer.from(spec.user, 'utf16le'),
+    Buffer.from('WORKSTATION', 'utf16le'),
+    sessionKey,
+  ];
+  const header = Buffer.alloc(88);
+  header.write('NTLMSSP\0', 0, 'latin1');
+  header.writeUInt32LE(3, 8);
+  let offset = header.length;
+  payload.forEach((part, i) => {
+    header.writeUInt16LE(part.length, 12 + i * 8);
+    header.writeUInt16LE(part.length, 14 + i * 8);
+    header.writeUInt32LE(offset, 16 + i * 8);
+    offset += part.length;
+  });
+  header.writeUInt32LE(flags, 60);
+  Buffer.from([10, 0, 0x5a, 0x29, 0, 0, 0, 15]).copy(header, 64);
+  const message = Buffer.concat([header, ...payload]);
+  if (spec.mic) hmacMd5(spec.keyExch ? exported : hmacMd5(key, proof), spec.type1, spec.type2, message).copy(message, 72);
+  return message;
+}
+
+describe('NTLM server pieces (src/standin/ntlm-server.ts)', () => {
+  it('computes MD4 per the RFC 1320 test suite', () => {
+    const vectors: Array<[string, string]> = [
+      ['', '31d6cfe0d16ae931b73c59d7e0c089c0'],
+      ['a', 'bde52cb31de33e46245e05fbdbd6fb24'],
+      ['abc', 'a448017aaf21d8525fc10ae87aa6729d'],
+      ['message digest', 'd9130a8164549fe818874806e1c7014b'],
+      ['abcdefghijklmnopqrstuvwxyz', 'd79e1c308aa5bbcdeea8ed63df412da9'],
+      ['ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789', '043f8582f241db351ce627e153e7f0e4'],
+      ['1234567890'.repeat(8), 'e33b4ddc9c38f2199c3e7b164fcc0536'],
+    ];
+    for (const [input, digest] of vectors) expect(md4(Buffer.from(input, 'latin1')).toString('hex')).toBe(digest);
+    // the NT hash of "password", a widely published value; and lengths around the 55/56/64-byte padding edges
+    expect(md4(Buffer.from('password', 'utf16le')).toString('hex')).toBe('8846f7eaee8fb117ad06bdd830b7586c');
+    for (const n of [55, 56, 63, 64, 65, 119, 120]) expect(md4(Buffer.alloc(n, 0x61))).toHaveLength(16);
+  });
+
+  it('computes NTOWFv2 and NTProofStr as in the MS-NLMP 4.2.4 example', () => {
+    const key = ntowfV2('Password', 'User', 'Domain');
+    expect(key.toString('hex')).toBe('0c868a403bfd7a93a3001ef22ef02e3f');
+    const serverChallenge = hex('0123456789abcdef');
+    const temp = Buffer.concat([
+      hex('0101000000000000'),
+      Buffer.alloc(8), // Time
+      Buffer.alloc(8, 0xaa), // ClientChallenge
+      Buffer.alloc(4),
+      avPair(2, Buffer.from('Domain', 'utf16le')),
+      avPair(1, Buffer.from('Server', 'utf16le')),
+      avPair(0, Buffer.alloc(0)),
+      Buffer.alloc(4),
+    ]);
+    const proof = hmacMd5(key, serverChallenge, temp);
+    expect(proof.toString('hex')).toBe('68cd0ab851e51c96aabc927bebef6a1c');
+    expect(hmacMd5(key, proof).toString('hex')).toBe('8de40ccadbc14a82f15cb0ad0de95ca3'); // SessionBaseKey
+  });
+
+  it('upper-cases the user one code unit at a time, like Windows', () => {
+    expect(upcase('alice')).toBe('ALICE');
+    expect(upcase('zoë')).toBe('ZOË');
+    expect(upcase('straße')).toBe('STRAßE'); // not STRASSE: the length never changes
+  });
+
+  it('builds a Type 2 with the required flags, target info and an 8-byte challenge', () => {
+    const challenge = randomBytes(8);
+    const type2 = buildType2({ challenge, clientFlags: 0, domain: 'LAB', computer: 'EXCH-FE01', dnsDomain: 'lab.test' });
+    const view = readType2(type2);
+    for (const flag of [NTLM_FLAG.UNICODE, NTLM_FLAG.NTLM, NTLM_FLAG.ESS, NTLM_FLAG.TARGET_INFO]) {
+      expect(view.flags & flag).toBe(flag);
+    }
+    expect(view.flags & NTLM_FLAG.KEY_EXCH).toBe(0); // echoed only when the client asks
+    expect(readType2(buildType2({ challenge, clientFlags: WINDOWS_TYPE1_FLAGS, domain: 'LAB', computer: 'X', dnsDomain: 'lab.test' })).flags & NTLM_FLAG.KEY_EXCH).toBe(NTLM_FLAG.KEY_EXCH);
+    expect(view.challenge.equals(challenge)).toBe(true);
+    const pairs = readAvPairs(view.targetInfo);
+    expect(pairs?.get(2)?.toString('utf16le')).toBe('LAB');
+    expect(pairs?.get(1)?.toString('utf16le')).toBe('EXCH-FE01');
+    expect(pairs?.get(4)?.toString('utf16le')).toBe('lab.test');
+    expect(pairs?.get(7)).toHaveLength(8);
+    expect(view.targetInfo.subarray(-4).equals(Buffer.alloc(4))).toBe(true); // MsvAvEOL last
+    // TargetName is the NetBIOS domain in UTF-16
+    expect(type2.subarray(type2.readUInt32LE(16), type2.readUInt32LE(16) + type2.readUInt16LE(12)).toString('utf16le')).toBe('LAB');
+  });
+
+  it('verifies a Type 3 only with the right password, challenge, names and (when announced) MIC', () => {
+    const type1 = ntlmType1();
+    const challenge = randomBytes(8);
+    const type2 = buildType2({ challenge, clientFlags: WINDOWS_TYPE1_FLAGS, domain: 'LAB', computer: 'EXCH-FE01', dnsDomain: 'lab.test' });
+    const handshake = { type1, type2, challenge };
+    const check = (message: Buffer, password: string | null = 'Al1ce-Passw0rd!', hs = handshake) => {
+      const parsed = readType3(message);
+      if (!parsed) throw new Error('unreadable');
+      return verifyType3(hs, message, parsed, password ?? undefined);
+    };
+    const base = { type1, type2, user: 'alice', domain: 'LAB', password: 'Al1ce-Passw0rd!' };
+    expect(check(ntlmType3(base))).toEqual({ ok: true });
+    expect(check(ntlmType3({ ...base, user: 'ALICE' }))).toEqual({ ok: true }); // the user is upper-cased in NTOWFv2
+    expect(check(ntlmType3({ ...base, mic: true }))).toEqual({ ok: true });
+    expect(check(ntlmType3({ ...base, mic: true, keyExch: true }))).toEqual({ ok: true });
+    expect(check(ntlmType3(base), 'wrong')).toEqual({ ok: false, reason: 'wrong NTProofStr' });
+    expect(check(ntlmType3(base), null)).toEqual({ ok: false, reason: 'no such account' });
+    const otherChallenge = { ...handshake, challenge: randomBytes(8) };
+    expect(check(ntlmType3(base), 'Al1ce-Passw0rd!', otherChallenge)).toEqual({ ok: false, reason: 'wrong NTProofStr' });
+    expect(check(ntlmType3({ ...base, ntResponse: randomBytes(24) }))).toEqual({ ok: false, reason: 'not an NTLMv2 response' });
+    expect(check(ntlmType3({ ...base, user: '', ntResponse: Buffer.alloc(0) }))).toEqual({ ok: false, reason: 'anonymous' });
+
+    // The domain is part of the proof: a message computed for LAB does not verify as another domain.
+    const relabelled = ntlmType3(base);
+    relabelled.write('X', relabelled.readUInt32LE(32), 'utf16le'); // LAB → XAB
+    expect(check(relabelled)).toEqual({ ok: false, reason: 'wrong NTProofStr' });
+
+    // With a MIC, a Type 1 or Type 2 changed on the way (say, by a proxy) is caught.
+    const withMic = ntlmType3({ ...base, mic: true, keyExch: true });
+    const otherType1 = ntlmType1(WINDOWS_TYPE1_FLAGS ^ 0x10); // SIGN dropped
+    expect(check(withMic, 'Al1ce-Passw0rd!', { ...handshake, type1: otherType1 })).toEqual({ ok: false, reason: 'wrong MIC' });
+    const tampered = Buffer.from(withMic);
+    tampered[80] = (tampered[80] ?? 0) ^ 1;
+    expect(check(tampered)).toEqual({ ok: false, reason: 'wrong MIC' });
+  });
+});
+
+const execFileAsync = promisify(execFile);
+
+describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in NTLM over $scheme', ({ scheme }) => {
+  let pem: Pem | undefined;
+  let caFile: string | undefined;
+  let tmp: string;
+  let standin: ExchangeStandin;
+  const logLines: string[] = [];
+
+  beforeAll(async () => {
+    tmp = mkdtempSync(join(tmpdir(), 'standin-ntlm-'));
+    pem = scheme === 'https' ? makeCert() : undefined;
+    if (pem) {
+      caFile = join(tmp, 'ca.pem');
+      writeFileSync(caFile, pem.cert);
+    }
+    standin = await startExchangeStandin({ tls: pem, ntlmUsers: NTLM_USERS, log: (line) => logLines.push(line) });
+  });
+
+  afterAll(async () => {
+    await standin.close();
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  afterEach(() => {
+    standin.reset();
+    logLines.length = 0;
+  });
+
+  /** curl --ntlm; `--fail` is not used, so a final 401 is a status, not an error. */
+  async function curlNtlm(credentials: string, paths: string[] = ['/owa/'], extra: string[] = []) {
+    const args = ['--silent', '--show-error', '--ntlm', '--user', credentials, ...(caFile ? ['--cacert', caFile] : []), ...extra];
+    const urls = paths.flatMap((path, i) => [...(i > 0 ? ['--next', '--ntlm', '--user', credentials, ...(caFile ? ['--cacert', caFile] : [])] : []), '--write-out', '\n%{http_code}', `${standin.url}${path}`]);
+    const { stdout } = await execFileAsync('curl', [...args, ...urls], { timeout: 15_000 });
+    const lines = stdout.split('\n');
+    return { status: Number(lines.at(-1)), body: lines.slice(0, -1).join('\n') };
+  }
+
+  function client(): Client {
+    return new Client(standin.url, { connect: { ca: pem?.cert }, pipelining: 1 });
+  }
+
+  async function get(c: Client, authorization?: string, path = '/owa/') {
+    const res = await c.request({ method: 'GET', path, headers: authorization ? { authorization } : {} });
+    return { status: res.statusCode, headers: res.headers, body: await res.body.text() };
+  }
+
+  /** Sends a Type 1 on `c` and returns the Type 2 bytes from the 401. */
+  async function negotiate(c: Client, type1 = ntlmType1(), scheme = 'NTLM'): Promise<Buffer> {
+    const res = await get(c, `${scheme} ${type1.toString('base64')}`);
+    expect(res.status).toBe(401);
+    const header = String(res.headers['www-authenticate']);
+    expect(header.startsWith(`${scheme} `)).toBe(true);
+    return Buffer.from(header.slice(scheme.length + 1), 'base64');
+  }
+
+  it('challenges an anonymous request with Negotiate, NTLM and Basic', async () => {
+    const c = client();
+    try {
+      const res = await get(c);
+      expect(res.status).toBe(401);
+      expect(res.headers['www-authenticate']).toEqual(CHALLENGES);
+      expect(standin.requests[0]).toMatchObject({ user: null, ntlm: null });
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('authenticates curl --ntlm per connection and records the legs, never the tokens', async () => {
+    const res = await curlNtlm('LAB\\alice:Al1ce-Passw0rd!', ['/owa/', '/owa/second']);
+    expect(res.status).toBe(200);
+    const [type1, type3, session] = standin.requests;
+    expect(type1).toMatchObject({ url: '/owa/', ntlm: 'type1', user: null });
+    expect(type3).toMatchObject({ url: '/owa/', ntlm: 'type3', user: 'LAB\\alice', socketId: type1?.socketId });
+    // curl reuses the authenticated connection and sends no Authorization on it: IIS runs that as alice
+    expect(session).toMatchObject({ url: '/owa/second', ntlm: 'session', user: 'LAB\\alice', socketId: type1?.socketId });
+    expect(session?.headers.authorization).toBeUndefined();
+    expect(res.body).toContain(`hello LAB\\alice (socket ${type1?.socketId}): GET /owa/\n`);
+    expect(res.body).toContain(`hello LAB\\alice (socket ${type1?.socketId}): GET /owa/second\n`);
+    expect(standin.seen()).toBe(3);
+    const stored = JSON.stringify(standin.requests);
+    expect(stored).not.toContain('TlRMTVNTUA'); // base64 of "NTLMSSP"
+    expect(stored).not.toContain('Al1ce');
+  });
+
+  it('refuses a wrong password with 401 and the challenges again', async () => {
+    const res = await curlNtlm('LAB\\alice:not-her-password', ['/owa/'], ['--include']);
+    expect(res.status).toBe(401);
+    expect(standin.requests.map((r) => r.ntlm)).toEqual(['type1', 'type3']);
+    expect(standin.requests[1]?.user).toBe('LAB\\alice'); // the claim is recorded even when it fails
+    expect(res.body.match(/^WWW-Authenticate: .*$/gim)?.slice(-3)).toEqual(
+      CHALLENGES.map((c) => `WWW-Authenticate: ${c}`),
+    );
+    expect(await logLineFor(logLines, 'wrong NTProofStr')).toMatch(/^standin GET \/owa\/ 401 LAB\\alice ntlm=wrong NTProofStr$/);
+  });
+
+  it('accepts colons in the password, an empty domain, the DNS domain and non-ASCII passwords', async () => {
+    expect((await curlNtlm('LAB\\bob:Bob:has:colons:in:it')).status).toBe(200);
+    expect((await curlNtlm('alice:Al1ce-Passw0rd!')).body).toMatch(/^hello alice \(socket \d+\): GET \/owa\/$/m);
+    expect((await curlNtlm('lab.test\\alice:Al1ce-Passw0rd!')).body).toMatch(/^hello lab\.test\\alice /m);
+    expect((await curlNtlm('LAB\\user3:Pw-3-xxx')).status).toBe(200);
+    expect((await curlNtlm('OTHER\\alice:Al1ce-Passw0rd!')).status).toBe(401); // a domain the stand-in does not know
+    expect((await curlNtlm('LAB\\mallory:Al1ce-Passw0rd!')).status).toBe(401); // no such account
+  });
+
+  it('authenticates 10 concurrent curls with different users, each on its own connection', async () => {
+    const users = Array.from({ length: 10 }, (_, i) => `user${i}`);
+    const results = await Promise.all(users.map((u) => curlNtlm(`LAB\\${u}:${NTLM_USERS[u]}`, [`/owa/?u=${u}`])));
+    results.forEach((res, i) => {
+      expect(res.status).toBe(200);
+      expect(res.body).toMatch(new RegExp(`^hello LAB\\\\user${i} \\(socket \\d+\\): GET /owa/\\?u=user${i}\n$`));
+    });
+    const type3s = standin.requests.filter((r) => r.ntlm === 'type3');
+    expect(type3s).toHaveLength(10);
+    expect(new Set(type3s.map((r) => r.socketId)).size).toBe(10);
+  });
+
+  it('accepts a Type 3 only on the connection that got its challenge', async () => {
+    const [a, b] = [client(), client()];
+    try {
+      const type1 = ntlmType1();
+      const type2 = await negotiate(a, type1);
+      const type3 = `NTLM ${ntlmType3({ type1, type2, user: 'alice', domain: 'LAB', password: NTLM_USERS.alice ?? '' }).toString('base64')}`;
+
+      // b never got a challenge, then b gets its own: a's Type 3 fails on it either way
+      const noChallenge = await get(b, type3);
+      expect(noChallenge.status).toBe(401);
+      expect(noChallenge.headers['www-authenticate']).toEqual(CHALLENGES);
+      await negotiate(b);
+      expect((await get(b, type3)).status).toBe(401);
+      expect((await get(b)).status).toBe(401); // and b is not authenticated
+
+      // on a, the connection that got the challenge, the same message verifies
+      const ok = await get(a, type3);
+      expect(ok.status).toBe(200);
+      const socketA = standin.requests[0]?.socketId;
+      const type3s = standin.requests.filter((r) => r.ntlm === 'type3');
+      expect(type3s.map((r) => r.socketId === socketA)).toEqual([false, false, true]);
+      expect(ok.body).toBe(`hello LAB\\alice (socket ${socketA}): GET /owa/\n`);
+      expect(await logLineFor(logLines, 'no challenge on this connection')).toContain('401 LAB\\alice');
+
+      // the challenge is used up: replaying the Type 3 on a fails and drops a's session
+      expect((await get(a, type3)).status).toBe(401);
+      expect((await get(a)).status).toBe(401);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('keeps an authenticated connection for later anonymous requests, but never another connection', async () => {
+    const [a, b] = [client(), client()];
+    try {
+      const type1 = ntlmType1();
+      const type2 = await negotiate(a, type1);
+      const type3 = ntlmType3({ type1, type2, user: 'zoë', domain: 'LAB', password: 'Zoë-Pw3', mic: true, keyExch: true });
+      expect((await get(a, `NTLM ${type3.toString('base64')}`)).status).toBe(200);
+      const later = await get(a, undefined, '/ews/exchange.asmx');
+      expect(later.status).toBe(200);
+      expect(standin.requests.at(-1)).toMatchObject({ ntlm: 'session', user: 'LAB\\zoë' });
+      expect((await get(b)).status).toBe(401);
+      expect(standin.requests.at(-1)).toMatchObject({ ntlm: null, user: null });
+      // Basic on the same server still works as before, unchecked
+      expect((await get(b, AUTH)).body).toBe(`hello ${USER}: GET /owa/\n`);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('runs the handshake under Negotiate with raw NTLMSSP, answering in the same scheme', async () => {
+    const c = client();
+    try {
+      const type1 = ntlmType1();
+      const type2 = await negotiate(c, type1, 'Negotiate');
+      const type3 = ntlmType3({ type1, type2, user: 'alice', domain: 'LAB', password: NTLM_USERS.alice ?? '', mic: true });
+      expect((await get(c, `Negotiate ${type3.toString('base64')}`)).status).toBe(200);
+      expect(standin.requests.map((r) => r.ntlm)).toEqual(['type1', 'type3']);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('catches a Type 2 altered on the way when the client sends a MIC', async () => {
+    const c = client();
+    try {
+      const type1 = ntlmType1();
+      const type2 = await negotiate(c, type1);
+      // a proxy that dropped KEY_EXCH from the challenge: the client's MIC covers what it saw
+      const seenByClient = Buffer.from(type2);
+      seenByClient.writeUInt32LE((seenByClient.readUInt32LE(20) & ~NTLM_FLAG.KEY_EXCH) >>> 0, 20);
+      const type3 = ntlmType3({ type1, type2: seenByClient, user: 'alice', domain: 'LAB', password: NTLM_USERS.alice ?? '', mic: true });
+      expect((await get(c, `NTLM ${type3.toString('base64')}`)).status).toBe(401);
+      expect(await logLineFor(logLines, 'ntlm=')).toContain('ntlm=wrong MIC');
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('answers Kerberos, SPNEGO, malformed and NTLMv1 tokens with the 401 challenges', async () => {
+    const c = client();
+    try {
+      for (const header of ['Negotiate YIIBhwYGKwYBBQUCoIIBezCCAXeg', 'NTLM !!!', 'NTLM', `NTLM ${Buffer.from('NTLMSSP\0\x02\0\0\0').toString('base64')}`]) {
+        const res = await get(c, header);
+        expect(res.status).toBe(401);
+        expect(res.headers['www-authenticate']).toEqual(CHALLENGES);
+      }
+      const type1 = ntlmType1();
+      const type2 = await negotiate(c, type1);
+      const v1 = ntlmType3({ type1, type2, user: 'alice', domain: 'LAB', password: NTLM_USERS.alice ?? '', ntResponse: randomBytes(24) });
+      expect((await get(c, `NTLM ${v1.toString('base64')}`)).status).toBe(401);
+      expect(await logLineFor(logLines, 'ntlm=not an')).toContain('ntlm=not an NTLMv2 response');
+    } finally {
+      await c.close();
+    }
+  });
+});
+
+async function logLineFor(lines: string[], marker: string): Promise<string> {
+  let found: string | undefined;
+  await waitFor(() => (found = lines.find((line) => line.includes(marker))) !== undefined);
+  return found ?? '';
+}

@@ -1,0 +1,250 @@
+/**
+ * Outlook Anywhere (RPC over HTTP) for allowed Basic users. Node's HTTP parser rejects the
+ * RPC_IN_DATA / RPC_OUT_DATA methods, so the gateway peeks at the first decrypted bytes of each
+ * connection before the HTTP server sees them (research/node-proxy.md §1.3):
+ *
+ * - anything else goes to the HTTP server untouched (its own header timeouts then apply);
+ * - an RPC request head is read (at most 16 KiB, within http.headersTimeoutMs), checked like
+ *   any request (names, path, policy, Basic credentials against the directory), and if allowed,
+ *   the connection becomes a raw byte tunnel to Exchange on a connection of its own: the head is
+ *   re-sent with the gateway's forwarding headers, then bytes flow both ways, unbuffered;
+ * - a tunnel ends after `services.rpc.idleTimeoutSeconds` of silence on both sides, and one
+ *   address holds at most `services.rpc.maxTunnelsPerSource` tunnels at once.
+ *
+ * NTLM over RPC would need a handshake state machine across the tunnel; it is not offered:
+ * an RPC request without Basic credentials gets a Basic challenge.
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { newAccessRecord, type AccessRecord } from './access-log.js';
+import { authorize, authorizeAnonymous } from './authorize.js';
+import { checkHead, classify } from './classify.js';
+import { DENY_STATUS, statusLine } from './errors.js';
+import { basicChallenge } from './proxy.js';
+import { RPC_METHODS } from './services.js';
+import type { State } from './state.js';
+
+const MAX_HEAD = 16 * 1024;
+const HEAD_END = Buffer.from('\r\n\r\n');
+const PREFIXES = [...RPC_METHODS].map((m) => Buffer.from(`${m} `, 'latin1'));
+const DROP: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'x-real-ip', 'proxy-authorization']);
+
+/** A parsed RPC request head. */
+interface RpcHead {
+  readonly method: string;
+  readonly url: string;
+  readonly version: string;
+  readonly rawHeaders: string[];
+  readonly headers: Record<string, string>;
+}
+
+/** Per-address count of open tunnels. */
+const tunnels = new Map<string, number>();
+
+/**
+ * Looks at the first bytes of a TLS connection. `toHttp` receives every connection that is not
+ * Outlook Anywhere, with the bytes read so far put back.
+ */
+export function peek(socket: TLSSocket, state: () => State, toHttp: (socket: TLSSocket) => void, writeRecord: (r: AccessRecord) => void): void {
+  let buf: Buffer = Buffer.alloc(0);
+  const timer = setTimeout(() => {
+    socket.off('data', onData);
+    refuseRaw(socket, state(), writeRecord, null, 408, 'request head not received in time');
+  }, state().config.http.headersTimeoutMs);
+  const handOff = () => {
+    clearTimeout(timer);
+    socket.off('data', onData);
+    socket.pause();
+    socket.unshift(buf);
+    toHttp(socket);
+    socket.resume();
+  };
+  const onData = (chunk: Buffer) => {
+    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    const prefix = matchPrefix(buf);
+    if (prefix === 'no') return handOff();
+    if (prefix === 'maybe') return;
+    const end = buf.indexOf(HEAD_END);
+    if (end < 0) {
+      if (buf.length > MAX_HEAD) {
+        clearTimeout(timer);
+        socket.off('data', onData);
+        refuseRaw(socket, state(), writeRecord, null, 431, 'request head too large');
+      }
+      return;
+    }
+    clearTimeout(timer);
+    socket.off('data', onData);
+    socket.pause();
+    void tunnel(socket, buf.subarray(0, end), buf.subarray(end + 4), state(), writeRecord);
+  };
+  socket.on('data', onData);
+  socket.once('close', () => clearTimeout(timer));
+}
+
+function matchPrefix(buf: Buffer): 'yes' | 'no' | 'maybe' {
+  for (const p of PREFIXES) {
+    const n = Math.min(p.length, buf.length);
+    if (buf.subarray(0, n).equals(p.subarray(0, n))) return buf.length >= p.length ? 'yes' : 'maybe';
+  }
+  return 'no';
+}
+
+/** Checks an RPC request and, when allowed, turns the connection into a tunnel to Exchange. */
+async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: State, writeRecord: (r: AccessRecord) => void): Promise<void> {
+  const head = parseHead(rawHead);
+  if (!head) return refuseRaw(socket, state, writeRecord, null, 400, 'malformed RPC request head');
+  const record = newAccessRecord(socket, head);
+  const started = performance.now();
+  const refuse = (status: number, reason: AccessRecord['reason'], detail: string, extra = '') => {
+    record.reason = reason;
+    record.detail = detail;
+    record.status = status;
+    record.durationMs = Math.round(performance.now() - started);
+    socket.end(`${statusLine(status)}\r\n${extra}Content-Length: 0\r\nConnection: close\r\n\r\n`);
+    writeRecord(record);
+  };
+  const bad = checkHead({ method: 'POST', headers: head.headers, rawHeaders: head.rawHeaders });
+  if (bad) return refuse(bad.status ?? 400, 'bad-request', bad.detail);
+  const route = classify(socket.servername, head.headers.host, head.url, state.config.names);
+  if (!route.ok) return refuse(DENY_STATUS[route.reason], route.reason, route.detail);
+  record.service = route.service;
+  if (route.service !== 'rpc') return refuse(400, 'bad-request', `${head.method} outside /rpc/`);
+  const anonymous = authorizeAnonymous('rpc', state.policy);
+  if (anonymous) {
+    record.rule = anonymous.rule;
+    return refuse(403, anonymous.reason, 'Outlook Anywhere (RPC over HTTP) is not allowed');
+  }
+  const auth = await state.authenticator.authenticate({
+    header: head.headers.authorization, source: socket.remoteAddress ?? '',
+    groupDns: state.policy.groupDns, policyVersion: state.policy.version,
+  });
+  record.user = auth.ok ? auth.identity.user : auth.user;
+  record.cache = auth.cache;
+  if (!auth.ok) {
+    const status = auth.status ?? (auth.reason === 'directory-unavailable' ? 503 : 401);
+    const extra = status === 401 ? `WWW-Authenticate: ${basicChallenge(state.realm)}\r\n` : status === 503 || status === 429 ? 'Retry-After: 10\r\n' : '';
+    return refuse(status, auth.reason, auth.detail ?? auth.reason, extra);
+  }
+  const decision = authorize('rpc', auth.identity, state.policy);
+  record.rule = decision.rule;
+  if (!decision.allow) return refuse(403, decision.reason, 'not allowed by policy');
+  const source = socket.remoteAddress ?? '';
+  const open = tunnels.get(source) ?? 0;
+  const cap = state.config.services.rpc.maxTunnelsPerSource;
+  if (open >= cap) return refuse(429, 'gateway-lockout', `more than ${cap} Outlook Anywhere tunnels from one address`, 'Retry-After: 10\r\n');
+  record.decision = 'allow';
+  record.reason = decision.reason;
+  if (socket.destroyed) return;
+  open1(source);
+  pipeTunnel(socket, head, rest, state, record, started, () => { close1(source); writeRecord(record); });
+}
+
+function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, state: State, record: AccessRecord, started: number, done: () => void): void {
+  const { url, servername, ca, insecureSkipVerify, connectTimeoutMs } = state.config.upstream;
+  const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
+  const upstream: Socket = url.protocol === 'https:'
+    ? tlsConnect({ host: url.hostname, port, servername, ...(ca ? { ca } : {}), rejectUnauthorized: !insecureSkipVerify, ALPNProtocols: ['http/1.1'], minVersion: 'TLSv1.2' })
+    : netConnect({ host: url.hostname, port });
+  const idleMs = state.config.services.rpc.idleTimeoutSeconds * 1000;
+  let finished = false;
+  const finish = (detail: string | null) => {
+    if (finished) return;
+    finished = true;
+    if (detail && record.detail === null) record.detail = detail;
+    record.durationMs = Math.round(performance.now() - started);
+    client.destroy();
+    upstream.destroy();
+    done();
+  };
+  const connectTimer = setTimeout(() => finish('upstream connect timed out'), connectTimeoutMs);
+  upstream.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+    clearTimeout(connectTimer);
+    record.upstreamMs = Math.round(performance.now() - started);
+    upstream.write(rebuildHead(head, client));
+    if (rest.length > 0) upstream.write(rest);
+    record.bytesIn = rest.length;
+    client.on('data', (d: Buffer) => { record.bytesIn += d.length; });
+    let first = true;
+    upstream.on('data', (d: Buffer) => {
+      if (first) {
+        first = false;
+        const status = /^HTTP\/1\.[01] (\d{3})/.exec(d.subarray(0, 16).toString('latin1'));
+        record.status = status ? Number(status[1]) : 0;
+      }
+      record.bytesOut += d.length;
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.resume();
+  });
+  // Both directions must be silent for idleMs before the tunnel is cut (Outlook Anywhere's own
+  // keep-alive is 720/900 s, research/node-proxy.md §4).
+  let lastActivity = Date.now();
+  const touch = () => { lastActivity = Date.now(); };
+  client.on('data', touch);
+  upstream.on('data', touch);
+  const idle = setInterval(() => { if (Date.now() - lastActivity >= idleMs) finish('tunnel idle timeout'); }, Math.min(idleMs, 30_000));
+  idle.unref();
+  const end = (detail: string | null) => () => { clearInterval(idle); clearTimeout(connectTimer); finish(detail); };
+  upstream.once('error', (err: NodeJS.ErrnoException) => {
+    if (record.status === 0 && record.upstreamMs === null) record.reason = 'upstream-error';
+    end(`upstream: ${err.code ?? err.message}`)();
+  });
+  client.once('error', end(null));
+  upstream.once('close', end(null));
+  client.once('close', end(null));
+}
+
+/** The head as sent to Exchange: the request line, the client's headers minus the forwarding
+ * ones the gateway owns, and X-Forwarded-For / -Proto set by the gateway. */
+function rebuildHead(head: RpcHead, client: Socket): string {
+  let out = `${head.method} ${head.url} ${head.version}\r\n`;
+  for (let i = 0; i < head.rawHeaders.length; i += 2) {
+    const name = head.rawHeaders[i] as string;
+    if (!DROP.has(name.toLowerCase())) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
+  }
+  return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\n\r\n`;
+}
+
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/** Parses a request head strictly: request line, then `name: value` lines (no obs-fold, no controls). */
+function parseHead(raw: Buffer): RpcHead | null {
+  const lines = raw.toString('latin1').split('\r\n');
+  const [method, url, version, extra] = (lines[0] ?? '').split(' ');
+  if (!method || !RPC_METHODS.has(method) || !url || (version !== 'HTTP/1.1' && version !== 'HTTP/1.0') || extra !== undefined) return null;
+  const rawHeaders: string[] = [];
+  const headers: Record<string, string> = {};
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(':');
+    if (colon <= 0) return null;
+    const name = line.slice(0, colon);
+    const value = line.slice(colon + 1).trim();
+    if (!TOKEN.test(name) || /[\x00-\x08\x0a-\x1f\x7f]/.test(value)) return null;
+    rawHeaders.push(name, value);
+    const lower = name.toLowerCase();
+    if (headers[lower] === undefined) headers[lower] = value;
+  }
+  return { method, url, version, rawHeaders, headers };
+}
+
+/** Answers a connection whose head could not even be read. */
+function refuseRaw(socket: TLSSocket, _state: State, writeRecord: (r: AccessRecord) => void, head: RpcHead | null, status: number, detail: string): void {
+  const record = newAccessRecord(socket, head ?? { headers: {} });
+  record.reason = 'bad-request';
+  record.detail = detail;
+  record.status = status;
+  socket.end(`${statusLine(status)}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+  writeRecord(record);
+}
+
+function open1(source: string): void {
+  tunnels.set(source, (tunnels.get(source) ?? 0) + 1);
+}
+
+function close1(source: string): void {
+  const n = (tunnels.get(source) ?? 1) - 1;
+  if (n <= 0) tunnels.delete(source);
+  else tunnels.set(source, n);
+}
