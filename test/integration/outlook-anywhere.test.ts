@@ -1,0 +1,153 @@
+/**
+ * Outlook Anywhere (RPC over HTTP) tunnelled for allowed Basic users: 20 MiB each way through the
+ * gateway, refusals that never reach Exchange, the per-address tunnel cap, the head timeout, and
+ * the normal HTTP path still working behind the peek.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { USERS } from '../helpers/ad-fixtures.js';
+import { basic, EXTERNAL, makeCert, send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
+import { startRpcUpstream, type RpcUpstream } from '../helpers/rpc-upstream.js';
+
+const MiB = 1024 * 1024;
+const POLICY = TEST_POLICY
+  .replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]')
+  + '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
+
+let h: Harness;
+let rpc: RpcUpstream;
+let certDir: string;
+
+beforeAll(async () => {
+  certDir = mkdtempSync(join(tmpdir(), 'exgate-rpc-'));
+  const cert = makeCert(certDir, 'rpc', ['exchange-be.lab.test']);
+  writeFileSync(join(certDir, 'ca.pem'), cert.cert);
+  rpc = await startRpcUpstream(cert, 20 * MiB, 20 * MiB);
+  h = await startHarness({
+    directory: 'ldap', policy: POLICY,
+    gateway: {
+      upstream: { url: rpc.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
+      services: { rpc: { maxTunnelsPerSource: 2 } },
+      http: { headersTimeoutMs: 1000 },
+    },
+  });
+});
+afterAll(async () => {
+  await h?.close();
+  await rpc?.close();
+  rmSync(certDir, { recursive: true, force: true });
+});
+
+const alice = USERS.alice;
+
+function open(localAddress = '127.0.0.1'): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    // tls.connect passes localAddress on to net.connect; its typings just do not list it.
+    const options = { host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa, localAddress } as ConnectionOptions;
+    const s = connect(options, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+function head(method: string, user: { sam: string; password: string } | null, length: number): string {
+  return `${method} /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
+    (user ? `Authorization: ${basic(user.sam, user.password)}\r\n` : '') +
+    `Content-Length: ${length}\r\nConnection: Keep-Alive\r\nUser-Agent: MSRPC\r\n\r\n`;
+}
+
+/** Reads until the socket closes; returns the bytes received. */
+function drain(s: TLSSocket): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const parts: Buffer[] = [];
+    s.on('data', (d: Buffer) => parts.push(d));
+    s.on('close', () => resolve(Buffer.concat(parts)));
+    s.on('error', () => {});
+  });
+}
+
+describe('Outlook Anywhere tunnel', () => {
+  it('carries 20 MiB in on RPC_IN_DATA', async () => {
+    const s = await open();
+    const reply = drain(s);
+    s.write(head('RPC_IN_DATA', alice, 1073741824));
+    const chunk = Buffer.alloc(MiB, 0x5a);
+    for (let i = 0; i < 20; i++) if (!s.write(chunk)) await new Promise((r) => s.once('drain', r));
+    const text = (await reply).toString('latin1');
+    expect(text.startsWith('HTTP/1.1 200 Success')).toBe(true);
+    const seen = rpc.seen.find((x) => x.head.startsWith('RPC_IN_DATA'));
+    expect(seen?.bodyBytes).toBe(20 * MiB);
+    expect(seen?.head).toMatch(/X-Forwarded-For: 127\.0\.0\.1/);
+    expect(await h.record((x) => x.method === 'RPC_IN_DATA' && x.status === 200)).toMatchObject({
+      service: 'rpc', user: 'LAB\\alice', decision: 'allow', reason: 'allowed', rule: 'outlook-anywhere', bytesIn: 20 * MiB,
+    });
+  });
+
+  it('carries 20 MiB out on RPC_OUT_DATA', async () => {
+    const s = await open();
+    const reply = drain(s);
+    s.write(head('RPC_OUT_DATA', alice, 76) + 'x'.repeat(76));
+    const got = await reply;
+    const headEnd = got.indexOf('\r\n\r\n');
+    expect(got.subarray(0, 20).toString('latin1')).toBe('HTTP/1.1 200 Success');
+    expect(got.length - headEnd - 4).toBe(20 * MiB);
+    expect((await h.record((x) => x.method === 'RPC_OUT_DATA' && x.status === 200)).bytesOut).toBeGreaterThan(20 * MiB);
+  });
+
+  it.each([
+    ['a wrong password', { sam: 'alice', password: 'wrong' }, '401', 'bad-credentials'],
+    ['no credentials', null, '401', 'no-credentials'],
+    ['a user outside the group', { sam: 'bob', password: USERS.bob.password }, '403', 'not-allowed'],
+  ] as const)('refuses %s and tunnels nothing', async (_what, user, status, reason) => {
+    const before = rpc.seen.length;
+    const mark = h.mark();
+    const s = await open();
+    const reply = drain(s);
+    s.write(head('RPC_IN_DATA', user, 1073741824));
+    const text = (await reply).toString('latin1');
+    expect(text.split('\r\n')[0]).toMatch(new RegExp(`^HTTP/1.1 ${status} `));
+    if (status === '401') expect(text).toMatch(/WWW-Authenticate: Basic realm=/);
+    expect(await h.next(mark)).toMatchObject({ service: 'rpc', reason, decision: 'deny' });
+    expect(rpc.seen.length).toBe(before);
+  });
+
+  it('caps tunnels per client address', async () => {
+    const a = await open('127.0.0.5');
+    const b = await open('127.0.0.5');
+    a.write(head('RPC_OUT_DATA', alice, 76));
+    b.write(head('RPC_OUT_DATA', alice, 76));
+    await new Promise((r) => setTimeout(r, 300));                // both tunnels open (upstream waits for 76 bytes)
+    const c = await open('127.0.0.5');
+    const reply = drain(c);
+    c.write(head('RPC_OUT_DATA', alice, 76));
+    expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 429 Too Many Requests');
+    a.destroy();
+    b.destroy();
+  });
+
+  it('answers a head that never completes with 408 (slow headers), and forwards nothing', async () => {
+    const before = rpc.seen.length;
+    const s = await open();
+    const reply = drain(s);
+    s.write('RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ');
+    expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 408 Request Timeout');
+    expect(rpc.seen.length).toBe(before);
+  });
+
+  it('leaves the normal HTTP path working behind the peek, keep-alive included', async () => {
+    const r = await send(h, '/owa/', { user: alice.sam, password: alice.password });
+    expect(r.status).toBe(200);
+    expect(r.text()).toBe('hello\n');
+    const slow = await open();
+    const reply = drain(slow);
+    slow.write('GET /owa/ HTTP/1.1\r\nHost: ');                   // not RPC: the HTTP server's own header timeout
+    expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 408 Request Timeout');
+  });
+
+  it('never logs the password of a tunnelled request', () => {
+    expect(h.allLogText()).not.toContain(alice.password);
+    expect(h.allLogText()).not.toContain(basic(alice.sam, alice.password).slice(6));
+  });
+});
