@@ -140,7 +140,9 @@ function percentDecode(raw: string): string | null {
     const lo = hexValue(raw.charCodeAt(i + 2));
     if (hi < 0 || lo < 0) return null;                    // a stray `%`, or IIS's old `%uXXXX`
     const byte = hi * 16 + lo;
-    if (byte === 0x2f || byte === 0x5c || byte === 0x25) return null;
+    // An encoded `/`, `\` or `%` (double encoding), or a delimiter (`?`, `#`) smuggled into the
+    // path: ProxyShell's `autodiscover.json%3f@evil/…` is one of these.
+    if (byte === 0x2f || byte === 0x5c || byte === 0x25 || byte === 0x3f || byte === 0x23) return null;
     bytes.push(byte);
     i += 2;
   }
