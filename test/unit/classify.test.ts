@@ -53,7 +53,7 @@ describe('classify: the service table (INTERFACE.md "Services")', () => {
 describe('classify: anything outside the table is unknown-service (404)', () => {
   it.each([
     '/', '/mapix', '/mapix/', '/ewsx/', '/Microsoft-Server-ActiveSyncX', '/owa2/', '/exchange/',
-    '/aspnet_client/system_web/', '/favicon.ico', '/rpcx', '/ecp%3f/',
+    '/aspnet_client/system_web/', '/favicon.ico', '/rpcx',
   ])('%s', (rawUrl) => {
     expect(route(rawUrl)).toMatchObject({ ok: false, reason: 'unknown-service' });
   });
@@ -98,6 +98,8 @@ describe('classify: ambiguous or malformed targets are bad-request (400)', () =>
     ['long s that upper-cases to S (IIS would read mrsproxy)', '/ews/mr%C5%BFproxy.svc'],
     ['Kelvin sign that lower-cases to k', '/owa/%E2%84%AA'],
     ['8.3 short name below a service', '/owa/AUTH~1/logon.aspx'],
+    ['encoded ? (a delimiter smuggled into the path)', '/ecp%3f/'],
+    ['encoded #', '/owa/%23/'],
     ['ASP.NET cookieless segment (S(…))', '/ews/(S(abc))/mrsproxy.svc'],
     ['ASP.NET cookieless segment (X(…))', '/owa/(X(1)S(2))/auth/'],
     ['absolute-form', `https://${EXTERNAL}/ews/exchange.asmx`],
