@@ -17,7 +17,11 @@ const TYPE3_HEADER = 64;
 /** Longest token accepted (a Type 3 with a full AV_PAIR list is a few hundred bytes). */
 const MAX_TOKEN = 8192;
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
-const CONTROL = /[\x00-\x1f\x7f]/;
+const CONTROL = /[\x00-\x1f\x7f-\x9f]/;
+/** A UTF-16 surrogate that is not half of a pair. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const SPNEGO_OID = Buffer.from('2b0601050502', 'hex');
+const NTLMSSP_OID = Buffer.from('2b06010401823702020a', 'hex');
 
 /** What an NTLM/Negotiate Authorization header carries. */
 export type NtlmToken =
@@ -47,12 +51,19 @@ export function readNtlmHeader(header: string | undefined): NtlmToken | 'malform
   const b64 = space < 0 ? '' : header.slice(space + 1).trim();
   if (!BASE64.test(b64) || b64.length % 4 !== 0 || b64.length > (MAX_TOKEN * 4) / 3 + 4) return 'malformed';
   const raw = Buffer.from(b64, 'base64');
-  const at = raw.indexOf(SIGNATURE);
   const name = scheme === 'ntlm' ? 'NTLM' : 'Negotiate';
-  if (at < 0) return name === 'Negotiate' ? { scheme: 'Negotiate', type: 'kerberos' } : 'malformed';
-  // Raw NTLMSSP for `NTLM`; inside SPNEGO (MS-SPNG) the NTLMSSP token sits at an offset.
-  if (name === 'NTLM' && at !== 0) return 'malformed';
-  const message = raw.subarray(at);
+  let message: Buffer;
+  if (raw.subarray(0, 8).equals(SIGNATURE)) {
+    message = raw; // raw NTLMSSP, under either scheme
+  } else if (name === 'NTLM') {
+    return 'malformed';
+  } else {
+    // SPNEGO (RFC 4178): only the token it carries for NTLMSSP counts, never NTLMSSP found elsewhere.
+    const inner = spnegoNtlmToken(raw);
+    if (inner === null) return raw.includes(SIGNATURE) ? 'malformed' : { scheme: 'Negotiate', type: 'kerberos' };
+    if (!inner.subarray(0, 8).equals(SIGNATURE)) return 'malformed';
+    message = inner;
+  }
   if (message.length < 12) return 'malformed';
   const type = message.readUInt32LE(8);
   if (type !== 1 && type !== 2 && type !== 3) return 'malformed';
@@ -76,19 +87,22 @@ export function parseType3(msg: Buffer): Type3Claim | null {
   const workstation = field(msg, 44);
   const sessionKey = field(msg, 52);
   if (!lm || !nt || !domain || !user || !workstation || !sessionKey) return null;
+  // The response the DC will check: the NT response, else (LMv2 alone verifies, MS-NLMP 3.2.5.1.2) the LM one.
+  const proof = nt.length >= 16 ? nt : lm.length >= 16 ? lm : null;
   const text = (b: Buffer): string | null => {
     if (unicode && b.length % 2 !== 0) return null;
     const s = b.toString(unicode ? 'utf16le' : 'latin1');
-    return CONTROL.test(s) ? null : s;
+    return CONTROL.test(s) || LONE_SURROGATE.test(s) ? null : s;
   };
   const d = text(domain);
   const u = text(user);
   const w = text(workstation);
   if (d === null || u === null || w === null) return null;
+  const anonymous = u === '' && nt.length === 0;
+  if (!anonymous && proof === null) return null; // a named logon with nothing to verify
   return {
-    domain: d, user: u, workstation: w,
-    anonymous: u === '' && nt.length === 0,
-    responseDigest: nt.subarray(0, 16),
+    domain: d, user: u, workstation: w, anonymous,
+    responseDigest: Buffer.from(proof ? proof.subarray(0, 16) : Buffer.alloc(0)),
   };
 }
 
@@ -99,4 +113,74 @@ function field(msg: Buffer, at: number): Buffer | null {
   if (len === 0) return Buffer.alloc(0);
   if (offset < TYPE3_HEADER || offset + len > msg.length) return null;
   return msg.subarray(offset, offset + len);
+}
+
+/**
+ * The NTLMSSP token a SPNEGO message carries, or null when it carries none: a NegTokenInit
+ * ([APPLICATION 0] { SPNEGO OID, [0] NegTokenInit }) whose first mechType is NTLMSSP, its
+ * mechToken; a NegTokenResp ([1] NegTokenResp) with no supportedMech or NTLMSSP as supportedMech,
+ * its responseToken. Strict DER: definite lengths, every element inside its parent, nothing after
+ * the outer element.
+ */
+function spnegoNtlmToken(raw: Buffer): Buffer | null {
+  const outer = tlv(raw, 0);
+  if (!outer || outer.end !== raw.length) return null;
+  let seq: Tlv | null;
+  let wantMechTypes: boolean;
+  if (outer.tag === 0x60) {
+    const oid = tlv(raw, outer.start);
+    if (!oid || oid.tag !== 0x06 || !raw.subarray(oid.start, oid.end).equals(SPNEGO_OID)) return null;
+    const init = tlv(raw, oid.end);
+    if (!init || init.tag !== 0xa0 || init.end !== outer.end) return null;
+    seq = tlv(raw, init.start);
+    wantMechTypes = true;
+  } else if (outer.tag === 0xa1) {
+    seq = tlv(raw, outer.start);
+    wantMechTypes = false;
+  } else {
+    return null;
+  }
+  if (!seq || seq.tag !== 0x30) return null;
+  let token: Buffer | null = null;
+  let ntlmFirst = !wantMechTypes;
+  for (let at = seq.start; at < seq.end; ) {
+    const field = tlv(raw, at);
+    if (!field || field.end > seq.end) return null;
+    const inner = tlv(raw, field.start);
+    if (!inner || inner.end !== field.end) return null;
+    if (wantMechTypes && field.tag === 0xa0) {
+      if (inner.tag !== 0x30) return null;
+      const first = tlv(raw, inner.start);
+      ntlmFirst = first !== null && first.tag === 0x06 && raw.subarray(first.start, first.end).equals(NTLMSSP_OID);
+    } else if (!wantMechTypes && field.tag === 0xa1) {
+      if (inner.tag !== 0x06 || !raw.subarray(inner.start, inner.end).equals(NTLMSSP_OID)) return null;
+    } else if (field.tag === 0xa2) {
+      if (inner.tag !== 0x04) return null;
+      token = raw.subarray(inner.start, inner.end);
+    }
+    at = field.end;
+  }
+  return ntlmFirst ? token : null;
+}
+
+interface Tlv {
+  readonly tag: number;
+  readonly start: number;
+  readonly end: number;
+}
+
+/** One DER element at `at`: tag, content start and end; null when it runs past the buffer. */
+function tlv(buf: Buffer, at: number): Tlv | null {
+  if (at + 2 > buf.length) return null;
+  const tag = buf[at] ?? 0;
+  let len = buf[at + 1] ?? 0;
+  let start = at + 2;
+  if (len & 0x80) {
+    const bytes = len & 0x7f;
+    if (bytes === 0 || bytes > 3 || start + bytes > buf.length) return null;
+    len = 0;
+    for (let i = 0; i < bytes; i += 1) len = len * 256 + (buf[start + i] ?? 0);
+    start += bytes;
+  }
+  return start + len <= buf.length ? { tag, start, end: start + len } : null;
 }

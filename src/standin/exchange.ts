@@ -7,10 +7,11 @@
  * and its bodies are only shaped like Exchange's. With `ntlmUsers` it does check NTLM, for real:
  * it runs the connection-oriented NTLM handshake of IIS (the challenge belongs to one TCP
  * connection, which is then authenticated as a whole) and verifies NTLMv2 against the passwords
- * it was given (./ntlm-server.ts), so a gateway in front of it must carry the handshake intact. What it does copy faithfully is the timing of the
- * long-lived protocols, because that is what a gateway's timeouts and buffering get wrong:
- * MAPI NotificationWait streams PROCESSING/PENDING/DONE, ActiveSync Ping sends nothing until its
- * heartbeat passes, and EWS streaming notifications trickle keep-alive chunks.
+ * it was given (./ntlm-server.ts), so a gateway in front of it must carry the handshake intact.
+ * What it also copies faithfully is the timing of the long-lived protocols, because that is what
+ * a gateway's timeouts and buffering get wrong: MAPI NotificationWait streams
+ * PROCESSING/PENDING/DONE, ActiveSync Ping sends nothing until its heartbeat passes, and EWS
+ * streaming notifications trickle keep-alive chunks.
  * "research §4" below is §4 of the project's research notes, node-proxy.md.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
@@ -256,7 +257,8 @@ class Timers {
 /**
  * startExchangeStandin starts the stand-in and resolves once it is listening.
  * Defaults: host `127.0.0.1`, port `0` (ephemeral), plain HTTP unless `tls` is given,
- * pendingMs `30000`, notificationWaitMs `300000`, no log.
+ * pendingMs `30000`, notificationWaitMs `300000`, no log, NTLM unchecked (domain `LAB`,
+ * DNS domain `lab.test` once `ntlmUsers` is set).
  */
 export async function startExchangeStandin(opts: StandinOptions = {}): Promise<ExchangeStandin> {
   const state: State = {

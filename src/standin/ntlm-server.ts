@@ -168,9 +168,9 @@ export interface NtlmAuthorization {
 
 /**
  * readNtlmAuthorization reads an `NTLM` or `Negotiate` Authorization header whose token is a raw
- * NTLMSSP message (what curl and browsers send; Windows sends raw NTLMSSP under `Negotiate` too
- * when it falls back from Kerberos without SPNEGO). null: another scheme. 'other': one of these
- * schemes with something the stand-in cannot use (bad base64, Kerberos, SPNEGO-wrapped NTLMSSP).
+ * NTLMSSP message (what curl sends under `NTLM`, and what Windows HTTP clients commonly send under
+ * `Negotiate` when Kerberos is not available). null: another scheme. 'other': one of these schemes
+ * with something the stand-in cannot use (bad base64, Kerberos, SPNEGO-wrapped NTLMSSP).
  */
 export function readNtlmAuthorization(header: string | undefined): NtlmAuthorization | 'other' | null {
   const match = /^(ntlm|negotiate)(?:[ \t]+(\S*))?[ \t]*$/i.exec(header ?? '');

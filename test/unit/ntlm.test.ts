@@ -1,7 +1,6 @@
 // Table tests for the gateway's NTLM token reader and strict Type 3 parser (src/ntlm.ts).
 // Messages come from a small builder here, from curl (captured once and pinned below, and captured
 // again live from the installed curl), and from hand-made SPNEGO/Kerberos wrappers.
-// `it.fails` marks behaviour that is a bug in src/ntlm.ts: the test states what it should do.
 import { execFile } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -244,14 +243,7 @@ describe('readNtlmHeader', () => {
     expect(readNtlmHeader(padded(64 * 1024))).toBe('malformed');
     expect(readNtlmHeader(`Negotiate ${'A'.repeat(1_000_000)}`)).toBe('malformed');
   });
-
-  // BUG: the token is searched for the *first* "NTLMSSP\0" anywhere, so a SPNEGO token can carry a
-  // decoy Type 3 in a field the server ignores (here supportedMech, an OID whose bytes are a Type 3
-  // claiming alice) ahead of the message the server verifies (responseToken, claiming mallory). The
-  // gateway would authorize alice while Exchange authenticates mallory. Same with a decoy OID in a
-  // NegTokenInit's mechTypes ahead of a Kerberos mechToken. The claim must come from the token the
-  // server will use, or the header must be refused.
-  it.fails('reads the NTLMSSP message SPNEGO actually carries, not a decoy elsewhere in the token', () => {
+  it('reads the NTLMSSP message SPNEGO actually carries, not a decoy elsewhere in the token', () => {
     const decoy = DECOY();
     expect([...decoy].every((byte) => byte < 0x80)).toBe(true); // so it is valid DER OID content
     const real = type3({ user: 'mallory' });
@@ -261,7 +253,7 @@ describe('readNtlmHeader', () => {
     expect(['refused', 'mallory']).toContain(user);
   });
 
-  it.fails('does not find a Type 3 in a Kerberos NegTokenInit that lists a decoy OID', () => {
+  it('does not find a Type 3 in a Kerberos NegTokenInit that lists a decoy OID', () => {
     const token = negTokenInit([OID_KRB5, DECOY()], kerberosToken());
     const result = readNtlmHeader(`Negotiate ${b64(token)}`);
     expect(result).not.toMatchObject({ type: 3 }); // today: a Type 3 claiming alice
@@ -366,20 +358,12 @@ describe('parseType3', () => {
       expect(parseType3(type3({ [name]: value }))).toBeNull();
       expect(parseType3(type3({ flags: OEM, [name]: value }))).toBeNull();
     });
-
-    // BUG: CONTROL is [\x00-\x1f\x7f], but Unicode's control characters (Cc) also include C1,
-    // U+0080..U+009F; U+0085 (NEL) is a line break for many log readers. In OEM every byte
-    // 0x80..0x9f decodes (as Latin-1) to one of them.
-    it.fails('refuses C1 controls such as U+0085 (NEL) and U+009B (CSI)', () => {
+    it('refuses C1 controls such as U+0085 (NEL) and U+009B (CSI)', () => {
       expect(parseType3(type3({ [name]: 'a\u0085b' }))).toBeNull();
       expect(parseType3(type3({ flags: OEM, [name]: Buffer.from([0x61, 0x9b, 0x62]) }))).toBeNull();
     });
   });
-
-  // BUG: UTF-16 is checked for even length only. A lone surrogate decodes to a string no directory
-  // holds as such (and which UTF-8 encoders, LDAP's included, turn into U+FFFD): the claim the
-  // gateway authorizes is then not the name the DC looks up. Malformed UTF-16 should be refused.
-  it.fails('refuses a user name with an unpaired surrogate', () => {
+  it('refuses a user name with an unpaired surrogate', () => {
     const lone = Buffer.from([0x61, 0x00, 0x00, 0xd8, 0x62, 0x00]); // "a", U+D800, "b"
     expect(parseType3(type3({ user: lone }))).toBeNull();
   });
@@ -409,23 +393,13 @@ describe('parseType3', () => {
     expect(claimOf(type3({ nt: Buffer.alloc(24, 7) })).responseDigest).toEqual(Buffer.alloc(16, 7)); // NTLMv1-sized
     expect(claimOf(fromB64(CURL_TYPE3_UNICODE)).responseDigest).not.toEqual(claimOf(fromB64(CURL_TYPE3_OEM)).responseDigest);
   });
-
-  // BUG: with an empty NT response the digest is empty, so every such message from an account has
-  // the same fingerprint, and the lockout, which counts distinct fingerprints per account, counts
-  // any number of guesses as one. MS-NLMP 3.2.5.1.2 lets the LM response alone authenticate (an
-  // LMv2 response verifies on its own), so these messages are real password guesses. The digest
-  // should cover the LM response when the NT response is shorter than 16 bytes.
-  it.fails('gives LM-only messages different fingerprints', () => {
+  it('gives LM-only messages different fingerprints', () => {
     const first = claimOf(type3({ nt: Buffer.alloc(0), lm: Buffer.alloc(24, 1) }));
     const second = claimOf(type3({ nt: Buffer.alloc(0), lm: Buffer.alloc(24, 2) }));
     expect(first.anonymous).toBe(false);
     expect(first.responseDigest.equals(second.responseDigest)).toBe(false);
   });
-
-  // BUG, same root: a named logon with no response at all (no NT, LM empty or Z(1)) is not
-  // anonymous, cannot verify, yet still costs the account a failed logon at the DC, and all such
-  // messages share the empty fingerprint. It should be refused like any other malformed message.
-  it.fails('refuses a named logon that carries no response', () => {
+  it('refuses a named logon that carries no response', () => {
     expect(parseType3(type3({ user: 'alice', nt: Buffer.alloc(0), lm: Buffer.alloc(1) }))).toBeNull();
     expect(parseType3(type3({ user: 'alice', nt: Buffer.alloc(0), lm: Buffer.alloc(0) }))).toBeNull();
   });
