@@ -1,0 +1,132 @@
+/**
+ * NTLM clients through the gateway, with curl as the real client and an Exchange stand-in that
+ * verifies NTLMv2 per TCP socket: the gateway authorizes the claimed account by group before the
+ * Type 3 is forwarded, Exchange authenticates it, and a connection is trusted only after Exchange
+ * accepted it.
+ */
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect } from 'node:tls';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { USERS } from '../helpers/ad-fixtures.js';
+import { EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
+
+const run = promisify(execFile);
+let h: Harness;
+let ca: string;
+
+beforeAll(async () => {
+  const ntlmUsers = Object.fromEntries(Object.values(USERS).map((u) => [u.sam, u.password]));
+  h = await startHarness({
+    directory: 'ldap',
+    standin: { ntlmUsers, ntlmDomain: 'LAB' },
+    gateway: { services: { ews: { auth: 'basic+ntlm' }, mapi: { auth: 'ntlm' } } },
+  });
+  ca = join(h.dir, 'gateway-ca.pem');
+  writeFileSync(ca, h.gatewayCa);
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+/** curl --ntlm as a user; returns the status codes of each URL (one connection) and the body. */
+async function curlNtlm(user: string | null, password: string, ...paths: string[]): Promise<{ codes: string[]; body: string }> {
+  const urls = paths.map((p) => `https://${EXTERNAL}:${h.port}${p}`);
+  const args = ['-s', '--cacert', ca, '--resolve', `${EXTERNAL}:${h.port}:127.0.0.1`, '-w', '\n%{http_code}\n'];
+  if (user !== null) args.push('--ntlm', '-u', `${user}:${password}`);
+  const { stdout } = await run('curl', [...args, ...urls], { timeout: 20_000 });
+  const lines = stdout.trim().split('\n');
+  const codes = lines.filter((l) => /^\d{3}$/.test(l));
+  return { codes, body: lines.filter((l) => !/^\d{3}$/.test(l)).join('\n') };
+}
+
+const type3From = (sam: string) => h.standin.seen((r) => r.ntlm === 'type3' && (r.user ?? '').toLowerCase() === `lab\\${sam}`);
+
+describe('NTLM through the gateway', () => {
+  it('lets a group member in: Type 1 forwarded, group checked, Type 3 forwarded, connection trusted', async () => {
+    const { codes, body } = await curlNtlm('LAB\\alice', USERS.alice.password, '/EWS/Exchange.asmx', '/ews/exchange.asmx?again');
+    expect(codes).toEqual(['200', '200']);
+    expect(body).toContain('hello LAB\\alice');
+    expect(h.standin.seen((r) => r.ntlm === 'session' && r.user === 'LAB\\alice')).toBeGreaterThanOrEqual(1);
+    const records = h.access.filter((r) => r.user === 'LAB\\alice' && r.service === 'ews' && r.status === 200);
+    expect(records.length).toBeGreaterThanOrEqual(2);
+    expect(records[0]).toMatchObject({ decision: 'allow', reason: 'allowed', rule: 'outlook' });
+  });
+
+  it('refuses a valid user outside the group with 403, and the Type 3 never reaches Exchange', async () => {
+    const { codes } = await curlNtlm('LAB\\bob', USERS.bob.password, '/mapi/emsmdb/?MailboxId=bob@lab.test');
+    expect(codes).toEqual(['403']);
+    expect(type3From('bob')).toBe(0);
+    expect(await h.record((r) => r.user === 'LAB\\bob' && r.status === 403)).toMatchObject({ reason: 'not-allowed', service: 'mapi' });
+  });
+
+  it('answers a forged claim (alice, wrong password) with 401 from Exchange, and trusts nothing', async () => {
+    const { codes } = await curlNtlm('LAB\\alice', 'not-alice-password', '/ews/exchange.asmx?forged');
+    expect(codes).toEqual(['401']);
+    const rec = await h.record((r) => r.path === '/ews/exchange.asmx' && r.user === 'LAB\\alice' && r.status === 401);
+    expect(rec.decision).toBe('allow');                       // forwarded: Exchange said no
+  });
+
+  it('refuses an unknown domain and an anonymous logon locally', async () => {
+    const before = h.standin.seen((r) => r.ntlm === 'type3');
+    expect((await curlNtlm('EVIL\\alice', USERS.alice.password, '/ews/exchange.asmx?evil')).codes).toEqual(['401']);
+    expect(h.standin.seen((r) => r.ntlm === 'type3')).toBe(before);
+    expect((await h.record((r) => r.user === 'EVIL\\alice')).reason).toBe('bad-credentials');
+  });
+
+  it('challenges an anonymous client locally with NTLM only (no Negotiate), before Exchange', async () => {
+    const before = h.standin.requests.length;
+    const { stdout } = await run('curl', ['-s', '-D', '-', '-o', '/dev/null', '--cacert', ca, '--resolve', `${EXTERNAL}:${h.port}:127.0.0.1`, `https://${EXTERNAL}:${h.port}/mapi/emsmdb/`]);
+    expect(stdout.split('\r\n')[0]).toBe('HTTP/1.1 401 Unauthorized');
+    const challenges = stdout.split('\r\n').filter((l) => /^www-authenticate:/i.test(l)).map((l) => l.slice(18).trim());
+    expect(challenges).toEqual(['NTLM']);
+    expect(h.standin.requests.length).toBe(before);
+  });
+
+  it('never lets an anonymous client on a fresh connection inherit another user\'s session', async () => {
+    await curlNtlm('LAB\\carol', USERS.carol.password, '/ews/exchange.asmx?carol');
+    const { codes } = await curlNtlm(null, '', '/ews/exchange.asmx?anonymous');
+    expect(codes).toEqual(['401']);
+  });
+
+  it('refuses Kerberos (it hides the user) and offers NTLM', async () => {
+    const kerberos = Buffer.from([0x60, 0x06, 0x06, 0x04, 0x2a, 0x86, 0x48, 0x86]).toString('base64');
+    const reply = await new Promise<string>((resolve, reject) => {
+      const s = connect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa }, () => {
+        s.write(`GET /mapi/emsmdb/ HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: Negotiate ${kerberos}\r\nConnection: close\r\n\r\n`);
+      });
+      let data = '';
+      s.on('data', (d: Buffer) => { data += d.toString('latin1'); });
+      s.on('close', () => resolve(data));
+      s.on('error', reject);
+    });
+    expect(reply.split('\r\n')[0]).toBe('HTTP/1.1 401 Unauthorized');
+    expect(reply).toMatch(/WWW-Authenticate: NTLM\r\n/i);
+    expect(reply).not.toMatch(/WWW-Authenticate: Negotiate/i);
+  });
+
+  it('carries 40 concurrent NTLM clients, each on its own pinned connection', async () => {
+    // zoe is left out: curl on Linux encodes a non-ASCII NTLM password wrongly (Windows does not).
+    const members = [USERS.alice, USERS.carol, USERS.grace, USERS.obrien];
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => {
+      const u = members[i % members.length]!;
+      return curlNtlm(`LAB\\${u.sam}`, u.password, `/ews/exchange.asmx?c=${i}`).then((r) => ({ u: u.sam, ...r }));
+    }));
+    expect(results.filter((r) => r.codes[0] === '200').length).toBe(40);
+    for (const r of results) expect(r.body.toLowerCase()).toContain(`hello lab\\${r.u}`);
+  });
+
+  it('still takes Basic on a service that speaks both', async () => {
+    const { stdout } = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', ca, '--resolve', `${EXTERNAL}:${h.port}:127.0.0.1`,
+      '-u', `alice:${USERS.alice.password}`, `https://${EXTERNAL}:${h.port}/ews/exchange.asmx?basic`]);
+    expect(stdout).toBe('200');
+  });
+
+  it('never logs a token or a password', () => {
+    const text = h.allLogText();
+    expect(text).not.toMatch(/TlRMTVNT/);                      // base64 of "NTLMSS"
+    for (const u of Object.values(USERS)) expect(text).not.toContain(u.password);
+  });
+});
