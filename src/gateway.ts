@@ -23,22 +23,24 @@ import { authenticateNtlm, type NtlmOutcome } from './ntlm-auth.js';
 import { challengesFor, declaredBodyTooLarge, deny, fail, forward, respond } from './proxy.js';
 import { answerAutodiscoverJson, isAutodiscoverJson } from './autodiscover.js';
 import { requestIdleMs, type AuthMode } from './services.js';
+import type { Metrics } from './metrics.js';
 import type { State } from './state.js';
 import { peek } from './rpc-tunnel.js';
 import { createTlsServer, type TlsMaterial } from './tls.js';
 
-/** Where the gateway writes: the access log and the operational log. */
-export interface GatewayLogs {
+/** What the gateway reports to: the access log, the operational log, the metrics. */
+export interface Telemetry {
   readonly access: Logger;
   readonly app: Logger;
+  readonly metrics: Metrics;
 }
 
 /** The pipeline. `state` is read once per request, so a reload never splits a request in two. */
-export async function handle(req: IncomingMessage, res: ServerResponse, state: State, logs: GatewayLogs): Promise<void> {
+export async function handle(req: IncomingMessage, res: ServerResponse, state: State, logs: Telemetry): Promise<void> {
   const record = newAccessRecord(req.socket, req);
-  const written = recordOnceDone(logs.access, record, res);
+  const written = recordOnceDone(logs, record, res);
   try {
-    await pipeline(req, res, record, state);
+    await pipeline(req, res, record, state, logs.metrics);
   } catch (err) {
     logs.app.error({ err, path: record.path }, 'internal error while handling a request');
     fail(req, res, record, 'upstream-error', { detail: 'internal error' });
@@ -47,7 +49,7 @@ export async function handle(req: IncomingMessage, res: ServerResponse, state: S
   }
 }
 
-async function pipeline(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State): Promise<void> {
+async function pipeline(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State, metrics: Metrics): Promise<void> {
   const head = checkHead(req);
   if (head) return deny(req, res, record, head.reason, { detail: head.detail, ...(head.status ? { status: head.status } : {}) });
   const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
@@ -69,7 +71,9 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
     return respond(res, record, 'application/json; charset=utf-8', answer.body, 'autodiscover.json answered by the gateway');
   }
 
+  const authStarted = performance.now();
   const auth = await authenticate(req, settings.auth, state);
+  metrics.authDuration.observe({ cache: auth.cache ?? 'none' }, (performance.now() - authStarted) / 1000);
   record.user = auth.ok ? auth.identity?.user ?? null : auth.user;
   record.cache = auth.cache;
   const challenges = challengesFor(settings.auth, state.realm);
@@ -93,6 +97,8 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
     settle?.(0);
     return;
   }
+  metrics.inFlight.inc({ service: route.service });
+  res.once('close', () => metrics.inFlight.dec({ service: route.service }));
   forward(req, res, record, {
     host: route.host,
     settings,
@@ -119,7 +125,7 @@ function authenticate(req: IncomingMessage, mode: AuthMode, state: State): Promi
  * Writes the record once both the response has closed and the pipeline has settled: a client
  * that leaves while the directory answers is still logged with its user and reason.
  */
-function recordOnceDone(access: Logger, record: AccessRecord, res: ServerResponse): { settled(): void } {
+function recordOnceDone(out: Telemetry, record: AccessRecord, res: ServerResponse): { settled(): void } {
   const started = performance.now();
   let closed = false;
   let settled = false;
@@ -127,7 +133,8 @@ function recordOnceDone(access: Logger, record: AccessRecord, res: ServerRespons
     if (!closed || !settled) return;
     record.status = res.headersSent ? res.statusCode : 499;
     record.durationMs = Math.round(performance.now() - started);
-    access.info(record);
+    out.access.info(record);
+    out.metrics.observe(record);
   };
   res.once('close', () => { closed = true; write(); });
   return { settled: () => { settled = true; write(); } };
@@ -140,7 +147,7 @@ export class Gateway {
   readonly httpServer: HttpServer;
   readonly #sockets = new Set<Socket>();
 
-  constructor(state: State, material: TlsMaterial, private readonly logs: GatewayLogs) {
+  constructor(state: State, material: TlsMaterial, private readonly logs: Telemetry) {
     this.#state = state;
     const { http, tls } = state.config;
     this.httpServer = createHttpServer({
@@ -153,12 +160,12 @@ export class Gateway {
     // Answer `Expect: 100-continue` only once the request is allowed (forward() sends the 100).
     this.httpServer.on('checkContinue', (req, res) => { void handle(req, res, this.#state, logs); });
     this.httpServer.on('clientError', (err: Error, socket: Socket) => {
-      handleClientError(err, socket, this.#state, (r) => logs.access.info(r));
+      handleClientError(err, socket, this.#state, (r) => this.write(r));
     });
     // An `Expect` other than 100-continue: refused through deny() and logged (Node would send a bare 417).
     this.httpServer.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
       const record = newAccessRecord(req.socket, req);
-      recordOnceDone(logs.access, record, res).settled();
+      recordOnceDone(logs, record, res).settled();
       deny(req, res, record, 'bad-request', { detail: 'unsupported Expect', status: 417 });
     });
     this.httpServer.on('connect', (req: IncomingMessage, socket: Socket) => this.refuseConnect(req, socket));
@@ -209,11 +216,15 @@ export class Gateway {
 
   private accept(socket: TLSSocket): void {
     this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
+    this.logs.metrics.openConnections.inc();
+    socket.once('close', () => {
+      this.#sockets.delete(socket);
+      this.logs.metrics.openConnections.dec();
+    });
     // Outlook Anywhere can only be told apart before the HTTP parser sees the bytes; look only
     // when the policy may let someone use it.
     if (authorizeAnonymous('rpc', this.#state.policy) === null) {
-      peek(socket, () => this.#state, (s) => this.httpServer.emit('connection', s), (r) => this.logs.access.info(r));
+      peek(socket, () => this.#state, (s) => this.httpServer.emit('connection', s), (r) => this.write(r));
     } else {
       this.httpServer.emit('connection', socket);
     }
@@ -226,6 +237,12 @@ export class Gateway {
     record.detail = 'CONNECT is not served';
     record.status = 405;
     endWithStatus(socket, 405);
+    this.write(record);
+  }
+
+  /** Writes a record made outside handle() (parser refusals, tunnels, CONNECT). */
+  private write(record: AccessRecord): void {
     this.logs.access.info(record);
+    this.logs.metrics.observe(record);
   }
 }

@@ -153,6 +153,17 @@ export class Upstream {
     return client;
   }
 
+  /** Resolves when Exchange answers an HTTP request on a connection of its own (any status). */
+  async probe(timeoutMs = 5000): Promise<void> {
+    const client = new Client(this.config.origin, { ...this.#options, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+    try {
+      const res = await client.request({ path: '/owa/healthcheck.htm', method: 'GET', headers: { host: this.servername } });
+      await res.body.dump();
+    } finally {
+      await client.destroy().catch(() => {});
+    }
+  }
+
   /** The account Exchange accepted by NTLM on this client connection, if any. */
   session(socket: Socket): Account | null {
     return this.#sessions.get(socket) ?? null;

@@ -8,7 +8,10 @@ import type { DestinationStream, Logger } from 'pino';
 import { accessLogger, appLogger } from '../access-log.js';
 import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
+import { startAdmin } from '../admin.js';
 import { Gateway } from '../gateway.js';
+import { Metrics } from '../metrics.js';
+import { watchFiles } from '../watch.js';
 import type { Directory } from '../directory/directory.js';
 import { buildState } from '../state.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from '../tls.js';
@@ -21,11 +24,20 @@ export interface StartOptions {
   /** Overrides `listen` (tests use port 0). */
   readonly port?: number;
   readonly host?: string;
+  /** The metrics registry to count into (a worker's; default: a new one). */
+  readonly metrics?: Metrics;
+  /** Overrides `admin.port` (tests use 0); `false` starts no admin listener (workers). */
+  readonly adminPort?: number | false;
+  /** Reload when the files the gateway was built from change. Default: true. */
+  readonly watch?: boolean;
 }
 
 export interface RunningGateway {
   readonly gateway: Gateway;
   readonly address: AddressInfo;
+  /** The admin listener's address, when one runs. */
+  readonly admin: AddressInfo | null;
+  readonly metrics: Metrics;
   readonly log: Logger;
   /** Reloads config, policy and certificate; false (and the old state kept) on any error. */
   reload(): Promise<boolean>;
@@ -43,9 +55,18 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   const state = await buildState(config, log);
   // Opened only once everything else loaded: a startup retried while the DC is down leaks nothing.
   const access = accessLogger(config.log.access, opts.accessStream);
-  const gateway = new Gateway(state, material, { access: access.log, app: log });
+  const metrics = opts.metrics ?? new Metrics();
+  const gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
   const address = await gateway.listen(opts.port ?? config.listen.port, opts.host ?? config.listen.host);
   log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
+  const admin = config.admin && opts.adminPort !== false
+    ? await startAdmin(config.admin.host, opts.adminPort ?? config.admin.port, {
+      directory: () => gateway.state.directory.ping(),
+      upstream: () => gateway.state.upstream.probe(),
+      metrics: async () => ({ body: await metrics.registry.metrics(), contentType: metrics.registry.contentType }),
+    })
+    : null;
+  if (admin) log.info({ address: admin.address.address, port: admin.address.port }, 'admin listener');
 
   const reload = async (): Promise<boolean> => {
     try {
@@ -58,6 +79,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       // The old directory serves requests still running on the old state; closed a little later.
       if (old.directory !== nextState.directory) retire(old.directory);
       log.info({ policy: nextState.policy.version }, 'reloaded');
+      watcher?.reset(sourceFiles(next));
       return true;
     } catch (err) {
       log.error({ problems: err instanceof ConfigError ? err.problems : undefined, err: err instanceof ConfigError ? undefined : err }, 'reload failed; keeping the running configuration');
@@ -69,12 +91,25 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     retired.add(d);
     setTimeout(() => { retired.delete(d); void d.close(); }, 30_000).unref();
   };
+  const watcher = opts.watch === false ? null : watchFiles(sourceFiles(config), (f) => {
+    log.info({ file: f }, 'a configuration file changed; reloading');
+    void reload();
+  });
   const close = async (graceMs = 0) => {
+    watcher?.close();
+    admin?.server.close();
     await gateway.close(graceMs);
     await Promise.all([...retired].map((d) => d.close()));
     access.flush();
   };
-  return { gateway, address, log, reload, close };
+  return { gateway, address, admin: admin?.address ?? null, metrics, log, reload, close };
+}
+
+/** Every file a state is built from. */
+function sourceFiles(config: Config): string[] {
+  const files = [config.file, config.policyFile, config.tls.cert, config.tls.key];
+  if (config.directory.type === 'file') files.push(config.directory.path);
+  return files;
 }
 
 /** Logs what is wrong or about to be with the certificate: names it lacks, expiry within 14 days. */

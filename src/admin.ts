@@ -1,0 +1,69 @@
+/**
+ * The admin listener: plain HTTP on `admin.host:admin.port` (loopback by default, never the
+ * public port), for load balancers, monitoring and Prometheus.
+ *
+ *   GET /healthz  200 while the process serves
+ *   GET /readyz   200 when the directory answers and Exchange answers; 503 with what is not
+ *   GET /metrics  Prometheus text format (prom-client; the primary aggregates workers)
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface AdminChecks {
+  /** Resolves when the directory answers. */
+  directory(): Promise<void>;
+  /** Resolves when Exchange answers (any HTTP status). */
+  upstream(): Promise<void>;
+  /** The metrics in Prometheus text format, and their content type. */
+  metrics(): Promise<{ body: string; contentType: string }>;
+}
+
+const CHECK_TIMEOUT_MS = 5000;
+
+/** Starts the admin listener. */
+export async function startAdmin(host: string, port: number, checks: AdminChecks): Promise<{ server: Server; address: AddressInfo }> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') return void res.writeHead(405).end();
+    if (path === '/healthz') return void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    if (path === '/readyz') {
+      void ready(checks).then(({ ok, body }) => {
+        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
+      });
+      return;
+    }
+    if (path === '/metrics') {
+      checks.metrics().then(
+        ({ body, contentType }) => res.writeHead(200, { 'content-type': contentType }).end(body),
+        (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics unavailable: ${err instanceof Error ? err.message : String(err)}\n`),
+      );
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('GET /healthz, /readyz or /metrics\n');
+  });
+  server.requestTimeout = 10_000;
+  server.headersTimeout = 5_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return { server, address: server.address() as AddressInfo };
+}
+
+async function ready(checks: AdminChecks): Promise<{ ok: boolean; body: Record<string, string> }> {
+  const [directory, upstream] = await Promise.all([probe(checks.directory), probe(checks.upstream)]);
+  return { ok: directory === 'ok' && upstream === 'ok', body: { directory, upstream } };
+}
+
+async function probe(check: () => Promise<void>): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error('timed out')), CHECK_TIMEOUT_MS); });
+  try {
+    await Promise.race([check(), timeout]);
+    return 'ok';
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  } finally {
+    clearTimeout(timer);
+  }
+}
