@@ -108,7 +108,7 @@ export function accessLogger(target: string, stream?: DestinationStream): { log:
 /** The operational log: startup, reloads, faults. JSON lines to stderr. */
 export function appLogger(level: string, stream?: DestinationStream): Logger {
   return pino({
-    level, base: { name: 'exgate' }, timestamp: pino.stdTimeFunctions.isoTime, formatters: FORMATTERS,
+    level, base: { name: 'exgate', pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, formatters: FORMATTERS,
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
   }, stream ?? pino.destination({ dest: 2, sync: true }));
 }

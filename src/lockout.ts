@@ -17,7 +17,8 @@
  * - Per source address (IPv6 per /64), failures across many accounts (spraying) get the address
  *   429, except for an account that address is familiar to.
  *
- * State is bounded (LRU, `maxEntries`) and survives a reload (`reconfigure`). It is per process.
+ * State is bounded (LRU, `max`) and survives a reload (`reconfigure`). Workers of one gateway
+ * share it: each tells the others what it saw (`onEvent` → `apply`, relayed by the primary).
  */
 import { isIPv6 } from 'node:net';
 import { LRUCache } from 'lru-cache';
@@ -68,7 +69,14 @@ export interface Attempt {
   release(): void;
 }
 
+/** A failure or success, as one process tells the others. */
+export type LockoutEvent =
+  | { readonly kind: 'failure'; readonly account: string | null; readonly source: string; readonly fingerprint: string; readonly t: number }
+  | { readonly kind: 'success'; readonly account: string; readonly source: string; readonly verifiedByBind: boolean; readonly name: string | null; readonly t: number };
+
 export class Lockout {
+  /** Told of every failure and success recorded here (not of those applied from elsewhere). */
+  onEvent: ((e: LockoutEvent) => void) | null = null;
   #settings: LockoutSettings;
   readonly #accounts: LRUCache<string, AccountState>;
   readonly #sources: LRUCache<string, SourceState>;
@@ -146,6 +154,11 @@ export class Lockout {
    */
   failure(account: string | null, source: string, fingerprint: string): void {
     const t = this.now();
+    this.applyFailure(account, source, fingerprint, t);
+    this.onEvent?.({ kind: 'failure', account, source, fingerprint, t });
+  }
+
+  private applyFailure(account: string | null, source: string, fingerprint: string, t: number): void {
     const src = sourceKey(source);
     const key = account ?? `?${fingerprint}`;
     const s = this.#sources.get(src) ?? { accounts: new Map(), failures: new Map() };
@@ -166,9 +179,24 @@ export class Lockout {
    * the counts, as only a real logon resets AD's badPwdCount.
    */
   success(account: string, source: string, verifiedByBind: boolean, name?: string): void {
-    if (name !== undefined) this.#names.set(name, account);
+    const t = this.now();
+    this.applySuccess(account, source, verifiedByBind, name ?? null, t);
+    this.onEvent?.({ kind: 'success', account, source, verifiedByBind, name: name ?? null, t });
+  }
+
+  /**
+   * Applies what another process of the same gateway saw (workers share their lockout this way:
+   * each applies every other's failures and successes, with the time they happened).
+   */
+  apply(e: LockoutEvent): void {
+    if (e.kind === 'failure') this.applyFailure(e.account, e.source, e.fingerprint, e.t);
+    else this.applySuccess(e.account, e.source, e.verifiedByBind, e.name, e.t);
+  }
+
+  private applySuccess(account: string, source: string, verifiedByBind: boolean, name: string | null, t: number): void {
+    if (name !== null) this.#names.set(name, account);
     const state = this.state(account);
-    state.sources.set(sourceKey(source), this.now());
+    state.sources.set(sourceKey(source), t);
     prune(state.sources, this.now() - this.#settings.familiarSeconds * 1000);
     if (verifiedByBind) {
       state.familiar.failures.clear();

@@ -3,12 +3,14 @@
  * SIGHUP reloads config, policy and certificate; on any error the running state stays.
  * startGateway() is also what the tests and the demo use, in-process.
  */
+import cluster from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import type { DestinationStream, Logger } from 'pino';
 import { accessLogger, appLogger } from '../access-log.js';
 import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
 import { startAdmin } from '../admin.js';
+import { joinCluster, runPrimary } from './cluster.js';
 import { Gateway } from '../gateway.js';
 import { Metrics } from '../metrics.js';
 import { watchFiles } from '../watch.js';
@@ -122,12 +124,28 @@ function warnAboutCertificate(material: TlsMaterial, config: Config, log: Logger
 
 const RETRY_MS = 5000;
 
-/** Runs the gateway until a stop signal. Waits for the directory if it is down at startup (fail closed: not listening meanwhile). */
+/**
+ * Runs the gateway until a stop signal: as one process, or, with `workers` above 1, as the
+ * primary of a cluster (cluster.ts). Waits for the directory if it is down at startup (fail
+ * closed: not listening meanwhile).
+ */
 export async function serve(file: string): Promise<number> {
+  let config: Config;
+  try {
+    config = loadConfig(file);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  if (config.workers > 1 && cluster.isPrimary) return runPrimary(config);
+
   let running: RunningGateway | undefined;
   for (;;) {
     try {
-      running = await startGateway(file);
+      running = await startGateway(file, cluster.isWorker ? { adminPort: false } : {});
       break;
     } catch (err) {
       if (err instanceof ConfigError) {
@@ -140,6 +158,7 @@ export async function serve(file: string): Promise<number> {
     }
   }
   const gw = running;
+  if (cluster.isWorker) joinCluster(gw);
   process.on('SIGHUP', () => { void gw.reload(); });
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -149,5 +168,9 @@ export async function serve(file: string): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  // Everything is closed; whatever still holds the event loop (an IPC channel, a socket a
+  // library keeps) must not keep a stopped gateway alive.
+  setTimeout(() => process.exit(0), 1000).unref();
+  if (cluster.isWorker) process.disconnect?.();
   return 0;
 }

@@ -4,6 +4,7 @@
  * Paths are relative to the folder of the file that names them.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { nameTable, type NameTable } from '../classify.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
@@ -39,6 +40,8 @@ export interface FileSettings {
 /** The loaded gateway configuration. Frozen; a reload builds a new one. */
 export interface Config {
   readonly file: string;
+  /** How many worker processes serve (`auto` resolved to the CPU count). */
+  readonly workers: number;
   readonly listen: GatewayFile['listen'];
   readonly tls: GatewayFile['tls'] & { readonly cert: string; readonly key: string };
   readonly names: NameTable & { readonly externalList: readonly string[]; readonly internalList: readonly string[] };
@@ -154,7 +157,7 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
   };
 
   return {
-    file: yaml.file, listen: raw.listen, tls, names, upstream, directory, policyFile, log,
+    file: yaml.file, workers: raw.workers === 'auto' ? availableParallelism() : raw.workers, listen: raw.listen, tls, names, upstream, directory, policyFile, log,
     http: raw.http, cache: raw.cache, lockout: raw.lockout, services: serviceSettings(raw),
     admin: raw.admin, mailboxFlags,
   };

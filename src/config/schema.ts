@@ -188,6 +188,8 @@ const http = z.strictObject({
 /** The whole gateway file. */
 export const gatewaySchema = z.strictObject({
   listen: listen.prefault({}),
+  /** Processes serving requests: 1 (default), a number, or `auto` (one per CPU core). */
+  workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)], { error: 'expected auto or a number of workers' }).default(1),
   tls,
   names: namesSection,
   upstream,

@@ -1,0 +1,97 @@
+/**
+ * `workers: N | auto`: the primary forks N workers (node:cluster) that share the listening port,
+ * relays the lockout between them, and runs the admin listener with the workers' metrics
+ * aggregated. Each worker is a full gateway (startGateway). Signals: SIGHUP reloads every worker;
+ * SIGTERM stops them gracefully, then the primary. A worker that dies is replaced.
+ *
+ * The smart lockout stays consistent: every failure and success a worker records is sent to the
+ * primary, which hands it to every other worker (lockout.ts `apply`). Attempts in flight are
+ * counted per worker only.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import { AggregatorRegistry } from 'prom-client';
+import { startAdmin } from '../admin.js';
+import type { Config } from '../config/load.js';
+import type { LockoutEvent } from '../lockout.js';
+import { openDirectory } from '../state.js';
+import { Upstream } from '../proxy.js';
+import { appLogger } from '../access-log.js';
+import type { RunningGateway } from './serve.js';
+
+const MESSAGE = 'exgate:lockout';
+const RESTART_DELAY_MS = 1000;
+
+/** Runs the primary until SIGTERM/SIGINT; resolves with the exit code. */
+export async function runPrimary(config: Config): Promise<number> {
+  const log = appLogger(config.log.level);
+  let stopping = false;
+  const fork = () => {
+    const worker = cluster.fork({ EXGATE_WORKER: '1' });
+    worker.on('message', (msg: unknown) => relay(worker, msg));
+    return worker;
+  };
+  const relay = (from: Worker, msg: unknown) => {
+    if (!isLockoutMessage(msg)) return;
+    for (const w of Object.values(cluster.workers ?? {})) if (w && w !== from && w.isConnected()) w.send(msg);
+  };
+  cluster.on('exit', (worker, code, signal) => {
+    if (stopping) return;
+    log.error({ pid: worker.process.pid, code, signal }, 'a worker died; starting another');
+    setTimeout(fork, RESTART_DELAY_MS).unref();
+  });
+  for (let i = 0; i < config.workers; i++) fork();
+  log.info({ workers: config.workers }, 'exgate primary started');
+
+  const admin = config.admin ? await startPrimaryAdmin(config) : null;
+  process.on('SIGHUP', () => { for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP'); });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      stopping = true;
+      log.info({ signal }, 'stopping workers');
+      admin?.close();
+      const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
+      let left = workers.length;
+      if (left === 0) resolve();
+      for (const w of workers) {
+        w.once('exit', () => { if (--left === 0) resolve(); });
+        w.process.kill('SIGTERM');
+      }
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  return 0;
+}
+
+/** In a worker: share this gateway's lockout with the other workers through the primary. */
+export function joinCluster(running: RunningGateway): void {
+  new AggregatorRegistry();                 // prom-client answers the primary's requests once one exists
+  AggregatorRegistry.setRegistries([running.metrics.registry]);
+  const lockout = () => running.gateway.state.authenticator.lockout;
+  const wire = () => {
+    lockout().onEvent = (event) => process.send?.({ type: MESSAGE, event });
+  };
+  wire();
+  process.on('message', (msg: unknown) => {
+    if (isLockoutMessage(msg)) lockout().apply(msg.event);
+  });
+  // A reload keeps the Lockout object (state.ts); wire again in case a future reload does not.
+  process.on('SIGHUP', () => setTimeout(wire, 1000).unref());
+}
+
+function isLockoutMessage(msg: unknown): msg is { type: typeof MESSAGE; event: LockoutEvent } {
+  return typeof msg === 'object' && msg !== null && (msg as { type?: unknown }).type === MESSAGE;
+}
+
+/** The admin listener in the primary: its own directory and upstream probes, workers' metrics. */
+async function startPrimaryAdmin(config: Config): Promise<{ close(): void }> {
+  const directory = openDirectory(config, { warn: () => {} });
+  const upstream = new Upstream(config.upstream, 10_000);
+  const aggregate = new AggregatorRegistry();
+  const { server } = await startAdmin(config.admin!.host, config.admin!.port, {
+    directory: () => directory.ping(),
+    upstream: () => upstream.probe(),
+    metrics: async () => ({ body: await aggregate.clusterMetrics(), contentType: aggregate.contentType }),
+  });
+  return { close: () => { server.close(); void directory.close(); } };
+}

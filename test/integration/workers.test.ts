@@ -1,0 +1,91 @@
+/**
+ * `workers: 2`: node:cluster workers behind one port, one smart lockout for all of them, metrics
+ * aggregated by the primary, and a clean stop.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify, parse } from 'yaml';
+import { USERS } from '../helpers/ad-fixtures.js';
+import { EXTERNAL, send, startHarness, type Harness } from '../helpers/gateway-harness.js';
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+let h: Harness;
+let child: ChildProcess;
+let port: number;
+let adminPort: number;
+let stderr = '';
+
+beforeAll(async () => {
+  h = await startHarness({ directory: 'file' });
+  await h.running.close();                                   // keep the stand-in and the files; serve as processes
+  port = await freePort();
+  adminPort = await freePort();
+  const config = parse(readFileSync(h.configFile, 'utf8')) as Record<string, unknown>;
+  Object.assign(config, {
+    workers: 2,
+    listen: { host: '127.0.0.1', port },
+    admin: { host: '127.0.0.1', port: adminPort },
+    lockout: { threshold: 3, windowSeconds: 600, sourceAccounts: 1000, sourceFailures: 100000 },
+  });
+  const file = join(h.dir, 'workers.yaml');
+  writeFileSync(file, stringify(config));
+  child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'bin', 'exgate.js'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const end = Date.now() + 15_000;
+  while ((stderr.match(/"msg":"exgate listening"/g) ?? []).length < 2) {
+    if (Date.now() > end) throw new Error(`workers did not start:\n${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+});
+afterAll(async () => {
+  child?.kill('SIGKILL');
+  await h?.standin.close();
+});
+
+const target = () => ({ ...h, origin: `https://127.0.0.1:${port}`, port });
+
+describe('workers', () => {
+  it('serves from both workers on one port', async () => {
+    for (let i = 0; i < 6; i++) expect((await send(target(), '/owa/', { user: 'alice', password: USERS.alice.password })).status).toBe(200);
+    const pids = new Set([...stderr.matchAll(/"pid":(\d+)[^\n]*"msg":"exgate listening"/g)].map((m) => m[1]));
+    expect(pids.size).toBe(2);
+  });
+
+  it('keeps one lockout across workers: failures seen by one lock the account in all', async () => {
+    for (const guess of ['w1', 'w2', 'w3']) {
+      expect((await send(target(), '/owa/', { user: 'grace', password: guess })).status).toBe(401);   // a new connection each: spread over workers
+    }
+    await new Promise((r) => setTimeout(r, 200));                // the relay through the primary
+    for (let i = 0; i < 4; i++) {
+      const r = await send(target(), '/owa/', { user: 'grace', password: USERS.grace.password });
+      expect(r.status).toBe(401);                                  // gateway-lockout on every worker
+    }
+    expect(h.standin.seen((r) => r.user === 'grace')).toBe(0);
+  });
+
+  it('aggregates the workers\' metrics in the primary\'s admin listener', async () => {
+    const text = await (await request(`http://127.0.0.1:${adminPort}/metrics`)).body.text();
+    const allowed = /exgate_requests_total\{service="owa",decision="allow",reason="allowed"\} (\d+)/.exec(text);
+    expect(Number(allowed?.[1])).toBeGreaterThanOrEqual(6);
+    expect(text).toMatch(/exgate_lockouts_total\{kind="account"\} 4/);
+    expect((await request(`http://127.0.0.1:${adminPort}/healthz`)).statusCode).toBe(200);
+  });
+
+  it('stops every worker and the primary on SIGTERM, exit 0', async () => {
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    void EXTERNAL;
+  });
+});
