@@ -98,11 +98,22 @@ export const REDACT_PATHS = [
 
 const FORMATTERS = { level: (label: string) => ({ level: label }) };
 
-/** The access logger: JSON lines to stdout or a file; records carry their own `time`. */
-export function accessLogger(target: string, stream?: DestinationStream): { log: Logger; flush(): void } {
+/**
+ * The access logger: JSON lines to stdout or a file; records carry their own `time`.
+ * `reopen()` opens the file again under its name: after logrotate moved it (SIGHUP does this).
+ */
+export function accessLogger(target: string, stream?: DestinationStream): { log: Logger; flush(): void; reopen(): void } {
   const dest = stream ?? pino.destination({ dest: target === 'stdout' ? 1 : target, mkdir: true, sync: false });
   const log = pino({ base: null, timestamp: false, messageKey: 'msg', formatters: FORMATTERS, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }, dest);
-  return { log, flush: () => flush(dest) };
+  const reopen = () => {
+    if (target === 'stdout') return;
+    try {
+      (dest as DestinationStream & { reopen?: () => void }).reopen?.();
+    } catch {
+      // keep writing where we were: a failed reopen must not stop the log
+    }
+  };
+  return { log, flush: () => flush(dest), reopen };
 }
 
 /** The operational log: startup, reloads, faults. JSON lines to stderr. */

@@ -197,6 +197,17 @@ export class Gateway {
     });
   }
 
+  /** Listens on an inherited socket (systemd socket activation). */
+  listenOn(fd: number): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.tlsServer.once('error', reject);
+      this.tlsServer.listen({ fd }, () => {
+        this.tlsServer.off('error', reject);
+        resolve(this.tlsServer.address() as AddressInfo);
+      });
+    });
+  }
+
   /**
    * Stops accepting, lets requests in flight finish for up to `graceMs` (idle keep-alive
    * connections are closed at once), then cuts what is left and closes the directory.

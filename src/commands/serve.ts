@@ -59,7 +59,10 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   const access = accessLogger(config.log.access, opts.accessStream);
   const metrics = opts.metrics ?? new Metrics();
   const gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
-  const address = await gateway.listen(opts.port ?? config.listen.port, opts.host ?? config.listen.host);
+  const inherited = systemdSocket();
+  const address = inherited === null
+    ? await gateway.listen(opts.port ?? config.listen.port, opts.host ?? config.listen.host)
+    : await gateway.listenOn(inherited);
   log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
   const admin = config.admin && opts.adminPort !== false
     ? await startAdmin(config.admin.host, opts.adminPort ?? config.admin.port, {
@@ -71,6 +74,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   if (admin) log.info({ address: admin.address.address, port: admin.address.port }, 'admin listener');
 
   const reload = async (): Promise<boolean> => {
+    access.reopen();                                // after logrotate moved the file
     try {
       const next: Config = loadConfig(file);
       const nextMaterial = loadTlsMaterial(next);
@@ -105,6 +109,16 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     access.flush();
   };
   return { gateway, address, admin: admin?.address ?? null, metrics, log, reload, close };
+}
+
+/**
+ * The listening socket systemd handed over (socket activation, `exgate.socket`): file
+ * descriptor 3 when LISTEN_FDS says so for this process. It stays open across restarts, so
+ * clients that connect while the gateway restarts wait in its backlog instead of being refused.
+ */
+function systemdSocket(): number | null {
+  if (cluster.isWorker || process.env.LISTEN_PID !== String(process.pid) || Number(process.env.LISTEN_FDS) < 1) return null;
+  return 3;
 }
 
 /** Every file a state is built from. */
