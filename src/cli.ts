@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util';
 import { check } from './commands/check.js';
 import { demo } from './commands/demo.js';
 import { explain } from './commands/explain.js';
+import { report } from './commands/report.js';
 import { serve } from './commands/serve.js';
 import { hashPassword } from './directory/file.js';
 
@@ -23,6 +24,8 @@ commands:
   check --config FILE      validate the config and the policy, resolve every group; print ok or every problem
   explain --config FILE --user NAME --service SVC [--name HOST] [--ip ADDR] [--json]
                            what the gateway would decide for this user and service, and why (no password)
+  report FILE… [--since T] [--until T] [--json]
+                           summarise access logs (plain or gzip): who reached which service, denials, top sources
   demo                     run the self-contained demo (npm start): gateway on https://127.0.0.1:8443
   hash-password            read a password on stdin, print its scrypt hash for a file directory
   version                  print the version
@@ -35,6 +38,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     case 'serve': return serve(configArg(rest));
     case 'check': return check(configArg(rest));
     case 'explain': return explain(rest);
+    case 'report': return report(rest);
     case 'demo': return demo();
     case 'hash-password': return hashPasswordCommand();
     case 'version':
