@@ -178,7 +178,9 @@ export class Authenticator {
       }
       const settle = (accepted: boolean | null) => {
         attempt.release();
-        if (accepted === true) this.lockout.success(who, req.source, true, req.logon.kind === 'refused' ? undefined : accountKey(req.logon));
+        // Exchange's 2xx says the DC accepted it, but the gateway saw no bind of its own: the
+        // source becomes familiar, the counts stay (only a bind it verified resets them).
+        if (accepted === true) this.lockout.success(who, req.source, false, req.logon.kind === 'refused' ? undefined : accountKey(req.logon));
         if (accepted === false) this.lockout.failure(who, req.source, req.fingerprint);
       };
       return { ok: true, identity: { ...account, groups: standing.groups }, cache: trace.use, settle };

@@ -49,8 +49,32 @@ export function classify(servername: string | false | null | undefined, host: st
   if (path === null) return { ok: false, reason: 'bad-request', detail: 'path is not in normal form' };
   const service = serviceOf(path);
   if (service === null) return { ok: false, reason: 'unknown-service', detail: `no service at ${path}` };
+  const shape = proxyShellShape(path, service);
+  if (shape) return { ok: false, reason: 'bad-request', detail: shape };
   return { ok: true, service, host: name, path };
 }
+
+/**
+ * Path shapes of the Exchange front-end SSRFs (ProxyShell, ProxyNotShell, OWASSRF): Exchange
+ * routes a request whose path *ends* in autodiscover.json, or that names a mailbox with `@`, to
+ * a back end chosen from the rest of the URL. Refused:
+ * - `autodiscover.json` anywhere but `/autodiscover/autodiscover.json[/v1.0/<address>]`;
+ * - a `powershell` segment outside the powershell service (`/owa/<mailbox>/powershell`);
+ * - `@` in a path, except the OWA/ECP explicit-logon segment (`/owa/<address>/…`) and the
+ *   autodiscover.json v1.0 form.
+ */
+function proxyShellShape(path: string, service: Service): string | null {
+  if (!path.includes('autodiscover.json') && !path.includes('powershell') && !path.includes('@')) return null;
+  const segments = path.split('/').filter(Boolean);
+  const autodiscoverJson = path === '/autodiscover/autodiscover.json' || AUTODISCOVER_V1.test(path);
+  if (!autodiscoverJson && segments.some((s) => s.includes('autodiscover.json'))) return 'autodiscover.json in an unexpected place';
+  if (service !== 'powershell' && segments.some((s) => s.includes('powershell'))) return 'a powershell segment outside /powershell/';
+  const explicitLogon = (i: number) => (service === 'owa' || service === 'ecp') && i === 1;
+  if (segments.some((s, i) => s.includes('@') && !autodiscoverJson && !explicitLogon(i))) return '@ in a path outside an explicit-logon segment';
+  return null;
+}
+
+const AUTODISCOVER_V1 = /^\/autodiscover\/autodiscover\.json\/v1\.0\/[^/]+$/;
 
 /** The request target's path without the query string (what the access log shows). */
 export function pathOf(rawUrl: string): string {

@@ -22,7 +22,7 @@ import { readNtlmHeader } from './ntlm.js';
 import { authenticateNtlm, type NtlmOutcome } from './ntlm-auth.js';
 import { challengesFor, declaredBodyTooLarge, deny, fail, forward, respond } from './proxy.js';
 import { answerAutodiscoverJson, isAutodiscoverJson } from './autodiscover.js';
-import { requestIdleMs, type AuthMode } from './services.js';
+import { requestIdleMs, type AuthMode, type Service } from './services.js';
 import type { Metrics } from './metrics.js';
 import type { State } from './state.js';
 import { peek } from './rpc-tunnel.js';
@@ -72,7 +72,7 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
   }
 
   const authStarted = performance.now();
-  const auth = await authenticate(req, settings.auth, state);
+  const auth = await authenticate(req, { service: route.service, path: route.path, query: queryOf(req.url ?? '') }, settings.auth, state);
   metrics.authDuration.observe({ cache: auth.cache ?? 'none' }, (performance.now() - authStarted) / 1000);
   record.user = auth.ok ? auth.identity?.user ?? null : auth.user;
   record.cache = auth.cache;
@@ -84,17 +84,21 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
     const decision = authorize(route.service, auth.identity, state.policy);
     record.rule = decision.rule;
     if (!decision.allow) {
-      settle?.(0);                                  // an NTLM Type 3 refused here never reaches Exchange
+      settle?.(null);                               // an NTLM Type 3 refused here never reaches Exchange
       return deny(req, res, record, decision.reason);
     }
     record.reason = decision.reason;
   } else {
-    record.reason = 'allowed';                      // an NTLM negotiate leg: no identity yet
+    // An NTLM negotiate leg: no identity yet, so no big body and no long wait.
+    if (Number(req.headers['content-length'] ?? 0) > HANDSHAKE_MAX_BODY || req.headers['transfer-encoding'] !== undefined) {
+      return deny(req, res, record, 'too-large', { detail: 'an NTLM handshake request carries no big body' });
+    }
+    record.reason = 'allowed';
     record.detail = 'detail' in auth ? auth.detail : null;
   }
   record.decision = 'allow';
   if (res.destroyed) {                              // the client left while the directory answered
-    settle?.(0);
+    settle?.(null);
     return;
   }
   metrics.inFlight.inc({ service: route.service });
@@ -102,23 +106,57 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
   forward(req, res, record, {
     host: route.host,
     settings,
-    idleMs: requestIdleMs(route.service, settings, record.operation),
+    idleMs: auth.identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS,
     auth: settings.auth,
     challenges,
     onStatus: settle,
   }, state.upstream);
 }
 
-/** Basic or NTLM, as the service's clients speak (`services.<name>.auth`). */
-function authenticate(req: IncomingMessage, mode: AuthMode, state: State): Promise<AuthOutcome | NtlmOutcome> {
+/**
+ * Basic or NTLM, as the service's clients speak (`services.<name>.auth`). A connection Exchange
+ * accepted by NTLM carries on without credentials only when a request has no Authorization at
+ * all: any other scheme on it is judged for itself, never waved through as the session's user.
+ */
+function authenticate(req: IncomingMessage, route: { service: Service; path: string; query: string }, mode: AuthMode, state: State): Promise<AuthOutcome | NtlmOutcome> {
   const header = req.headers.authorization;
   const context = { source: req.socket.remoteAddress ?? '', groupDns: state.policy.groupDns, policyVersion: state.policy.version };
   if (mode === 'basic' || (mode === 'basic+ntlm' && parseBasic(header) !== null)) {
     return state.authenticator.authenticate({ header, ...context });
   }
-  return authenticateNtlm(req.socket, readNtlmHeader(header), {
+  const token = readNtlmHeader(header);
+  if (header !== undefined && token === null) {
+    return Promise.resolve({ ok: false, reason: 'bad-credentials', user: null, cache: null, detail: 'an Authorization scheme this service does not take' });
+  }
+  if (token !== null && token !== 'malformed' && token.type !== 'kerberos' && !ntlmEndpoint(route)) {
+    return Promise.resolve({ ok: false, reason: 'bad-credentials', user: null, cache: null, detail: 'NTLM is taken on the canonical endpoints only' });
+  }
+  return authenticateNtlm(req.socket, token, {
     ...context, authenticator: state.authenticator, upstream: state.upstream, domain: state.domain, dnsDomains: state.dnsDomains,
   });
+}
+
+/** An NTLM handshake leg (no identity yet) may carry this much body, and wait this long. */
+const HANDSHAKE_MAX_BODY = 64 * 1024;
+const HANDSHAKE_IDLE_MS = 30_000;
+
+/**
+ * Where NTLM handshakes are taken: the endpoints Outlook authenticates against. Elsewhere IIS
+ * may answer before authenticating (request filtering, anonymous pages), and a non-401 answer
+ * there would look like Exchange accepted a forged Type 3.
+ */
+function ntlmEndpoint(route: { path: string; query: string }): boolean {
+  if (route.query.length > 1024) return false;
+  return NTLM_PATHS.has(route.path) || OAB_FILE.test(route.path);
+}
+const NTLM_PATHS: ReadonlySet<string> = new Set([
+  '/mapi/emsmdb', '/mapi/emsmdb/', '/mapi/nspi', '/mapi/nspi/', '/ews/exchange.asmx', '/autodiscover/autodiscover.xml',
+]);
+const OAB_FILE = /^\/oab\/[0-9a-f-]{36}\/[a-z0-9._-]+$/;
+
+function queryOf(url: string): string {
+  const q = url.indexOf('?');
+  return q < 0 ? '' : url.slice(q + 1);
 }
 
 /**

@@ -12,6 +12,8 @@ const REQUEST_DROP: ReadonlySet<string> = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding',
   'upgrade', 'http2-settings', 'expect', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded',
   'x-real-ip',
+  // Exchange's own front-end → back-end headers: a client never sends them.
+  'x-commonaccesstoken', 'x-isfromcafe', 'x-sourcecafeserver', 'msexchproxyuri', 'msexchlogonmailbox', 'x-beresource',
 ]);
 
 /** Forwarded exactly once, from Node's parsed view, never from a client's repeated raw lines. */
@@ -22,7 +24,11 @@ export const HIDDEN_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
   'x-feserver', 'x-beserver', 'x-calculatedbetarget', 'x-diaginfo', 'x-febeserver', 'x-fefqdn', 'x-feproxyinfo',
   'x-feefzinfo', 'x-targetbeserver', 'x-beserverexception', 'x-backendhttpstatus', 'x-proxy-backendserverstatus',
   'x-proxy-routingcorrectness', 'x-powered-by', 'x-aspnet-version', 'x-owa-diagnosticsinfo', 'x-serverapplication-diag',
+  'x-owa-version', 'x-owa-minimumsupportedowsversion', 'x-owa-owsversion', 'x-firsthopcafeefz',
 ]);
+
+/** Header name prefixes removed the same way (`X-RUM-*`: routing update module diagnostics). */
+const HIDDEN_PREFIXES = ['x-rum-'];
 
 const RESPONSE_DROP: ReadonlySet<string> = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings',
@@ -84,7 +90,7 @@ export function responseHeaders(raw: readonly Buffer[] | undefined, status: numb
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as Buffer).toString('latin1');
     const lower = name.toLowerCase();
-    if (RESPONSE_DROP.has(lower) || named?.has(lower)) continue;
+    if (RESPONSE_DROP.has(lower) || named?.has(lower) || HIDDEN_PREFIXES.some((p) => lower.startsWith(p))) continue;
     const value = (raw[i + 1] as Buffer).toString('latin1');
     if (lower === 'www-authenticate') {
       if (!challengeAllowed(mode, value)) continue;

@@ -21,7 +21,7 @@ import type { Upstream } from './proxy.js';
 
 /** What one NTLM step allows: forward with an identity, forward a handshake leg, or refuse. */
 export type NtlmOutcome =
-  | { readonly ok: true; readonly identity: Identity; readonly cache: CacheUse; readonly onStatus?: (status: number) => void }
+  | { readonly ok: true; readonly identity: Identity; readonly cache: CacheUse; readonly onStatus?: (status: number | null) => void }
   | { readonly ok: true; readonly identity: null; readonly cache: null; readonly detail: string }
   | Extract<AuthOutcome, { ok: false }>;
 
@@ -39,7 +39,7 @@ export interface NtlmContext {
 /** One NTLM step on a client connection. `token` is the parsed Authorization header. */
 export async function authenticateNtlm(socket: Socket, token: NtlmToken | 'malformed' | null, ctx: NtlmContext): Promise<NtlmOutcome> {
   const request = { source: ctx.source, groupDns: ctx.groupDns, policyVersion: ctx.policyVersion };
-  if (token === null) {
+  if (token === null) {                          // no Authorization at all (gateway.ts sees to that)
     const account = ctx.upstream.session(socket);
     if (!account) return refuse('no-credentials', null, null);
     return ctx.authenticator.refresh(account, request);
@@ -56,24 +56,34 @@ export async function authenticateNtlm(socket: Socket, token: NtlmToken | 'malfo
   }
   const claim = parseType3(token.message);
   if (!claim) return refuse('bad-credentials', null, 'malformed NTLM authenticate message');
+  if (!claim.unicode) return refuse('bad-credentials', null, 'NTLM without Unicode names');
   if (claim.anonymous) return refuse('bad-credentials', null, 'anonymous NTLM logon');
   const outcome = await ctx.authenticator.claim({ ...request, logon: logonOf(claim, ctx), fingerprint: claim.responseDigest.toString('hex') });
   if (!outcome.ok) return outcome;
   ctx.upstream.setSession(socket, null);
   return {
     ok: true, identity: outcome.identity, cache: outcome.cache,
+    // null: never forwarded (refused by policy, client gone first). Forwarded, only a 2xx is
+    // Exchange accepting the Type 3: IIS answers 404s, redirects and anonymous pages before
+    // authenticating, and a client that leaves before the verdict counts as a failure.
     onStatus: (status) => {
-      const accepted = status === 0 ? null : status !== 401;
+      const accepted = status === null ? null : status >= 200 && status < 300;
       outcome.settle(accepted);
       if (accepted) ctx.upstream.setSession(socket, outcome.identity);
     },
   };
 }
 
-/** The logon a Type 3 names: `DOMAIN\user` for our NetBIOS or DNS domain, or a UPN with no domain. */
+/**
+ * The logon a Type 3 names: `DOMAIN\user` for our NetBIOS name or the domain's DNS name, or a
+ * UPN with an empty domain. A bare user with no domain is refused: Windows may resolve it
+ * against local accounts first.
+ */
 export function logonOf(claim: Type3Claim, ctx: Pick<NtlmContext, 'domain' | 'dnsDomains'>): Logon {
   const domain = claim.domain.toLowerCase();
-  if (domain === '') return parseLogon(claim.user, ctx.domain);
+  if (domain === '') {
+    return claim.user.includes('@') ? parseLogon(claim.user, ctx.domain) : { kind: 'refused', display: claim.user, why: 'NTLM user without a domain' };
+  }
   if (domain === ctx.domain.netbios.toLowerCase() || ctx.dnsDomains.has(domain)) {
     return parseLogon(`${ctx.domain.netbios}\\${claim.user}`, ctx.domain);
   }

@@ -37,6 +37,8 @@ export interface Type3Claim {
   readonly anonymous: boolean;
   /** A short fingerprint of this very message's response (lockout counts attempts by it). */
   readonly responseDigest: Buffer;
+  /** Names are UTF-16 (NTLMSSP_NEGOTIATE_UNICODE); OEM names depend on the DC's code page. */
+  readonly unicode: boolean;
 }
 
 /**
@@ -101,7 +103,7 @@ export function parseType3(msg: Buffer): Type3Claim | null {
   const anonymous = u === '' && nt.length === 0;
   if (!anonymous && proof === null) return null; // a named logon with nothing to verify
   return {
-    domain: d, user: u, workstation: w, anonymous,
+    domain: d, user: u, workstation: w, anonymous, unicode,
     responseDigest: Buffer.from(proof ? proof.subarray(0, 16) : Buffer.alloc(0)),
   };
 }

@@ -23,11 +23,13 @@ import { DENY_STATUS, statusLine } from './errors.js';
 import { basicChallenge } from './proxy.js';
 import { RPC_METHODS } from './services.js';
 import type { State } from './state.js';
+import type { Identity } from './authenticate.js';
+import { sourceKey } from './lockout.js';
 
 const MAX_HEAD = 16 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
 const PREFIXES = [...RPC_METHODS].map((m) => Buffer.from(`${m} `, 'latin1'));
-const DROP: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'x-real-ip', 'proxy-authorization']);
+const DROP: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'x-real-ip', 'proxy-authorization', 'connection', 'keep-alive']);
 
 /** A parsed RPC request head. */
 interface RpcHead {
@@ -106,6 +108,8 @@ async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: S
   };
   const bad = checkHead({ method: 'POST', headers: head.headers, rawHeaders: head.rawHeaders });
   if (bad) return refuse(bad.status ?? 400, 'bad-request', bad.detail);
+  const length = bodyLength(head);
+  if (length === null) return refuse(400, 'bad-request', 'an RPC request needs exactly one Content-Length and no Transfer-Encoding');
   const route = classify(socket.servername, head.headers.host, head.url, state.config.names);
   if (!route.ok) return refuse(DENY_STATUS[route.reason], route.reason, route.detail);
   record.service = route.service;
@@ -130,17 +134,52 @@ async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: S
   record.rule = decision.rule;
   if (!decision.allow) return refuse(403, decision.reason, 'not allowed by policy');
   const source = socket.remoteAddress ?? '';
-  const open = tunnels.get(source) ?? 0;
+  const open = tunnels.get(sourceKey(source)) ?? 0;
   const cap = state.config.services.rpc.maxTunnelsPerSource;
   if (open >= cap) return refuse(429, 'gateway-lockout', `more than ${cap} Outlook Anywhere tunnels from one address`, 'Retry-After: 10\r\n');
   record.decision = 'allow';
   record.reason = decision.reason;
   if (socket.destroyed) return;
-  open1(source);
-  pipeTunnel(socket, head, rest, state, record, started, () => { close1(source); writeRecord(record); });
+  const key = sourceKey(source);
+  open1(key);
+  const recheck = recheckPeriodically(socket, auth.identity, state, record);
+  pipeTunnel(socket, head, rest, length, state, record, started, () => { clearInterval(recheck); close1(key); writeRecord(record); });
 }
 
-function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, state: State, record: AccessRecord, started: number, done: () => void): void {
+/**
+ * A tunnel lives for hours (Outlook Anywhere's keep-alives): the account's groups and state are
+ * checked again every groupTtlSeconds, and the tunnel is cut when the policy no longer allows it.
+ */
+function recheckPeriodically(socket: TLSSocket, identity: Identity, state: State, record: AccessRecord): NodeJS.Timeout {
+  const every = Math.max(1, state.config.cache.groupTtlSeconds) * 1000;
+  const timer = setInterval(() => {
+    void state.authenticator.refresh(identity, { source: socket.remoteAddress ?? '', groupDns: state.policy.groupDns, policyVersion: state.policy.version })
+      .then((auth) => {
+        const allowed = auth.ok && authorize('rpc', auth.identity, state.policy).allow;
+        if (!allowed && !socket.destroyed) {
+          record.detail = 'tunnel closed: no longer allowed';
+          socket.destroy();
+        }
+      });
+  }, every);
+  timer.unref();
+  return timer;
+}
+
+/** The declared body length of an RPC request: exactly one Content-Length, no Transfer-Encoding. */
+function bodyLength(head: RpcHead): number | null {
+  let lengths = 0;
+  for (let i = 0; i < head.rawHeaders.length; i += 2) {
+    const name = (head.rawHeaders[i] as string).toLowerCase();
+    if (name === 'transfer-encoding') return null;
+    if (name === 'content-length') lengths++;
+  }
+  const value = head.headers['content-length'];
+  if (lengths !== 1 || value === undefined || !/^\d{1,10}$/.test(value)) return null;
+  return Number(value);
+}
+
+function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: number, state: State, record: AccessRecord, started: number, done: () => void): void {
   const { url, servername, ca, insecureSkipVerify, connectTimeoutMs } = state.config.upstream;
   const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
   const upstream: Socket = url.protocol === 'https:'
@@ -162,9 +201,22 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, state: State
     clearTimeout(connectTimer);
     record.upstreamMs = Math.round(performance.now() - started);
     upstream.write(rebuildHead(head, client));
-    if (rest.length > 0) upstream.write(rest);
-    record.bytesIn = rest.length;
-    client.on('data', (d: Buffer) => { record.bytesIn += d.length; });
+    // Exactly the declared body goes on; a byte beyond it would be a second request smuggled
+    // past the checks, so the tunnel ends there (one request per tunnel).
+    let remaining = length;
+    const relay = (d: Buffer): void => {
+      if (d.length > remaining) {
+        record.detail = 'bytes beyond the declared Content-Length';
+        finish(null);
+        return;
+      }
+      remaining -= d.length;
+      record.bytesIn += d.length;
+      if (d.length > 0 && !upstream.write(d)) client.pause();
+    };
+    upstream.on('drain', () => client.resume());
+    relay(rest);
+    client.on('data', relay);
     let first = true;
     upstream.on('data', (d: Buffer) => {
       if (first) {
@@ -174,7 +226,6 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, state: State
       }
       record.bytesOut += d.length;
     });
-    client.pipe(upstream);
     upstream.pipe(client);
     client.resume();
   });
@@ -204,16 +255,18 @@ function rebuildHead(head: RpcHead, client: Socket): string {
     const name = head.rawHeaders[i] as string;
     if (!DROP.has(name.toLowerCase())) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
   }
-  return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\n\r\n`;
+  return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`;
 }
 
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const VISIBLE = /^[\x21-\x7e]+$/;
 
 /** Parses a request head strictly: request line, then `name: value` lines (no obs-fold, no controls). */
 function parseHead(raw: Buffer): RpcHead | null {
   const lines = raw.toString('latin1').split('\r\n');
   const [method, url, version, extra] = (lines[0] ?? '').split(' ');
   if (!method || !RPC_METHODS.has(method) || !url || (version !== 'HTTP/1.1' && version !== 'HTTP/1.0') || extra !== undefined) return null;
+  if (!VISIBLE.test(url)) return null;                     // the whole target, query included
   const rawHeaders: string[] = [];
   const headers: Record<string, string> = {};
   for (const line of lines.slice(1)) {

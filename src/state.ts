@@ -21,7 +21,7 @@ export interface State {
   readonly upstream: Upstream;
   /** The Basic realm of 401 challenges. */
   readonly realm: string;
-  /** The domain's DNS names, which an NTLM Type 3 may carry instead of the NetBIOS name. */
+  /** The domain's DNS name (from baseDn), which an NTLM Type 3 may carry instead of the NetBIOS name. */
   readonly dnsDomains: ReadonlySet<string>;
 }
 
@@ -58,7 +58,7 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>, prev
         ? previous.upstream                       // keep the pinned upstream connections (and NTLM sessions)
         : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000)),
       realm: config.names.externalList[0] ?? 'exgate',
-      dnsDomains: new Set([dnToDomain(config.directory.baseDn ?? ''), ...config.directory.upnSuffixes].map((d) => d.toLowerCase()).filter(Boolean)),
+      dnsDomains: new Set([dnToDomain(config.directory.baseDn ?? '')].map((d) => d.toLowerCase()).filter(Boolean)),
     });
   } catch (err) {
     await directory.close();

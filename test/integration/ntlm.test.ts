@@ -11,7 +11,8 @@ import { connect } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { basic, clientFor, EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { call, signIn } from '../helpers/ntlm-client.js';
 
 const run = promisify(execFile);
 let h: Harness;
@@ -116,6 +117,32 @@ describe('NTLM through the gateway', () => {
     }));
     expect(results.filter((r) => r.codes[0] === '200').length).toBe(40);
     for (const r of results) expect(r.body.toLowerCase()).toContain(`hello lab\\${r.u}`);
+  });
+
+  it('never waves another Authorization scheme through as the NTLM session\'s user (one connection)', async () => {
+    const before = h.standin.seen((r) => r.user === 'bob');
+    const client = clientFor(h);
+    try {
+      const signedIn = await signIn(client, '/mapi/emsmdb/?a', EXTERNAL, 'alice', 'LAB', USERS.alice.password);
+      expect(signedIn.status).toBe(200);
+      const bob = await call(client, '/mapi/emsmdb/?b', EXTERNAL, basic('bob', USERS.bob.password));
+      expect(bob.status).toBe(401);
+      const bearer = await call(client, '/mapi/emsmdb/?c', EXTERNAL, 'Bearer eyJhbGciOi');
+      expect(bearer.status).toBe(401);
+      const session = await call(client, '/mapi/emsmdb/?d', EXTERNAL);     // no Authorization: the session
+      expect(session.status).toBe(200);
+      expect(session.body).toContain('LAB\\alice');
+    } finally {
+      await client.close();
+    }
+    expect(h.standin.seen((r) => r.user === 'bob')).toBe(before);
+  });
+
+  it('takes NTLM only on the canonical endpoints', async () => {
+    const before = h.standin.seen((r) => r.ntlm !== null && r.url.includes('/bin/'));
+    const { codes } = await curlNtlm('LAB\\alice', USERS.alice.password, '/mapi/bin/x');
+    expect(codes).toEqual(['401']);
+    expect(h.standin.seen((r) => r.ntlm !== null && r.url.includes('/bin/'))).toBe(before);
   });
 
   it('still takes Basic on a service that speaks both', async () => {

@@ -7,7 +7,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Attribute, Change, Client } from 'ldapts';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createUser } from '../helpers/ad-admin.js';
+import { ADMIN, groupDn } from '../helpers/ad-fixtures.js';
 import { USERS } from '../helpers/ad-fixtures.js';
 import { basic, EXTERNAL, makeCert, send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
 import { startRpcUpstream, type RpcUpstream } from '../helpers/rpc-upstream.js';
@@ -32,6 +35,7 @@ beforeAll(async () => {
       upstream: { url: rpc.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
       services: { rpc: { maxTunnelsPerSource: 2 } },
       http: { headersTimeoutMs: 1000 },
+      cache: { groupTtlSeconds: 1 },
     },
   });
 });
@@ -42,6 +46,16 @@ afterAll(async () => {
 });
 
 const alice = USERS.alice;
+
+async function leaveGroup(dn: string): Promise<void> {
+  const c = new Client({ url: inject('ldapUrl') });
+  try {
+    await c.bind(ADMIN.upn, ADMIN.password);
+    await c.modify(groupDn('AllowExternalAccess'), new Change({ operation: 'delete', modification: new Attribute({ type: 'member', values: [dn] }) }));
+  } finally {
+    await c.unbind();
+  }
+}
 
 function open(localAddress = '127.0.0.1'): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
@@ -134,6 +148,44 @@ describe('Outlook Anywhere tunnel', () => {
     s.write('RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ');
     expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 408 Request Timeout');
     expect(rpc.seen.length).toBe(before);
+  });
+
+  it.each([
+    ['two Content-Lengths', (u: string) => `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 10\r\nContent-Length: 10\r\n\r\n`],
+    ['Transfer-Encoding', (u: string) => `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n`],
+    ['no Content-Length', (u: string) => `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\n\r\n`],
+    ['a control byte in the target', (u: string) => `RPC_OUT_DATA /rpc/rpcproxy.dll?a\x01b HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 76\r\n\r\n`],
+  ])('refuses an RPC head with %s (400), and tunnels nothing', async (_what, make) => {
+    const before = rpc.seen.length;
+    const s = await open();
+    const reply = drain(s);
+    s.write(make(basic(alice.sam, alice.password)));
+    expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 400 Bad Request');
+    expect(rpc.seen.length).toBe(before);
+  });
+
+  it('forwards exactly the declared body: a request smuggled after it never reaches Exchange', async () => {
+    const before = rpc.seen.length;
+    const s = await open();
+    const reply = drain(s);
+    s.write(head('RPC_IN_DATA', alice, 0) + `GET /autodiscover/autodiscover.json?@evil.corp/PowerShell HTTP/1.1\r\nHost: exchange-be.lab.test\r\nCookie: X-BEResource=x\r\n\r\n`);
+    await reply;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(rpc.seen.slice(before).map((x) => x.head.split('\r\n')[0])).toEqual(['RPC_IN_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1']);
+    expect(rpc.seen.at(-1)?.bodyBytes).toBe(0);
+  });
+
+  it('cuts an open tunnel once its user leaves the group (checked every groupTtlSeconds)', async () => {
+    const u = await createUser(inject('ldapUrl'), `tunnel${Date.now() % 100000}`, 'Tunn3l-Passw0rd!', ['AllowExternalAccess']);
+    const s = await open();
+    const closed = new Promise<void>((r) => s.once('close', () => r()));
+    s.write(head('RPC_IN_DATA', { sam: u.sam, password: u.password }, 1073741824));
+    s.write(Buffer.alloc(MiB, 1));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(s.destroyed).toBe(false);
+    await leaveGroup(u.dn);
+    await closed;
+    expect((await h.record((x) => x.user === `LAB\\${u.sam}` && x.method === 'RPC_IN_DATA')).detail).toBe('tunnel closed: no longer allowed');
   });
 
   it('leaves the normal HTTP path working behind the peek, keep-alive included', async () => {
