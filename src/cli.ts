@@ -14,6 +14,7 @@ import { check } from './commands/check.js';
 import { demo } from './commands/demo.js';
 import { explain } from './commands/explain.js';
 import { report } from './commands/report.js';
+import { mailboxFlags } from './commands/mailbox-flags.js';
 import { serve } from './commands/serve.js';
 import { hashPassword } from './directory/file.js';
 
@@ -26,6 +27,8 @@ commands:
                            what the gateway would decide for this user and service, and why (no password)
   report FILE… [--since T] [--until T] [--json]
                            summarise access logs (plain or gzip): who reached which service, denials, top sources
+  mailbox-flags plan --config FILE [--json] | apply --config FILE [--force]
+                           keep Exchange's per-mailbox flags (Set-CASMailbox) in step with the policy groups
   demo                     run the self-contained demo (npm start): gateway on https://127.0.0.1:8443
   hash-password            read a password on stdin, print its scrypt hash for a file directory
   version                  print the version
@@ -39,6 +42,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     case 'check': return check(configArg(rest));
     case 'explain': return explain(rest);
     case 'report': return report(rest);
+    case 'mailbox-flags': return mailboxFlags(rest);
     case 'demo': return demo();
     case 'hash-password': return hashPasswordCommand();
     case 'version':

@@ -17,6 +17,7 @@ import { openDirectory } from '../state.js';
 import { Upstream } from '../proxy.js';
 import { appLogger } from '../access-log.js';
 import type { RunningGateway } from './serve.js';
+import { scheduleMailboxFlags } from './mailbox-flags.js';
 
 const MESSAGE = 'exgate:lockout';
 const RESTART_DELAY_MS = 1000;
@@ -43,10 +44,12 @@ export async function runPrimary(config: Config): Promise<number> {
   log.info({ workers: config.workers }, 'exgate primary started');
 
   const admin = config.admin ? await startPrimaryAdmin(config) : null;
+  const stopSync = scheduleMailboxFlags(config.file, config.mailboxFlags?.intervalMinutes ?? 0, log);
   process.on('SIGHUP', () => { for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP'); });
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       stopping = true;
+      stopSync();
       log.info({ signal }, 'stopping workers');
       admin?.close();
       const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);

@@ -11,6 +11,7 @@ import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
 import { startAdmin } from '../admin.js';
 import { joinCluster, runPrimary } from './cluster.js';
+import { scheduleMailboxFlags } from './mailbox-flags.js';
 import { Gateway } from '../gateway.js';
 import { Metrics } from '../metrics.js';
 import { watchFiles } from '../watch.js';
@@ -173,10 +174,12 @@ export async function serve(file: string): Promise<number> {
   }
   const gw = running;
   if (cluster.isWorker) joinCluster(gw);
+  const stopSync = cluster.isWorker ? () => {} : scheduleMailboxFlags(file, config.mailboxFlags?.intervalMinutes ?? 0, gw.log);
   process.on('SIGHUP', () => { void gw.reload(); });
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       gw.log.info({ signal }, 'stopping');
+      stopSync();
       void gw.close(gw.gateway.state.config.http.shutdownGraceMs).then(resolve);
     };
     process.once('SIGTERM', () => stop('SIGTERM'));

@@ -167,9 +167,28 @@ const admin = z.strictObject({
   port: port.default(9090),
 });
 
+const CAS_FLAGS = ['MAPIBlockOutlookRpcHttp', 'MAPIBlockOutlookExternalConnectivity', 'ActiveSyncEnabled', 'EwsEnabled', 'OWAEnabled'] as const;
+
+const flagRule = z.strictObject({
+  /** The service whose external access the flag follows. */
+  service: z.enum(SERVICES),
+  /** The flag's value for a user allowed that service from outside (the other value otherwise). */
+  allowedValue: z.boolean(),
+});
+
 const mailboxFlags = z.strictObject({
   /** Command that reads a PowerShell script on stdin, e.g. [pwsh, -NoProfile, -File, session.ps1]. */
   runner: z.array(nonEmpty).min(1),
+  /** Which Set-CASMailbox flags follow which service. Default: both MAPIBlock flags follow mapi
+   * (allowed → $false, not allowed → $true). ActiveSyncEnabled/EwsEnabled/OWAEnabled are optional. */
+  flags: z.partialRecord(z.enum(CAS_FLAGS), flagRule).default({
+    MAPIBlockOutlookRpcHttp: { service: 'mapi', allowedValue: false },
+    MAPIBlockOutlookExternalConnectivity: { service: 'mapi', allowedValue: false },
+  }),
+  /** Mailboxes per runner call when applying. Default: 50. */
+  batchSize: positive.default(50),
+  /** Longest a runner call may take. Default: 600. */
+  runnerTimeoutSeconds: positive.default(600),
   /** Refuse a plan that blocks more than this share of mailboxes, unless --force. Default: 0.1. */
   maxBlockShare: z.number().min(0).max(1).default(0.1),
   /** 0 = on demand only; otherwise `serve` also syncs on this interval. Default: 0. */

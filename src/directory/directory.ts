@@ -55,6 +55,11 @@ export interface Directory {
   groupsOf(account: Account): Promise<readonly GroupRef[]>;
   /** Resolves a group named by sAMAccountName or DN; null when there is no such group. */
   resolveGroup(name: string): Promise<GroupRef | null>;
+  /** Every user with a mailbox (mailbox-flags): Exchange's attributes say so in real AD
+   * (`homeMDB`); in a directory without the Exchange schema, a user with `mail`. */
+  listMailboxes(): Promise<readonly Account[]>;
+  /** The users that are members of a group, directly or through nested groups (lowercase DNs). */
+  membersOf(groupDn: string): Promise<ReadonlySet<string>>;
   /** Resolves when the directory answers (for /readyz and startup). */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -137,6 +137,19 @@ export class FileDirectory implements Directory {
     return null;
   }
 
+  async listMailboxes(): Promise<readonly Account[]> {
+    return [...this.users.values()].filter((u) => u.account.mail !== null).map((u) => u.account);
+  }
+
+  async membersOf(groupDn: string): Promise<ReadonlySet<string>> {
+    const key = dnKey(groupDn);
+    const out = new Set<string>();
+    for (const u of this.users.values()) {
+      for (const g of this.closure(u.account.sam)) if (dnKey(g.dn) === key) out.add(dnKey(u.account.dn));
+    }
+    return out;
+  }
+
   async ping(): Promise<void> {}
   async close(): Promise<void> {}
 

@@ -81,6 +81,7 @@ export class LdapDirectory implements Directory {
   #service: Promise<Client> | null = null;
   #url: string;
   readonly #breaker: DcBreaker;
+  #exchangeSchema: Promise<boolean> | null = null;
   readonly #binds: Limiter;
 
   constructor(private readonly settings: LdapSettings, private readonly log: DirectoryLog) {
@@ -172,6 +173,35 @@ export class LdapDirectory implements Directory {
     const sam = text(e, 'sAMAccountName');
     if (!looksLikeDn(name) && sam?.toLowerCase() !== name.toLowerCase()) return null;
     return { dn: e.dn, name: sam ?? e.dn };
+  }
+
+  async listMailboxes(): Promise<readonly Account[]> {
+    const filter = (await this.hasExchangeSchema())
+      ? '(&(objectCategory=person)(objectClass=user)(homeMDB=*))'
+      : '(&(objectCategory=person)(objectClass=user)(mail=*))';
+    const entries = await this.search(this.settings.baseDn, filter, USER_ATTRIBUTES, 'sub');
+    return (entries ?? []).map((e) => this.account(e));
+  }
+
+  async membersOf(groupDn: string): Promise<ReadonlySet<string>> {
+    const filter = escapeFilter`(&(objectCategory=person)(objectClass=user)(memberOf:${IN_CHAIN}:=${groupDn}))`;
+    const entries = await this.search(this.settings.baseDn, filter, ['distinguishedName'], 'sub');
+    return new Set((entries ?? []).map((e) => dnKey(e.dn)));
+  }
+
+  /** Whether the forest's schema knows Exchange's mailbox attribute `homeMDB` (read once). */
+  private async hasExchangeSchema(): Promise<boolean> {
+    this.#exchangeSchema ??= (async () => {
+      const root = await this.search('', '(objectClass=*)', ['schemaNamingContext'], 'base');
+      const schema = root?.[0] && text(root[0], 'schemaNamingContext');
+      if (!schema) return false;
+      const found = await this.search(schema, '(lDAPDisplayName=homeMDB)', ['lDAPDisplayName'], 'sub', 2);
+      return (found?.length ?? 0) > 0;
+    })().catch((err: unknown) => {
+      this.#exchangeSchema = null;
+      throw err;
+    });
+    return this.#exchangeSchema;
   }
 
   async ping(): Promise<void> {

@@ -97,6 +97,8 @@ class FakeAd implements Directory {
   async memberships(): Promise<ReadonlySet<string>> { return new Set(); }
   async groupsOf(): Promise<readonly GroupRef[]> { return []; }
   async resolveGroup(): Promise<GroupRef | null> { return null; }
+  async listMailboxes(): Promise<readonly Account[]> { return []; }
+  async membersOf(): Promise<ReadonlySet<string>> { return new Set(); }
   async ping(): Promise<void> {}
   async close(): Promise<void> {}
 }

@@ -100,6 +100,8 @@ class ObservedDirectory implements Directory {
   groupsOf(account: Account): Promise<readonly GroupRef[]> { return this.inner.groupsOf(account); }
   resolveGroup(name: string): Promise<GroupRef | null> { return this.inner.resolveGroup(name); }
   ping(): Promise<void> { return this.inner.ping(); }
+  listMailboxes(): Promise<readonly Account[]> { return this.inner.listMailboxes(); }
+  membersOf(groupDn: string): Promise<ReadonlySet<string>> { return this.inner.membersOf(groupDn); }
   close(): Promise<void> { return this.inner.close(); }
 }
 

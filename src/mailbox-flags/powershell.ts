@@ -1,0 +1,57 @@
+/**
+ * The PowerShell the mailbox-flags runner receives (INTERFACE.md): one read with Get-CASMailbox,
+ * and each change as one line `Set-CASMailbox -Identity '<identity>' -<Flag>:$true|$false …`,
+ * followed by a line that reports whether it worked, so one mailbox's failure neither stops the
+ * batch nor hides among the others.
+ */
+import type { CasFlag, Change } from './plan.js';
+
+/** PowerShell treats these like `'` inside a single-quoted string (about_Quoting_Rules). */
+const QUOTES = /['\u2018\u2019\u201a\u201b]/g;
+const CONTROL = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/;
+
+/** A single-quoted PowerShell string: every quote character doubled. Control characters (a line
+ * break would end the command) are refused. */
+export function quote(text: string): string {
+  if (CONTROL.test(text)) throw new Error(`cannot quote ${JSON.stringify(text)}: control character`);
+  return `'${text.replace(QUOTES, (q) => q + q)}'`;
+}
+
+/** The read: every mailbox's DistinguishedName and the mapped flags, as JSON. */
+export function readScript(flags: readonly CasFlag[]): string {
+  return [
+    "$ErrorActionPreference = 'Continue'",
+    `Get-CASMailbox -ResultSize Unlimited | Select-Object ${['DistinguishedName', ...flags].join(',')} | ConvertTo-Json -Depth 2 -Compress`,
+  ].join('\n') + '\n';
+}
+
+/** One mailbox's changes, all its flags on one line. */
+export interface MailboxChange {
+  readonly identity: string;
+  readonly flags: readonly { readonly flag: CasFlag; readonly to: boolean }[];
+}
+
+/** Groups a plan's changes by mailbox, in plan order. */
+export function byMailbox(changes: readonly Change[]): MailboxChange[] {
+  const out = new Map<string, { flag: CasFlag; to: boolean }[]>();
+  for (const c of changes) {
+    const list = out.get(c.identity) ?? [];
+    list.push({ flag: c.flag, to: c.to });
+    out.set(c.identity, list);
+  }
+  return [...out].map(([identity, flags]) => ({ identity, flags }));
+}
+
+/** The Set-CASMailbox line of one mailbox. */
+export function setLine(m: MailboxChange): string {
+  return `Set-CASMailbox -Identity ${quote(m.identity)} ${m.flags.map((f) => `-${f.flag}:$${f.to}`).join(' ')}`;
+}
+
+/** The script for a batch: each Set line, then `exgate-ok N` or `exgate-failed N` by its outcome. */
+export function changeScript(batch: readonly MailboxChange[], first = 0): string {
+  const lines = ["$ErrorActionPreference = 'Continue'"];
+  batch.forEach((m, i) => {
+    lines.push(setLine(m), `if ($?) { 'exgate-ok ${first + i}' } else { 'exgate-failed ${first + i}' }`);
+  });
+  return lines.join('\n') + '\n';
+}
