@@ -17,10 +17,11 @@ export function quote(text: string): string {
   return `'${text.replace(QUOTES, (q) => q + q)}'`;
 }
 
-/** The read: every mailbox's DistinguishedName and the mapped flags, as JSON. */
+/** The read: every mailbox's DistinguishedName and the mapped flags, as JSON. Any error stops it
+ * (a partial read must never look like "these are all the mailboxes"). */
 export function readScript(flags: readonly CasFlag[]): string {
   return [
-    "$ErrorActionPreference = 'Continue'",
+    "$ErrorActionPreference = 'Stop'",
     `Get-CASMailbox -ResultSize Unlimited | Select-Object ${['DistinguishedName', ...flags].join(',')} | ConvertTo-Json -Depth 2 -Compress`,
   ].join('\n') + '\n';
 }

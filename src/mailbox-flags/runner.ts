@@ -39,7 +39,9 @@ export function run(settings: RunnerSettings, script: string): Promise<RunResult
 /** Exchange's current flags per mailbox (lowercase DN). Throws when the read fails. */
 export async function readCurrent(settings: RunnerSettings, flags: readonly CasFlag[]): Promise<Map<string, Partial<Record<CasFlag, boolean | null>>>> {
   const result = await run(settings, readScript(flags));
-  if (result.code !== 0) throw new Error(`the Exchange read failed (exit ${result.code}): ${result.stderr.trim().slice(0, 500)}`);
+  if (result.code !== 0 || result.stderr.trim() !== '') {
+    throw new Error(`the Exchange read failed (exit ${result.code}): ${result.stderr.trim().slice(0, 500)}`);
+  }
   let parsed: unknown;
   try {
     parsed = JSON.parse(result.stdout.trim() || '[]');
