@@ -1,0 +1,34 @@
+# exchange-session.ps1: the mailbox-flags runner for a real Exchange organisation.
+#
+# exgate writes a PowerShell script to this runner's stdin (Get-CASMailbox to read, one
+# Set-CASMailbox line per change to apply) and reads what it prints. This script opens a remote
+# Exchange Management Shell session, imports only the two cmdlets exgate needs, runs the script
+# there and closes the session.
+#
+#   mailboxFlags:
+#     runner: [pwsh, -NoProfile, -NonInteractive, -File, /opt/exgate/scripts/exchange-session.ps1]
+#
+# Settings (environment, e.g. in /etc/exgate/exgate.env for the systemd units):
+#   EXGATE_EXCHANGE_URI   http://exchange.contoso.local/PowerShell/   (the Exchange PowerShell vdir)
+#   EXGATE_EXCHANGE_AUTH  Kerberos (default; from a Windows host or Linux with a keytab) | Basic
+#   EXGATE_EXCHANGE_USER / EXGATE_EXCHANGE_PASSWORD_FILE   an account with the "Mail Recipients"
+#                         role (Set-CASMailbox), for Basic or explicit Kerberos credentials
+# From Linux, pwsh needs the PSWSMan module for WinRM (Install-Module PSWSMan; Install-WSMan).
+# Not tested against real Exchange in this project's CI (there is no Exchange on Linux); the
+# generated PowerShell is tested against scripts/exchange-shell-standin.mjs.
+$ErrorActionPreference = 'Stop'
+$script = [Console]::In.ReadToEnd()
+$uri = $env:EXGATE_EXCHANGE_URI
+if (-not $uri) { throw 'EXGATE_EXCHANGE_URI is not set' }
+$params = @{ ConfigurationName = 'Microsoft.Exchange'; ConnectionUri = $uri; Authentication = ($env:EXGATE_EXCHANGE_AUTH ?? 'Kerberos') }
+if ($env:EXGATE_EXCHANGE_USER) {
+  $secret = (Get-Content -Raw -Path $env:EXGATE_EXCHANGE_PASSWORD_FILE).Trim() | ConvertTo-SecureString -AsPlainText -Force
+  $params.Credential = [pscredential]::new($env:EXGATE_EXCHANGE_USER, $secret)
+}
+$session = New-PSSession @params
+try {
+  Import-PSSession $session -CommandName Get-CASMailbox, Set-CASMailbox -DisableNameChecking -AllowClobber | Out-Null
+  Invoke-Expression $script
+} finally {
+  Remove-PSSession $session
+}
