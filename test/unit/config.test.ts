@@ -207,6 +207,11 @@ describe('the INTERFACE.md example config, verbatim', () => {
     expect(config.admin).toEqual({ host: '127.0.0.1', port: 9090 });
     expect(config.mailboxFlags).toEqual({
       runner: ['pwsh', '-NoProfile', '-File', join(tmp, 'scripts/exchange-session.ps1')], maxBlockShare: 0.1, intervalMinutes: 0,
+      flags: {
+        MAPIBlockOutlookRpcHttp: { service: 'mapi', allowedValue: false },
+        MAPIBlockOutlookExternalConnectivity: { service: 'mapi', allowedValue: false },
+      },
+      batchSize: 50, runnerTimeoutSeconds: 600,
     });
   });
 
