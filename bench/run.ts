@@ -4,11 +4,15 @@
  * The cold-auth suite starts a throwaway Samba AD DC (root; see test/helpers/samba.ts).
  */
 import { coldAuthBench, cachedAuthBench } from './auth.js';
+import { idleMemoryBench, proxyBench, uploadMemoryBench } from './proxy.js';
 import { machine } from './stats.js';
 
 const SUITES: Record<string, () => Promise<string>> = {
   'auth-cached': () => cachedAuthBench(),
   'auth-cold': () => coldAuthBench(),
+  proxy: () => proxyBench(),
+  'memory-idle': () => idleMemoryBench(),
+  'memory-upload': () => uploadMemoryBench(),
 };
 
 async function main(): Promise<void> {
