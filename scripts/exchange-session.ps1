@@ -9,14 +9,20 @@
 #     runner: [pwsh, -NoProfile, -NonInteractive, -File, /opt/exgate/scripts/exchange-session.ps1]
 #
 # Settings (environment, e.g. in /etc/exgate/exgate.env for the systemd units):
-#   EXGATE_EXCHANGE_URI   http://exchange.contoso.local/PowerShell/   (the Exchange PowerShell vdir)
+#   EXGATE_EXCHANGE_URI   https://exchange.contoso.local/PowerShell/   (the Exchange PowerShell vdir;
+#                         http:// only with Kerberos, which encrypts the session itself)
 #   EXGATE_EXCHANGE_AUTH  Kerberos (default; from a Windows host or Linux with a keytab) | Basic
 #   EXGATE_EXCHANGE_USER / EXGATE_EXCHANGE_PASSWORD_FILE   an account with the "Mail Recipients"
 #                         role (Set-CASMailbox), for Basic or explicit Kerberos credentials
-# From Linux, pwsh needs the PSWSMan module for WinRM (Install-Module PSWSMan; Install-WSMan).
+# Needs PowerShell 7 (pwsh). From Linux, WinRM needs the PSWSMan module (Install-Module PSWSMan;
+# Install-WSMan), which is little maintained: running this runner on a Windows management host
+# (e.g. runner: [ssh, mgmt-host, pwsh, -NoProfile, -File, C:\exgate\exchange-session.ps1]) is the
+# sturdier choice.
 # Not tested against real Exchange in this project's CI (there is no Exchange on Linux); the
 # generated PowerShell is tested against scripts/exchange-shell-standin.mjs.
 $ErrorActionPreference = 'Stop'
+[Console]::InputEncoding = [System.Text.UTF8Encoding]::new($false)    # identities are UTF-8 both ways
+[Console]::OutputEncoding = [System.Text.UTF8Encoding]::new($false)
 $script = [Console]::In.ReadToEnd()
 $uri = $env:EXGATE_EXCHANGE_URI
 if (-not $uri) { throw 'EXGATE_EXCHANGE_URI is not set' }

@@ -18,6 +18,8 @@
 //   Get-CASMailbox -ResultSize Unlimited | Select-Object [-Property] P1,P2,… | ConvertTo-Json [-Depth N] [-Compress]
 //   Set-CASMailbox -Identity '<identity>' -<Flag>:$true|$false [-<Flag>:$true|$false …]
 //   if ($?) { '<text>' } [else { '<text>' }]
+//   $exgateErrors = $Error.Count
+//   if ($Error.Count -eq $exgateErrors) { '<text>' } else { '<text>'; $Error[0].Exception.Message }
 //   Write-Output '<text>'
 //
 // '<…>' is a PowerShell single-quoted string: it opens and closes with any of ' ‘ ’ ‚ ‛
@@ -233,10 +235,48 @@ function parseLine(text) {
     return { kind: 'set', identity, flags };
   }
 
+  if (l.tryWord('$exgateErrors')) {
+    l.ws();
+    l.word('=');
+    l.ws();
+    l.word('$Error.Count');
+    l.end();
+    return { kind: 'mark' };
+  }
+
   if (l.tryWord('if')) {
     l.ws();
     l.word('(');
     l.ws();
+    if (l.tryWord('$Error.Count')) {
+      // if ($Error.Count -eq $exgateErrors) { '<ok>' } else { '<failed>'; $Error[0].Exception.Message }
+      l.ws();
+      l.word('-eq');
+      l.ws();
+      l.word('$exgateErrors');
+      l.ws();
+      l.word(')');
+      l.ws();
+      l.word('{');
+      l.ws();
+      const then = l.quoted();
+      l.ws();
+      l.word('}');
+      l.ws();
+      l.word('else');
+      l.ws();
+      l.word('{');
+      l.ws();
+      const otherwise = l.quoted();
+      l.ws();
+      l.word(';');
+      l.ws();
+      l.word('$Error[0].Exception.Message');
+      l.ws();
+      l.word('}');
+      l.end();
+      return { kind: 'ifErrors', then, otherwise };
+    }
     l.word('$?');
     l.ws();
     l.word(')');
@@ -327,6 +367,7 @@ function main(argv) {
   const errors = [];
   let errorActionPreference = 'Continue';
   let lastOk = true;
+  let mark = 0;
   const fail = (message) => {
     errors.push(message);
     lastOk = false;
@@ -344,6 +385,15 @@ function main(argv) {
           break;
         case 'write':
           out.push(st.text);
+          lastOk = true;
+          break;
+        case 'mark':
+          mark = errors.length;
+          lastOk = true;
+          break;
+        case 'ifErrors':
+          if (errors.length === mark) out.push(st.then);
+          else out.push(st.otherwise, errors[errors.length - 1].replace(/^[A-Za-z-]+: /, ''));
           lastOk = true;
           break;
         case 'if': {

@@ -104,7 +104,9 @@ const FORMATTERS = { level: (label: string) => ({ level: label }) };
  */
 export function accessLogger(target: string, stream?: DestinationStream): { log: Logger; flush(): void; reopen(): void } {
   const dest = stream ?? pino.destination({ dest: target === 'stdout' ? 1 : target, mkdir: true, sync: false });
-  const log = pino({ base: null, timestamp: false, messageKey: 'msg', formatters: FORMATTERS, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }, dest);
+  // No redaction here: a record has a fixed shape with no header, cookie or password in it
+  // (newAccessRecord), and wildcard redaction cost ~9 % of a request's CPU (bench profile).
+  const log = pino({ base: null, timestamp: false, messageKey: 'msg', formatters: FORMATTERS }, dest);
   const reopen = () => {
     if (target === 'stdout') return;
     try {

@@ -50,6 +50,17 @@ export interface AuthRequest {
   readonly groupDns: readonly string[];
   /** The current policy's version: standing cached under another policy is not reused. */
   readonly policyVersion: string;
+  /** The client connection: a header it already proved is not checked again while its cache
+   * entries are fresh (a phone or Outlook repeats the same Basic header on every request). */
+  readonly connection?: object;
+}
+
+/** What a connection proved: its header, the identity, and until when that holds. */
+interface Proven {
+  readonly header: string;
+  readonly identity: Identity;
+  readonly until: number;
+  readonly policyVersion: string;
 }
 
 /** An NTLM claim: the logon a Type 3 names, and a fingerprint of that attempt. */
@@ -94,6 +105,7 @@ const LOCKED = 'too many wrong passwords from this kind of source';
 export class Authenticator {
   readonly cache: DecisionCache;
   readonly lockout: Lockout;
+  readonly #proven = new WeakMap<object, Proven>();
 
   constructor(
     private readonly deps: AuthenticatorDeps,
@@ -106,6 +118,10 @@ export class Authenticator {
   }
 
   async authenticate(req: AuthRequest): Promise<AuthOutcome> {
+    const proven = req.connection && this.#proven.get(req.connection);
+    if (proven && proven.header === req.header && proven.policyVersion === req.policyVersion && this.now() < proven.until) {
+      return { ok: true, identity: proven.identity, cache: 'hit' };
+    }
     const credential = parseBasic(req.header);
     if (credential === null) return fail('no-credentials', null, null);
     if (credential === 'malformed') return fail('bad-credentials', null, null, 'malformed Basic header');
@@ -138,11 +154,22 @@ export class Authenticator {
       }
       if (standing.refusal) return fail(standing.refusal, account.user, trace.use, 'account state changed since the password was checked');
       this.lockout.success(who, req.source, verdict.bound, accountKey(logon));
-      return { ok: true, identity: { ...account, groups: standing.groups }, cache: trace.use };
+      const identity = { ...account, groups: standing.groups };
+      if (req.connection && req.header !== undefined && trace.use !== 'stale') this.remember(req.connection, req.header, identity, key, req);
+      return { ok: true, identity, cache: trace.use };
     } catch (err) {
       if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', logon.display, trace.use, err.message);
       throw err;
     }
+  }
+
+  /** Remembers a proven header on its connection, until its password or standing entry ages. */
+  private remember(connection: object, header: string, identity: Identity, key: string, req: AuthRequest): void {
+    const until = Math.min(
+      this.cache.auth.freshUntil(key) ?? 0,
+      this.cache.standing.freshUntil(`${req.policyVersion}\0${dnKey(identity.dn)}`) ?? 0,
+    );
+    if (until > this.now()) this.#proven.set(connection, { header, identity, until, policyVersion: req.policyVersion });
   }
 
   /**

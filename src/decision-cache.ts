@@ -63,6 +63,11 @@ class FreshCache<T extends object> {
     return e && e.freshUntil > this.now() ? e.value : undefined;
   }
 
+  /** When the entry stops being fresh (ms), or undefined without one. */
+  freshUntil(key: string): number | undefined {
+    return this.#lru?.get(key)?.freshUntil;
+  }
+
   /** The entry if it is within its stale window (fresh ones too). */
   stale(key: string): T | undefined {
     const e = this.#lru?.get(key);

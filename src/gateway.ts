@@ -35,12 +35,15 @@ export interface Telemetry {
   readonly metrics: Metrics;
 }
 
+/** Told of forwarded requests that are long-polls (a graceful stop cuts those first). */
+export type LongPollHook = (res: ServerResponse) => void;
+
 /** The pipeline. `state` is read once per request, so a reload never splits a request in two. */
-export async function handle(req: IncomingMessage, res: ServerResponse, state: State, logs: Telemetry): Promise<void> {
+export async function handle(req: IncomingMessage, res: ServerResponse, state: State, logs: Telemetry, onLongPoll?: LongPollHook): Promise<void> {
   const record = newAccessRecord(req.socket, req);
   const written = recordOnceDone(logs, record, res);
   try {
-    await pipeline(req, res, record, state, logs.metrics);
+    await pipeline(req, res, record, state, logs.metrics, onLongPoll);
   } catch (err) {
     logs.app.error({ err, path: record.path }, 'internal error while handling a request');
     fail(req, res, record, 'upstream-error', { detail: 'internal error' });
@@ -49,7 +52,7 @@ export async function handle(req: IncomingMessage, res: ServerResponse, state: S
   }
 }
 
-async function pipeline(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State, metrics: Metrics): Promise<void> {
+async function pipeline(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State, metrics: Metrics, onLongPoll?: LongPollHook): Promise<void> {
   const head = checkHead(req);
   if (head) return deny(req, res, record, head.reason, { detail: head.detail, ...(head.status ? { status: head.status } : {}) });
   const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
@@ -103,10 +106,12 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
   }
   metrics.inFlight.inc({ service: route.service });
   res.once('close', () => metrics.inFlight.dec({ service: route.service }));
+  const idleMs = auth.identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
+  if (idleMs > LONG_POLL_MS) onLongPoll?.(res);
   forward(req, res, record, {
     host: route.host,
     settings,
-    idleMs: auth.identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS,
+    idleMs,
     auth: settings.auth,
     challenges,
     onStatus: settle,
@@ -122,7 +127,7 @@ function authenticate(req: IncomingMessage, route: { service: Service; path: str
   const header = req.headers.authorization;
   const context = { source: req.socket.remoteAddress ?? '', groupDns: state.policy.groupDns, policyVersion: state.policy.version };
   if (mode === 'basic' || (mode === 'basic+ntlm' && parseBasic(header) !== null)) {
-    return state.authenticator.authenticate({ header, ...context });
+    return state.authenticator.authenticate({ header, ...context, connection: req.socket });
   }
   const token = readNtlmHeader(header);
   if (header !== undefined && token === null) {
@@ -136,6 +141,8 @@ function authenticate(req: IncomingMessage, route: { service: Service; path: str
   });
 }
 
+/** A request allowed to stay silent longer than this counts as a long-poll. */
+const LONG_POLL_MS = 300_000;
 /** An NTLM handshake leg (no identity yet) may carry this much body, and wait this long. */
 const HANDSHAKE_MAX_BODY = 64 * 1024;
 const HANDSHAKE_IDLE_MS = 30_000;
@@ -181,6 +188,10 @@ function recordOnceDone(out: Telemetry, record: AccessRecord, res: ServerRespons
 /** A running gateway: TLS listener → HTTP server → handle(). */
 export class Gateway {
   #state: State;
+  #draining = false;
+  readonly #longPolls = new Set<ServerResponse>();
+  /** Responses not yet started: told to close their connection when a stop begins. */
+  readonly #pending = new Set<ServerResponse>();
   readonly tlsServer: TlsServer;
   readonly httpServer: HttpServer;
   readonly #sockets = new Set<Socket>();
@@ -194,9 +205,9 @@ export class Gateway {
       connectionsCheckingInterval: Math.min(5000, Math.ceil(http.headersTimeoutMs / 2)),   // …Node's default is 30 s
       keepAliveTimeout: http.keepAliveTimeoutMs,
       requireHostHeader: false,                // classify names the site by SNI then, or answers 421, and logs it
-    }, (req, res) => { void handle(req, res, this.#state, logs); });
+    }, (req, res) => this.serve(req, res));
     // Answer `Expect: 100-continue` only once the request is allowed (forward() sends the 100).
-    this.httpServer.on('checkContinue', (req, res) => { void handle(req, res, this.#state, logs); });
+    this.httpServer.on('checkContinue', (req, res) => this.serve(req, res));
     this.httpServer.on('clientError', (err: Error, socket: Socket) => {
       handleClientError(err, socket, this.#state, (r) => this.write(r));
     });
@@ -246,15 +257,33 @@ export class Gateway {
     });
   }
 
+  private serve(req: IncomingMessage, res: ServerResponse): void {
+    if (this.#draining) res.shouldKeepAlive = false;          // answered, then the connection closes
+    else {
+      this.#pending.add(res);
+      res.once('close', () => this.#pending.delete(res));
+    }
+    void handle(req, res, this.#state, this.logs, (r) => {
+      this.#longPolls.add(r);
+      r.once('close', () => this.#longPolls.delete(r));
+    });
+  }
+
   /**
-   * Stops accepting, lets requests in flight finish for up to `graceMs` (idle keep-alive
-   * connections are closed at once), then cuts what is left and closes the directory.
+   * A graceful stop: stops accepting, answers every request in flight with `Connection: close`
+   * and closes idle keep-alive connections; long-polls are cut after `longPollGraceMs` (their
+   * clients reconnect at once), everything else gets up to `graceMs`; then what is left is cut
+   * and the directory closed.
    */
-  async close(graceMs = 0): Promise<void> {
+  async close(graceMs = 0, longPollGraceMs = Math.min(graceMs, this.#state.config.http.longPollGraceMs)): Promise<void> {
+    this.#draining = true;
+    for (const res of this.#pending) if (!res.headersSent) res.shouldKeepAlive = false;
     const closed = new Promise<void>((resolve) => this.tlsServer.close(() => resolve()));
-    const deadline = Date.now() + graceMs;
+    const started = Date.now();
+    const deadline = started + graceMs;
     while (this.#sockets.size > 0 && Date.now() < deadline) {
       this.httpServer.closeIdleConnections();
+      if (Date.now() - started >= longPollGraceMs) for (const r of this.#longPolls) r.destroy();
       await new Promise((r) => setTimeout(r, 50));
     }
     for (const s of this.#sockets) s.destroy();
@@ -264,6 +293,10 @@ export class Gateway {
   }
 
   private accept(socket: TLSSocket): void {
+    if (this.#draining) {                                    // a handshake that finished during the stop
+      socket.destroy();
+      return;
+    }
     this.#sockets.add(socket);
     this.logs.metrics.openConnections.inc();
     socket.once('close', () => {

@@ -69,6 +69,10 @@ export interface Attempt {
   release(): void;
 }
 
+/** How often, at most, a cached sign-in refreshes its source's familiarity (and tells other
+ * workers); never less often than a tenth of familiarSeconds. */
+const FAMILIAR_REFRESH_MS = 60_000;
+
 /** A failure or success, as one process tells the others. */
 export type LockoutEvent =
   | { readonly kind: 'failure'; readonly account: string | null; readonly source: string; readonly fingerprint: string; readonly t: number }
@@ -180,6 +184,13 @@ export class Lockout {
    */
   success(account: string, source: string, verifiedByBind: boolean, name?: string): void {
     const t = this.now();
+    // A cached sign-in from a source already familiar (refreshed within the last minute) changes
+    // nothing worth recording, nor telling the other workers: the common case, kept cheap.
+    if (!verifiedByBind) {
+      const last = this.#accounts.get(account)?.sources.get(sourceKey(source));
+      const refresh = Math.min(FAMILIAR_REFRESH_MS, (this.#settings.familiarSeconds * 1000) / 10);
+      if (last !== undefined && t - last < refresh && (name === undefined || this.#names.get(name) === account)) return;
+    }
     this.applySuccess(account, source, verifiedByBind, name ?? null, t);
     this.onEvent?.({ kind: 'success', account, source, verifiedByBind, name: name ?? null, t });
   }

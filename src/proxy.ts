@@ -269,6 +269,10 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     this.route.onStatus?.(statusCode);
     const headers = responseHeaders(controller.rawHeaders as Buffer[] | undefined, statusCode, this.route.auth, this.route.challenges);
     this.res.writeHead(statusCode, statusMessage || undefined, headers);
+    // Head, body and end of a small response that arrive in one tick leave in one TLS write;
+    // a streamed response is uncorked at the end of each tick, so nothing waits.
+    this.res.cork();
+    this.#uncorkSoon();
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -282,6 +286,17 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   onResponseEnd(): void {
     this.#done = true;
     this.res.end();
+  }
+
+  #uncorkScheduled = false;
+
+  #uncorkSoon(): void {
+    if (this.#uncorkScheduled) return;
+    this.#uncorkScheduled = true;
+    process.nextTick(() => {
+      this.#uncorkScheduled = false;
+      if (this.res.writableCorked > 0) this.res.uncork();
+    });
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {

@@ -49,7 +49,9 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>, prev
     const policy = await loadPolicy(config.policyFile, directory, domain);
     const carry = previous && {
       lockout: previous.authenticator.lockout,              // reconfigured, never forgotten
-      cache: sameJson(previous.config.cache, config.cache) && sameJson(previous.config.directory, config.directory) ? previous.authenticator.cache : undefined,
+      // A `file` directory is re-read on reload: its users and groups may have changed.
+      cache: sameJson(previous.config.cache, config.cache) && sameJson(previous.config.directory, config.directory) && config.directory.type === 'ldap'
+        ? previous.authenticator.cache : undefined,
     };
     return Object.freeze({
       config, directory, domain, policy,

@@ -20,15 +20,31 @@ import type { RunningGateway } from './serve.js';
 import { scheduleMailboxFlags } from './mailbox-flags.js';
 
 const MESSAGE = 'exgate:lockout';
-const RESTART_DELAY_MS = 1000;
+/** Worker restarts back off from 1 s to 30 s; a worker that lived a minute resets the backoff. */
+const RESTART_MIN_MS = 1000;
+const RESTART_MAX_MS = 30_000;
+/** Workers that died before listening, in a row, before the primary gives up (exit 1). */
+const MAX_FAILED_STARTS = 5;
 
 /** Runs the primary until SIGTERM/SIGINT; resolves with the exit code. */
 export async function runPrimary(config: Config): Promise<number> {
   const log = appLogger(config.log.level);
   let stopping = false;
+  let delay = RESTART_MIN_MS;
+  let failedStarts = 0;
+  let giveUp: (() => void) | null = null;
   const fork = () => {
+    if (stopping) return;
     const worker = cluster.fork({ EXGATE_WORKER: '1' });
+    const started = Date.now();
+    let listening = false;
+    worker.on('listening', () => { listening = true; failedStarts = 0; });
     worker.on('message', (msg: unknown) => relay(worker, msg));
+    worker.once('exit', () => {
+      if (stopping) return;
+      if (Date.now() - started > 60_000) delay = RESTART_MIN_MS;
+      if (!listening) failedStarts++;
+    });
     return worker;
   };
   const relay = (from: Worker, msg: unknown) => {
@@ -37,8 +53,14 @@ export async function runPrimary(config: Config): Promise<number> {
   };
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
-    log.error({ pid: worker.process.pid, code, signal }, 'a worker died; starting another');
-    setTimeout(fork, RESTART_DELAY_MS).unref();
+    if (failedStarts >= MAX_FAILED_STARTS) {
+      log.fatal({ failedStarts }, 'workers keep failing to start; giving up');
+      giveUp?.();
+      return;
+    }
+    log.error({ pid: worker.process.pid, code, signal, restartInMs: delay }, 'a worker died; starting another');
+    setTimeout(fork, delay).unref();
+    delay = Math.min(delay * 2, RESTART_MAX_MS);
   });
   for (let i = 0; i < config.workers; i++) fork();
   log.info({ workers: config.workers }, 'exgate primary started');
@@ -46,24 +68,32 @@ export async function runPrimary(config: Config): Promise<number> {
   const admin = config.admin ? await startPrimaryAdmin(config) : null;
   const stopSync = scheduleMailboxFlags(config.file, config.mailboxFlags?.intervalMinutes ?? 0, log);
   process.on('SIGHUP', () => { for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP'); });
-  await new Promise<void>((resolve) => {
+  const code = await new Promise<number>((resolve) => {
+    giveUp = () => {
+      stopping = true;
+      stopSync();
+      admin?.close();
+      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
+      resolve(1);
+    };
     const stop = (signal: string) => {
+      if (stopping) return;
       stopping = true;
       stopSync();
       log.info({ signal }, 'stopping workers');
       admin?.close();
       const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
       let left = workers.length;
-      if (left === 0) resolve();
+      if (left === 0) resolve(0);
       for (const w of workers) {
-        w.once('exit', () => { if (--left === 0) resolve(); });
+        w.once('exit', () => { if (--left === 0) resolve(0); });
         w.process.kill('SIGTERM');
       }
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
   });
-  return 0;
+  return code;
 }
 
 /** In a worker: share this gateway's lockout with the other workers through the primary. */

@@ -86,7 +86,12 @@ export async function decide(configFile: string, userName: string, service: Serv
       const route = classify(name, name, `/${service}/`, config.names);
       if (!route.ok && route.reason === 'misdirected') return { ...answer, reason: 'misdirected', notes: [...answer.notes, route.detail] };
     }
+    // As a request: a service denied to everyone is refused before anyone is looked up.
     const anonymous = authorizeAnonymous(service, policy);
+    if (anonymous) {
+      answer.rules = [...(allRules?.deny ?? []), ...(allRules?.allow ?? [])].map((r) => ({ id: r.id, effect: r.effect, matched: r.id === anonymous.rule }));
+      return { ...answer, reason: anonymous.reason, rule: anonymous.rule, notes: [...answer.notes, 'refused before credentials are asked'] };
+    }
     if (logon.kind === 'refused') return { ...answer, notes: [...answer.notes, logon.why] };
     const account = await directory.findAccount(logon);
     if (!account) return { ...answer, notes: [...answer.notes, 'no such account'] };
@@ -100,7 +105,6 @@ export async function decide(configFile: string, userName: string, service: Serv
     answer.rules = [...(allRules?.deny ?? []), ...(allRules?.allow ?? [])].map((r) => ({
       id: r.id, effect: r.effect, matched: r.everyone || r.users.has(key) || [...r.groups].some((g) => memberships.has(g)),
     }));
-    if (anonymous) return { ...answer, reason: anonymous.reason, rule: anonymous.rule, notes: [...answer.notes, 'refused before credentials are asked'] };
     if (status.refusal) return { ...answer, reason: status.refusal };
     const decision = authorize(service, { dn: account.dn, groups: memberships }, policy);
     return { ...answer, decision: decision.allow ? 'allow' : 'deny', reason: decision.reason, rule: decision.rule };

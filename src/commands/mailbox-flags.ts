@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { appLogger } from '../access-log.js';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
-import { byMailbox, setLine } from '../mailbox-flags/powershell.js';
+import { byMailbox, quotable, setLine } from '../mailbox-flags/powershell.js';
 import { applyPlan, planSync, type SyncPlan } from '../mailbox-flags/sync.js';
 import { loadPolicy } from '../policy/compile.js';
 import { logonDomain, openDirectory } from '../state.js';
@@ -81,7 +81,9 @@ function printPlan(planned: SyncPlan, limit: number, json: boolean, out: NodeJS.
   if (planned.overShare) out.write(`apply would refuse: ${shareRefusal(plan.blocked, plan.total, limit)} (--force overrides)\n`);
   if (plan.missing.length > 0) out.write(`${plan.missing.length} mailboxes in AD were not reported by Exchange and are left alone\n`);
   out.write('\nPowerShell that apply would run:\n');
-  for (const m of byMailbox(plan.changes)) out.write(setLine(m) + '\n');
+  for (const m of byMailbox(plan.changes)) {
+    out.write(quotable(m.identity) ? setLine(m) + '\n' : `# skipped: ${JSON.stringify(m.identity)} has a control character\n`);
+  }
   return 0;
 }
 

@@ -118,8 +118,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
  * clients that connect while the gateway restarts wait in its backlog instead of being refused.
  */
 function systemdSocket(): number | null {
-  if (cluster.isWorker || process.env.LISTEN_PID !== String(process.pid) || Number(process.env.LISTEN_FDS) < 1) return null;
-  return 3;
+  return !cluster.isWorker && systemdSocketPassed() ? 3 : null;
 }
 
 /** Every file a state is built from. */
@@ -155,7 +154,22 @@ export async function serve(file: string): Promise<number> {
     }
     throw err;
   }
-  if (config.workers > 1 && cluster.isPrimary) return runPrimary(config);
+  if (config.workers > 1 && cluster.isPrimary) {
+    if (systemdSocketPassed()) {
+      process.stderr.write(`${config.file}: workers: socket activation (exgate.socket) needs workers: 1\n`);
+      return 1;
+    }
+    return runPrimary(config);
+  }
+
+  // Signals that arrive while starting must not kill the process with their default action.
+  let reload = (): void => {};
+  let stop: ((signal: string) => void) | null = null;
+  let stopAsked: string | null = null;
+  process.on('SIGHUP', () => reload());
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => { if (stop) stop(signal); else stopAsked ??= signal; });
+  }
 
   let running: RunningGateway | undefined;
   for (;;) {
@@ -163,31 +177,41 @@ export async function serve(file: string): Promise<number> {
       running = await startGateway(file, cluster.isWorker ? { adminPort: false } : {});
       break;
     } catch (err) {
-      if (err instanceof ConfigError) {
-        process.stderr.write(`${err.message}\n`);
+      const message = err instanceof Error ? err.message : String(err);
+      if (!(err instanceof DirectoryUnavailableError) || stopAsked) {
+        process.stderr.write(`${message}\n`);
+        // A worker that cannot start must end (its IPC channel would keep it alive): the
+        // primary sees it and starts another, with backoff.
+        if (cluster.isWorker) process.exit(1);
         return 1;
       }
-      if (!(err instanceof DirectoryUnavailableError)) throw err;
-      process.stderr.write(`exgate: ${err.message}; retrying in ${RETRY_MS / 1000} s\n`);
+      process.stderr.write(`exgate: ${message}; retrying in ${RETRY_MS / 1000} s\n`);
       await new Promise((r) => setTimeout(r, RETRY_MS));
     }
   }
   const gw = running;
   if (cluster.isWorker) joinCluster(gw);
   const stopSync = cluster.isWorker ? () => {} : scheduleMailboxFlags(file, config.mailboxFlags?.intervalMinutes ?? 0, gw.log);
-  process.on('SIGHUP', () => { void gw.reload(); });
+  reload = () => { void gw.reload(); };
   await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
+    let stopping = false;
+    stop = (signal: string) => {
+      if (stopping) return;                        // a second SIGTERM (systemd, the primary) changes nothing
+      stopping = true;
       gw.log.info({ signal }, 'stopping');
       stopSync();
       void gw.close(gw.gateway.state.config.http.shutdownGraceMs).then(resolve);
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    if (stopAsked) stop(stopAsked);
   });
   // Everything is closed; whatever still holds the event loop (an IPC channel, a socket a
   // library keeps) must not keep a stopped gateway alive.
   setTimeout(() => process.exit(0), 1000).unref();
   if (cluster.isWorker) process.disconnect?.();
   return 0;
+}
+
+/** True when systemd passed a listening socket to this process (socket activation). */
+function systemdSocketPassed(): boolean {
+  return process.env.LISTEN_PID === String(process.pid) && Number(process.env.LISTEN_FDS) >= 1;
 }

@@ -198,6 +198,9 @@ const mailboxFlags = z.strictObject({
 const http = z.strictObject({
   /** On SIGTERM, how long requests in flight may take to finish before they are cut. Default: 10000. */
   shutdownGraceMs: z.number().int().min(0).default(10_000),
+  /** On SIGTERM, how long long-polls (ActiveSync Ping, NotificationWait, …) may go on before they
+   * are cut; their clients reconnect at once. At most shutdownGraceMs. Default: 5000. */
+  longPollGraceMs: z.number().int().min(0).default(5000),
   /** Slow-header (slowloris) limit for a request's headers. Default: 30000. */
   headersTimeoutMs: positive.default(30_000),
   /** How long an idle client connection is kept open between requests. Default: 100000. */

@@ -32,6 +32,11 @@ export interface MailboxChange {
   readonly flags: readonly { readonly flag: CasFlag; readonly to: boolean }[];
 }
 
+/** True when an identity can be written as a PowerShell string (no control characters). */
+export function quotable(text: string): boolean {
+  return !CONTROL.test(text);
+}
+
 /** Groups a plan's changes by mailbox, in plan order. */
 export function byMailbox(changes: readonly Change[]): MailboxChange[] {
   const out = new Map<string, { flag: CasFlag; to: boolean }[]>();
@@ -48,11 +53,20 @@ export function setLine(m: MailboxChange): string {
   return `Set-CASMailbox -Identity ${quote(m.identity)} ${m.flags.map((f) => `-${f.flag}:$${f.to}`).join(' ')}`;
 }
 
-/** The script for a batch: each Set line, then `exgate-ok N` or `exgate-failed N` by its outcome. */
-export function changeScript(batch: readonly MailboxChange[], first = 0): string {
+/**
+ * The script for a batch: each Set line, then `exgate-ok <nonce> N`, or `exgate-failed <nonce> N`
+ * and the error's message, judged by whether `$Error` grew: `$?` is not reliable after the proxy
+ * functions Import-PSSession makes for remote cmdlets. The nonce (fresh per run) keeps anything
+ * a cmdlet prints from passing for a result line.
+ */
+export function changeScript(batch: readonly MailboxChange[], nonce: string, first = 0): string {
   const lines = ["$ErrorActionPreference = 'Continue'"];
   batch.forEach((m, i) => {
-    lines.push(setLine(m), `if ($?) { 'exgate-ok ${first + i}' } else { 'exgate-failed ${first + i}' }`);
+    lines.push(
+      '$exgateErrors = $Error.Count',
+      setLine(m),
+      `if ($Error.Count -eq $exgateErrors) { 'exgate-ok ${nonce} ${first + i}' } else { 'exgate-failed ${nonce} ${first + i}'; $Error[0].Exception.Message }`,
+    );
   });
   return lines.join('\n') + '\n';
 }

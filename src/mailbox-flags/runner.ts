@@ -4,9 +4,10 @@
  * current flags with it, and applies changes with it in batches, reporting each mailbox.
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { dnKey } from '../directory/directory.js';
 import type { CasFlag } from './plan.js';
-import { changeScript, readScript, type MailboxChange } from './powershell.js';
+import { changeScript, quotable, readScript, type MailboxChange } from './powershell.js';
 
 export interface RunnerSettings {
   readonly command: readonly string[];
@@ -26,7 +27,11 @@ export function run(settings: RunnerSettings, script: string): Promise<RunResult
     const child = spawn(cmd as string, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    const timer = setTimeout(() => child.kill('SIGKILL'), settings.timeoutMs);
+    // SIGTERM first: the runner closes its remote session (Exchange limits shells per user).
+    const timer = setTimeout(() => {
+      child.kill('SIGTERM');
+      setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
+    }, settings.timeoutMs);
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString('utf8'); });
     child.stderr.on('data', (d: Buffer) => { stderr += d.toString('utf8'); });
     child.on('error', (err) => { clearTimeout(timer); reject(err); });
@@ -67,29 +72,29 @@ export interface MailboxResult {
 }
 
 /** Applies changes in batches; one mailbox's failure does not stop the rest. */
-export async function applyChanges(settings: RunnerSettings, changes: readonly MailboxChange[], batchSize: number): Promise<MailboxResult[]> {
-  const results: MailboxResult[] = [];
+export async function applyChanges(settings: RunnerSettings, all: readonly MailboxChange[], batchSize: number): Promise<MailboxResult[]> {
+  const results: MailboxResult[] = all.filter((m) => !quotable(m.identity))
+    .map((m) => ({ identity: m.identity, ok: false, error: 'the identity has a control character and cannot be written safely' }));
+  const changes = all.filter((m) => quotable(m.identity));
+  const nonce = randomBytes(6).toString('hex');
   for (let start = 0; start < changes.length; start += batchSize) {
     const batch = changes.slice(start, start + batchSize);
     let outcome: RunResult | null = null;
     let failure = '';
     try {
-      outcome = await run(settings, changeScript(batch, start));
+      outcome = await run(settings, changeScript(batch, nonce, start));
     } catch (err) {
       failure = err instanceof Error ? err.message : String(err);
     }
-    const lines = new Set((outcome?.stdout ?? '').split(/\r?\n/).map((l) => l.trim()));
+    const lines = (outcome?.stdout ?? '').split(/\r?\n/).map((l) => l.trim());
     batch.forEach((m, i) => {
-      const ok = lines.has(`exgate-ok ${start + i}`);
+      const ok = lines.includes(`exgate-ok ${nonce} ${start + i}`);
+      const failedAt = lines.indexOf(`exgate-failed ${nonce} ${start + i}`);
       results.push(ok ? { identity: m.identity, ok } : {
         identity: m.identity, ok,
-        error: failure || (lines.has(`exgate-failed ${start + i}`) ? firstError(outcome?.stderr ?? '') : 'no result from the runner'),
+        error: failure || (failedAt >= 0 ? (lines[failedAt + 1] || 'Set-CASMailbox failed').slice(0, 300) : 'no result from the runner'),
       });
     });
   }
   return results;
-}
-
-function firstError(stderr: string): string {
-  return stderr.split(/\r?\n/).find((l) => l.trim() !== '')?.trim().slice(0, 300) ?? 'Set-CASMailbox failed';
 }

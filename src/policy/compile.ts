@@ -60,7 +60,8 @@ export async function loadPolicy(file: string, directory: Directory, domain: Log
 
   return Object.freeze({
     mode: raw.mode,
-    version: createHash('sha256').update(yaml.text).digest('hex').slice(0, 16),
+    // The text and what its names resolved to: a group renamed or moved in AD is a new policy.
+    version: createHash('sha256').update(yaml.text).update(JSON.stringify([...groupNames.keys()])).digest('hex').slice(0, 16),
     file,
     byService: index(rules),
     groupDns: [...groupNames.keys()],

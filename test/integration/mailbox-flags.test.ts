@@ -183,7 +183,7 @@ describe('mailbox-flags plan and apply', () => {
     writeState({ mailboxes: mailboxes(['alice', 'carol']), failIdentities: [USERS.alice.dn] });
     const r = await exgate('apply', '--config', config);
     expect(r.code).toBe(1);
-    expect(r.stdout).toMatch(/FAILED CN=Alice Anders/);
+    expect(r.stdout).toMatch(/FAILED CN=Alice Anders[^\n]*injected failure/);
     expect(flagsOf(USERS.carol.dn)).toEqual([false, false]);
     expect(flagsOf(USERS.bob.dn)).toEqual([true, true]);
   });

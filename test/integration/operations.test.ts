@@ -135,9 +135,9 @@ describe('exgate explain', () => {
 });
 
 describe('graceful stop', () => {
-  it('on SIGTERM stops accepting, finishes a long-poll in flight, and exits 0', async () => {
+  it('on SIGTERM stops accepting, finishes a long-poll within its grace, cuts a longer one, and exits 0', async () => {
     const h = await startHarness({ directory: 'file' });
-    const config = readFileSync(h.configFile, 'utf8').replace(/port: \d+/, 'port: 0') + 'http:\n  shutdownGraceMs: 8000\n';
+    const config = readFileSync(h.configFile, 'utf8').replace(/port: \d+/, 'port: 0') + 'http:\n  shutdownGraceMs: 8000\n  longPollGraceMs: 4000\n';
     const file = join(h.dir, 'serve.yaml');
     writeFileSync(file, config);
     await h.running.close();                                             // keep the stand-in, run the gateway as a process
@@ -153,13 +153,24 @@ describe('graceful stop', () => {
         headers: { host: EXTERNAL, authorization: basic('alice', USERS.alice.password), 'x-standin-heartbeat-ms': '2000' },
       });
       await until(() => h.standin.seen((r) => r.url.includes('DeviceId=term')) === 1);
+      const client2 = clientFor({ ...h, origin: `https://127.0.0.1:${port}`, port });
+      const endless = client2.request({
+        path: '/Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=endless&DeviceType=t', method: 'POST', body: 'x',
+        headers: { host: EXTERNAL, authorization: basic('alice', USERS.alice.password), 'x-standin-heartbeat-ms': '600000' },
+      }).then(() => 'answered', () => 'cut');
+      await until(() => h.standin.seen((r) => r.url.includes('DeviceId=endless')) === 1);
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      const stopped = Date.now();
       child.kill('SIGTERM');
-      const res = await ping;
+      const res = await ping;                                              // within longPollGraceMs: answered
       expect(res.statusCode).toBe(200);
+      expect(res.headers.connection).toBe('close');
       await res.body.dump();
       await client.close();
+      expect(await endless).toBe('cut');                                   // past it: cut, the client reconnects
+      await client2.destroy();
       expect(await exited).toBe(0);
+      expect(Date.now() - stopped).toBeLessThan(8000);
     } finally {
       child.kill('SIGKILL');
       await h.standin.close();

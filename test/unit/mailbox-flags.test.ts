@@ -116,10 +116,11 @@ describe('PowerShell', () => {
       { identity: "CN=Seán O'Brien,CN=Users,DC=lab,DC=test", flag: 'MAPIBlockOutlookExternalConnectivity', from: false, to: true, reason: 'r', blocks: true },
     ]);
     expect(setLine(changes[0]!)).toBe("Set-CASMailbox -Identity 'CN=Seán O''Brien,CN=Users,DC=lab,DC=test' -MAPIBlockOutlookRpcHttp:$true -MAPIBlockOutlookExternalConnectivity:$true");
-    expect(changeScript(changes, 7).split('\n')).toEqual([
+    expect(changeScript(changes, 'n0nce', 7).split('\n')).toEqual([
       "$ErrorActionPreference = 'Continue'",
+      '$exgateErrors = $Error.Count',
       "Set-CASMailbox -Identity 'CN=Seán O''Brien,CN=Users,DC=lab,DC=test' -MAPIBlockOutlookRpcHttp:$true -MAPIBlockOutlookExternalConnectivity:$true",
-      "if ($?) { 'exgate-ok 7' } else { 'exgate-failed 7' }",
+      "if ($Error.Count -eq $exgateErrors) { 'exgate-ok n0nce 7' } else { 'exgate-failed n0nce 7'; $Error[0].Exception.Message }",
       '',
     ]);
     expect(readScript(['MAPIBlockOutlookRpcHttp'])).toContain('Get-CASMailbox -ResultSize Unlimited | Select-Object DistinguishedName,MAPIBlockOutlookRpcHttp | ConvertTo-Json -Depth 2 -Compress');
