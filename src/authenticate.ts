@@ -190,7 +190,7 @@ export class Authenticator {
       const account = await this.account(req.logon, trace);
       if (!account) return unknown('no such account', trace.use);
       const who = dnKey(account.dn);
-      const attempt = this.lockout.reserve(who, req.source, req.fingerprint);
+      const attempt = await this.lockout.reserveShared(who, req.source, req.fingerprint);
       if (attempt.verdict !== 'open') return lockedOut(account.user, trace.use, attempt.verdict === 'source-blocked' ? { status: 429 } : {});
       let standing: Standing;
       try {
@@ -257,7 +257,7 @@ export class Authenticator {
       if (verdict !== 'open') return { refusal: 'gateway-lockout', ...(verdict === 'source-blocked' ? { status: 429 } : {}) };
       return { refusal: null, verifiedAt: cached.verifiedAt, bound: false };
     }
-    const attempt = this.lockout.reserve(who, source, key);
+    const attempt = await this.lockout.reserveShared(who, source, key);
     if (attempt.verdict === 'source-blocked') return { refusal: 'gateway-lockout', status: 429 };
     if (attempt.verdict === 'account-locked') return { refusal: 'gateway-lockout' };
     try {

@@ -81,6 +81,8 @@ export type LockoutEvent =
 export class Lockout {
   /** Told of every failure and success recorded here (not of those applied from elsewhere). */
   onEvent: ((e: LockoutEvent) => void) | null = null;
+  /** With workers: reservations made by the primary, which sees every worker's attempts in flight. */
+  remote: ((account: string, source: string, fingerprint: string) => Promise<Attempt>) | null = null;
   #settings: LockoutSettings;
   readonly #accounts: LRUCache<string, AccountState>;
   readonly #sources: LRUCache<string, SourceState>;
@@ -124,6 +126,13 @@ export class Lockout {
     if (!state) return false;
     const since = this.since();
     return state.last > since && [state.familiar, state.unfamiliar].some((c) => c.failures.has(fingerprint));
+  }
+
+  /** reserve(), by the primary when there is one (workers), else here. */
+  async reserveShared(account: string, source: string, fingerprint: string): Promise<Attempt> {
+    const local = this.check(account, source);
+    if (local !== 'open' || this.remote === null) return local !== 'open' ? { verdict: local, release: () => {} } : this.reserve(account, source, fingerprint);
+    return this.remote(account, source, fingerprint);
   }
 
   /** check(); when open, the attempt counts as a failure until release(). */

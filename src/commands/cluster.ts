@@ -5,14 +5,16 @@
  * SIGTERM stops them gracefully, then the primary. A worker that dies is replaced.
  *
  * The smart lockout stays consistent: every failure and success a worker records is sent to the
- * primary, which hands it to every other worker (lockout.ts `apply`). Attempts in flight are
- * counted per worker only.
+ * primary, which applies it to its own copy and hands it to every other worker (lockout.ts
+ * `apply`); a new worker starts from the events so far. Before a bind, a worker reserves the
+ * attempt with the primary, which counts every worker's attempts in flight: a burst spread over
+ * the workers cannot slip past the threshold.
  */
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import { startAdmin } from '../admin.js';
 import type { Config } from '../config/load.js';
-import type { LockoutEvent } from '../lockout.js';
+import { Lockout, type Attempt, type LockoutEvent, type LockoutVerdict } from '../lockout.js';
 import { openDirectory } from '../state.js';
 import { Upstream } from '../proxy.js';
 import { appLogger } from '../access-log.js';
@@ -20,6 +22,14 @@ import type { RunningGateway } from './serve.js';
 import { scheduleMailboxFlags } from './mailbox-flags.js';
 
 const MESSAGE = 'exgate:lockout';
+const RESERVE = 'exgate:reserve';
+const RESERVED = 'exgate:reserved';
+const RELEASE = 'exgate:release';
+const REPLAY = 'exgate:replay';
+/** Events kept for a new worker (its lockout starts from them), at most. */
+const REPLAY_MAX = 100_000;
+/** A worker waits this long for the primary's reservation before deciding alone. */
+const RESERVE_TIMEOUT_MS = 2000;
 /** Worker restarts back off from 1 s to 30 s; a worker that lived a minute resets the backoff. */
 const RESTART_MIN_MS = 1000;
 const RESTART_MAX_MS = 30_000;
@@ -47,10 +57,29 @@ export async function runPrimary(config: Config): Promise<number> {
     });
     return worker;
   };
+  // The primary's own lockout: every worker's events, and every attempt in flight (reservations).
+  const lockout = new Lockout(config.lockout);
+  const recent: LockoutEvent[] = [];
+  const reservations = new Map<string, () => void>();
   const relay = (from: Worker, msg: unknown) => {
-    if (!isLockoutMessage(msg)) return;
-    for (const w of Object.values(cluster.workers ?? {})) if (w && w !== from && w.isConnected()) w.send(msg);
+    if (isLockoutMessage(msg)) {
+      lockout.apply(msg.event);
+      recent.push(msg.event);
+      if (recent.length > REPLAY_MAX) recent.splice(0, recent.length - REPLAY_MAX);
+      for (const w of Object.values(cluster.workers ?? {})) if (w && w !== from && w.isConnected()) w.send(msg);
+    } else if (isReserve(msg)) {
+      const attempt = lockout.reserve(msg.account, msg.source, msg.fingerprint);
+      if (attempt.verdict === 'open') reservations.set(`${from.id}:${msg.id}`, attempt.release);
+      from.send({ type: RESERVED, id: msg.id, verdict: attempt.verdict });
+    } else if (isRelease(msg)) {
+      reservations.get(`${from.id}:${msg.id}`)?.();
+      reservations.delete(`${from.id}:${msg.id}`);
+    }
   };
+  cluster.on('online', (worker) => worker.send({ type: REPLAY, events: recent }));
+  cluster.on('exit', (worker) => {
+    for (const [key, release] of reservations) if (key.startsWith(`${worker.id}:`)) { release(); reservations.delete(key); }
+  });
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
     if (failedStarts >= MAX_FAILED_STARTS) {
@@ -105,15 +134,50 @@ export function joinCluster(running: RunningGateway): void {
     lockout().onEvent = (event) => process.send?.({ type: MESSAGE, event });
   };
   wire();
+  // Binds are reserved by the primary, which sees the attempts in flight of every worker.
+  let next = 0;
+  const waiting = new Map<number, (verdict: LockoutVerdict) => void>();
+  lockout().remote = (account, source, fingerprint) => new Promise<Attempt>((resolve) => {
+    const id = ++next;
+    const timer = setTimeout(() => {                  // the primary did not answer: decide alone
+      waiting.delete(id);
+      resolve(lockout().reserve(account, source, fingerprint));
+    }, RESERVE_TIMEOUT_MS);
+    waiting.set(id, (verdict) => {
+      clearTimeout(timer);
+      resolve({ verdict, release: () => { if (verdict === 'open') process.send?.({ type: RELEASE, id }); } });
+    });
+    process.send?.({ type: RESERVE, id, account, source, fingerprint });
+  });
   process.on('message', (msg: unknown) => {
     if (isLockoutMessage(msg)) lockout().apply(msg.event);
+    else if (isReplay(msg)) for (const e of msg.events) lockout().apply(e);
+    else if (isReserved(msg)) {
+      waiting.get(msg.id)?.(msg.verdict);
+      waiting.delete(msg.id);
+    }
   });
   // A reload keeps the Lockout object (state.ts); wire again in case a future reload does not.
   process.on('SIGHUP', () => setTimeout(wire, 1000).unref());
 }
 
 function isLockoutMessage(msg: unknown): msg is { type: typeof MESSAGE; event: LockoutEvent } {
-  return typeof msg === 'object' && msg !== null && (msg as { type?: unknown }).type === MESSAGE;
+  return typeOf(msg) === MESSAGE;
+}
+function isReserve(msg: unknown): msg is { id: number; account: string; source: string; fingerprint: string } {
+  return typeOf(msg) === RESERVE;
+}
+function isReserved(msg: unknown): msg is { id: number; verdict: LockoutVerdict } {
+  return typeOf(msg) === RESERVED;
+}
+function isRelease(msg: unknown): msg is { id: number } {
+  return typeOf(msg) === RELEASE;
+}
+function isReplay(msg: unknown): msg is { events: LockoutEvent[] } {
+  return typeOf(msg) === REPLAY;
+}
+function typeOf(msg: unknown): unknown {
+  return typeof msg === 'object' && msg !== null ? (msg as { type?: unknown }).type : undefined;
 }
 
 /** The admin listener in the primary: its own directory and upstream probes, workers' metrics. */

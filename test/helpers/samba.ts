@@ -742,7 +742,9 @@ export async function startSamba(opts: StartSambaOptions = {}): Promise<SambaHan
       if (stopped) return;
       stopped = true;
       await killServer();
-      rmSync(dir, { recursive: true, force: true });
+      // Prefork children may still be writing for a moment after the master: let them go, then remove.
+      await assertPortsFree(5000).catch(() => {});
+      rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
     },
   };
   return handle;

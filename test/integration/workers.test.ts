@@ -82,6 +82,19 @@ describe('workers', () => {
     expect((await request(`http://127.0.0.1:${adminPort}/healthz`)).statusCode).toBe(200);
   });
 
+  it('counts attempts in flight on every worker: a parallel burst of wrong passwords gets at most the threshold of binds', async () => {
+    const badCredentials = async () => {
+      const text = await (await request(`http://127.0.0.1:${adminPort}/metrics`)).body.text();
+      return [...text.matchAll(/exgate_requests_total\{[^}]*reason="bad-credentials"\} (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+    };
+    const before = await badCredentials();
+    const guesses = Array.from({ length: 12 }, (_, i) => `burst-${i}`);
+    const statuses = await Promise.all(guesses.map((g) => send(target(), '/owa/', { user: 'henry', password: g }).then((r) => r.status)));
+    expect(statuses.every((s) => s === 401)).toBe(true);
+    expect((await badCredentials()) - before).toBeLessThanOrEqual(3);   // threshold 3: the rest are refused before a bind
+    expect(h.standin.seen((r) => r.user === 'henry')).toBe(0);
+  });
+
   it('stops every worker and the primary on SIGTERM, exit 0', async () => {
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     child.kill('SIGTERM');

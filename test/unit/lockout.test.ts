@@ -377,6 +377,33 @@ describe('Lockout.reserve: attempts in flight', () => {
   });
 });
 
+describe('Lockout.reserveShared: workers reserve with the primary', () => {
+  it('reserves locally without a primary', async () => {
+    const { lockout } = setup();
+    for (let i = 0; i < 3; i++) expect((await lockout.reserveShared(ALICE, ATTACKER, `p${i}`)).verdict).toBe('open');
+    expect((await lockout.reserveShared(ALICE, ATTACKER, 'p3')).verdict).toBe('account-locked');
+  });
+
+  it('asks the primary when the local state is open, and keeps no local reservation', async () => {
+    const { lockout } = setup();
+    const asked: string[] = [];
+    lockout.remote = async (account, _source, fingerprint) => { asked.push(`${account}/${fingerprint}`); return { verdict: 'account-locked', release: () => {} }; };
+    expect((await lockout.reserveShared(ALICE, ATTACKER, 'p0')).verdict).toBe('account-locked');
+    expect(asked).toEqual([`${ALICE}/p0`]);
+    lockout.remote = null;
+    expect(lockout.check(ALICE, ATTACKER)).toBe('open');
+  });
+
+  it('refuses without asking when the local state is already locked', async () => {
+    const { lockout, fail } = setup();
+    fail(ALICE, ATTACKER, 3);
+    let asked = 0;
+    lockout.remote = async () => { asked++; return { verdict: 'open', release: () => {} }; };
+    expect((await lockout.reserveShared(ALICE, ATTACKER, 'x')).verdict).toBe('account-locked');
+    expect(asked).toBe(0);
+  });
+});
+
 describe('Lockout.reconfigure', () => {
   it('keeps the counts and applies the new threshold', () => {
     const { lockout, fail } = setup();
