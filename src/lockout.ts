@@ -83,6 +83,8 @@ export class Lockout {
   onEvent: ((e: LockoutEvent) => void) | null = null;
   /** With workers: reservations made by the primary, which sees every worker's attempts in flight. */
   remote: ((account: string, source: string, fingerprint: string) => Promise<Attempt>) | null = null;
+  /** Told of new settings (a worker tells the primary, whose reservations must use them too). */
+  onReconfigure: ((settings: LockoutSettings) => void) | null = null;
   #settings: LockoutSettings;
   readonly #accounts: LRUCache<string, AccountState>;
   readonly #sources: LRUCache<string, SourceState>;
@@ -107,6 +109,7 @@ export class Lockout {
   /** New settings, same memory: a reload must not forgive an attacker. */
   reconfigure(settings: LockoutSettings): void {
     this.#settings = settings;
+    this.onReconfigure?.(settings);
   }
 
   /** May this source try this account now? `account` null: only the source's limits apply. */

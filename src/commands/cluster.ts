@@ -14,7 +14,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import { startAdmin } from '../admin.js';
 import type { Config } from '../config/load.js';
-import { Lockout, type Attempt, type LockoutEvent, type LockoutVerdict } from '../lockout.js';
+import { Lockout, type Attempt, type LockoutEvent, type LockoutSettings, type LockoutVerdict } from '../lockout.js';
 import { openDirectory } from '../state.js';
 import { Upstream } from '../proxy.js';
 import { appLogger } from '../access-log.js';
@@ -26,6 +26,7 @@ const RESERVE = 'exgate:reserve';
 const RESERVED = 'exgate:reserved';
 const RELEASE = 'exgate:release';
 const REPLAY = 'exgate:replay';
+const SETTINGS = 'exgate:settings';
 /** Events kept for a new worker (its lockout starts from them), at most. */
 const REPLAY_MAX = 100_000;
 /** A worker waits this long for the primary's reservation before deciding alone. */
@@ -71,6 +72,8 @@ export async function runPrimary(config: Config): Promise<number> {
       const attempt = lockout.reserve(msg.account, msg.source, msg.fingerprint);
       if (attempt.verdict === 'open') reservations.set(`${from.id}:${msg.id}`, attempt.release);
       from.send({ type: RESERVED, id: msg.id, verdict: attempt.verdict });
+    } else if (isSettings(msg)) {
+      lockout.reconfigure(msg.settings);                  // a worker reloaded (SIGHUP or a changed file)
     } else if (isRelease(msg)) {
       reservations.get(`${from.id}:${msg.id}`)?.();
       reservations.delete(`${from.id}:${msg.id}`);
@@ -132,6 +135,7 @@ export function joinCluster(running: RunningGateway): void {
   const lockout = () => running.gateway.state.authenticator.lockout;
   const wire = () => {
     lockout().onEvent = (event) => process.send?.({ type: MESSAGE, event });
+    lockout().onReconfigure = (settings) => process.send?.({ type: SETTINGS, settings });
   };
   wire();
   // Binds are reserved by the primary, which sees the attempts in flight of every worker.
@@ -172,6 +176,9 @@ function isReserved(msg: unknown): msg is { id: number; verdict: LockoutVerdict 
 }
 function isRelease(msg: unknown): msg is { id: number } {
   return typeOf(msg) === RELEASE;
+}
+function isSettings(msg: unknown): msg is { settings: LockoutSettings } {
+  return typeOf(msg) === SETTINGS;
 }
 function isReplay(msg: unknown): msg is { events: LockoutEvent[] } {
   return typeOf(msg) === REPLAY;

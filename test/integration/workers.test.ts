@@ -25,6 +25,7 @@ let child: ChildProcess;
 let port: number;
 let adminPort: number;
 let stderr = '';
+let file: string;
 
 beforeAll(async () => {
   h = await startHarness({ directory: 'file' });
@@ -38,7 +39,7 @@ beforeAll(async () => {
     admin: { host: '127.0.0.1', port: adminPort },
     lockout: { threshold: 3, windowSeconds: 600, sourceAccounts: 1000, sourceFailures: 100000 },
   });
-  const file = join(h.dir, 'workers.yaml');
+  file = join(h.dir, 'workers.yaml');
   writeFileSync(file, stringify(config));
   child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'bin', 'exgate.js'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
@@ -93,6 +94,21 @@ describe('workers', () => {
     expect(statuses.every((s) => s === 401)).toBe(true);
     expect((await badCredentials()) - before).toBeLessThanOrEqual(3);   // threshold 3: the rest are refused before a bind
     expect(h.standin.seen((r) => r.user === 'henry')).toBe(0);
+  });
+
+  it('applies a new lockout threshold on SIGHUP in every worker and in the primary', async () => {
+    const config = parse(readFileSync(file, 'utf8')) as { lockout: Record<string, unknown> };
+    config.lockout.threshold = 10;                               // grace, locked at 3, may try again
+    writeFileSync(file, stringify(config));
+    const reloads = () => (stderr.match(/"msg":"reloaded"/g) ?? []).length;
+    const before = reloads();
+    child.kill('SIGHUP');
+    const end = Date.now() + 10_000;
+    while (reloads() < before + 2) {
+      if (Date.now() > end) throw new Error(`workers did not reload:\n${stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (let i = 0; i < 4; i++) expect((await send(target(), '/owa/', { user: 'grace', password: USERS.grace.password })).status).toBe(200);
   });
 
   it('stops every worker and the primary on SIGTERM, exit 0', async () => {
