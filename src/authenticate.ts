@@ -123,7 +123,7 @@ export class Authenticator {
       return { ok: true, identity: proven.identity, cache: 'hit' };
     }
     const credential = parseBasic(req.header);
-    if (credential === null) return fail('no-credentials', null, null);
+    if (credential === null) return fail('no-credentials', null, null, req.header === undefined ? undefined : foreignScheme(req.header));
     if (credential === 'malformed') return fail('bad-credentials', null, null, 'malformed Basic header');
     const logon = parseLogon(credential.user, this.deps.domain);
     const unknown = (why: string, cache: CacheUse | null): Failure => {
@@ -335,6 +335,12 @@ export class Authenticator {
 
 function accountKey(logon: Logon & { kind: 'sam' | 'upn' }): string {
   return logon.kind === 'sam' ? `sam:${logon.sam.toLowerCase()}` : `upn:${logon.upn.toLowerCase()}`;
+}
+
+/** Names the scheme of an Authorization header that is not Basic (never its token). */
+function foreignScheme(header: string): string {
+  const scheme = header.trim().split(/\s/, 1)[0] ?? '';
+  return /^[A-Za-z][A-Za-z0-9-]{0,19}$/.test(scheme) ? `${scheme} credentials; this service takes Basic` : 'credentials in a scheme other than Basic';
 }
 
 function fail(reason: Failure['reason'], user: string | null, cache: CacheUse | null, detail?: string): Failure {

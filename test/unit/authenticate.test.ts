@@ -191,6 +191,20 @@ describe('Authenticator: refusals that cost no directory call', () => {
   });
 });
 
+describe('Authenticator: a scheme other than Basic', () => {
+  it.each<[header: string | undefined, detail: string | undefined]>([
+    [undefined, undefined],
+    ['NTLM TlRMTVNTUAABAAAABoIIAAAAAAAAAAAAAAAAAAAAAAA=', 'NTLM credentials; this service takes Basic'],
+    ['Bearer eyJhbGciOi.secret.token', 'Bearer credentials; this service takes Basic'],
+    ['sch\u00e9ma secret', 'credentials in a scheme other than Basic'],
+  ])('%s → detail %s, never the token', async (header, detail) => {
+    const { auth } = setup();
+    const o = await auth.authenticate({ header, source: ATTACKER, groupDns: [GROUP], policyVersion: 'v1' });
+    expect(o).toMatchObject({ ok: false, reason: 'no-credentials' });
+    expect(o.ok ? undefined : o.detail).toBe(detail);
+  });
+});
+
 describe('Authenticator: decision caches', () => {
   it('answers a second identical request from the cache, with no directory call', async () => {
     const { login, directory } = setup();
