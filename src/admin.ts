@@ -3,7 +3,8 @@
  * public port), for load balancers, monitoring and Prometheus.
  *
  *   GET /healthz  200 while the process serves
- *   GET /readyz   200 when the directory answers and Exchange answers; 503 with what is not
+ *   GET /readyz   200 when the directory answers and Exchange answers (and, with workers, one
+ *                 listens); 503 with what is not
  *   GET /metrics  Prometheus text format (prom-client; the primary aggregates workers)
  */
 import { createServer, type Server } from 'node:http';
@@ -14,6 +15,8 @@ export interface AdminChecks {
   directory(): Promise<void>;
   /** Resolves when Exchange answers (any HTTP status). */
   upstream(): Promise<void>;
+  /** With workers: resolves while at least one worker is listening. */
+  gateway?(): Promise<void>;
   /** The metrics in Prometheus text format, and their content type. */
   metrics(): Promise<{ body: string; contentType: string }>;
 }
@@ -51,8 +54,12 @@ export async function startAdmin(host: string, port: number, checks: AdminChecks
 }
 
 async function ready(checks: AdminChecks): Promise<{ ok: boolean; body: Record<string, string> }> {
-  const [directory, upstream] = await Promise.all([probe(checks.directory), probe(checks.upstream)]);
-  return { ok: directory === 'ok' && upstream === 'ok', body: { directory, upstream } };
+  const gatewayCheck = checks.gateway?.bind(checks);
+  const [directory, upstream, gateway] = await Promise.all([
+    probe(checks.directory), probe(checks.upstream), gatewayCheck ? probe(gatewayCheck) : Promise.resolve(undefined),
+  ]);
+  const ok = directory === 'ok' && upstream === 'ok' && (gateway === undefined || gateway === 'ok');
+  return { ok, body: { ...(gateway === undefined ? {} : { gateway }), directory, upstream } };
 }
 
 async function probe(check: () => Promise<void>): Promise<string> {

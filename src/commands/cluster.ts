@@ -44,12 +44,15 @@ export async function runPrimary(config: Config): Promise<number> {
   let delay = RESTART_MIN_MS;
   let failedStarts = 0;
   let giveUp: (() => void) | null = null;
+  /** Workers listening now: /readyz says not ready without one. */
+  const serving = new Set<number>();
   const fork = () => {
     if (stopping) return;
     const worker = cluster.fork({ EXGATE_WORKER: '1' });
     const started = Date.now();
     let listening = false;
-    worker.on('listening', () => { listening = true; failedStarts = 0; });
+    worker.on('listening', () => { listening = true; failedStarts = 0; serving.add(worker.id); });
+    worker.once('exit', () => serving.delete(worker.id));
     worker.on('message', (msg: unknown) => relay(worker, msg));
     worker.once('exit', () => {
       if (stopping) return;
@@ -97,7 +100,7 @@ export async function runPrimary(config: Config): Promise<number> {
   for (let i = 0; i < config.workers; i++) fork();
   log.info({ workers: config.workers }, 'exgate primary started');
 
-  const admin = config.admin ? await startPrimaryAdmin(config) : null;
+  const admin = config.admin ? await startPrimaryAdmin(config, () => serving.size) : null;
   const stopSync = scheduleMailboxFlags(config.file, config.mailboxFlags?.intervalMinutes ?? 0, log);
   process.on('SIGHUP', () => { for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP'); });
   const code = await new Promise<number>((resolve) => {
@@ -188,13 +191,14 @@ function typeOf(msg: unknown): unknown {
 }
 
 /** The admin listener in the primary: its own directory and upstream probes, workers' metrics. */
-async function startPrimaryAdmin(config: Config): Promise<{ close(): void }> {
+async function startPrimaryAdmin(config: Config, listening: () => number): Promise<{ close(): void }> {
   const directory = openDirectory(config, { warn: () => {} });
   const upstream = new Upstream(config.upstream, 10_000);
   const aggregate = new AggregatorRegistry();
   const { server } = await startAdmin(config.admin!.host, config.admin!.port, {
     directory: () => directory.ping(),
     upstream: () => upstream.probe(),
+    gateway: async () => { if (listening() === 0) throw new Error('no worker is listening'); },
     metrics: async () => ({ body: await aggregate.clusterMetrics(), contentType: aggregate.contentType }),
   });
   return { close: () => { server.close(); void directory.close(); } };

@@ -123,9 +123,7 @@ function systemdSocket(): number | null {
 
 /** Every file a state is built from. */
 function sourceFiles(config: Config): string[] {
-  const files = [config.file, config.policyFile, config.tls.cert, config.tls.key];
-  if (config.directory.type === 'file') files.push(config.directory.path);
-  return files;
+  return [config.file, ...config.watched];
 }
 
 /** Logs what is wrong or about to be with the certificate: names it lacks, expiry within 14 days. */

@@ -63,6 +63,8 @@ export interface Config {
   readonly services: Readonly<Record<Service, ServiceDefaults>>;
   readonly admin: GatewayFile['admin'];
   readonly mailboxFlags: GatewayFile['mailboxFlags'];
+  /** Every file the gateway reads besides this one: a change to any of them reloads it. */
+  readonly watched: readonly string[];
 }
 
 /** Loads and validates a gateway config file; throws ConfigError listing every problem. */
@@ -147,6 +149,9 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
 
   const directory = resolveDirectory(raw.directory, rel, readPem, at, env);
 
+  if (raw.admin && raw.admin.port !== 0 && raw.admin.port === raw.listen.port && hostsOverlap(raw.admin.host, raw.listen.host)) {
+    at(['admin', 'port'], `${raw.admin.port} is the public listen port; the admin listener must never share it`);
+  }
   const policyFile = rel(raw.policyFile);
   if (!existsSync(policyFile)) at(['policyFile'], `file not found: ${policyFile}`);
 
@@ -160,6 +165,12 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
     file: yaml.file, workers: raw.workers === 'auto' ? availableParallelism() : raw.workers, listen: raw.listen, tls, names, upstream, directory, policyFile, log,
     http: raw.http, cache: raw.cache, lockout: raw.lockout, services: serviceSettings(raw),
     admin: raw.admin, mailboxFlags,
+    watched: [
+      policyFile, tls.cert, tls.key,
+      ...[raw.upstream.ca, 'ca' in raw.directory ? raw.directory.ca : undefined, 'bindPasswordFile' in raw.directory ? raw.directory.bindPasswordFile : undefined]
+        .filter((f): f is string => f !== undefined).map(rel),
+      ...(directory.type === 'file' ? [directory.path] : []),
+    ],
   };
 }
 
@@ -209,6 +220,12 @@ function resolveDirectory(
     connectTimeoutMs: raw.connectTimeoutMs, timeoutMs: raw.timeoutMs,
     maxConcurrentBinds: raw.maxConcurrentBinds, maxQueuedBinds: raw.maxQueuedBinds, dcRetrySeconds: raw.dcRetrySeconds,
   };
+}
+
+/** Could two listeners on these hosts and one port collide (the same host, or a wildcard)? */
+function hostsOverlap(a: string, b: string): boolean {
+  const wildcard = (h: string) => h === '0.0.0.0' || h === '::' || h === '[::]';
+  return wildcard(a) || wildcard(b) || a.toLowerCase() === b.toLowerCase();
 }
 
 /** 127.0.0.0/8, ::1 and localhost: traffic that never leaves the machine. */

@@ -81,6 +81,9 @@ describe('workers', () => {
     expect(Number(allowed?.[1])).toBeGreaterThanOrEqual(6);
     expect(text).toMatch(/exgate_lockouts_total\{kind="account"\} 4/);
     expect((await request(`http://127.0.0.1:${adminPort}/healthz`)).statusCode).toBe(200);
+    const ready = await request(`http://127.0.0.1:${adminPort}/readyz`);
+    expect(ready.statusCode).toBe(200);
+    expect(await ready.body.json()).toEqual({ gateway: 'ok', directory: 'ok', upstream: 'ok' });
   });
 
   it('counts attempts in flight on every worker: a parallel burst of wrong passwords gets at most the threshold of binds', async () => {

@@ -137,6 +137,14 @@ describe('a valid config with bindPasswordFile, StartTLS and CA files', () => {
     expect(d.ca).toContain('-----BEGIN CERTIFICATE-----');
     expect(config.upstream.ca).toContain('-----BEGIN CERTIFICATE-----');
   });
+
+  it('watches every file it read: policy, certificate, key, both CAs and the password file', () => {
+    const config = loadConfig(fixture('valid-password-file.yaml'), {});
+    const names = config.watched.map((f) => f.slice(f.lastIndexOf('/') + 1));
+    expect(config.watched.every((f) => f.startsWith('/'))).toBe(true);
+    expect(names.sort()).toEqual(['bind-password.txt', 'ca.pem', 'ca.pem', 'gateway.crt', 'gateway.key', 'policy.yaml']);
+    for (const f of config.watched) expect(() => readFileSync(f)).not.toThrow();
+  });
 });
 
 describe('plaintext to a host that is not loopback', () => {
