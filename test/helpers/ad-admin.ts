@@ -40,6 +40,11 @@ export async function deleteUser(ldapUrl: string, dn: string): Promise<void> {
   await asAdmin(ldapUrl, (c) => c.del(dn)).catch(() => {});
 }
 
+/** Adds `dn` to the group or removes it. */
+export async function setGroupMember(ldapUrl: string, op: 'add' | 'delete', group: string, dn: string): Promise<void> {
+  await asAdmin(ldapUrl, (c) => c.modify(groupDn(group), new Change({ operation: op, modification: new Attribute({ type: 'member', values: [dn] }) })));
+}
+
 /** Creates a global security group. */
 export async function createGroup(ldapUrl: string, name: string): Promise<string> {
   const dn = groupDn(name);

@@ -8,11 +8,9 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { bindDirect, createUser, readAttributes } from '../helpers/ad-admin.js';
+import { bindDirect, createUser, readAttributes, setGroupMember } from '../helpers/ad-admin.js';
 import { basic, clientFor, EXTERNAL, send, sendOn, startHarness, type Harness } from '../helpers/gateway-harness.js';
 import { sambaAdmin, sambaControl } from '../helpers/samba.js';
-import { Attribute, Change, Client } from 'ldapts';
-import { ADMIN, groupDn } from '../helpers/ad-fixtures.js';
 
 const ldapUrl = inject('ldapUrl');
 const admin = sambaAdmin(ldapUrl);
@@ -23,16 +21,6 @@ async function lockoutPolicy(name: string, threshold: number, sam: string): Prom
   await admin.run(['domain', 'passwordsettings', 'pso', 'create', name, '10', `--account-lockout-threshold=${threshold}`,
     '--account-lockout-duration=30', '--reset-account-lockout-after=30', '--complexity=off', '--min-pwd-length=1']);
   await admin.run(['domain', 'passwordsettings', 'pso', 'apply', name, sam]);
-}
-
-async function setGroup(op: 'add' | 'delete', group: string, dn: string): Promise<void> {
-  const c = new Client({ url: ldapUrl });
-  try {
-    await c.bind(ADMIN.upn, ADMIN.password);
-    await c.modify(groupDn(group), new Change({ operation: op, modification: new Attribute({ type: 'member', values: [dn] }) }));
-  } finally {
-    await c.unbind();
-  }
 }
 
 describe('smart lockout at the gateway', () => {
@@ -136,7 +124,7 @@ describe('changes in AD within the cache TTL', () => {
     const u = await createUser(ldapUrl, `leaver${tag()}`, 'Leav3r-Passw0rd!', ['AllowExternalAccess']);
     const creds = { user: u.sam, password: u.password };
     expect((await send(h, '/owa/', creds)).status).toBe(200);
-    await setGroup('delete', 'AllowExternalAccess', u.dn);
+    await setGroupMember(ldapUrl, 'delete', 'AllowExternalAccess', u.dn);
     const removedAt = Date.now();
     expect((await send(h, '/owa/', creds)).status).toBe(200);        // still the cached standing
     await new Promise((r) => setTimeout(r, 2100 - (Date.now() - removedAt)));

@@ -8,11 +8,11 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { Attribute, Change, Client } from 'ldapts';
+import { Attribute, Client } from 'ldapts';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { stringify } from 'yaml';
-import { createGroup, createUser } from '../helpers/ad-admin.js';
-import { ADMIN, DOMAIN, groupDn, SERVICE_ACCOUNT, USERS, type TestUser } from '../helpers/ad-fixtures.js';
+import { createGroup, createUser, setGroupMember } from '../helpers/ad-admin.js';
+import { ADMIN, DOMAIN, SERVICE_ACCOUNT, USERS, type TestUser } from '../helpers/ad-fixtures.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -70,16 +70,6 @@ async function exgate(...args: string[]): Promise<{ code: number; stdout: string
   }
 }
 
-async function setMembership(op: 'add' | 'delete', group: string, dn: string): Promise<void> {
-  const c = new Client({ url: ldapUrl });
-  try {
-    await c.bind(ADMIN.upn, ADMIN.password);
-    await c.modify(groupDn(group), new Change({ operation: op, modification: new Attribute({ type: 'member', values: [dn] }) }));
-  } finally {
-    await c.unbind();
-  }
-}
-
 const flagsOf = (dn: string) => {
   const m = readState().mailboxes[dn]!;
   return [m.MAPIBlockOutlookRpcHttp, m.MAPIBlockOutlookExternalConnectivity];
@@ -131,8 +121,8 @@ describe('mailbox-flags plan and apply', () => {
     expect((await exgate('apply', '--config', config)).code).toBe(0);
     expect(flagsOf(joiner.dn)).toEqual([true, true]);
     expect(flagsOf(leaver.dn)).toEqual([false, false]);
-    await setMembership('add', 'AllowExternalAccess', joiner.dn);
-    await setMembership('delete', 'AllowExternalAccess', leaver.dn);
+    await setGroupMember(ldapUrl, 'add', 'AllowExternalAccess', joiner.dn);
+    await setGroupMember(ldapUrl, 'delete', 'AllowExternalAccess', leaver.dn);
     expect((await exgate('apply', '--config', config)).code).toBe(0);
     expect(flagsOf(joiner.dn)).toEqual([false, false]);
     expect(flagsOf(leaver.dn)).toEqual([true, true]);
