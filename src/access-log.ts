@@ -21,7 +21,8 @@ export interface AccessRecord {
   method: string;
   /** The request path as sent, without the query string. */
   path: string;
-  service: Service | null;
+  /** `unknown` for a path no service claims (404); null when the request never got that far. */
+  service: Service | 'unknown' | null;
   /** `NETBIOS\sam` once a name could be parsed, also when authentication failed. */
   user: string | null;
   decision: 'allow' | 'deny';

@@ -17,9 +17,9 @@ import { authorize, authorizeAnonymous } from './authorize.js';
 import { checkHead, classify } from './classify.js';
 import { endWithStatus, handleClientError } from './client-error.js';
 import type { AuthOutcome } from './authenticate.js';
-import { parseBasic } from './credentials.js';
-import { readNtlmHeader } from './ntlm.js';
-import { authenticateNtlm, type NtlmOutcome } from './ntlm-auth.js';
+import { parseBasic, parseLogon } from './credentials.js';
+import { parseType3, readNtlmHeader } from './ntlm.js';
+import { authenticateNtlm, logonOf, type NtlmOutcome } from './ntlm-auth.js';
 import { challengesFor, declaredBodyTooLarge, deny, fail, forward, respond } from './proxy.js';
 import { answerAutodiscoverJson, isAutodiscoverJson } from './autodiscover.js';
 import { requestIdleMs, type AuthMode, type Service } from './services.js';
@@ -48,6 +48,8 @@ export async function handle(req: IncomingMessage, res: ServerResponse, state: S
     logs.app.error({ err, path: record.path }, 'internal error while handling a request');
     fail(req, res, record, 'upstream-error', { detail: 'internal error' });
   } finally {
+    // Refused before authentication (a path, a name, a limit): still say who the client claimed to be.
+    if (record.decision === 'deny' && record.user === null) record.user = claimedUser(req.headers.authorization, state);
     written.settled();
   }
 }
@@ -56,7 +58,10 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
   const head = checkHead(req);
   if (head) return deny(req, res, record, head.reason, { detail: head.detail, ...(head.status ? { status: head.status } : {}) });
   const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
-  if (!route.ok) return deny(req, res, record, route.reason, { detail: route.detail });
+  if (!route.ok) {
+    if (route.reason === 'unknown-service') record.service = 'unknown';
+    return deny(req, res, record, route.reason, { detail: route.detail });
+  }
   record.service = route.service;
   if (route.service === 'activesync') record.operation = activeSyncCommand(req.url ?? '');
   const settings = state.config.services[route.service];
@@ -77,11 +82,11 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
   const authStarted = performance.now();
   const auth = await authenticate(req, { service: route.service, path: route.path, query: queryOf(req.url ?? '') }, settings.auth, state);
   metrics.authDuration.observe({ cache: auth.cache ?? 'none' }, (performance.now() - authStarted) / 1000);
-  record.user = auth.ok ? auth.identity?.user ?? null : auth.user;
+  record.user = (auth.ok ? auth.identity?.user : auth.user) || null;
   record.cache = auth.cache;
   const challenges = challengesFor(settings.auth, state.realm);
   if (!auth.ok) return deny(req, res, record, auth.reason, { challenges, detail: auth.detail, status: auth.status });
-  const settle = 'onStatus' in auth ? auth.onStatus : undefined;
+  const settle = 'onStatus' in auth ? ntlmVerdict(record, auth.onStatus) : undefined;
 
   if (auth.identity) {
     const decision = authorize(route.service, auth.identity, state.policy);
@@ -116,6 +121,28 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
     challenges,
     onStatus: settle,
   }, state.upstream);
+}
+
+/**
+ * Exchange's answer to a forwarded NTLM Type 3 settles it; a 401 is Exchange refusing the proof
+ * (a wrong password), logged as such although the request was forwarded: Exchange decided.
+ */
+function ntlmVerdict(record: AccessRecord, settle: ((status: number | null) => void) | undefined): ((status: number | null) => void) | undefined {
+  if (!settle) return undefined;
+  return (status) => {
+    settle(status);
+    if (status === 401) Object.assign(record, { decision: 'deny', reason: 'bad-credentials', detail: 'Exchange refused the NTLM logon' });
+  };
+}
+
+/** The account an Authorization header names, never verified: for the record of a refusal. */
+function claimedUser(header: string | undefined, state: State): string | null {
+  const basic = parseBasic(header);
+  if (basic !== null && basic !== 'malformed') return parseLogon(basic.user, state.domain).display || null;
+  const ntlm = readNtlmHeader(header);
+  if (ntlm === null || ntlm === 'malformed' || ntlm.type !== 3) return null;
+  const claim = parseType3(ntlm.message);
+  return claim && !claim.anonymous ? logonOf(claim, state).display || null : null;
 }
 
 /**

@@ -23,7 +23,7 @@ export const TOP_SOURCES = 20;
  *             allowed, denied,
  *             first, last  // time span of the records in range; null when there are none
  *           },
- *   access: [ { user, service,        // decision allow, status < 400: forwarded and served
+ *   access: [ { user, service,        // decision allow, status < 400, a user: forwarded and served
  *               requests, reportOnly, // reportOnly: let through only because the policy is in report-only mode
  *               clients,              // distinct client addresses
  *               firstSeen, lastSeen } ],                        // by user, then service
@@ -117,6 +117,7 @@ export class ReportAccumulator {
   private countAllowed(e: AccessEntry): void {
     this.allowed++;
     if (e.status >= 400) return;   // allowed but not served: Exchange failed (502/504) or refused it
+    if (e.user === null) return;    // no account: an NTLM handshake leg, autodiscover.json answered by the gateway
     const byService = getOr(this.access, e.user, () => new Map<string | null, AccessAcc>());
     const acc = getOr(byService, e.service, () => ({ requests: 0, reportOnly: 0, clients: new Set<string>(), first: e.t, last: e.t }));
     acc.requests++;

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { connect as tlsConnect } from 'node:tls';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { USERS } from '../helpers/ad-fixtures.js';
+import { DOMAIN, USERS } from '../helpers/ad-fixtures.js';
 import {
   AUTODISCOVER, basic, clientFor, EXTERNAL, INTERNAL, send, sendOn, startHarness, type Harness,
 } from '../helpers/gateway-harness.js';
@@ -146,7 +146,7 @@ describe('names and paths', () => {
     const before = h.standin.requests.length;
     const r = await send(h, path, creds);
     expect(r.status).toBe(400);
-    expect(await h.record((x) => x.path === path)).toMatchObject({ reason: 'bad-request', status: 400, user: null });
+    expect(await h.record((x) => x.path === path)).toMatchObject({ reason: 'bad-request', status: 400, user: 'LAB\\alice' });   // claimed, never verified
     expect(h.standin.requests.length).toBe(before);
   });
 
@@ -154,7 +154,23 @@ describe('names and paths', () => {
     const r = await send(h, '/aspnet_client/x', {});
     expect(r.status).toBe(404);
     expect(r.headers['www-authenticate']).toBeUndefined();
-    expect((await h.record((x) => x.path === '/aspnet_client/x')).reason).toBe('unknown-service');
+    expect(await h.record((x) => x.path === '/aspnet_client/x')).toMatchObject({ reason: 'unknown-service', service: 'unknown', user: null });
+  });
+
+  it('logs the account a refused request claimed, although it was never checked', async () => {
+    const before = h.standin.requests.length;
+    expect((await send(h, '/aspnet_client/y', creds)).status).toBe(404);
+    expect((await send(h, '/ecp/', { user: `alice@${DOMAIN.dnsName}`, password: 'whatever' })).status).toBe(403);
+    expect((await send(h, EWS, { ...creds, servername: INTERNAL })).status).toBe(421);
+    expect(await h.record((x) => x.path === '/aspnet_client/y')).toMatchObject({ service: 'unknown', user: 'LAB\\alice', decision: 'deny' });
+    expect(await h.record((x) => x.path === '/ecp/' && x.user !== null)).toMatchObject({ user: `alice@${DOMAIN.dnsName}`, reason: 'denied-by-rule' });   // a UPN stays as given: no lookup
+    expect(await h.record((x) => x.reason === 'misdirected' && x.sni === INTERNAL)).toMatchObject({ user: 'LAB\\alice' });
+    expect(h.standin.requests.length).toBe(before);
+  });
+
+  it('logs an empty user name as no user', async () => {
+    expect((await send(h, '/owa/empty-name', { user: '', password: 'x' })).status).toBe(401);
+    expect(await h.record((x) => x.path === '/owa/empty-name')).toMatchObject({ user: null, reason: 'bad-credentials' });
   });
 
   it('answers a service denied to everyone with 403 without asking for credentials', async () => {

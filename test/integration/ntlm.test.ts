@@ -67,7 +67,9 @@ describe('NTLM through the gateway', () => {
     const { codes } = await curlNtlm('LAB\\alice', 'not-alice-password', '/ews/exchange.asmx?forged');
     expect(codes).toEqual(['401']);
     const rec = await h.record((r) => r.path === '/ews/exchange.asmx' && r.user === 'LAB\\alice' && r.status === 401);
-    expect(rec.decision).toBe('allow');                       // forwarded: Exchange said no
+    // Forwarded (Exchange verifies NTLM), and logged as what it was: a wrong password.
+    expect(rec).toMatchObject({ decision: 'deny', reason: 'bad-credentials', detail: 'Exchange refused the NTLM logon' });
+    expect(rec.upstreamMs).not.toBeNull();
   });
 
   it('refuses an unknown domain and an anonymous logon locally', async () => {

@@ -110,6 +110,18 @@ describe('report --json over the known day', () => {
     ]);
   });
 
+  it('access leaves out allowed requests without an account (NTLM Type 1 legs, autodiscover.json)', async () => {
+    const file = join(DIR, 'no-account.log');
+    writeFileSync(file, [
+      rec(day('08:00:00'), { user: null, detail: 'NTLM negotiate (Type 1) forwarded for the challenge' }),
+      rec(day('08:00:01'), { user: null, service: 'autodiscover', path: '/autodiscover/autodiscover.json' }),
+      rec(day('08:00:02'), {}),
+    ].join('\n') + '\n');
+    const r = await json(file);
+    expect(r.access.map((a: { user: string | null }) => a.user)).toEqual(['LAB\\alice']);
+    expect(r.totals.allowed).toBe(3);
+  });
+
   it('denials by reason (most first, ties by name) and by user (null user kept null)', async () => {
     const r = await json(PLAIN, ...ONE_DAY);
     expect(Object.entries(r.denials.byReason)).toEqual([
