@@ -17,6 +17,7 @@ import { Metrics } from '../metrics.js';
 import { watchFiles } from '../watch.js';
 import type { Directory } from '../directory/directory.js';
 import { buildState } from '../state.js';
+import { holdWith503, type Holding } from '../holding.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from '../tls.js';
 
 export interface StartOptions {
@@ -33,6 +34,8 @@ export interface StartOptions {
   readonly adminPort?: number | false;
   /** Reload when the files the gateway was built from change. Default: true. */
   readonly watch?: boolean;
+  /** Called once the state is built, just before listening (serve.ts frees the port here). */
+  readonly beforeListen?: () => Promise<void>;
 }
 
 export interface RunningGateway {
@@ -60,6 +63,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   const access = accessLogger(config.log.access, opts.accessStream);
   const metrics = opts.metrics ?? new Metrics();
   const gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
+  await opts.beforeListen?.();
   const inherited = systemdSocket();
   const address = inherited === null
     ? await gateway.listen(opts.port ?? config.listen.port, opts.host ?? config.listen.host)
@@ -139,7 +143,7 @@ const RETRY_MS = 5000;
 /**
  * Runs the gateway until a stop signal: as one process, or, with `workers` above 1, as the
  * primary of a cluster (cluster.ts). Waits for the directory if it is down at startup (fail
- * closed: not listening meanwhile).
+ * closed: every request meanwhile gets 503 with Retry-After, holding.ts).
  */
 export async function serve(file: string): Promise<number> {
   let config: Config;
@@ -170,13 +174,21 @@ export async function serve(file: string): Promise<number> {
   }
 
   let running: RunningGateway | undefined;
+  // While the directory is down at startup the port answers 503 (holding.ts), not "refused".
+  let holding: Holding | null = null;
+  const release = async () => {
+    const h = holding;
+    holding = null;
+    await h?.close();
+  };
   for (;;) {
     try {
-      running = await startGateway(file, cluster.isWorker ? { adminPort: false } : {});
+      running = await startGateway(file, { ...(cluster.isWorker ? { adminPort: false } : {}), beforeListen: release });
       break;
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       if (!(err instanceof DirectoryUnavailableError) || stopAsked) {
+        await release();
         process.stderr.write(`${message}\n`);
         // A worker that cannot start must end (its IPC channel would keep it alive): the
         // primary sees it and starts another, with backoff.
@@ -184,6 +196,7 @@ export async function serve(file: string): Promise<number> {
         return 1;
       }
       process.stderr.write(`exgate: ${message}; retrying in ${RETRY_MS / 1000} s\n`);
+      if (holding === null && systemdSocket() === null) holding = await holdPort(config);
       await new Promise((r) => setTimeout(r, RETRY_MS));
     }
   }
@@ -210,6 +223,20 @@ export async function serve(file: string): Promise<number> {
 }
 
 /** True when systemd passed a listening socket to this process (socket activation). */
+/** Answers 503 on the gateway's port until the gateway can start; null when the port is taken. */
+async function holdPort(config: Config): Promise<Holding | null> {
+  try {
+    await ensureSelfSigned(config);
+    const access = accessLogger(config.log.access);
+    const holding = await holdWith503(config, loadTlsMaterial(config), access.log, RETRY_MS / 1000, config.listen);
+    process.stderr.write(`exgate: answering 503 on ${config.listen.host}:${config.listen.port} until the directory answers\n`);
+    return { close: async () => { await holding.close(); access.flush(); } };
+  } catch (err) {
+    process.stderr.write(`exgate: cannot answer on ${config.listen.host}:${config.listen.port} meanwhile: ${err instanceof Error ? err.message : String(err)}\n`);
+    return null;
+  }
+}
+
 function systemdSocketPassed(): boolean {
   return process.env.LISTEN_PID === String(process.pid) && Number(process.env.LISTEN_FDS) >= 1;
 }

@@ -3,6 +3,11 @@
  * (502 / 504), a client that goes away (the upstream request is aborted), and per-service
  * timeouts that decide when a silent upstream counts as dead.
  */
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createNetServer } from 'node:net';
+import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
@@ -52,6 +57,63 @@ describe('directory down', () => {
     expect((await send(h, '/owa/', zoe)).status).toBe(200);
   });
 });
+
+describe('directory down at startup', () => {
+  it('answers 503 with Retry-After on the port until the DC answers, forwards nothing, then serves without a restart', async () => {
+    const relay = await startTcpRelay(Number(new URL(inject('ldapUrl')).port || 389));
+    const h = await startHarness({ directory: 'ldap', directoryOverrides: { url: `ldap://127.0.0.1:${relay.port}`, connectTimeoutMs: 1000, timeoutMs: 1500 } });
+    await h.running.close();                                   // keep the stand-in and the files; serve as a process
+    const port = await freePort();
+    const config = parse(readFileSync(h.configFile, 'utf8')) as Record<string, unknown>;
+    writeFileSync(h.configFile, stringify({ ...config, listen: { host: '127.0.0.1', port } }));
+    await relay.refuse();
+    let stdout = '';
+    let stderr = '';
+    const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'bin', 'exgate.js'), 'serve', '--config', h.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const target = { ...h, origin: `https://127.0.0.1:${port}`, port };
+    try {
+      await until(() => stderr.includes('answering 503'), 15_000, () => stderr);
+      const r = await send(target, '/owa/', creds);
+      expect(r.status).toBe(503);
+      expect(Number(r.headers['retry-after'])).toBeGreaterThan(0);
+      expect(h.standin.requests.length).toBe(0);
+      await until(() => stdout.includes('"directory-unavailable"'), 3000, () => stdout);
+      const record = JSON.parse(stdout.split('\n').find((l) => l.includes('"directory-unavailable"'))!) as Record<string, unknown>;
+      expect(record).toMatchObject({ decision: 'deny', reason: 'directory-unavailable', status: 503, path: '/owa/', host: EXTERNAL });
+      expect(stdout).not.toContain(alice.password);
+
+      await relay.restore();                                   // the DC is back: the gateway starts by itself
+      await until(async () => (await send(target, '/owa/', creds)).status === 200, 20_000, () => stderr);
+      expect(h.standin.seen((x) => x.user === alice.sam)).toBeGreaterThan(0);
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+      await h.standin.close();
+      await relay.close();
+    }
+  }, 60_000);
+});
+
+/** Waits until `check` holds; fails with `context()` after `timeoutMs`. */
+async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, context: () => string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await Promise.resolve().then(check).catch(() => false))) {
+    if (Date.now() > end) throw new Error(`timed out; output so far:\n${context()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function freePort(): Promise<number> {
+  const s = createNetServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
 
 describe('Exchange failing', () => {
   it('answers 502 when Exchange is unreachable', async () => {
