@@ -2,21 +2,23 @@
  * `exgate explain --config FILE --user NAME --service SVC [--name HOST] [--ip ADDR] [--json]`:
  * what the gateway would decide for this user and service, and why, without a password. It walks
  * the same stages as a request — the name (421), the service (deny: all before credentials), the
- * account and its state, its transitive groups, every rule — with the same code.
+ * account and its state, its transitive groups, every rule — with the same code. The account
+ * and its groups are shown whenever the user exists, also when an earlier stage decides.
  *
  * --json prints `{decision, reason, rule, user, groups}` (INTERFACE.md) plus `service`,
  * `account` (the DN), `rules` (each rule for the service: id, effect, matched) and `notes`.
  * Exit 0 whenever the question could be answered, allow or deny; 1 when the config, the policy
  * or the directory fails; 2 on bad arguments.
  */
+import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { authorize, authorizeAnonymous } from '../authorize.js';
 import { classify } from '../classify.js';
 import { loadConfig } from '../config/load.js';
-import { parseLogon } from '../credentials.js';
-import { dnKey } from '../directory/directory.js';
+import { parseLogon, type Logon } from '../credentials.js';
+import { dnKey, type Account, type Directory, type PasswordRefusal } from '../directory/directory.js';
 import { ConfigError, DirectoryUnavailableError, type Reason } from '../errors.js';
-import { loadPolicy } from '../policy/compile.js';
+import { loadPolicy, type Policy, type Rule } from '../policy/compile.js';
 import { isService, type Service } from '../services.js';
 import { logonDomain, openDirectory } from '../state.js';
 
@@ -50,6 +52,7 @@ export async function explain(argv: readonly string[], out: NodeJS.WritableStrea
   const service = args.service?.toLowerCase();
   if (!args.config || !args.user || !service) return usage(err, 'needs --config, --user and --service');
   if (!isService(service)) return usage(err, `unknown service ${args.service}`);
+  if (args.ip !== undefined && isIP(args.ip) === 0) return usage(err, `--ip ${JSON.stringify(args.ip)} is not an IPv4 or IPv6 address`);
   try {
     const answer = await decide(args.config, args.user, service, args.name, args.ip);
     out.write(args.json ? JSON.stringify(answer) + '\n' : text(answer));
@@ -68,7 +71,12 @@ function usage(err: NodeJS.WritableStream, why: string): number {
   return 2;
 }
 
-/** The decision for (user, service[, name]), as the gateway would make it. */
+/**
+ * The decision for (user, service[, name]), as the gateway would make it. The account and its
+ * groups are looked up whenever the user exists, also when the gateway would refuse before
+ * asking for credentials (a wrong name, a service denied to everyone): that refusal stays the
+ * decision, but the answer still shows who the user is and what they belong to.
+ */
 export async function decide(configFile: string, userName: string, service: Service, name?: string, ip?: string): Promise<Explanation> {
   const config = loadConfig(configFile);
   const directory = openDirectory(config, { warn: () => {} });
@@ -76,41 +84,61 @@ export async function decide(configFile: string, userName: string, service: Serv
     const domain = logonDomain(config);
     const policy = await loadPolicy(config.policyFile, directory, domain);
     const logon = parseLogon(userName, domain);
+    const found = logon.kind === 'refused' ? null : await lookUp(directory, logon, policy);
+    const ruleList = policy.byService.get(service);
+    const rules = [...(ruleList?.deny ?? []), ...(ruleList?.allow ?? [])];
     const answer: Explanation = {
-      decision: 'deny', reason: 'bad-credentials', rule: null, user: logon.display, groups: [], service,
-      account: null, rules: [], notes: [],
+      decision: 'deny', reason: 'bad-credentials', rule: null, user: found?.account.user ?? logon.display,
+      groups: found?.groups ?? [], service, account: found?.account.dn ?? null,
+      rules: rules.map((r) => ({ id: r.id, effect: r.effect, matched: found !== null && matches(r, found) })),
+      notes: ip ? [`smart lockout state for ${ip} lives in the running gateway; not consulted here`] : [],
     };
-    if (ip) answer.notes.push(`smart lockout state for ${ip} lives in the running gateway; not consulted here`);
-    const allRules = policy.byService.get(service);
+    const refused = (reason: Reason, note?: string): Explanation =>
+      ({ ...answer, reason, notes: note ? [...answer.notes, note] : answer.notes });
+
+    // In the order a request meets them: the name (421), the service (deny: all before
+    // credentials), the logon, the account and its state, then the rules.
     if (name) {
       const route = classify(name, name, `/${service}/`, config.names);
-      if (!route.ok && route.reason === 'misdirected') return { ...answer, reason: 'misdirected', notes: [...answer.notes, route.detail] };
+      if (!route.ok && route.reason === 'misdirected') return refused('misdirected', route.detail);
     }
-    // As a request: a service denied to everyone is refused before anyone is looked up.
     const anonymous = authorizeAnonymous(service, policy);
     if (anonymous) {
-      answer.rules = [...(allRules?.deny ?? []), ...(allRules?.allow ?? [])].map((r) => ({ id: r.id, effect: r.effect, matched: r.id === anonymous.rule }));
-      return { ...answer, reason: anonymous.reason, rule: anonymous.rule, notes: [...answer.notes, 'refused before credentials are asked'] };
+      // The deciding rule matches whoever asks, a user who does not exist too.
+      const shown = answer.rules.map((r) => (r.id === anonymous.rule ? { ...r, matched: true } : r));
+      return { ...refused(anonymous.reason, 'refused before credentials are asked'), rules: shown, rule: anonymous.rule };
     }
-    if (logon.kind === 'refused') return { ...answer, notes: [...answer.notes, logon.why] };
-    const account = await directory.findAccount(logon);
-    if (!account) return { ...answer, notes: [...answer.notes, 'no such account'] };
-    const [status, groups, memberships] = await Promise.all([
-      directory.accountStatus(account), directory.groupsOf(account), directory.memberships(account, policy.groupDns),
-    ]);
-    answer.user = account.user;
-    answer.account = account.dn;
-    answer.groups = groups.map((g) => g.name).sort((a, b) => a.localeCompare(b));
-    const key = dnKey(account.dn);
-    answer.rules = [...(allRules?.deny ?? []), ...(allRules?.allow ?? [])].map((r) => ({
-      id: r.id, effect: r.effect, matched: r.everyone || r.users.has(key) || [...r.groups].some((g) => memberships.has(g)),
-    }));
-    if (status.refusal) return { ...answer, reason: status.refusal };
-    const decision = authorize(service, { dn: account.dn, groups: memberships }, policy);
+    if (logon.kind === 'refused') return refused('bad-credentials', logon.why);
+    if (!found) return refused('bad-credentials', 'no such account');
+    if (found.refusal) return refused(found.refusal);
+    const decision = authorize(service, { dn: found.account.dn, groups: found.memberships }, policy);
     return { ...answer, decision: decision.allow ? 'allow' : 'deny', reason: decision.reason, rule: decision.rule };
   } finally {
     await directory.close();
   }
+}
+
+interface Found {
+  readonly account: Account;
+  readonly refusal: PasswordRefusal | null;
+  /** Transitive group names, sorted. */
+  readonly groups: string[];
+  /** The policy's group DNs the account belongs to (lowercase). */
+  readonly memberships: ReadonlySet<string>;
+}
+
+/** The account a logon names, its state and its groups; null when there is no such account. */
+async function lookUp(directory: Directory, logon: Logon & { kind: 'sam' | 'upn' }, policy: Policy): Promise<Found | null> {
+  const account = await directory.findAccount(logon);
+  if (!account) return null;
+  const [status, groups, memberships] = await Promise.all([
+    directory.accountStatus(account), directory.groupsOf(account), directory.memberships(account, policy.groupDns),
+  ]);
+  return { account, refusal: status.refusal, groups: groups.map((g) => g.name).sort((a, b) => a.localeCompare(b)), memberships };
+}
+
+function matches(rule: Rule, found: Found): boolean {
+  return rule.everyone || rule.users.has(dnKey(found.account.dn)) || [...rule.groups].some((g) => found.memberships.has(g));
 }
 
 function text(a: Explanation): string {

@@ -5,11 +5,12 @@
  */
 import { createHash } from 'node:crypto';
 import { parseLogon, type LogonDomain } from '../credentials.js';
-import { dnKey, type Directory } from '../directory/directory.js';
-import { ConfigError, type ConfigProblem } from '../errors.js';
+import { keyPath } from '../config/yaml.js';
+import { dnKey, type Account, type Directory, type GroupRef } from '../directory/directory.js';
+import { ConfigError } from '../errors.js';
 import { SERVICES, type Service } from '../services.js';
-import { readYaml, validate, keyPath } from '../config/yaml.js';
-import { policySchema, type RuleFile } from './schema.js';
+import type { RuleFile } from './schema.js';
+import { readPolicy, type NameRef } from './structure.js';
 
 /** One rule, ready for authorize(): principals as lowercase DNs. */
 export interface Rule {
@@ -35,33 +36,24 @@ export interface Policy {
   readonly groupNames: ReadonlyMap<string, string>;
 }
 
-/** Reads, validates and compiles a policy file. Throws ConfigError listing every problem. */
+/**
+ * Reads, validates and compiles a policy file. Throws ConfigError listing every problem: the
+ * schema's, the rules' structure, and every group and user name that does not resolve.
+ */
 export async function loadPolicy(file: string, directory: Directory, domain: LogonDomain): Promise<Policy> {
-  const yaml = readYaml(file);
-  const raw = validate(policySchema, yaml);
-  const problems: ConfigProblem[] = [];
-  const at = (path: (string | number)[], message: string) =>
-    problems.push({ file, key: keyPath(path), line: yaml.lineOf(path), message });
-
-  const ids = new Set<string>();
-  raw.rules.forEach((r, i) => {
-    if (ids.has(r.id)) at(['rules', i, 'id'], `duplicate rule id ${r.id}`);
-    ids.add(r.id);
-    if ((r.allow === undefined) === (r.deny === undefined)) at(['rules', i], 'a rule has exactly one of allow and deny');
-  });
+  const text = readPolicy(file);
+  const problems = [...text.problems];
+  const at = (path: readonly (string | number)[], message: string) =>
+    problems.push({ file, key: keyPath(path), line: text.yaml.lineOf(path), message });
+  const resolved = await resolveNames(text.names, directory, domain, at);
+  if (problems.length > 0 || !text.parsed) throw new ConfigError(problems);
 
   const groupNames = new Map<string, string>();
-  const rules: Rule[] = [];
-  for (const [i, r] of raw.rules.entries()) {
-    const rule = await compileRule(r, i, directory, domain, groupNames, at);
-    if (rule) rules.push(rule);
-  }
-  if (problems.length > 0) throw new ConfigError(problems);
-
+  const rules = text.parsed.rules.map((r) => compileRule(r, resolved, groupNames));
   return Object.freeze({
-    mode: raw.mode,
+    mode: text.parsed.mode,
     // The text and what its names resolved to: a group renamed or moved in AD is a new policy.
-    version: createHash('sha256').update(yaml.text).update(JSON.stringify([...groupNames.keys()])).digest('hex').slice(0, 16),
+    version: createHash('sha256').update(text.yaml.text).update(JSON.stringify([...groupNames.keys()])).digest('hex').slice(0, 16),
     file,
     byService: index(rules),
     groupDns: [...groupNames.keys()],
@@ -69,31 +61,52 @@ export async function loadPolicy(file: string, directory: Directory, domain: Log
   });
 }
 
-async function compileRule(
-  r: RuleFile, i: number, directory: Directory, domain: LogonDomain,
-  groupNames: Map<string, string>, at: (path: (string | number)[], message: string) => void,
-): Promise<Rule | null> {
+interface Resolved {
+  readonly groups: ReadonlyMap<string, GroupRef | null>;
+  readonly users: ReadonlyMap<string, Account | null>;
+}
+
+/** Looks every name up once; a name that does not resolve is a problem at each place it stands. */
+async function resolveNames(
+  names: readonly NameRef[], directory: Directory, domain: LogonDomain,
+  at: (path: readonly (string | number)[], message: string) => void,
+): Promise<Resolved> {
+  const groups = new Map<string, GroupRef | null>();
+  const users = new Map<string, Account | null>();
+  for (const ref of names) {
+    if (ref.kind === 'group') {
+      if (!groups.has(ref.name)) groups.set(ref.name, await directory.resolveGroup(ref.name));
+      if (!groups.get(ref.name)) at(ref.path, `group ${ref.name} not found in the directory`);
+    } else {
+      if (!users.has(ref.name)) {
+        const logon = parseLogon(ref.name, domain);
+        users.set(ref.name, logon.kind === 'refused' ? null : await directory.findAccount(logon));
+      }
+      if (!users.get(ref.name)) at(ref.path, `user ${ref.name} not found in the directory`);
+    }
+  }
+  return { groups, users };
+}
+
+/** One rule of a policy that validated and whose names all resolved. */
+function compileRule(r: RuleFile, resolved: Resolved, groupNames: Map<string, string>): Rule {
   const effect = r.allow !== undefined ? 'allow' : 'deny';
-  const spec = r.allow ?? r.deny;
-  if (spec === undefined) return null;
+  // A rule with neither never gets here: readPolicy reported it.
+  const spec = r.allow ?? r.deny ?? { groups: [], users: [] };
   if (spec === 'authenticated' || spec === 'all') {
     return { id: r.id, effect, services: r.services, everyone: true, groups: new Set(), users: new Set() };
   }
   const groups = new Set<string>();
-  for (const [j, name] of spec.groups.entries()) {
-    const group = await directory.resolveGroup(name);
-    if (!group) at(['rules', i, effect, 'groups', j], `group ${name} not found in the directory`);
-    else {
-      groups.add(dnKey(group.dn));
-      groupNames.set(dnKey(group.dn), group.name);
-    }
+  for (const name of spec.groups) {
+    const group = resolved.groups.get(name);
+    if (!group) continue;
+    groups.add(dnKey(group.dn));
+    groupNames.set(dnKey(group.dn), group.name);
   }
   const users = new Set<string>();
-  for (const [j, name] of spec.users.entries()) {
-    const logon = parseLogon(name, domain);
-    const account = logon.kind === 'refused' ? null : await directory.findAccount(logon);
-    if (!account) at(['rules', i, effect, 'users', j], `user ${name} not found in the directory`);
-    else users.add(dnKey(account.dn));
+  for (const name of spec.users) {
+    const account = resolved.users.get(name);
+    if (account) users.add(dnKey(account.dn));
   }
   return { id: r.id, effect, services: r.services, everyone: false, groups, users };
 }

@@ -1,14 +1,15 @@
 /**
  * The command line as an admin runs it: `exgate check` against the real DC, the demo config,
- * broken files, and the gateway over LDAPS and StartTLS.
+ * broken files, `exgate explain` (groups whatever decides, usage errors), and the gateway over
+ * LDAPS and StartTLS.
  */
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
+import { INTERNAL, send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
 
 const run = promisify(execFile);
 const EXGATE = join(import.meta.dirname, '..', '..', 'bin', 'exgate.js');
@@ -67,12 +68,51 @@ describe('exgate check', () => {
 
   it('reports an unreachable directory without a secret in the message', async () => {
     const conf = join(h.dir, 'dead-dc.yaml');
-    const { readFileSync } = await import('node:fs');
     writeFileSync(conf, readFileSync(h.configFile, 'utf8').replace(/url: ldap:\/\/127\.0\.0\.1:389/, 'url: ldap://127.0.0.1:1'));
     const r = await exgate('check', '--config', conf);
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/directory.*(ECONNREFUSED|failed)/);
+    expect(r.stdout).toMatch(/policy\.yaml: groups and users not resolved against the directory: the directory is unreachable\n/);
     expect(r.stdout + r.stderr).not.toContain('Svc-Exg4te');
+  });
+
+  it('reports a policy\'s schema, structure and unknown groups together, against AD', async () => {
+    writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY
+      .replace('services: [rpc, ecp,', 'services: [rpc, outlook-anywhere, ecp,')
+      .replace('groups: [AllowExternalAccess]', 'groups: [AllowExternalAcess]')
+      .replace('  - id: mobile', '  - id: outlook')
+      + '  - id: undecided\n    services: [owa]\n');
+    try {
+      const r = await exgate('check', '--config', h.configFile);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[3\]\.services\[1\]: must be one of/);
+      expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[2\]\.id: duplicate rule id outlook/);
+      expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[4\]: a rule has exactly one of allow and deny/);
+      expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[1\]\.allow\.groups\[0\]: group AllowExternalAcess not found in the directory/);
+      expect(r.stdout.trim().split('\n')).toHaveLength(4);
+    } finally {
+      writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY);
+    }
+  });
+
+  it('checks the policy\'s structure when the gateway config is broken, and says its groups were not resolved', async () => {
+    const bad = join(h.dir, 'bad-with-policy.yaml');
+    writeFileSync(bad, readFileSync(h.configFile, 'utf8').replace(/^tls:/m, 'tsl:'));
+    writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY.replace('  - id: mobile', '  - id: outlook'));
+    try {
+      const r = await exgate('check', '--config', bad);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toMatch(/bad-with-policy\.yaml:\d+: tsl: unknown key/);
+      expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[2\]\.id: duplicate rule id outlook/);
+      expect(r.stdout).toMatch(/policy\.yaml: groups and users not resolved against the directory: the gateway config has errors\n/);
+      // serve still refuses on any problem: the config's, and the policy's alone.
+      expect((await exgate('serve', '--config', bad)).code).toBe(1);
+      const alone = await exgate('serve', '--config', h.configFile);
+      expect(alone.code).toBe(1);
+      expect(alone.stderr).toContain('duplicate rule id outlook');
+    } finally {
+      writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY);
+    }
   });
 
   it('serve refuses a broken config with the problems and exit 1', async () => {
@@ -87,6 +127,57 @@ describe('exgate check', () => {
     const r = await exgate('frobnicate');
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('usage: exgate');
+  });
+});
+
+describe('exgate explain', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ directory: 'ldap' });
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+  const json = async (...args: string[]) => {
+    const r = await exgate('explain', '--config', h.configFile, '--json', ...args);
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    return JSON.parse(r.stdout) as { decision: string; reason: string; rule: string | null; user: string; groups: string[]; account: string | null };
+  };
+
+  it('shows the groups of a user on a service denied to everyone; the deny stays the decision', async () => {
+    expect(await json('--user', 'carol', '--service', 'rpc')).toMatchObject({
+      decision: 'deny', reason: 'denied-by-rule', rule: 'no-legacy-no-admin', user: 'LAB\\carol',
+      groups: expect.arrayContaining(['AllowExternalAccess', 'ExternalStaff']),
+    });
+  });
+
+  it('shows the groups of a user asking by an internal name; misdirected stays the decision', async () => {
+    const a = await json('--user', 'alice@lab.test', '--service', 'owa', '--name', INTERNAL);
+    expect(a).toMatchObject({ decision: 'deny', reason: 'misdirected', rule: null, user: 'LAB\\alice', groups: expect.arrayContaining(['AllowExternalAccess']) });
+    expect(a.account).toMatch(/^CN=Alice Anders,/);
+  });
+
+  it('a user who does not exist still gets the early refusal, with no groups', async () => {
+    expect(await json('--user', 'nobody', '--service', 'rpc')).toMatchObject({ decision: 'deny', reason: 'denied-by-rule', user: 'LAB\\nobody', groups: [], account: null });
+  });
+
+  it('the demo: alice on rpc shows her groups in the text output', async () => {
+    const r = await exgate('explain', '--config', join(import.meta.dirname, '..', '..', 'config', 'demo.yaml'), '--user', 'alice', '--service', 'rpc');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^groups +AllowExternalAccess, ExternalStaff$/m);
+    expect(r.stdout).toMatch(/^decision DENY +reason denied-by-rule +rule no-legacy-no-admin$/m);
+  });
+
+  it.each(['notanip', '1.2.3', '', '[::1]'])('refuses --ip %j as a usage error (exit 2)', async (ip) => {
+    const r = await exgate('explain', '--config', h.configFile, '--user', 'alice', '--service', 'owa', `--ip=${ip}`);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(`exgate explain: --ip ${JSON.stringify(ip)} is not an IPv4 or IPv6 address`);
+    expect(r.stderr).toContain('usage: exgate explain');
+  });
+
+  it.each(['192.0.2.7', '2001:db8::1'])('accepts --ip %s', async (ip) => {
+    expect((await json('--user', 'alice', '--service', 'owa', '--ip', ip)).decision).toBe('allow');
   });
 });
 

@@ -281,3 +281,66 @@ describe('fixtures', () => {
     }
   });
 });
+
+// `exgate check` (src/commands/check.ts) prints every problem in one run: each
+// test/fixtures/configs/check/<case>.yaml must give exactly <case>.check.txt, test/fixtures written as
+// `<dir>`. The policy half of these cases is test/fixtures/policies/schema-and-structure.yaml.
+import { check, findProblems } from '../../src/commands/check.js';
+import { formatProblem } from '../../src/errors.js';
+
+describe('exgate check: every problem in one run', () => {
+  const CHECK = join(FIXTURES, 'check');
+  const ROOT = resolve(FIXTURES, '..');
+  const checkText = async (name: string) =>
+    (await findProblems(join(CHECK, `${name}.yaml`))).map(formatProblem).join('\n').split(ROOT + '/').join('<dir>/');
+  const runCheck = async (name: string) => {
+    let out = '';
+    const sink = { write: (chunk: string) => { out += chunk; return true; } } as NodeJS.WritableStream;
+    const code = await check(join(CHECK, `${name}.yaml`), sink);
+    return { code, out };
+  };
+  const checkCases = readdirSync(CHECK).filter((f) => f.endsWith('.check.txt')).map((f) => f.slice(0, -'.check.txt'.length)).sort();
+
+  it('covers a broken config, a broken directory and a broken policy', () => {
+    expect(checkCases).toEqual(['bad-policy', 'broken-config', 'broken-config-missing-policy', 'broken-directory']);
+  });
+
+  it.each(checkCases)('%s', async (name) => {
+    expect(await checkText(name)).toBe(readFileSync(join(CHECK, `${name}.check.txt`), 'utf8').trimEnd());
+  });
+
+  it('a broken config still gets its policy checked, all but the names, and says so in one line', async () => {
+    const lines = (await checkText('broken-config')).split('\n');
+    expect(lines).toContain('<dir>/configs/check/broken-config.yaml:3: tls: is required');
+    expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:7: rules[1].id: duplicate rule id outlook');
+    expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:10: rules[2]: a rule has exactly one of allow and deny');
+    expect(lines.filter((l) => l.includes('not resolved against the directory'))).toHaveLength(1);
+    expect(lines.some((l) => l.includes('not found in the directory'))).toBe(false);
+  });
+
+  it('a schema error in the policy hides neither its structure nor its unknown names', async () => {
+    const lines = (await checkText('bad-policy')).split('\n');
+    expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:2: mode: must be one of "enforce", "report-only"');
+    expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:7: rules[1].id: duplicate rule id outlook');
+    expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:6: rules[0].allow.groups[0]: group AllowExternalAcess not found in the directory');
+    expect(lines.some((l) => l.includes('not resolved'))).toBe(false);
+  });
+
+  it('a config whose policyFile is missing names it once', async () => {
+    const text = await checkText('broken-config-missing-policy');
+    expect(text.match(/no-such-policy\.yaml/g)).toHaveLength(1);
+  });
+
+  it('a good config and policy give no problem, and check prints ok with exit 0', async () => {
+    expect(await findProblems(join(CHECK, 'valid.yaml'))).toEqual([]);
+    const { code, out } = await runCheck('valid');
+    expect({ code, out }).toEqual({ code: 0, out: 'ok\n' });
+    expect(existsSync(join(CHECK, 'generated'))).toBe(false);   // check never generates the selfSigned pair
+  });
+
+  it('exits 1 with one line per problem', async () => {
+    const { code, out } = await runCheck('broken-config');
+    expect(code).toBe(1);
+    expect(out.trimEnd().split('\n')).toHaveLength(8);
+  });
+});

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileDirectory } from '../../src/directory/file.js';
 import { ConfigError } from '../../src/errors.js';
 import { loadPolicy } from '../../src/policy/compile.js';
+import { readPolicy } from '../../src/policy/structure.js';
 import { SERVICES } from '../../src/services.js';
 
 const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), '../fixtures/policies');
@@ -41,7 +42,7 @@ describe('golden error fixtures (test/fixtures/policies/*.expected.txt)', () => 
   it('covers every case the brief asks for', () => {
     expect(goldenCases).toEqual(expect.arrayContaining([
       'unknown-group', 'unknown-user', 'duplicate-id', 'allow-and-deny', 'neither-allow-nor-deny',
-      'unknown-service', 'empty-services', 'unknown-top-level-key',
+      'unknown-service', 'empty-services', 'unknown-top-level-key', 'schema-and-structure',
     ]));
   });
 
@@ -63,6 +64,75 @@ describe('problems are located by file, key and line', () => {
 
   it('a missing policy file is a ConfigError naming it', async () => {
     expect(await errorText(fixture('no-such-policy.yaml'))).toBe('<dir>/no-such-policy.yaml: cannot read: ENOENT');
+  });
+});
+
+describe('every problem at once (schema errors hide nothing)', () => {
+  it('readPolicy finds the schema and structure problems without a directory, and every name to resolve', () => {
+    const text = readPolicy(fixture('schema-and-structure.yaml'));
+    expect(text.parsed).toBeNull();
+    expect(text.problems.map((p) => `${p.line}: ${p.key}: ${p.message}`)).toEqual([
+      '2: mode: must be one of "enforce", "report-only"',
+      expect.stringMatching(/^5: rules\[0\]\.services\[1\]: must be one of/),
+      '9: rules[1].allow.user: unknown key',
+      '7: rules[1].id: duplicate rule id outlook',
+      '10: rules[2]: a rule has exactly one of allow and deny',
+    ]);
+    expect(text.names.map((n) => `${n.kind} ${n.name} at ${n.path.join('.')}`)).toEqual([
+      'group AllowExternalAcess at rules.0.allow.groups.0',
+      'group AllowExternalAccess at rules.1.allow.groups.0',
+      'group MobileUsers at rules.3.allow.groups.0',
+      'user LAB\\mallory at rules.3.allow.users.0',
+    ]);
+  });
+
+  it('a valid file parses with no problem', () => {
+    const text = readPolicy(fixture('valid.yaml'));
+    expect(text.problems).toEqual([]);
+    expect(text.parsed?.rules.map((r) => r.id)).toEqual(['outlook', 'mobile', 'no-legacy-no-admin']);
+  });
+
+  it('rules that are not mappings, and a file that is not one, are the schema\'s to report, once', () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'exgate-policy-shape-'));
+    try {
+      writeFileSync(join(tmp, 'list.yaml'), '- id: a\n');
+      expect(readPolicy(join(tmp, 'list.yaml')).problems.map((p) => p.message)).toHaveLength(1);
+      writeFileSync(join(tmp, 'rules.yaml'), 'rules:\n  - just-a-string\n  - id: ""\n    services: [owa]\n    deny: all\n  - id: ""\n    services: [owa]\n    deny: all\n');
+      const problems = readPolicy(join(tmp, 'rules.yaml')).problems.map((p) => `${p.key}: ${p.message}`);
+      expect(problems.some((p) => p.includes('duplicate'))).toBe(false);
+      expect(problems.some((p) => p.includes('exactly one'))).toBe(false);
+      expect(problems[0]).toMatch(/^rules\[0\]: /);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  it('a name that does not resolve is reported at each place it stands, looked up once', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'exgate-policy-twice-'));
+    try {
+      writeFileSync(join(tmp, 'policy.yaml'), [
+        'rules:',
+        '  - id: a',
+        '    services: [owa]',
+        '    allow: { groups: [Nope] }',
+        '  - id: b',
+        '    services: [ews]',
+        '    allow: { groups: [Nope, AllowExternalAccess] }',
+        '',
+      ].join('\n'));
+      let lookups = 0;
+      const counting = Object.create(directory, {
+        resolveGroup: { value: (name: string) => { lookups++; return directory.resolveGroup(name); } },
+      }) as FileDirectory;
+      const err = await loadPolicy(join(tmp, 'policy.yaml'), counting, DOMAIN).catch((e: unknown) => e);
+      expect((err as ConfigError).problems.map((p) => `${p.line}: ${p.key}: ${p.message}`)).toEqual([
+        '4: rules[0].allow.groups[0]: group Nope not found in the directory',
+        '7: rules[1].allow.groups[0]: group Nope not found in the directory',
+      ]);
+      expect(lookups).toBe(2);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 });
 
