@@ -11,8 +11,10 @@
  * names (`ECP~1`) and ASP.NET cookieless segments (`/ews/(S(x))/mrsproxy.svc`).
  *
  * checkHead() refuses request heads that could mean one thing to the gateway and another to
- * Exchange: a repeated Authorization, a transfer coding other than chunked, a Host that is not
- * `name[:port]`, a method Exchange does not use, Exchange's internal routing cookies.
+ * Exchange: a repeated Host, Authorization, Content-Length or Transfer-Encoding, an HTTP/1.1
+ * request without Host, a transfer coding other than chunked, a Host that is not `name[:port]`,
+ * a method Exchange does not use, an HTTP version other than 1.0/1.1, Exchange's internal
+ * routing cookies.
  */
 import { SERVICE_PREFIXES, type Service } from './services.js';
 
@@ -52,6 +54,28 @@ export function classify(servername: string | false | null | undefined, host: st
   const shape = proxyShellShape(path, service);
   if (shape) return { ok: false, reason: 'bad-request', detail: shape };
   return { ok: true, service, host: name, path };
+}
+
+/** An RPC_IN_DATA / RPC_OUT_DATA request: the rpc service by its method, wherever it points. */
+export type RpcRoute = Route & {
+  readonly service: 'rpc';
+  /** Whether the path is under /rpc/: only there is Outlook Anywhere ever served. */
+  readonly atRpcPath: boolean;
+};
+
+/**
+ * Classifies an Outlook Anywhere request. INTERFACE.md makes the RPC methods the rpc service
+ * wherever they appear, so `RPC_IN_DATA /owa/` is rpc (denied or refused as rpc), never owa.
+ * Names and path shape are checked as for any request; the service table is not consulted.
+ */
+export function classifyRpc(servername: string | false | null | undefined, host: string | undefined, rawUrl: string, names: NameTable): RpcRoute | Misroute {
+  const name = checkNames(servername, host, names);
+  if (typeof name !== 'string') return name;
+  const path = normalizePath(pathOf(rawUrl));
+  if (path === null) return { ok: false, reason: 'bad-request', detail: 'path is not in normal form' };
+  const shape = proxyShellShape(path, 'rpc');
+  if (shape) return { ok: false, reason: 'bad-request', detail: shape };
+  return { ok: true, service: 'rpc', host: name, path, atRpcPath: serviceOf(path) === 'rpc' };
 }
 
 /**
@@ -223,10 +247,17 @@ export function serviceOf(path: string): Service | null {
 /** The methods Exchange's HTTP services use; anything else (TRACE, WebDAV, …) is refused. */
 const METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']);
 const HOST = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
+/** Headers a request carries at most once: Node keeps the first of a repeated Host or
+ * Authorization, IIS might read another, so the gateway would check one and forward the other. */
+const SINGLETONS = { host: 'Host', authorization: 'Authorization', 'content-length': 'Content-Length', 'transfer-encoding': 'Transfer-Encoding' } as const;
+type Singleton = keyof typeof SINGLETONS;
+const SINGLETON_NAMES = Object.keys(SINGLETONS) as Singleton[];
 
 /** What checkHead needs of a request. */
 export interface Head {
   readonly method?: string | undefined;
+  /** `1.1`, `1.0`, as Node's `req.httpVersion`. */
+  readonly httpVersion: string;
   readonly headers: { readonly host?: string | undefined; readonly 'transfer-encoding'?: string | undefined; readonly cookie?: string | undefined };
   readonly rawHeaders: readonly string[];
 }
@@ -234,12 +265,21 @@ export interface Head {
 /** A refusal of the request head (400, or `status` when HTTP has a better code), or null when it is fine. */
 export function checkHead(req: Head): (Misroute & { readonly status?: number }) | null {
   if (!METHODS.has(req.method ?? '')) return { ok: false, reason: 'bad-request', detail: `method ${req.method} is not served`, status: 405 };
-  let authorizations = 0;
-  for (let i = 0; i < req.rawHeaders.length; i += 2) {
-    if ((req.rawHeaders[i] as string).length === 13 && (req.rawHeaders[i] as string).toLowerCase() === 'authorization') authorizations++;
+  // Node's parser also hands over HTTP/0.9 and HTTP/2.0 request lines (checked on 20.20).
+  if (req.httpVersion !== '1.1' && req.httpVersion !== '1.0') {
+    return { ok: false, reason: 'bad-request', detail: `HTTP version ${req.httpVersion.slice(0, 8)} is not served`, status: 505 };
   }
-  // Node keeps the first; IIS might take another: one checked identity, one forwarded.
-  if (authorizations > 1) return { ok: false, reason: 'bad-request', detail: 'more than one Authorization header' };
+  const counts = countSingletons(req.rawHeaders);
+  for (const name of SINGLETON_NAMES) {
+    if (counts[name] > 1) return { ok: false, reason: 'bad-request', detail: `more than one ${SINGLETONS[name]} header` };
+  }
+  // Node refuses both together itself; a second line of defence (RFC 9112 §6.3: request smuggling).
+  if (counts['content-length'] > 0 && counts['transfer-encoding'] > 0) {
+    return { ok: false, reason: 'bad-request', detail: 'both Content-Length and Transfer-Encoding' };
+  }
+  // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host (the gateway's
+  // `requireHostHeader: false` only lets HTTP/1.0 clients be named by their SNI).
+  if (counts.host === 0 && req.httpVersion !== '1.0') return { ok: false, reason: 'bad-request', detail: 'HTTP/1.1 request without Host' };
   const te = req.headers['transfer-encoding'];
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
     return { ok: false, reason: 'bad-request', detail: 'transfer coding other than chunked', status: 501 };
@@ -250,6 +290,15 @@ export function checkHead(req: Head): (Misroute & { readonly status?: number }) 
     return { ok: false, reason: 'bad-request', detail: 'Exchange-internal routing cookie from a client' };
   }
   return null;
+}
+
+function countSingletons(rawHeaders: readonly string[]): Record<Singleton, number> {
+  const counts: Record<Singleton, number> = { host: 0, authorization: 0, 'content-length': 0, 'transfer-encoding': 0 };
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase();
+    if (Object.hasOwn(SINGLETONS, name)) counts[name as Singleton]++;
+  }
+  return counts;
 }
 
 /** Exchange's front-end → back-end routing cookies; a client never sets them. ProxyLogon

@@ -17,9 +17,10 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord } from './access-log.js';
-import { authorize, authorizeAnonymous } from './authorize.js';
-import { checkHead, classify } from './classify.js';
-import { DENY_STATUS, statusLine } from './errors.js';
+import { authorize } from './authorize.js';
+import { checkHead } from './classify.js';
+import { failedHead, rpcPrecheck } from './client-error.js';
+import { statusLine } from './errors.js';
 import { basicChallenge } from './proxy.js';
 import { RPC_METHODS } from './services.js';
 import type { State } from './state.js';
@@ -51,7 +52,7 @@ export function peek(socket: TLSSocket, state: () => State, toHttp: (socket: TLS
   let buf: Buffer = Buffer.alloc(0);
   const timer = setTimeout(() => {
     socket.off('data', onData);
-    refuseRaw(socket, state(), writeRecord, null, 408, 'request head not received in time');
+    refuseRaw(socket, writeRecord, buf, 408, 'request head not received in time');
   }, state().config.http.headersTimeoutMs);
   const handOff = () => {
     clearTimeout(timer);
@@ -71,7 +72,7 @@ export function peek(socket: TLSSocket, state: () => State, toHttp: (socket: TLS
       if (buf.length > MAX_HEAD) {
         clearTimeout(timer);
         socket.off('data', onData);
-        refuseRaw(socket, state(), writeRecord, null, 431, 'request head too large');
+        refuseRaw(socket, writeRecord, buf, 431, 'request head too large');
       }
       return;
     }
@@ -95,7 +96,7 @@ function matchPrefix(buf: Buffer): 'yes' | 'no' | 'maybe' {
 /** Checks an RPC request and, when allowed, turns the connection into a tunnel to Exchange. */
 async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: State, writeRecord: (r: AccessRecord) => void): Promise<void> {
   const head = parseHead(rawHead);
-  if (!head) return refuseRaw(socket, state, writeRecord, null, 400, 'malformed RPC request head');
+  if (!head) return refuseRaw(socket, writeRecord, rawHead, 400, 'malformed RPC request head');
   const record = newAccessRecord(socket, head);
   const started = performance.now();
   const refuse = (status: number, reason: AccessRecord['reason'], detail: string, extra = '') => {
@@ -106,19 +107,13 @@ async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: S
     socket.end(`${statusLine(status)}\r\n${extra}Content-Length: 0\r\nConnection: close\r\n\r\n`);
     writeRecord(record);
   };
-  const bad = checkHead({ method: 'POST', headers: head.headers, rawHeaders: head.rawHeaders });
+  // checkHead's method table is for the HTTP path; the RPC methods were matched already.
+  const bad = checkHead({ method: 'POST', httpVersion: head.version.slice('HTTP/'.length), headers: head.headers, rawHeaders: head.rawHeaders });
   if (bad) return refuse(bad.status ?? 400, 'bad-request', bad.detail);
   const length = bodyLength(head);
   if (length === null) return refuse(400, 'bad-request', 'an RPC request needs exactly one Content-Length and no Transfer-Encoding');
-  const route = classify(socket.servername, head.headers.host, head.url, state.config.names);
-  if (!route.ok) return refuse(DENY_STATUS[route.reason], route.reason, route.detail);
-  record.service = route.service;
-  if (route.service !== 'rpc') return refuse(400, 'bad-request', `${head.method} outside /rpc/`);
-  const anonymous = authorizeAnonymous('rpc', state.policy);
-  if (anonymous) {
-    record.rule = anonymous.rule;
-    return refuse(403, anonymous.reason, 'Outlook Anywhere (RPC over HTTP) is not allowed');
-  }
+  const early = rpcPrecheck(socket.servername, head, state, record);
+  if (early) return refuse(...early);
   const auth = await state.authenticator.authenticate({
     header: head.headers.authorization, source: socket.remoteAddress ?? '',
     groupDns: state.policy.groupDns, policyVersion: state.policy.version,
@@ -282,9 +277,12 @@ function parseHead(raw: Buffer): RpcHead | null {
   return { method, url, version, rawHeaders, headers };
 }
 
-/** Answers a connection whose head could not even be read. */
-function refuseRaw(socket: TLSSocket, _state: State, writeRecord: (r: AccessRecord) => void, head: RpcHead | null, status: number, detail: string): void {
+/** Answers a connection whose head could not be read whole or parsed: logged with as much of
+ * its request line, Host and User-Agent as arrived. */
+function refuseRaw(socket: TLSSocket, writeRecord: (r: AccessRecord) => void, raw: Buffer, status: number, detail: string): void {
+  const head = failedHead(raw, raw.length);
   const record = newAccessRecord(socket, head ?? { headers: {} });
+  if (head && RPC_METHODS.has(head.method)) record.service = 'rpc';
   record.reason = 'bad-request';
   record.detail = detail;
   record.status = status;

@@ -1,7 +1,7 @@
 // Table tests for classify (src/classify.ts): names first (421), then the path (400 / 404), then the
 // service table (INTERFACE.md "Services"). Each row is one request as a client could send it.
 import { describe, expect, it } from 'vitest';
-import { checkHead, classify, hostName, nameTable, normalizePath, serviceOf } from '../../src/classify.js';
+import { checkHead, classify, classifyRpc, hostName, nameTable, normalizePath, serviceOf } from '../../src/classify.js';
 import type { Service } from '../../src/services.js';
 
 const EXTERNAL = 'outlook-ext.lab.test';
@@ -231,22 +231,89 @@ describe('serviceOf: normalized path → service', () => {
 });
 
 describe('checkHead', () => {
-  const head = (method: string, raw: string[], headers: Record<string, string> = {}) => ({ method, rawHeaders: raw, headers });
+  const H = 'mail.lab.test';
+  /** A request head: `raw` are the header lines as sent; `headers` is what Node folds them into. */
+  const head = (method: string, raw: string[], headers: Record<string, string> = {}, httpVersion = '1.1') =>
+    ({ method, httpVersion, rawHeaders: raw, headers: { ...(raw.length > 0 ? firstOf(raw) : {}), ...headers } });
+  const firstOf = (raw: string[]) => {
+    const out: Record<string, string> = {};
+    for (let i = 0; i < raw.length; i += 2) out[(raw[i] as string).toLowerCase()] ??= raw[i + 1] as string;
+    return out;
+  };
   it.each([
-    ['GET with one Authorization', head('GET', ['Host', 'mail.lab.test', 'Authorization', 'Basic eDp5']), null],
-    ['OPTIONS (ActiveSync)', head('OPTIONS', []), null],
-    ['two Authorization headers', head('GET', ['Authorization', 'Basic eDp5', 'authorization', 'Basic eTp6']), 400],
-    ['TRACE', head('TRACE', []), 405],
-    ['PROPFIND', head('PROPFIND', []), 405],
-    ['Transfer-Encoding: gzip, chunked', head('POST', [], { 'transfer-encoding': 'gzip, chunked' }), 501],
-    ['Transfer-Encoding: chunked', head('POST', [], { 'transfer-encoding': 'chunked' }), null],
-    ['Host with userinfo', head('GET', [], { host: 'mail.lab.test:1@evil.example' }), 400],
-    ['Host with a path', head('GET', [], { host: 'mail.lab.test/x' }), 400],
-    ['Host name:port', head('GET', [], { host: 'mail.lab.test:8443' }), null],
-    ['Host [v6]:port', head('GET', [], { host: '[::1]:8443' }), null],
+    ['GET with one Authorization', head('GET', ['Host', H, 'Authorization', 'Basic eDp5']), null],
+    ['OPTIONS (ActiveSync)', head('OPTIONS', ['Host', H]), null],
+    ['two Authorization headers', head('GET', ['Host', H, 'Authorization', 'Basic eDp5', 'authorization', 'Basic eTp6']), 400],
+    ['TRACE', head('TRACE', ['Host', H]), 405],
+    ['PROPFIND', head('PROPFIND', ['Host', H]), 405],
+    ['Transfer-Encoding: gzip, chunked', head('POST', ['Host', H, 'Transfer-Encoding', 'gzip, chunked']), 501],
+    ['Transfer-Encoding: chunked', head('POST', ['Host', H, 'Transfer-Encoding', 'chunked']), null],
+    ['Host with userinfo', head('GET', ['Host', 'mail.lab.test:1@evil.example']), 400],
+    ['Host with a path', head('GET', ['Host', 'mail.lab.test/x']), 400],
+    ['Host name:port', head('GET', ['Host', 'mail.lab.test:8443']), null],
+    ['Host [v6]:port', head('GET', ['Host', '[::1]:8443']), null],
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1; HTTP/1.0 clients may leave it out.
+    ['two Host headers', head('GET', ['Host', H, 'Host', 'evil.example']), 400],
+    ['two Host headers, same value, different case', head('GET', ['Host', H, 'HOST', H]), 400],
+    ['two Host headers in HTTP/1.0', head('GET', ['Host', H, 'host', H], {}, '1.0'), 400],
+    ['HTTP/1.1 without Host', head('GET', []), 400],
+    ['HTTP/1.1 without Host, other headers present', head('GET', ['User-Agent', 'x', 'Authorization', 'Basic eDp5']), 400],
+    ['HTTP/1.0 without Host', head('GET', [], {}, '1.0'), null],
+    ['HTTP/1.0 with Host', head('GET', ['Host', H], {}, '1.0'), null],
+    ['an empty Host', head('GET', ['Host', '']), 400],
+    // Node refuses these itself (HPE_UNEXPECTED_CONTENT_LENGTH, HPE_INVALID_TRANSFER_ENCODING);
+    // two Transfer-Encoding lines with different codings do reach `request` (checked on Node 20.20).
+    ['two Content-Length headers', head('POST', ['Host', H, 'Content-Length', '2', 'Content-Length', '2']), 400],
+    ['two Transfer-Encoding headers', head('POST', ['Host', H, 'Transfer-Encoding', 'gzip', 'Transfer-Encoding', 'chunked'], { 'transfer-encoding': 'gzip, chunked' }), 400],
+    ['Content-Length and Transfer-Encoding', head('POST', ['Host', H, 'Content-Length', '5', 'Transfer-Encoding', 'chunked']), 400],
+    ['one Content-Length', head('POST', ['Host', H, 'Content-Length', '5']), null],
+    // Node's parser hands these versions over as they are.
+    ['HTTP/2.0 on an HTTP/1 connection', head('GET', ['Host', H], {}, '2.0'), 505],
+    ['HTTP/0.9 request line', head('GET', ['Host', H], {}, '0.9'), 505],
   ] as const)('%s', (_what, h, status) => {
     const r = checkHead(h);
     if (status === null) expect(r).toBeNull();
-    else expect(r?.status ?? 400).toBe(status);
+    else {
+      expect(r?.reason).toBe('bad-request');
+      expect(r?.status ?? 400).toBe(status);
+    }
+  });
+
+  it.each([
+    [['Host', H, 'Host', 'evil.example'], 'more than one Host header'],
+    [['Host', H, 'Content-Length', '1', 'content-length', '1'], 'more than one Content-Length header'],
+    [['Host', H, 'Transfer-Encoding', 'chunked', 'Transfer-Encoding', 'chunked'], 'more than one Transfer-Encoding header'],
+    [['Host', H, 'Content-Length', '1', 'Transfer-Encoding', 'chunked'], 'both Content-Length and Transfer-Encoding'],
+    [[], 'HTTP/1.1 request without Host'],
+  ])('names the problem: %j → %s', (raw, detail) => {
+    expect(checkHead(head('POST', raw))?.detail).toBe(detail);
+  });
+
+  it('never puts a header value into the detail', () => {
+    const r = checkHead(head('GET', ['Host', H, 'Authorization', 'Basic c2VjcmV0OnB3', 'Authorization', 'Basic c2VjcmV0OnB3']));
+    expect(r?.detail).not.toContain('c2VjcmV0');
+  });
+});
+
+describe('classifyRpc: the RPC methods are the rpc service wherever they point', () => {
+  it.each([
+    ['/rpc/rpcproxy.dll?exchange.lab.test:6001', '/rpc/rpcproxy.dll', true],
+    ['/RPC/RpcProxy.dll', '/rpc/rpcproxy.dll', true],
+    ['/rpc', '/rpc', true],
+    ['/owa/', '/owa/', false],
+    ['/ews/exchange.asmx', '/ews/exchange.asmx', false],
+    ['/nothing-here', '/nothing-here', false],
+    ['/', '/', false],
+  ])('%s → rpc at %s (at /rpc/: %s)', (rawUrl, path, atRpcPath) => {
+    expect(classifyRpc(EXTERNAL, EXTERNAL, rawUrl, names)).toEqual({ ok: true, service: 'rpc', host: EXTERNAL, path, atRpcPath });
+  });
+
+  it('checks names first: internal and unknown names are misdirected', () => {
+    expect(classifyRpc('outlook.lab.test', 'outlook.lab.test', '/rpc/rpcproxy.dll', names)).toMatchObject({ ok: false, reason: 'misdirected' });
+    expect(classifyRpc(EXTERNAL, 'other.example', '/rpc/rpcproxy.dll', names)).toMatchObject({ ok: false, reason: 'misdirected' });
+  });
+
+  it.each(['/rpc/../owa/', '/rpc/%2e%2e/owa/', '/rpc/a%2fb', 'rpcproxy.dll', '/owa/x/powershell', '/rpc/x@evil.example/'])('refuses the malformed target %s as bad-request', (rawUrl) => {
+    expect(classifyRpc(EXTERNAL, EXTERNAL, rawUrl, names)).toMatchObject({ ok: false, reason: 'bad-request' });
   });
 });
