@@ -15,6 +15,7 @@ import { startGateway, type RunningGateway } from '../../src/commands/serve.js';
 import { startExchangeStandin, type ExchangeStandin, type StandinOptions } from '../../src/standin/exchange.js';
 import { DOMAIN, GROUPS, SERVICE_ACCOUNT, USERS, type TestUser } from './ad-fixtures.js';
 import { scryptSync, randomBytes } from 'node:crypto';
+import { createServer as createNetServer } from 'node:net';
 
 export const EXTERNAL = 'mail.lab.test';
 export const AUTODISCOVER = 'autodiscover.lab.test';
@@ -273,4 +274,13 @@ export async function sendOn(client: Client, path: string, host: string, opts: S
 /** `Basic base64(user:password)` in UTF-8. */
 export function basic(user: string, password: string): string {
   return 'Basic ' + Buffer.from(`${user}:${password}`, 'utf8').toString('base64');
+}
+
+/** A loopback port nobody listens on right now (for a gateway started as a process). */
+export async function freePort(): Promise<number> {
+  const s = createNetServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
 }

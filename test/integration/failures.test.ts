@@ -5,13 +5,12 @@
  */
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer as createNetServer } from 'node:net';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { clientFor, EXTERNAL, basic, send, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { clientFor, EXTERNAL, basic, freePort, send, startHarness, type Harness } from '../helpers/gateway-harness.js';
 import { startTcpRelay, type TcpRelay } from '../helpers/tcp-relay.js';
 
 const { alice } = USERS;
@@ -107,13 +106,6 @@ async function until(check: () => boolean | Promise<boolean>, timeoutMs: number,
   }
 }
 
-async function freePort(): Promise<number> {
-  const s = createNetServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 describe('Exchange failing', () => {
   it('answers 502 when Exchange is unreachable', async () => {

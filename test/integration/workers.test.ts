@@ -4,21 +4,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify, parse } from 'yaml';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { EXTERNAL, send, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { EXTERNAL, freePort, send, startHarness, type Harness } from '../helpers/gateway-harness.js';
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 let h: Harness;
 let child: ChildProcess;
