@@ -103,6 +103,21 @@ class Line {
   word(word) {
     if (!this.tryWord(word)) throw new Unsupported(`expected ${word}`);
   }
+  /** These words in order, optional spaces before each. */
+  words(...words) {
+    for (const w of words) {
+      this.ws();
+      this.word(w);
+    }
+  }
+  /** `{ 'text' }` (optional spaces around): the quoted text; `more` words may follow the text inside. */
+  block(...more) {
+    this.words('{');
+    this.ws();
+    const text = this.quoted();
+    this.words(...more, '}');
+    return text;
+  }
   name() {
     NAME.lastIndex = this.i;
     const m = NAME.exec(this.s);
@@ -245,57 +260,21 @@ function parseLine(text) {
   }
 
   if (l.tryWord('if')) {
-    l.ws();
-    l.word('(');
+    l.words('(');
     l.ws();
     if (l.tryWord('$Error.Count')) {
       // if ($Error.Count -eq $exgateErrors) { '<ok>' } else { '<failed>'; $Error[0].Exception.Message }
-      l.ws();
-      l.word('-eq');
-      l.ws();
-      l.word('$exgateErrors');
-      l.ws();
-      l.word(')');
-      l.ws();
-      l.word('{');
-      l.ws();
-      const then = l.quoted();
-      l.ws();
-      l.word('}');
-      l.ws();
-      l.word('else');
-      l.ws();
-      l.word('{');
-      l.ws();
-      const otherwise = l.quoted();
-      l.ws();
-      l.word(';');
-      l.ws();
-      l.word('$Error[0].Exception.Message');
-      l.ws();
-      l.word('}');
+      l.words('-eq', '$exgateErrors', ')');
+      const then = l.block();
+      l.words('else');
+      const otherwise = l.block(';', '$Error[0].Exception.Message');
       l.end();
       return { kind: 'ifErrors', then, otherwise };
     }
-    l.word('$?');
+    l.words('$?', ')');
+    const then = l.block();
     l.ws();
-    l.word(')');
-    l.ws();
-    l.word('{');
-    l.ws();
-    const then = l.quoted();
-    l.ws();
-    l.word('}');
-    l.ws();
-    let otherwise = null;
-    if (l.tryWord('else')) {
-      l.ws();
-      l.word('{');
-      l.ws();
-      otherwise = l.quoted();
-      l.ws();
-      l.word('}');
-    }
+    const otherwise = l.tryWord('else') ? l.block() : null;
     l.end();
     return { kind: 'if', then, otherwise };
   }

@@ -287,6 +287,29 @@ describe('Set-CASMailbox', () => {
     expect(state.calls).toEqual([{ identity: ALICE_DN, flags: { EwsEnabled: false } }]);
   });
 
+  it('counts errors with $Error like PowerShell: a mark before each change, the newest message after a failure', async () => {
+    const check = "if ($Error.Count -eq $exgateErrors) { 'ok' } else { 'failed';  $Error[0].Exception.Message }";
+    const script = [
+      "$ErrorActionPreference = 'Continue'",
+      '$exgateErrors = $Error.Count',
+      "Set-CASMailbox -Identity 'CN=Nobody,DC=contoso,DC=test' -EwsEnabled:$false",
+      check,
+      '$exgateErrors = $Error.Count',
+      `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false`,
+      check.replace(/ +/g, ' '),
+    ].join('\n');
+    const { r, state } = await runWith(script);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe("failed\nCouldn't find object 'CN=Nobody,DC=contoso,DC=test'. Please make sure that it was spelled correctly or specify a different object.\nok\n");
+    expect(state.calls).toEqual([{ identity: ALICE_DN, flags: { EwsEnabled: false } }]);
+  });
+
+  it('refuses an $Error check in another shape (the generated script has exactly one)', async () => {
+    const { r } = await runWith("if ($Error.Count -gt $exgateErrors) { 'x' } else { 'y'; $Error[0].Exception.Message }");
+    expect(r.code).not.toBe(0);
+    expect(r.stdout).toBe('');
+  });
+
   it('fails for failIdentities (by DN or UPN, whichever name is used) and leaves them unchanged', async () => {
     const before = mailboxes();
     const script = [
