@@ -47,7 +47,7 @@ export function requestHeaders(req: IncomingMessage, host: string): string[] {
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (REQUEST_DROP.has(lower) || SINGLE.has(lower) || named?.has(lower)) continue;
+    if (SINGLE.has(lower) || dropsRequestHeader(lower, named)) continue;
     out.push(name, raw[i + 1] as string);
   }
   out.push('Host', req.headers.host ?? host);
@@ -102,7 +102,16 @@ export function responseHeaders(raw: readonly Buffer[] | undefined, status: numb
   return out;
 }
 
-function connectionTokens(value: string | undefined): Set<string> | null {
+/**
+ * Whether a client request header never reaches Exchange: hop-by-hop, named in `Connection`
+ * (`named`, from connectionTokens), gateway-owned or Exchange-internal. The raw Outlook Anywhere
+ * tunnel (rpc-tunnel.ts) rebuilds its head with the same rule.
+ */
+export function dropsRequestHeader(lower: string, named: ReadonlySet<string> | null): boolean {
+  return REQUEST_DROP.has(lower) || (named !== null && named.has(lower));
+}
+
+export function connectionTokens(value: string | undefined): Set<string> | null {
   if (!value) return null;
   const v = value.toLowerCase();
   if (v === 'keep-alive' || v === 'close') return null;

@@ -19,8 +19,9 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize } from './authorize.js';
 import { checkHead } from './classify.js';
-import { failedHead, rpcPrecheck } from './client-error.js';
+import { endWithStatus, failedHead, rpcPrecheck } from './client-error.js';
 import { statusLine } from './errors.js';
+import { connectionTokens, dropsRequestHeader } from './headers.js';
 import { basicChallenge } from './proxy.js';
 import { RPC_METHODS } from './services.js';
 import type { State } from './state.js';
@@ -30,7 +31,6 @@ import { sourceKey } from './lockout.js';
 const MAX_HEAD = 16 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
 const PREFIXES = [...RPC_METHODS].map((m) => Buffer.from(`${m} `, 'latin1'));
-const DROP: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'x-real-ip', 'proxy-authorization', 'connection', 'keep-alive']);
 
 /** A parsed RPC request head. */
 interface RpcHead {
@@ -182,16 +182,25 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
     : netConnect({ host: url.hostname, port });
   const idleMs = state.config.services.rpc.idleTimeoutSeconds * 1000;
   let finished = false;
-  const finish = (detail: string | null) => {
+  let answered = false;                             // a byte from Exchange reached the client
+  // `failure`: Exchange failed before answering anything; the client gets 502/504 as on the HTTP path.
+  const finish = (detail: string | null, failure?: 502 | 504) => {
     if (finished) return;
     finished = true;
     if (detail && record.detail === null) record.detail = detail;
     record.durationMs = Math.round(performance.now() - started);
-    client.destroy();
     upstream.destroy();
+    if (failure && !answered && client.writable) {
+      record.status = failure;
+      record.reason = failure === 504 ? 'upstream-timeout' : 'upstream-error';
+      endWithStatus(client, failure);
+      setTimeout(() => client.destroy(), 1000).unref();   // the rest of an upload is not awaited
+    } else {
+      client.destroy();
+    }
     done();
   };
-  const connectTimer = setTimeout(() => finish('upstream connect timed out'), connectTimeoutMs);
+  const connectTimer = setTimeout(() => finish('upstream connect timed out', 504), connectTimeoutMs);
   upstream.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
     clearTimeout(connectTimer);
     record.upstreamMs = Math.round(performance.now() - started);
@@ -200,6 +209,7 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
     // past the checks, so the tunnel ends there (one request per tunnel).
     let remaining = length;
     const relay = (d: Buffer): void => {
+      if (finished) return;
       if (d.length > remaining) {
         record.detail = 'bytes beyond the declared Content-Length';
         finish(null);
@@ -216,6 +226,7 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
     upstream.on('data', (d: Buffer) => {
       if (first) {
         first = false;
+        answered = true;
         const status = /^HTTP\/1\.[01] (\d{3})/.exec(d.subarray(0, 16).toString('latin1'));
         record.status = status ? Number(status[1]) : 0;
       }
@@ -230,15 +241,12 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
   const touch = () => { lastActivity = Date.now(); };
   client.on('data', touch);
   upstream.on('data', touch);
-  const idle = setInterval(() => { if (Date.now() - lastActivity >= idleMs) finish('tunnel idle timeout'); }, Math.min(idleMs, 30_000));
+  const idle = setInterval(() => { if (Date.now() - lastActivity >= idleMs) finish('tunnel idle timeout', 504); }, Math.min(idleMs, 30_000));
   idle.unref();
-  const end = (detail: string | null) => () => { clearInterval(idle); clearTimeout(connectTimer); finish(detail); };
-  upstream.once('error', (err: NodeJS.ErrnoException) => {
-    if (record.status === 0 && record.upstreamMs === null) record.reason = 'upstream-error';
-    end(`upstream: ${err.code ?? err.message}`)();
-  });
+  const end = (detail: string | null, failure?: 502 | 504) => () => { clearInterval(idle); clearTimeout(connectTimer); finish(detail, failure); };
+  upstream.once('error', (err: NodeJS.ErrnoException) => end(`upstream: ${err.code ?? err.message}`, 502)());
   client.once('error', end(null));
-  upstream.once('close', end(null));
+  upstream.once('close', () => end(answered ? null : 'Exchange closed the connection without answering', 502)());
   client.once('close', end(null));
 }
 
@@ -246,9 +254,10 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
  * ones the gateway owns, and X-Forwarded-For / -Proto set by the gateway. */
 function rebuildHead(head: RpcHead, client: Socket): string {
   let out = `${head.method} ${head.url} ${head.version}\r\n`;
+  const named = connectionTokens(head.headers.connection);
   for (let i = 0; i < head.rawHeaders.length; i += 2) {
     const name = head.rawHeaders[i] as string;
-    if (!DROP.has(name.toLowerCase())) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
+    if (!dropsRequestHeader(name.toLowerCase(), named)) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
   }
   return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`;
 }

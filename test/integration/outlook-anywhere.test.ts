@@ -198,6 +198,41 @@ describe('Outlook Anywhere tunnel', () => {
     expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 408 Request Timeout');
   });
 
+  it('drops hop-by-hop and Exchange-internal headers from the tunnelled head, as on the HTTP path', async () => {
+    const s = await open();
+    void drain(s);
+    s.write(`RPC_OUT_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001&marker=hdrs HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
+      `Authorization: ${basic(alice.sam, alice.password)}\r\nContent-Length: 76\r\nConnection: Keep-Alive, X-Secret-Hop\r\n` +
+      'X-Secret-Hop: 1\r\nX-CommonAccessToken: forged\r\nX-IsFromCafe: 1\r\nmsExchLogonMailbox: S-1-5-21-1\r\nUpgrade: h2c\r\nX-Forwarded-For: 10.9.9.9\r\nUser-Agent: MSRPC\r\n\r\n');
+    const end = Date.now() + 3000;
+    let seen: string | undefined;
+    while (!(seen = rpc.seen.find((x) => x.head.includes('marker=hdrs'))?.head) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    s.destroy();
+    expect(seen).toBeDefined();
+    for (const name of ['X-Secret-Hop', 'X-CommonAccessToken', 'X-IsFromCafe', 'msExchLogonMailbox', 'Upgrade', '10.9.9.9']) expect(seen).not.toContain(name);
+    expect(seen).toMatch(/\r\nUser-Agent: MSRPC\r\n/);
+    expect(seen).toMatch(/\r\nX-Forwarded-For: 127\.0\.0\.1\r\n/);
+  });
+
+  it('answers 502 when Exchange cannot be reached for an allowed tunnel', async () => {
+    const dead = await startHarness({
+      directory: 'ldap', policy: POLICY,
+      gateway: { upstream: { url: 'https://127.0.0.1:1', ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' } },
+    });
+    try {
+      const s = await new Promise<TLSSocket>((resolve, reject) => {
+        const c = connect({ host: '127.0.0.1', port: dead.port, servername: EXTERNAL, ca: dead.gatewayCa }, () => resolve(c));
+        c.once('error', reject);
+      });
+      const reply = drain(s);
+      s.write(head('RPC_IN_DATA', alice, 1073741824));
+      expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 502 Bad Gateway');
+      expect(await dead.record((x) => x.method === 'RPC_IN_DATA')).toMatchObject({ service: 'rpc', user: 'LAB\\alice', status: 502, reason: 'upstream-error' });
+    } finally {
+      await dead.close();
+    }
+  });
+
   it('never logs the password of a tunnelled request', () => {
     expect(h.allLogText()).not.toContain(alice.password);
     expect(h.allLogText()).not.toContain(basic(alice.sam, alice.password).slice(6));
