@@ -124,7 +124,16 @@ export function appLogger(level: string, stream?: DestinationStream): Logger {
   return pino({
     level, base: { name: 'exgate', pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, formatters: FORMATTERS,
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    // An error is logged as type, code, message and stack only: a library error may carry the
+    // request it failed on (headers, credentials) in properties or in its cause.
+    serializers: { err: errorFields },
   }, stream ?? pino.destination({ dest: 2, sync: true }));
+}
+
+function errorFields(err: unknown): unknown {
+  if (!(err instanceof Error)) return err;
+  const code = (err as NodeJS.ErrnoException).code;
+  return { type: err.name, ...(code === undefined ? {} : { code }), message: err.message, stack: err.stack };
 }
 
 function flush(dest: DestinationStream): void {

@@ -339,9 +339,13 @@ function accountKey(logon: Logon & { kind: 'sam' | 'upn' }): string {
 
 /** Names the scheme of an Authorization header that is not Basic (never its token). */
 function foreignScheme(header: string): string {
-  const scheme = header.trim().split(/\s/, 1)[0] ?? '';
-  return /^[A-Za-z][A-Za-z0-9-]{0,19}$/.test(scheme) ? `${scheme} credentials; this service takes Basic` : 'credentials in a scheme other than Basic';
+  // Only a known scheme followed by its token is named: a bare token (a client that left out the
+  // scheme) must never reach the log.
+  const [scheme = '', token] = header.trim().split(/\s+/, 2);
+  const known = KNOWN_SCHEMES.find((k) => k.toLowerCase() === scheme.toLowerCase());
+  return known && token ? `${known} credentials; this service takes Basic` : 'credentials in a scheme other than Basic';
 }
+const KNOWN_SCHEMES = ['NTLM', 'Negotiate', 'Bearer', 'Digest', 'Kerberos'];
 
 function fail(reason: Failure['reason'], user: string | null, cache: CacheUse | null, detail?: string): Failure {
   return detail === undefined ? { ok: false, reason, user, cache } : { ok: false, reason, user, cache, detail };

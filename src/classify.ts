@@ -103,8 +103,13 @@ const AUTODISCOVER_V1 = /^\/autodiscover\/autodiscover\.json\/v1\.0\/[^/]+$/;
 /** The request target's path without the query string (what the access log shows). */
 export function pathOf(rawUrl: string): string {
   const q = rawUrl.indexOf('?');
-  return q < 0 ? rawUrl : rawUrl.slice(0, q);
+  const path = q < 0 ? rawUrl : rawUrl.slice(0, q);
+  // An absolute-form target (`https://user:password@host/owa/`) may carry credentials: never logged.
+  return path.startsWith('/') ? path : path.replace(USERINFO, '$1');
 }
+
+/** An optional scheme, then everything up to the last `@` of the authority. */
+const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)?[^/]*@/i;
 
 /** Host header → bare lowercase name: no port, no IPv6 brackets' port, no trailing dot. */
 export function hostName(host: string | undefined): string | null {

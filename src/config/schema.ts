@@ -63,7 +63,7 @@ const directoryCommon = {
   upnSuffixes: names.default([]),
 };
 
-const ldapUrl = z.string().regex(/^ldaps?:\/\/[^/?#\s]+\/?$/, 'expected ldap://host[:port] or ldaps://host[:port]');
+const ldapUrl = z.string().regex(/^ldaps?:\/\/[^/?#\s@]+\/?$/, 'expected ldap://host[:port] or ldaps://host[:port] (no user or password in it)');
 
 const ldapDirectory = z.strictObject({
   type: z.literal('ldap'),
@@ -78,7 +78,8 @@ const ldapDirectory = z.strictObject({
   /** The service account that looks users and groups up. */
   bindDn: nonEmpty,
   /** Name of the environment variable holding the service account's password. */
-  bindPasswordEnv: nonEmpty.optional(),
+  /** The NAME of the variable (its value is never printed, nor is this key's if it is not a name). */
+  bindPasswordEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected the name of an environment variable (letters, digits, _), not its value').optional(),
   /** Or a file holding it (one line; the trailing newline is ignored). */
   bindPasswordFile: nonEmpty.optional(),
   /** Where users and groups are searched. */

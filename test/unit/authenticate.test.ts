@@ -197,6 +197,9 @@ describe('Authenticator: a scheme other than Basic', () => {
     ['NTLM TlRMTVNTUAABAAAABoIIAAAAAAAAAAAAAAAAAAAAAAA=', 'NTLM credentials; this service takes Basic'],
     ['Bearer eyJhbGciOi.secret.token', 'Bearer credentials; this service takes Basic'],
     ['sch\u00e9ma secret', 'credentials in a scheme other than Basic'],
+    ['Ym9iOmh1bnRlcjI0', 'credentials in a scheme other than Basic'],          // a bare token, no scheme: never echoed
+    ['hunter2', 'credentials in a scheme other than Basic'],
+    ['Bearer', 'credentials in a scheme other than Basic'],
   ])('%s → detail %s, never the token', async (header, detail) => {
     const { auth } = setup();
     const o = await auth.authenticate({ header, source: ATTACKER, groupDns: [GROUP], policyVersion: 'v1' });

@@ -1,7 +1,7 @@
 // Table tests for classify (src/classify.ts): names first (421), then the path (400 / 404), then the
 // service table (INTERFACE.md "Services"). Each row is one request as a client could send it.
 import { describe, expect, it } from 'vitest';
-import { checkHead, classify, classifyRpc, hostName, nameTable, normalizePath, serviceOf } from '../../src/classify.js';
+import { checkHead, classify, classifyRpc, hostName, nameTable, normalizePath, pathOf, serviceOf } from '../../src/classify.js';
 import type { Service } from '../../src/services.js';
 
 const EXTERNAL = 'outlook-ext.lab.test';
@@ -169,6 +169,20 @@ describe('classify: names (421 misdirected)', () => {
   it('an IPv6 literal Host matches the bare address in names.external', () => {
     expect(hostName('[::1]:8443')).toBe('::1');
     expect(classify(undefined, '[::1]:8443', '/ews/', nameTable(['::1'], [], 'external'))).toMatchObject({ ok: true, host: '::1' });
+  });
+});
+
+describe('pathOf: the path the access log records', () => {
+  it.each([
+    ['/owa/?a=1', '/owa/'],
+    ['/ews/exchange.asmx', '/ews/exchange.asmx'],
+    ['https://alice:S3cret@mail.example.com/owa/?password=x', 'https://mail.example.com/owa/'],
+    ['http://a:p@ss@host/x', 'http://host/x'],
+    ['alice:S3cret@mail.example.com:443', 'mail.example.com:443'],
+    ['https://mail.example.com/owa/', 'https://mail.example.com/owa/'],
+    ['*', '*'],
+  ])('%s → %s (never a query, never userinfo)', (url, path) => {
+    expect(pathOf(url)).toBe(path);
   });
 });
 

@@ -272,6 +272,25 @@ describe('the bind password never prints', () => {
     expect(text).not.toContain(ENV_PASSWORD);
     expect(text).not.toContain(FILE_PASSWORD);
   });
+
+  it('nor a password pasted where a variable name or a DC URL belongs', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'exgate-config-'));
+    try {
+      const minimal = readFileSync(fixture('valid-minimal.yaml'), 'utf8').replace(/support\//g, `${FIXTURES}/support/`);
+      const pasted = join(dir, 'pasted.yaml');
+      writeFileSync(pasted, minimal.replace('bindPasswordEnv: EXGATE_BIND_PASSWORD', "bindPasswordEnv: 'Pa55w0rd!x'"));
+      const text = errorText(pasted, ENV, dir);
+      expect(text).toContain('directory.bindPasswordEnv');
+      expect(text).not.toContain('Pa55w0rd!x');
+      const inUrl = join(dir, 'in-url.yaml');
+      writeFileSync(inUrl, minimal.replace('ldaps://dc1.lab.test:636', 'ldaps://svc:Pa55w0rd!x@dc1.lab.test:636'));
+      const urlText = errorText(inUrl, ENV, dir);
+      expect(urlText).toContain('directory.url');
+      expect(urlText).not.toContain('Pa55w0rd!x');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('fixtures', () => {
