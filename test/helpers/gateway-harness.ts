@@ -8,11 +8,11 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildConnector, Client } from 'undici';
-import { inject } from 'vitest';
+import { expect, inject } from 'vitest';
 import { stringify } from 'yaml';
 import type { AccessRecord } from '../../src/access-log.js';
 import { startGateway, type RunningGateway } from '../../src/commands/serve.js';
-import { startExchangeStandin, type ExchangeStandin, type StandinOptions } from '../../src/standin/exchange.js';
+import { startExchangeStandin, type ExchangeStandin, type SeenRequest, type StandinOptions } from '../../src/standin/exchange.js';
 import { DOMAIN, GROUPS, SERVICE_ACCOUNT, USERS, type TestUser } from './ad-fixtures.js';
 import { scryptSync, randomBytes } from 'node:crypto';
 import { createServer as createNetServer } from 'node:net';
@@ -283,4 +283,46 @@ export async function freePort(): Promise<number> {
   const port = (s.address() as { port: number }).port;
   await new Promise<void>((r) => s.close(() => r()));
   return port;
+}
+
+/** A count of what reached the stand-in since a point in time (see {@link watchForwarded}). */
+export interface ForwardWatch {
+  /** Requests (matching the predicate, if any) the stand-in recorded since the watch began. */
+  count(): number;
+  /** Asserts, after a short settle, that the stand-in recorded none since the watch began. */
+  expectNone(what?: string): Promise<void>;
+}
+
+/**
+ * Denied means never forwarded. Starts counting what the stand-in of `h` records: everything, or
+ * only the requests matching `pred` when other requests legitimately reach it meanwhile (mark the
+ * denied request with a unique path or query, or match its user; for NTLM, whose Type 1 legs are
+ * forwarded by design, match `r.ntlm === 'type3'` and the refused user).
+ */
+export function watchForwarded(h: { readonly standin: ExchangeStandin }, pred?: (r: SeenRequest) => boolean): ForwardWatch {
+  const before = h.standin.seen(pred);
+  const count = () => h.standin.seen(pred) - before;
+  return {
+    count,
+    expectNone: async (what = 'a denied request reached the stand-in') => {
+      // A wrongly forwarded request is recorded once its body is read: give it a moment to land.
+      await new Promise((r) => setTimeout(r, 20));
+      const n = count();
+      const seen = n > 0 ? h.standin.requests.filter((r) => !pred || pred(r)).slice(-n) : [];
+      expect(n, `${what}: ${seen.map((r) => `${r.method} ${r.url} as ${r.user ?? '-'}`).join(', ')}`).toBe(0);
+    },
+  };
+}
+
+/**
+ * Runs `act` (the denied request or requests) and asserts the stand-in recorded nothing meanwhile
+ * (nothing matching `pred`, when given); returns what `act` returned.
+ */
+export async function expectNotForwarded<T>(
+  h: { readonly standin: ExchangeStandin }, act: () => Promise<T>, pred?: (r: SeenRequest) => boolean,
+): Promise<T> {
+  const watch = watchForwarded(h, pred);
+  const result = await act();
+  await watch.expectNone();
+  return result;
 }

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
 import { bindDirect, createUser, readAttributes, setGroupMember } from '../helpers/ad-admin.js';
-import { basic, clientFor, EXTERNAL, send, sendOn, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { basic, clientFor, expectNotForwarded, EXTERNAL, send, sendOn, startHarness, type Harness, watchForwarded } from '../helpers/gateway-harness.js';
 import { sambaAdmin, sambaControl } from '../helpers/samba.js';
 
 const ldapUrl = inject('ldapUrl');
@@ -43,6 +43,7 @@ describe('smart lockout at the gateway', () => {
 
     const attacker = clientFor(h, EXTERNAL, '127.0.0.2');
     const reasons = new Map<string, number>();
+    const guesses = watchForwarded(h);
     try {
       for (let i = 0; i < 200; i++) {
         const r = await sendOn(attacker, '/owa/', EXTERNAL, { user: u.sam, password: `guess-${i}` });
@@ -51,6 +52,7 @@ describe('smart lockout at the gateway', () => {
     } finally {
       await attacker.close();
     }
+    await guesses.expectNone('a wrong password reached Exchange');
     for (const rec of h.access.filter((x) => x.user === `LAB\\${u.sam}` && x.client === '127.0.0.2')) {
       reasons.set(rec.reason ?? '', (reasons.get(rec.reason ?? '') ?? 0) + 1);
     }
@@ -62,7 +64,7 @@ describe('smart lockout at the gateway', () => {
     expect(Number(ad.lockoutTime || 0)).toBe(0);                      // never locked in AD
 
     expect((await send(h, '/owa/', home)).status).toBe(200);
-    const locked = await send(h, '/owa/', { ...home, localAddress: '127.0.0.2' });
+    const locked = await expectNotForwarded(h, () => send(h, '/owa/', { ...home, localAddress: '127.0.0.2' }));
     expect(locked.status).toBe(401);
     expect(locked.headers['www-authenticate']).toMatch(/^Basic /);
     expect((await h.record((x) => x.client === '127.0.0.2' && x.status === 401 && x.detail !== null && x.reason === 'gateway-lockout')).user).toBe(`LAB\\${u.sam}`);
@@ -72,11 +74,13 @@ describe('smart lockout at the gateway', () => {
   it('counts a repeated wrong password once (a phone with an old password)', async () => {
     const u = await createUser(ldapUrl, `phone${tag()}`, 'Phone-Passw0rd!', ['AllowExternalAccess']);
     const phone = clientFor(h, EXTERNAL, '127.0.0.4');
+    const oldPassword = watchForwarded(h);
     try {
       for (let i = 0; i < 30; i++) expect((await sendOn(phone, '/Microsoft-Server-ActiveSync?Cmd=Ping', EXTERNAL, { user: u.sam, password: 'the-old-password', method: 'POST', body: 'x' })).status).toBe(401);
     } finally {
       await phone.close();
     }
+    await oldPassword.expectNone('an old password reached Exchange');
     const ad = await readAttributes(ldapUrl, u.dn, ['badPwdCount']);
     expect(Number(ad.badPwdCount)).toBeLessThanOrEqual(1);
     expect((await send(h, '/owa/', { user: u.sam, password: u.password, localAddress: '127.0.0.4' })).status).toBe(200);
@@ -85,6 +89,7 @@ describe('smart lockout at the gateway', () => {
   it('answers an address that sprays many accounts with 429, for every account, without binding', async () => {
     const sprayer = clientFor(h, EXTERNAL, '127.0.0.3');
     const statuses: number[] = [];
+    const sprayed = watchForwarded(h);
     try {
       for (const name of ['bob', 'carol', 'dave', 'erin', 'henry', 'zoe', 'mallory', 'nobody1', 'nobody2']) {
         statuses.push((await sendOn(sprayer, '/owa/', EXTERNAL, { user: name, password: 'Spring2026!' })).status);
@@ -95,6 +100,7 @@ describe('smart lockout at the gateway', () => {
     } finally {
       await sprayer.close();
     }
+    await sprayed.expectNone('a sprayed request reached Exchange');
     expect(statuses.slice(0, 5)).toEqual([401, 401, 401, 401, 401]);
     expect(statuses.slice(5)).toEqual([429, 429, 429, 429]);
     expect((await h.record((x) => x.client === '127.0.0.3' && x.status === 429)).reason).toBe('gateway-lockout');
@@ -128,7 +134,7 @@ describe('changes in AD within the cache TTL', () => {
     const removedAt = Date.now();
     expect((await send(h, '/owa/', creds)).status).toBe(200);        // still the cached standing
     await new Promise((r) => setTimeout(r, 2100 - (Date.now() - removedAt)));
-    expect((await send(h, '/owa/', creds)).status).toBe(403);
+    expect((await expectNotForwarded(h, () => send(h, '/owa/', creds))).status).toBe(403);
   });
 
   it('stops an account disabled in AD within groupTtlSeconds, although its password is cached', async () => {
@@ -137,7 +143,7 @@ describe('changes in AD within the cache TTL', () => {
     expect((await send(h, '/owa/', creds)).status).toBe(200);
     await admin.setDisabled(u.sam, true);
     await new Promise((r) => setTimeout(r, 2100));
-    const r = await send(h, '/owa/', creds);
+    const r = await expectNotForwarded(h, () => send(h, '/owa/', creds));
     expect(r.status).toBe(401);
     expect((await h.record((x) => x.user === `LAB\\${u.sam}` && x.status === 401)).reason).toBe('account-disabled');
   });
@@ -147,9 +153,10 @@ describe('changes in AD within the cache TTL', () => {
     await lockoutPolicy(`ExgateAdLock${tag()}`, 3, u.sam);
     for (let i = 0; i < 4; i++) await bindDirect(ldapUrl, u.dn, `wrong-${i}`);
     expect(await bindDirect(ldapUrl, u.dn, u.password)).toBe('775');
-    const r = await send(h, '/owa/', { user: u.sam, password: u.password });
+    const r = await expectNotForwarded(h, () => send(h, '/owa/', { user: u.sam, password: u.password }));
     expect(r.status).toBe(401);
     expect((await h.record((x) => x.user === `LAB\\${u.sam}`)).reason).toBe('account-locked');
+    expect(h.standin.seen((x) => x.user === u.sam)).toBe(0);
   });
 });
 
@@ -187,15 +194,18 @@ describe('domain controllers failing', () => {
     });
     const clients = Array.from({ length: 16 }, () => clientFor(h));
     try {
-      await Promise.all(clients.map((c) => sendOn(c, '/owa/', EXTERNAL, {})));          // connections warm
+      await expectNotForwarded(h, () => Promise.all(clients.map((c) => sendOn(c, '/owa/', EXTERNAL, {}))));          // connections warm
       const names = ['alice', 'carol', 'zoe', 'grace', 'obrien'] as const;
       const replies = await Promise.all(clients.map((c, i) => {
         const u = USERS[names[i % names.length] as (typeof names)[number]];
-        return sendOn(c, '/owa/', EXTERNAL, { authorization: basic(u.sam, u.password) });
+        return sendOn(c, `/owa/?bind=${i}`, EXTERNAL, { authorization: basic(u.sam, u.password) });
       }));
       const statuses = replies.map((r) => r.status);
       expect(statuses.filter((s) => s === 503).length).toBeGreaterThan(0);
       expect(statuses.every((s) => s === 200 || s === 503)).toBe(true);
+      await new Promise((r) => setTimeout(r, 20));                    // let a wrongly forwarded request land
+      const refusedButForwarded = statuses.flatMap((s, i) => (s === 503 && h.standin.seen((r) => r.url === `/owa/?bind=${i}`) > 0 ? [i] : []));
+      expect(refusedButForwarded, 'requests answered 503 that reached Exchange').toEqual([]);
       expect((await h.record((x) => x.status === 503)).detail).toMatch(/too many password checks waiting/);
     } finally {
       await Promise.all(clients.map((c) => c.close()));
@@ -220,14 +230,14 @@ describe('domain controllers failing', () => {
       await new Promise((r) => setTimeout(r, 1200));                   // alice's entries are now past their TTL
 
       const started = Date.now();
-      const uncached = await send(h, '/owa/', carol);
+      const uncached = await expectNotForwarded(h, () => send(h, '/owa/', carol));
       expect(uncached.status).toBe(503);
       expect(Date.now() - started).toBeLessThan(5000);
 
       const stale = await send(h, '/owa/', alice);
       expect(stale.status).toBe(200);
       expect((await h.record((x) => x.user === 'LAB\\alice' && x.cache === 'stale')).reason).toBe('allowed');
-      expect((await send(strict, '/owa/', alice)).status).toBe(503);  // without staleIfError: fail closed
+      expect((await expectNotForwarded(strict, () => send(strict, '/owa/', alice))).status).toBe(503);  // without staleIfError: fail closed
 
       await control.startServer();
       await new Promise((r) => setTimeout(r, 1100));                   // past the breaker's cooldown

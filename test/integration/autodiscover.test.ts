@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { send, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { expectNotForwarded, send, startHarness, type Harness } from '../helpers/gateway-harness.js';
 
 let h: Harness;
 beforeAll(async () => {
@@ -33,13 +33,13 @@ describe('autodiscover.json', () => {
   });
 
   it('gives the same answer for any address (no user enumeration)', async () => {
-    const known = await send(h, '/autodiscover/autodiscover.json?Email=alice@lab.test&Protocol=EWS', {});
-    const unknown = await send(h, '/autodiscover/autodiscover.json?Email=no.such.user@lab.test&Protocol=EWS', {});
+    const known = await expectNotForwarded(h, () => send(h, '/autodiscover/autodiscover.json?Email=alice@lab.test&Protocol=EWS', {}));
+    const unknown = await expectNotForwarded(h, () => send(h, '/autodiscover/autodiscover.json?Email=no.such.user@lab.test&Protocol=EWS', {}));
     expect(unknown.text()).toBe(known.text());
   });
 
   it('takes GET only', async () => {
-    expect((await send(h, '/autodiscover/autodiscover.json?Email=alice@lab.test&Protocol=EWS', { method: 'POST', body: 'x' })).status).toBe(405);
+    expect((await expectNotForwarded(h, () => send(h, '/autodiscover/autodiscover.json?Email=alice@lab.test&Protocol=EWS', { method: 'POST', body: 'x' }))).status).toBe(405);
   });
 });
 
@@ -78,8 +78,9 @@ describe('autodiscover.xml', () => {
     const body = '<Autodiscover><Request><EMailAddress>ceo@lab.test</EMailAddress></Request></Autodiscover>';
     const ok = await send(h, '/autodiscover/autodiscover.xml', { ...alice, method: 'POST', body, headers: { 'content-type': 'text/xml' } });
     expect(ok.status).toBe(200);
-    const refused = await send(h, '/autodiscover/autodiscover.xml', { user: 'bob', password: USERS.bob.password, method: 'POST', body });
+    const refused = await expectNotForwarded(h, () => send(h, '/autodiscover/autodiscover.xml', { user: 'bob', password: USERS.bob.password, method: 'POST', body }));
     expect(refused.status).toBe(403);
-    expect((await send(h, '/autodiscover/autodiscover.xml', { method: 'POST', body })).status).toBe(401);
+    expect(h.standin.seen((r) => r.user === 'bob')).toBe(0);
+    expect((await expectNotForwarded(h, () => send(h, '/autodiscover/autodiscover.xml', { method: 'POST', body }))).status).toBe(401);
   });
 });

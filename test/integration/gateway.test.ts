@@ -9,7 +9,7 @@ import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DOMAIN, USERS } from '../helpers/ad-fixtures.js';
 import {
-  AUTODISCOVER, basic, clientFor, EXTERNAL, INTERNAL, send, sendOn, startHarness, type Harness,
+  AUTODISCOVER, basic, clientFor, expectNotForwarded, EXTERNAL, INTERNAL, send, sendOn, startHarness, type Harness,
 } from '../helpers/gateway-harness.js';
 
 const { alice, bob, carol, dave, erin, frank, zoe, mallory, henry } = USERS;
@@ -61,7 +61,8 @@ describe('who gets in', () => {
 
   it('applies rules per service: MobileUsers get ActiveSync but not EWS', async () => {
     expect((await send(h, '/Microsoft-Server-ActiveSync?Cmd=Sync&User=henry&DeviceId=d1&DeviceType=iPhone', { method: 'POST', user: henry.sam, password: henry.password, body: 'x' })).status).toBe(200);
-    expect((await send(h, EWS, { user: henry.sam, password: henry.password })).status).toBe(403);
+    expect((await expectNotForwarded(h, () => send(h, EWS, { user: henry.sam, password: henry.password }))).status).toBe(403);
+    expect(h.standin.seen((r) => r.user === henry.sam && r.url === EWS)).toBe(0);
     const recs = h.access.filter((x) => x.user === 'LAB\\henry');
     expect(recs.map((x) => [x.service, x.reason, x.rule, x.operation])).toEqual([
       ['activesync', 'allowed', 'mobile', 'Sync'], ['ews', 'not-allowed', null, null],
@@ -85,8 +86,8 @@ describe('credentials', () => {
   });
 
   it('answers a wrong password and an empty password with 401 and a Basic challenge', async () => {
-    const wrong = await send(h, EWS, { user: 'grace', password: 'not-her-password' });
-    const empty = await send(h, EWS, { user: 'LAB\\grace', password: '' });
+    const wrong = await expectNotForwarded(h, () => send(h, EWS, { user: 'grace', password: 'not-her-password' }));
+    const empty = await expectNotForwarded(h, () => send(h, EWS, { user: 'LAB\\grace', password: '' }));
     for (const r of [wrong, empty]) {
       expect(r.status).toBe(401);
       expect(r.headers['www-authenticate']).toBe(challenge);
@@ -98,7 +99,7 @@ describe('credentials', () => {
   });
 
   it('asks for credentials when there are none', async () => {
-    const r = await send(h, '/owa/', {});
+    const r = await expectNotForwarded(h, () => send(h, '/owa/', {}));
     expect(r.status).toBe(401);
     expect(r.headers['www-authenticate']).toBe(challenge);
     expect(await h.record((x) => x.path === '/owa/' && x.reason === 'no-credentials')).toMatchObject({ user: null, status: 401 });
@@ -126,9 +127,9 @@ describe('credentials', () => {
   });
 
   it('refuses a malformed Basic header with 401', async () => {
-    const r = await send(h, EWS, { authorization: 'Basic !!!not-base64' });
+    const r = await expectNotForwarded(h, () => send(h, EWS, { authorization: 'Basic !!!not-base64' }));
     expect(r.status).toBe(401);
-    const noColon = await send(h, EWS, { authorization: `Basic ${Buffer.from('alice').toString('base64')}` });
+    const noColon = await expectNotForwarded(h, () => send(h, EWS, { authorization: `Basic ${Buffer.from('alice').toString('base64')}` }));
     expect(noColon.status).toBe(401);
   });
 });
@@ -151,7 +152,7 @@ describe('names and paths', () => {
   });
 
   it('answers an unknown path with 404 and no challenge', async () => {
-    const r = await send(h, '/aspnet_client/x', {});
+    const r = await expectNotForwarded(h, () => send(h, '/aspnet_client/x', {}));
     expect(r.status).toBe(404);
     expect(r.headers['www-authenticate']).toBeUndefined();
     expect(await h.record((x) => x.path === '/aspnet_client/x')).toMatchObject({ reason: 'unknown-service', service: 'unknown', user: null });
@@ -169,12 +170,12 @@ describe('names and paths', () => {
   });
 
   it('logs an empty user name as no user', async () => {
-    expect((await send(h, '/owa/empty-name', { user: '', password: 'x' })).status).toBe(401);
+    expect((await expectNotForwarded(h, () => send(h, '/owa/empty-name', { user: '', password: 'x' }))).status).toBe(401);
     expect(await h.record((x) => x.path === '/owa/empty-name')).toMatchObject({ user: null, reason: 'bad-credentials' });
   });
 
   it('answers a service denied to everyone with 403 without asking for credentials', async () => {
-    const r = await send(h, '/ecp/', {});
+    const r = await expectNotForwarded(h, () => send(h, '/ecp/', {}));
     expect(r.status).toBe(403);
     expect(r.headers['www-authenticate']).toBeUndefined();
     expect(await h.record((x) => x.path === '/ecp/')).toMatchObject({ reason: 'denied-by-rule', rule: 'no-legacy-no-admin', service: 'ecp' });
@@ -218,7 +219,7 @@ describe('Outlook Anywhere methods', () => {
   });
 
   it('sends an RPC request for the internal name away with 421', async () => {
-    const line = await rawRequest(`RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${INTERNAL}\r\n\r\n`);
+    const line = await expectNotForwarded(h, () => rawRequest(`RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${INTERNAL}\r\n\r\n`));
     expect(line).toBe('HTTP/1.1 421 Misdirected Request');
   });
 });

@@ -11,7 +11,7 @@ import { connect } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { basic, clientFor, EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { basic, clientFor, expectNotForwarded, EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
 import { call, signIn } from '../helpers/ntlm-client.js';
 
 const run = promisify(execFile);
@@ -90,13 +90,14 @@ describe('NTLM through the gateway', () => {
 
   it('never lets an anonymous client on a fresh connection inherit another user\'s session', async () => {
     await curlNtlm('LAB\\carol', USERS.carol.password, '/ews/exchange.asmx?carol');
-    const { codes } = await curlNtlm(null, '', '/ews/exchange.asmx?anonymous');
+    const { codes } = await expectNotForwarded(h, () => curlNtlm(null, '', '/ews/exchange.asmx?anonymous'));
     expect(codes).toEqual(['401']);
+    expect(h.standin.seen((r) => r.url.includes('anonymous'))).toBe(0);
   });
 
   it('refuses Kerberos (it hides the user) and offers NTLM', async () => {
     const kerberos = Buffer.from([0x60, 0x06, 0x06, 0x04, 0x2a, 0x86, 0x48, 0x86]).toString('base64');
-    const reply = await new Promise<string>((resolve, reject) => {
+    const reply = await expectNotForwarded(h, () => new Promise<string>((resolve, reject) => {
       const s = connect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa }, () => {
         s.write(`GET /mapi/emsmdb/ HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: Negotiate ${kerberos}\r\nConnection: close\r\n\r\n`);
       });
@@ -104,7 +105,7 @@ describe('NTLM through the gateway', () => {
       s.on('data', (d: Buffer) => { data += d.toString('latin1'); });
       s.on('close', () => resolve(data));
       s.on('error', reject);
-    });
+    }));
     expect(reply.split('\r\n')[0]).toBe('HTTP/1.1 401 Unauthorized');
     expect(reply).toMatch(/WWW-Authenticate: NTLM\r\n/i);
     expect(reply).not.toMatch(/WWW-Authenticate: Negotiate/i);
@@ -127,9 +128,9 @@ describe('NTLM through the gateway', () => {
     try {
       const signedIn = await signIn(client, '/mapi/emsmdb/?a', EXTERNAL, 'alice', 'LAB', USERS.alice.password);
       expect(signedIn.status).toBe(200);
-      const bob = await call(client, '/mapi/emsmdb/?b', EXTERNAL, basic('bob', USERS.bob.password));
+      const bob = await expectNotForwarded(h, () => call(client, '/mapi/emsmdb/?b', EXTERNAL, basic('bob', USERS.bob.password)));
       expect(bob.status).toBe(401);
-      const bearer = await call(client, '/mapi/emsmdb/?c', EXTERNAL, 'Bearer eyJhbGciOi');
+      const bearer = await expectNotForwarded(h, () => call(client, '/mapi/emsmdb/?c', EXTERNAL, 'Bearer eyJhbGciOi'));
       expect(bearer.status).toBe(401);
       const session = await call(client, '/mapi/emsmdb/?d', EXTERNAL);     // no Authorization: the session
       expect(session.status).toBe(200);
@@ -138,11 +139,12 @@ describe('NTLM through the gateway', () => {
       await client.close();
     }
     expect(h.standin.seen((r) => r.user === 'bob')).toBe(before);
+    expect(h.standin.seen((r) => r.url === '/mapi/emsmdb/?b' || r.url === '/mapi/emsmdb/?c')).toBe(0);
   });
 
   it('takes NTLM only on the canonical endpoints', async () => {
     const before = h.standin.seen((r) => r.ntlm !== null && r.url.includes('/bin/'));
-    const { codes } = await curlNtlm('LAB\\alice', USERS.alice.password, '/mapi/bin/x');
+    const { codes } = await expectNotForwarded(h, () => curlNtlm('LAB\\alice', USERS.alice.password, '/mapi/bin/x'), (r) => r.url.includes('/bin/'));
     expect(codes).toEqual(['401']);
     expect(h.standin.seen((r) => r.ntlm !== null && r.url.includes('/bin/'))).toBe(before);
   });

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decide } from '../../src/commands/explain.js';
 import type { Service } from '../../src/services.js';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { basic, clientFor, EXTERNAL, send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
+import { basic, clientFor, expectNotForwarded, EXTERNAL, send, startHarness, TEST_POLICY, type Harness, watchForwarded } from '../helpers/gateway-harness.js';
 
 const until = async (cond: () => boolean | Promise<boolean>, ms = 5000) => {
   const end = Date.now() + ms;
@@ -32,22 +32,23 @@ describe('hot reload', () => {
 
   it('keeps serving under the old policy when the new one is broken, and logs file and key', async () => {
     const henry = { user: 'henry', password: USERS.henry.password };
-    expect((await send(h, '/owa/', henry)).status).toBe(403);
+    expect((await expectNotForwarded(h, () => send(h, '/owa/', henry))).status).toBe(403);
     writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY.replace('groups: [AllowExternalAccess]', 'groups: [NoSuchGroup]'));
     await until(() => h.allLogText().includes('reload failed'));
     expect(h.allLogText()).toMatch(/policy\.yaml.*rules\[1\]\.allow\.groups\[0\]|rules\[1\]\.allow\.groups\[0\].*NoSuchGroup/);
     expect((await send(h, '/owa/', { user: 'alice', password: USERS.alice.password })).status).toBe(200);
-    expect((await send(h, '/owa/', henry)).status).toBe(403);
+    expect((await expectNotForwarded(h, () => send(h, '/owa/', henry))).status).toBe(403);
   });
 
   it('takes a new group into effect on SIGHUP-style reload, without reusing decisions cached under the old policy', async () => {
     const henry = { user: 'henry', password: USERS.henry.password };
-    expect((await send(h, '/owa/', henry)).status).toBe(403);                // cached standing under the old policy
+    expect((await expectNotForwarded(h, () => send(h, '/owa/', henry))).status).toBe(403);                // cached standing under the old policy
     writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY.replace('groups: [AllowExternalAccess]', 'groups: [AllowExternalAccess, MobileUsers]'));
     expect(await h.running.reload()).toBe(true);
     expect((await send(h, '/owa/', henry)).status).toBe(200);
     writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY);
     await until(async () => (await send(h, '/owa/', henry)).status === 403);   // the file watch reloads by itself
+    expect((await expectNotForwarded(h, () => send(h, '/owa/', henry))).status).toBe(403);   // and denied again means not forwarded
   });
 
   it('lets a request in flight finish across a reload', async () => {
@@ -93,7 +94,7 @@ describe('admin listener', () => {
     const notAllowed = /exgate_requests_total\{service="owa",decision="deny",reason="not-allowed"\} (\d+)/;
     const before = [await metric(allowed), await metric(notAllowed)];
     await send(h, '/owa/', { user: 'alice', password: USERS.alice.password });
-    await send(h, '/owa/', { user: 'bob', password: USERS.bob.password });
+    await expectNotForwarded(h, () => send(h, '/owa/', { user: 'bob', password: USERS.bob.password }));
     await until(async () => (await metric(allowed)) === before[0]! + 1 && (await metric(notAllowed)) === before[1]! + 1);
     const text = await (await admin('/metrics')).body.text();
     for (const name of ['exgate_auth_duration_seconds_bucket', 'exgate_open_connections', 'exgate_requests_in_flight', 'exgate_auth_cache_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_seconds']) {
@@ -122,11 +123,13 @@ describe('exgate explain', () => {
   it.each(cases)('matches the gateway\'s real decision for %s on %s', async (sam, service) => {
     const u = USERS[sam as keyof typeof USERS];
     const explained = await decide(h.configFile, sam, service);
+    const forwarded = watchForwarded(h);
     const mark = h.mark();
     await send(h, paths[service]!, { user: u.sam, password: u.password, method: service === 'activesync' ? 'POST' : 'GET', body: service === 'activesync' ? 'x' : null });
     const real = await h.next(mark);
     expect({ decision: explained.decision, reason: explained.reason, rule: explained.rule }).toEqual({ decision: real.decision, reason: real.reason, rule: real.rule });
     expect(explained.user).toBe(`LAB\\${sam}`);
+    if (real.decision === 'deny') await forwarded.expectNone();
   });
 
   it('lists transitive groups by name', async () => {
