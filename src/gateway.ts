@@ -6,7 +6,8 @@
  *   forward | deny
  *
  * and one access record, written when the response closes. Each stage returns a value and the
- * pipeline branches on it; deny() in proxy.ts writes every refusal.
+ * pipeline branches on it; deny() in proxy.ts writes every refusal of a parsed request
+ * (client-error.ts and rpc-tunnel.ts answer on the raw socket what Node's parser cannot take).
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -14,7 +15,7 @@ import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { activeSyncCommand, newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize, authorizeAnonymous } from './authorize.js';
-import { checkHead, classify } from './classify.js';
+import { checkHead, classify, type Route } from './classify.js';
 import { endWithStatus, handleClientError } from './client-error.js';
 import type { AuthOutcome } from './authenticate.js';
 import { parseBasic, parseLogon } from './credentials.js';
@@ -55,29 +56,9 @@ export async function handle(req: IncomingMessage, res: ServerResponse, state: S
 }
 
 async function pipeline(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State, metrics: Metrics, onLongPoll?: LongPollHook): Promise<void> {
-  const head = checkHead(req);
-  if (head) return deny(req, res, record, head.reason, { detail: head.detail, ...(head.status ? { status: head.status } : {}) });
-  const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
-  if (!route.ok) {
-    if (route.reason === 'unknown-service') record.service = 'unknown';
-    return deny(req, res, record, route.reason, { detail: route.detail });
-  }
-  record.service = route.service;
-  if (route.service === 'activesync') record.operation = activeSyncCommand(req.url ?? '');
+  const route = admit(req, res, record, state);
+  if (!route) return;                               // refused or answered before any credentials
   const settings = state.config.services[route.service];
-  if (declaredBodyTooLarge(req, settings)) return deny(req, res, record, 'too-large', { detail: `limit ${settings.maxBodyBytes} bytes` });
-
-  const refused = authorizeAnonymous(route.service, state.policy);
-  if (refused) {
-    record.rule = refused.rule;
-    return deny(req, res, record, refused.reason);
-  }
-  // Anonymous by design, never forwarded: see autodiscover.ts.
-  if (route.service === 'autodiscover' && isAutodiscoverJson(route.path)) {
-    const answer = answerAutodiscoverJson(req, route.path, req.url ?? '', state.realm);
-    if (answer.kind === 'refuse') return deny(req, res, record, 'bad-request', { detail: answer.detail, status: answer.status });
-    return respond(res, record, 'application/json; charset=utf-8', answer.body, 'autodiscover.json answered by the gateway');
-  }
 
   const authStarted = performance.now();
   const auth = await authenticate(req, { service: route.service, path: route.path, query: queryOf(req.url ?? '') }, settings.auth, state);
@@ -88,39 +69,73 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
   if (!auth.ok) return deny(req, res, record, auth.reason, { challenges, detail: auth.detail, status: auth.status });
   const settle = 'onStatus' in auth ? ntlmVerdict(record, auth.onStatus) : undefined;
 
+  // An NTLM Type 3 refused here, or whose client left meanwhile, never reaches Exchange.
+  if (!authorized(req, res, record, route.service, auth, state) || res.destroyed) return settle?.(null);
+
+  metrics.inFlight.inc({ service: route.service });
+  res.once('close', () => metrics.inFlight.dec({ service: route.service }));
+  const idleMs = auth.identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
+  if (idleMs > LONG_POLL_MS) onLongPoll?.(res);
+  forward(req, res, record, { host: route.host, settings, idleMs, auth: settings.auth, challenges, onStatus: settle }, state.upstream);
+}
+
+/**
+ * What is decided before credentials: the head, the name and path (classify), the declared body
+ * size, services denied to everyone, and autodiscover.json (answered by the gateway). Returns the
+ * route when the request goes on to authentication; null when it has been answered.
+ */
+function admit(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State): Route | null {
+  const head = checkHead(req);
+  if (head) { deny(req, res, record, head.reason, { detail: head.detail, ...(head.status ? { status: head.status } : {}) }); return null; }
+  const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
+  if (!route.ok) {
+    if (route.reason === 'unknown-service') record.service = 'unknown';
+    deny(req, res, record, route.reason, { detail: route.detail });
+    return null;
+  }
+  record.service = route.service;
+  if (route.service === 'activesync') record.operation = activeSyncCommand(req.url ?? '');
+  const settings = state.config.services[route.service];
+  if (declaredBodyTooLarge(req, settings)) { deny(req, res, record, 'too-large', { detail: `limit ${settings.maxBodyBytes} bytes` }); return null; }
+  const refused = authorizeAnonymous(route.service, state.policy);
+  if (refused) {
+    record.rule = refused.rule;
+    deny(req, res, record, refused.reason);
+    return null;
+  }
+  // Anonymous by design, never forwarded: see autodiscover.ts.
+  if (route.service === 'autodiscover' && isAutodiscoverJson(route.path)) {
+    const answer = answerAutodiscoverJson(req, route.path, req.url ?? '', state.realm);
+    if (answer.kind === 'refuse') { deny(req, res, record, 'bad-request', { detail: answer.detail, status: answer.status }); return null; }
+    respond(res, record, 'application/json; charset=utf-8', answer.body, 'autodiscover.json answered by the gateway');
+    return null;
+  }
+  return route;
+}
+
+/**
+ * The policy's decision for an authenticated identity; an NTLM negotiate leg (no identity yet)
+ * passes with no big body. Writes the refusal; true when the request may be forwarded.
+ */
+function authorized(req: IncomingMessage, res: ServerResponse, record: AccessRecord, service: Service, auth: Extract<AuthOutcome | NtlmOutcome, { ok: true }>, state: State): boolean {
   if (auth.identity) {
-    const decision = authorize(route.service, auth.identity, state.policy);
+    const decision = authorize(service, auth.identity, state.policy);
     record.rule = decision.rule;
     if (!decision.allow) {
-      settle?.(null);                               // an NTLM Type 3 refused here never reaches Exchange
-      return deny(req, res, record, decision.reason);
+      deny(req, res, record, decision.reason);
+      return false;
     }
     record.reason = decision.reason;
   } else {
-    // An NTLM negotiate leg: no identity yet, so no big body and no long wait.
     if (Number(req.headers['content-length'] ?? 0) > HANDSHAKE_MAX_BODY || req.headers['transfer-encoding'] !== undefined) {
-      return deny(req, res, record, 'too-large', { detail: 'an NTLM handshake request carries no big body' });
+      deny(req, res, record, 'too-large', { detail: 'an NTLM handshake request carries no big body' });
+      return false;
     }
     record.reason = 'allowed';
     record.detail = 'detail' in auth ? auth.detail : null;
   }
   record.decision = 'allow';
-  if (res.destroyed) {                              // the client left while the directory answered
-    settle?.(null);
-    return;
-  }
-  metrics.inFlight.inc({ service: route.service });
-  res.once('close', () => metrics.inFlight.dec({ service: route.service }));
-  const idleMs = auth.identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
-  if (idleMs > LONG_POLL_MS) onLongPoll?.(res);
-  forward(req, res, record, {
-    host: route.host,
-    settings,
-    idleMs,
-    auth: settings.auth,
-    challenges,
-    onStatus: settle,
-  }, state.upstream);
+  return true;
 }
 
 /**

@@ -10,6 +10,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { newAccessRecord } from './access-log.js';
 import type { Config } from './config/load.js';
+import { deny } from './proxy.js';
 import { secureContextOptions, type TlsMaterial } from './tls.js';
 
 export interface Holding {
@@ -18,7 +19,7 @@ export interface Holding {
 }
 
 /** Listens on the gateway's port and answers 503 until closed. */
-export async function holdWith503(config: Config, material: TlsMaterial, access: Logger, retryAfterSeconds: number, listen: { port: number; host: string }): Promise<Holding> {
+export async function holdWith503(config: Config, material: TlsMaterial, access: Logger, listen: { port: number; host: string }): Promise<Holding> {
   const sockets = new Set<Socket>();
   const server: Server = createServer({
     ...secureContextOptions(material, config.tls),
@@ -26,11 +27,10 @@ export async function holdWith503(config: Config, material: TlsMaterial, access:
     handshakeTimeout: config.tls.handshakeTimeoutMs,
   }, (req, res) => {
     const record = newAccessRecord(req.socket, req);
-    Object.assign(record, { decision: 'deny', reason: 'directory-unavailable', status: 503, detail: 'starting: the directory has not answered yet' });
     res.shouldKeepAlive = false;
-    res.writeHead(503, { 'retry-after': String(retryAfterSeconds), 'content-type': 'text/plain; charset=utf-8' });
-    res.end('The directory is unavailable; try again shortly.\n');
+    deny(req, res, record, 'directory-unavailable', { detail: 'starting: the directory has not answered yet' });
     res.once('close', () => {
+      record.status = res.statusCode;
       record.durationMs = Date.now() - Date.parse(record.time);
       access.info(record);
     });

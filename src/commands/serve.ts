@@ -228,7 +228,7 @@ async function holdPort(config: Config): Promise<Holding | null> {
   try {
     await ensureSelfSigned(config);
     const access = accessLogger(config.log.access);
-    const holding = await holdWith503(config, loadTlsMaterial(config), access.log, RETRY_MS / 1000, config.listen);
+    const holding = await holdWith503(config, loadTlsMaterial(config), access.log, config.listen);
     process.stderr.write(`exgate: answering 503 on ${config.listen.host}:${config.listen.port} until the directory answers\n`);
     return { close: async () => { await holding.close(); access.flush(); } };
   } catch (err) {
