@@ -11,10 +11,10 @@
  * names (`ECP~1`) and ASP.NET cookieless segments (`/ews/(S(x))/mrsproxy.svc`).
  *
  * checkHead() refuses request heads that could mean one thing to the gateway and another to
- * Exchange: a repeated Host, Authorization, Content-Length or Transfer-Encoding, an HTTP/1.1
- * request without Host, a transfer coding other than chunked, a Host that is not `name[:port]`,
- * a method Exchange does not use, an HTTP version other than 1.0/1.1, Exchange's internal
- * routing cookies.
+ * Exchange: too many header lines, a repeated Host, Authorization, Content-Length or
+ * Transfer-Encoding, a `Connection` naming one of them, an HTTP/1.1 request without Host, a
+ * transfer coding other than chunked, a Host that is not `name[:port]`, a method Exchange does not
+ * use, an HTTP version other than 1.0/1.1, Exchange's internal routing cookies.
  */
 import { SERVICE_PREFIXES, type Service } from './services.js';
 
@@ -258,12 +258,17 @@ const SINGLETONS = { host: 'Host', authorization: 'Authorization', 'content-leng
 type Singleton = keyof typeof SINGLETONS;
 const SINGLETON_NAMES = Object.keys(SINGLETONS) as Singleton[];
 
+/** Header lines a request may carry (Apache's LimitRequestFields default; Outlook sends about 20). */
+export const MAX_HEADER_LINES = 100;
+/** Headers that frame the request or carry what the gateway judges: never removable by `Connection`. */
+const UNDROPPABLE: ReadonlySet<string> = new Set(['content-length', 'transfer-encoding', 'host', 'authorization']);
+
 /** What checkHead needs of a request. */
 export interface Head {
   readonly method?: string | undefined;
   /** `1.1`, `1.0`, as Node's `req.httpVersion`. */
   readonly httpVersion: string;
-  readonly headers: { readonly host?: string | undefined; readonly 'transfer-encoding'?: string | undefined; readonly cookie?: string | undefined };
+  readonly headers: { readonly host?: string | undefined; readonly 'transfer-encoding'?: string | undefined };
   readonly rawHeaders: readonly string[];
 }
 
@@ -273,6 +278,11 @@ export function checkHead(req: Head): (Misroute & { readonly status?: number }) 
   // Node's parser also hands over HTTP/0.9 and HTTP/2.0 request lines (checked on 20.20).
   if (req.httpVersion !== '1.1' && req.httpVersion !== '1.0') {
     return { ok: false, reason: 'bad-request', detail: `HTTP version ${req.httpVersion.slice(0, 8)} is not served`, status: 505 };
+  }
+  // Node keeps only the first ~1,000 header lines (in `headers` and `rawHeaders` alike): a request
+  // past a limit well below that is refused, so the gateway judges every line it forwards.
+  if (req.rawHeaders.length > MAX_HEADER_LINES * 2) {
+    return { ok: false, reason: 'bad-request', detail: `more than ${MAX_HEADER_LINES} header lines`, status: 431 };
   }
   const counts = countSingletons(req.rawHeaders);
   for (const name of SINGLETON_NAMES) {
@@ -291,8 +301,26 @@ export function checkHead(req: Head): (Misroute & { readonly status?: number }) 
   }
   const host = req.headers.host;
   if (host !== undefined && !HOST.test(host)) return { ok: false, reason: 'bad-request', detail: 'Host is not name[:port]' };
-  if (req.headers.cookie !== undefined && ROUTING_COOKIE.test(req.headers.cookie)) {
-    return { ok: false, reason: 'bad-request', detail: 'Exchange-internal routing cookie from a client' };
+  return checkRawLines(req.rawHeaders);
+}
+
+/**
+ * What is read from every raw header line, never from Node's merged view: a `Connection` that names
+ * a framing or credential header (a hop that honours it would drop the body's framing and read the
+ * body as a second request: reproduced on the RPC tunnel), and Exchange's internal routing cookies on any Cookie line.
+ */
+function checkRawLines(rawHeaders: readonly string[]): (Misroute & { readonly status?: number }) | null {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase();
+    const value = rawHeaders[i + 1] as string;
+    if (name === 'connection') {
+      for (const token of value.split(',')) {
+        const t = token.trim().toLowerCase();
+        if (UNDROPPABLE.has(t)) return { ok: false, reason: 'bad-request', detail: `Connection names ${t}` };
+      }
+    } else if (name === 'cookie' && ROUTING_COOKIE.test(value)) {
+      return { ok: false, reason: 'bad-request', detail: 'Exchange-internal routing cookie from a client' };
+    }
   }
   return null;
 }

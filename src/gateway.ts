@@ -72,6 +72,7 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
   // An NTLM Type 3 refused here, or whose client left meanwhile, never reaches Exchange.
   if (!authorized(req, res, record, route.service, auth, state) || res.destroyed) return settle?.(null);
 
+  if (!auth.identity) boundHandshakeBody(req, res, record);
   metrics.inFlight.inc({ service: route.service });
   res.once('close', () => metrics.inFlight.dec({ service: route.service }));
   const idleMs = auth.identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
@@ -139,6 +140,19 @@ function authorized(req: IncomingMessage, res: ServerResponse, record: AccessRec
 }
 
 /**
+ * An anonymous NTLM leg holds an upstream connection while its body arrives: it gets
+ * HANDSHAKE_BODY_MS for the whole body (a byte every few seconds would pass any idle timeout).
+ */
+function boundHandshakeBody(req: IncomingMessage, res: ServerResponse, record: AccessRecord): void {
+  if (req.complete) return;
+  const timer = setTimeout(() => {
+    if (!req.complete) deny(req, res, record, 'bad-request', { status: 408, detail: 'NTLM handshake body not received in time' });
+  }, HANDSHAKE_BODY_MS);
+  timer.unref();
+  res.once('close', () => clearTimeout(timer));
+}
+
+/**
  * Exchange's answer to a forwarded NTLM Type 3 settles it; a 401 is Exchange refusing the proof
  * (a wrong password), logged as such although the request was forwarded: Exchange decided.
  */
@@ -188,6 +202,7 @@ const LONG_POLL_MS = 300_000;
 /** An NTLM handshake leg (no identity yet) may carry this much body, and wait this long. */
 const HANDSHAKE_MAX_BODY = 64 * 1024;
 const HANDSHAKE_IDLE_MS = 30_000;
+const HANDSHAKE_BODY_MS = 10_000;
 
 /**
  * Where NTLM handshakes are taken: the endpoints Outlook authenticates against. Elsewhere IIS

@@ -77,12 +77,45 @@ export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRe
   if (status === 401) headers['www-authenticate'] = [...(opts.challenges ?? [basicChallenge('exgate')])];
   if (status === 503) headers['retry-after'] = RETRY_AFTER_SECONDS;
   if (status === 429) headers['retry-after'] = opts.retryAfterSeconds ?? RETRY_AFTER_SECONDS;
-  if (status === 400 || status === 421 || status === 413 || status >= 500 || !req.complete) {
+  // A request without a body is whole even while its 'request' event runs (req.complete is set after).
+  const unread = !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
+  const drain = unread && drainable(req);
+  if (CLOSES.has(status) || status >= 500 || (unread && !drain)) {
     headers.connection = 'close';
     res.shouldKeepAlive = false;
+  } else if (drain) {
+    drainBody(req);
   }
   res.writeHead(status, headers);
   res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+/** Refusals after which the connection cannot be trusted to carry another request. */
+const CLOSES: ReadonlySet<number> = new Set([400, 408, 413, 421, 431]);
+
+/** The largest unread body a refusal reads and drops to keep the connection (a small SOAP call). */
+const DRAIN_MAX_BYTES = 64 * 1024;
+/** How long it may take to arrive before the connection is cut after all. */
+const DRAIN_MS = 5_000;
+
+/**
+ * Whether a refused request's unread body is small and declared, so the refusal can read and drop
+ * it and keep the connection: clients that try every call anonymously first and send head and body
+ * in two writes (DavMail through Apache HttpClient) would otherwise need a TLS handshake per call.
+ * A chunked or large body, or one a client holds back for `100 Continue`, still closes.
+ */
+function drainable(req: IncomingMessage): boolean {
+  if (req.headers['transfer-encoding'] !== undefined || req.headers.expect !== undefined) return false;
+  return Number(req.headers['content-length']) <= DRAIN_MAX_BYTES;
+}
+
+/** Reads and drops the rest of a small body, bounded in time; never kept. */
+function drainBody(req: IncomingMessage): void {
+  const timer = setTimeout(() => req.socket.destroy(), DRAIN_MS);
+  timer.unref();
+  req.once('end', () => clearTimeout(timer));
+  req.once('close', () => clearTimeout(timer));
+  req.resume();
 }
 
 /** Answers a request from the gateway itself (autodiscover.json), never from Exchange. */

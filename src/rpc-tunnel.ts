@@ -14,7 +14,7 @@
  * NTLM over RPC would need a handshake state machine across the tunnel; it is not offered:
  * an RPC request without Basic credentials gets a Basic challenge.
  */
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize } from './authorize.js';
@@ -33,7 +33,7 @@ const HEAD_END = Buffer.from('\r\n\r\n');
 const PREFIXES = [...RPC_METHODS].map((m) => Buffer.from(`${m} `, 'latin1'));
 
 /** A parsed RPC request head. */
-interface RpcHead {
+export interface RpcHead {
   readonly method: string;
   readonly url: string;
   readonly version: string;
@@ -78,6 +78,8 @@ export function peek(socket: TLSSocket, state: () => State, toHttp: (socket: TLS
     }
     clearTimeout(timer);
     socket.off('data', onData);
+    // The limit holds for the head itself, also when its end arrived in the same read.
+    if (end > MAX_HEAD) return refuseRaw(socket, writeRecord, buf, 431, 'request head too large');
     socket.pause();
     void tunnel(socket, buf.subarray(0, end), buf.subarray(end + 4), state(), writeRecord);
   };
@@ -112,6 +114,8 @@ async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: S
   if (bad) return refuse(bad.status ?? 400, 'bad-request', bad.detail);
   const length = bodyLength(head);
   if (length === null) return refuse(400, 'bad-request', 'an RPC request needs exactly one Content-Length and no Transfer-Encoding');
+  const expect = head.headers.expect;
+  if (expect !== undefined && expect.toLowerCase() !== '100-continue') return refuse(417, 'bad-request', 'unsupported Expect');
   const early = rpcPrecheck(socket.servername, head, state, record);
   if (early) return refuse(...early);
   const auth = await state.authenticator.authenticate({
@@ -135,6 +139,9 @@ async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: S
   record.decision = 'allow';
   record.reason = decision.reason;
   if (socket.destroyed) return;
+  // A client that waits for 100 before its body (impacket, IIS answers at once) hears it only now,
+  // once allowed; Exchange never sees the Expect (rebuildHead drops it).
+  if (expect !== undefined) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
   const key = sourceKey(source);
   open1(key);
   const recheck = recheckPeriodically(socket, auth.identity, state, record);
@@ -177,8 +184,10 @@ function bodyLength(head: RpcHead): number | null {
 function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: number, state: State, record: AccessRecord, started: number, done: () => void): void {
   const { url, servername, ca, insecureSkipVerify, connectTimeoutMs } = state.config.upstream;
   const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
+  // No SNI for an IP address (RFC 6066 §3; Node warns, DEP0123), as on the HTTP path.
+  const sni = isIP(servername) ? {} : { servername };
   const upstream: Socket = url.protocol === 'https:'
-    ? tlsConnect({ host: url.hostname, port, servername, ...(ca ? { ca } : {}), rejectUnauthorized: !insecureSkipVerify, ALPNProtocols: ['http/1.1'], minVersion: 'TLSv1.2' })
+    ? tlsConnect({ host: url.hostname, port, ...sni, ...(ca ? { ca } : {}), rejectUnauthorized: !insecureSkipVerify, ALPNProtocols: ['http/1.1'], minVersion: 'TLSv1.2' })
     : netConnect({ host: url.hostname, port });
   const idleMs = state.config.services.rpc.idleTimeoutSeconds * 1000;
   let finished = false;
@@ -204,7 +213,7 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
   upstream.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
     clearTimeout(connectTimer);
     record.upstreamMs = Math.round(performance.now() - started);
-    upstream.write(rebuildHead(head, client));
+    upstream.write(rebuildHead(head, length, client));
     // Exactly the declared body goes on; a byte beyond it would be a second request smuggled
     // past the checks, so the tunnel ends there (one request per tunnel).
     let remaining = length;
@@ -250,23 +259,34 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
   client.once('close', end(null));
 }
 
-/** The head as sent to Exchange: the request line, the client's headers minus the forwarding
- * ones the gateway owns, and X-Forwarded-For / -Proto set by the gateway. */
-function rebuildHead(head: RpcHead, client: Socket): string {
+/**
+ * The head as sent to Exchange: the request line, the client's headers minus the hop-by-hop and
+ * gateway-owned ones, then the framing the gateway judged and relays (Host, exactly one
+ * Content-Length: the declared body, never more), the Authorization it verified, and
+ * X-Forwarded-For / -Proto set by the gateway. No `Connection` token can remove any of these.
+ */
+export function rebuildHead(head: RpcHead, length: number, client: Socket): string {
   let out = `${head.method} ${head.url} ${head.version}\r\n`;
   const named = connectionTokens(head.headers.connection);
   for (let i = 0; i < head.rawHeaders.length; i += 2) {
     const name = head.rawHeaders[i] as string;
-    if (!dropsRequestHeader(name.toLowerCase(), named)) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
+    const lower = name.toLowerCase();
+    if (!FRAMED.has(lower) && !dropsRequestHeader(lower, named)) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
   }
+  if (head.headers.host !== undefined) out += `Host: ${head.headers.host}\r\n`;
+  out += `Content-Length: ${length}\r\n`;
+  if (head.headers.authorization !== undefined) out += `Authorization: ${head.headers.authorization}\r\n`;
   return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`;
 }
+
+/** Written by rebuildHead itself, from the values the gateway judged. */
+const FRAMED: ReadonlySet<string> = new Set(['host', 'content-length', 'authorization', 'transfer-encoding']);
 
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const VISIBLE = /^[\x21-\x7e]+$/;
 
 /** Parses a request head strictly: request line, then `name: value` lines (no obs-fold, no controls). */
-function parseHead(raw: Buffer): RpcHead | null {
+export function parseHead(raw: Buffer): RpcHead | null {
   const lines = raw.toString('latin1').split('\r\n');
   const [method, url, version, extra] = (lines[0] ?? '').split(' ');
   if (!method || !RPC_METHODS.has(method) || !url || (version !== 'HTTP/1.1' && version !== 'HTTP/1.0') || extra !== undefined) return null;

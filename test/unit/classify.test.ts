@@ -1,7 +1,7 @@
 // Table tests for classify (src/classify.ts): names first (421), then the path (400 / 404), then the
 // service table (INTERFACE.md "Services"). Each row is one request as a client could send it.
 import { describe, expect, it } from 'vitest';
-import { checkHead, classify, classifyRpc, hostName, nameTable, normalizePath, pathOf, serviceOf } from '../../src/classify.js';
+import { checkHead, classify, MAX_HEADER_LINES, classifyRpc, hostName, nameTable, normalizePath, pathOf, serviceOf } from '../../src/classify.js';
 import type { Service } from '../../src/services.js';
 
 const EXTERNAL = 'outlook-ext.lab.test';
@@ -284,6 +284,19 @@ describe('checkHead', () => {
     // Node's parser hands these versions over as they are.
     ['HTTP/2.0 on an HTTP/1 connection', head('GET', ['Host', H], {}, '2.0'), 505],
     ['HTTP/0.9 request line', head('GET', ['Host', H], {}, '0.9'), 505],
+    // A hop that honours `Connection` would drop the framing and read the body as a second request.
+    ['Connection: Content-Length', head('POST', ['Host', H, 'Content-Length', '5', 'Connection', 'Content-Length']), 400],
+    ['Connection: keep-alive, transfer-encoding', head('POST', ['Host', H, 'Transfer-Encoding', 'chunked', 'Connection', 'keep-alive, transfer-encoding']), 400],
+    ['Connection: HOST', head('GET', ['Host', H, 'Connection', 'HOST']), 400],
+    ['Connection: Authorization', head('GET', ['Host', H, 'Connection', 'Authorization']), 400],
+    ['a second Connection line naming Content-Length', head('POST', ['Host', H, 'Connection', 'keep-alive', 'Connection', 'content-length']), 400],
+    ['Connection: keep-alive, X-Custom', head('GET', ['Host', H, 'Connection', 'keep-alive, X-Custom']), null],
+    ['Connection: close', head('GET', ['Host', H, 'Connection', 'close']), null],
+    // Node keeps ~1,000 header lines and drops the rest: the gateway judges all it forwards, or refuses.
+    [`${MAX_HEADER_LINES} header lines`, head('GET', ['Host', H, ...Array.from({ length: MAX_HEADER_LINES - 1 }, () => ['X-A', 'b']).flat()]), null],
+    [`${MAX_HEADER_LINES + 1} header lines`, head('GET', ['Host', H, ...Array.from({ length: MAX_HEADER_LINES }, () => ['X-A', 'b']).flat()]), 431],
+    ['a routing cookie on a second Cookie line', head('GET', ['Host', H, 'Cookie', 'a=b', 'Cookie', 'X-BEResource=localhost/ecp/x']), 400],
+    ['X-AnonResource-Backend cookie', head('GET', ['Host', H, 'Cookie', 'a=b; X-AnonResource-Backend=localhost/ecp/x']), 400],
   ] as const)('%s', (_what, h, status) => {
     const r = checkHead(h);
     if (status === null) expect(r).toBeNull();
