@@ -20,7 +20,7 @@ import { parseBasic, parseLogon, type Logon, type LogonDomain } from './credenti
 import { DecisionCache, type CacheSettings, type Standing } from './decision-cache.js';
 import { dnKey, type Account, type Directory, type PasswordRefusal } from './directory/directory.js';
 import { DirectoryUnavailableError, type CredentialReason } from './errors.js';
-import { Lockout, type LockoutSettings } from './lockout.js';
+import { Lockout, type LockoutSettings, type LockoutVerdict } from './lockout.js';
 
 /** An authenticated user with the memberships the policy asks about. */
 export interface Identity extends Account, Principal {}
@@ -100,6 +100,7 @@ type PasswordVerdict = { readonly refusal: PasswordRefusal } | { readonly refusa
 
 const SOURCE_BLOCKED = 'source address failed for too many accounts';
 const LOCKED = 'too many wrong passwords from this kind of source';
+const BUSY = 'too many sign-ins of this account in flight; try again';
 
 /** Authenticates Basic credentials. Its caches and lockout survive a reload (state.ts). */
 export class Authenticator {
@@ -191,7 +192,7 @@ export class Authenticator {
       if (!account) return unknown('no such account', trace.use);
       const who = dnKey(account.dn);
       const attempt = await this.lockout.reserveShared(who, req.source, req.fingerprint);
-      if (attempt.verdict !== 'open') return lockedOut(account.user, trace.use, attempt.verdict === 'source-blocked' ? { status: 429 } : {});
+      if (attempt.verdict !== 'open') return lockedOut(account.user, trace.use, refusalOf(attempt.verdict));
       let standing: Standing;
       try {
         standing = await this.standing(account, req, trace);
@@ -258,8 +259,7 @@ export class Authenticator {
       return { refusal: null, verifiedAt: cached.verifiedAt, bound: false };
     }
     const attempt = await this.lockout.reserveShared(who, source, key);
-    if (attempt.verdict === 'source-blocked') return { refusal: 'gateway-lockout', status: 429 };
-    if (attempt.verdict === 'account-locked') return { refusal: 'gateway-lockout' };
+    if (attempt.verdict !== 'open') return { refusal: 'gateway-lockout', ...refusalOf(attempt.verdict) };
     try {
       if (this.lockout.knownBad(who, key)) return { refusal: 'bad-credentials' };
       const known = this.cache.negative.fresh(key);
@@ -356,5 +356,13 @@ function blocked(user: string): Failure {
 }
 
 function lockedOut(user: string, cache: CacheUse, v: { status?: number }): Failure {
+  if (v.status === 503) return { ...fail('gateway-lockout', user, cache, BUSY), status: 503 };
   return v.status ? { ...fail('gateway-lockout', user, cache, SOURCE_BLOCKED), status: v.status } : fail('gateway-lockout', user, cache, LOCKED);
 }
+
+/** A lockout refusal's status: 429 for a spraying source, 503 (try again) when the wait for a
+ * reservation ran out, else the 401 of a wrong password. */
+function refusalOf(verdict: Exclude<LockoutVerdict, 'open'>): { status?: number } {
+  return verdict === 'source-blocked' ? { status: 429 } : verdict === 'busy' ? { status: 503 } : {};
+}
+

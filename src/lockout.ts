@@ -14,6 +14,8 @@
  *   success answered from the cache resets nothing).
  * - At `threshold`, attempts from that class are refused (401 `gateway-lockout`) with no bind.
  * - Attempts whose bind is in flight count until settled (`reserve`): a burst cannot slip past.
+ *   One that could push a class past `threshold` if every attempt in flight failed waits for
+ *   them to settle (`acquire`, bounded), so a user's own overlapping sign-ins are never refused.
  * - Per source address (IPv6 per /64), failures across many accounts (spraying) get the address
  *   429, except for an account that address is familiar to.
  *
@@ -36,9 +38,14 @@ export interface LockoutSettings {
   readonly familiarSeconds: number;
   /** Accounts and addresses tracked at most. */
   readonly max: number;
+  /** Attempts of one account that may wait for a reservation at once (more: 'busy'). Default 32. */
+  readonly maxWaiting?: number;
+  /** How long an attempt waits for a reservation before it is 'busy'. Default 10000. */
+  readonly waitMs?: number;
 }
 
-export type LockoutVerdict = 'open' | 'account-locked' | 'source-blocked';
+/** 'busy': the attempt waited its bound for attempts in flight to settle (503, try again). */
+export type LockoutVerdict = 'open' | 'account-locked' | 'source-blocked' | 'busy';
 
 /** Time-stamped keys. */
 type Seen = Map<string, number>;
@@ -92,6 +99,8 @@ export class Lockout {
   /** Logon name (authenticate's account key) → the account DN it signed in as. */
   readonly #names: LRUCache<string, string>;
   readonly #pendingSources = new Map<string, SourceState>();
+  /** Attempts waiting for a reservation, by account and by source key: woken when one settles. */
+  readonly #waiters = new Map<string, Set<() => void>>();
 
   constructor(settings: LockoutSettings, private readonly now: () => number = Date.now) {
     this.#settings = settings;
@@ -118,9 +127,13 @@ export class Lockout {
     const familiar = account !== null && this.familiarKey(account, src);
     if (this.sourceBlocked(src) && !familiar) return 'source-blocked';
     if (account === null) return 'open';
+    return this.settled(account, familiar).size >= this.#settings.threshold ? 'account-locked' : 'open';
+  }
+
+  /** The wrong passwords that count against a class now (none when it is quiet for a window). */
+  private settled(account: string, familiar: boolean): ReadonlyMap<string, number> {
     const state = this.#accounts.get(account);           // a read: never creates (nor evicts) state
-    const counter = state && (familiar ? state.familiar : state.unfamiliar);
-    return count(state?.last ?? 0, counter, this.#pending.get(classKey(account, familiar)), this.since()) >= this.#settings.threshold ? 'account-locked' : 'open';
+    return state && state.last > this.since() ? (familiar ? state.familiar : state.unfamiliar).failures : EMPTY;
   }
 
   /** True when this wrong password was already refused for the account since its count last reset. */
@@ -131,14 +144,82 @@ export class Lockout {
     return state.last > since && [state.familiar, state.unfamiliar].some((c) => c.failures.has(fingerprint));
   }
 
-  /** reserve(), by the primary when there is one (workers), else here. */
+  /** acquire(), by the primary when there is one (workers), else here. */
   async reserveShared(account: string, source: string, fingerprint: string): Promise<Attempt> {
     const local = this.check(account, source);
-    if (local !== 'open' || this.remote === null) return local !== 'open' ? { verdict: local, release: () => {} } : this.reserve(account, source, fingerprint);
+    if (local !== 'open' || this.remote === null) return local !== 'open' ? { verdict: local, release: () => {} } : this.acquire(account, source, fingerprint);
     return this.remote(account, source, fingerprint);
   }
 
-  /** check(); when open, the attempt counts as a failure until release(). */
+  /**
+   * reserve(), waiting while the attempt could only pass `threshold` if every attempt in flight
+   * failed: a success (or a failure) settles them, and it is judged again. Beyond `maxWaiting`
+   * waiting attempts of one account, or after `waitMs`: 'busy'.
+   */
+  async acquire(account: string, source: string, fingerprint: string): Promise<Attempt> {
+    const deadline = Date.now() + (this.#settings.waitMs ?? 10_000);
+    const keys = [`a\0${account}`, `s\0${sourceKey(source)}`];
+    for (;;) {
+      const verdict = this.admit(account, source, fingerprint);
+      if (verdict !== 'wait') return verdict === 'open' ? this.reserve(account, source, fingerprint) : { verdict, release: () => {} };
+      const left = deadline - Date.now();
+      if (left <= 0 || (this.#waiters.get(keys[0] as string)?.size ?? 0) >= (this.#settings.maxWaiting ?? 32)) {
+        return { verdict: 'busy', release: () => {} };
+      }
+      await this.settleOf(keys, left);
+    }
+  }
+
+  /** Resolves when an attempt in flight for one of `keys` settles, or after `ms`. */
+  private settleOf(keys: readonly string[], ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        for (const k of keys) {
+          const set = this.#waiters.get(k);
+          set?.delete(wake);
+          if (set?.size === 0) this.#waiters.delete(k);
+        }
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      for (const k of keys) getOr(this.#waiters, k, () => new Set()).add(wake);
+    });
+  }
+
+  private wake(account: string, src: string): void {
+    for (const k of [`a\0${account}`, `s\0${src}`]) {
+      const set = this.#waiters.get(k);
+      if (set) for (const w of [...set]) w();
+    }
+  }
+
+  /**
+   * Whether an attempt may reserve now: refused by what has settled, 'wait' when only the
+   * attempts in flight stand in the way (were they all to fail, this one would pass a limit).
+   * An attempt whose wrong password is already counted or in flight adds nothing, and passes.
+   */
+  private admit(account: string, source: string, fingerprint: string): LockoutVerdict | 'wait' {
+    const verdict = this.check(account, source);
+    if (verdict !== 'open') return verdict;
+    const src = sourceKey(source);
+    const familiar = this.familiarKey(account, src);
+    const settled = this.settled(account, familiar);
+    const pending = this.#pending.get(classKey(account, familiar));
+    if (settled.has(fingerprint) || pending?.has(fingerprint)) return 'open';
+    if (union(settled, pending, -Infinity) + 1 > this.#settings.threshold) return 'wait';
+    const pendingSource = this.#pendingSources.get(src);
+    if (pendingSource && !familiar) {
+      const s = this.#sources.get(src);
+      const since = this.since();
+      const accounts = union(s?.accounts, pendingSource.accounts, since) + (pendingSource.accounts.has(account) ? 0 : 1);
+      const failures = union(s?.failures, pendingSource.failures, since) + 1;
+      if (accounts > this.#settings.sourceAccounts || failures > this.#settings.sourceFailures) return 'wait';
+    }
+    return 'open';
+  }
+
+  /** Counts the attempt as a failure until release() (check() must have said 'open'). */
   reserve(account: string, source: string, fingerprint: string): Attempt {
     const verdict = this.check(account, source);
     if (verdict !== 'open') return { verdict, release: () => {} };
@@ -160,6 +241,8 @@ export class Lockout {
         if (added[2]) bySource.failures.delete(pair);
         if (byClass.size === 0) this.#pending.delete(cls);
         if (bySource.accounts.size === 0 && bySource.failures.size === 0) this.#pendingSources.delete(src);
+        // After the settling failure (if any) was recorded: callers record, then release.
+        this.wake(account, src);
       },
     };
   }
@@ -237,13 +320,13 @@ export class Lockout {
     return last !== undefined && last > this.now() - this.#settings.familiarSeconds * 1000;
   }
 
+  /** Refused by what has settled; attempts in flight make others wait (admit), never refuse them. */
   private sourceBlocked(src: string): boolean {
     const s = this.#sources.get(src);
-    const p = this.#pendingSources.get(src);
-    if (s === undefined && p === undefined) return false;
+    if (s === undefined) return false;
     const since = this.since();
-    return union(s?.accounts, p?.accounts, since) >= this.#settings.sourceAccounts ||
-      union(s?.failures, p?.failures, since) >= this.#settings.sourceFailures;
+    return union(s.accounts, undefined, since) >= this.#settings.sourceAccounts ||
+      union(s.failures, undefined, since) >= this.#settings.sourceFailures;
   }
 
   private counter(account: string, familiar: boolean): Counter {
@@ -286,14 +369,10 @@ function classKey(account: string, familiar: boolean): string {
   return `${familiar ? 'f' : 'u'}\0${account}`;
 }
 
-/** Failures counted for a class: its own (unless reset) and those in flight. */
-function count(last: number, c: Counter | undefined, pending: Seen | undefined, since: number): number {
-  const own = c && last > since ? c.failures : undefined;
-  return union(own, pending, -Infinity);
-}
+const EMPTY: ReadonlyMap<string, number> = new Map();
 
 /** Distinct keys seen after `since` in either map. */
-function union(a: Seen | undefined, b: Seen | undefined, since: number): number {
+function union(a: ReadonlyMap<string, number> | undefined, b: ReadonlyMap<string, number> | undefined, since: number): number {
   let n = 0;
   if (a) for (const t of a.values()) if (t > since) n++;
   if (b) for (const [k, t] of b) if (t > since && !((a?.get(k) ?? -Infinity) > since)) n++;

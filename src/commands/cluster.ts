@@ -29,7 +29,7 @@ const REPLAY = 'exgate:replay';
 const SETTINGS = 'exgate:settings';
 /** Events kept for a new worker (its lockout starts from them), at most. */
 const REPLAY_MAX = 100_000;
-/** A worker waits this long for the primary's reservation before deciding alone. */
+/** A worker waits this long, beyond the lockout's own wait, for the primary's reservation before deciding alone. */
 const RESERVE_TIMEOUT_MS = 2000;
 /** Worker restarts back off from 1 s to 30 s; a worker that lived a minute resets the backoff. */
 const RESTART_MIN_MS = 1000;
@@ -72,9 +72,12 @@ export async function runPrimary(config: Config): Promise<number> {
       if (recent.length > REPLAY_MAX) recent.splice(0, recent.length - REPLAY_MAX);
       for (const w of Object.values(cluster.workers ?? {})) if (w && w !== from && w.isConnected()) w.send(msg);
     } else if (isReserve(msg)) {
-      const attempt = lockout.reserve(msg.account, msg.source, msg.fingerprint);
-      if (attempt.verdict === 'open') reservations.set(`${from.id}:${msg.id}`, attempt.release);
-      from.send({ type: RESERVED, id: msg.id, verdict: attempt.verdict });
+      // May wait for other attempts of the account to settle (Lockout.acquire); answers once decided.
+      void lockout.acquire(msg.account, msg.source, msg.fingerprint).then((attempt) => {
+        if (!from.isConnected()) return attempt.release();
+        if (attempt.verdict === 'open') reservations.set(`${from.id}:${msg.id}`, attempt.release);
+        from.send({ type: RESERVED, id: msg.id, verdict: attempt.verdict });
+      });
     } else if (isSettings(msg)) {
       lockout.reconfigure(msg.settings);                  // a worker reloaded (SIGHUP or a changed file)
     } else if (isRelease(msg)) {
@@ -148,8 +151,8 @@ export function joinCluster(running: RunningGateway): void {
     const id = ++next;
     const timer = setTimeout(() => {                  // the primary did not answer: decide alone
       waiting.delete(id);
-      resolve(lockout().reserve(account, source, fingerprint));
-    }, RESERVE_TIMEOUT_MS);
+      resolve(lockout().acquire(account, source, fingerprint));
+    }, RESERVE_TIMEOUT_MS + (running.gateway.state.config.lockout.waitMs ?? 10_000));
     waiting.set(id, (verdict) => {
       clearTimeout(timer);
       resolve({ verdict, release: () => { if (verdict === 'open') process.send?.({ type: RELEASE, id }); } });

@@ -146,6 +146,10 @@ const lockout = z.strictObject({
   familiarSeconds: positive.default(14 * 86_400),
   /** Accounts and addresses the lockout tracks at most (its own bound, apart from the caches). Default: 100000. */
   max: positive.default(100_000),
+  /** Sign-ins of one account that may wait at once for its checks in flight to settle. Default: 32. */
+  maxWaiting: positive.default(32),
+  /** How long such a sign-in waits before it gets 503 (try again). Default: 10000. */
+  waitMs: positive.default(10_000),
 });
 
 const serviceSettings = z.strictObject({

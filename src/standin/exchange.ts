@@ -57,6 +57,8 @@ export interface StandinOptions {
    * unchecked, like any other Authorization header.
    */
   ntlmUsers?: Record<string, string>;
+  /** How long a Type 3 takes to verify (Exchange asks a DC; slow under load). Default 0. */
+  ntlmVerifyDelayMs?: number;
   /**
    * NetBIOS domain name the stand-in's Type 2 announces. A Type 3 must name this domain, the DNS
    * domain `ntlmDnsDomain` (both case-insensitive) or none (then the user is looked up as given,
@@ -195,6 +197,7 @@ interface State {
   readonly ntlmConnections: WeakMap<object, NtlmConnection>;
   readonly pendingMs: number;
   readonly notificationWaitMs: number;
+  readonly ntlmVerifyDelayMs: number;
   readonly log: ((line: string) => void) | undefined;
   readonly requests: SeenRequest[];
   readonly liveTimers: Set<Timers>;
@@ -271,6 +274,7 @@ export async function startExchangeStandin(opts: StandinOptions = {}): Promise<E
       : undefined,
     ntlmConnections: new WeakMap(),
     pendingMs: opts.pendingMs ?? DEFAULT_PENDING_MS,
+    ntlmVerifyDelayMs: opts.ntlmVerifyDelayMs ?? 0,
     notificationWaitMs: opts.notificationWaitMs ?? DEFAULT_NOTIFICATION_WAIT_MS,
     log: opts.log,
     requests: [],
@@ -359,6 +363,7 @@ async function handle(state: State, req: IncomingMessage, res: ServerResponse): 
   }
   const socketId = socketIdOf(state, req.socket);
   const step = ntlmStep(state, req);
+  if (step.leg === 'type3' && state.ntlmVerifyDelayMs > 0) await new Promise((r) => setTimeout(r, state.ntlmVerifyDelayMs));
   user = step.user;
   note = step.note ?? '';
   state.requests.push(toSeen(req, user, step.leg, body, at, socketId));

@@ -87,7 +87,7 @@ describe('a valid minimal ldap config', () => {
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 443 });
     expect(config.log).toEqual({ level: 'info', access: 'stdout' });
     expect(config.cache).toEqual({ max: 10000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 });
-    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600, max: 100000 });
+    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600, max: 100000, maxWaiting: 32, waitMs: 10000 });
     expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660, maxTunnelsPerSource: 16 });
     expect(config.services.ews.maxBodyBytes).toBe(67108864);
     expect(config.services.owa.maxBodyBytes).toBe(35_000_000);
@@ -209,7 +209,7 @@ describe('the INTERFACE.md example config, verbatim', () => {
     expect(config.policyFile).toBe(join(tmp, 'config/policy.yaml'));
     expect(config.log).toEqual({ level: 'info', access: 'stdout' });
     expect(config.cache).toEqual({ max: 10000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 });
-    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600, max: 100000 });
+    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600, max: 100000, maxWaiting: 32, waitMs: 10000 });
     expect(config.services.mapi.auth).toBe('basic+ntlm');
     expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660, maxTunnelsPerSource: 16 });
     expect(config.admin).toEqual({ host: '127.0.0.1', port: 9090 });

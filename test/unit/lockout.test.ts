@@ -16,6 +16,8 @@ const ATTACKER = '203.0.113.5';   // never succeeded: unfamiliar
 const ELSEWHERE = '203.0.113.99'; // another unfamiliar address
 
 /** A Lockout on a clock the test moves by hand. */
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
 function setup(settings: Partial<LockoutSettings> = {}) {
   const clock = { t: 1_700_000_000_000 };
   const lockout = new Lockout({ ...SETTINGS, ...settings }, () => clock.t);
@@ -310,14 +312,41 @@ describe('Lockout.knownBad', () => {
 });
 
 describe('Lockout.reserve: attempts in flight', () => {
-  it('counts attempts in flight towards the threshold until released', () => {
+  it('makes an attempt that could pass the threshold wait for those in flight, not fail', async () => {
     const { lockout } = setup();
     const attempts = ['a', 'b', 'c'].map((p) => lockout.reserve(ALICE, ATTACKER, p));
     expect(attempts.map((a) => a.verdict)).toEqual(['open', 'open', 'open']);
-    expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
-    expect(lockout.reserve(ALICE, ATTACKER, 'd').verdict).toBe('account-locked');
-    for (const a of attempts) a.release();
-    expect(lockout.check(ALICE, ATTACKER)).toBe('open');
+    expect(lockout.check(ALICE, ATTACKER)).toBe('open');            // nothing settled: not locked
+    let fourth: LockoutVerdict | null = null;
+    void lockout.acquire(ALICE, ATTACKER, 'd').then((a) => { fourth = a.verdict; });
+    await tick();
+    expect(fourth).toBeNull();                                       // waits while 3 are in flight
+    attempts[0]?.release();                                          // a success settles one
+    await tick();
+    expect(fourth).toBe('open');
+  });
+
+  it('judges a waiting attempt against the failures the attempts in flight settled to', async () => {
+    const { lockout } = setup();
+    const attempts = ['a', 'b', 'c'].map((p) => lockout.reserve(ALICE, ATTACKER, p));
+    let fourth: LockoutVerdict | null = null;
+    void lockout.acquire(ALICE, ATTACKER, 'd').then((a) => { fourth = a.verdict; });
+    for (const [i, a] of attempts.entries()) {
+      lockout.failure(ALICE, ATTACKER, ['a', 'b', 'c'][i] as string);
+      a.release();
+    }
+    await tick();
+    expect(fourth).toBe('account-locked');
+  });
+
+  it('answers busy past maxWaiting waiting attempts or after waitMs', async () => {
+    const { lockout } = setup({ maxWaiting: 2, waitMs: 200 });
+    for (const p of ['a', 'b', 'c']) lockout.reserve(ALICE, ATTACKER, p);
+    const waiting = [lockout.acquire(ALICE, ATTACKER, 'd'), lockout.acquire(ALICE, ATTACKER, 'e')];
+    expect((await lockout.acquire(ALICE, ATTACKER, 'f')).verdict).toBe('busy');
+    const started = Date.now();
+    expect((await Promise.all(waiting)).map((a) => a.verdict)).toEqual(['busy', 'busy']);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(150);
   });
 
   it('counts one password in flight twice as one', () => {
@@ -338,12 +367,12 @@ describe('Lockout.reserve: attempts in flight', () => {
     a.release();
   });
 
-  it('adds in-flight attempts of a class to that class only', () => {
-    const { lockout } = setup();
+  it('makes attempts wait only behind attempts in flight of their own class', async () => {
+    const { lockout } = setup({ waitMs: 100 });
     lockout.success(ALICE, HOME, true);
     const attempts = ['a', 'b', 'c'].map((p) => lockout.reserve(ALICE, HOME, p));
-    expect(lockout.check(ALICE, HOME)).toBe('account-locked');
-    expect(lockout.check(ALICE, ATTACKER)).toBe('open');
+    expect((await lockout.acquire(ALICE, HOME, 'd')).verdict).toBe('busy');
+    expect((await lockout.acquire(ALICE, ATTACKER, 'd')).verdict).toBe('open');
     for (const a of attempts) a.release();
   });
 
@@ -357,14 +386,15 @@ describe('Lockout.reserve: attempts in flight', () => {
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
   });
 
-  it('counts attempts in flight towards the per-address limits', () => {
-    const { lockout } = setup();
+  it('makes an attempt wait behind attempts in flight that could fill the per-address limits', async () => {
+    const { lockout } = setup({ waitMs: 100 });
     const attempts = Array.from({ length: 5 }, (_, i) => lockout.reserve(`cn=user${i}`, ATTACKER, 'Spring2025!'));
     expect(attempts.map((a) => a.verdict)).toEqual(Array(5).fill('open'));
+    expect(lockout.check(null, ATTACKER)).toBe('open');                  // nothing has failed yet
+    expect((await lockout.acquire('cn=user9', ATTACKER, 'Spring2025!')).verdict).toBe('busy');
+    attempts.forEach((a, i) => { lockout.failure(`cn=user${i}`, ATTACKER, 'Spring2025!'); a.release(); });
     expect(lockout.check(null, ATTACKER)).toBe('source-blocked');
-    expect(lockout.reserve('cn=user9', ATTACKER, 'Spring2025!').verdict).toBe('source-blocked');
-    for (const a of attempts) a.release();
-    expect(lockout.check(null, ATTACKER)).toBe('open');
+    expect((await lockout.acquire('cn=user9', ATTACKER, 'Spring2025!')).verdict).toBe('source-blocked');
   });
 
   it('hands back the refusal with a release that changes nothing', () => {
@@ -379,8 +409,10 @@ describe('Lockout.reserve: attempts in flight', () => {
 
 describe('Lockout.reserveShared: workers reserve with the primary', () => {
   it('reserves locally without a primary', async () => {
-    const { lockout } = setup();
+    const { lockout } = setup({ waitMs: 100 });
     for (let i = 0; i < 3; i++) expect((await lockout.reserveShared(ALICE, ATTACKER, `p${i}`)).verdict).toBe('open');
+    expect((await lockout.reserveShared(ALICE, ATTACKER, 'p3')).verdict).toBe('busy');
+    for (let i = 0; i < 3; i++) lockout.failure(ALICE, ATTACKER, `p${i}`);
     expect((await lockout.reserveShared(ALICE, ATTACKER, 'p3')).verdict).toBe('account-locked');
   });
 
