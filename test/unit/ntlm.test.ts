@@ -506,14 +506,15 @@ describe('parseType3', () => {
   });
 
   describe('ambiguous security buffers: two fields sharing bytes are refused', () => {
-    const msg = type3({ versionAndMic: false });
+    // An LM response that reads as UTF-16 letters, so only the overlap is wrong with a name taken from it.
+    const msg = type3({ versionAndMic: false, lm: Buffer.from('L\0'.repeat(12), 'latin1') });
     const at = (name: FieldName) => fieldOf(msg, name);
     it.each([
       ['user and domain on the same bytes', 'user', at('domain').len, at('domain').offset],
       ['user starting inside domain', 'user', at('user').len, at('domain').offset + 2],
       ['domain running into user', 'domain', at('domain').len + 2, at('domain').offset],
       ['workstation on the user name', 'workstation', at('user').len, at('user').offset],
-      ['user inside the NT response', 'user', 10, at('nt').offset + 16],
+      ['user on the NTProofStr', 'user', 16, at('nt').offset],
       ['domain inside the LM response', 'domain', 6, at('lm').offset],
       ['the session key on the NT proof', 'sessionKey', 16, at('nt').offset],
       ['the LM response on the NT response', 'lm', 24, at('nt').offset],
