@@ -5,6 +5,7 @@
  * - no credentials on a connection Exchange has not accepted → a local 401 (`NTLM`), so
  *   unauthenticated traffic never reaches Exchange;
  * - a Type 1 (negotiate) → forwarded to get Exchange's challenge on the pinned connection;
+ * - a token that is not strict NTLMSSP or SPNEGO → 400 `bad-request`, never forwarded;
  * - a Type 3 → parsed strictly; anonymous, foreign domains, unknown accounts, unusable accounts
  *   and gateway lockouts are refused locally; then the claimed account's groups are checked
  *   *before* forwarding (a non-member gets 403 and Exchange never sees the message);
@@ -23,7 +24,14 @@ import type { Upstream } from './proxy.js';
 export type NtlmOutcome =
   | { readonly ok: true; readonly identity: Identity; readonly cache: CacheUse; readonly onStatus?: (status: number | null) => void }
   | { readonly ok: true; readonly identity: null; readonly cache: null; readonly detail: string }
-  | Extract<AuthOutcome, { ok: false }>;
+  | Extract<AuthOutcome, { ok: false }>
+  | Malformed;
+
+/** A token that is not strict NTLMSSP/SPNEGO: 400, never forwarded (INTERFACE.md: malformed request). */
+type Malformed = {
+  readonly ok: false; readonly reason: 'bad-request'; readonly user: null; readonly cache: null; readonly detail: string;
+  readonly status?: number;
+};
 
 export interface NtlmContext {
   readonly authenticator: Authenticator;
@@ -44,7 +52,7 @@ export async function authenticateNtlm(socket: Socket, token: NtlmToken | 'malfo
     if (!account) return refuse('no-credentials', null, null);
     return ctx.authenticator.refresh(account, request);
   }
-  if (token === 'malformed') return refuse('bad-credentials', null, 'malformed NTLM token');
+  if (token === 'malformed') return malformed('malformed NTLM or Negotiate token (not strict NTLMSSP or SPNEGO DER)');
   if (token.type === 'kerberos') return refuse('no-credentials', null, 'Kerberos hides the user from the gateway; NTLM is offered instead');
   if (token.type === 2) return refuse('bad-credentials', null, 'an NTLM challenge sent by the client');
   if (token.type === 1) {
@@ -55,7 +63,7 @@ export async function authenticateNtlm(socket: Socket, token: NtlmToken | 'malfo
     return { ok: true, identity: null, cache: null, detail: 'NTLM negotiate (Type 1) forwarded for the challenge' };
   }
   const claim = parseType3(token.message);
-  if (!claim) return refuse('bad-credentials', null, 'malformed NTLM authenticate message');
+  if (!claim) return malformed('malformed NTLM authenticate message');
   if (!claim.unicode) return refuse('bad-credentials', null, 'NTLM without Unicode names');
   if (claim.anonymous) return refuse('bad-credentials', null, 'anonymous NTLM logon');
   const outcome = await ctx.authenticator.claim({ ...request, logon: logonOf(claim, ctx), fingerprint: claim.responseDigest.toString('hex') });
@@ -92,4 +100,8 @@ export function logonOf(claim: Type3Claim, ctx: Pick<NtlmContext, 'domain' | 'dn
 
 function refuse(reason: Extract<AuthOutcome, { ok: false }>['reason'], user: string | null, detail: string | null): Extract<AuthOutcome, { ok: false }> {
   return detail === null ? { ok: false, reason, user, cache: null } : { ok: false, reason, user, cache: null, detail };
+}
+
+function malformed(detail: string): Malformed {
+  return { ok: false, reason: 'bad-request', user: null, cache: null, detail };
 }

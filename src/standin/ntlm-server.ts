@@ -169,8 +169,9 @@ export interface NtlmAuthorization {
 /**
  * readNtlmAuthorization reads an `NTLM` or `Negotiate` Authorization header whose token is a raw
  * NTLMSSP message (what curl sends under `NTLM`, and what Windows HTTP clients commonly send under
- * `Negotiate` when Kerberos is not available). null: another scheme. 'other': one of these schemes
- * with something the stand-in cannot use (bad base64, Kerberos, SPNEGO-wrapped NTLMSSP).
+ * `Negotiate` when Kerberos is not available), or SPNEGO-wrapped NTLMSSP read leniently: the first
+ * mechToken/responseToken counts, as a lax upstream might (the gateway must refuse what it cannot
+ * read the same way). null: another scheme. 'other': what the stand-in cannot use (bad base64, Kerberos).
  */
 export function readNtlmAuthorization(header: string | undefined): NtlmAuthorization | 'other' | null {
   const match = /^(ntlm|negotiate)(?:[ \t]+(\S*))?[ \t]*$/i.exec(header ?? '');
@@ -178,9 +179,40 @@ export function readNtlmAuthorization(header: string | undefined): NtlmAuthoriza
   const scheme = match[1]?.toLowerCase() === 'ntlm' ? 'NTLM' : 'Negotiate';
   const token = match[2] ?? '';
   if (!BASE64.test(token) || token.length % 4 !== 0) return 'other';
-  const message = Buffer.from(token, 'base64');
+  const raw = Buffer.from(token, 'base64');
+  const wrapped = scheme === 'Negotiate' && !raw.subarray(0, 8).equals(NTLMSSP_SIGNATURE);
+  const message = wrapped ? firstSpnegoToken(raw) ?? raw : raw;
   if (message.length < 12 || !message.subarray(0, 8).equals(NTLMSSP_SIGNATURE)) return 'other';
   return { scheme, type: message.readUInt32LE(8), message };
+}
+
+/** Lenient SPNEGO (RFC 4178): the first [2] OCTET STRING of a NegTokenInit or NegTokenResp, later ones ignored. */
+function firstSpnegoToken(raw: Buffer): Buffer | null {
+  const tlv = (at: number): { tag: number; start: number; end: number } | null => {
+    let len = raw[at + 1] ?? 0;
+    let start = at + 2;
+    if (len & 0x80) {
+      const n = len & 0x7f;
+      len = 0;
+      for (let i = 0; i < n; i += 1) len = len * 256 + (raw[start + i] ?? 0);
+      start += n;
+    }
+    return start + len <= raw.length ? { tag: raw[at] ?? 0, start, end: start + len } : null;
+  };
+  let outer = tlv(0);
+  if (outer?.tag === 0x60) {
+    const oid = tlv(outer.start);
+    outer = oid ? tlv(oid.end) : null;
+  }
+  const seq = outer ? tlv(outer.start) : null;
+  for (let at = seq?.start ?? raw.length; seq && at < seq.end; ) {
+    const field = tlv(at);
+    if (!field) return null;
+    const inner = tlv(field.start);
+    if (field.tag === 0xa2 && inner?.tag === 0x04) return raw.subarray(inner.start, inner.end);
+    at = field.end;
+  }
+  return null;
 }
 
 /** The NegotiateFlags of a NEGOTIATE_MESSAGE (MS-NLMP 2.2.1.1), or null when it is too short. */

@@ -49,6 +49,24 @@ export function type3(type2: Buffer, user: string, domain: string, password: str
   return Buffer.concat([head, ...fields]);
 }
 
+/** A DER element (X.690 §10.1: definite length, shortest form). */
+function der(tag: number, ...content: Buffer[]): Buffer {
+  const body = Buffer.concat(content);
+  const n = body.length;
+  const len = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+  return Buffer.concat([Buffer.from([tag, ...len]), body]);
+}
+
+/**
+ * A SPNEGO NegTokenResp (RFC 4178 §4.2.2): negState accept-incomplete, then one responseToken
+ * ([2] OCTET STRING) per message. One message is what Windows sends for a Type 3 under
+ * `Negotiate`; two is not DER (a field repeated), and each reader may take a different one.
+ */
+export function negTokenResp(...messages: Buffer[]): Buffer {
+  const fields = messages.map((m) => der(0xa2, der(0x04, m)));
+  return der(0xa1, der(0x30, der(0xa0, der(0x0a, Buffer.from([1]))), ...fields));
+}
+
 /** One request on the client's connection; returns status, headers and body text. */
 export async function call(client: Client, path: string, host: string, authorization?: string): Promise<{ status: number; challenge: string | undefined; body: string }> {
   const res = await client.request({ path, method: 'GET', headers: { host, ...(authorization ? { authorization } : {}) } });

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
 import { basic, clientFor, expectNotForwarded, EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
-import { call, signIn } from '../helpers/ntlm-client.js';
+import { call, negTokenResp, signIn, type1, type3 } from '../helpers/ntlm-client.js';
 
 const run = promisify(execFile);
 let h: Harness;
@@ -153,6 +153,65 @@ describe('NTLM through the gateway', () => {
     const { stdout } = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', ca, '--resolve', `${EXTERNAL}:${h.port}:127.0.0.1`,
       '-u', `alice:${USERS.alice.password}`, `https://${EXTERNAL}:${h.port}/ews/exchange.asmx?basic`]);
     expect(stdout).toBe('200');
+  });
+
+  /** Type 1 on a fresh connection; returns the connection and the stand-in's Type 2 for it. */
+  async function challenged(path: string): Promise<{ client: ReturnType<typeof clientFor>; type2: Buffer }> {
+    const client = clientFor(h);
+    const first = await call(client, path, EXTERNAL, `NTLM ${type1().toString('base64')}`);
+    const token = /NTLM ([A-Za-z0-9+/=]+)/.exec(first.challenge ?? '')?.[1];
+    expect(first.status).toBe(401);
+    expect(token).toBeDefined();
+    return { client, type2: Buffer.from(token ?? '', 'base64') };
+  }
+
+  it('takes a well-formed SPNEGO NegTokenResp carrying the Type 3 (as Windows sends under Negotiate)', async () => {
+    const { client, type2 } = await challenged('/mapi/emsmdb/?spnego-ok');
+    try {
+      const t3 = type3(type2, 'alice', 'LAB', USERS.alice.password);
+      const header = `Negotiate ${negTokenResp(t3).toString('base64')}`;
+      const res = await call(client, '/mapi/emsmdb/?spnego-ok', EXTERNAL, header);
+      expect(res.status).toBe(200);
+      expect(res.body).toContain('LAB\\alice');
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('answers two responseTokens (bob\'s real Type 3, then a claim of alice) with 400, unforwarded', async () => {
+    // Issue 9.3: the gateway read the last token (alice, allowed), a reader of the first (bob, not
+    // in the group) authenticated bob, and Exchange served him.
+    const bobType3Before = type3From('bob');
+    const { client, type2 } = await challenged('/mapi/emsmdb/?spnego-two');
+    try {
+      const bob = type3(type2, 'bob', 'LAB', USERS.bob.password);
+      const alice = type3(type2, 'alice', 'LAB', 'not-alice-password');
+      const header = `Negotiate ${negTokenResp(bob, alice).toString('base64')}`;
+      const send = () => call(client, '/mapi/emsmdb/?spnego-two', EXTERNAL, header);
+      const res = await expectNotForwarded(h, send, (r) => r.url.includes('spnego-two'));
+      expect(res.status).toBe(400);
+      expect(res.body).not.toContain('hello');
+    } finally {
+      await client.close();
+    }
+    expect(type3From('bob')).toBe(bobType3Before);
+    const rec = await h.record((r) => r.path === '/mapi/emsmdb/' && r.status === 400);
+    expect(rec).toMatchObject({ decision: 'deny', reason: 'bad-request', service: 'mapi', user: null });
+    expect(rec.detail).toMatch(/malformed NTLM or Negotiate token/);
+  });
+
+  it('answers a Type 3 whose name buffers share bytes with 400, unforwarded', async () => {
+    const { client, type2 } = await challenged('/mapi/emsmdb/?overlap');
+    try {
+      const t3 = type3(type2, 'alice', 'LAB', USERS.alice.password);
+      t3.copy(t3, 44, 36, 44); // WorkstationFields := UserNameFields: one name read twice
+      const send = () => call(client, '/mapi/emsmdb/?overlap', EXTERNAL, `NTLM ${t3.toString('base64')}`);
+      expect((await expectNotForwarded(h, send, (r) => r.url.includes('overlap'))).status).toBe(400);
+    } finally {
+      await client.close();
+    }
+    const rec = await h.record((r) => r.path === '/mapi/emsmdb/' && r.status === 400 && r.detail === 'malformed NTLM authenticate message');
+    expect(rec).toMatchObject({ decision: 'deny', reason: 'bad-request' });
   });
 
   it('never logs a token or a password', () => {

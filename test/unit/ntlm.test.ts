@@ -102,6 +102,17 @@ function withField(msg: Buffer, name: FieldName, len: number, offset: number): B
   return copy;
 }
 
+/** A copy of `msg` with buffer `name` moved right after the 64-byte header (size bytes of 'A'), the others after it. */
+function movedFirst(msg: Buffer, name: FieldName, size: number): Buffer {
+  const moved = Buffer.concat([msg.subarray(0, 64), Buffer.alloc(size, 0x41), msg.subarray(64)]);
+  for (const other of FIELDS) {
+    const { len, offset } = fieldOf(msg, other);
+    if (other !== name) writeField(moved, FIELDS.indexOf(other), len, offset + size);
+  }
+  writeField(moved, FIELDS.indexOf(name), size, 64);
+  return moved;
+}
+
 function fieldOf(msg: Buffer, name: FieldName): { len: number; offset: number } {
   const at = 12 + FIELDS.indexOf(name) * 8;
   return { len: msg.readUInt16LE(at), offset: msg.readUInt32LE(at + 4) };
@@ -236,6 +247,13 @@ describe('readNtlmHeader', () => {
     expect(readNtlmHeader(header)).toBe('malformed');
   });
 
+  it('is malformed for base64 with non-zero padding bits (one string, one reading)', () => {
+    const t = b64(Buffer.concat([type1(), Buffer.from([0x41, 0x41])])); // 34 bytes: "…QQ==", the last 4 bits of the 2nd Q pad
+    expect(t.endsWith('QQ==')).toBe(true);
+    expect(expectToken(readNtlmHeader(`NTLM ${t}`)).type).toBe(1);
+    expect(readNtlmHeader(`NTLM ${t.replace(/QQ==$/, 'QR==')}`)).toBe('malformed');
+  });
+
   it('accepts an 8 KiB token and refuses an oversize one', () => {
     const padded = (size: number): string => `NTLM ${b64(Buffer.concat([type1(), Buffer.alloc(size - 32)]))}`;
     expect(expectToken(readNtlmHeader(padded(8190))).type).toBe(1);
@@ -258,6 +276,158 @@ describe('readNtlmHeader', () => {
     const result = readNtlmHeader(`Negotiate ${b64(token)}`);
     expect(result).not.toMatchObject({ type: 3 }); // today: a Type 3 claiming alice
     expect(result === 'malformed' || result?.type === 'kerberos').toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// SPNEGO in strict DER (RFC 4178 §4.2, X.690 §10): one header, one reading. The gateway once kept
+// the last of two responseTokens (alice's claim) while a reader of the first (bob's Type 3) logged on.
+
+const ctx = (n: number, inner: Buffer): Buffer => der(0xa0 + n, inner);
+const octets = (content: Buffer): Buffer => der(0x04, content);
+const mechList = (...oids: Buffer[]): Buffer => der(0x30, ...oids.map((oid) => der(0x06, oid)));
+const negState = (value = 1): Buffer => der(0x0a, Buffer.from([value]));
+/** NegTokenResp ([1] SEQUENCE) from raw field encodings, in the order given. */
+const resp = (...fields: Buffer[]): Buffer => der(0xa1, der(0x30, ...fields));
+/** NegTokenInit in its GSS-API wrapper, from raw field encodings, in the order given. */
+const init = (...fields: Buffer[]): Buffer => der(0x60, der(0x06, OID_SPNEGO), der(0xa0, der(0x30, ...fields)));
+const negotiate = (token: Buffer): string => `Negotiate ${b64(token)}`;
+
+describe('SPNEGO: the tokens clients send are read', () => {
+  const bob = type3({ user: 'bob' });
+  it.each([
+    ['NegTokenResp: negState, responseToken', resp(ctx(0, negState()), ctx(2, octets(bob)))],
+    ['NegTokenResp: responseToken alone', resp(ctx(2, octets(bob)))],
+    ['NegTokenResp: supportedMech NTLMSSP', resp(ctx(0, negState()), ctx(1, der(0x06, OID_NTLMSSP)), ctx(2, octets(bob)))],
+    ['NegTokenResp: responseToken, mechListMIC (Windows with a MIC)', resp(ctx(2, octets(bob)), ctx(3, octets(Buffer.alloc(16, 1))))],
+    ['NegTokenResp: all four fields', resp(ctx(0, negState()), ctx(1, der(0x06, OID_NTLMSSP)), ctx(2, octets(bob)), ctx(3, octets(Buffer.alloc(16, 1))))],
+  ])('%s', (_, token) => {
+    const read = expectToken(readNtlmHeader(negotiate(token)));
+    expect(read).toMatchObject({ scheme: 'Negotiate', type: 3 });
+    expect(read.message.equals(bob)).toBe(true);
+  });
+
+  it.each([
+    ['mechTypes, mechToken', init(ctx(0, mechList(OID_NTLMSSP)), ctx(2, octets(type1())))],
+    ['mechTypes NTLMSSP then Kerberos', init(ctx(0, mechList(OID_NTLMSSP, OID_KRB5)), ctx(2, octets(type1())))],
+    ['reqFlags (BIT STRING, RFC 2478 clients)', init(ctx(0, mechList(OID_NTLMSSP)), ctx(1, der(0x03, Buffer.from([1, 0x7e]))), ctx(2, octets(type1())))],
+    ['mechListMIC', init(ctx(0, mechList(OID_NTLMSSP)), ctx(2, octets(type1())), ctx(3, octets(Buffer.alloc(16))))],
+  ])('NegTokenInit: %s', (_, token) => {
+    expect(expectToken(readNtlmHeader(negotiate(token))).message.equals(type1())).toBe(true);
+  });
+
+  it('reads a NegTokenInit laid out as Windows SSPI sends it (NTLMSSP only, Type 1 with Version)', () => {
+    // 60 48 06 06 <spnego> a0 3e 30 3c a0 0e 30 0c 06 0a <ntlmssp> a2 2a 04 28 <Type 1, 40 bytes>
+    const windows = 'YEgGBisGAQUFAqA+MDygDjAMBgorBgEEAYI3AgIKoioEKE5UTE1TU1AAAQAAAJeCCOIAAAAAAAAAAAAAAAAAAAAACgBhSgAAAA8=';
+    expect(expectToken(readNtlmHeader(`Negotiate ${windows}`))).toMatchObject({ scheme: 'Negotiate', type: 1 });
+  });
+
+  it('uses the long form only where it must: a 300-byte Type 3 (0x82) and a 200-byte one (0x81)', () => {
+    for (const size of [200, 300]) {
+      const t3 = type3({ workstation: 'W'.repeat((size - 88 - 24 - 56 - 6 - 10 - 16) / 2) });
+      const token = resp(ctx(2, octets(t3)));
+      expect(token[1]).toBe(t3.length + 8 < 0x100 ? 0x81 : 0x82);
+      expect(expectToken(readNtlmHeader(negotiate(token))).message.equals(t3)).toBe(true);
+    }
+  });
+});
+
+describe('SPNEGO: anything but strict DER is malformed (400)', () => {
+  const bob = type3({ user: 'bob' });
+  const alice = type3({ user: 'alice' });
+  const mechs = ctx(0, mechList(OID_NTLMSSP));
+  const token1 = ctx(2, octets(type1()));
+  const valid = resp(ctx(0, negState()), ctx(2, octets(bob)));
+
+  it.each([
+    // the reported attack: bob's Type 3 first, alice's claim second
+    ['two responseTokens', resp(ctx(0, negState()), ctx(2, octets(bob)), ctx(2, octets(alice)))],
+    ['two responseTokens, no negState', resp(ctx(2, octets(bob)), ctx(2, octets(alice)))],
+    ['two negStates', resp(ctx(0, negState()), ctx(0, negState()), ctx(2, octets(bob)))],
+    ['two supportedMechs', resp(ctx(1, der(0x06, OID_NTLMSSP)), ctx(1, der(0x06, OID_NTLMSSP)), ctx(2, octets(bob)))],
+    ['two mechListMICs', resp(ctx(2, octets(bob)), ctx(3, octets(Buffer.alloc(16))), ctx(3, octets(Buffer.alloc(16))))],
+    ['responseToken before negState', resp(ctx(2, octets(bob)), ctx(0, negState()))],
+    ['mechListMIC before responseToken', resp(ctx(3, octets(Buffer.alloc(16))), ctx(2, octets(bob)))],
+    ['an unknown context tag [4]', resp(ctx(2, octets(bob)), ctx(4, octets(alice)))],
+    ['an unknown context tag [5] before the token', resp(ctx(5, octets(alice)), ctx(2, octets(bob)))],
+    ['a universal OCTET STRING among the fields', resp(ctx(2, octets(bob)), octets(alice))],
+    ['two elements inside [2]', resp(ctx(2, Buffer.concat([octets(bob), octets(alice)])))],
+    ['a constructed OCTET STRING (BER) as responseToken', resp(ctx(2, der(0x24, octets(bob))))],
+    ['negState out of range (4)', resp(ctx(0, negState(4)), ctx(2, octets(bob)))],
+    ['negState of two bytes', resp(ctx(0, der(0x0a, Buffer.from([0, 1]))), ctx(2, octets(bob)))],
+    ['negState as an INTEGER', resp(ctx(0, der(0x02, Buffer.from([1]))), ctx(2, octets(bob)))],
+    ['supportedMech as an OCTET STRING', resp(ctx(1, octets(OID_NTLMSSP)), ctx(2, octets(bob)))],
+    ['no responseToken', resp(ctx(0, negState()))],
+    ['an empty NegTokenResp', resp()],
+    ['two SEQUENCEs in [1]', der(0xa1, der(0x30, ctx(2, octets(bob))), der(0x30, ctx(2, octets(alice))))],
+    ['[1] holding an OCTET STRING, not a SEQUENCE', der(0xa1, octets(bob))],
+    ['trailing bytes after the outer element', Buffer.concat([valid, Buffer.from([0])])],
+    ['a second token after the first', Buffer.concat([resp(ctx(2, octets(bob))), resp(ctx(2, octets(alice)))])],
+  ])('NegTokenResp: %s', (_, token) => {
+    expect(readNtlmHeader(negotiate(token))).toBe('malformed');
+  });
+
+  it.each([
+    ['two mechTokens', init(mechs, token1, token1)],
+    ['two mechTypes', init(mechs, mechs, token1)],
+    ['mechToken before mechTypes', init(token1, mechs)],
+    ['mechListMIC before mechToken', init(mechs, ctx(3, octets(Buffer.alloc(16))), token1)],
+    ['an unknown context tag [4] (negHints/NegTokenInit2 is the server\'s)', init(mechs, token1, ctx(4, octets(type1())))],
+    ['no mechTypes', init(token1)],
+    ['an empty mechTypes', init(ctx(0, der(0x30)), token1)],
+    ['a mechTypes entry that is not an OID', init(ctx(0, der(0x30, der(0x06, OID_NTLMSSP), octets(type1()))), token1)],
+    ['an empty OID in mechTypes', init(ctx(0, der(0x30, der(0x06, OID_NTLMSSP), der(0x06))), token1)],
+    ['mechTypes as a SET', init(ctx(0, der(0x31, der(0x06, OID_NTLMSSP))), token1)],
+    ['NTLMSSP first but no mechToken', init(mechs)],
+    ['reqFlags with 8 unused bits', init(mechs, ctx(1, der(0x03, Buffer.from([8, 0]))), token1)],
+    ['reqFlags with its unused bits set', init(mechs, ctx(1, der(0x03, Buffer.from([1, 0x7f]))), token1)],
+    ['reqFlags empty', init(mechs, ctx(1, der(0x03)), token1)],
+    ['two NegTokenInits in [0]', der(0x60, der(0x06, OID_SPNEGO), der(0xa0, der(0x30, mechs, token1), der(0x30, mechs, token1)))],
+    ['bytes after [0] inside the GSS wrapper', der(0x60, der(0x06, OID_SPNEGO), der(0xa0, der(0x30, mechs, token1)), Buffer.from([0]))],
+    ['a NegTokenResp ([1]) inside the GSS wrapper', der(0x60, der(0x06, OID_SPNEGO), resp(ctx(2, octets(bob))))],
+    ['trailing bytes after the outer element', Buffer.concat([init(mechs, token1), Buffer.from([0, 0])])],
+  ])('NegTokenInit: %s', (_, token) => {
+    expect(readNtlmHeader(negotiate(token))).toBe('malformed');
+  });
+
+  // Lengths by hand (X.690 §10.1: definite, shortest form). bob is 128..255 bytes: its minimal length is 81 xx.
+  const len = (n: number): number[] => (n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff]);
+  const tlv = (tag: number, lengthOctets: number[], content: Buffer): Buffer => Buffer.concat([Buffer.from([tag, ...lengthOctets]), content]);
+  const seqOf = (...fields: Buffer[]): Buffer => {
+    const seq = der(0x30, ...fields);
+    return tlv(0xa1, len(seq.length), seq);
+  };
+  const bobOctets = (lengthOctets: number[]): Buffer => tlv(0x04, lengthOctets, bob);
+  const field2 = (inner: Buffer): Buffer => tlv(0xa2, len(inner.length), inner);
+  const indefiniteContent = Buffer.concat([Buffer.from([0x30, 0x80]), ctx(0, negState()), ctx(2, octets(bob)), Buffer.from([0, 0])]);
+  const indefinite = tlv(0xa1, len(indefiniteContent.length), indefiniteContent);
+
+  it.each([
+    ['long form where the short form fits (a0 81 03)', seqOf(tlv(0xa0, [0x81, 3], negState()), ctx(2, octets(bob)))],
+    ['a leading zero length byte (04 82 00 cc)', seqOf(field2(bobOctets([0x82, 0x00, bob.length])))],
+    ['three length bytes (04 83 00 00 cc)', seqOf(field2(bobOctets([0x83, 0x00, 0x00, bob.length])))],
+    ['the indefinite form (BER): 30 80 … 00 00', indefinite],
+    ['an indefinite OCTET STRING', seqOf(field2(Buffer.concat([bobOctets([0x80]), Buffer.from([0, 0])])))],
+    // the OCTET STRING claims 5 bytes more than [2] holds, running into the [3] that follows
+    ['a nested length running past its parent', seqOf(field2(bobOctets(len(bob.length + 5))), ctx(3, octets(Buffer.alloc(3))))],
+    ['an outer length running past the buffer', Buffer.concat([Buffer.from([0xa1, 0x82, 0x10, 0x00]), der(0x30, ctx(2, octets(bob)))])],
+    ['a high tag number (bf 02)', seqOf(tlv(0xbf, [0x02], Buffer.alloc(0)), ctx(2, octets(bob)))],
+    ['a tag and no length', Buffer.from([0xa1])],
+  ])('%s', (_, token) => {
+    expect(readNtlmHeader(negotiate(token))).toBe('malformed');
+  });
+
+  it('accepts the same hand-built encodings with minimal lengths (so each refusal above is the variant\'s)', () => {
+    expect(bob.length).toBeGreaterThanOrEqual(0x80); // one length byte after 0x81
+    expect(bob.length).toBeLessThan(0x100);
+    for (const token of [
+      seqOf(tlv(0xa0, [3], negState()), ctx(2, octets(bob))),
+      seqOf(field2(bobOctets([0x81, bob.length]))),
+      seqOf(field2(bobOctets(len(bob.length))), ctx(3, octets(Buffer.alloc(3)))),
+      seqOf(ctx(0, negState()), ctx(2, octets(bob))),
+    ]) {
+      expect(expectToken(readNtlmHeader(negotiate(token))).message.equals(bob)).toBe(true);
+    }
   });
 });
 
@@ -326,14 +496,44 @@ describe('parseType3', () => {
     it('accepts it ending exactly at the end of the message, and starting right after the header', () => {
       const tail = Buffer.concat([msg, Buffer.alloc(size, 0x41)]);
       expect(parseType3(withField(tail, name, size, msg.length))).not.toBeNull();
-      const first = Buffer.from(msg);
-      first.fill(0x41, 64, 64 + size); // the start of the LM response, readable as any field
-      expect(parseType3(withField(first, name, size, 64))).not.toBeNull();
+      expect(parseType3(movedFirst(msg, name, size))).not.toBeNull();
       expect(offset).toBeGreaterThanOrEqual(64);
     });
 
     it('ignores the offset of an empty buffer, wherever it points', () => {
       for (const o of [0, 12, 0xffffffff]) expect(parseType3(withField(msg, name, 0, o))).not.toBeNull();
+    });
+  });
+
+  describe('ambiguous security buffers: two fields sharing bytes are refused', () => {
+    // An LM response that reads as UTF-16 letters, so only the overlap is wrong with a name taken from it.
+    const msg = type3({ versionAndMic: false, lm: Buffer.from('L\0'.repeat(12), 'latin1') });
+    const at = (name: FieldName) => fieldOf(msg, name);
+    it.each([
+      ['user and domain on the same bytes', 'user', at('domain').len, at('domain').offset],
+      ['user starting inside domain', 'user', at('user').len, at('domain').offset + 2],
+      ['domain running into user', 'domain', at('domain').len + 2, at('domain').offset],
+      ['workstation on the user name', 'workstation', at('user').len, at('user').offset],
+      ['user on the NTProofStr', 'user', 16, at('nt').offset],
+      ['domain inside the LM response', 'domain', 6, at('lm').offset],
+      ['the session key on the NT proof', 'sessionKey', 16, at('nt').offset],
+      ['the LM response on the NT response', 'lm', 24, at('nt').offset],
+      ['the NT response covering the whole payload', 'nt', msg.length - 64, 64],
+    ] as const)('%s', (_, name, l, o) => {
+      expect(parseType3(withField(msg, name, l, o))).toBeNull();
+    });
+
+    it('still reads buffers that touch without sharing a byte, and empty buffers anywhere', () => {
+      expect(claimOf(msg).user).toBe('alice');
+      expect(at('user').offset).toBe(at('domain').offset + at('domain').len); // adjacent, as every client writes them
+      expect(claimOf(withField(msg, 'workstation', 0, at('user').offset)).user).toBe('alice');
+    });
+
+    it('ignores MaxLen, as MS-NLMP 2.2.1.3 says the receiver MUST (Windows does too)', () => {
+      const copy = Buffer.from(msg);
+      const user = at('user');
+      writeField(copy, FIELDS.indexOf('user'), user.len, user.offset, 0xffff);
+      expect(claimOf(copy).user).toBe('alice');
     });
   });
 
