@@ -10,7 +10,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
-import { startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { startExchangeStandin } from '../../src/standin/exchange.js';
+import { USERS } from '../helpers/ad-fixtures.js';
+import { send, startHarness, type Harness } from '../helpers/gateway-harness.js';
 
 const run = promisify(execFile);
 const EXGATE = join(import.meta.dirname, '..', '..', 'bin', 'exgate.js');
@@ -157,3 +159,49 @@ function makeChain(dir: string): void {
   ssl('x509', '-req', '-in', 'leaf.csr', '-CA', 'int.crt', '-CAkey', 'int.key', '-set_serial', '3', '-days', '2', '-extfile', 'leaf.ext', '-out', 'leaf.crt');
   writeFileSync(join(dir, 'chain.crt'), readFileSync(join(dir, 'leaf.crt'), 'utf8') + readFileSync(join(dir, 'int.crt'), 'utf8'));
 }
+
+describe('the running gateway, when Exchange cannot be reached', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ directory: 'ldap' });
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  const warnings = () => h.allLogText().split('\n').filter((l) => l.includes('cannot reach Exchange')).map((l) => JSON.parse(l) as { cause: string });
+  const setServername = async (name: string) => {
+    writeFileSync(h.configFile, readFileSync(h.configFile, 'utf8').replace(/servername: .*/, `servername: ${name}`));
+    expect(await h.running.reload()).toBe(true);
+  };
+  const owa = async () => (await send(h, '/owa/', { user: 'alice', password: USERS.alice.password })).status;
+
+  it('logs the cause of the 502s once, not once per request', async () => {
+    await setServername('exchange.lab.test');
+    try {
+      expect([await owa(), await owa(), await owa()]).toEqual([502, 502, 502]);
+      expect(warnings()).toHaveLength(1);
+      expect(warnings()[0]?.cause).toMatch(/ERR_TLS_CERT_ALTNAME_INVALID/);
+      expect(h.access.filter((r) => r.status === 502).every((r) => r.detail?.includes('ERR_TLS_CERT_ALTNAME_INVALID'))).toBe(true);
+    } finally {
+      await setServername('exchange-be.lab.test');
+    }
+  });
+
+  it('logs a cause again once Exchange answered in between', async () => {
+    const refused = () => warnings().filter((w) => w.cause.includes('ECONNREFUSED')).length;
+    const tls = { cert: readFileSync(join(h.dir, 'upstream.crt')), key: readFileSync(join(h.dir, 'upstream.key')) };
+    expect(await owa()).toBe(200);
+    await h.standin.close();
+    expect([await owa(), await owa()]).toEqual([502, 502]);
+    expect(refused()).toBe(1);
+    const again = await startExchangeStandin({ tls, port: h.standin.port });
+    try {
+      expect(await owa()).toBe(200);
+    } finally {
+      await again.close();
+    }
+    expect([await owa(), await owa()]).toEqual([502, 502]);
+    expect(refused()).toBe(2);
+  });
+});
