@@ -20,25 +20,30 @@ export async function domainProblems(settings: LdapSettings, at: Locate): Promis
   const info = await readDomainInfo(settings);
   const problems: ConfigProblem[] = [];
   if (!info.baseDnExists) {
-    problems.push(at(['directory', 'baseDn'], `${settings.baseDn} does not exist in the directory${info.domainDn ? `; the domain is ${info.domainDn}` : ''}`));
+    const domain = info.domainDn ? `; the domain is ${info.domainDn}` : '';
+    problems.push(at(['directory', 'baseDn'], `${settings.baseDn} does not exist in the directory${domain}`));
   }
   if (!info.domainDn) {
-    problems.push(at(['directory', 'baseDn'], `${settings.baseDn} is in no domain of the forest (domains: ${info.domains.join('; ') || 'none readable'})`));
+    const domains = info.domains.length > 0 ? `domains: ${info.domains.join('; ')}` : 'no domain readable';
+    problems.push(at(['directory', 'baseDn'], `${settings.baseDn} is in no domain of the forest (${domains})`));
     return { problems, baseDnExists: info.baseDnExists, note: '' };
   }
   problems.push(...namingProblems(settings, info, at));
-  return { problems, baseDnExists: info.baseDnExists, note: `domain ${info.dnsName ?? info.domainDn}, NetBIOS ${info.netbios ?? '?'}` };
+  const note = `domain ${info.dnsName ?? info.domainDn}, NetBIOS ${info.netbios ?? '?'}`;
+  return { problems, baseDnExists: info.baseDnExists, note };
 }
 
 function namingProblems(settings: LdapSettings, info: DomainInfo, at: Locate): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   if (info.netbios && info.netbios.toUpperCase() !== settings.netbiosDomain.toUpperCase()) {
-    problems.push(at(['directory', 'netbiosDomain'], `${settings.netbiosDomain} is not the domain's NetBIOS name: AD says ${info.netbios} ` +
+    problems.push(at(['directory', 'netbiosDomain'],
+      `${settings.netbiosDomain} is not the domain's NetBIOS name: AD says ${info.netbios} ` +
       `(nETBIOSName of ${info.domainDn} in CN=Partitions); DOMAIN\\user sign-ins would all be refused`));
   }
   for (const [i, suffix] of settings.upnSuffixes.entries()) {
     if (info.upnSuffixes.includes(suffix.toLowerCase().replace(/\.$/, ''))) continue;
-    problems.push(at(['directory', 'upnSuffixes', i], `${suffix} is not a UPN suffix AD knows; AD knows: ${info.upnSuffixes.join(', ')} ` +
+    problems.push(at(['directory', 'upnSuffixes', i],
+      `${suffix} is not a UPN suffix AD knows; AD knows: ${info.upnSuffixes.join(', ')} ` +
       '(add it in Active Directory Domains and Trusts, or remove it here)'));
   }
   return problems;

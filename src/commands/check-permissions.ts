@@ -17,7 +17,8 @@ import type { Locate } from './check-upstream.js';
 const run = promisify(execFile);
 
 /** The unit the shipped deploy/exgate.service installs as; its User= is the default user. */
-const UNIT_FILES = ['/etc/systemd/system/exgate.service', '/usr/lib/systemd/system/exgate.service', '/lib/systemd/system/exgate.service'];
+const UNIT_FILES = ['/etc/systemd/system', '/usr/lib/systemd/system', '/lib/systemd/system']
+  .map((d) => `${d}/exgate.service`);
 
 /** A file the gateway needs, the key that names it, and whether it reads or writes it. */
 export interface FileNeed {
@@ -28,16 +29,24 @@ export interface FileNeed {
 
 /** Every file `serve` reads or writes, from the config as written (paths relative to it). */
 export function filesOf(config: Config): FileNeed[] {
-  const data = (readYaml(config.file).data ?? {}) as { upstream?: { ca?: string }; directory?: { ca?: string; bindPasswordFile?: string } };
+  type Raw = { upstream?: { ca?: string }; directory?: { ca?: string; bindPasswordFile?: string } };
+  const data = (readYaml(config.file).data ?? {}) as Raw;
   const rel = (p: string) => (isAbsolute(p) ? p : resolve(dirname(config.file), p));
-  const needs: FileNeed[] = [{ path: [], file: config.file, write: false }, { path: ['policyFile'], file: config.policyFile, write: false }];
+  const needs: FileNeed[] = [
+    { path: [], file: config.file, write: false },
+    { path: ['policyFile'], file: config.policyFile, write: false },
+  ];
   // A selfSigned pair not generated yet is written by `serve`: its folder must be writable.
   const generate = config.tls.selfSigned && !(existsSync(config.tls.cert) && existsSync(config.tls.key));
-  needs.push({ path: ['tls', 'cert'], file: config.tls.cert, write: generate }, { path: ['tls', 'key'], file: config.tls.key, write: generate });
-  if (data.upstream?.ca) needs.push({ path: ['upstream', 'ca'], file: rel(data.upstream.ca), write: false });
-  if (data.directory?.ca) needs.push({ path: ['directory', 'ca'], file: rel(data.directory.ca), write: false });
-  if (data.directory?.bindPasswordFile) needs.push({ path: ['directory', 'bindPasswordFile'], file: rel(data.directory.bindPasswordFile), write: false });
-  if (config.directory.type === 'file') needs.push({ path: ['directory', 'path'], file: config.directory.path, write: false });
+  needs.push({ path: ['tls', 'cert'], file: config.tls.cert, write: generate });
+  needs.push({ path: ['tls', 'key'], file: config.tls.key, write: generate });
+  const read = (path: string[], file: string | undefined) => {
+    if (file) needs.push({ path, file: rel(file), write: false });
+  };
+  read(['upstream', 'ca'], data.upstream?.ca);
+  read(['directory', 'ca'], data.directory?.ca);
+  read(['directory', 'bindPasswordFile'], data.directory?.bindPasswordFile);
+  if (config.directory.type === 'file') read(['directory', 'path'], config.directory.path);
   if (config.log.access !== 'stdout') needs.push({ path: ['log', 'access'], file: config.log.access, write: true });
   return needs;
 }
@@ -52,7 +61,8 @@ export function logProblems(config: Config, at: Locate): ConfigProblem[] {
     return [];
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    return [at(['log', 'access'], target === file ? `cannot write ${file}: ${code}` : `cannot create ${file}: ${code} on ${target}`)];
+    const why = target === file ? `cannot write ${file}: ${code}` : `cannot create ${file}: ${code} on ${target}`;
+    return [at(['log', 'access'], why)];
   }
 }
 
@@ -66,8 +76,9 @@ export function serviceUser(asUser: string | undefined): string | null {
   let user: string | null = null;
   for (const unit of UNIT_FILES) {
     if (!existsSync(unit)) continue;
-    const dropIns = existsSync(`${unit}.d`) ? readdirSync(`${unit}.d`).filter((f) => f.endsWith('.conf')).sort().map((f) => join(`${unit}.d`, f)) : [];
-    for (const f of [unit, ...dropIns]) {
+    const dir = `${unit}.d`;
+    const dropIns = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.conf')).sort() : [];
+    for (const f of [unit, ...dropIns.map((d) => join(dir, d))]) {
       for (const m of readFileSync(f, 'utf8').matchAll(/^\s*User\s*=\s*(\S*)\s*$/gm)) user = m[1] || null;
     }
     break;                                           // the first unit found is the one systemd loads
@@ -78,13 +89,16 @@ export function serviceUser(asUser: string | undefined): string | null {
 /** Every need `user` cannot meet, each naming its key. Needs root unless `user` is this process's own. */
 export async function permissionProblems(config: Config, user: string, at: Locate): Promise<ConfigProblem[]> {
   const self = user === userInfo().username;
-  if (!self && process.getuid?.() !== 0) return [at([], `cannot check access as ${user}: run exgate check as root (or as ${user})`)];
+  if (!self && process.getuid?.() !== 0) {
+    return [at([], `cannot check access as ${user}: run exgate check as root (or as ${user})`)];
+  }
   if (!self && !(await succeeds('id', ['-u', user]))) return [at([], `cannot check access as ${user}: no such user`)];
   const problems: ConfigProblem[] = [];
   for (const need of filesOf(config)) {
     const target = need.write && !existsSync(need.file) ? existingFolder(need.file) : need.file;
     const tests = need.write ? (target === need.file ? ['-w'] : ['-w', '-x']) : ['-r'];
-    const ok = await allSucceed(tests.map((t) => self ? ['test', t, target] : ['runuser', '-u', user, '--', 'test', t, target]));
+    const asUser = self ? [] : ['runuser', '-u', user, '--'];
+    const ok = await allSucceed(tests.map((t) => [...asUser, 'test', t, target]));
     if (ok) continue;
     const verb = need.write ? (target === need.file ? 'write' : `create files in ${target} to write`) : 'read';
     problems.push(at(need.path, `user ${user} cannot ${verb} ${need.file}${await describe(target)}`));

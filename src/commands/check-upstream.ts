@@ -29,22 +29,25 @@ export async function probeUpstream(upstream: Config['upstream'], at: Locate): P
   const { url } = upstream;
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+  const failed = (message: string, err: unknown) => {
+    const e = err as NodeJS.ErrnoException;
+    return { problems: [at(['upstream', 'url'], `${message}: ${e.code ?? e.name}: ${e.message}`)], note: '' };
+  };
   let socket: Socket;
   try {
-    socket = url.protocol === 'https:' ? await tlsConnect(upstream, host, port) : await tcpConnect(upstream, host, port);
+    socket = await (url.protocol === 'https:' ? tlsConnect : tcpConnect)(upstream, host, port);
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    return { problems: [at(['upstream', 'url'], `cannot connect to ${url.origin}: ${e.code ?? e.name}: ${e.message}`)], note: '' };
+    return failed(`cannot connect to ${url.origin}`, err);
   }
   try {
     const problems = socket instanceof TLSSocket ? certificateProblems(socket, upstream, at) : [];
     if (problems.length > 0) return { problems, note: '' };
     const status = await firstStatus(socket, upstream.servername, upstream.connectTimeoutMs);
-    const trust = url.protocol !== 'https:' ? 'plain HTTP' : upstream.insecureSkipVerify ? 'certificate NOT verified (insecureSkipVerify)' : 'certificate verified';
+    const trust = url.protocol !== 'https:' ? 'plain HTTP'
+      : upstream.insecureSkipVerify ? 'certificate NOT verified (insecureSkipVerify)' : 'certificate verified';
     return { problems: [], note: `${url.origin} as ${upstream.servername}, ${trust}, HTTP ${status}` };
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    return { problems: [at(['upstream', 'url'], `${url.origin} did not answer an HTTP request: ${e.code ?? e.name}: ${e.message}`)], note: '' };
+    return failed(`${url.origin} did not answer an HTTP request`, err);
   } finally {
     socket.destroy();
   }
@@ -57,16 +60,21 @@ function certificateProblems(socket: TLSSocket, upstream: Config['upstream'], at
   const code = socket.authorized ? '' : String((socket.authorizationError as unknown as string | null) ?? '');
   const issuer = cert.issuer?.CN ?? 'an unknown issuer';
   if (UNTRUSTED.has(code)) {
-    problems.push(upstream.ca
-      ? at(['upstream', 'ca'], `certificate not trusted — Exchange's certificate was issued by ${issuer}, which upstream.ca does not hold; set upstream.ca to that CA (${code})`)
-      : at(['upstream', 'ca'], `certificate not trusted — set upstream.ca to the CA that issued Exchange's certificate (${issuer}) (${code})`));
+    problems.push(at(['upstream', 'ca'], upstream.ca
+      ? `certificate not trusted — Exchange's certificate was issued by ${issuer}, which upstream.ca does ` +
+        `not hold; set upstream.ca to that CA (${code})`
+      : 'certificate not trusted — set upstream.ca to the CA that issued Exchange\'s certificate ' +
+        `(${issuer}) (${code})`));
   } else if (code === 'CERT_HAS_EXPIRED') {
-    problems.push(at(['upstream', 'url'], `Exchange's certificate expired on ${new Date(cert.valid_to).toISOString()}`));
+    const expired = new Date(cert.valid_to).toISOString();
+    problems.push(at(['upstream', 'url'], `Exchange's certificate expired on ${expired}`));
   } else if (code) {
     problems.push(at(['upstream', 'url'], `Exchange's certificate is refused: ${code}`));
   }
   if (checkServerIdentity(upstream.servername, cert as PeerCertificate)) {
-    problems.push(at(['upstream', 'servername'], `name mismatch — Exchange's certificate does not name ${upstream.servername}; set upstream.servername to a name in Exchange's certificate: ${namesOf(cert)}`));
+    problems.push(at(['upstream', 'servername'],
+      `name mismatch — Exchange's certificate does not name ${upstream.servername}; ` +
+      `set upstream.servername to a name in Exchange's certificate: ${namesOf(cert)}`));
   }
   return problems;
 }
@@ -105,7 +113,7 @@ function tcpConnect(upstream: Config['upstream'], host: string, port: number): P
 function bound(socket: Socket, timeoutMs: number, reject: (err: Error) => void): void {
   socket.setTimeout(timeoutMs, () => {
     socket.destroy();
-    reject(Object.assign(new Error(`no answer within ${timeoutMs} ms (upstream.connectTimeoutMs)`), { code: 'ETIMEDOUT' }));
+    reject(timedOut(`no answer within ${timeoutMs} ms (upstream.connectTimeoutMs)`));
   });
   socket.once('error', (err) => { socket.destroy(); reject(err); });
 }
@@ -114,16 +122,22 @@ function bound(socket: Socket, timeoutMs: number, reject: (err: Error) => void):
 function firstStatus(socket: Socket, servername: string, timeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {
     let head = '';
-    socket.setTimeout(timeoutMs, () => reject(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+    socket.setTimeout(timeoutMs, () => reject(timedOut(`no answer within ${timeoutMs} ms`)));
     socket.on('error', reject);
-    socket.on('close', () => reject(Object.assign(new Error('the connection closed without an answer'), { code: 'ECONNRESET' })));
+    socket.on('close', () => reject(Object.assign(new Error('closed without an answer'), { code: 'ECONNRESET' })));
     socket.on('data', (chunk: Buffer) => {
       head += chunk.toString('latin1');
       const line = /^HTTP\/1\.[01] (\d{3})/.exec(head);
       if (line) resolve(Number(line[1]));
-      else if (head.includes('\r\n') || head.length > 64) reject(new Error(`not an HTTP answer: ${JSON.stringify(head.slice(0, 40))}`));
+      else if (head.includes('\r\n') || head.length > 64) {
+        reject(new Error(`not HTTP: ${JSON.stringify(head.slice(0, 40))}`));
+      }
     });
     const host = isIP(servername) === 6 ? `[${servername}]` : servername;
-    socket.write(`GET /owa/healthcheck.htm HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: exgate-check\r\nConnection: close\r\n\r\n`);
+    socket.write(`GET /owa/healthcheck.htm HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
   });
+}
+
+function timedOut(message: string): Error {
+  return Object.assign(new Error(message), { code: 'ETIMEDOUT' });
 }

@@ -9,6 +9,7 @@ import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig, type Config } from '../config/load.js';
 import { keyPath, readYaml } from '../config/yaml.js';
+import type { Directory } from '../directory/directory.js';
 import { ConfigError, DirectoryUnavailableError, formatProblem, type ConfigProblem } from '../errors.js';
 import { loadPolicy } from '../policy/compile.js';
 import { readPolicy } from '../policy/structure.js';
@@ -26,6 +27,8 @@ export interface CheckOptions {
   readonly offline?: boolean | undefined;
 }
 
+type Output = NodeJS.WritableStream;
+
 export interface CheckReport {
   readonly problems: ConfigProblem[];
   /** Worth fixing, but `serve` works: printed, exit 0. */
@@ -35,7 +38,7 @@ export interface CheckReport {
 }
 
 /** `exgate check` with its arguments; resolves to the exit code. */
-export async function checkCommand(args: readonly string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
+export async function checkCommand(args: readonly string[], out: Output = process.stdout): Promise<number> {
   const { values } = parseArgs({
     args: [...args], strict: true,
     options: { config: { type: 'string', short: 'c' }, 'as-user': { type: 'string' }, offline: { type: 'boolean' } },
@@ -44,7 +47,7 @@ export async function checkCommand(args: readonly string[], out: NodeJS.Writable
   return check(values.config, out, { asUser: values['as-user'], offline: values.offline });
 }
 
-export async function check(file: string, out: NodeJS.WritableStream = process.stdout, opts: CheckOptions = {}): Promise<number> {
+export async function check(file: string, out: Output = process.stdout, opts: CheckOptions = {}): Promise<number> {
   const { problems, warnings, summary } = await runChecks(file, opts);
   for (const p of problems) out.write(formatProblem(p) + '\n');
   for (const w of warnings) out.write(formatProblem({ ...w, message: `warning: ${w.message}` }) + '\n');
@@ -102,7 +105,9 @@ export async function runChecks(file: string, opts: CheckOptions = {}): Promise<
   else { const up = await probeUpstream(config.upstream, at); areas.add('upstream', up.problems, up.note); }
   areas.add('log', logProblems(config, at), config.log.access === 'stdout' ? 'stdout' : config.log.access);
   const user = serviceUser(opts.asUser);
-  if (user === null) areas.skip('permissions', 'no exgate.service unit names the service user; run with --as-user USER');
+  if (user === null) {
+    areas.skip('permissions', 'no exgate.service unit names the service user; run with --as-user USER');
+  }
   else areas.add('permissions', await permissionProblems(config, user, at), `as ${user}`);
   return areas;
 }
@@ -117,7 +122,8 @@ function certificateProblems(config: Config): ConfigProblem[] {
       problems.push({ file: config.file, key: 'tls.cert', message: `the certificate does not cover ${name}` });
     }
     if (material.notAfter.getTime() < Date.now()) {
-      problems.push({ file: config.file, key: 'tls.cert', message: `the certificate expired on ${material.notAfter.toISOString()}` });
+      const message = `the certificate expired on ${material.notAfter.toISOString()}`;
+      problems.push({ file: config.file, key: 'tls.cert', message });
     }
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
@@ -157,7 +163,8 @@ async function directoryAndPolicy(config: Config, areas: Areas, at: Locate, opts
       return without('the directory is unreachable', asProblems(err, where));
     }
     const domain = config.directory.type === 'ldap'
-      ? await domainProblems(config.directory, at).catch((err: unknown) => ({ problems: asProblems(err, where), baseDnExists: true, note: '' }))
+      ? await domainProblems(config.directory, at)
+        .catch((err: unknown) => ({ problems: asProblems(err, where), baseDnExists: true, note: '' }))
       : { problems: [], baseDnExists: true, note: `file ${config.directory.path}` };
     if (!domain.baseDnExists) return without('directory.baseDn does not exist', domain.problems);
     areas.add('directory', domain.problems, domain.note);
@@ -169,7 +176,7 @@ async function directoryAndPolicy(config: Config, areas: Areas, at: Locate, opts
 }
 
 /** The problems loadPolicy finds beyond the structure ones: names that do not resolve. */
-async function namesAgainstDirectory(config: Config, directory: Parameters<typeof loadPolicy>[1], structure: readonly ConfigProblem[]): Promise<ConfigProblem[]> {
+async function namesAgainstDirectory(config: Config, directory: Directory, structure: readonly ConfigProblem[]) {
   try {
     await loadPolicy(config.policyFile, directory, logonDomain(config));
     return [];
@@ -204,17 +211,21 @@ function policyBesideBrokenConfig(file: string, configProblems: readonly ConfigP
   const policyFile = resolve(dirname(yaml.file), named);
   if (!existsSync(policyFile)) {
     if (configProblems.some((p) => p.file === yaml.file && p.key === 'policyFile')) return none;
-    return { structure: [{ file: yaml.file, key: 'policyFile', line: yaml.lineOf(['policyFile']), message: `file not found: ${policyFile}` }], unresolved: [] };
+    const line = yaml.lineOf(['policyFile']);
+    const missing = { file: yaml.file, key: 'policyFile', line, message: `file not found: ${policyFile}` };
+    return { structure: [missing], unresolved: [] };
   }
   const policy = policyWithoutDirectory(policyFile);
-  return { ...policy, unresolved: policy.unresolved.map((p) => ({ ...p, message: `${p.message}: the gateway config has errors` })) };
+  const unresolved = policy.unresolved.map((p) => ({ ...p, message: `${p.message}: the gateway config has errors` }));
+  return { ...policy, unresolved };
 }
 
 /** The policy's schema and structure problems, and the line to print if its names go unresolved. */
 function policyWithoutDirectory(policyFile: string): PolicyAlone {
   try {
     const { problems } = readPolicy(policyFile);
-    return { structure: [...problems], unresolved: [{ file: policyFile, key: '', message: 'groups and users not resolved against the directory' }] };
+    const unresolved = { file: policyFile, key: '', message: 'groups and users not resolved against the directory' };
+    return { structure: [...problems], unresolved: [unresolved] };
   } catch (err) {
     if (err instanceof ConfigError) return { structure: [...err.problems], unresolved: [] };   // unreadable or not YAML
     throw err;

@@ -42,21 +42,27 @@ export async function readDomainInfo(settings: LdapSettings): Promise<DomainInfo
 }
 
 async function read(client: Client, baseDn: string): Promise<DomainInfo> {
-  const root = (await search(client, '', 'base', '(objectClass=*)', ['configurationNamingContext', 'rootDomainNamingContext']))[0];
+  const rootDse = await search(client, '', 'base', '(objectClass=*)',
+    ['configurationNamingContext', 'rootDomainNamingContext']);
+  const root = rootDse[0];
   const configNc = root && values(root, 'configurationNamingContext')[0];
   if (!root || !configNc) throw new Error('the RootDSE names no configuration naming context');
   const forestRoot = dnKey(values(root, 'rootDomainNamingContext')[0] ?? '');
   const partitions = `CN=Partitions,${configNc}`;
   const suffixes = (await search(client, partitions, 'base', '(objectClass=*)', ['uPNSuffixes']))[0];
   // Only a domain's crossRef carries nETBIOSName (application partitions have none).
-  const domains = await search(client, partitions, 'one', '(&(objectClass=crossRef)(nETBIOSName=*))', ['nCName', 'dnsRoot', 'nETBIOSName']);
+  const domains = await search(client, partitions, 'one', '(&(objectClass=crossRef)(nETBIOSName=*))',
+    ['nCName', 'dnsRoot', 'nETBIOSName']);
   const base = dnKey(baseDn);
+  const nc = (d: Entry) => dnKey(values(d, 'nCName')[0] ?? '');
+  // The innermost domain that holds baseDn (a child domain's DN ends in its parent's).
   const holding = domains
-    .filter((d) => { const nc = dnKey(values(d, 'nCName')[0] ?? ''); return nc !== '' && (base === nc || base.endsWith(',' + nc)); })
-    .sort((a, b) => (values(b, 'nCName')[0] ?? '').length - (values(a, 'nCName')[0] ?? '').length)[0];
-  const rootDomain = domains.find((d) => dnKey(values(d, 'nCName')[0] ?? '') === forestRoot);
+    .filter((d) => nc(d) !== '' && (base === nc(d) || base.endsWith(',' + nc(d))))
+    .sort((a, b) => nc(b).length - nc(a).length)[0];
+  const rootDomain = domains.find((d) => nc(d) === forestRoot);
   const dnsName = holding ? values(holding, 'dnsRoot')[0] ?? null : null;
-  const upn = [...(suffixes ? values(suffixes, 'uPNSuffixes') : []), dnsName, rootDomain && values(rootDomain, 'dnsRoot')[0]];
+  const forestDns = rootDomain ? values(rootDomain, 'dnsRoot')[0] : undefined;
+  const upn = [...(suffixes ? values(suffixes, 'uPNSuffixes') : []), dnsName, forestDns];
   return {
     baseDnExists: (await search(client, baseDn, 'base', '(objectClass=*)', ['distinguishedName'])).length === 1,
     domainDn: holding ? values(holding, 'nCName')[0] ?? null : null,
@@ -68,7 +74,9 @@ async function read(client: Client, baseDn: string): Promise<DomainInfo> {
 }
 
 /** One search; [] when the base does not exist or is not a DN. */
-async function search(client: Client, base: string, scope: 'base' | 'one', filter: string, attributes: string[]): Promise<Entry[]> {
+type Scope = 'base' | 'one';
+
+async function search(client: Client, base: string, scope: Scope, filter: string, attributes: string[]) {
   try {
     return (await client.search(base, { scope, filter, attributes })).searchEntries;
   } catch (err) {
@@ -81,7 +89,9 @@ async function search(client: Client, base: string, scope: 'base' | 'one', filte
 async function connect(settings: LdapSettings, url: string): Promise<Client> {
   const { connectTimeoutMs, timeoutMs, ca, startTls } = settings;
   const tlsOptions: ConnectionOptions = { minVersion: 'TLSv1.2', ...(ca ? { ca } : {}) };
-  const client = new Client({ url, connectTimeout: connectTimeoutMs, timeout: timeoutMs, ...(url.startsWith('ldaps:') ? { tlsOptions } : {}) });
+  // ldapts opens implicit TLS whenever tlsOptions is set (research/samba.md §3): only for ldaps://.
+  const tls = url.startsWith('ldaps:') ? { tlsOptions } : {};
+  const client = new Client({ url, connectTimeout: connectTimeoutMs, timeout: timeoutMs, ...tls });
   if (startTls && url.startsWith('ldap:')) {
     const host = new URL(url).hostname;
     await client.startTLS({ ...tlsOptions, ...(isIP(host) ? {} : { servername: host }) });

@@ -64,32 +64,37 @@ describe('exgate check', () => {
     expect(offline.stdout).toContain('\ngroups: skipped (--offline)\n');
     expect(offline.stdout).toContain('\nupstream: skipped (--offline)\n');
     // Run as root, with no exgate.service installed here to name the user.
-    expect(offline.stdout).toMatch(/\npermissions: skipped \(no exgate\.service unit names the service user; run with --as-user USER\)\nok\n$/);
+    expect(offline.stdout).toMatch(
+      /\npermissions: skipped \(no exgate\.service unit names the service user; run with --as-user USER\)\nok\n$/);
     const broken = await checkWith('broken', (c) => { c.listen = { port: 99999 }; });
     expect(broken.code).toBe(1);
     expect(broken.stdout).toContain('\nconfig: 1 problem\npolicy: ok\ncertificate: skipped (the config has errors)\n');
-    expect(broken.stdout).toMatch(/\nupstream: skipped \(the config has errors\)\nlog: skipped \(the config has errors\)\n/);
+    expect(broken.stdout).toContain('\nupstream: skipped (the config has errors)\n');
+    expect(broken.stdout).toContain('\nlog: skipped (the config has errors)\n');
     expect(broken.stdout).toMatch(/\n2 problems\n$/);
   });
 
   it('a missing upstream.ca: names upstream.ca, in words', async () => {
     const r = await checkWith('no-ca', (c) => { delete c.upstream!.ca; });
     expect(r.code).toBe(1);
-    expect(r.stdout).toMatch(/no-ca\.yaml:\d+: upstream\.ca: certificate not trusted — set upstream\.ca to the CA that issued Exchange's certificate \(exchange-be\.lab\.test\)/);
+    expect(r.stdout).toMatch(/no-ca\.yaml:\d+: upstream\.ca: certificate not trusted — set upstream\.ca to the CA /);
+    expect(r.stdout).toContain("that issued Exchange's certificate (exchange-be.lab.test)");
     expect(r.stdout).toContain('\nupstream: 1 problem\n');
   });
 
   it('a wrong servername: names upstream.servername and the names in Exchange\'s certificate', async () => {
     const r = await checkWith('wrong-name', (c) => { c.upstream!.servername = 'exchange.lab.test'; });
     expect(r.code, r.stdout).toBe(1);
-    expect(r.stdout).toMatch(/wrong-name\.yaml:\d+: upstream\.servername: name mismatch — .*set upstream\.servername to a name in Exchange's certificate: exchange-be\.lab\.test\n/);
+    expect(r.stdout).toMatch(/wrong-name\.yaml:\d+: upstream\.servername: name mismatch — .*/);
+    expect(r.stdout).toContain("set upstream.servername to a name in Exchange's certificate: exchange-be.lab.test\n");
     expect(r.stdout).not.toContain('upstream.ca');
   });
 
   it('a baseDn that does not exist: names directory.baseDn, and skips the groups', async () => {
     const r = await checkWith('no-base', (c) => { c.directory!.baseDn = 'OU=Nowhere,DC=lab,DC=test'; });
     expect(r.code).toBe(1);
-    expect(r.stdout).toMatch(/no-base\.yaml:\d+: directory\.baseDn: OU=Nowhere,DC=lab,DC=test does not exist in the directory; the domain is DC=lab,DC=test\n/);
+    expect(r.stdout).toMatch(/no-base\.yaml:\d+: directory\.baseDn: OU=Nowhere,DC=lab,DC=test does not exist /);
+    expect(r.stdout).toContain('does not exist in the directory; the domain is DC=lab,DC=test\n');
     expect(r.stdout).toContain('\ngroups: skipped (directory.baseDn does not exist)\n');
     expect(r.stdout).not.toContain('not found in the directory');
   });
@@ -97,13 +102,15 @@ describe('exgate check', () => {
   it('a wrong netbiosDomain: names directory.netbiosDomain and what AD says (LAB)', async () => {
     const r = await checkWith('netbios', (c) => { c.directory!.netbiosDomain = 'LABS'; });
     expect(r.code).toBe(1);
-    expect(r.stdout).toMatch(/netbios\.yaml:\d+: directory\.netbiosDomain: LABS is not the domain's NetBIOS name: AD says LAB /);
+    expect(r.stdout).toMatch(
+      /netbios\.yaml:\d+: directory\.netbiosDomain: LABS is not the domain's NetBIOS name: AD says LAB /);
   });
 
   it('a UPN suffix AD does not know: names it', async () => {
     const r = await checkWith('upn', (c) => { c.directory!.upnSuffixes = ['LAB.test', 'corp.example']; });
     expect(r.code).toBe(1);
-    expect(r.stdout).toMatch(/upn\.yaml:\d+: directory\.upnSuffixes\[1\]: corp\.example is not a UPN suffix AD knows; AD knows: lab\.test/);
+    expect(r.stdout).toMatch(
+      /upn\.yaml:\d+: directory\.upnSuffixes\[1\]: corp\.example is not a UPN suffix AD knows; AD knows: lab\.test/);
     expect(r.stdout).not.toContain('upnSuffixes[0]');
     expect(r.stdout).toContain('\ndirectory: 1 problem\n');
   });
@@ -113,17 +120,20 @@ describe('exgate check', () => {
     chmodSync(join(h.dir, 'bind-password'), 0o644);
     mkdirSync(join(h.dir, 'logs'), { mode: 0o755 });
     try {
-      const r = await checkWith('as-user', (c) => { c.log = { access: 'logs/access.log' }; }, '--as-user', 'nobody');
+      const logToFile = (c: GatewayYaml) => { c.log = { access: 'logs/access.log' }; };
+      const r = await checkWith('as-user', logToFile, '--as-user', 'nobody');
       expect(r.code).toBe(1);
       const problems = r.stdout.split('\n').filter((l) => l.startsWith('/'));
       expect(problems).toEqual([
-        expect.stringMatching(/as-user\.yaml:\d+: tls\.key: user nobody cannot read .*\/gateway\.key \(mode 0600, owner root:root\)$/),
-        expect.stringMatching(/as-user\.yaml:\d+: log\.access: user nobody cannot create files in .*\/logs to write .*\/logs\/access\.log/),
+        expect.stringMatching(
+          /as-user\.yaml:\d+: tls\.key: user nobody cannot read .*\/gateway\.key \(mode 0600, owner root:root\)$/),
+        expect.stringMatching(
+          /as-user\.yaml:\d+: log\.access: user nobody cannot create files in .*\/logs to write .*\/access\.log/),
       ]);
       expect(r.stdout).toContain('\npermissions: 2 problems\n');
       chownSync(join(h.dir, 'gateway.key'), 65534, 65534);
       chownSync(join(h.dir, 'logs'), 65534, 65534);
-      const fixed = await checkWith('as-user', (c) => { c.log = { access: 'logs/access.log' }; }, '--as-user', 'nobody');
+      const fixed = await checkWith('as-user', logToFile, '--as-user', 'nobody');
       expect(fixed.stdout).toContain('\npermissions: ok (as nobody)\n');
       expect(fixed.code).toBe(0);
     } finally {
@@ -137,7 +147,9 @@ describe('exgate check', () => {
     const cert = (file: string) => (c: GatewayYaml) => { c.tls = { cert: file, key: 'leaf.key', selfSigned: false }; };
     const without = await checkWith('leaf-only', cert('leaf.crt'), '--offline');
     expect(without.code, without.stdout).toBe(0);
-    expect(without.stdout).toMatch(/leaf-only\.yaml:\d+: tls\.cert: warning: the chain has no intermediate: .*leaf\.crt holds the certificate of mail\.lab\.test issued by Test Issuing CA, but not Test Issuing CA's certificate/);
+    const out = without.stdout;
+    expect(out).toMatch(/leaf-only\.yaml:\d+: tls\.cert: warning: the chain has no intermediate: .*leaf\.crt /);
+    expect(out).toContain("of mail.lab.test issued by Test Issuing CA, but not Test Issuing CA's certificate");
     expect(without.stdout).toContain('\ncertificate: ok, 1 warning\n');
     const full = await checkWith('full-chain', cert('chain.crt'), '--offline');
     expect(full.stdout).not.toContain('warning');
@@ -145,19 +157,26 @@ describe('exgate check', () => {
   });
 });
 
-/** A root CA, an issuing CA it signed, and a leaf for the harness's names: leaf.crt alone, chain.crt with the intermediate. */
+/** A root CA, an issuing CA, a leaf for the harness's names: leaf.crt alone, chain.crt with its issuer. */
 function makeChain(dir: string): void {
   const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
-  const key = (name: string) => ssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', `${name}.key`);
-  writeFileSync(join(dir, 'ca.ext'), 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n');
-  writeFileSync(join(dir, 'leaf.ext'), 'subjectAltName=DNS:mail.lab.test,DNS:autodiscover.lab.test\nauthorityKeyIdentifier=keyid\n');
-  for (const k of ['root', 'int', 'leaf']) key(k);
+  for (const k of ['root', 'int', 'leaf']) {
+    ssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', `${k}.key`);
+  }
+  writeFileSync(join(dir, 'ca.ext'), 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n' +
+    'subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n');
+  writeFileSync(join(dir, 'leaf.ext'),
+    'subjectAltName=DNS:mail.lab.test,DNS:autodiscover.lab.test\nauthorityKeyIdentifier=keyid\n');
+  const sign = (csr: string, ca: string, ext: string, out: string) =>
+    ssl('x509', '-req', '-in', csr, '-CA', `${ca}.crt`, '-CAkey', `${ca}.key`, '-set_serial', String(Date.now()),
+      '-days', '2', '-extfile', ext, '-out', out);
   ssl('req', '-x509', '-new', '-key', 'root.key', '-subj', '/CN=Test Root CA', '-days', '2', '-out', 'root.crt');
   ssl('req', '-new', '-key', 'int.key', '-subj', '/CN=Test Issuing CA', '-out', 'int.csr');
-  ssl('x509', '-req', '-in', 'int.csr', '-CA', 'root.crt', '-CAkey', 'root.key', '-set_serial', '2', '-days', '2', '-extfile', 'ca.ext', '-out', 'int.crt');
+  sign('int.csr', 'root', 'ca.ext', 'int.crt');
   ssl('req', '-new', '-key', 'leaf.key', '-subj', '/CN=mail.lab.test', '-out', 'leaf.csr');
-  ssl('x509', '-req', '-in', 'leaf.csr', '-CA', 'int.crt', '-CAkey', 'int.key', '-set_serial', '3', '-days', '2', '-extfile', 'leaf.ext', '-out', 'leaf.crt');
-  writeFileSync(join(dir, 'chain.crt'), readFileSync(join(dir, 'leaf.crt'), 'utf8') + readFileSync(join(dir, 'int.crt'), 'utf8'));
+  sign('leaf.csr', 'int', 'leaf.ext', 'leaf.crt');
+  const pem = (f: string) => readFileSync(join(dir, f), 'utf8');
+  writeFileSync(join(dir, 'chain.crt'), pem('leaf.crt') + pem('int.crt'));
 }
 
 describe('the running gateway, when Exchange cannot be reached', () => {
@@ -169,7 +188,8 @@ describe('the running gateway, when Exchange cannot be reached', () => {
     await h?.close();
   });
 
-  const warnings = () => h.allLogText().split('\n').filter((l) => l.includes('cannot reach Exchange')).map((l) => JSON.parse(l) as { cause: string });
+  const warnings = () => h.allLogText().split('\n').filter((l) => l.includes('cannot reach Exchange'))
+    .map((l) => JSON.parse(l) as { cause: string });
   const setServername = async (name: string) => {
     writeFileSync(h.configFile, readFileSync(h.configFile, 'utf8').replace(/servername: .*/, `servername: ${name}`));
     expect(await h.running.reload()).toBe(true);
@@ -182,7 +202,8 @@ describe('the running gateway, when Exchange cannot be reached', () => {
       expect([await owa(), await owa(), await owa()]).toEqual([502, 502, 502]);
       expect(warnings()).toHaveLength(1);
       expect(warnings()[0]?.cause).toMatch(/ERR_TLS_CERT_ALTNAME_INVALID/);
-      expect(h.access.filter((r) => r.status === 502).every((r) => r.detail?.includes('ERR_TLS_CERT_ALTNAME_INVALID'))).toBe(true);
+      const failed = h.access.filter((r) => r.status === 502);
+      expect(failed.every((r) => r.detail?.includes('ERR_TLS_CERT_ALTNAME_INVALID'))).toBe(true);
     } finally {
       await setServername('exchange-be.lab.test');
     }
