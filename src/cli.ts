@@ -2,7 +2,7 @@
  * The command line: argv → one command function (INTERFACE.md, "Command line").
  *
  *   exgate serve --config FILE        run the gateway
- *   exgate check --config FILE        validate config + policy against the directory; `ok` or every problem
+ *   exgate check --config FILE        config, policy, AD, Exchange, log, file access; every problem, then `ok`
  *   exgate demo                       the self-contained demo (`npm start`)
  *   exgate hash-password              scrypt hash for the `file` directory (password on stdin)
  */
@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { check } from './commands/check.js';
+import { checkCommand } from './commands/check.js';
 import { demo } from './commands/demo.js';
 import { explain } from './commands/explain.js';
 import { report } from './commands/report.js';
@@ -22,7 +22,9 @@ const USAGE = `usage: exgate <command> [options]
 
 commands:
   serve --config FILE      run the gateway
-  check --config FILE      validate the config and the policy, resolve every group; print ok or every problem
+  check --config FILE [--as-user USER] [--offline]
+                           check config, certificate, AD, policy groups, Exchange, log and the service user's
+                           file access; print every problem and one line per area, then ok
   explain --config FILE --user NAME --service SVC [--name HOST] [--ip ADDR] [--json]
                            what the gateway would decide for this user and service, and why (no password)
   report FILE… [--since T] [--until T] [--json]
@@ -39,7 +41,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'serve': return serve(configArg(rest));
-    case 'check': return check(configArg(rest));
+    case 'check': return checkCommand(rest);
     case 'explain': return explain(rest);
     case 'report': return report(rest);
     case 'mailbox-flags': return mailboxFlags(rest);

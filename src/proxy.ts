@@ -10,6 +10,7 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
 import { pipeline, Transform } from 'node:stream';
+import type { Logger } from 'pino';
 import { buildConnector, Client, type Dispatcher } from 'undici';
 import type { AccessRecord } from './access-log.js';
 import type { Config } from './config/load.js';
@@ -145,7 +146,10 @@ export class Upstream {
   /** The name every request is sent under; see the connector below. */
   readonly servername: string;
 
-  constructor(readonly config: Config['upstream'], keepAliveTimeoutMs: number) {
+  /** Causes of 502 already in the operational log; cleared when Exchange answers again. */
+  readonly #causes = new Set<string>();
+
+  constructor(readonly config: Config['upstream'], keepAliveTimeoutMs: number, private readonly log?: Pick<Logger, 'warn'>) {
     const https = config.url.protocol === 'https:';
     this.servername = config.servername;
     const connector = buildConnector({
@@ -197,6 +201,17 @@ export class Upstream {
     }
   }
 
+  /** Logs why Exchange cannot be reached once per distinct cause, not once per request. */
+  failed(cause: string): void {
+    if (this.#causes.has(cause)) return;
+    this.#causes.add(cause);
+    this.log?.warn({ upstream: this.config.origin, cause }, 'cannot reach Exchange: allowed requests get 502 (exgate check says why)');
+  }
+
+  answered(): void {
+    if (this.#causes.size > 0) this.#causes.clear();
+  }
+
   /** The account Exchange accepted by NTLM on this client connection, if any. */
   session(socket: Socket): Account | null {
     return this.#sessions.get(socket) ?? null;
@@ -233,7 +248,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, record: Acces
   req.socket.setTimeout(route.idleMs + CLIENT_IDLE_GRACE_MS);
   const body = requestBody(req, route.settings, record);
   if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
-  const relay = new ResponseRelay(req, res, record, route);
+  const relay = new ResponseRelay(req, res, record, route, upstream);
   upstream.clientFor(req.socket).dispatch({
     origin: upstream.config.origin,
     servername: upstream.servername,
@@ -286,6 +301,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     private readonly res: ServerResponse,
     private readonly record: AccessRecord,
     private readonly route: Forwarding,
+    private readonly upstream: Upstream,
   ) {}
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -296,6 +312,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, _headers: unknown, statusMessage?: string): void {
     if (statusCode < 200) return;                   // 1xx: Node writes its own 100 Continue
     this.record.upstreamMs = Math.round(performance.now() - this.#started);
+    this.upstream.answered();
     // Exchange answered before reading the whole body (a 401, IIS request filtering): the rest of
     // the upload is neither forwarded nor drained, so this connection cannot carry another request.
     if (!this.req.complete) this.res.shouldKeepAlive = false;
@@ -342,6 +359,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
       return;
     }
     const timeout = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
+    if (!timeout) this.upstream.failed(`${code ?? err.name}: ${err.message}`);
     fail(this.req, this.res, this.record, timeout ? 'upstream-timeout' : 'upstream-error', { detail: `${code ?? err.name}: ${err.message}` });
   }
 

@@ -58,7 +58,7 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>, prev
       authenticator: new Authenticator({ directory, domain, cache: config.cache, lockout: config.lockout, onStale: staleWarning(log) }, carry),
       upstream: previous && sameJson(previous.config.upstream, config.upstream) && sameJson(previous.config.http, config.http)
         ? previous.upstream                       // keep the pinned upstream connections (and NTLM sessions)
-        : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000)),
+        : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000), log),
       realm: config.names.externalList[0] ?? 'exgate',
       dnsDomains: new Set([dnToDomain(config.directory.baseDn ?? '')].map((d) => d.toLowerCase()).filter(Boolean)),
     });

@@ -1,41 +1,115 @@
 /**
- * `exgate check --config FILE`: load and validate the config and the policy exactly as `serve`
- * does, resolve every group against the directory, and print `ok` or every problem (exit 0 or 1).
- *
- * Every problem in one run: a broken config or an unreachable directory does not stop the
- * policy from being checked. Its schema and structure need neither; only resolving its group and
- * user names needs the directory, and when that part is skipped one line says so.
+ * `exgate check --config FILE [--as-user USER] [--offline]`: everything that breaks on day one, in
+ * one run, area by area: the config, the certificate, AD, the policy and its groups, Exchange, the
+ * log and the service user's file access. Prints every problem (file, key, what is wrong), then
+ * one line per area (ok, N problems, or skipped and why), then `ok`; exit 0, or 1 on any problem.
  */
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
 import { loadConfig, type Config } from '../config/load.js';
-import { readYaml } from '../config/yaml.js';
+import { keyPath, readYaml } from '../config/yaml.js';
+import type { Directory } from '../directory/directory.js';
 import { ConfigError, DirectoryUnavailableError, formatProblem, type ConfigProblem } from '../errors.js';
 import { loadPolicy } from '../policy/compile.js';
 import { readPolicy } from '../policy/structure.js';
 import { logonDomain, openDirectory } from '../state.js';
 import { certificateGaps, loadTlsMaterial } from '../tls.js';
+import { domainProblems } from './check-directory.js';
+import { logProblems, permissionProblems, serviceUser } from './check-permissions.js';
+import { missingIntermediate } from './check-tls.js';
+import { probeUpstream, type Locate } from './check-upstream.js';
 
-export async function check(file: string, out: NodeJS.WritableStream = process.stdout): Promise<number> {
-  const problems = await findProblems(file);
-  if (problems.length === 0) {
-    out.write('ok\n');
-    return 0;
-  }
-  for (const p of problems) out.write(formatProblem(p) + '\n');
-  return 1;
+export interface CheckOptions {
+  /** Check file access as this user (needs root). Default: the exgate.service unit's User= when root. */
+  readonly asUser?: string | undefined;
+  /** Skip what needs the network: an LDAP directory, the names it resolves, Exchange. Default false. */
+  readonly offline?: boolean | undefined;
 }
 
-/** Every problem with the config, its files, the policy and the directory; [] when all is well. */
-export async function findProblems(file: string): Promise<ConfigProblem[]> {
+type Output = NodeJS.WritableStream;
+
+export interface CheckReport {
+  readonly problems: ConfigProblem[];
+  /** Worth fixing, but `serve` works: printed, exit 0. */
+  readonly warnings: ConfigProblem[];
+  /** One line per area: `upstream: ok (…)`, `groups: 2 problems`, `log: skipped (…)`. */
+  readonly summary: string[];
+}
+
+/** `exgate check` with its arguments; resolves to the exit code. */
+export async function checkCommand(args: readonly string[], out: Output = process.stdout): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args], strict: true,
+    options: { config: { type: 'string', short: 'c' }, 'as-user': { type: 'string' }, offline: { type: 'boolean' } },
+  });
+  if (!values.config) throw new Error('--config FILE is required');
+  return check(values.config, out, { asUser: values['as-user'], offline: values.offline });
+}
+
+export async function check(file: string, out: Output = process.stdout, opts: CheckOptions = {}): Promise<number> {
+  const { problems, warnings, summary } = await runChecks(file, opts);
+  for (const p of problems) out.write(formatProblem(p) + '\n');
+  for (const w of warnings) out.write(formatProblem({ ...w, message: `warning: ${w.message}` }) + '\n');
+  for (const line of summary) out.write(line + '\n');
+  out.write(problems.length === 0 ? 'ok\n' : `${plural(problems.length, 'problem')}\n`);
+  return problems.length === 0 ? 0 : 1;
+}
+
+/** Every problem with the config, its files, the policy, AD and Exchange; [] when all is well. */
+export async function findProblems(file: string, opts: CheckOptions = {}): Promise<ConfigProblem[]> {
+  return (await runChecks(file, opts)).problems;
+}
+
+/** Collects problems, warnings and the summary line of each area. */
+class Areas implements CheckReport {
+  readonly problems: ConfigProblem[] = [];
+  readonly warnings: ConfigProblem[] = [];
+  readonly summary: string[] = [];
+
+  add(area: string, problems: readonly ConfigProblem[], note = '', warnings: readonly ConfigProblem[] = []): void {
+    this.problems.push(...problems);
+    this.warnings.push(...warnings);
+    const status = problems.length > 0 ? plural(problems.length, 'problem') : note ? `ok (${note})` : 'ok';
+    this.summary.push(`${area}: ${status}${warnings.length > 0 ? `, ${plural(warnings.length, 'warning')}` : ''}`);
+  }
+
+  /** An area not checked; `problems` are still reported (the line saying what was not resolved). */
+  skip(area: string, why: string, problems: readonly ConfigProblem[] = []): void {
+    this.problems.push(...problems);
+    this.summary.push(`${area}: skipped (${why})`);
+  }
+}
+
+export async function runChecks(file: string, opts: CheckOptions = {}): Promise<CheckReport> {
+  const areas = new Areas();
   let config: Config;
   try {
     config = loadConfig(file);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    return [...err.problems, ...policyBesideBrokenConfig(file, err.problems)];
+    areas.add('config', err.problems);
+    const policy = policyBesideBrokenConfig(file, err.problems);
+    areas.add('policy', policy.structure);
+    for (const area of ['certificate', 'directory']) areas.skip(area, 'the config has errors');
+    areas.skip('groups', 'the config has errors', policy.unresolved);
+    for (const area of ['upstream', 'log', 'permissions']) areas.skip(area, 'the config has errors');
+    return areas;
   }
-  return [...certificateProblems(config), ...await policyAgainstDirectory(config)];
+  const at = locator(config.file);
+  areas.add('config', []);
+  const chain = missingIntermediate(config.tls.cert);
+  areas.add('certificate', certificateProblems(config), '', chain ? [at(['tls', 'cert'], chain)] : []);
+  await directoryAndPolicy(config, areas, at, opts);
+  if (opts.offline) areas.skip('upstream', '--offline');
+  else { const up = await probeUpstream(config.upstream, at); areas.add('upstream', up.problems, up.note); }
+  areas.add('log', logProblems(config, at), config.log.access === 'stdout' ? 'stdout' : config.log.access);
+  const user = serviceUser(opts.asUser);
+  if (user === null) {
+    areas.skip('permissions', 'no exgate.service unit names the service user; run with --as-user USER');
+  }
+  else areas.add('permissions', await permissionProblems(config, user, at), `as ${user}`);
+  return areas;
 }
 
 function certificateProblems(config: Config): ConfigProblem[] {
@@ -48,7 +122,8 @@ function certificateProblems(config: Config): ConfigProblem[] {
       problems.push({ file: config.file, key: 'tls.cert', message: `the certificate does not cover ${name}` });
     }
     if (material.notAfter.getTime() < Date.now()) {
-      problems.push({ file: config.file, key: 'tls.cert', message: `the certificate expired on ${material.notAfter.toISOString()}` });
+      const message = `the certificate expired on ${material.notAfter.toISOString()}`;
+      problems.push({ file: config.file, key: 'tls.cert', message });
     }
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
@@ -57,28 +132,64 @@ function certificateProblems(config: Config): ConfigProblem[] {
   return problems;
 }
 
-/** The policy compiled as `serve` compiles it; without a usable directory, its structure only. */
-async function policyAgainstDirectory(config: Config): Promise<ConfigProblem[]> {
+/**
+ * The directory (reachable, and for AD its baseDn, NetBIOS name and UPN suffixes), the policy's
+ * structure, and its group and user names resolved as `serve` resolves them.
+ */
+async function directoryAndPolicy(config: Config, areas: Areas, at: Locate, opts: CheckOptions): Promise<void> {
+  const policy = policyWithoutDirectory(config.policyFile);
+  const without = (why: string, problems: readonly ConfigProblem[]) => {
+    areas.add('directory', problems);
+    areas.add('policy', policy.structure);
+    areas.skip('groups', why, policy.unresolved.map((p) => ({ ...p, message: `${p.message}: ${why}` })));
+  };
+  if (config.directory.type === 'ldap' && opts.offline) {
+    // Asked for: the summary says so, and it is no problem.
+    areas.skip('directory', '--offline');
+    areas.add('policy', policy.structure);
+    return areas.skip('groups', '--offline');
+  }
   const where = { file: config.file, key: 'directory' };
   let directory;
   try {
     directory = openDirectory(config, { warn: () => {} });
   } catch (err) {
-    return [...asProblems(err, where), ...policyWithoutDirectory(config.policyFile, 'the directory could not be opened')];
+    return without('the directory could not be opened', asProblems(err, where));
   }
   try {
     try {
       await directory.ping();
     } catch (err) {
-      return [...asProblems(err, where), ...policyWithoutDirectory(config.policyFile, 'the directory is unreachable')];
+      return without('the directory is unreachable', asProblems(err, where));
     }
-    await loadPolicy(config.policyFile, directory, logonDomain(config));
-    return [];
-  } catch (err) {
-    return asProblems(err, where);
+    const domain = config.directory.type === 'ldap'
+      ? await domainProblems(config.directory, at)
+        .catch((err: unknown) => ({ problems: asProblems(err, where), baseDnExists: true, note: '' }))
+      : { problems: [], baseDnExists: true, note: `file ${config.directory.path}` };
+    if (!domain.baseDnExists) return without('directory.baseDn does not exist', domain.problems);
+    areas.add('directory', domain.problems, domain.note);
+    areas.add('policy', policy.structure);
+    areas.add('groups', await namesAgainstDirectory(config, directory, policy.structure));
   } finally {
     await directory.close();
   }
+}
+
+/** The problems loadPolicy finds beyond the structure ones: names that do not resolve. */
+async function namesAgainstDirectory(config: Config, directory: Directory, structure: readonly ConfigProblem[]) {
+  try {
+    await loadPolicy(config.policyFile, directory, logonDomain(config));
+    return [];
+  } catch (err) {
+    const known = new Set(structure.map(formatProblem));
+    return asProblems(err, { file: config.file, key: 'directory' }).filter((p) => !known.has(formatProblem(p)));
+  }
+}
+
+interface PolicyAlone {
+  readonly structure: ConfigProblem[];
+  /** The line saying names were not resolved; empty when the policy could not be read at all. */
+  readonly unresolved: ConfigProblem[];
 }
 
 /**
@@ -86,31 +197,37 @@ async function policyAgainstDirectory(config: Config): Promise<ConfigProblem[]> 
  * from it. A missing policy file is reported unless the config's problems name it already
  * (loadConfig checks it only when the sections it needs are valid).
  */
-function policyBesideBrokenConfig(file: string, configProblems: readonly ConfigProblem[]): ConfigProblem[] {
+function policyBesideBrokenConfig(file: string, configProblems: readonly ConfigProblem[]): PolicyAlone {
+  const none = { structure: [], unresolved: [] };
   let yaml;
   try {
     yaml = readYaml(resolve(file));
   } catch {
-    return [];                                       // unreadable or not YAML: loadConfig said so
+    return none;                                     // unreadable or not YAML: loadConfig said so
   }
   const named = (yaml.data as Record<string, unknown> | null)?.policyFile;
-  if (typeof named !== 'string' || named === '') return [];   // the schema problems say so
+  if (typeof named !== 'string' || named === '') return none;   // the schema problems say so
   // Paths are relative to the folder of the file that names them (INTERFACE.md), as in loadConfig.
   const policyFile = resolve(dirname(yaml.file), named);
   if (!existsSync(policyFile)) {
-    if (configProblems.some((p) => p.file === yaml.file && p.key === 'policyFile')) return [];
-    return [{ file: yaml.file, key: 'policyFile', line: yaml.lineOf(['policyFile']), message: `file not found: ${policyFile}` }];
+    if (configProblems.some((p) => p.file === yaml.file && p.key === 'policyFile')) return none;
+    const line = yaml.lineOf(['policyFile']);
+    const missing = { file: yaml.file, key: 'policyFile', line, message: `file not found: ${policyFile}` };
+    return { structure: [missing], unresolved: [] };
   }
-  return policyWithoutDirectory(policyFile, 'the gateway config has errors');
+  const policy = policyWithoutDirectory(policyFile);
+  const unresolved = policy.unresolved.map((p) => ({ ...p, message: `${p.message}: the gateway config has errors` }));
+  return { ...policy, unresolved };
 }
 
-/** The policy's schema and structure problems, and one line saying its names were not resolved. */
-function policyWithoutDirectory(policyFile: string, why: string): ConfigProblem[] {
+/** The policy's schema and structure problems, and the line to print if its names go unresolved. */
+function policyWithoutDirectory(policyFile: string): PolicyAlone {
   try {
     const { problems } = readPolicy(policyFile);
-    return [...problems, { file: policyFile, key: '', message: `groups and users not resolved against the directory: ${why}` }];
+    const unresolved = { file: policyFile, key: '', message: 'groups and users not resolved against the directory' };
+    return { structure: [...problems], unresolved: [unresolved] };
   } catch (err) {
-    if (err instanceof ConfigError) return [...err.problems];   // unreadable or not YAML
+    if (err instanceof ConfigError) return { structure: [...err.problems], unresolved: [] };   // unreadable or not YAML
     throw err;
   }
 }
@@ -119,4 +236,14 @@ function asProblems(err: unknown, where: Omit<ConfigProblem, 'message'>): Config
   if (err instanceof ConfigError) return [...err.problems];
   if (err instanceof DirectoryUnavailableError) return [{ ...where, message: err.message }];
   throw err;
+}
+
+/** Problems at a key of the gateway config, with the key's line (or its nearest parent's). */
+function locator(file: string): Locate {
+  const yaml = readYaml(file);
+  return (path, message) => ({ file, key: keyPath(path), line: yaml.lineOf(path), message });
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
