@@ -11,7 +11,9 @@ import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
 import { basic, EXTERNAL, makeCert, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
+import { negTokenResp, type3 } from '../helpers/ntlm-client.js';
 import { startRawExchange, type RawExchange } from '../helpers/raw-exchange.js';
+import { buildType2 } from '../../src/standin/ntlm-server.js';
 
 const POLICY = TEST_POLICY
   .replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]')
@@ -36,7 +38,10 @@ beforeAll(async () => {
   exchange = await startRawExchange(cert);
   h = await startHarness({
     directory: 'file', policy: POLICY,
-    gateway: { upstream: { url: exchange.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' } },
+    gateway: {
+      upstream: { url: exchange.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
+      services: { mapi: { auth: 'basic+ntlm' } },
+    },
   });
 });
 afterAll(async () => {
@@ -112,6 +117,23 @@ describe('HTTP path: framings refused before Exchange', () => {
   it.each(REFUSED_HTTP)('%s', async (_name, request, status) => {
     const reply = await exchangeRaw(request);
     expect(statuses(reply)[0]).toBe(status);
+    expect(exchange.requests).toEqual([]);
+  });
+});
+
+/** NTLM structures where two readers could see two users: each refused with 400, nothing forwarded. */
+describe('HTTP path: duplicated fields in SPNEGO and NTLM structures', () => {
+  const type2 = buildType2({ challenge: Buffer.alloc(8, 7), clientFlags: 0xe2888207, domain: 'LAB', computer: 'EX1', dnsDomain: 'lab.test' });
+  const bob = type3(type2, 'bob', 'LAB', USERS.bob.password);
+  const alice = type3(type2, 'alice', 'LAB', 'whatever');
+  const overlapped = Buffer.from(alice);
+  overlapped.copy(overlapped, 44, 36, 44);               // WorkstationFields := UserNameFields
+  it.each([
+    ['two SPNEGO responseTokens (bob, then a claim of alice)', `Negotiate ${negTokenResp(bob, alice).toString('base64')}`],
+    ['a Type 3 whose name buffers share bytes', `NTLM ${overlapped.toString('base64')}`],
+  ])('%s', async (_name, authorization) => {
+    const reply = await exchangeRaw(`POST /mapi/emsmdb/ HTTP/1.1\r\n${HOST}Authorization: ${authorization}\r\nContent-Length: 0\r\n\r\n`);
+    expect(statuses(reply)).toEqual([400]);
     expect(exchange.requests).toEqual([]);
   });
 });
