@@ -1,13 +1,10 @@
 /**
- * Requests Node's HTTP parser refuses before they become a `request`: it has a fixed method
- * table, so Outlook Anywhere's RPC_IN_DATA / RPC_OUT_DATA end here as HPE_INVALID_METHOD
- * (research/node-proxy.md §1.1). They are answered with a status line and logged like any other
- * request (service `rpc`), and never forwarded. Other parser errors get 400/408/431/501.
- *
- * `err.rawPacket` is the raw read chunk, not the request: it may hold earlier pipelined requests,
- * may start in the middle of the failing head (a head longer than one TLS record), and always
- * holds the Authorization header. Only the failing request line, Host and User-Agent are read.
+ * Requests Node's HTTP parser refuses before they become a `request` (Outlook Anywhere's
+ * RPC_IN_DATA / RPC_OUT_DATA among them, research/node-proxy.md §1.1): answered on the raw socket,
+ * logged, never forwarded. A raw answer waits for the responses owed to earlier pipelined requests
+ * (OwedResponses), and HPE_PAUSED, Node's own fault, ends the connection without inventing a 400.
  */
+import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord, type RequestHead } from './access-log.js';
@@ -41,20 +38,100 @@ interface RpcRequestLine {
 /** A status, the reason for the access log, and its detail. */
 export type Verdict = [status: number, reason: DenyReason, detail: string];
 
-/** Handles a `clientError`: answers, logs one access record, closes the connection. */
-export function handleClientError(err: ParserError, socket: Socket, state: State, write: (r: AccessRecord) => void): void {
+/** What handleClientError needs from the gateway. */
+export interface ClientErrorContext {
+  readonly state: State;
+  readonly owed: OwedResponses;
+  /** Writes an access record. */
+  write(record: AccessRecord): void;
+  /** Tells the operational log about a connection ended for a reason that is not the client's. */
+  note(socket: Socket, message: string): void;
+}
+
+/**
+ * Handles a `clientError`: once the responses owed to earlier pipelined requests are written,
+ * answers, logs one access record and closes the connection.
+ *
+ * `err.rawPacket` is the raw read chunk, not the request: it may hold earlier pipelined requests,
+ * may start in the middle of the failing head (a head longer than one TLS record), and always
+ * holds the Authorization header. Only the failing request line, Host and User-Agent are read.
+ */
+export function handleClientError(err: ParserError, socket: Socket, ctx: ClientErrorContext): void {
   if (err.code === 'ECONNRESET' || !socket.writable) {
     socket.destroy();
     return;
   }
+  if (ctx.owed.closing(socket)) return;          // a later chunk of a connection already ending
+  if (err.code === 'HPE_PAUSED') {
+    // Node paused its parser for backpressure, yet TLS handed it the next decrypted record, which
+    // is lost (reproduced: test/integration/pipelining.test.ts). Nothing after it can be parsed
+    // safely; answer what was read, then close, as nginx does at keepalive_requests: a pipelining
+    // client retries what was not answered (RFC 9112 §9.3.2).
+    ctx.owed.closeAfterOwed(socket, () => socket.end());
+    ctx.note(socket, 'pipelined requests arrived faster than Node could take them: closed after the answered ones');
+    return;
+  }
   const head = err.rawPacket ? failedHead(err.rawPacket, err.bytesParsed ?? 0) : null;
   const record = newAccessRecord(socket, head ?? { headers: {} });
-  const [status, reason, detail] = verdict(err, head, socket, state, record);
-  record.status = status;
+  const [status, reason, detail] = verdict(err, head, socket, ctx.state, record);
   record.reason = reason;
   record.detail = detail;
-  endWithStatus(socket, status);
-  write(record);
+  ctx.owed.answerAfterOwed(socket, () => answerRaw(socket, status, record, ctx.write));
+}
+
+/**
+ * Per connection, the responses Node was asked for and has not closed yet. Node writes the
+ * responses to pipelined requests in order (RFC 9112 §9.3.2); a raw socket.write() would overtake
+ * the ones still queued, so a raw answer waits for them. Once a connection is closing, a request
+ * Node still parses on it (after HPE_PAUSED its parser resumes mid-stream) is never served.
+ */
+export class OwedResponses {
+  readonly #open = new WeakMap<Socket, Set<ServerResponse>>();
+  readonly #closing = new WeakMap<Socket, () => void>();
+
+  /**
+   * Counts a response owed on its connection. False when the request must not be served: the
+   * connection is closing, or an earlier response will close it (RFC 9112 §9.6: no further
+   * requests are processed; its answer could never be sent).
+   */
+  add(socket: Socket, res: ServerResponse): boolean {
+    if (this.#closing.has(socket)) return false;
+    let open = this.#open.get(socket);
+    if (!open) this.#open.set(socket, open = new Set());
+    for (const earlier of open) if (!earlier.shouldKeepAlive) return false;
+    open.add(res);
+    res.once('close', () => {
+      open.delete(res);
+      // After the response's other 'close' listeners: its access record is written first.
+      if (open.size === 0) process.nextTick(() => this.#closing.get(socket)?.());
+    });
+    return true;
+  }
+
+  closing(socket: Socket): boolean {
+    return this.#closing.has(socket);
+  }
+
+  /** Marks the connection closing; runs `answer` once every response owed on it has closed (or the socket has). */
+  answerAfterOwed(socket: Socket, answer: () => void): void {
+    if (this.#closing.has(socket)) return;            // the first answer on a connection is its last
+    let done = false;
+    const once = () => {
+      if (done) return;
+      done = true;
+      answer();
+    };
+    this.#closing.set(socket, once);
+    socket.once('close', once);                       // Node never closes a queued response it aborts
+    if ((this.#open.get(socket)?.size ?? 0) === 0) once();
+  }
+
+  /** As answerAfterOwed, and the last owed response says `Connection: close` if it still can (RFC 9112 §9.6). */
+  closeAfterOwed(socket: Socket, close: () => void): void {
+    const last = [...this.#open.get(socket) ?? []].at(-1);
+    if (last && !last.headersSent) last.shouldKeepAlive = false;
+    this.answerAfterOwed(socket, close);
+  }
 }
 
 function verdict(err: ParserError, head: FailedHead | null, socket: Socket, state: State, record: AccessRecord): Verdict {
@@ -142,6 +219,16 @@ const UNPRINTABLE = /[^\x20-\x7e]/g;
 
 function printable(s: string, max: number): string {
   return s.slice(0, max).replace(UNPRINTABLE, '?');
+}
+
+/** Ends the connection with a bare status and writes its record (499: the client left first). */
+export function answerRaw(
+  socket: Socket, status: number, record: AccessRecord, write: (r: AccessRecord) => void,
+): void {
+  record.status = socket.writable ? status : 499;
+  if (socket.writable) endWithStatus(socket, status);
+  else socket.destroy();
+  write(record);
 }
 
 /** Answers on a raw socket with a bare status and closes it (no request object exists to answer). */

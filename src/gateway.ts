@@ -16,7 +16,7 @@ import type { Logger } from 'pino';
 import { activeSyncCommand, newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize, authorizeAnonymous } from './authorize.js';
 import { checkHead, classify, type Route } from './classify.js';
-import { endWithStatus, handleClientError } from './client-error.js';
+import { answerRaw, handleClientError, OwedResponses } from './client-error.js';
 import type { AuthOutcome } from './authenticate.js';
 import { parseBasic, parseLogon } from './credentials.js';
 import { parseType3, readNtlmHeader } from './ntlm.js';
@@ -252,6 +252,8 @@ export class Gateway {
   readonly tlsServer: TlsServer;
   readonly httpServer: HttpServer;
   readonly #sockets = new Set<Socket>();
+  /** Per connection, the responses a raw answer must not overtake (client-error.ts). */
+  readonly #owed = new OwedResponses();
 
   constructor(state: State, material: TlsMaterial, private readonly logs: Telemetry) {
     this.#state = state;
@@ -266,10 +268,14 @@ export class Gateway {
     // Answer `Expect: 100-continue` only once the request is allowed (forward() sends the 100).
     this.httpServer.on('checkContinue', (req, res) => this.serve(req, res));
     this.httpServer.on('clientError', (err: Error, socket: Socket) => {
-      handleClientError(err, socket, this.#state, (r) => this.write(r));
+      handleClientError(err, socket, {
+        state: this.#state, owed: this.#owed, write: (r) => this.write(r),
+        note: (s, message) => logs.app.info({ client: s.remoteAddress }, message),
+      });
     });
     // An `Expect` other than 100-continue: refused through deny() and logged (Node would send a bare 417).
     this.httpServer.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+      if (!this.#owed.add(req.socket, res)) return;
       const record = newAccessRecord(req.socket, req);
       recordOnceDone(logs, record, res).settled();
       deny(req, res, record, 'bad-request', { detail: 'unsupported Expect', status: 417 });
@@ -315,6 +321,7 @@ export class Gateway {
   }
 
   private serve(req: IncomingMessage, res: ServerResponse): void {
+    if (!this.#owed.add(req.socket, res)) return;            // parsed after a parser error: never served
     if (this.#draining) res.shouldKeepAlive = false;          // answered, then the connection closes
     else {
       this.#pending.add(res);
@@ -374,9 +381,8 @@ export class Gateway {
     const record = newAccessRecord(socket, req);
     record.reason = 'bad-request';
     record.detail = 'CONNECT is not served';
-    record.status = 405;
-    endWithStatus(socket, 405);
-    this.write(record);
+    // After the responses owed to earlier pipelined requests, like every raw answer.
+    this.#owed.answerAfterOwed(socket, () => answerRaw(socket, 405, record, (r) => this.write(r)));
   }
 
   /** Writes a record made outside handle() (parser refusals, tunnels, CONNECT). */

@@ -6,7 +6,7 @@ import { connect, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AccessRecord } from '../../src/access-log.js';
 import { nameTable } from '../../src/classify.js';
-import { failedHead, handleClientError } from '../../src/client-error.js';
+import { failedHead, handleClientError, OwedResponses } from '../../src/client-error.js';
 import type { Policy, Rule } from '../../src/policy/compile.js';
 import type { Service } from '../../src/services.js';
 import type { State } from '../../src/state.js';
@@ -100,8 +100,13 @@ describe("handleClientError, fed by Node's own parser", () => {
   let state: State;
   const records: AccessRecord[] = [];
   beforeAll(async () => {
-    server = createServer({ requireHostHeader: false }, (_req, res) => res.end('ok'));
-    server.on('clientError', (err: Error, socket: Socket) => handleClientError(err, socket, state, (r) => records.push(r)));
+    const owed = new OwedResponses();
+    server = createServer({ requireHostHeader: false }, (req, res) => {
+      if (owed.add(req.socket, res)) setTimeout(() => res.end(`ok ${req.url}`), req.url?.includes('slow') ? 100 : 0);
+    });
+    server.on('clientError', (err: Error, socket: Socket) => handleClientError(err, socket, {
+      state, owed, write: (r) => records.push(r), note: () => {},
+    }));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     port = (server.address() as AddressInfo).port;
   });
@@ -147,6 +152,16 @@ describe("handleClientError, fed by Node's own parser", () => {
       `GET /owa/first HTTP/1.1\r\nHost: first.example\r\nUser-Agent: first/1\r\n\r\nPOST /ews/second HTTP/1.1\r\n${H}Content-Length: 1\r\nContent-Length: 1\r\n\r\n`);
     expect(reply).toContain('400 Bad Request');
     expect(record).toMatchObject({ method: 'POST', path: '/ews/second', host: EXTERNAL, userAgent: 'audit/1', status: 400 });
+  });
+
+  it('answers the refusal only after the response owed to the earlier pipelined request', async () => {
+    // Node queues the first response; a raw write on the socket would overtake it.
+    const slow = `GET /owa/slow HTTP/1.1\r\nHost: ${EXTERNAL}\r\n\r\n`;
+    const { reply, record } = await exchange(`${slow}GET /owa/ HTTP/1.1\r\n${H}Bad Header: x\r\n\r\n`);
+    const statuses = [...reply.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => m[1]);
+    expect(statuses).toEqual(['200', '400']);
+    expect(reply.indexOf('ok /owa/slow')).toBeLessThan(reply.indexOf('400 Bad Request'));
+    expect(record).toMatchObject({ method: 'GET', path: '/owa/', status: 400 });
   });
 
   it('logs no garbage when there is no request line to read', async () => {
