@@ -7,7 +7,7 @@
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { basic, EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { basic, EXTERNAL, INTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
 
 const { alice, bob } = USERS;
 
@@ -174,18 +174,26 @@ describe('pipelined requests are answered strictly in order', () => {
     expect(seenUrls('pl-b')).toEqual([`alice ${slow('pl-b=1')}`, 'alice /owa/pl-b/3']);
   });
 
-  it('allowed, /ecp/ (denied to all), allowed: 200, a 403 that closes, nothing after it forwarded', async () => {
-    // The refusal says `Connection: close`, so the third request can never be answered on this
-    // connection: it must not reach Exchange either (RFC 9112 §9.6).
-    const { responses, ended } = await exchange({
+  it('allowed, /ecp/ (denied to all), allowed: each judged on its own, the 403 keeps the connection', async () => {
+    const { responses } = await exchange({
       writes: [get(slow('pl-e=1')) + get('/ecp/pl-e/2') + get('/owa/pl-e/3')], timeoutMs: 3000,
     });
-    expect(responses.map((r) => [r.status, r.headers.connection]))
-      .toEqual([[200, 'keep-alive'], [403, 'close']]);
-    expect(echoed(responses[0] as Response)).toBe(`hello alice: GET ${slow('pl-e=1')}\n`);
-    expect(ended).toBe('end');
-    expect(seenUrls('pl-e')).toEqual([`alice ${slow('pl-e=1')}`]);
+    expect(responses.map((r) => [r.status, r.headers.connection])).toEqual([[200, 'keep-alive'], [403, 'keep-alive'], [200, 'keep-alive']]);
+    expect(seenUrls('pl-e')).toEqual([`alice ${slow('pl-e=1')}`, 'alice /owa/pl-e/3']);
     expect(seenUrls('/ecp/')).toEqual([]);
+  });
+
+  it('allowed, an internal name (421, closes), allowed: nothing after the closing refusal forwarded', async () => {
+    // The refusal says `Connection: close`, so the third request can never be answered on this
+    // connection: it must not reach Exchange either (RFC 9112 §9.6).
+    const internal = `GET /owa/pl-f/2 HTTP/1.1\r\nHost: ${INTERNAL}\r\nAuthorization: ${basic(alice.sam, alice.password)}\r\n\r\n`;
+    const { responses, ended } = await exchange({
+      writes: [get(slow('pl-f=1')) + internal + get('/owa/pl-f/3')], timeoutMs: 3000,
+    });
+    expect(responses.map((r) => [r.status, r.headers.connection])).toEqual([[200, 'keep-alive'], [421, 'close']]);
+    expect(echoed(responses[0] as Response)).toBe(`hello alice: GET ${slow('pl-f=1')}\n`);
+    expect(ended).toBe('end');
+    expect(seenUrls('pl-f')).toEqual([`alice ${slow('pl-f=1')}`]);
   });
 });
 
