@@ -62,7 +62,8 @@ const LDAP: Tree = {
 const FILE: Tree = {
   ...LDAP,
   directory: {
-    type: 'file', path: `${SUPPORT}/users.yaml`, baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: ['lab.test'],
+    type: 'file', path: `${SUPPORT}/users.yaml`, baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB',
+    upnSuffixes: ['lab.test'],
   },
 };
 
