@@ -4,7 +4,9 @@
  * LDAPS and StartTLS; every command's --help; the command as deployed (a link, never npx).
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -182,7 +184,53 @@ describe('the command as deployed', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('the README, the config files and the units never run npx exgate', () => {
+    const files = ['README.md', 'config/gateway.example.yaml', 'config/policy.example.yaml', 'config/demo-users.yaml',
+      'deploy/exgate.service', 'deploy/exgate-mailbox-flags.service', 'deploy/exgate-mailbox-flags.timer'];
+    const npx = /npx (-y |--yes )?exgate\s+[a-z-]/;
+    for (const f of files) expect(readFileSync(join(ROOT, f), 'utf8'), f).not.toMatch(npx);
+  });
+
+  it('the units run the linked command, not a node path a Node 20 install may lack', () => {
+    for (const unit of ['exgate.service', 'exgate-mailbox-flags.service']) {
+      const text = readFileSync(join(ROOT, 'deploy', unit), 'utf8');
+      expect(text.match(/^ExecStart=(\S+)/m)?.[1], unit).toBe('/usr/local/bin/exgate');
+      expect(text, unit).toMatch(/^Environment=PATH=\/opt\/node\/bin:.*:\/usr\/bin:/m);
+    }
+  });
+
+  it('the package ships dist/, deploy/ and scripts/ (npm pack)', async () => {
+    const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT });
+    const files = (JSON.parse(stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
+    expect(files).toEqual(expect.arrayContaining(['bin/exgate.js', 'dist/cli.js', 'deploy/exgate.service',
+      'deploy/exgate-mailbox-flags.service', 'scripts/exchange-session.ps1', 'scripts/prepare.mjs',
+      'config/gateway.example.yaml']));
+  });
+
+  it('prepare under --omit=dev keeps a built dist/, and refuses a missing or stale one', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'exgate-prepare-'));
+    try {
+      // No node_modules here, so no TypeScript: what `npm ci --omit=dev` leaves.
+      mkdirSync(join(dir, 'scripts'));
+      mkdirSync(join(dir, 'src'));
+      copyFileSync(join(ROOT, 'scripts', 'prepare.mjs'), join(dir, 'scripts', 'prepare.mjs'));
+      writeFileSync(join(dir, 'package.json'), '{"type":"module"}');
+      writeFileSync(join(dir, 'src', 'cli.ts'), '');
+      const prepare = () => run(process.execPath, [join(dir, 'scripts', 'prepare.mjs')]).then(
+        () => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }));
+      expect(await prepare()).toMatchObject({ code: 1, stderr: expect.stringContaining('dist/ is not built') });
+      mkdirSync(join(dir, 'dist'));
+      writeFileSync(join(dir, 'dist', 'cli.js'), '');
+      expect(await prepare()).toEqual({ code: 0, stderr: '' });
+      utimesSync(join(dir, 'src', 'cli.ts'), new Date(), new Date(Date.now() + 60_000));   // a git pull since
+      expect(await prepare()).toMatchObject({ code: 1, stderr: expect.stringContaining('dist/ is older than src/') });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
+
 
 describe('invalid configs of issue 10: named, never a TypeError', () => {
   let dir: string;
