@@ -6,7 +6,6 @@
  */
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { loadConfig, type Config } from '../config/load.js';
 import { keyPath, readYaml } from '../config/yaml.js';
 import type { Directory } from '../directory/directory.js';
@@ -38,15 +37,6 @@ export interface CheckReport {
 }
 
 /** `exgate check` with its arguments; resolves to the exit code. */
-export async function checkCommand(args: readonly string[], out: Output = process.stdout): Promise<number> {
-  const { values } = parseArgs({
-    args: [...args], strict: true,
-    options: { config: { type: 'string', short: 'c' }, 'as-user': { type: 'string' }, offline: { type: 'boolean' } },
-  });
-  if (!values.config) throw new Error('--config FILE is required');
-  return check(values.config, out, { asUser: values['as-user'], offline: values.offline });
-}
-
 export async function check(file: string, out: Output = process.stdout, opts: CheckOptions = {}): Promise<number> {
   const { problems, warnings, summary } = await runChecks(file, opts);
   for (const p of problems) out.write(formatProblem(p) + '\n');

@@ -36,7 +36,7 @@ export interface Explanation {
   notes: string[];
 }
 
-const USAGE = 'usage: exgate explain --config FILE --user NAME --service SVC [--name HOST] [--ip ADDR] [--json]';
+export const EXPLAIN_USAGE = 'usage: exgate explain --config FILE --user NAME --service SVC [--name HOST] [--ip ADDR] [--json]';
 
 export async function explain(argv: readonly string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   let args;
@@ -46,7 +46,7 @@ export async function explain(argv: readonly string[], out: NodeJS.WritableStrea
       options: { config: { type: 'string', short: 'c' }, user: { type: 'string' }, service: { type: 'string' }, name: { type: 'string' }, ip: { type: 'string' }, json: { type: 'boolean' } },
     }).values;
   } catch (e) {
-    err.write(`exgate explain: ${(e as Error).message}\n${USAGE}\n`);
+    err.write(`exgate explain: ${(e as Error).message}\n${EXPLAIN_USAGE}\n`);
     return 2;
   }
   const service = args.service?.toLowerCase();
@@ -67,7 +67,7 @@ export async function explain(argv: readonly string[], out: NodeJS.WritableStrea
 }
 
 function usage(err: NodeJS.WritableStream, why: string): number {
-  err.write(`exgate explain: ${why}\n${USAGE}\n`);
+  err.write(`exgate explain: ${why}\n${EXPLAIN_USAGE}\n`);
   return 2;
 }
 

@@ -18,7 +18,7 @@ import { applyPlan, planSync, type SyncPlan } from '../mailbox-flags/sync.js';
 import { loadPolicy } from '../policy/compile.js';
 import { logonDomain, openDirectory } from '../state.js';
 
-const USAGE = 'usage: exgate mailbox-flags plan --config FILE [--json]\n       exgate mailbox-flags apply --config FILE [--force]';
+export const MAILBOX_FLAGS_USAGE = 'usage: exgate mailbox-flags plan --config FILE [--json]\n       exgate mailbox-flags apply --config FILE [--force]';
 
 export async function mailboxFlags(argv: readonly string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const [action, ...rest] = argv;
@@ -26,11 +26,11 @@ export async function mailboxFlags(argv: readonly string[], out: NodeJS.Writable
   try {
     args = parseArgs({ args: rest, strict: true, options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, force: { type: 'boolean' } } }).values;
   } catch (e) {
-    err.write(`exgate mailbox-flags: ${(e as Error).message}\n${USAGE}\n`);
+    err.write(`exgate mailbox-flags: ${(e as Error).message}\n${MAILBOX_FLAGS_USAGE}\n`);
     return 2;
   }
   if ((action !== 'plan' && action !== 'apply') || !args.config || (action === 'plan' && args.force)) {
-    err.write(`${USAGE}\n`);
+    err.write(`${MAILBOX_FLAGS_USAGE}\n`);
     return 2;
   }
   try {

@@ -87,16 +87,28 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   return deepFreeze(config);
 }
 
-/** The sections resolveConfig reads, each validated alone; null when one of them is invalid. */
+/**
+ * The sections resolveConfig reads, each validated alone, so that file and environment problems are reported beside
+ * the schema's. A section that failed takes its default (an optional one is absent): resolveConfig assumes every
+ * section (it crashed on `admin` with a bad `listen`, and on a bad `services`). Null when a required section failed.
+ */
 function parsedSections(yaml: YamlFile): GatewayFile | null {
-  const data = (yaml.data ?? {}) as Record<string, unknown>;
+  const data = isRecord(yaml.data) ? yaml.data : {};
   const out: Record<string, unknown> = {};
+  const failed = new Set<string>();
   for (const [key, schema] of Object.entries(gatewaySchema.shape)) {
     const result = schema.safeParse(data[key]);
-    if (result.success) out[key] = result.data;
-    else if (['tls', 'names', 'upstream', 'directory', 'policyFile', 'log', 'mailboxFlags'].includes(key)) return null;
+    if (!result.success) failed.add(key);
+    const value = result.success ? result : schema.safeParse(undefined);
+    if (!value.success) return null;
+    out[key] = value.data;
   }
+  if (failed.has('listen')) out.admin = undefined;   // admin.port is checked against listen.port: no made-up clash
   return out as GatewayFile;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv, problems: ConfigProblem[]): Config {

@@ -1,10 +1,13 @@
 /**
  * The command line as an admin runs it: `exgate check` against the real DC, the demo config,
  * broken files, `exgate explain` (groups whatever decides, usage errors), and the gateway over
- * LDAPS and StartTLS.
+ * LDAPS and StartTLS; every command's --help; the command as deployed (a link, never npx).
  */
 import { execFile } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,7 +15,8 @@ import { USERS } from '../helpers/ad-fixtures.js';
 import { INTERNAL, send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
 
 const run = promisify(execFile);
-const EXGATE = join(import.meta.dirname, '..', '..', 'bin', 'exgate.js');
+const ROOT = join(import.meta.dirname, '..', '..');
+const EXGATE = join(ROOT, 'bin', 'exgate.js');
 
 async function exgate(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
@@ -132,6 +136,137 @@ describe('exgate check', () => {
     const r = await exgate('frobnicate');
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('usage: exgate');
+  });
+});
+
+describe('help', () => {
+  /** The commands `exgate --help` lists, read from its own text. */
+  const listed = async () => [...(await exgate('--help')).stdout.matchAll(/^  ([a-z][a-z-]+)/gm)].map((m) => m[1]!);
+
+  it('lists every command', async () => {
+    expect((await listed()).sort()).toEqual(
+      ['check', 'demo', 'explain', 'hash-password', 'help', 'mailbox-flags', 'report', 'serve', 'version']);
+  });
+
+  it('exgate <command> --help prints that command\'s usage and exits 0, for every command', async () => {
+    const commands = await listed();
+    const answers = await Promise.all(commands.map((command) => exgate(command, '--help')));
+    commands.forEach((command, i) => {
+      expect(answers[i], command).toMatchObject({ code: 0, stderr: '' });
+      expect(answers[i]!.stdout, command).toMatch(new RegExp(`^usage: exgate ${command}\\b`));
+    });
+    expect((await exgate('demo', '-h')).stdout).toBe(answers[commands.indexOf('demo')]!.stdout);
+    expect((await exgate('help', 'check')).stdout).toBe(answers[commands.indexOf('check')]!.stdout);
+  });
+
+  it('--help wins over missing or wrong arguments', async () => {
+    const flags = await exgate('mailbox-flags', 'plan', '--help');
+    expect(flags).toMatchObject({ code: 0, stdout: expect.stringMatching(/^usage: exgate mailbox-flags/) });
+    const explained = await exgate('explain', '--user', 'alice', '-h');
+    expect(explained).toMatchObject({ code: 0, stdout: expect.stringMatching(/^usage: exgate explain/) });
+  });
+
+  it('a missing --config or an extra argument is a usage error (exit 2), not a crash', async () => {
+    const serve = await exgate('serve');
+    expect(serve.code).toBe(2);
+    expect(serve.stderr).toMatch(/^exgate serve: --config FILE is required\n\nusage: exgate serve --config FILE/);
+    expect((await exgate('check', '--confg', 'x')).stderr).toContain('usage: exgate check');
+    const demo = await exgate('demo', 'now');
+    expect(demo).toMatchObject({ code: 2, stderr: expect.stringContaining('exgate demo: unexpected argument "now"') });
+  });
+});
+
+describe('the command as deployed', () => {
+  it('runs through a link, as /usr/local/bin/exgate, from another folder, without npx', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'exgate-bin-'));
+    try {
+      symlinkSync(EXGATE, join(dir, 'exgate'));
+      const { stdout } = await run(join(dir, 'exgate'), ['check', '--help'], { cwd: dir });
+      expect(stdout).toMatch(/^usage: exgate check --config FILE/);
+      const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+      expect((await run(join(dir, 'exgate'), ['version'], { cwd: tmpdir() })).stdout).toBe(`${pkg.version}\n`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the README, the config files and the units never run npx exgate', () => {
+    const files = ['README.md', 'config/gateway.example.yaml', 'config/policy.example.yaml', 'config/demo-users.yaml',
+      'deploy/exgate.service', 'deploy/exgate-mailbox-flags.service', 'deploy/exgate-mailbox-flags.timer'];
+    const npx = /npx (-y |--yes )?exgate\s+[a-z-]/;
+    for (const f of files) expect(readFileSync(join(ROOT, f), 'utf8'), f).not.toMatch(npx);
+  });
+
+  it('the units run the linked command, not a node path a Node 20 install may lack', () => {
+    for (const unit of ['exgate.service', 'exgate-mailbox-flags.service']) {
+      const text = readFileSync(join(ROOT, 'deploy', unit), 'utf8');
+      expect(text.match(/^ExecStart=(\S+)/m)?.[1], unit).toBe('/usr/local/bin/exgate');
+      expect(text, unit).toMatch(/^Environment=PATH=\/opt\/node\/bin:.*:\/usr\/bin:/m);
+    }
+  });
+
+  it('the package ships dist/, deploy/ and scripts/ (npm pack)', async () => {
+    const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT });
+    const files = (JSON.parse(stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
+    expect(files).toEqual(expect.arrayContaining(['bin/exgate.js', 'dist/cli.js', 'deploy/exgate.service',
+      'deploy/exgate-mailbox-flags.service', 'scripts/exchange-session.ps1', 'scripts/prepare.mjs',
+      'config/gateway.example.yaml']));
+  });
+
+  it('prepare under --omit=dev keeps a built dist/, and refuses a missing or stale one', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'exgate-prepare-'));
+    try {
+      // No node_modules here, so no TypeScript: what `npm ci --omit=dev` leaves.
+      mkdirSync(join(dir, 'scripts'));
+      mkdirSync(join(dir, 'src'));
+      copyFileSync(join(ROOT, 'scripts', 'prepare.mjs'), join(dir, 'scripts', 'prepare.mjs'));
+      writeFileSync(join(dir, 'package.json'), '{"type":"module"}');
+      writeFileSync(join(dir, 'src', 'cli.ts'), '');
+      const prepare = () => run(process.execPath, [join(dir, 'scripts', 'prepare.mjs')]).then(
+        () => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }));
+      expect(await prepare()).toMatchObject({ code: 1, stderr: expect.stringContaining('dist/ is not built') });
+      mkdirSync(join(dir, 'dist'));
+      writeFileSync(join(dir, 'dist', 'cli.js'), '');
+      expect(await prepare()).toEqual({ code: 0, stderr: '' });
+      utimesSync(join(dir, 'src', 'cli.ts'), new Date(), new Date(Date.now() + 60_000));   // a git pull since
+      expect(await prepare()).toMatchObject({ code: 1, stderr: expect.stringContaining('dist/ is older than src/') });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+
+describe('invalid configs of issue 10: named, never a TypeError', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'exgate-cli-config-'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  /** The demo config, its files named absolutely so that it can live elsewhere. */
+  const demo = () => readFileSync(join(ROOT, 'config', 'demo.yaml'), 'utf8')
+    .replace('path: demo-users.yaml', `path: ${join(ROOT, 'config', 'demo-users.yaml')}`)
+    .replace('policyFile: demo-policy.yaml', `policyFile: ${join(ROOT, 'config', 'demo-policy.yaml')}`)
+    .replaceAll('../certs/', `${dir}/`);
+  /** `<file>:<line>: <key>: <message>` lines. */
+  const located = (out: string, file: string) => out.split('\n').filter((l) => l.startsWith(`${file}:`))
+    .map((l) => l.slice(file.length).replace(/^:\d+: /, ''));
+
+  it.each([
+    ['listen.proxyProtocol and state beside admin',
+      (y: string) => y.replace('listen:\n', 'listen:\n  proxyProtocol: true\n') + 'state: {}\nadmin: { port: 9191 }\n',
+      ['listen.proxyProtocol: unknown key', 'state: unknown key']],
+    ['services.owa.auth: forms', (y: string) => `${y}services: { owa: { auth: forms } }\n`,
+      ['services.owa.auth: must be one of "basic", "ntlm", "basic+ntlm"']],
+  ])('%s: check and serve name each key with file and line', async (_, edit, expected) => {
+    const file = join(dir, 'bad.yaml');
+    writeFileSync(file, edit(demo()));
+    const checked = await exgate('check', '--config', file);
+    const served = await exgate('serve', '--config', file);
+    expect(checked.code).toBe(1);
+    expect(served.code).toBe(1);
+    expect(located(checked.stdout, file).sort()).toEqual(expected);
+    expect(located(served.stderr, file).sort()).toEqual(expected);
   });
 });
 
