@@ -284,8 +284,7 @@ export class Gateway {
     // The HTTP server never listens itself; this starts its headersTimeout checks
     // (research/node-proxy.md §1.3, pitfall 2).
     this.httpServer.emit('listening');
-    this.tlsServer = createTlsServer(material, tls, (socket) => this.accept(socket));
-    this.tlsServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+    this.tlsServer = createTlsServer(material, tls, (socket) => this.accept(socket), (err, socket) => {
       logs.app.debug({ client: socket.remoteAddress, code: err.code }, 'TLS handshake failed');
     });
   }

@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { newAccessRecord } from './access-log.js';
 import type { Config } from './config/load.js';
 import { deny } from './proxy.js';
-import { secureContextOptions, type TlsMaterial } from './tls.js';
+import { cutFailedHandshakes, secureContextOptions, type TlsMaterial } from './tls.js';
 
 export interface Holding {
   /** Stops accepting at once; answers already started still go out. */
@@ -39,7 +39,8 @@ export async function holdWith503(config: Config, material: TlsMaterial, access:
   server.headersTimeout = config.http.headersTimeoutMs;
   server.requestTimeout = config.http.headersTimeoutMs;
   server.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
-  server.on('tlsClientError', () => {});          // a failed handshake is the client's business
+  // https.Server cuts a failed handshake itself only while nobody listens for clientError.
+  cutFailedHandshakes(server);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => resolve());
