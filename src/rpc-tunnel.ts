@@ -204,7 +204,7 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
   upstream.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
     clearTimeout(connectTimer);
     record.upstreamMs = Math.round(performance.now() - started);
-    upstream.write(rebuildHead(head, client));
+    upstream.write(rebuildHead(head, client, record.requestId));
     // Exactly the declared body goes on; a byte beyond it would be a second request smuggled
     // past the checks, so the tunnel ends there (one request per tunnel).
     let remaining = length;
@@ -252,13 +252,14 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
 
 /** The head as sent to Exchange: the request line, the client's headers minus the forwarding
  * ones the gateway owns, and X-Forwarded-For / -Proto set by the gateway. */
-function rebuildHead(head: RpcHead, client: Socket): string {
+function rebuildHead(head: RpcHead, client: Socket, requestId: string): string {
   let out = `${head.method} ${head.url} ${head.version}\r\n`;
   const named = connectionTokens(head.headers.connection);
   for (let i = 0; i < head.rawHeaders.length; i += 2) {
     const name = head.rawHeaders[i] as string;
     if (!dropsRequestHeader(name.toLowerCase(), named)) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
   }
+  out += `X-Request-Id: ${requestId}\r\n`;
   return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`;
 }
 
