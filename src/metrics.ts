@@ -29,7 +29,8 @@ export class Metrics {
    * the earliest wins.
    */
   readonly certificateExpiry = new Gauge({
-    name: 'exgate_certificate_expiry_timestamp_seconds', labelNames: ['cert'], aggregator: 'min', registers: [this.registry],
+    name: 'exgate_certificate_expiry_timestamp_seconds', labelNames: ['cert'], aggregator: 'min',
+    registers: [this.registry],
     help: 'notAfter of the gateway\'s certificate (cert="gateway") and of Exchange\'s as last seen (cert="upstream").',
     collect: () => this.#collectCertificates(),
   });

@@ -161,7 +161,9 @@ export function joinCluster(running: RunningGateway): void {
   });
   process.on('message', (msg: unknown) => {
     if (isMetricsRequest(msg)) {
-      void running.metrics.registry.getMetricsAsJSON().then((metrics) => process.send?.({ type: METRICS_ANSWER, id: msg.id, metrics }));
+      const { id } = msg;
+      const answer = (metrics: object) => process.send?.({ type: METRICS_ANSWER, id, metrics });
+      void running.metrics.registry.getMetricsAsJSON().then(answer);
     } else if (isLockoutMessage(msg)) lockout().apply(msg.event);
     else if (isReplay(msg)) for (const e of msg.events) lockout().apply(e);
     else if (isReserved(msg)) {
@@ -229,7 +231,8 @@ async function clusterMetrics(own: Registry): Promise<string> {
   const answers = await Promise.all(workers.map((w) => new Promise<object | null>((resolve) => {
     const done = (metrics: object | null) => { clearTimeout(timer); w.off('message', onMessage); resolve(metrics); };
     const onMessage = (msg: unknown) => {
-      if (typeOf(msg) === METRICS_ANSWER && (msg as { id?: unknown }).id === id) done((msg as { metrics: object }).metrics);
+      const answer = msg as { id?: unknown; metrics: object };
+      if (typeOf(msg) === METRICS_ANSWER && answer.id === id) done(answer.metrics);
     };
     const timer = setTimeout(() => done(null), METRICS_TIMEOUT_MS);
     w.on('message', onMessage);

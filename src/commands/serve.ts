@@ -132,8 +132,8 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
  * echo a secret, config/load.ts), else the error's type and message, clipped.
  */
 function reloadError(err: unknown): string {
-  const text = err instanceof Error ? (err instanceof ConfigError ? err.message : `${err.name}: ${err.message}`) : String(err);
-  return clip(text);
+  if (err instanceof ConfigError) return clip(err.message);
+  return clip(err instanceof Error ? `${err.name}: ${err.message}` : String(err));
 }
 
 /**

@@ -92,7 +92,7 @@ describe('admin listener', () => {
   };
   const notAfter = (pem: string) => Math.floor(new Date(new X509Certificate(pem).validTo).getTime() / 1000);
 
-  it('exports when the gateway\'s certificate and Exchange\'s (as the probe saw it) expire, and the probes\' answers', async () => {
+  it('exports both certificates\' expiry (Exchange\'s as the probe saw it) and the probes\' answers', async () => {
     const text = await (await admin('/metrics')).body.text();
     expect(gauge(text, 'exgate_certificate_expiry_timestamp_seconds{cert="gateway"}')).toBe(notAfter(h.gatewayCa));
     const upstream = readFileSync(join(h.dir, 'upstream.crt'), 'utf8');
@@ -102,9 +102,10 @@ describe('admin listener', () => {
     expect(gauge(text, 'exgate_upstream_up')).toBe(1);
   });
 
-  it('counts a failed reload, says so in /readyz (file and key, no secret) and clears it on the next good one', async () => {
+  it('counts a failed reload, shows it in /readyz (file and key, no secret), clears it on a good one', async () => {
     const good = readFileSync(h.configFile, 'utf8');
-    const failures = async () => gauge(await (await admin('/metrics')).body.text(), 'exgate_config_reload_failures_total');
+    const metric = async (name: string) => gauge(await (await admin('/metrics')).body.text(), name);
+    const failures = () => metric('exgate_config_reload_failures_total');
     const before = await failures();
     expect(before).toBe(0);
     try {
@@ -118,13 +119,14 @@ describe('admin listener', () => {
       expect(Date.now() - Date.parse(body.lastReload.time)).toBeLessThan(60_000);
       expect(JSON.stringify(body)).not.toContain(SERVICE_ACCOUNT.password);
       expect(await failures()).toBeGreaterThanOrEqual(1);        // the file watch may have reloaded too
-      expect(gauge(await (await admin('/metrics')).body.text(), 'exgate_config_last_reload_successful')).toBe(0);
+      expect(await metric('exgate_config_last_reload_successful')).toBe(0);
     } finally {
       writeFileSync(h.configFile, good);
     }
     expect(await h.running.reload()).toBe(true);
-    expect(((await (await admin('/readyz')).body.json()) as { lastReload: unknown }).lastReload).toMatchObject({ ok: true });
-    expect(gauge(await (await admin('/metrics')).body.text(), 'exgate_config_last_reload_successful')).toBe(1);
+    const after = (await (await admin('/readyz')).body.json()) as { lastReload: unknown };
+    expect(after.lastReload).toMatchObject({ ok: true });
+    expect(await metric('exgate_config_last_reload_successful')).toBe(1);
   });
 
   it('counts requests by service, decision and reason in /metrics, with process metrics', async () => {

@@ -221,7 +221,9 @@ describe('Outlook Anywhere tunnel', () => {
       `Authorization: ${basic(alice.sam, alice.password)}\r\nContent-Length: 76\r\nX-Request-Id: forged\r\n\r\n`);
     const end = Date.now() + 3000;
     let seen: string | undefined;
-    while (!(seen = rpc.seen.find((x) => x.head.includes('marker=rid'))?.head) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    while (!(seen = rpc.seen.find((x) => x.head.includes('marker=rid'))?.head) && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
     s.destroy();
     expect(seen).not.toContain('forged');
     const id = /\r\nX-Request-Id: ([0-9a-f-]{36})\r\n/.exec(seen ?? '')?.[1];

@@ -12,12 +12,14 @@ import { USERS } from '../helpers/ad-fixtures.js';
 import { send, startHarness, type Harness } from '../helpers/gateway-harness.js';
 
 const RULES = 'deploy/prometheus-rules.yml';
-const promtool = (...args: string[]) => execFileSync('promtool', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const promtool = (...args: string[]) =>
+  execFileSync('promtool', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
 interface Rule { alert: string; expr: string }
 interface Panel { title: string; type: string; targets?: { expr: string }[] }
 
-const rules = (): Rule[] => (parse(readFileSync(RULES, 'utf8')) as { groups: { rules: Rule[] }[] }).groups.flatMap((g) => g.rules);
+const rules = (): Rule[] =>
+  (parse(readFileSync(RULES, 'utf8')) as { groups: { rules: Rule[] }[] }).groups.flatMap((g) => g.rules);
 const dashboard = () => JSON.parse(readFileSync('deploy/grafana-dashboard.json', 'utf8')) as {
   panels: Panel[]; templating: { list: { name: string; definition?: string }[] };
 };
@@ -32,7 +34,8 @@ function metricNames(expr: string): string[] {
     .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, '')
     .replace(/\$\w+/g, '');
   const keywords = new Set(['and', 'or', 'unless', 'bool', 'offset', 'inf', 'nan']);
-  return [...bare.matchAll(/\b[a-zA-Z_:][\w:]*\b(?!\s*\()/g)].map((m) => m[0]).filter((w) => !keywords.has(w.toLowerCase()));
+  const words = [...bare.matchAll(/\b[a-zA-Z_:][\w:]*\b(?!\s*\()/g)].map((m) => m[0]);
+  return words.filter((w) => !keywords.has(w.toLowerCase()));
 }
 
 describe('alert rules', () => {
@@ -72,7 +75,8 @@ describe('metric names in the rules and the dashboard', () => {
   });
 
   it('reads names out of PromQL', () => {
-    expect(metricNames('histogram_quantile(0.95, sum by (le, service) (rate(a_bucket{x=~"$i",c="5.."}[5m])))')).toEqual(['a_bucket']);
+    const quantile = 'histogram_quantile(0.95, sum by (le, service) (rate(a_bucket{x=~"$i",c="5.."}[5m])))';
+    expect(metricNames(quantile)).toEqual(['a_bucket']);
     expect(metricNames('b - time() < 14 * 86400 and on (instance) c{d="e"} offset 5m')).toEqual(['b', 'c']);
   });
 
@@ -87,11 +91,15 @@ describe('metric names in the rules and the dashboard', () => {
   it('the dashboard parses, has the panels the operators need, and names only exported metrics', () => {
     const d = dashboard();
     const titles = d.panels.map((p) => p.title);
-    for (const t of ['Requests by service and decision', 'Denials by reason', 'Authentication latency',
-      'Upstream latency (p95) by service', 'Open connections and requests in flight', 'Lockouts']) expect(titles).toContain(t);
+    const wanted = ['Requests by service and decision', 'Denials by reason', 'Authentication latency',
+      'Upstream latency (p95) by service', 'Open connections and requests in flight', 'Lockouts'];
+    for (const t of wanted) expect(titles).toContain(t);
     const exprs = d.panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr })));
     expect(exprs.length).toBeGreaterThanOrEqual(d.panels.length);
-    for (const v of d.templating.list) if (v.definition) exprs.push({ panel: `$${v.name}`, expr: v.definition.replace(/^label_values\((\w+),.*$/, '$1') });
+    for (const v of d.templating.list) {
+      const metric = v.definition?.replace(/^label_values\((\w+),.*$/, '$1');
+      if (metric) exprs.push({ panel: `$${v.name}`, expr: metric });
+    }
     for (const { panel, expr } of exprs) {
       const names = metricNames(expr);
       expect(names.length, panel).toBeGreaterThan(0);
