@@ -5,13 +5,16 @@
 //   samba, samba-tool  -> Debian packages samba-ad-dc (pulls in samba, python3-samba, ...) and
 //                         samba-ad-provision (the schema files `samba-tool domain provision` reads)
 //   openssl            -> to create the test CA and the DC's TLS certificate
+// and test/unit/monitoring.test.ts checks deploy/prometheus-rules.yml with
+//   promtool           -> Debian package prometheus (/usr/bin/promtool)
 //
 // When something is missing and we are root on a Debian/Ubuntu machine, install it with apt-get.
 // When we are not root, print what to install and exit 1. When everything is present, do nothing (fast).
 //
 // Note for systemd hosts: installing samba-ad-dc may enable the packaged smbd/nmbd/samba-ad-dc services.
 // samba-ad-dc only runs if /etc/samba/smb.conf is a DC config; if it does run it holds port 389 and the
-// tests fail with a clear "port 389 is already in use" error. (In Debian containers policy-rc.d stops
+// tests fail with a clear "port 389 is already in use" error; the prometheus package's service likewise
+// holds port 9090, the admin listener's default (tests use port 0). (In Debian containers policy-rc.d stops
 // services from starting at all.)
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -33,6 +36,7 @@ function missingPackages() {
   if (!existsSync(PROVISION_DATA)) missing.add('samba-ad-provision');
   if (missing.has('samba-ad-dc')) missing.add('samba-ad-provision'); // always needed together
   if (!which('openssl')) missing.add('openssl');
+  if (!which('promtool')) missing.add('prometheus');
   return [...missing];
 }
 
@@ -73,7 +77,8 @@ if (!isRoot) {
 }
 if (!which('apt-get')) {
   fail(`Missing test dependencies: ${packages.join(', ')}, and apt-get is not available. ` +
-    'Install Samba (samba, samba-tool with the AD DC provisioning data) and openssl with your package manager.');
+    'Install Samba (samba, samba-tool with the AD DC provisioning data), openssl and Prometheus\'s promtool ' +
+    'with your package manager.');
 }
 
 console.log(`[ensure-test-deps] installing missing test dependencies: ${packages.join(', ')}`);

@@ -3,6 +3,7 @@
  * when the response closes (STYLE.md §11). Also the pino setup for both logs, with redaction as
  * a second line: no stage ever puts a header, cookie or password into a record.
  */
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -15,6 +16,8 @@ import type { Service } from './services.js';
 export interface AccessRecord {
   /** When the request arrived (ISO 8601). */
   time: string;
+  /** A random UUID, made here and sent to Exchange as `X-Request-Id` (headers.ts): IIS can log it. */
+  requestId: string;
   client: string | null;
   sni: string | null;
   host: string | null;
@@ -58,6 +61,7 @@ export function newAccessRecord(socket: Socket, req: RequestHead, started = Date
   const sni = (socket as Partial<TLSSocket>).servername;
   return {
     time: new Date(started).toISOString(),
+    requestId: randomUUID(),
     client: socket.remoteAddress ?? null,
     sni: typeof sni === 'string' ? sni.toLowerCase() : null,
     host: hostName(req.headers.host),

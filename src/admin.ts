@@ -5,7 +5,8 @@
  *   GET /healthz  200 while the process serves
  *   GET /readyz   200 when the directory answers and Exchange answers (and, with workers, one
  *                 listens); 503 with what is not
- *   GET /metrics  Prometheus text format (prom-client; the primary aggregates workers)
+ *   GET /metrics  Prometheus text format (prom-client; the primary aggregates workers), after
+ *                 running the probes, so `exgate_directory_up` and `exgate_upstream_up` are fresh
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -19,6 +20,17 @@ export interface AdminChecks {
   gateway?(): Promise<void>;
   /** The metrics in Prometheus text format, and their content type. */
   metrics(): Promise<{ body: string; contentType: string }>;
+  /** Told each probe's answer (the `_up` gauges). */
+  probed?(check: 'directory' | 'upstream', ok: boolean): void;
+  /** The last reload, shown in /readyz (null before the first); absent where reloads run elsewhere. */
+  lastReload?(): LastReload | null;
+}
+
+/** A reload's outcome: when, whether it took, and why not (the config error: file and key, no secrets). */
+export interface LastReload {
+  readonly time: string;
+  readonly ok: boolean;
+  readonly error?: string;
 }
 
 const CHECK_TIMEOUT_MS = 5000;
@@ -36,7 +48,7 @@ export async function startAdmin(host: string, port: number, checks: AdminChecks
       return;
     }
     if (path === '/metrics') {
-      checks.metrics().then(
+      ready(checks).then(() => checks.metrics()).then(
         ({ body, contentType }) => res.writeHead(200, { 'content-type': contentType }).end(body),
         (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics unavailable: ${err instanceof Error ? err.message : String(err)}\n`),
       );
@@ -53,13 +65,17 @@ export async function startAdmin(host: string, port: number, checks: AdminChecks
   return { server, address: server.address() as AddressInfo };
 }
 
-async function ready(checks: AdminChecks): Promise<{ ok: boolean; body: Record<string, string> }> {
+async function ready(checks: AdminChecks): Promise<{ ok: boolean; body: Record<string, unknown> }> {
   const gatewayCheck = checks.gateway?.bind(checks);
   const [directory, upstream, gateway] = await Promise.all([
     probe(checks.directory), probe(checks.upstream), gatewayCheck ? probe(gatewayCheck) : Promise.resolve(undefined),
   ]);
+  checks.probed?.('directory', directory === 'ok');
+  checks.probed?.('upstream', upstream === 'ok');
+  // A failed reload kept the running state, which still serves: reported, never "not ready".
   const ok = directory === 'ok' && upstream === 'ok' && (gateway === undefined || gateway === 'ok');
-  return { ok, body: { ...(gateway === undefined ? {} : { gateway }), directory, upstream } };
+  const reload = checks.lastReload ? { lastReload: checks.lastReload() } : {};
+  return { ok, body: { ...(gateway === undefined ? {} : { gateway }), directory, upstream, ...reload } };
 }
 
 async function probe(check: () => Promise<void>): Promise<string> {

@@ -11,7 +11,7 @@ import type { AuthMode } from './services.js';
 const REQUEST_DROP: ReadonlySet<string> = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding',
   'upgrade', 'http2-settings', 'expect', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded',
-  'x-real-ip',
+  'x-real-ip', 'x-request-id',
   // Exchange's own front-end → back-end headers: a client never sends them.
   'x-commonaccesstoken', 'x-isfromcafe', 'x-sourcecafeserver', 'msexchproxyuri', 'msexchlogonmailbox', 'x-beresource',
 ]);
@@ -38,9 +38,9 @@ const RESPONSE_DROP: ReadonlySet<string> = new Set([
 /**
  * The headers to send Exchange: the client's, minus the hop-by-hop and gateway-owned ones, in
  * their order and case; Host (the SNI name when the client sent none), Content-Length and
- * Authorization once; X-Forwarded-For / -Proto set by the gateway.
+ * Authorization once; X-Forwarded-For / -Proto and X-Request-Id (the access record's) set by the gateway.
  */
-export function requestHeaders(req: IncomingMessage, host: string): string[] {
+export function requestHeaders(req: IncomingMessage, host: string, requestId: string): string[] {
   const raw = req.rawHeaders;
   const named = connectionTokens(req.headers.connection);
   const out: string[] = [];
@@ -55,6 +55,7 @@ export function requestHeaders(req: IncomingMessage, host: string): string[] {
   if (length !== undefined && length !== '0') out.push('Content-Length', length);
   if (req.headers.authorization !== undefined) out.push('Authorization', req.headers.authorization);
   out.push('X-Forwarded-For', req.socket.remoteAddress ?? '', 'X-Forwarded-Proto', 'https');
+  out.push('X-Request-Id', requestId);
   return out;
 }
 

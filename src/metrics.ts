@@ -1,7 +1,7 @@
 /**
  * Prometheus metrics (prom-client), for the admin listener's /metrics. Most are counted from the
  * access record when it is written, so the metrics and the log never disagree. With workers,
- * each worker keeps its own registry and the primary aggregates them (admin.ts).
+ * each worker keeps its own registry and the primary aggregates them with its own (cluster.ts).
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AccessRecord } from './access-log.js';
@@ -18,14 +18,69 @@ export class Metrics {
   readonly directoryErrors = new Counter({ name: 'exgate_directory_errors_total', help: 'Requests answered 503 because the directory was unavailable.', registers: [this.registry] });
   readonly openConnections = new Gauge({ name: 'exgate_open_connections', help: 'Client TLS connections open now.', registers: [this.registry] });
   readonly inFlight = new Gauge({ name: 'exgate_requests_in_flight', help: 'Forwarded requests waiting for or streaming Exchange\'s answer (long-polls included).', labelNames: ['service'], registers: [this.registry] });
+  /** By status code, whoever answered (the gateway or Exchange): the 5xx alert's ratio. */
+  readonly responses = new Counter({
+    name: 'exgate_responses_total', labelNames: ['service', 'code'], registers: [this.registry],
+    help: 'Responses by service and HTTP status code (499: the client left before an answer).',
+  });
+  /**
+   * A Unix timestamp, not "seconds left": Prometheus's guidance for when something happens, and
+   * the value stays put between scrapes (alert on `… - time()`). Read at each scrape; with workers
+   * the earliest wins.
+   */
+  readonly certificateExpiry = new Gauge({
+    name: 'exgate_certificate_expiry_timestamp_seconds', labelNames: ['cert'], aggregator: 'min',
+    registers: [this.registry],
+    help: 'notAfter of the gateway\'s certificate (cert="gateway") and of Exchange\'s as last seen (cert="upstream").',
+    collect: () => this.#collectCertificates(),
+  });
+  readonly reloadFailures = new Counter({
+    name: 'exgate_config_reload_failures_total', registers: [this.registry],
+    help: 'Reloads (SIGHUP or a changed file) that failed and kept the running configuration.',
+  });
+  readonly lastReloadOk = new Gauge({
+    name: 'exgate_config_last_reload_successful', aggregator: 'min', registers: [this.registry],
+    help: '1 when the last reload succeeded (or none ran yet), 0 while the last one failed.',
+  });
+  /**
+   * Set by the admin listener's probes (/readyz, and each /metrics scrape). With workers only the
+   * primary probes; a gauge without labels always has a value (0 in the workers), hence `max`.
+   */
+  readonly directoryUp = new Gauge({
+    name: 'exgate_directory_up', aggregator: 'max', registers: [this.registry],
+    help: '1 when the directory answered the last probe, 0 when not.',
+  });
+  readonly upstreamUp = new Gauge({
+    name: 'exgate_upstream_up', aggregator: 'max', registers: [this.registry],
+    help: '1 when Exchange answered the last probe (any HTTP status), 0 when not.',
+  });
+
+  /** Where the certificate gauge reads its dates at each scrape (null: none, e.g. plain-HTTP upstream). */
+  certificates: { gateway?: () => Date | null; upstream?: () => Date | null } = {};
 
   constructor(defaults = true) {
     if (defaults) collectDefaultMetrics({ register: this.registry, prefix: '' });
+    this.lastReloadOk.set(1);
+  }
+
+  /** Records a probe's answer (admin.ts). */
+  probed(check: string, ok: boolean): void {
+    if (check === 'directory') this.directoryUp.set(ok ? 1 : 0);
+    if (check === 'upstream') this.upstreamUp.set(ok ? 1 : 0);
+  }
+
+  #collectCertificates(): void {
+    this.certificateExpiry.reset();
+    for (const cert of ['gateway', 'upstream'] as const) {
+      const notAfter = this.certificates[cert]?.() ?? null;
+      if (notAfter !== null) this.certificateExpiry.set({ cert }, Math.floor(notAfter.getTime() / 1000));
+    }
   }
 
   /** Counts a finished request from its access record. */
   observe(r: AccessRecord): void {
     this.requests.inc({ service: r.service ?? 'none', decision: r.decision, reason: r.reason ?? 'none' });
+    this.responses.inc({ service: r.service ?? 'none', code: String(r.status) });
     if (r.cache !== null) this.cache.inc({ result: r.cache });
     if (r.reason === 'gateway-lockout') this.lockouts.inc({ kind: r.status === 429 ? 'source' : 'account' });
     if (r.reason === 'directory-unavailable') this.directoryErrors.inc();

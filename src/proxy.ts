@@ -11,6 +11,7 @@ import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:ht
 import { isIP, type Socket } from 'node:net';
 import { pipeline, Transform } from 'node:stream';
 import type { Logger } from 'pino';
+import type { TLSSocket } from 'node:tls';
 import { buildConnector, Client, type Dispatcher } from 'undici';
 import type { AccessRecord } from './access-log.js';
 import type { Config } from './config/load.js';
@@ -171,7 +172,10 @@ export class Upstream {
       pipelining: 1,
       keepAliveTimeout: keepAliveTimeoutMs,
       keepAliveMaxTimeout: keepAliveTimeoutMs,
-      connect: (opts, callback) => connector({ ...opts, servername: sni }, callback),
+      connect: (opts, callback) => connector({ ...opts, servername: sni }, (...args) => {
+        if (args[1] && 'getPeerCertificate' in args[1]) this.#notePeer(args[1] as TLSSocket);   // the expiry gauge
+        callback(...args);
+      }),
     };
   }
 
@@ -210,6 +214,14 @@ export class Upstream {
 
   answered(): void {
     if (this.#causes.size > 0) this.#causes.clear();
+  }
+
+  /** notAfter of Exchange's certificate as last seen on a connection (probe or request); null before one. */
+  peerNotAfter: Date | null = null;
+
+  #notePeer(socket: TLSSocket): void {
+    const validTo = socket.getPeerCertificate().valid_to;
+    if (validTo) this.peerNotAfter = new Date(validTo);
   }
 
   /** The account Exchange accepted by NTLM on this client connection, if any. */
@@ -254,7 +266,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, record: Acces
     servername: upstream.servername,
     path: req.url ?? '/',
     method: req.method ?? 'GET',
-    headers: requestHeaders(req, route.host),
+    headers: requestHeaders(req, route.host, record.requestId),
     body,
     // Per-request limits sized to the operation: an ActiveSync Ping answers only after its heartbeat.
     headersTimeout: route.idleMs,

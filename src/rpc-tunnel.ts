@@ -15,7 +15,7 @@
  * an RPC request without Basic credentials gets a Basic challenge.
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize } from './authorize.js';
 import { checkHead } from './classify.js';
@@ -184,11 +184,16 @@ function bodyLength(head: RpcHead): number | null {
 function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: number, state: State, record: AccessRecord, started: number, done: () => void): void {
   const { url, servername, ca, insecureSkipVerify, connectTimeoutMs } = state.config.upstream;
   const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
-  // No SNI for an IP address (RFC 6066 §3; Node warns, DEP0123), as on the HTTP path.
+  // No SNI for an IP address (RFC 6066 §3; Node warns, DEP0123), as on the HTTP path; the
+  // certificate is checked against upstream.servername all the same.
   const sni = isIP(servername) ? {} : { servername };
+  const host = url.hostname.replace(/^\[|\]$/g, '');         // URL keeps an IPv6 literal's brackets
   const upstream: Socket = url.protocol === 'https:'
-    ? tlsConnect({ host: url.hostname, port, ...sni, ...(ca ? { ca } : {}), rejectUnauthorized: !insecureSkipVerify, ALPNProtocols: ['http/1.1'], minVersion: 'TLSv1.2' })
-    : netConnect({ host: url.hostname, port });
+    ? tlsConnect({
+      host, port, ...sni, ...(ca ? { ca } : {}), rejectUnauthorized: !insecureSkipVerify, ALPNProtocols: ['http/1.1'],
+      minVersion: 'TLSv1.2', checkServerIdentity: (_name, cert) => checkServerIdentity(servername, cert),
+    })
+    : netConnect({ host, port });
   const idleMs = state.config.services.rpc.idleTimeoutSeconds * 1000;
   let finished = false;
   let answered = false;                             // a byte from Exchange reached the client
@@ -213,7 +218,7 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
   upstream.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
     clearTimeout(connectTimer);
     record.upstreamMs = Math.round(performance.now() - started);
-    upstream.write(rebuildHead(head, length, client));
+    upstream.write(rebuildHead(head, length, client, record.requestId));
     // Exactly the declared body goes on; a byte beyond it would be a second request smuggled
     // past the checks, so the tunnel ends there (one request per tunnel).
     let remaining = length;
@@ -263,9 +268,9 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
  * The head as sent to Exchange: the request line, the client's headers minus the hop-by-hop and
  * gateway-owned ones, then the framing the gateway judged and relays (Host, exactly one
  * Content-Length: the declared body, never more), the Authorization it verified, and
- * X-Forwarded-For / -Proto set by the gateway. No `Connection` token can remove any of these.
+ * X-Forwarded-For / -Proto and X-Request-Id set by the gateway. No `Connection` token can remove any of these.
  */
-export function rebuildHead(head: RpcHead, length: number, client: Socket): string {
+export function rebuildHead(head: RpcHead, length: number, client: Socket, requestId: string): string {
   let out = `${head.method} ${head.url} ${head.version}\r\n`;
   const named = connectionTokens(head.headers.connection);
   for (let i = 0; i < head.rawHeaders.length; i += 2) {
@@ -276,6 +281,7 @@ export function rebuildHead(head: RpcHead, length: number, client: Socket): stri
   if (head.headers.host !== undefined) out += `Host: ${head.headers.host}\r\n`;
   out += `Content-Length: ${length}\r\n`;
   if (head.headers.authorization !== undefined) out += `Authorization: ${head.headers.authorization}\r\n`;
+  out += `X-Request-Id: ${requestId}\r\n`;
   return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`;
 }
 

@@ -11,8 +11,9 @@
  * the workers cannot slip past the threshold.
  */
 import cluster, { type Worker } from 'node:cluster';
-import { AggregatorRegistry } from 'prom-client';
+import { AggregatorRegistry, type Registry } from 'prom-client';
 import { startAdmin } from '../admin.js';
+import { Metrics } from '../metrics.js';
 import type { Config } from '../config/load.js';
 import { Lockout, type Attempt, type LockoutEvent, type LockoutSettings, type LockoutVerdict } from '../lockout.js';
 import { openDirectory } from '../state.js';
@@ -27,6 +28,10 @@ const RESERVED = 'exgate:reserved';
 const RELEASE = 'exgate:release';
 const REPLAY = 'exgate:replay';
 const SETTINGS = 'exgate:settings';
+const METRICS = 'exgate:metrics';
+const METRICS_ANSWER = 'exgate:metrics-answer';
+/** The primary's /metrics waits this long for a worker's registry, then leaves it out. */
+const METRICS_TIMEOUT_MS = 5000;
 /** Events kept for a new worker (its lockout starts from them), at most. */
 const REPLAY_MAX = 100_000;
 /** A worker waits this long, beyond the lockout's own wait, for the primary's reservation before deciding alone. */
@@ -136,8 +141,6 @@ export async function runPrimary(config: Config): Promise<number> {
 
 /** In a worker: share this gateway's lockout with the other workers through the primary. */
 export function joinCluster(running: RunningGateway): void {
-  new AggregatorRegistry();                 // prom-client answers the primary's requests once one exists
-  AggregatorRegistry.setRegistries([running.metrics.registry]);
   const lockout = () => running.gateway.state.authenticator.lockout;
   const wire = () => {
     lockout().onEvent = (event) => process.send?.({ type: MESSAGE, event });
@@ -160,7 +163,11 @@ export function joinCluster(running: RunningGateway): void {
     process.send?.({ type: RESERVE, id, account, source, fingerprint });
   });
   process.on('message', (msg: unknown) => {
-    if (isLockoutMessage(msg)) lockout().apply(msg.event);
+    if (isMetricsRequest(msg)) {
+      const { id } = msg;
+      const answer = (metrics: object) => process.send?.({ type: METRICS_ANSWER, id, metrics });
+      void running.metrics.registry.getMetricsAsJSON().then(answer);
+    } else if (isLockoutMessage(msg)) lockout().apply(msg.event);
     else if (isReplay(msg)) for (const e of msg.events) lockout().apply(e);
     else if (isReserved(msg)) {
       waiting.get(msg.id)?.(msg.verdict);
@@ -189,20 +196,51 @@ function isSettings(msg: unknown): msg is { settings: LockoutSettings } {
 function isReplay(msg: unknown): msg is { events: LockoutEvent[] } {
   return typeOf(msg) === REPLAY;
 }
+function isMetricsRequest(msg: unknown): msg is { id: number } {
+  return typeOf(msg) === METRICS;
+}
 function typeOf(msg: unknown): unknown {
   return typeof msg === 'object' && msg !== null ? (msg as { type?: unknown }).type : undefined;
 }
 
-/** The admin listener in the primary: its own directory and upstream probes, workers' metrics. */
+/**
+ * The admin listener in the primary: its own directory and upstream probes, and the workers'
+ * metrics aggregated with its own (the probes' gauges, Exchange's certificate as it saw it).
+ */
 async function startPrimaryAdmin(config: Config, listening: () => number): Promise<{ close(): void }> {
   const directory = openDirectory(config, { warn: () => {} });
   const upstream = new Upstream(config.upstream, 10_000);
-  const aggregate = new AggregatorRegistry();
+  const own = new Metrics(false);
+  own.certificates = { upstream: () => upstream.peerNotAfter };
   const { server } = await startAdmin(config.admin!.host, config.admin!.port, {
     directory: () => directory.ping(),
     upstream: () => upstream.probe(),
     gateway: async () => { if (listening() === 0) throw new Error('no worker is listening'); },
-    metrics: async () => ({ body: await aggregate.clusterMetrics(), contentType: aggregate.contentType }),
+    metrics: async () => ({ body: await clusterMetrics(own.registry), contentType: own.registry.contentType }),
+    probed: (check, ok) => own.probed(check, ok),
   });
   return { close: () => { server.close(); void directory.close(); } };
+}
+
+let metricsRequests = 0;
+
+/**
+ * Every worker's registry and the primary's, aggregated by each metric's `aggregator` (prom-client's
+ * own clusterMetrics asks the workers only). A worker that does not answer in time is left out.
+ */
+async function clusterMetrics(own: Registry): Promise<string> {
+  const id = ++metricsRequests;
+  const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w?.isConnected() === true);
+  const answers = await Promise.all(workers.map((w) => new Promise<object | null>((resolve) => {
+    const done = (metrics: object | null) => { clearTimeout(timer); w.off('message', onMessage); resolve(metrics); };
+    const onMessage = (msg: unknown) => {
+      const answer = msg as { id?: unknown; metrics: object };
+      if (typeOf(msg) === METRICS_ANSWER && answer.id === id) done(answer.metrics);
+    };
+    const timer = setTimeout(() => done(null), METRICS_TIMEOUT_MS);
+    w.on('message', onMessage);
+    try { w.send({ type: METRICS, id }); } catch { done(null); }    // it disconnected meanwhile
+  })));
+  const all = [await own.getMetricsAsJSON(), ...answers.filter((a): a is object => a !== null)];
+  return AggregatorRegistry.aggregate(all).metrics();
 }

@@ -6,10 +6,10 @@
 import cluster from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import type { DestinationStream, Logger } from 'pino';
-import { accessLogger, appLogger } from '../access-log.js';
+import { accessLogger, appLogger, clip } from '../access-log.js';
 import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
-import { startAdmin } from '../admin.js';
+import { startAdmin, type LastReload } from '../admin.js';
 import { joinCluster, runPrimary } from './cluster.js';
 import { scheduleMailboxFlags } from './mailbox-flags.js';
 import { Gateway } from '../gateway.js';
@@ -69,11 +69,16 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     ? await gateway.listen(opts.port ?? config.listen.port, opts.host ?? config.listen.host)
     : await gateway.listenOn(inherited);
   log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
+  let served = material;                            // the certificate the listener serves now
+  let lastReload: LastReload | null = null;
+  metrics.certificates = { gateway: () => served.notAfter, upstream: () => gateway.state.upstream.peerNotAfter };
   const admin = config.admin && opts.adminPort !== false
     ? await startAdmin(config.admin.host, opts.adminPort ?? config.admin.port, {
       directory: () => gateway.state.directory.ping(),
       upstream: () => gateway.state.upstream.probe(),
       metrics: async () => ({ body: await metrics.registry.metrics(), contentType: metrics.registry.contentType }),
+      probed: (check, ok) => metrics.probed(check, ok),
+      lastReload: () => lastReload,
     })
     : null;
   if (admin) log.info({ address: admin.address.address, port: admin.address.port }, 'admin listener');
@@ -89,11 +94,17 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       gateway.setState(nextState);
       // The old directory serves requests still running on the old state; closed a little later.
       if (old.directory !== nextState.directory) retire(old.directory);
+      served = nextMaterial;
       log.info({ policy: nextState.policy.version }, 'reloaded');
       watcher?.reset(sourceFiles(next));
+      lastReload = { time: new Date().toISOString(), ok: true };
+      metrics.lastReloadOk.set(1);
       return true;
     } catch (err) {
       log.error({ problems: err instanceof ConfigError ? err.problems : undefined, err: err instanceof ConfigError ? undefined : err }, 'reload failed; keeping the running configuration');
+      lastReload = { time: new Date().toISOString(), ok: false, error: reloadError(err) };
+      metrics.reloadFailures.inc();
+      metrics.lastReloadOk.set(0);
       return false;
     }
   };
@@ -114,6 +125,15 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     access.flush();
   };
   return { gateway, address, admin: admin?.address ?? null, metrics, log, reload, close };
+}
+
+/**
+ * Why a reload failed, for /readyz: a config error's problems (file and key; their messages never
+ * echo a secret, config/load.ts), else the error's type and message, clipped.
+ */
+function reloadError(err: unknown): string {
+  if (err instanceof ConfigError) return clip(err.message);
+  return clip(err instanceof Error ? `${err.name}: ${err.message}` : String(err));
 }
 
 /**

@@ -4,13 +4,14 @@
  * decisions, and a graceful stop during a long-poll.
  */
 import { spawn } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decide } from '../../src/commands/explain.js';
 import type { Service } from '../../src/services.js';
-import { USERS } from '../helpers/ad-fixtures.js';
+import { SERVICE_ACCOUNT, USERS } from '../helpers/ad-fixtures.js';
 import { basic, clientFor, expectNotForwarded, EXTERNAL, send, startHarness, TEST_POLICY, type Harness, watchForwarded } from '../helpers/gateway-harness.js';
 
 const until = async (cond: () => boolean | Promise<boolean>, ms = 5000) => {
@@ -82,7 +83,50 @@ describe('admin listener', () => {
     expect(await health.body.text()).toBe('ok\n');
     const ready = await admin('/readyz');
     expect(ready.statusCode).toBe(200);
-    expect(await ready.body.json()).toEqual({ directory: 'ok', upstream: 'ok' });
+    expect(await ready.body.json()).toEqual({ directory: 'ok', upstream: 'ok', lastReload: null });
+  });
+
+  const gauge = (text: string, series: string) => {
+    const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+    return line === undefined ? undefined : Number(line.slice(series.length + 1));
+  };
+  const notAfter = (pem: string) => Math.floor(new Date(new X509Certificate(pem).validTo).getTime() / 1000);
+
+  it('exports both certificates\' expiry (Exchange\'s as the probe saw it) and the probes\' answers', async () => {
+    const text = await (await admin('/metrics')).body.text();
+    expect(gauge(text, 'exgate_certificate_expiry_timestamp_seconds{cert="gateway"}')).toBe(notAfter(h.gatewayCa));
+    const upstream = readFileSync(join(h.dir, 'upstream.crt'), 'utf8');
+    expect(notAfter(upstream)).not.toBe(notAfter(h.gatewayCa));
+    expect(gauge(text, 'exgate_certificate_expiry_timestamp_seconds{cert="upstream"}')).toBe(notAfter(upstream));
+    expect(gauge(text, 'exgate_directory_up')).toBe(1);
+    expect(gauge(text, 'exgate_upstream_up')).toBe(1);
+  });
+
+  it('counts a failed reload, shows it in /readyz (file and key, no secret), clears it on a good one', async () => {
+    const good = readFileSync(h.configFile, 'utf8');
+    const metric = async (name: string) => gauge(await (await admin('/metrics')).body.text(), name);
+    const failures = () => metric('exgate_config_reload_failures_total');
+    const before = await failures();
+    expect(before).toBe(0);
+    try {
+      writeFileSync(h.configFile, `${good}noSuchKey: 1\n`);
+      expect(await h.running.reload()).toBe(false);
+      const ready = await admin('/readyz');
+      expect(ready.statusCode).toBe(200);                       // the old state still serves
+      const body = await ready.body.json() as { lastReload: { time: string; ok: boolean; error: string } };
+      expect(body.lastReload).toMatchObject({ ok: false });
+      expect(body.lastReload.error).toMatch(/gateway\.yaml:\d+: noSuchKey: unknown key/);
+      expect(Date.now() - Date.parse(body.lastReload.time)).toBeLessThan(60_000);
+      expect(JSON.stringify(body)).not.toContain(SERVICE_ACCOUNT.password);
+      expect(await failures()).toBeGreaterThanOrEqual(1);        // the file watch may have reloaded too
+      expect(await metric('exgate_config_last_reload_successful')).toBe(0);
+    } finally {
+      writeFileSync(h.configFile, good);
+    }
+    expect(await h.running.reload()).toBe(true);
+    const after = (await (await admin('/readyz')).body.json()) as { lastReload: unknown };
+    expect(after.lastReload).toMatchObject({ ok: true });
+    expect(await metric('exgate_config_last_reload_successful')).toBe(1);
   });
 
   it('counts requests by service, decision and reason in /metrics, with process metrics', async () => {
@@ -100,6 +144,33 @@ describe('admin listener', () => {
     for (const name of ['exgate_auth_duration_seconds_bucket', 'exgate_open_connections', 'exgate_requests_in_flight', 'exgate_auth_cache_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_seconds']) {
       expect(text, name).toContain(name);
     }
+  });
+});
+
+describe('request ID', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ directory: 'ldap' });
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it('puts a fresh ID in every access record and sends Exchange the same one, never the client\'s', async () => {
+    const alice = { user: 'alice', password: USERS.alice.password };
+    const r = await send(h, '/owa/?marker=rid', { ...alice, headers: { 'X-Request-Id': 'forged-by-client' } });
+    expect(r.status).toBe(200);
+    const record = await h.record((x) => x.path === '/owa/' && x.decision === 'allow');
+    expect(record.requestId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    const seen = h.standin.requests.filter((x) => x.url === '/owa/?marker=rid');
+    expect(seen.map((x) => x.headers['x-request-id'])).toEqual([record.requestId]);
+    await expectNotForwarded(h, () => send(h, '/nowhere', alice));                // refused: logged with an ID too
+    await send(h, '/owa/', { ...alice, headers: { 'X-Request-Id': 'forged-by-client' } });
+    const ids = h.access.map((x) => x.requestId);
+    expect(ids.length).toBeGreaterThanOrEqual(3);
+    expect(ids.every((id) => typeof id === 'string' && id.length === 36)).toBe(true);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(h.standin.requests.some((x) => JSON.stringify(x.headers).includes('forged-by-client'))).toBe(false);
   });
 });
 

@@ -214,6 +214,23 @@ describe('Outlook Anywhere tunnel', () => {
     expect(seen).toMatch(/\r\nX-Forwarded-For: 127\.0\.0\.1\r\n/);
   });
 
+  it('sends the access record\'s X-Request-Id in the tunnelled head, never the client\'s', async () => {
+    const s = await open();
+    void drain(s);
+    s.write(`RPC_OUT_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001&marker=rid HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
+      `Authorization: ${basic(alice.sam, alice.password)}\r\nContent-Length: 76\r\nX-Request-Id: forged\r\n\r\n`);
+    const end = Date.now() + 3000;
+    let seen: string | undefined;
+    while (!(seen = rpc.seen.find((x) => x.head.includes('marker=rid'))?.head) && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    s.destroy();
+    expect(seen).not.toContain('forged');
+    const id = /\r\nX-Request-Id: ([0-9a-f-]{36})\r\n/.exec(seen ?? '')?.[1];
+    expect(id).toBeDefined();
+    await h.record((x) => x.method === 'RPC_OUT_DATA' && x.requestId === id);
+  });
+
   it('answers 502 when Exchange cannot be reached for an allowed tunnel', async () => {
     const dead = await startHarness({
       directory: 'ldap', policy: POLICY,

@@ -72,6 +72,12 @@ describe('workers', () => {
     const allowed = /exgate_requests_total\{service="owa",decision="allow",reason="allowed"\} (\d+)/.exec(text);
     expect(Number(allowed?.[1])).toBeGreaterThanOrEqual(6);
     expect(text).toMatch(/exgate_lockouts_total\{kind="account"\} 4/);
+    // The primary's probes and the workers' certificate, merged into one exposition.
+    expect(text).toMatch(/\nexgate_directory_up 1\n/);
+    expect(text).toMatch(/\nexgate_upstream_up 1\n/);
+    expect(text).toMatch(/\nexgate_certificate_expiry_timestamp_seconds\{cert="gateway"\} \d{10}\n/);
+    expect(text).toMatch(/\nexgate_certificate_expiry_timestamp_seconds\{cert="upstream"\} \d{10}\n/);
+    expect(text.match(/^# TYPE exgate_requests_total /gm)).toHaveLength(1);
     expect((await request(`http://127.0.0.1:${adminPort}/healthz`)).statusCode).toBe(200);
     const ready = await request(`http://127.0.0.1:${adminPort}/readyz`);
     expect(ready.statusCode).toBe(200);

@@ -23,7 +23,8 @@ afterAll(() => rmSync(DIR, { recursive: true, force: true }));
 /** A complete access record as the gateway writes it (pino adds `level`). */
 function rec(time: string, fields: Partial<AccessRecord>): string {
   const r: AccessRecord & { level: string } = {
-    level: 'info', time, client: '198.51.100.1', sni: 'outlook-ext.lab.test', host: 'outlook-ext.lab.test',
+    level: 'info', time, requestId: '00000000-0000-4000-8000-000000000000',
+    client: '198.51.100.1', sni: 'outlook-ext.lab.test', host: 'outlook-ext.lab.test',
     method: 'POST', path: '/mapi/emsmdb/', service: 'mapi', user: 'LAB\\alice', decision: 'allow', reason: 'allowed',
     rule: 'outlook', status: 200, durationMs: 4, cache: 'hit', upstreamMs: 3, bytesIn: 100, bytesOut: 200,
     userAgent: 'Microsoft Office/16.0', operation: 'Execute', detail: null, ...fields,
