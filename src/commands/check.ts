@@ -8,9 +8,10 @@
  */
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { appendProblem } from '../access-file.js';
 import { loadConfig, type Config } from '../config/load.js';
 import { readYaml } from '../config/yaml.js';
-import { ConfigError, DirectoryUnavailableError, formatProblem, type ConfigProblem } from '../errors.js';
+import { ConfigError, DirectoryUnavailableError, formatProblem, ServiceAccountRefusedError, type ConfigProblem } from '../errors.js';
 import { loadPolicy } from '../policy/compile.js';
 import { readPolicy } from '../policy/structure.js';
 import { logonDomain, openDirectory } from '../state.js';
@@ -35,7 +36,9 @@ export async function findProblems(file: string): Promise<ConfigProblem[]> {
     if (!(err instanceof ConfigError)) throw err;
     return [...err.problems, ...policyBesideBrokenConfig(file, err.problems)];
   }
-  return [...certificateProblems(config), ...await policyAgainstDirectory(config)];
+  const log = config.log.access === 'stdout' ? null : appendProblem(config.log.access);
+  const logProblems = log === null ? [] : [{ file: config.file, key: 'log.access', message: `cannot open ${config.log.access}: ${log}` }];
+  return [...certificateProblems(config), ...logProblems, ...await policyAgainstDirectory(config)];
 }
 
 function certificateProblems(config: Config): ConfigProblem[] {
@@ -70,7 +73,9 @@ async function policyAgainstDirectory(config: Config): Promise<ConfigProblem[]> 
     try {
       await directory.ping();
     } catch (err) {
-      return [...asProblems(err, where), ...policyWithoutDirectory(config.policyFile, 'the directory is unreachable')];
+      const answered = err instanceof DirectoryUnavailableError && err.answered;
+      const why = answered ? 'the directory answered but cannot be used' : 'the directory is unreachable';
+      return [...asProblems(err, where), ...policyWithoutDirectory(config.policyFile, why)];
     }
     await loadPolicy(config.policyFile, directory, logonDomain(config));
     return [];
@@ -117,6 +122,7 @@ function policyWithoutDirectory(policyFile: string, why: string): ConfigProblem[
 
 function asProblems(err: unknown, where: Omit<ConfigProblem, 'message'>): ConfigProblem[] {
   if (err instanceof ConfigError) return [...err.problems];
+  if (err instanceof ServiceAccountRefusedError) return [{ file: where.file, key: err.key, message: err.message }];
   if (err instanceof DirectoryUnavailableError) return [{ ...where, message: err.message }];
   throw err;
 }
