@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import { pathOf, hostName } from './classify.js';
+import { AccessFile, type AccessFileEvents } from './access-file.js';
 import type { Reason } from './errors.js';
 import type { Service } from './services.js';
 
@@ -103,24 +104,33 @@ export const REDACT_PATHS = [
 
 const FORMATTERS = { level: (label: string) => ({ level: label }) };
 
+/** The access logger and what its destination does besides taking records. */
+export interface AccessLog {
+  readonly log: Logger;
+  /** Opens the file again under its name: after logrotate moved it (SIGHUP does this). */
+  reopen(): void;
+  /** Waits until every record so far is written, then closes the file. */
+  close(): Promise<void>;
+}
+
 /**
- * The access logger: JSON lines to stdout or a file; records carry their own `time`.
- * `reopen()` opens the file again under its name: after logrotate moved it (SIGHUP does this).
+ * The access logger: JSON lines to stdout or a file; records carry their own `time`. Throws the
+ * system error when the file cannot be opened; a write that fails later goes to `events`, and
+ * the records to stderr (access-file.ts).
  */
-export function accessLogger(target: string, stream?: DestinationStream): { log: Logger; flush(): void; reopen(): void } {
-  const dest = stream ?? pino.destination({ dest: target === 'stdout' ? 1 : target, mkdir: true, sync: false });
+export function accessLogger(target: string, stream?: DestinationStream, events: AccessFileEvents = {}): AccessLog {
+  const file = stream ? null : new AccessFile(target === 'stdout' ? null : target, events);
   // No redaction here: a record has a fixed shape with no header, cookie or password in it
   // (newAccessRecord), and wildcard redaction cost ~9 % of a request's CPU (bench profile).
-  const log = pino({ base: null, timestamp: false, messageKey: 'msg', formatters: FORMATTERS }, dest);
-  const reopen = () => {
-    if (target === 'stdout') return;
-    try {
-      (dest as DestinationStream & { reopen?: () => void }).reopen?.();
-    } catch {
-      // keep writing where we were: a failed reopen must not stop the log
-    }
+  const log = pino({ base: null, timestamp: false, messageKey: 'msg', formatters: FORMATTERS }, file ?? stream);
+  return {
+    log,
+    reopen: () => file?.reopen(),
+    close: async () => {
+      if (file) await file.close();
+      else if (stream) flush(stream);
+    },
   };
-  return { log, flush: () => flush(dest), reopen };
 }
 
 /** The operational log: startup, reloads, faults. JSON lines to stderr. */

@@ -16,6 +16,9 @@ export class Metrics {
   readonly cache = new Counter({ name: 'exgate_auth_cache_total', help: 'Authentications by where the answer came from (hit, miss, stale).', labelNames: ['result'], registers: [this.registry] });
   readonly lockouts = new Counter({ name: 'exgate_lockouts_total', help: 'Requests refused by the gateway\'s smart lockout (account: 401, source: 429).', labelNames: ['kind'], registers: [this.registry] });
   readonly directoryErrors = new Counter({ name: 'exgate_directory_errors_total', help: 'Requests answered 503 because the directory was unavailable.', registers: [this.registry] });
+  readonly accessLogWriteErrors = new Counter({
+    name: 'exgate_access_log_write_errors_total', help: 'Failed writes to the access log (the records went to stderr).', registers: [this.registry],
+  });
   readonly openConnections = new Gauge({ name: 'exgate_open_connections', help: 'Client TLS connections open now.', registers: [this.registry] });
   readonly inFlight = new Gauge({ name: 'exgate_requests_in_flight', help: 'Forwarded requests waiting for or streaming Exchange\'s answer (long-polls included).', labelNames: ['service'], registers: [this.registry] });
   /** By status code, whoever answered (the gateway or Exchange): the 5xx alert's ratio. */

@@ -9,6 +9,7 @@ import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'no
 import { userInfo } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { appendProblem } from '../access-file.js';
 import type { Config } from '../config/load.js';
 import { readYaml } from '../config/yaml.js';
 import type { ConfigProblem } from '../errors.js';
@@ -54,16 +55,8 @@ export function filesOf(config: Config): FileNeed[] {
 /** The log as this process sees it: log.access, when a file, can be appended to (or created). */
 export function logProblems(config: Config, at: Locate): ConfigProblem[] {
   if (config.log.access === 'stdout') return [];
-  const file = config.log.access;
-  const target = existsSync(file) ? file : existingFolder(file);
-  try {
-    accessSync(target, constants.W_OK | (target === file ? 0 : constants.X_OK));
-    return [];
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = target === file ? `cannot write ${file}: ${code}` : `cannot create ${file}: ${code} on ${target}`;
-    return [at(['log', 'access'], why)];
-  }
+  const why = appendProblem(config.log.access);            // what serve's start-up refuses too
+  return why === null ? [] : [at(['log', 'access'], `cannot open ${config.log.access}: ${why}`)];
 }
 
 /**

@@ -9,7 +9,7 @@ import { dirname, resolve } from 'node:path';
 import { loadConfig, type Config } from '../config/load.js';
 import { keyPath, readYaml } from '../config/yaml.js';
 import type { Directory } from '../directory/directory.js';
-import { ConfigError, DirectoryUnavailableError, formatProblem, type ConfigProblem } from '../errors.js';
+import { ConfigError, DirectoryUnavailableError, formatProblem, ServiceAccountRefusedError, type ConfigProblem } from '../errors.js';
 import { loadPolicy } from '../policy/compile.js';
 import { readPolicy } from '../policy/structure.js';
 import { logonDomain, openDirectory } from '../state.js';
@@ -150,7 +150,8 @@ async function directoryAndPolicy(config: Config, areas: Areas, at: Locate, opts
     try {
       await directory.ping();
     } catch (err) {
-      return without('the directory is unreachable', asProblems(err, where));
+      const answered = err instanceof DirectoryUnavailableError && err.answered;
+      return without(answered ? 'the directory answered but cannot be used' : 'the directory is unreachable', asProblems(err, where));
     }
     const domain = config.directory.type === 'ldap'
       ? await domainProblems(config.directory, at)
@@ -224,6 +225,7 @@ function policyWithoutDirectory(policyFile: string): PolicyAlone {
 
 function asProblems(err: unknown, where: Omit<ConfigProblem, 'message'>): ConfigProblem[] {
   if (err instanceof ConfigError) return [...err.problems];
+  if (err instanceof ServiceAccountRefusedError) return [{ file: where.file, key: err.key, message: err.message }];
   if (err instanceof DirectoryUnavailableError) return [{ ...where, message: err.message }];
   throw err;
 }

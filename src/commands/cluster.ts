@@ -36,6 +36,8 @@ const METRICS_TIMEOUT_MS = 5000;
 const REPLAY_MAX = 100_000;
 /** A worker waits this long, beyond the lockout's own wait, for the primary's reservation before deciding alone. */
 const RESERVE_TIMEOUT_MS = 2000;
+/** A worker's exit code for a configuration error (sysexits EX_CONFIG): never restarted. */
+const EX_CONFIG = 78;
 /** Worker restarts back off from 1 s to 30 s; a worker that lived a minute resets the backoff. */
 const RESTART_MIN_MS = 1000;
 const RESTART_MAX_MS = 30_000;
@@ -48,7 +50,7 @@ export async function runPrimary(config: Config): Promise<number> {
   let stopping = false;
   let delay = RESTART_MIN_MS;
   let failedStarts = 0;
-  let giveUp: (() => void) | null = null;
+  let giveUp: ((code?: number) => void) | null = null;
   /** Workers listening now: /readyz says not ready without one. */
   const serving = new Set<number>();
   const fork = () => {
@@ -96,6 +98,11 @@ export async function runPrimary(config: Config): Promise<number> {
   });
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
+    if (code === EX_CONFIG) {                             // a refused service account: a restart would bind again
+      log.fatal({ pid: worker.process.pid, code }, 'a worker stopped on a configuration error; not restarting');
+      giveUp?.(EX_CONFIG);
+      return;
+    }
     if (failedStarts >= MAX_FAILED_STARTS) {
       log.fatal({ failedStarts }, 'workers keep failing to start; giving up');
       giveUp?.();
@@ -112,12 +119,12 @@ export async function runPrimary(config: Config): Promise<number> {
   const stopSync = scheduleMailboxFlags(config.file, config.mailboxFlags?.intervalMinutes ?? 0, log);
   process.on('SIGHUP', () => { for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP'); });
   const code = await new Promise<number>((resolve) => {
-    giveUp = () => {
+    giveUp = (exit = 1) => {
       stopping = true;
       stopSync();
       admin?.close();
       for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
-      resolve(1);
+      resolve(exit);
     };
     const stop = (signal: string) => {
       if (stopping) return;

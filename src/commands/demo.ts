@@ -7,9 +7,9 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config/load.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, fatalText, systemErrorText } from '../errors.js';
 import { startExchangeStandin } from '../standin/exchange.js';
-import { startGateway } from './serve.js';
+import { startGateway, type RunningGateway } from './serve.js';
 
 /** The demo's config, shipped in the package. */
 export const DEMO_CONFIG = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'config', 'demo.yaml');
@@ -20,13 +20,28 @@ export async function demo(configFile = DEMO_CONFIG): Promise<number> {
     upstreamUrl = loadConfig(configFile).upstream.url;
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`${err.message}\n`);
+      process.stderr.write(fatalText(err));
       return 1;
     }
     throw err;
   }
-  const standin = await startExchangeStandin({ host: upstreamUrl.hostname, port: Number(upstreamUrl.port) });
-  const running = await startGateway(configFile);
+  let standin: Awaited<ReturnType<typeof startExchangeStandin>>;
+  try {
+    standin = await startExchangeStandin({ host: upstreamUrl.hostname, port: Number(upstreamUrl.port) });
+  } catch (err) {
+    const why = systemErrorText(err);
+    process.stderr.write(`exgate: ${configFile}: upstream.url: cannot start the Exchange stand-in on ${upstreamUrl.host}: ${why}\n`);
+    return 1;
+  }
+  let running: RunningGateway;
+  try {
+    running = await startGateway(configFile);
+  } catch (err) {
+    // The stand-in would keep the process alive (issue 10: the demo hung on an unwritable cert path).
+    await standin.close();
+    process.stderr.write(fatalText(err));
+    return 1;
+  }
   const { port } = running.address;
   process.stderr.write(banner(port, standin.url));
   await new Promise<void>((resolve) => {

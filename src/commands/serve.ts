@@ -6,9 +6,9 @@
 import cluster from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import type { DestinationStream, Logger } from 'pino';
-import { accessLogger, appLogger, clip } from '../access-log.js';
+import { accessLogger, appLogger, clip, type AccessLog } from '../access-log.js';
 import { loadConfig, type Config } from '../config/load.js';
-import { ConfigError, DirectoryUnavailableError } from '../errors.js';
+import { ConfigError, DirectoryUnavailableError, fatalText, ServiceAccountRefusedError, systemErrorText } from '../errors.js';
 import { startAdmin, type LastReload } from '../admin.js';
 import { joinCluster, runPrimary } from './cluster.js';
 import { scheduleMailboxFlags } from './mailbox-flags.js';
@@ -16,7 +16,7 @@ import { Gateway } from '../gateway.js';
 import { Metrics } from '../metrics.js';
 import { watchFiles } from '../watch.js';
 import type { Directory } from '../directory/directory.js';
-import { buildState } from '../state.js';
+import { buildState, type State } from '../state.js';
 import { holdWith503, type Holding } from '../holding.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from '../tls.js';
 
@@ -51,36 +51,57 @@ export interface RunningGateway {
   close(graceMs?: number): Promise<void>;
 }
 
-/** Loads a config file, builds the state and starts listening. Throws ConfigError or DirectoryUnavailableError. */
+/**
+ * Loads a config file, builds the state and starts listening. Throws ConfigError (naming the key:
+ * a port that cannot be bound, an access log that cannot be opened, a refused service account)
+ * or DirectoryUnavailableError; a start that fails leaves nothing open.
+ */
 export async function startGateway(file: string, opts: StartOptions = {}): Promise<RunningGateway> {
   const config = loadConfig(file);
   const log = appLogger(config.log.level, opts.appStream);
-  if (await ensureSelfSigned(config)) log.warn({ cert: config.tls.cert }, 'generated a self-signed certificate (lab use only)');
+  if (await selfSigned(config)) log.warn({ cert: config.tls.cert }, 'generated a self-signed certificate (lab use only)');
   const material = loadTlsMaterial(config);
   warnAboutCertificate(material, config, log);
-  const state = await buildState(config, log);
-  // Opened only once everything else loaded: a startup retried while the DC is down leaks nothing.
-  const access = accessLogger(config.log.access, opts.accessStream);
   const metrics = opts.metrics ?? new Metrics();
-  const gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
-  await opts.beforeListen?.();
-  const inherited = systemdSocket();
-  const address = inherited === null
-    ? await gateway.listen(opts.port ?? config.listen.port, opts.host ?? config.listen.host)
-    : await gateway.listenOn(inherited);
-  log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
+  const access = openAccessLog(config, log, metrics, opts.accessStream);
+  const opened: { state?: State; gateway?: Gateway } = {};
   let served = material;                            // the certificate the listener serves now
   let lastReload: LastReload | null = null;
-  metrics.certificates = { gateway: () => served.notAfter, upstream: () => gateway.state.upstream.peerNotAfter };
-  const admin = config.admin && opts.adminPort !== false
-    ? await startAdmin(config.admin.host, opts.adminPort ?? config.admin.port, {
-      directory: () => gateway.state.directory.ping(),
-      upstream: () => gateway.state.upstream.probe(),
-      metrics: async () => ({ body: await metrics.registry.metrics(), contentType: metrics.registry.contentType }),
-      probed: (check, ok) => metrics.probed(check, ok),
-      lastReload: () => lastReload,
-    })
-    : null;
+  let address: AddressInfo;
+  let admin: Admin | null;
+  try {
+    const state = opened.state = await buildState(config, log);
+    const gw = opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
+    await opts.beforeListen?.();
+    const inherited = systemdSocket();
+    const port = opts.port ?? config.listen.port;
+    const host = opts.host ?? config.listen.host;
+    const listen = () => (inherited === null ? gw.listen(port, host) : gw.listenOn(inherited));
+    address = await bound(config, 'listen', host, port, listen);
+    log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
+    metrics.certificates = { gateway: () => served.notAfter, upstream: () => gw.state.upstream.peerNotAfter };
+    const adminAt = config.admin && opts.adminPort !== false
+      ? { host: config.admin.host, port: opts.adminPort ?? config.admin.port } : null;
+    admin = adminAt
+      ? await bound(config, 'admin', adminAt.host, adminAt.port, () => startAdmin(adminAt.host, adminAt.port, {
+        directory: () => gw.state.directory.ping(),
+        upstream: () => gw.state.upstream.probe(),
+        metrics: async () => ({ body: await metrics.registry.metrics(), contentType: metrics.registry.contentType }),
+        probed: (check, ok) => metrics.probed(check, ok),
+        lastReload: () => lastReload,
+      }))
+      : null;
+  } catch (err) {
+    // Whatever was opened is closed: an LDAP connection left open kept a process that could
+    // not listen alive, deaf to SIGTERM (issue 10).
+    if (opened.gateway) await opened.gateway.close();
+    else await opened.state?.directory.close();
+    await access.close();
+    throw err instanceof ServiceAccountRefusedError
+      ? new ConfigError([{ file: config.file, key: err.key, message: err.message }], { cause: err })
+      : err;
+  }
+  const gateway = opened.gateway;
   if (admin) log.info({ address: admin.address.address, port: admin.address.port }, 'admin listener');
 
   const reload = async (): Promise<boolean> => {
@@ -122,7 +143,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     admin?.server.close();
     await gateway.close(graceMs);
     await Promise.all([...retired].map((d) => d.close()));
-    access.flush();
+    await access.close();
   };
   return { gateway, address, admin: admin?.address ?? null, metrics, log, reload, close };
 }
@@ -145,6 +166,57 @@ function systemdSocket(): number | null {
   return !cluster.isWorker && systemdSocketPassed() ? 3 : null;
 }
 
+type Admin = Awaited<ReturnType<typeof startAdmin>>;
+
+/** Listens, or says in one line why not, naming the key (`listen.port`, `admin.port`). */
+async function bound<T>(
+  config: Config, section: 'listen' | 'admin', host: string, port: number, listen: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await listen();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const key = code === 'EADDRNOTAVAIL' ? `${section}.host` : `${section}.port`;
+    const hint = code === 'EACCES' && port < 1024
+      ? '; ports below 1024 need root or CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit)' : '';
+    const message = `cannot listen on ${host}:${port}: ${systemErrorText(err)}${hint}`;
+    throw new ConfigError([{ file: config.file, key, message }]);
+  }
+}
+
+/** ensureSelfSigned, with a certificate that cannot be written named by its key. */
+async function selfSigned(config: Config): Promise<boolean> {
+  try {
+    return await ensureSelfSigned(config);
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    const path = (err as NodeJS.ErrnoException).path ?? config.tls.cert;
+    const key = path === config.tls.key ? 'tls.key' : 'tls.cert';
+    const message = `cannot write the self-signed certificate ${path}: ${systemErrorText(err)}`;
+    throw new ConfigError([{ file: config.file, key, message }]);
+  }
+}
+
+/**
+ * The access log, opened now so that a path that cannot be written stops the start with its key.
+ * A write that fails later is logged and counted, and never stops the gateway (access-file.ts).
+ */
+function openAccessLog(config: Config, log: Logger, metrics: Metrics, stream?: DestinationStream): AccessLog {
+  const target = config.log.access;
+  try {
+    return accessLogger(target, stream, {
+      onWriteError: (err) => {
+        metrics.accessLogWriteErrors.inc();
+        const why = systemErrorText(err);
+        log.error({ file: target, err }, `cannot write the access log (${why}); access records go to stderr until it works again`);
+      },
+      onRecovered: () => log.info({ file: target }, 'the access log is written again'),
+    });
+  } catch (err) {
+    throw new ConfigError([{ file: config.file, key: 'log.access', message: `cannot open ${target}: ${systemErrorText(err)}` }]);
+  }
+}
+
 /** Every file a state is built from. */
 function sourceFiles(config: Config): string[] {
   return [config.file, ...config.watched];
@@ -159,6 +231,11 @@ function warnAboutCertificate(material: TlsMaterial, config: Config, log: Logger
 }
 
 const RETRY_MS = 5000;
+/**
+ * The exit code when the DC refused the service account: EX_CONFIG (sysexits.h), which the unit
+ * lists in RestartPreventExitStatus=, since every restart would bind again and count toward AD's lockout.
+ */
+export const EXIT_SERVICE_ACCOUNT_REFUSED = 78;
 
 /**
  * Runs the gateway until a stop signal: as one process, or, with `workers` above 1, as the
@@ -171,7 +248,7 @@ export async function serve(file: string): Promise<number> {
     config = loadConfig(file);
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`${err.message}\n`);
+      process.stderr.write(fatalText(err));
       return 1;
     }
     throw err;
@@ -188,10 +265,11 @@ export async function serve(file: string): Promise<number> {
   let reload = (): void => {};
   let stop: ((signal: string) => void) | null = null;
   let stopAsked: string | null = null;
-  process.on('SIGHUP', () => reload());
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(signal, () => { if (stop) stop(signal); else stopAsked ??= signal; });
-  }
+  const onHup = () => reload();
+  const onStop = (signal: string) => { if (stop) stop(signal); else stopAsked ??= signal; };
+  process.on('SIGHUP', onHup);
+  process.on('SIGTERM', onStop);
+  process.on('SIGINT', onStop);
 
   let running: RunningGateway | undefined;
   // While the directory is down at startup the port answers 503 (holding.ts), not "refused".
@@ -206,16 +284,21 @@ export async function serve(file: string): Promise<number> {
       running = await startGateway(file, { ...(cluster.isWorker ? { adminPort: false } : {}), beforeListen: release });
       break;
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      if (!(err instanceof DirectoryUnavailableError) || stopAsked) {
+      // Only a DC that did not answer is waited for: a refused service account, a port in use or
+      // a log that cannot be opened will not fix itself (issue 10: retrying locked the account).
+      if (!(err instanceof DirectoryUnavailableError) || err instanceof ServiceAccountRefusedError || stopAsked) {
         await release();
-        process.stderr.write(`${message}\n`);
+        process.stderr.write(fatalText(err));
+        const refused = err instanceof ConfigError && err.cause instanceof ServiceAccountRefusedError;
+        const code = refused ? EXIT_SERVICE_ACCOUNT_REFUSED : 1;
         // A worker that cannot start must end (its IPC channel would keep it alive): the
         // primary sees it and starts another, with backoff.
-        if (cluster.isWorker) process.exit(1);
-        return 1;
+        if (cluster.isWorker) process.exit(code);
+        process.off('SIGHUP', onHup).off('SIGTERM', onStop).off('SIGINT', onStop);
+        setTimeout(() => process.exit(code), 1000).unref();   // nothing may keep a failed start alive
+        return code;
       }
-      process.stderr.write(`exgate: ${message}; retrying in ${RETRY_MS / 1000} s\n`);
+      process.stderr.write(`exgate: ${err.message}; retrying in ${RETRY_MS / 1000} s\n`);
       if (holding === null && systemdSocket() === null) holding = await holdPort(config);
       await new Promise((r) => setTimeout(r, RETRY_MS));
     }
@@ -250,7 +333,7 @@ async function holdPort(config: Config): Promise<Holding | null> {
     const access = accessLogger(config.log.access);
     const holding = await holdWith503(config, loadTlsMaterial(config), access.log, config.listen);
     process.stderr.write(`exgate: answering 503 on ${config.listen.host}:${config.listen.port} until the directory answers\n`);
-    return { close: async () => { await holding.close(); access.flush(); } };
+    return { close: async () => { await holding.close(); await access.close(); } };
   } catch (err) {
     process.stderr.write(`exgate: cannot answer on ${config.listen.host}:${config.listen.port} meanwhile: ${err instanceof Error ? err.message : String(err)}\n`);
     return null;

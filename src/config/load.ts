@@ -19,6 +19,8 @@ export interface LdapSettings {
   readonly startTls: boolean;
   readonly bindDn: string;
   readonly bindPassword: Secret;
+  /** The key the password came from, named when the DC refuses it. */
+  readonly bindPasswordKey?: 'bindPasswordEnv' | 'bindPasswordFile';
   readonly baseDn: string;
   readonly netbiosDomain: string;
   readonly upnSuffixes: readonly string[];
@@ -228,6 +230,7 @@ function resolveDirectory(
   return {
     type: 'ldap', urls, ca: readPem(raw.ca, ['directory', 'ca']), startTls: raw.startTls,
     bindDn: raw.bindDn, bindPassword: new Secret(password), baseDn: raw.baseDn,
+    bindPasswordKey: raw.bindPasswordEnv === undefined ? 'bindPasswordFile' : 'bindPasswordEnv',
     netbiosDomain: raw.netbiosDomain, upnSuffixes: raw.upnSuffixes,
     connectTimeoutMs: raw.connectTimeoutMs, timeoutMs: raw.timeoutMs,
     maxConcurrentBinds: raw.maxConcurrentBinds, maxQueuedBinds: raw.maxQueuedBinds, dcRetrySeconds: raw.dcRetrySeconds,

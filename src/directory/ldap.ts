@@ -12,14 +12,14 @@
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import {
-  Client, escapeFilter, InvalidCredentialsError, InvalidDNSyntaxError, NoSuchObjectError, ResultCodeError,
-  SizeLimitExceededError,
+  Client, ConfidentialityRequiredError, escapeFilter, InappropriateAuthError, InvalidCredentialsError, InvalidDNSyntaxError,
+  NoSuchObjectError, ResultCodeError, SizeLimitExceededError, StrongAuthRequiredError,
   type Entry,
 } from 'ldapts';
 import type { LdapSettings } from '../config/load.js';
 import { DcBreaker, Limiter } from './limits.js';
 import type { Logon } from '../credentials.js';
-import { DirectoryUnavailableError } from '../errors.js';
+import { DirectoryUnavailableError, ServiceAccountRefusedError, systemErrorText } from '../errors.js';
 import { dnKey, looksLikeDn, type Account, type AccountStatus, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
 
 /** LDAP_MATCHING_RULE_IN_CHAIN: walks nested group membership on the DC. */
@@ -83,6 +83,8 @@ export class LdapDirectory implements Directory {
   readonly #breaker: DcBreaker;
   #exchangeSchema: Promise<boolean> | null = null;
   readonly #binds: Limiter;
+  /** The service account's refusal, once seen: kept until a reload builds a new directory. */
+  #refused: ServiceAccountRefusedError | null = null;
 
   constructor(private readonly settings: LdapSettings, private readonly log: DirectoryLog) {
     this.#url = settings.urls[0] as string;
@@ -243,6 +245,7 @@ export class LdapDirectory implements Directory {
 
   /** The bound service-account connection, made on first use and after any fault. */
   private service(): Promise<Client> {
+    if (this.#refused) return Promise.reject(this.#refused);
     this.#service ??= this.bindService().catch((err: unknown) => {
       this.#service = null;
       throw err;
@@ -263,6 +266,13 @@ export class LdapDirectory implements Directory {
       } catch (err) {
         lastError = err;
         client?.unbind().catch(() => {});
+        // The DC refused the account itself: no other DC and no retry (each would count toward AD's lockout).
+        const refused = serviceAccountRefusal(err, this.settings);
+        if (refused) {
+          this.#refused = refused;
+          this.log.warn({ url, err: refused.message }, 'directory: service account refused; not retried until a reload');
+          throw refused;
+        }
         if (!(err instanceof ResultCodeError)) this.#breaker.trip(url);
         this.log.warn({ url, err: describe(err) }, 'directory: service account cannot bind');
       }
@@ -312,7 +322,8 @@ export class LdapDirectory implements Directory {
   }
 
   private unavailable(what: string, err: unknown): DirectoryUnavailableError {
-    return err instanceof DirectoryUnavailableError ? err : new DirectoryUnavailableError(`directory ${what} failed: ${describe(err)}`);
+    if (err instanceof DirectoryUnavailableError) return err;
+    return new DirectoryUnavailableError(`directory ${what} failed: ${describe(err)}`, { answered: answered(err) });
   }
 }
 
@@ -328,12 +339,70 @@ function exactName(name: string): boolean {
   return name.length > 0 && name === name.trim() && !/[\x00-\x1f\x7f]/.test(name);
 }
 
-/** An error's message without anything a bind could have put in it beyond the server's text. */
+/** Certificate verification failures that mean the DC's CA is not trusted (`directory.ca` missing or wrong). */
+const UNTRUSTED = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_UNTRUSTED', 'CERT_SIGNATURE_FAILURE',
+]);
+const CERT_WORDS: Readonly<Record<string, string>> = {
+  CERT_HAS_EXPIRED: 'the DC\'s certificate has expired',
+  CERT_NOT_YET_VALID: 'the DC\'s certificate is not valid yet (check the clocks)',
+  ERR_TLS_CERT_ALTNAME_INVALID: 'the DC\'s certificate does not name the host in directory.url',
+};
+
+/** An error in words, without anything a bind could have put in it beyond the server's text. */
 function describe(err: unknown): string {
-  if (err instanceof ResultCodeError) return `${err.name} (${err.code}): ${err.message}`;
-  if (err instanceof Error) return `${(err as NodeJS.ErrnoException).code ?? err.name}: ${err.message}`;
-  return String(err);
+  if (err instanceof ResultCodeError) return `the DC answered ${err.name} (LDAP result ${err.code}): ${err.message}`;
+  if (!(err instanceof Error)) return String(err);
+  const code = (err as NodeJS.ErrnoException).code ?? '';
+  if (UNTRUSTED.has(code)) return `the DC's certificate is not trusted (${code}): set directory.ca to the CA that issued it`;
+  if (CERT_WORDS[code]) return `${CERT_WORDS[code]} (${code})`;
+  if (/^Connection timeout/.test(err.message)) return `no answer within directory.connectTimeoutMs (${err.message})`;
+  const words = systemErrorText(err);
+  return words === err.message ? `${code || err.name}: ${err.message}` : `${words}: ${err.message}`;
 }
+
+/** Whether a DC answered (an LDAP result, a certificate refused): the fault is not reachability. */
+function answered(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return err instanceof ResultCodeError || (typeof code === 'string' && (UNTRUSTED.has(code) || code in CERT_WORDS));
+}
+
+/** AD's sub-codes for a refused bind, in words, and whether the fix is the password or the account. */
+const BAD_PASSWORD = ['invalid credentials: the password is wrong, or bindDn names no account', 'password'] as const;
+const SERVICE_SUB_CODES: Readonly<Record<string, readonly [string, 'password' | 'account']>> = {
+  '52e': BAD_PASSWORD,
+  '525': ['no such user: bindDn names no account', 'account'],
+  '530': ['the account may not log on at this time (logon hours)', 'account'],
+  '531': ['the account may not log on from this computer (userWorkstations)', 'account'],
+  '532': ['the password has expired: set a new one in AD and in the config', 'password'],
+  '533': ['the account is disabled', 'account'],
+  '701': ['the account has expired (accountExpires)', 'account'],
+  '773': ['the password must be changed: set a new one in AD and in the config', 'password'],
+  '775': ['the account is locked out: unlock it in AD (after fixing the password, if that was the cause)', 'account'],
+};
+/**
+ * AD's answers to the service account's bind that a retry cannot fix, in words and with the key
+ * to fix (the sub-codes as in SUB_CODES). null for anything else (a DC down or busy is retried).
+ */
+function serviceAccountRefusal(err: unknown, s: LdapSettings): ServiceAccountRefusedError | null {
+  const pw = `directory.${s.bindPasswordKey ?? 'bindPasswordFile'}`;
+  const account = `the domain controller refused the service account (directory.bindDn ${s.bindDn})`;
+  if (err instanceof StrongAuthRequiredError || err instanceof ConfidentialityRequiredError) {
+    const words = 'the DC requires a signed or encrypted connection for binds; use ldaps:// or startTls: true';
+    return new ServiceAccountRefusedError(`${account}: ${words}`, 'directory.url');
+  }
+  if (err instanceof InappropriateAuthError) {
+    return new ServiceAccountRefusedError(`${account}: a simple bind is not allowed for it`, 'directory.bindDn');
+  }
+  if (!(err instanceof InvalidCredentialsError)) return null;
+  const code = SUB_CODE.exec(err.message)?.[1]?.toLowerCase() ?? '';
+  const [words, fix] = SERVICE_SUB_CODES[code] ?? BAD_PASSWORD;
+  const sub = code ? ` (AD data ${code})` : '';
+  const message = `${account}: ${words}${sub}; not retried, so that AD does not lock it out`;
+  return new ServiceAccountRefusedError(message, fix === 'password' ? pw : 'directory.bindDn');
+}
+
 
 function text(e: Entry, name: string): string | null {
   const key = Object.keys(e).find((k) => k.toLowerCase() === name.toLowerCase());

@@ -249,8 +249,8 @@ describe('invalid configs of issue 10: named, never a TypeError', () => {
     .replace('policyFile: demo-policy.yaml', `policyFile: ${join(ROOT, 'config', 'demo-policy.yaml')}`)
     .replaceAll('../certs/', `${dir}/`);
   /** `<file>:<line>: <key>: <message>` lines. */
-  const located = (out: string, file: string) => out.split('\n').filter((l) => l.startsWith(`${file}:`))
-    .map((l) => l.slice(file.length).replace(/^:\d+: /, ''));
+  const located = (out: string, file: string) => out.split('\n').map((l) => l.replace(/^exgate: /, ''))
+    .filter((l) => l.startsWith(`${file}:`)).map((l) => l.slice(file.length).replace(/^:\d+: /, ''));
 
   it.each([
     ['listen.proxyProtocol and state beside admin',
