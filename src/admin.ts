@@ -8,6 +8,7 @@
  *   GET /metrics  Prometheus text format (prom-client; the primary aggregates workers), after
  *                 running the probes, so `exgate_directory_up` and `exgate_upstream_up` are fresh
  */
+import { reply } from './respond.js';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -34,27 +35,28 @@ export interface LastReload {
 }
 
 const CHECK_TIMEOUT_MS = 5000;
+const TEXT = { 'content-type': 'text/plain' };
 
 /** Starts the admin listener. */
 export async function startAdmin(host: string, port: number, checks: AdminChecks): Promise<{ server: Server; address: AddressInfo }> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '').split('?')[0];
-    if (req.method !== 'GET' && req.method !== 'HEAD') return void res.writeHead(405).end();
-    if (path === '/healthz') return void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    if (req.method !== 'GET' && req.method !== 'HEAD') return reply(res, 405, {}, '');
+    if (path === '/healthz') return reply(res, 200, TEXT, 'ok\n');
     if (path === '/readyz') {
       void ready(checks).then(({ ok, body }) => {
-        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
+        reply(res, ok ? 200 : 503, { 'content-type': 'application/json' }, JSON.stringify(body) + '\n');
       });
       return;
     }
     if (path === '/metrics') {
       ready(checks).then(() => checks.metrics()).then(
-        ({ body, contentType }) => res.writeHead(200, { 'content-type': contentType }).end(body),
-        (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics unavailable: ${err instanceof Error ? err.message : String(err)}\n`),
+        ({ body, contentType }) => reply(res, 200, { 'content-type': contentType }, body),
+        (err: unknown) => reply(res, 500, TEXT, `metrics unavailable: ${err instanceof Error ? err.message : String(err)}\n`),
       );
       return;
     }
-    res.writeHead(404, { 'content-type': 'text/plain' }).end('GET /healthz, /readyz or /metrics\n');
+    reply(res, 404, TEXT, 'GET /healthz, /readyz or /metrics\n');
   });
   server.requestTimeout = 10_000;
   server.headersTimeout = 5_000;

@@ -16,7 +16,7 @@
  * entries, logged `cache: stale`.
  */
 import type { Principal } from './authorize.js';
-import { parseBasic, parseLogon, type Logon, type LogonDomain } from './credentials.js';
+import { parseLogon, type Logon, type LogonDomain } from './credentials.js';
 import { DecisionCache, type CacheSettings, type Standing } from './decision-cache.js';
 import { dnKey, type Account, type Directory, type PasswordRefusal } from './directory/directory.js';
 import { DirectoryUnavailableError, type CredentialReason } from './errors.js';
@@ -41,30 +41,31 @@ export type AuthOutcome =
     readonly status?: number;
   };
 
-/** One authentication question. */
+/** One authentication question, whatever front-end (Basic, NTLM, a form) asks it. */
 export interface AuthRequest {
-  readonly header: string | undefined;
   /** The client's address (lockout keeps familiar and unfamiliar sources apart). */
   readonly source: string;
   /** The groups the current policy names; only these memberships are looked up. */
   readonly groupDns: readonly string[];
   /** The current policy's version: standing cached under another policy is not reused. */
   readonly policyVersion: string;
-  /** The client connection: a header it already proved is not checked again while its cache
-   * entries are fresh (a phone or Outlook repeats the same Basic header on every request). */
+  /** The client connection and what it presented (its Basic header): credentials a connection
+   * already proved are not checked again while their cache entries are fresh (a phone or Outlook
+   * repeats the same Basic header on every request). */
   readonly connection?: object;
+  readonly proof?: string;
 }
 
-/** What a connection proved: its header, the identity, and until when that holds. */
+/** What a connection proved: its credentials (as presented), the identity, and until when that holds. */
 interface Proven {
-  readonly header: string;
+  readonly proof: string;
   readonly identity: Identity;
   readonly until: number;
   readonly policyVersion: string;
 }
 
 /** An NTLM claim: the logon a Type 3 names, and a fingerprint of that attempt. */
-export interface ClaimRequest extends Omit<AuthRequest, 'header'> {
+export interface ClaimRequest extends AuthRequest {
   readonly logon: Logon;
   readonly fingerprint: string;
 }
@@ -118,14 +119,16 @@ export class Authenticator {
     if (carry.lockout) carry.lockout.reconfigure(deps.lockout);
   }
 
-  async authenticate(req: AuthRequest): Promise<AuthOutcome> {
-    const proven = req.connection && this.#proven.get(req.connection);
-    if (proven && proven.header === req.header && proven.policyVersion === req.policyVersion && this.now() < proven.until) {
+  /**
+   * Verifies a logon name (as typed: `LAB\\user`, `user@suffix`, `user`) and its password: the
+   * Basic and forms front-ends both ask this.
+   */
+  async verify(user: string, password: string, req: AuthRequest): Promise<AuthOutcome> {
+    const proven = req.connection && req.proof !== undefined ? this.#proven.get(req.connection) : undefined;
+    if (proven && proven.proof === req.proof && proven.policyVersion === req.policyVersion && this.now() < proven.until) {
       return { ok: true, identity: proven.identity, cache: 'hit' };
     }
-    const credential = parseBasic(req.header);
-    if (credential === null) return fail('no-credentials', null, null, req.header === undefined ? undefined : foreignScheme(req.header));
-    if (credential === 'malformed') return fail('bad-credentials', null, null, 'malformed Basic header');
+    const credential = { user, password };
     const logon = parseLogon(credential.user, this.deps.domain);
     const unknown = (why: string, cache: CacheUse | null): Failure => {
       this.lockout.failure(null, req.source, `name:${logon.display.toLowerCase()}`);
@@ -156,7 +159,7 @@ export class Authenticator {
       if (standing.refusal) return fail(standing.refusal, account.user, trace.use, 'account state changed since the password was checked');
       this.lockout.success(who, req.source, verdict.bound, accountKey(logon));
       const identity = { ...account, groups: standing.groups };
-      if (req.connection && req.header !== undefined && trace.use !== 'stale') this.remember(req.connection, req.header, identity, key, req);
+      if (req.connection && req.proof !== undefined && trace.use !== 'stale') this.remember(req.connection, req.proof, identity, key, req);
       return { ok: true, identity, cache: trace.use };
     } catch (err) {
       if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', logon.display, trace.use, err.message);
@@ -165,12 +168,12 @@ export class Authenticator {
   }
 
   /** Remembers a proven header on its connection, until its password or standing entry ages. */
-  private remember(connection: object, header: string, identity: Identity, key: string, req: AuthRequest): void {
+  private remember(connection: object, proof: string, identity: Identity, key: string, req: AuthRequest): void {
     const until = Math.min(
       this.cache.auth.freshUntil(key) ?? 0,
       this.cache.standing.freshUntil(`${req.policyVersion}\0${dnKey(identity.dn)}`) ?? 0,
     );
-    if (until > this.now()) this.#proven.set(connection, { header, identity, until, policyVersion: req.policyVersion });
+    if (until > this.now()) this.#proven.set(connection, { proof, identity, until, policyVersion: req.policyVersion });
   }
 
   /**
@@ -222,7 +225,7 @@ export class Authenticator {
    * An identity Exchange already accepted on this connection (NTLM), with its state and groups
    * as of now (cached for groupTtlSeconds): a removal from a group reaches open connections too.
    */
-  async refresh(account: Account, req: Omit<AuthRequest, 'header'>): Promise<AuthOutcome> {
+  async refresh(account: Account, req: AuthRequest): Promise<AuthOutcome> {
     const trace = new Trace();
     try {
       const standing = await this.standing(account, req, trace);
@@ -336,16 +339,6 @@ export class Authenticator {
 function accountKey(logon: Logon & { kind: 'sam' | 'upn' }): string {
   return logon.kind === 'sam' ? `sam:${logon.sam.toLowerCase()}` : `upn:${logon.upn.toLowerCase()}`;
 }
-
-/** Names the scheme of an Authorization header that is not Basic (never its token). */
-function foreignScheme(header: string): string {
-  // Only a known scheme followed by its token is named: a bare token (a client that left out the
-  // scheme) must never reach the log.
-  const [scheme = '', token] = header.trim().split(/\s+/, 2);
-  const known = KNOWN_SCHEMES.find((k) => k.toLowerCase() === scheme.toLowerCase());
-  return known && token ? `${known} credentials; this service takes Basic` : 'credentials in a scheme other than Basic';
-}
-const KNOWN_SCHEMES = ['NTLM', 'Negotiate', 'Bearer', 'Digest', 'Kerberos'];
 
 function fail(reason: Failure['reason'], user: string | null, cache: CacheUse | null, detail?: string): Failure {
   return detail === undefined ? { ok: false, reason, user, cache } : { ok: false, reason, user, cache, detail };

@@ -10,7 +10,8 @@ import type { TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord, type RequestHead } from './access-log.js';
 import { authorizeAnonymous } from './authorize.js';
 import { classifyRpc } from './classify.js';
-import { DENY_STATUS, statusLine, type DenyReason } from './errors.js';
+import { DENY_STATUS, type DenyReason } from './errors.js';
+import { refuseSocket } from './respond.js';
 import { RPC_METHODS } from './services.js';
 import type { State } from './state.js';
 
@@ -166,6 +167,32 @@ export function rpcPrecheck(servername: string | false | null | undefined, head:
   return null;
 }
 
+/**
+ * The framing an Outlook Anywhere request must have before anything else: exactly one
+ * Content-Length (the tunnel relays exactly that many bytes) and no Transfer-Encoding; `Expect`
+ * only `100-continue` (answered once allowed). Null when it is fine.
+ */
+export function rpcFraming(rawHeaders: readonly string[], headers: { readonly expect?: string | undefined; readonly 'content-length'?: string | undefined }): Verdict | null {
+  if (rpcBodyLength(rawHeaders, headers) === null) {
+    return [400, 'bad-request', 'an RPC request needs exactly one Content-Length and no Transfer-Encoding'];
+  }
+  if (headers.expect !== undefined && headers.expect.toLowerCase() !== '100-continue') return [417, 'bad-request', 'unsupported Expect'];
+  return null;
+}
+
+/** The declared body length of an RPC request: exactly one Content-Length, no Transfer-Encoding; else null. */
+export function rpcBodyLength(rawHeaders: readonly string[], headers: { readonly 'content-length'?: string | undefined }): number | null {
+  let lengths = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase();
+    if (name === 'transfer-encoding') return null;
+    if (name === 'content-length') lengths++;
+  }
+  const value = headers['content-length'];
+  if (lengths !== 1 || value === undefined || !/^\d{1,10}$/.test(value)) return null;
+  return Number(value);
+}
+
 const BLANK_LINE = Buffer.from('\r\n\r\n');
 /** `METHOD SP request-target SP HTTP/x.y` (RFC 9112 §3): a method token, a visible-ASCII target. */
 const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) ([\x21-\x7e]+) HTTP\/\d\.\d$/;
@@ -221,17 +248,14 @@ function printable(s: string, max: number): string {
   return s.slice(0, max).replace(UNPRINTABLE, '?');
 }
 
-/** Ends the connection with a bare status and writes its record (499: the client left first). */
+/** Ends the connection with the refusal (respond.ts) and writes its record (499: the client left first). */
 export function answerRaw(
   socket: Socket, status: number, record: AccessRecord, write: (r: AccessRecord) => void,
 ): void {
-  record.status = socket.writable ? status : 499;
-  if (socket.writable) endWithStatus(socket, status);
-  else socket.destroy();
+  if (socket.writable) refuseSocket(socket, record, record.reason as DenyReason, { status, keepDecision: true });
+  else {
+    record.status = 499;
+    socket.destroy();
+  }
   write(record);
-}
-
-/** Answers on a raw socket with a bare status and closes it (no request object exists to answer). */
-export function endWithStatus(socket: Socket, status: number): void {
-  socket.end(`${statusLine(status)}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
 }

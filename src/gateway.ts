@@ -1,13 +1,11 @@
 /**
- * The gateway: a TLS listener, Node's HTTP server behind it, and handle(), the pipeline every
- * request takes. handle() is the table of contents of a request:
+ * The table of contents of a request. handle() runs judge(), the stages every request takes (the
+ * Outlook Anywhere tunnel runs them too), then forwards or refuses, and writes one access record
+ * when the response closes:
  *
- *   classify → (refuse before asking for credentials) → authenticate (Basic | NTLM) → authorize →
- *   forward | deny
+ *   admit (head, name, path, size, deny-all) → authenticate (the service's front-end) → authorize → forward | deny
  *
- * and one access record, written when the response closes. Each stage returns a value and the
- * pipeline branches on it; deny() in proxy.ts writes every refusal of a parsed request
- * (client-error.ts and rpc-tunnel.ts answer on the raw socket what Node's parser cannot take).
+ * Each stage returns a value and the pipeline branches on it; respond.ts writes every refusal.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -15,19 +13,19 @@ import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { activeSyncCommand, newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize, authorizeAnonymous } from './authorize.js';
-import { checkHead, classify, type Route } from './classify.js';
-import { answerRaw, handleClientError, OwedResponses } from './client-error.js';
-import type { AuthOutcome } from './authenticate.js';
-import { parseBasic, parseLogon } from './credentials.js';
-import { parseType3, readNtlmHeader } from './ntlm.js';
-import { authenticateNtlm, logonOf, type NtlmOutcome } from './ntlm-auth.js';
-import { challengesFor, declaredBodyTooLarge, deny, fail, forward, respond } from './proxy.js';
+import { checkHead, classify, type Head, type Route } from './classify.js';
+import { answerRaw, handleClientError, OwedResponses, rpcFraming, rpcPrecheck } from './client-error.js';
+import type { DenyReason } from './errors.js';
+import { claimedUser, type FrontEndOutcome } from './front-ends.js';
+import { forward } from './forward.js';
+import { deny, fail, respond, type DenyOptions } from './respond.js';
 import { answerAutodiscoverJson, isAutodiscoverJson } from './autodiscover.js';
-import { requestIdleMs, type AuthMode, type Service } from './services.js';
+import { requestIdleMs, type Service } from './services.js';
 import type { Metrics } from './metrics.js';
 import type { State } from './state.js';
 import { peek } from './rpc-tunnel.js';
 import { createTlsServer, type TlsMaterial } from './tls.js';
+import type { Identity } from './authenticate.js';
 
 /** What the gateway reports to: the access log, the operational log, the metrics. */
 export interface Telemetry {
@@ -49,96 +47,150 @@ export async function handle(req: IncomingMessage, res: ServerResponse, state: S
     logs.app.error({ err, path: record.path }, 'internal error while handling a request');
     fail(req, res, record, 'upstream-error', { detail: 'internal error' });
   } finally {
-    // Refused before authentication (a path, a name, a limit): still say who the client claimed to be.
-    if (record.decision === 'deny' && record.user === null) record.user = claimedUser(req.headers.authorization, state);
     written.settled();
   }
 }
 
 async function pipeline(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State, metrics: Metrics, onLongPoll?: LongPollHook): Promise<void> {
-  const route = admit(req, res, record, state);
-  if (!route) return;                               // refused or answered before any credentials
+  // Admitted synchronously: a refusal that closes the connection is known before Node parses a
+  // request pipelined behind it (which is then never served; client-error.ts OwedResponses).
+  const admitted = admit(req, record, state);
+  const judged = admitted.kind === 'route' ? await decide(admitted.route, req, record, state, metrics) : claiming(admitted, req, record, state);
+  if (judged.kind === 'refuse') return deny(req, res, record, judged.reason, judged);
+  if (judged.kind === 'answer') return respond(res, record, 'application/json; charset=utf-8', judged.body, judged.detail);
+  // An NTLM Type 3 whose client left meanwhile never reaches Exchange.
+  if (res.destroyed) return judged.settle?.(null);
+  const { route, identity, settle } = judged;
   const settings = state.config.services[route.service];
-
-  const authStarted = performance.now();
-  const auth = await authenticate(req, { service: route.service, path: route.path, query: queryOf(req.url ?? '') }, settings.auth, state);
-  metrics.authDuration.observe({ cache: auth.cache ?? 'none' }, (performance.now() - authStarted) / 1000);
-  record.user = (auth.ok ? auth.identity?.user : auth.user) || null;
-  record.cache = auth.cache;
-  const challenges = challengesFor(settings.auth, state.realm);
-  if (!auth.ok) return deny(req, res, record, auth.reason, { challenges, detail: auth.detail, status: auth.status });
-  const settle = 'onStatus' in auth ? ntlmVerdict(record, auth.onStatus) : undefined;
-
-  // An NTLM Type 3 refused here, or whose client left meanwhile, never reaches Exchange.
-  if (!authorized(req, res, record, route.service, auth, state) || res.destroyed) return settle?.(null);
-
-  if (!auth.identity) boundHandshakeBody(req, res, record);
+  if (!identity) boundHandshakeBody(req, res, record);
   metrics.inFlight.inc({ service: route.service });
   res.once('close', () => metrics.inFlight.dec({ service: route.service }));
-  const idleMs = auth.identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
+  const idleMs = identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
   if (idleMs > LONG_POLL_MS) onLongPoll?.(res);
-  forward(req, res, record, { host: route.host, settings, idleMs, auth: settings.auth, challenges, onStatus: settle }, state.upstream);
+  forward(req, res, record, { host: route.host, settings, idleMs, frontEnd: state.frontEnds[route.service], onStatus: settle }, state.upstream);
 }
+
+/** A request as the stages read it: Node's parsed request, or the tunnel's own parse of an RPC head. */
+export interface Request extends Head {
+  readonly url?: string | undefined;
+  readonly headers: Head['headers'] & {
+    readonly authorization?: string | undefined; readonly 'content-length'?: string | undefined; readonly expect?: string | undefined;
+  };
+  readonly socket: Socket;
+}
+
+/** What the stages decided: refused (with why), answered by the gateway, or allowed to Exchange. */
+export type Judged =
+  | ({ readonly kind: 'refuse'; readonly reason: DenyReason } & DenyOptions)
+  | { readonly kind: 'answer'; readonly body: string; readonly detail: string }
+  | {
+    readonly kind: 'allow'; readonly route: Route;
+    /** null: an NTLM handshake leg, forwarded for Exchange's challenge. */
+    readonly identity: Identity | null;
+    /** NTLM: settles the Type 3 with Exchange's status (null: never forwarded). */
+    readonly settle?: ((status: number | null) => void) | undefined;
+  };
+
+/**
+ * The stages, in order; each fills in the record. `rpc`: an Outlook Anywhere request (the rpc
+ * service by its method, wherever it points; rpc-tunnel.ts).
+ */
+export async function judge(req: Request, record: AccessRecord, state: State, metrics?: Metrics, rpc = false): Promise<Judged> {
+  const admitted = rpc ? admitRpc(req, record, state) : admit(req, record, state);
+  if (admitted.kind !== 'route') return claiming(admitted, req, record, state);
+  return decide(admitted.route, req, record, state, metrics);
+}
+
+/** After admission: the service's front-end authenticates, the policy authorizes. */
+async function decide(route: Route, req: Request, record: AccessRecord, state: State, metrics?: Metrics): Promise<Judged> {
+  const frontEnd = state.frontEnds[route.service];
+  const started = performance.now();
+  const auth = await frontEnd.authenticate({ header: req.headers.authorization, socket: req.socket, path: route.path, query: queryOf(req.url ?? '') }, state);
+  metrics?.authDuration.observe({ cache: auth.cache ?? 'none' }, (performance.now() - started) / 1000);
+  record.user = (auth.ok ? auth.identity?.user : auth.user) || null;
+  record.cache = auth.cache;
+  if (!auth.ok) return claiming({ kind: 'refuse', reason: auth.reason, challenges: frontEnd.challenges, detail: auth.detail, status: auth.status }, req, record, state);
+  const settle = 'onStatus' in auth ? ntlmVerdict(record, auth.onStatus) : undefined;
+  const refused = authorized(req, record, route.service, auth, state);
+  if (refused) {
+    settle?.(null);                                   // an NTLM Type 3 refused here never reaches Exchange
+    return refused;
+  }
+  return { kind: 'allow', route, identity: auth.identity, settle };
+}
+
+type Admitted = Exclude<Judged, { kind: 'allow' }> | { readonly kind: 'route'; readonly route: Route };
 
 /**
  * What is decided before credentials: the head, the name and path (classify), the declared body
- * size, services denied to everyone, and autodiscover.json (answered by the gateway). Returns the
- * route when the request goes on to authentication; null when it has been answered.
+ * size, services denied to everyone, and autodiscover.json (answered by the gateway).
  */
-function admit(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State): Route | null {
+function admit(req: Request, record: AccessRecord, state: State): Admitted {
   const head = checkHead(req);
-  if (head) { deny(req, res, record, head.reason, { detail: head.detail, ...(head.status ? { status: head.status } : {}) }); return null; }
+  if (head) return { kind: 'refuse', reason: head.reason, detail: head.detail, status: head.status };
   const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
   if (!route.ok) {
     if (route.reason === 'unknown-service') record.service = 'unknown';
-    deny(req, res, record, route.reason, { detail: route.detail });
-    return null;
+    return { kind: 'refuse', reason: route.reason, detail: route.detail };
   }
   record.service = route.service;
   if (route.service === 'activesync') record.operation = activeSyncCommand(req.url ?? '');
-  const settings = state.config.services[route.service];
-  if (declaredBodyTooLarge(req, settings)) { deny(req, res, record, 'too-large', { detail: `limit ${settings.maxBodyBytes} bytes` }); return null; }
+  const { maxBodyBytes } = state.config.services[route.service];
+  const length = req.headers['content-length'];
+  if (maxBodyBytes > 0 && length !== undefined && Number(length) > maxBodyBytes) {
+    return { kind: 'refuse', reason: 'too-large', detail: `limit ${maxBodyBytes} bytes` };
+  }
   const refused = authorizeAnonymous(route.service, state.policy);
   if (refused) {
     record.rule = refused.rule;
-    deny(req, res, record, refused.reason);
-    return null;
+    return { kind: 'refuse', reason: refused.reason };
   }
   // Anonymous by design, never forwarded: see autodiscover.ts.
   if (route.service === 'autodiscover' && isAutodiscoverJson(route.path)) {
     const answer = answerAutodiscoverJson(req, route.path, req.url ?? '', state.realm);
-    if (answer.kind === 'refuse') { deny(req, res, record, 'bad-request', { detail: answer.detail, status: answer.status }); return null; }
-    respond(res, record, 'application/json; charset=utf-8', answer.body, 'autodiscover.json answered by the gateway');
-    return null;
+    if (answer.kind === 'refuse') return { kind: 'refuse', reason: 'bad-request', detail: answer.detail, status: answer.status };
+    return { kind: 'answer', body: answer.body, detail: 'autodiscover.json answered by the gateway' };
   }
-  return route;
+  return { kind: 'route', route };
+}
+
+/** admit() for an Outlook Anywhere request: the head (the RPC methods were matched already), then rpcPrecheck. */
+function admitRpc(req: Request, record: AccessRecord, state: State): Admitted {
+  const head = checkHead({ ...req, method: 'POST' });
+  if (head) return { kind: 'refuse', reason: head.reason, detail: head.detail, status: head.status };
+  const framing = rpcFraming(req.rawHeaders, req.headers);
+  if (framing) return { kind: 'refuse', reason: framing[1], detail: framing[2], status: framing[0] };
+  const early = rpcPrecheck((req.socket as TLSSocket).servername, { method: req.method ?? '', url: req.url ?? '', headers: req.headers }, state, record);
+  if (early) return { kind: 'refuse', reason: early[1], detail: early[2], status: early[0] };
+  return { kind: 'route', route: { ok: true, service: 'rpc', host: req.headers.host ?? '', path: record.path ?? '/rpc/' } };
+}
+
+/** A refusal before authentication still names the account the request claimed. */
+function claiming(judged: Exclude<Admitted, { kind: 'route' }>, req: Request, record: AccessRecord, state: State): Judged {
+  if (judged.kind === 'refuse' && record.user === null) record.user = claimedUser(req.headers.authorization, state);
+  return judged;
 }
 
 /**
  * The policy's decision for an authenticated identity; an NTLM negotiate leg (no identity yet)
- * passes with no big body. Writes the refusal; true when the request may be forwarded.
+ * passes with no big body. Null when the request may be forwarded.
  */
-function authorized(req: IncomingMessage, res: ServerResponse, record: AccessRecord, service: Service, auth: Extract<AuthOutcome | NtlmOutcome, { ok: true }>, state: State): boolean {
+function authorized(req: Request, record: AccessRecord, service: Service, auth: Extract<FrontEndOutcome, { ok: true }>, state: State): Judged | null {
   if (auth.identity) {
     const decision = authorize(service, auth.identity, state.policy);
     record.rule = decision.rule;
-    if (!decision.allow) {
-      deny(req, res, record, decision.reason);
-      return false;
-    }
+    if (!decision.allow) return { kind: 'refuse', reason: decision.reason };
     record.reason = decision.reason;
   } else {
     if (Number(req.headers['content-length'] ?? 0) > HANDSHAKE_MAX_BODY || req.headers['transfer-encoding'] !== undefined) {
-      deny(req, res, record, 'too-large', { detail: 'an NTLM handshake request carries no big body' });
-      return false;
+      return { kind: 'refuse', reason: 'too-large', detail: 'an NTLM handshake request carries no big body' };
     }
     record.reason = 'allowed';
     record.detail = 'detail' in auth ? auth.detail : null;
   }
   record.decision = 'allow';
-  return true;
+  return null;
 }
-
 /**
  * An anonymous NTLM leg holds an upstream connection while its body arrives: it gets
  * HANDSHAKE_BODY_MS for the whole body (a byte every few seconds would pass any idle timeout).
@@ -164,59 +216,12 @@ function ntlmVerdict(record: AccessRecord, settle: ((status: number | null) => v
   };
 }
 
-/** The account an Authorization header names, never verified: for the record of a refusal. */
-function claimedUser(header: string | undefined, state: State): string | null {
-  const basic = parseBasic(header);
-  if (basic !== null && basic !== 'malformed') return parseLogon(basic.user, state.domain).display || null;
-  const ntlm = readNtlmHeader(header);
-  if (ntlm === null || ntlm === 'malformed' || ntlm.type !== 3) return null;
-  const claim = parseType3(ntlm.message);
-  return claim && !claim.anonymous ? logonOf(claim, state).display || null : null;
-}
-
-/**
- * Basic or NTLM, as the service's clients speak (`services.<name>.auth`). A connection Exchange
- * accepted by NTLM carries on without credentials only when a request has no Authorization at
- * all: any other scheme on it is judged for itself, never waved through as the session's user.
- */
-function authenticate(req: IncomingMessage, route: { service: Service; path: string; query: string }, mode: AuthMode, state: State): Promise<AuthOutcome | NtlmOutcome> {
-  const header = req.headers.authorization;
-  const context = { source: req.socket.remoteAddress ?? '', groupDns: state.policy.groupDns, policyVersion: state.policy.version };
-  if (mode === 'basic' || (mode === 'basic+ntlm' && parseBasic(header) !== null)) {
-    return state.authenticator.authenticate({ header, ...context, connection: req.socket });
-  }
-  const token = readNtlmHeader(header);
-  if (header !== undefined && token === null) {
-    return Promise.resolve({ ok: false, reason: 'bad-credentials', user: null, cache: null, detail: 'an Authorization scheme this service does not take' });
-  }
-  if (token !== null && token !== 'malformed' && token.type !== 'kerberos' && !ntlmEndpoint(route)) {
-    return Promise.resolve({ ok: false, reason: 'bad-credentials', user: null, cache: null, detail: 'NTLM is taken on the canonical endpoints only' });
-  }
-  return authenticateNtlm(req.socket, token, {
-    ...context, authenticator: state.authenticator, upstream: state.upstream, domain: state.domain, dnsDomains: state.dnsDomains,
-  });
-}
-
 /** A request allowed to stay silent longer than this counts as a long-poll. */
 const LONG_POLL_MS = 300_000;
 /** An NTLM handshake leg (no identity yet) may carry this much body, and wait this long. */
 const HANDSHAKE_MAX_BODY = 64 * 1024;
 const HANDSHAKE_IDLE_MS = 30_000;
 const HANDSHAKE_BODY_MS = 10_000;
-
-/**
- * Where NTLM handshakes are taken: the endpoints Outlook authenticates against. Elsewhere IIS
- * may answer before authenticating (request filtering, anonymous pages), and a non-401 answer
- * there would look like Exchange accepted a forged Type 3.
- */
-function ntlmEndpoint(route: { path: string; query: string }): boolean {
-  if (route.query.length > 1024) return false;
-  return NTLM_PATHS.has(route.path) || OAB_FILE.test(route.path);
-}
-const NTLM_PATHS: ReadonlySet<string> = new Set([
-  '/mapi/emsmdb', '/mapi/emsmdb/', '/mapi/nspi', '/mapi/nspi/', '/ews/exchange.asmx', '/autodiscover/autodiscover.xml',
-]);
-const OAB_FILE = /^\/oab\/[0-9a-f-]{36}\/[a-z0-9._-]+$/;
 
 function queryOf(url: string): string {
   const q = url.indexOf('?');

@@ -6,7 +6,7 @@
  * with Basic only, the challenges such clients cannot answer.
  */
 import type { IncomingMessage } from 'node:http';
-import type { AuthMode } from './services.js';
+import type { AuthFrontEnd } from './front-ends.js';
 
 const REQUEST_DROP: ReadonlySet<string> = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding',
@@ -60,25 +60,11 @@ export function requestHeaders(req: IncomingMessage, host: string, requestId: st
 }
 
 /**
- * Which of Exchange's challenges a service's clients may see: Basic only where the gateway speaks
- * Basic only; never a bare `Negotiate` or `Kerberos` (Kerberos hides the user from the gateway),
- * but an NTLM continuation token (`NTLM <type 2>`, `Negotiate <token>`) where NTLM is on.
- */
-export function challengeAllowed(mode: AuthMode, value: string): boolean {
-  const space = value.indexOf(' ');
-  const scheme = (space < 0 ? value : value.slice(0, space)).toLowerCase();
-  const hasToken = space > 0 && value.slice(space + 1).trim() !== '';
-  if (scheme === 'basic') return mode !== 'ntlm';
-  if (mode === 'basic') return false;
-  return scheme === 'ntlm' || (scheme === 'negotiate' && hasToken);
-}
-
-/**
  * The headers to send the client from Exchange's raw response headers: hop-by-hop and
- * internal-server headers dropped, a 401's challenges filtered for the service's auth mode
- * (`challengeAllowed`), and the gateway's own challenges when none is left.
+ * internal-server headers dropped, a 401's challenges filtered by the service's front-end
+ * (`passes`), and the gateway's own challenges when none is left.
  */
-export function responseHeaders(raw: readonly Buffer[] | undefined, status: number, mode: AuthMode, fallback: readonly string[]): string[] {
+export function responseHeaders(raw: readonly Buffer[] | undefined, status: number, frontEnd: Pick<AuthFrontEnd, 'passes' | 'challenges'>): string[] {
   const out: string[] = [];
   if (!raw) return out;
   let named: Set<string> | null = null;
@@ -94,12 +80,12 @@ export function responseHeaders(raw: readonly Buffer[] | undefined, status: numb
     if (RESPONSE_DROP.has(lower) || named?.has(lower) || HIDDEN_PREFIXES.some((p) => lower.startsWith(p))) continue;
     const value = (raw[i + 1] as Buffer).toString('latin1');
     if (lower === 'www-authenticate') {
-      if (!challengeAllowed(mode, value)) continue;
+      if (!frontEnd.passes(value)) continue;
       challenges++;
     }
     out.push(name, value);
   }
-  if (status === 401 && challenges === 0) for (const c of fallback) out.push('WWW-Authenticate', c);
+  if (status === 401 && challenges === 0) for (const c of frontEnd.challenges) out.push('WWW-Authenticate', c);
   return out;
 }
 

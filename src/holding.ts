@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { newAccessRecord } from './access-log.js';
 import type { Config } from './config/load.js';
-import { deny } from './proxy.js';
+import { deny } from './respond.js';
 import { cutFailedHandshakes, secureContextOptions, type TlsMaterial } from './tls.js';
 
 export interface Holding {

@@ -18,11 +18,12 @@ import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize } from './authorize.js';
-import { checkHead } from './classify.js';
-import { endWithStatus, failedHead, rpcPrecheck } from './client-error.js';
-import { statusLine } from './errors.js';
+import { failedHead, rpcBodyLength } from './client-error.js';
+import type { DenyReason } from './errors.js';
+import { basicChallenge } from './front-ends.js';
+import { judge } from './gateway.js';
 import { connectionTokens, dropsRequestHeader } from './headers.js';
-import { basicChallenge } from './proxy.js';
+import { refuseSocket, type DenyOptions } from './respond.js';
 import { RPC_METHODS } from './services.js';
 import type { State } from './state.js';
 import type { Identity } from './authenticate.js';
@@ -95,56 +96,38 @@ function matchPrefix(buf: Buffer): 'yes' | 'no' | 'maybe' {
   return 'no';
 }
 
-/** Checks an RPC request and, when allowed, turns the connection into a tunnel to Exchange. */
+/**
+ * Runs an RPC request through the gateway's stages (gateway.ts judge) and, when allowed, turns the
+ * connection into a tunnel to Exchange.
+ */
 async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: State, writeRecord: (r: AccessRecord) => void): Promise<void> {
   const head = parseHead(rawHead);
   if (!head) return refuseRaw(socket, writeRecord, rawHead, 400, 'malformed RPC request head');
   const record = newAccessRecord(socket, head);
   const started = performance.now();
-  const refuse = (status: number, reason: AccessRecord['reason'], detail: string, extra = '') => {
-    record.reason = reason;
-    record.detail = detail;
-    record.status = status;
+  const refuse = (reason: DenyReason, opts: DenyOptions = {}) => {
+    refuseSocket(socket, record, reason, opts);
     record.durationMs = Math.round(performance.now() - started);
-    socket.end(`${statusLine(status)}\r\n${extra}Content-Length: 0\r\nConnection: close\r\n\r\n`);
     writeRecord(record);
   };
-  // checkHead's method table is for the HTTP path; the RPC methods were matched already.
-  const bad = checkHead({ method: 'POST', httpVersion: head.version.slice('HTTP/'.length), headers: head.headers, rawHeaders: head.rawHeaders });
-  if (bad) return refuse(bad.status ?? 400, 'bad-request', bad.detail);
-  const length = bodyLength(head);
-  if (length === null) return refuse(400, 'bad-request', 'an RPC request needs exactly one Content-Length and no Transfer-Encoding');
-  const expect = head.headers.expect;
-  if (expect !== undefined && expect.toLowerCase() !== '100-continue') return refuse(417, 'bad-request', 'unsupported Expect');
-  const early = rpcPrecheck(socket.servername, head, state, record);
-  if (early) return refuse(...early);
-  const auth = await state.authenticator.authenticate({
-    header: head.headers.authorization, source: socket.remoteAddress ?? '',
-    groupDns: state.policy.groupDns, policyVersion: state.policy.version,
-  });
-  record.user = auth.ok ? auth.identity.user : auth.user;
-  record.cache = auth.cache;
-  if (!auth.ok) {
-    const status = auth.status ?? (auth.reason === 'directory-unavailable' ? 503 : 401);
-    const extra = status === 401 ? `WWW-Authenticate: ${basicChallenge(state.realm)}\r\n` : status === 503 || status === 429 ? 'Retry-After: 10\r\n' : '';
-    return refuse(status, auth.reason, auth.detail ?? auth.reason, extra);
+  const request = { method: head.method, url: head.url, httpVersion: head.version.slice('HTTP/'.length), headers: head.headers, rawHeaders: head.rawHeaders, socket };
+  const judged = await judge(request, record, state, undefined, true);
+  if (judged.kind === 'refuse') return refuse(judged.reason, judged);
+  if (judged.kind !== 'allow' || judged.identity === null) {
+    return refuse('bad-credentials', { challenges: [basicChallenge(state.realm)], detail: 'the Outlook Anywhere tunnel takes Basic credentials only' });
   }
-  const decision = authorize('rpc', auth.identity, state.policy);
-  record.rule = decision.rule;
-  if (!decision.allow) return refuse(403, decision.reason, 'not allowed by policy');
+  const length = rpcBodyLength(head.rawHeaders, head.headers) as number;     // admitted: exactly one
   const source = socket.remoteAddress ?? '';
   const open = tunnels.get(sourceKey(source)) ?? 0;
   const cap = state.config.services.rpc.maxTunnelsPerSource;
-  if (open >= cap) return refuse(429, 'gateway-lockout', `more than ${cap} Outlook Anywhere tunnels from one address`, 'Retry-After: 10\r\n');
-  record.decision = 'allow';
-  record.reason = decision.reason;
+  if (open >= cap) return refuse('gateway-lockout', { status: 429, detail: `more than ${cap} Outlook Anywhere tunnels from one address` });
   if (socket.destroyed) return;
   // A client that waits for 100 before its body (impacket, IIS answers at once) hears it only now,
   // once allowed; Exchange never sees the Expect (rebuildHead drops it).
-  if (expect !== undefined) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
+  if (head.headers.expect !== undefined) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
   const key = sourceKey(source);
   open1(key);
-  const recheck = recheckPeriodically(socket, auth.identity, state, record);
+  const recheck = recheckPeriodically(socket, judged.identity, state, record);
   pipeTunnel(socket, head, rest, length, state, record, started, () => { clearInterval(recheck); close1(key); writeRecord(record); });
 }
 
@@ -166,19 +149,6 @@ function recheckPeriodically(socket: TLSSocket, identity: Identity, state: State
   }, every);
   timer.unref();
   return timer;
-}
-
-/** The declared body length of an RPC request: exactly one Content-Length, no Transfer-Encoding. */
-function bodyLength(head: RpcHead): number | null {
-  let lengths = 0;
-  for (let i = 0; i < head.rawHeaders.length; i += 2) {
-    const name = (head.rawHeaders[i] as string).toLowerCase();
-    if (name === 'transfer-encoding') return null;
-    if (name === 'content-length') lengths++;
-  }
-  const value = head.headers['content-length'];
-  if (lengths !== 1 || value === undefined || !/^\d{1,10}$/.test(value)) return null;
-  return Number(value);
 }
 
 function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: number, state: State, record: AccessRecord, started: number, done: () => void): void {
@@ -205,9 +175,7 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
     record.durationMs = Math.round(performance.now() - started);
     upstream.destroy();
     if (failure && !answered && client.writable) {
-      record.status = failure;
-      record.reason = failure === 504 ? 'upstream-timeout' : 'upstream-error';
-      endWithStatus(client, failure);
+      refuseSocket(client, record, failure === 504 ? 'upstream-timeout' : 'upstream-error', { keepDecision: true });
       setTimeout(() => client.destroy(), 1000).unref();   // the rest of an upload is not awaited
     } else {
       client.destroy();
@@ -318,10 +286,7 @@ function refuseRaw(socket: TLSSocket, writeRecord: (r: AccessRecord) => void, ra
   const head = failedHead(raw, raw.length);
   const record = newAccessRecord(socket, head ?? { headers: {} });
   if (head && RPC_METHODS.has(head.method)) record.service = 'rpc';
-  record.reason = 'bad-request';
-  record.detail = detail;
-  record.status = status;
-  socket.end(`${statusLine(status)}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+  refuseSocket(socket, record, 'bad-request', { status, detail });
   writeRecord(record);
 }
 

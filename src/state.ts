@@ -10,7 +10,9 @@ import type { Directory } from './directory/directory.js';
 import { FileDirectory } from './directory/file.js';
 import { LdapDirectory } from './directory/ldap.js';
 import { loadPolicy, type Policy } from './policy/compile.js';
-import { Upstream } from './proxy.js';
+import { Upstream } from './upstream.js';
+import { frontEndFor, type AuthFrontEnd } from './front-ends.js';
+import type { Service } from './services.js';
 
 export interface State {
   readonly config: Config;
@@ -23,6 +25,8 @@ export interface State {
   readonly realm: string;
   /** The domain's DNS name (from baseDn), which an NTLM Type 3 may carry instead of the NetBIOS name. */
   readonly dnsDomains: ReadonlySet<string>;
+  /** How each service's clients authenticate (`services.<name>.auth`). */
+  readonly frontEnds: Readonly<Record<Service, AuthFrontEnd>>;
 }
 
 /** Opens the directory the config names (no connection is made yet for LDAP). */
@@ -60,12 +64,19 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>, prev
         ? previous.upstream                       // keep the pinned upstream connections (and NTLM sessions)
         : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000), log),
       realm: config.names.externalList[0] ?? 'exgate',
+      frontEnds: frontEndsFor(config, config.names.externalList[0] ?? 'exgate'),
       dnsDomains: new Set([dnToDomain(config.directory.baseDn ?? '')].map((d) => d.toLowerCase()).filter(Boolean)),
     });
   } catch (err) {
     await directory.close();
     throw err;
   }
+}
+
+/** One front-end per service, as its `auth` says. */
+function frontEndsFor(config: Config, realm: string): Readonly<Record<Service, AuthFrontEnd>> {
+  const entries = Object.entries(config.services).map(([service, settings]) => [service, frontEndFor(settings.auth, realm)]);
+  return Object.freeze(Object.fromEntries(entries) as Record<Service, AuthFrontEnd>);
 }
 
 function sameJson(a: unknown, b: unknown): boolean {

@@ -17,7 +17,7 @@ import { Metrics } from '../metrics.js';
 import type { Config } from '../config/load.js';
 import { Lockout, type Attempt, type LockoutEvent, type LockoutSettings, type LockoutVerdict } from '../lockout.js';
 import { openDirectory } from '../state.js';
-import { Upstream } from '../proxy.js';
+import { Upstream } from '../upstream.js';
 import { appLogger } from '../access-log.js';
 import type { RunningGateway } from './serve.js';
 import { scheduleMailboxFlags } from './mailbox-flags.js';

@@ -14,6 +14,7 @@
 // asserts that AD's count never passes 2 × threshold = 10, the account never locks, and the
 // right password from an address the user signed in from keeps working throughout.
 import { describe, expect, it } from 'vitest';
+import { authenticateBasic } from '../../src/front-ends.js';
 import { Authenticator, type AuthOutcome } from '../../src/authenticate.js';
 import { parseLogon, type Logon } from '../../src/credentials.js';
 import type { CacheSettings } from '../../src/decision-cache.js';
@@ -110,7 +111,7 @@ function setup() {
   const ad = new FakeAd(clock, ['alice', 'bob', ...Array.from({ length: 20 }, (_, i) => `u${i}`)]);
   const auth = new Authenticator({ directory: ad, domain: DOMAIN, cache: CACHE, lockout: LOCKOUT }, {}, () => clock.t);
   const login = (user: string, password: string, source: string): Promise<AuthOutcome> =>
-    auth.authenticate({ header: basic(user, password), source, groupDns: [], policyVersion: 'v1' });
+    authenticateBasic(auth, basic(user, password), { source, groupDns: [], policyVersion: 'v1' });
   /** An NTLM Type 3 through the gateway; when it is forwarded, Exchange's DC judges it and settle() hears. */
   const ntlm = async (user: string, rightPassword: boolean, fingerprint: string, source: string) => {
     const o = await auth.claim({ logon: parseLogon(user, DOMAIN), fingerprint, source, groupDns: [], policyVersion: 'v1' });

@@ -13,6 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { authenticateBasic } from '../../src/front-ends.js';
 import { Authenticator, type AuthOutcome, type ClaimOutcome, type Identity } from '../../src/authenticate.js';
 import { parseLogon, type Logon } from '../../src/credentials.js';
 import type { CacheSettings } from '../../src/decision-cache.js';
@@ -150,7 +151,7 @@ function setup(opts: { cache?: Partial<CacheSettings>; lockout?: Partial<Lockout
     () => clock.t,
   );
   const login = (user: string, password = PASSWORD, source = HOME, policyVersion = 'v1', groupDns = [GROUP]) =>
-    auth.authenticate({ header: basic(user, password), source, groupDns, policyVersion });
+    authenticateBasic(auth, basic(user, password), { source, groupDns, policyVersion });
   /** An NTLM Type 3 naming `user`, with a response digest of `fingerprint`. */
   const claim = (user: string, fingerprint: string, source = ATTACKER, policyVersion = 'v1') =>
     auth.claim({ logon: parseLogon(user, DOMAIN), fingerprint, source, groupDns: [GROUP], policyVersion });
@@ -185,7 +186,7 @@ describe('Authenticator: refusals that cost no directory call', () => {
     ['a NUL in the password', basic('alice', `${PASSWORD}\0`), 'bad-credentials', 'LAB\\alice'],
   ])('%s → %s', async (_what, header, reason, user) => {
     const { auth, directory } = setup();
-    const o = await auth.authenticate({ header, source: ATTACKER, groupDns: [GROUP], policyVersion: 'v1' });
+    const o = await authenticateBasic(auth, header, { source: ATTACKER, groupDns: [GROUP], policyVersion: 'v1' });
     expect(o).toMatchObject({ ok: false, reason, user, cache: null });
     expect(directory.total).toBe(0);
   });
@@ -202,7 +203,7 @@ describe('Authenticator: a scheme other than Basic', () => {
     ['Bearer', 'credentials in a scheme other than Basic'],
   ])('%s → detail %s, never the token', async (header, detail) => {
     const { auth } = setup();
-    const o = await auth.authenticate({ header, source: ATTACKER, groupDns: [GROUP], policyVersion: 'v1' });
+    const o = await authenticateBasic(auth, header, { source: ATTACKER, groupDns: [GROUP], policyVersion: 'v1' });
     expect(o).toMatchObject({ ok: false, reason: 'no-credentials' });
     expect(o.ok ? undefined : o.detail).toBe(detail);
   });
