@@ -25,6 +25,7 @@ import {
 } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import { DEFAULT_SERVER_NAME, ProbeResponder, serverControls, stopListening, type HealthControls } from './health.js';
 import { buildType2, readNtlmAuthorization, readType3, type1Flags, verifyType3, type Handshake } from './ntlm-server.js';
 
 /** StandinOptions configures {@link startExchangeStandin}. Every field is optional. */
@@ -67,6 +68,8 @@ export interface StandinOptions {
   ntlmDomain?: string;
   /** DNS domain name announced in the Type 2 and accepted in a Type 3. Default `'lab.test'`. */
   ntlmDnsDomain?: string;
+  /** Server FQDN in healthcheck.htm bodies and the `X-Standin-Server` header. Default `'EXCH-FE01.lab.test'`. */
+  name?: string;
 }
 
 /** Which NTLM leg a request was: a Type 1, a Type 3, or a request on an NTLM-authenticated connection. */
@@ -101,10 +104,12 @@ export interface SeenRequest {
   socketId: number;
   /** `Date.now()` when the request's headers arrived. */
   at: number;
+  /** A Managed Availability probe (`GET /<vdir>/healthcheck.htm`, ./health.ts), answered before authentication. */
+  probe: boolean;
 }
 
 /** ExchangeStandin is a running stand-in, returned by {@link startExchangeStandin}. */
-export interface ExchangeStandin {
+export interface ExchangeStandin extends HealthControls {
   /** Base URL, e.g. `https://127.0.0.1:41234`. */
   url: string;
   port: number;
@@ -192,6 +197,7 @@ type NtlmConnection =
   | { readonly phase: 'authenticated'; readonly user: string };
 
 interface State {
+  readonly probes: ProbeResponder;
   readonly ntlm: NtlmConfig | undefined;
   /** Per TCP connection (keyed by its socket), only with `ntlmUsers`. */
   readonly ntlmConnections: WeakMap<object, NtlmConnection>;
@@ -265,6 +271,7 @@ class Timers {
  */
 export async function startExchangeStandin(opts: StandinOptions = {}): Promise<ExchangeStandin> {
   const state: State = {
+    probes: new ProbeResponder(opts.name ?? DEFAULT_SERVER_NAME),
     ntlm: opts.ntlmUsers
       ? {
           users: new Map(Object.entries(opts.ntlmUsers).map(([user, password]) => [user.toLowerCase(), password])),
@@ -300,6 +307,7 @@ export async function startExchangeStandin(opts: StandinOptions = {}): Promise<E
       state.requests.length = 0;
     },
     close: () => (closing ??= shutdown(server, sockets, state)),
+    ...serverControls(server, sockets, state.probes, { port, host }, () => closing !== undefined),
   };
 }
 
@@ -337,9 +345,7 @@ function listen(server: Server, port: number, host: string): Promise<void> {
 
 async function shutdown(server: Server, sockets: Set<Socket>, state: State): Promise<void> {
   for (const timers of [...state.liveTimers]) timers.clear();
-  const closed = new Promise<void>((resolve, reject) => server.close((err) => (err ? reject(err) : resolve())));
-  for (const socket of sockets) socket.destroy();
-  await closed;
+  await stopListening(server, sockets); // also after kill()
 }
 
 /** handle reads and records the request, then hands it to the handler its path selects. */
@@ -354,6 +360,7 @@ async function handle(state: State, req: IncomingMessage, res: ServerResponse): 
   });
   for (const [name, value] of Object.entries(LEAKY_HEADERS)) res.setHeader(name, value);
   res.setHeader('request-id', randomUUID());
+  res.setHeader('X-Standin-Server', state.probes.name); // not an Exchange header: the gateway passes it on
 
   let body: BodyDigest;
   try {
@@ -362,6 +369,12 @@ async function handle(state: State, req: IncomingMessage, res: ServerResponse): 
     return; // the client went away mid-body: the request never fully reached us, so it is not recorded
   }
   const socketId = socketIdOf(state, req.socket);
+  // Exchange answers probes in OnBeginRequest, before authentication (research/owa-pool-ha.md B).
+  const probed = state.probes.serviceOf(req.method, parseTarget(req.url).path);
+  if (probed !== null) {
+    state.requests.push({ ...toSeen(req, null, null, body, at, socketId), probe: true });
+    return state.probes.answer(probed, req, res);
+  }
   const step = ntlmStep(state, req);
   if (step.leg === 'type3' && state.ntlmVerifyDelayMs > 0) await new Promise((r) => setTimeout(r, state.ntlmVerifyDelayMs));
   user = step.user;
@@ -684,6 +697,7 @@ function toSeen(
     bodySha256: body.sha256,
     socketId,
     at,
+    probe: false,
   };
 }
 

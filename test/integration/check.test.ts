@@ -52,7 +52,7 @@ describe('exgate check', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toBe([
       'config: ok', 'certificate: ok', 'directory: ok (domain lab.test, NetBIOS LAB)', 'policy: ok', 'groups: ok',
-      `upstream: ok (${h.standin.url} as exchange-be.lab.test, certificate verified, HTTP 401)`, 'log: ok (stdout)',
+      `upstream: ok (${h.standin.url} as exchange-be.lab.test, certificate verified, HTTP 200)`, 'log: ok (stdout)',
       'permissions: ok (as root)', 'ok', '',
     ].join('\n'));
   });
