@@ -15,93 +15,18 @@
  * `staleIfErrorSeconds` and only while the DCs are unreachable, an answer from expired cache
  * entries, logged `cache: stale`.
  */
-import type { Principal } from './authorize.js';
-import { parseLogon, type Logon, type LogonDomain } from './credentials.js';
-import { DecisionCache, type CacheSettings, type Standing } from './decision-cache.js';
-import { dnKey, type Account, type Directory, type PasswordRefusal } from './directory/directory.js';
-import { DirectoryUnavailableError, type CredentialReason } from './errors.js';
-import { Lockout, type LockoutSettings, type LockoutVerdict } from './lockout.js';
+import {
+  accountKey, blocked, fail, lockedOut, refusalOf, Trace,
+  type AuthOutcome, type AuthRequest, type AuthenticatorDeps, type CacheUse, type ClaimOutcome, type ClaimRequest,
+  type Failure, type Identity, type PasswordVerdict, type Proven,
+} from './auth-outcome.js';
+import { parseLogon, type Logon } from './credentials.js';
+import { DecisionCache, type Standing } from './decision-cache.js';
+import { dnKey, type Account } from './directory/directory.js';
+import { DirectoryUnavailableError } from './errors.js';
+import { Lockout } from './lockout.js';
 
-/** An authenticated user with the memberships the policy asks about. */
-export interface Identity extends Account, Principal {}
-
-/** Where an answer came from: `hit` no directory call, `miss` at least one, `stale` an expired entry. */
-export type CacheUse = 'hit' | 'miss' | 'stale';
-
-export type AuthOutcome =
-  | { readonly ok: true; readonly identity: Identity; readonly cache: CacheUse }
-  | {
-    readonly ok: false;
-    readonly reason: CredentialReason | 'directory-unavailable';
-    /** The name to log: normalized when the account was found, as typed otherwise, null without credentials. */
-    readonly user: string | null;
-    readonly cache: CacheUse | null;
-    readonly detail?: string;
-    /** 429 for a source address that sprays many accounts. */
-    readonly status?: number;
-  };
-
-/** One authentication question, whatever front-end (Basic, NTLM, a form) asks it. */
-export interface AuthRequest {
-  /** The client's address (lockout keeps familiar and unfamiliar sources apart). */
-  readonly source: string;
-  /** The groups the current policy names; only these memberships are looked up. */
-  readonly groupDns: readonly string[];
-  /** The current policy's version: standing cached under another policy is not reused. */
-  readonly policyVersion: string;
-  /** The client connection and what it presented (its Basic header): credentials a connection
-   * already proved are not checked again while their cache entries are fresh (a phone or Outlook
-   * repeats the same Basic header on every request). */
-  readonly connection?: object;
-  readonly proof?: string;
-}
-
-/** What a connection proved: its credentials (as presented), the identity, and until when that holds. */
-interface Proven {
-  readonly proof: string;
-  readonly identity: Identity;
-  readonly until: number;
-  readonly policyVersion: string;
-}
-
-/** An NTLM claim: the logon a Type 3 names, and a fingerprint of that attempt. */
-export interface ClaimRequest extends AuthRequest {
-  readonly logon: Logon;
-  readonly fingerprint: string;
-}
-
-export type ClaimOutcome =
-  | { readonly ok: true; readonly identity: Identity; readonly cache: CacheUse; settle(accepted: boolean | null): void }
-  | Failure;
-
-export interface AuthenticatorDeps {
-  readonly directory: Directory;
-  readonly domain: LogonDomain;
-  readonly cache: CacheSettings;
-  readonly lockout: LockoutSettings;
-  /** Told when stale entries answer because the directory is down. */
-  readonly onStale?: (err: DirectoryUnavailableError) => void;
-}
-
-type Failure = Extract<AuthOutcome, { ok: false }>;
-
-/** Tracks whether a request's answer needed the directory. */
-class Trace {
-  use: CacheUse = 'hit';
-  miss(): void {
-    if (this.use === 'hit') this.use = 'miss';
-  }
-  stale(): void {
-    this.use = 'stale';
-  }
-}
-
-/** What a password check found: a refusal, or the time the password was last verified by a bind. */
-type PasswordVerdict = { readonly refusal: PasswordRefusal } | { readonly refusal: null; readonly verifiedAt: number; readonly bound: boolean };
-
-const SOURCE_BLOCKED = 'source address failed for too many accounts';
-const LOCKED = 'too many wrong passwords from this kind of source';
-const BUSY = 'too many sign-ins of this account in flight; try again';
+export type { AuthOutcome, AuthRequest, AuthenticatorDeps, CacheUse, ClaimOutcome, ClaimRequest, Identity } from './auth-outcome.js';
 
 /** Authenticates Basic credentials. Its caches and lockout survive a reload (state.ts). */
 export class Authenticator {
@@ -335,27 +260,3 @@ export class Authenticator {
     }
   }
 }
-
-function accountKey(logon: Logon & { kind: 'sam' | 'upn' }): string {
-  return logon.kind === 'sam' ? `sam:${logon.sam.toLowerCase()}` : `upn:${logon.upn.toLowerCase()}`;
-}
-
-function fail(reason: Failure['reason'], user: string | null, cache: CacheUse | null, detail?: string): Failure {
-  return detail === undefined ? { ok: false, reason, user, cache } : { ok: false, reason, user, cache, detail };
-}
-
-function blocked(user: string): Failure {
-  return { ...fail('gateway-lockout', user, null, SOURCE_BLOCKED), status: 429 };
-}
-
-function lockedOut(user: string, cache: CacheUse, v: { status?: number }): Failure {
-  if (v.status === 503) return { ...fail('gateway-lockout', user, cache, BUSY), status: 503 };
-  return v.status ? { ...fail('gateway-lockout', user, cache, SOURCE_BLOCKED), status: v.status } : fail('gateway-lockout', user, cache, LOCKED);
-}
-
-/** A lockout refusal's status: 429 for a spraying source, 503 (try again) when the wait for a
- * reservation ran out, else the 401 of a wrong password. */
-function refusalOf(verdict: Exclude<LockoutVerdict, 'open'>): { status?: number } {
-  return verdict === 'source-blocked' ? { status: 429 } : verdict === 'busy' ? { status: 503 } : {};
-}
-

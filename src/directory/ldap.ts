@@ -19,58 +19,14 @@ import {
 import type { LdapSettings } from '../config/load.js';
 import { DcBreaker, Limiter } from './limits.js';
 import type { Logon } from '../credentials.js';
-import { DirectoryUnavailableError, ServiceAccountRefusedError, systemErrorText } from '../errors.js';
+import { DirectoryUnavailableError, ServiceAccountRefusedError } from '../errors.js';
+import { fileTimeToMs, STATUS_ATTRIBUTES, statusOf, SUB_CODES, text } from './ad-status.js';
+import { answered, describe, serviceAccountRefusal, SUB_CODE } from './ldap-errors.js';
 import { dnKey, looksLikeDn, type Account, type AccountStatus, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
 
 /** LDAP_MATCHING_RULE_IN_CHAIN: walks nested group membership on the DC. */
 const IN_CHAIN = '1.2.840.113556.1.4.1941';
 const USER_ATTRIBUTES = ['sAMAccountName', 'userPrincipalName', 'mail'];
-
-/**
- * AD's bind sub-codes (the `data XXX` in the error text) → reasons. The DC checks the password
- * before most account states (disabled, expired, must change), so those are only revealed to
- * someone who knows the password; a locked-out account answers 775 whatever the password.
- */
-const SUB_CODES: Readonly<Record<string, PasswordRefusal>> = {
-  '52e': 'bad-credentials',
-  '525': 'bad-credentials',          // no such user
-  '530': 'account-disabled',         // not permitted to log on at this time
-  '531': 'account-disabled',         // not permitted to log on at this workstation
-  '532': 'password-expired',
-  '533': 'account-disabled',
-  '701': 'account-expired',
-  '773': 'password-must-change',
-  '775': 'account-locked',
-};
-const SUB_CODE = /data ([0-9a-f]{3,4})\b/i;
-
-const STATUS_ATTRIBUTES = ['userAccountControl', 'msDS-User-Account-Control-Computed', 'accountExpires', 'pwdLastSet'];
-const UF_ACCOUNTDISABLE = 0x2;
-const UF_LOCKOUT = 0x10;
-const UF_PASSWORD_EXPIRED = 0x800000;
-const NEVER = 0x7fffffffffffffffn;
-const FILETIME_EPOCH_OFFSET = 116_444_736_000_000_000n;
-
-/** A FILETIME attribute (100 ns since 1601) as ms since the epoch; null for 0, never, or none. */
-function fileTimeToMs(value: string | null): number | null {
-  if (value === null || value === '0') return null;
-  const ft = BigInt(value);
-  if (ft === NEVER) return null;
-  return Number((ft - FILETIME_EPOCH_OFFSET) / 10_000n);
-}
-
-/** The logon state AD would report, read from the account's attributes (MS-ADTS 2.2.16). */
-function statusOf(e: Entry): PasswordRefusal | null {
-  const uac = Number(text(e, 'userAccountControl') ?? 0);
-  const computed = Number(text(e, 'msDS-User-Account-Control-Computed') ?? 0);
-  if (uac & UF_ACCOUNTDISABLE) return 'account-disabled';
-  if (computed & UF_LOCKOUT) return 'account-locked';
-  const expires = BigInt(text(e, 'accountExpires') ?? '0');
-  if (expires !== 0n && expires !== NEVER && expires < BigInt(Date.now()) * 10_000n + FILETIME_EPOCH_OFFSET) return 'account-expired';
-  if (text(e, 'pwdLastSet') === '0') return 'password-must-change';
-  if (computed & UF_PASSWORD_EXPIRED) return 'password-expired';
-  return null;
-}
 
 /** Minimal logger the directory reports faults to (never with credentials). */
 export interface DirectoryLog {
@@ -337,77 +293,4 @@ function notConnected(err: unknown): boolean {
 /** A name that can be looked up literally: no NUL, no control characters, no outer spaces. */
 function exactName(name: string): boolean {
   return name.length > 0 && name === name.trim() && !/[\x00-\x1f\x7f]/.test(name);
-}
-
-/** Certificate verification failures that mean the DC's CA is not trusted (`directory.ca` missing or wrong). */
-const UNTRUSTED = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_UNTRUSTED', 'CERT_SIGNATURE_FAILURE',
-]);
-const CERT_WORDS: Readonly<Record<string, string>> = {
-  CERT_HAS_EXPIRED: 'the DC\'s certificate has expired',
-  CERT_NOT_YET_VALID: 'the DC\'s certificate is not valid yet (check the clocks)',
-  ERR_TLS_CERT_ALTNAME_INVALID: 'the DC\'s certificate does not name the host in directory.url',
-};
-
-/** An error in words, without anything a bind could have put in it beyond the server's text. */
-function describe(err: unknown): string {
-  if (err instanceof ResultCodeError) return `the DC answered ${err.name} (LDAP result ${err.code}): ${err.message}`;
-  if (!(err instanceof Error)) return String(err);
-  const code = (err as NodeJS.ErrnoException).code ?? '';
-  if (UNTRUSTED.has(code)) return `the DC's certificate is not trusted (${code}): set directory.ca to the CA that issued it`;
-  if (CERT_WORDS[code]) return `${CERT_WORDS[code]} (${code})`;
-  if (/^Connection timeout/.test(err.message)) return `no answer within directory.connectTimeoutMs (${err.message})`;
-  const words = systemErrorText(err);
-  return words === err.message ? `${code || err.name}: ${err.message}` : `${words}: ${err.message}`;
-}
-
-/** Whether a DC answered (an LDAP result, a certificate refused): the fault is not reachability. */
-function answered(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException | null)?.code;
-  return err instanceof ResultCodeError || (typeof code === 'string' && (UNTRUSTED.has(code) || code in CERT_WORDS));
-}
-
-/** AD's sub-codes for a refused bind, in words, and whether the fix is the password or the account. */
-const BAD_PASSWORD = ['invalid credentials: the password is wrong, or bindDn names no account', 'password'] as const;
-const SERVICE_SUB_CODES: Readonly<Record<string, readonly [string, 'password' | 'account']>> = {
-  '52e': BAD_PASSWORD,
-  '525': ['no such user: bindDn names no account', 'account'],
-  '530': ['the account may not log on at this time (logon hours)', 'account'],
-  '531': ['the account may not log on from this computer (userWorkstations)', 'account'],
-  '532': ['the password has expired: set a new one in AD and in the config', 'password'],
-  '533': ['the account is disabled', 'account'],
-  '701': ['the account has expired (accountExpires)', 'account'],
-  '773': ['the password must be changed: set a new one in AD and in the config', 'password'],
-  '775': ['the account is locked out: unlock it in AD (after fixing the password, if that was the cause)', 'account'],
-};
-/**
- * AD's answers to the service account's bind that a retry cannot fix, in words and with the key
- * to fix (the sub-codes as in SUB_CODES). null for anything else (a DC down or busy is retried).
- */
-function serviceAccountRefusal(err: unknown, s: LdapSettings): ServiceAccountRefusedError | null {
-  const pw = `directory.${s.bindPasswordKey ?? 'bindPasswordFile'}`;
-  const account = `the domain controller refused the service account (directory.bindDn ${s.bindDn})`;
-  if (err instanceof StrongAuthRequiredError || err instanceof ConfidentialityRequiredError) {
-    const words = 'the DC requires a signed or encrypted connection for binds; use ldaps:// or startTls: true';
-    return new ServiceAccountRefusedError(`${account}: ${words}`, 'directory.url');
-  }
-  if (err instanceof InappropriateAuthError) {
-    return new ServiceAccountRefusedError(`${account}: a simple bind is not allowed for it`, 'directory.bindDn');
-  }
-  if (!(err instanceof InvalidCredentialsError)) return null;
-  const code = SUB_CODE.exec(err.message)?.[1]?.toLowerCase() ?? '';
-  const [words, fix] = SERVICE_SUB_CODES[code] ?? BAD_PASSWORD;
-  const sub = code ? ` (AD data ${code})` : '';
-  const message = `${account}: ${words}${sub}; not retried, so that AD does not lock it out`;
-  return new ServiceAccountRefusedError(message, fix === 'password' ? pw : 'directory.bindDn');
-}
-
-
-function text(e: Entry, name: string): string | null {
-  const key = Object.keys(e).find((k) => k.toLowerCase() === name.toLowerCase());
-  const v = key === undefined ? undefined : e[key];
-  const first = Array.isArray(v) ? v[0] : v;
-  if (first === undefined || first === null) return null;
-  return Buffer.isBuffer(first) ? first.toString('utf8') : String(first);
 }

@@ -1,7 +1,8 @@
 // Table tests for classify (src/classify.ts): names first (421), then the path (400 / 404), then the
 // service table (INTERFACE.md "Services"). Each row is one request as a client could send it.
 import { describe, expect, it } from 'vitest';
-import { checkHead, classify, MAX_HEADER_LINES, classifyRpc, hostName, nameTable, normalizePath, pathOf, serviceOf } from '../../src/classify.js';
+import { checkHead, MAX_HEADER_LINES } from '../../src/check-head.js';
+import { classify, classifyRpc, hostName, nameTable, normalizePath, pathOf, serviceOf } from '../../src/classify.js';
 import type { Service } from '../../src/services.js';
 
 const EXTERNAL = 'outlook-ext.lab.test';
