@@ -110,7 +110,8 @@ export class OwaForms {
     if (!isRead(method) || !LANDING.has(path)) return undefined; // signed in: the stand-in's usual answer
     const user = found.state === 'valid' ? found.session.user : c.user ?? '-';
     const canary = found.state === 'valid' ? this.#canary(found.session, jar, c.req) : [];
-    return (call) => html(call.res, 200, under(path, '/ecp') ? ecpPage(user) : inboxPage(user), { 'Set-Cookie': canary });
+    const body = under(path, '/ecp') ? ecpPage(user) : inboxPage(user);
+    return (call) => html(call.res, 200, body, { 'Set-Cookie': canary });
   }
 
   /**
@@ -137,7 +138,7 @@ export class OwaForms {
     redirect(c.res, destination, this.#start(user, trusted, c.req));
   }
 
-  /** verify resolves `DOMAIN\user`, `user@upn` or `user` and checks the password; the canonical `DOMAIN\user` or null. */
+  /** verify resolves `DOMAIN\user`, `user@upn` or `user` and checks the password: canonical `DOMAIN\user`, or null. */
   #verify(typed: string, password: string): string | null {
     const name = accountName(typed, this.opts.domain, this.opts.dnsDomain);
     const known = name === null ? undefined : this.#users.get(name);
@@ -170,7 +171,7 @@ export class OwaForms {
     return { state: 'valid', session };
   }
 
-  /** X-OWA-CANARY comes from OWA's backend on a signed-in page, not from auth.owa: Path=/, Secure, not HttpOnly (A3). */
+  /** X-OWA-CANARY comes from OWA's backend on a signed-in page, not from auth.owa; it is not HttpOnly (A3). */
   #canary(session: Session, jar: Map<string, string>, req: IncomingMessage): string[] {
     if (session.canary !== undefined && jar.get('X-OWA-CANARY') === session.canary) return [];
     session.canary = opaque();
@@ -313,7 +314,9 @@ function html(res: ServerResponse, status: number, body: string, extra: Outgoing
   reply(res, status, 'text/html; charset=utf-8', body, { ...NO_STORE, ...extra });
 }
 
-function reply(res: ServerResponse, status: number, type: string, body: string | Buffer, extra: OutgoingHttpHeaders = {}): void {
+function reply(
+  res: ServerResponse, status: number, type: string, body: string | Buffer, extra: OutgoingHttpHeaders = {},
+): void {
   res.writeHead(status, { ...extra, 'Content-Type': type, 'Content-Length': Buffer.byteLength(body) });
   res.end(body);
 }

@@ -78,7 +78,7 @@ function page(title: string, body: string): string {
     `<link rel="icon" href="${LOGO}"><script src="${SCRIPT}" defer></script></head>\n<body>${body}</body></html>\n`;
 }
 
-/** bouncePage is logon.aspx without replaceCurrent=1: a script that goes to `target` (with a link if scripts are off). */
+/** bouncePage is logon.aspx without replaceCurrent=1: a script that goes to `target` (a link without scripts). */
 export function bouncePage(target: string): string {
   return page('Outlook', `<main><a id="bounce" href="${escapeHtml(target)}">Continue to sign in</a></main>`);
 }
@@ -102,8 +102,8 @@ export function logonPage(opts: { destination: string; reason: string; ecp: bool
 
 /** inboxPage is OWA's landing page for `user`: three fake messages and a sign-out link. */
 export function inboxPage(user: string): string {
-  const items = MESSAGES.map((m) => `<li><span class="when">${m.when}</span><div class="from">${escapeHtml(m.from)}</div>` +
-    `<div>${escapeHtml(m.subject)}</div></li>`).join('\n');
+  const items = MESSAGES.map((m) => `<li><span class="when">${m.when}</span>` +
+    `<div class="from">${escapeHtml(m.from)}</div><div>${escapeHtml(m.subject)}</div></li>`).join('\n');
   return page('Mail - Outlook', `<header><img src="${LOGO}" alt="" width="32" height="32"><h1>Outlook</h1></header>
 <main><h2 id="title">Inbox — ${escapeHtml(user)}</h2><ul class="messages">\n${items}\n</ul>
 <p><a id="signOut" href="/owa/logoff.owa">Sign out</a></p></main>`);

@@ -44,7 +44,8 @@ async function call(path: string, opts: RequestOptions = {}) {
   const text = await res.body.text();
   const raw = res.headers['set-cookie'];
   const setCookie = raw === undefined ? [] : Array.isArray(raw) ? raw : [raw];
-  return { status: res.statusCode, headers: res.headers, text, setCookie, location: String(res.headers.location ?? '') };
+  const location = String(res.headers.location ?? '');
+  return { status: res.statusCode, headers: res.headers, text, setCookie, location };
 }
 
 function form(fields: Record<string, string>): RequestOptions {
@@ -86,7 +87,8 @@ describe('without a sign-in', () => {
     const url = `${standin.url}/owa/?ae=Folder&t=IPF.Note`;
     expect(r.location).toBe(`${standin.url}/owa/auth/logon.aspx?url=${encodeURIComponent(url)}&reason=0`);
     expect(r.setCookie).toEqual([]);
-    expect(standin.requests.map((s) => [s.method, s.url, s.user])).toEqual([['GET', '/owa/?ae=Folder&t=IPF.Note', null]]);
+    const seen = standin.requests.map((s) => [s.method, s.url, s.user]);
+    expect(seen).toEqual([['GET', '/owa/?ae=Folder&t=IPF.Note', null]]);
   });
 
   it('GET /ecp/ goes to the same logon page; other methods get 440 Login Timeout', async () => {
@@ -98,7 +100,7 @@ describe('without a sign-in', () => {
     expect(r.headers.connection).toBe('close');
   });
 
-  it('Authorization still passes (Basic stays enabled beside FBA), and without formsUsers /owa/ answers 401', async () => {
+  it('Authorization still passes (Basic stays on beside FBA); without formsUsers /owa/ answers 401', async () => {
     const basic = `Basic ${Buffer.from('LAB\\carol:x').toString('base64')}`;
     const r = await call('/owa/', { headers: { authorization: basic } });
     expect(r.status).toBe(200);
@@ -138,12 +140,14 @@ describe('logon.aspx and its resources', () => {
     expect(r.text).toContain('<title>Outlook</title>');
     const failed = await call(`/owa/auth/logon.aspx?replaceCurrent=1&reason=2&url=${encodeURIComponent(dest)}`);
     expect(failed.text).toContain(BAD_CREDENTIALS);
-    const ecp = await call(`/owa/auth/logon.aspx?replaceCurrent=1&reason=0&url=${encodeURIComponent(`${standin.url}/ecp/`)}`);
+    const ecpUrl = encodeURIComponent(`${standin.url}/ecp/`);
+    const ecp = await call(`/owa/auth/logon.aspx?replaceCurrent=1&reason=0&url=${ecpUrl}`);
     expect(ecp.text).toContain('<title>Exchange admin center</title>');
   });
 
   it('escapes the url parameter', async () => {
-    const r = await call(`/owa/auth/logon.aspx?replaceCurrent=1&reason=0&url=${encodeURIComponent('"><script>x()</script>')}`);
+    const hostile = encodeURIComponent('"><script>x()</script>');
+    const r = await call(`/owa/auth/logon.aspx?replaceCurrent=1&reason=0&url=${hostile}`);
     expect(r.text).not.toContain('<script>x()');
     expect(r.text).toContain('&#34;&#62;&#60;script&#62;');
   });
