@@ -5,8 +5,10 @@
  * cookie set until it expires, as Exchange does (A5). Passwords and cookie values are never logged.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import type { TLSSocket } from 'node:tls';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import {
+  cookies, destinationPath, html, isTls, NO_STORE, onOwnHost, origin, readForm, redirect, reply,
+} from './owa-http.js';
 import {
   bouncePage, ecpPage, inboxPage, LOGIN_TIMEOUT_BODY, logoffPage, logonPage, RESOURCES,
 } from './owa-pages.js';
@@ -60,7 +62,6 @@ const PUBLIC_TIMEOUT_MS = 15 * MINUTE;
 const TRUSTED_FLAG = 4;
 /** More than any real sign-in form; a larger POST is refused rather than parsed. */
 export const MAX_FORM_BYTES = 64 * 1024;
-const NO_STORE = { 'Cache-Control': 'no-cache, no-store', Pragma: 'no-cache', 'X-Frame-Options': 'SAMEORIGIN' };
 const EXPIRED = 'expires=Thu, 01-Jan-1970 00:00:00 GMT';
 /** The signed-in landing pages: OWA's inbox and the EAC. */
 const LANDING = new Set(['/owa', '/owa/', '/ecp', '/ecp/']);
@@ -249,48 +250,6 @@ function under(path: string, prefix: string): boolean {
   return path === prefix || path.startsWith(`${prefix}/`);
 }
 
-function isTls(req: IncomingMessage): boolean {
-  return (req.socket as Partial<TLSSocket>).encrypted === true;
-}
-
-/** The request's own scheme and Host. Exchange forces https; the stand-in keeps its own scheme to work over HTTP. */
-function origin(req: IncomingMessage): string {
-  return `${isTls(req) ? 'https' : 'http'}://${req.headers.host ?? 'localhost'}`;
-}
-
-function onOwnHost(destination: string, req: IncomingMessage): boolean {
-  try {
-    const url = new URL(destination);
-    return url.host.toLowerCase() === (req.headers.host ?? '').toLowerCase();
-  } catch {
-    return false;
-  }
-}
-
-function destinationPath(destination: string): string | undefined {
-  try {
-    return new URL(destination).pathname.toLowerCase();
-  } catch {
-    return undefined;
-  }
-}
-
-function readForm(body: Buffer): URLSearchParams {
-  return new URLSearchParams(body.toString('utf8'));
-}
-
-function cookies(header: string | string[] | undefined): Map<string, string> {
-  const jar = new Map<string, string>();
-  for (const line of Array.isArray(header) ? header : [header ?? '']) {
-    for (const pair of line.split(';')) {
-      const eq = pair.indexOf('=');
-      const name = pair.slice(0, eq).trim();
-      if (eq > 0 && !jar.has(name)) jar.set(name, pair.slice(eq + 1).trim());
-    }
-  }
-  return jar;
-}
-
 function expireFba(req: IncomingMessage): string[] {
   const secure = isTls(req) ? '; secure' : '';
   return FBA_COOKIES.map((name) => `${name}=; ${EXPIRED}; path=/${secure}; HttpOnly`);
@@ -304,19 +263,4 @@ function opaque(): string {
 function sameSecret(a: string, b: string): boolean {
   const digest = (s: string) => createHash('sha256').update(s).digest();
   return timingSafeEqual(digest(a), digest(b));
-}
-
-function redirect(res: ServerResponse, location: string, setCookie: string[]): void {
-  reply(res, 302, 'text/html; charset=utf-8', '', { Location: location, 'Set-Cookie': setCookie, ...NO_STORE });
-}
-
-function html(res: ServerResponse, status: number, body: string, extra: OutgoingHttpHeaders = {}): void {
-  reply(res, status, 'text/html; charset=utf-8', body, { ...NO_STORE, ...extra });
-}
-
-function reply(
-  res: ServerResponse, status: number, type: string, body: string | Buffer, extra: OutgoingHttpHeaders = {},
-): void {
-  res.writeHead(status, { ...extra, 'Content-Type': type, 'Content-Length': Buffer.byteLength(body) });
-  res.end(body);
 }
