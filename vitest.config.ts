@@ -1,8 +1,8 @@
 import { defineConfig } from 'vitest/config';
 
-// Two projects: fast unit tests of the pure stages, and integration tests against a real Samba
-// AD DC (started once by test/global-setup.ts; needs root and Debian's samba packages, which
-// `npm test`'s pretest step installs when missing).
+// Projects: fast unit tests of the pure stages; integration tests against a real Samba AD DC (started
+// once by test/global-setup.ts; needs root and Debian's samba packages); browser tests in Debian's
+// Chromium (test/helpers/browser.ts). `npm test`'s pretest step installs Samba and Chromium when missing.
 export default defineConfig({
   test: {
     projects: [
@@ -22,6 +22,16 @@ export default defineConfig({
           fileParallelism: false,
           testTimeout: 60_000,
           hookTimeout: 120_000,
+        },
+      },
+      {
+        test: {
+          name: 'browser',
+          include: ['test/browser/**/*.test.ts'],
+          // One browser at a time: each is a few hundred MB and the CI machine has two cores.
+          fileParallelism: false,
+          testTimeout: 60_000,
+          hookTimeout: 60_000,
         },
       },
       {

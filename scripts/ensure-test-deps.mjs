@@ -7,6 +7,9 @@
 //   openssl            -> to create the test CA and the DC's TLS certificate
 // and test/unit/monitoring.test.ts checks deploy/prometheus-rules.yml with
 //   promtool           -> Debian package prometheus (/usr/bin/promtool)
+// and the browser tests (test/browser/, test/helpers/browser.ts) drive Debian's Chromium with playwright-core,
+// which downloads no browser of its own:
+//   /usr/bin/chromium  -> Debian package chromium (or set EXGATE_TEST_CHROMIUM to another Chromium binary)
 //
 // When something is missing and we are root on a Debian/Ubuntu machine, install it with apt-get.
 // When we are not root, print what to install and exit 1. When everything is present, do nothing (fast).
@@ -22,6 +25,8 @@ import { delimiter, join } from 'node:path';
 
 /** Directory samba-tool needs for provisioning; shipped by samba-ad-provision. */
 const PROVISION_DATA = '/usr/share/samba/setup/provision.ldif';
+/** The browser test/helpers/browser.ts starts. */
+const CHROMIUM = process.env.EXGATE_TEST_CHROMIUM ?? '/usr/bin/chromium';
 
 /** Finds an executable on PATH, also looking in the sbin dirs that are often missing for non-root users. */
 function which(name) {
@@ -37,6 +42,7 @@ function missingPackages() {
   if (missing.has('samba-ad-dc')) missing.add('samba-ad-provision'); // always needed together
   if (!which('openssl')) missing.add('openssl');
   if (!which('promtool')) missing.add('prometheus');
+  if (!existsSync(CHROMIUM)) missing.add('chromium');
   return [...missing];
 }
 
@@ -70,15 +76,16 @@ const installCmd = `apt-get install -y --no-install-recommends ${packages.join('
 if (!isRoot) {
   fail(
     `Missing test dependencies: ${packages.join(', ')}.\n` +
-      '  The integration tests run a throwaway Samba AD domain controller and need these Debian packages.\n' +
+      '  The integration tests run a throwaway Samba AD domain controller, the browser tests Chromium;\n' +
+      '  they need these Debian packages.\n' +
       `  Install them as root:  apt-get update && DEBIAN_FRONTEND=noninteractive ${installCmd}\n` +
       '  (and run the tests as root: provisioning and ports 389/636 require it).',
   );
 }
 if (!which('apt-get')) {
   fail(`Missing test dependencies: ${packages.join(', ')}, and apt-get is not available. ` +
-    'Install Samba (samba, samba-tool with the AD DC provisioning data), openssl and Prometheus\'s promtool ' +
-    'with your package manager.');
+    'Install Samba (samba, samba-tool with the AD DC provisioning data), openssl, Prometheus\'s promtool ' +
+    'and Chromium with your package manager.');
 }
 
 console.log(`[ensure-test-deps] installing missing test dependencies: ${packages.join(', ')}`);

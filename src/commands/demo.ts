@@ -6,7 +6,7 @@
  */
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadConfig } from '../config/load.js';
+import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, fatalText, systemErrorText } from '../errors.js';
 import { startExchangeStandin } from '../standin/exchange.js';
 import { startGateway, type RunningGateway } from './serve.js';
@@ -14,10 +14,17 @@ import { startGateway, type RunningGateway } from './serve.js';
 /** The demo's config, shipped in the package. */
 export const DEMO_CONFIG = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'config', 'demo.yaml');
 
+/**
+ * The demo users' passwords (config/demo-users.yaml keeps only their hashes), so that the stand-in's
+ * forms sign-in accepts them when a browser opens the stand-in itself.
+ */
+export const DEMO_FORMS_USERS: Readonly<Record<string, string>> = { alice: 'Alice-Demo-1', bob: 'Bob-Demo-1' };
+
 export async function demo(configFile = DEMO_CONFIG): Promise<number> {
   let upstreamUrl: URL;
+  let directory: Config['directory'];
   try {
-    upstreamUrl = loadConfig(configFile).upstream.url;
+    ({ upstream: { url: upstreamUrl }, directory } = loadConfig(configFile));
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(fatalText(err));
@@ -27,7 +34,13 @@ export async function demo(configFile = DEMO_CONFIG): Promise<number> {
   }
   let standin: Awaited<ReturnType<typeof startExchangeStandin>>;
   try {
-    standin = await startExchangeStandin({ host: upstreamUrl.hostname, port: Number(upstreamUrl.port) });
+    standin = await startExchangeStandin({
+      host: upstreamUrl.hostname,
+      port: Number(upstreamUrl.port),
+      formsUsers: { ...DEMO_FORMS_USERS },
+      ntlmDomain: directory.type === 'file' ? directory.netbiosDomain : undefined,
+      ntlmDnsDomain: directory.type === 'file' ? directory.upnSuffixes[0] : undefined,
+    });
   } catch (err) {
     const why = systemErrorText(err);
     process.stderr.write(`exgate: ${configFile}: upstream.url: cannot start the Exchange stand-in on ${upstreamUrl.host}: ${why}\n`);
@@ -61,6 +74,7 @@ exgate demo: gateway on ${base}, Exchange stand-in on ${upstream} (not real Exch
   wrong password: curl -k -u 'alice:nope'         ${base}/EWS/Exchange.asmx -d '<x/>'   (401)
   denied to all:  curl -k ${base}/ecp/                                                   (403)
   internal name:  curl -k --resolve exchange.demo.test:${port}:127.0.0.1 https://exchange.demo.test:${port}/owa/   (421)
+  stand-in's own OWA sign-in (forms, not through exgate): ${upstream}/owa/  as alice / Alice-Demo-1
 Access records follow on stdout, one JSON line per request. Ctrl-C stops.
 
 `;

@@ -8,6 +8,7 @@
  * it runs the connection-oriented NTLM handshake of IIS (the challenge belongs to one TCP
  * connection, which is then authenticated as a whole) and verifies NTLMv2 against the passwords
  * it was given (./ntlm-server.ts), so a gateway in front of it must carry the handshake intact.
+ * With `formsUsers` it also runs OWA/ECP's forms-based sign-in, cookies and all (./owa-forms.ts).
  * What it also copies faithfully is the timing of the long-lived protocols, because that is what
  * a gateway's timeouts and buffering get wrong: MAPI NotificationWait streams
  * PROCESSING/PENDING/DONE, ActiveSync Ping sends nothing until its heartbeat passes, and EWS
@@ -26,6 +27,7 @@ import {
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { DEFAULT_SERVER_NAME, ProbeResponder, serverControls, stopListening, type HealthControls } from './health.js';
+import { MAX_FORM_BYTES, OwaForms } from './owa-forms.js';
 import { buildType2, readNtlmAuthorization, readType3, type1Flags, verifyType3, type Handshake } from './ntlm-server.js';
 
 /** StandinOptions configures {@link startExchangeStandin}. Every field is optional. */
@@ -70,6 +72,15 @@ export interface StandinOptions {
   ntlmDnsDomain?: string;
   /** Server FQDN in healthcheck.htm bodies and the `X-Standin-Server` header. Default `'EXCH-FE01.lab.test'`. */
   name?: string;
+  /**
+   * Run Exchange's forms-based sign-in for /owa and /ecp: lower-case user name → password, checked for
+   * `DOMAIN\user` (`ntlmDomain` or `ntlmDnsDomain`), `user@<ntlmDnsDomain>` or `user`. Requests to
+   * /owa and /ecp without Authorization then need the cookies of a sign-in (else 302 to logon.aspx, or
+   * 440); with Authorization they pass as before. Default: no forms sign-in, /owa answers 401 like the rest.
+   */
+  formsUsers?: Record<string, string>;
+  /** Lifetime of a forms cookie set, extended on use. Default: 1.5 × OWA's timeout (12 h private, 22.5 min public). */
+  formsSessionMs?: number;
 }
 
 /** Which NTLM leg a request was: a Type 1, a Type 3, or a request on an NTLM-authenticated connection. */
@@ -89,7 +100,9 @@ export interface SeenRequest {
   /**
    * User name from a Basic Authorization header (text before the first colon); for an NTLM Type 3
    * the `DOMAIN\user` it claims (just `user` when its domain is empty), whether or not it verified;
-   * for a request on an NTLM-authenticated connection, that connection's `DOMAIN\user`; else null.
+   * for a request on an NTLM-authenticated connection, that connection's `DOMAIN\user`; for the forms
+   * sign-in POST the `username` field as typed; for a request with signed-in forms cookies their
+   * `DOMAIN\user`; else null.
    */
   user: string | null;
   /**
@@ -199,6 +212,8 @@ type NtlmConnection =
 interface State {
   readonly probes: ProbeResponder;
   readonly ntlm: NtlmConfig | undefined;
+  /** Forms sign-in, only with `formsUsers`. */
+  readonly forms: OwaForms | undefined;
   /** Per TCP connection (keyed by its socket), only with `ntlmUsers`. */
   readonly ntlmConnections: WeakMap<object, NtlmConnection>;
   readonly pendingMs: number;
@@ -215,6 +230,8 @@ interface State {
 interface BodyDigest {
   bytes: number;
   sha256: string;
+  /** The body itself, only when asked to keep it and no larger than asked. */
+  kept?: Buffer;
 }
 
 /** One request in flight: what the handlers need, parsed once. */
@@ -278,6 +295,14 @@ export async function startExchangeStandin(opts: StandinOptions = {}): Promise<E
           domain: opts.ntlmDomain ?? DEFAULT_NTLM_DOMAIN,
           dnsDomain: opts.ntlmDnsDomain ?? DEFAULT_NTLM_DNS_DOMAIN,
         }
+      : undefined,
+    forms: opts.formsUsers
+      ? new OwaForms({
+          users: opts.formsUsers,
+          domain: opts.ntlmDomain ?? DEFAULT_NTLM_DOMAIN,
+          dnsDomain: opts.ntlmDnsDomain ?? DEFAULT_NTLM_DNS_DOMAIN,
+          sessionMs: opts.formsSessionMs,
+        })
       : undefined,
     ntlmConnections: new WeakMap(),
     pendingMs: opts.pendingMs ?? DEFAULT_PENDING_MS,
@@ -362,9 +387,11 @@ async function handle(state: State, req: IncomingMessage, res: ServerResponse): 
   res.setHeader('request-id', randomUUID());
   res.setHeader('X-Standin-Server', state.probes.name); // not an Exchange header: the gateway passes it on
 
+  const { path, query } = parseTarget(req.url);
+  const method = req.method ?? 'GET';
   let body: BodyDigest;
   try {
-    body = await readBody(req);
+    body = await readBody(req, state.forms?.keepsBody(method, path) === true ? MAX_FORM_BYTES : 0);
   } catch {
     return; // the client went away mid-body: the request never fully reached us, so it is not recorded
   }
@@ -377,20 +404,22 @@ async function handle(state: State, req: IncomingMessage, res: ServerResponse): 
   }
   const step = ntlmStep(state, req);
   if (step.leg === 'type3' && state.ntlmVerifyDelayMs > 0) await new Promise((r) => setTimeout(r, state.ntlmVerifyDelayMs));
-  user = step.user;
+  const formsUser = state.forms?.userOf(method, path, req.headers.cookie, body.kept) ?? null;
+  user = step.user ?? formsUser;
   note = step.note ?? '';
   state.requests.push(toSeen(req, user, step.leg, body, at, socketId));
   if (step.reply !== undefined) {
     return send(res, 401, 'text/plain', '401 Unauthorized\n', { 'WWW-Authenticate': step.reply });
   }
 
-  const { path, query } = parseTarget(req.url);
   const call: Call = {
     state, req, res, path, query, user, body, timers, socketId,
-    authenticated: step.authenticated,
+    authenticated: step.authenticated || formsUser !== null,
     ntlm: step.leg,
   };
   try {
+    const forms = { req, res, path, query, body: body.kept, authorized: step.authenticated, user: step.user };
+    if (state.forms?.serve(forms)) return;
     pick(call)(call);
   } catch (err) {
     fail(res, err);
@@ -668,15 +697,21 @@ function big(c: Call): void {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/** readBody consumes the body, hashing as it goes; it never holds more than one chunk. */
-async function readBody(req: IncomingMessage): Promise<BodyDigest> {
+/**
+ * readBody consumes the body, hashing as it goes; it holds no more than one chunk, unless it keeps
+ * a body of at most `keepBytes` (the forms sign-in POST).
+ */
+async function readBody(req: IncomingMessage, keepBytes: number): Promise<BodyDigest> {
   const hash = createHash('sha256');
   let bytes = 0;
+  const parts: Buffer[] = [];
   for await (const chunk of req as AsyncIterable<Buffer>) {
     bytes += chunk.length;
     hash.update(chunk);
+    if (bytes <= keepBytes) parts.push(chunk);
   }
-  return { bytes, sha256: hash.digest('hex') };
+  const kept = keepBytes > 0 && bytes <= keepBytes ? Buffer.concat(parts) : undefined;
+  return { bytes, sha256: hash.digest('hex'), ...(kept ? { kept } : {}) };
 }
 
 function toSeen(
