@@ -12,7 +12,7 @@ import { ConfigError, DirectoryUnavailableError, fatalText, ServiceAccountRefuse
 import { startAdmin, type LastReload } from '../admin.js';
 import { joinCluster, runPrimary } from './cluster.js';
 import { scheduleMailboxFlags } from './mailbox-flags.js';
-import { Gateway } from '../gateway.js';
+import { Gateway } from '../server.js';
 import { Metrics } from '../metrics.js';
 import { watchFiles } from '../watch.js';
 import type { Directory } from '../directory/directory.js';
