@@ -19,7 +19,7 @@ import { Client as LdapClient } from 'ldapts';
 import { Client } from 'undici';
 import { stringify } from 'yaml';
 import { Authenticator } from '../src/authenticate.js';
-import { startGateway } from '../src/commands/serve.js';
+import { startGateway } from '../src/start.js';
 import { parseBasic, parseLogon } from '../src/credentials.js';
 import { FileDirectory } from '../src/directory/file.js';
 import { startExchangeStandin } from '../src/standin/exchange.js';

@@ -19,7 +19,7 @@ import { Lockout, type Attempt, type LockoutEvent, type LockoutSettings, type Lo
 import { openDirectory } from '../state.js';
 import { Upstream } from '../proxy.js';
 import { appLogger } from '../access-log.js';
-import type { RunningGateway } from './serve.js';
+import type { RunningGateway } from '../start.js';
 import { scheduleMailboxFlags } from './mailbox-flags.js';
 
 const MESSAGE = 'exgate:lockout';
