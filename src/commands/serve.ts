@@ -4,14 +4,14 @@
  * certificate; on any error the running state stays.
  */
 import cluster from 'node:cluster';
-import { accessLogger } from '../access-log.js';
+import { accessLogger, appLogger } from '../access-log.js';
 import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError, fatalText, ServiceAccountRefusedError } from '../errors.js';
 import { holdWith503, type Holding } from '../holding.js';
+import { scheduleMailboxFlags } from '../mailbox-flags/schedule.js';
 import { startGateway, systemdSocket, systemdSocketPassed, type RunningGateway } from '../start.js';
 import { ensureSelfSigned, loadTlsMaterial } from '../tls.js';
 import { joinCluster, runPrimary } from './cluster.js';
-import { scheduleMailboxFlags } from './mailbox-flags.js';
 
 const RETRY_MS = 5000;
 /**
@@ -36,13 +36,13 @@ export async function serve(file: string): Promise<number> {
     }
     throw err;
   }
-  if (config.workers > 1 && cluster.isPrimary) {
-    if (systemdSocketPassed()) {
-      process.stderr.write(`${config.file}: workers: socket activation (exgate.socket) needs workers: 1\n`);
-      return 1;
-    }
-    return runPrimary(config);
+  if (config.workers > 1 && cluster.isPrimary && systemdSocketPassed()) {
+    process.stderr.write(`${config.file}: workers: socket activation (exgate.socket) needs workers: 1\n`);
+    return 1;
   }
+  // The process that supervises (the single one, or the primary) syncs mailbox flags; a worker never.
+  const stopSync = cluster.isPrimary ? scheduleMailboxFlags(config, appLogger(config.log.level)) : () => {};
+  if (config.workers > 1 && cluster.isPrimary) return runPrimary(config, stopSync);
 
   // Signals that arrive while starting must not kill the process with their default action.
   let reload = (): void => {};
@@ -78,6 +78,7 @@ export async function serve(file: string): Promise<number> {
         // primary sees it and starts another, with backoff.
         if (cluster.isWorker) process.exit(code);
         process.off('SIGHUP', onHup).off('SIGTERM', onStop).off('SIGINT', onStop);
+        stopSync();
         setTimeout(() => process.exit(code), 1000).unref();   // nothing may keep a failed start alive
         return code;
       }
@@ -88,7 +89,6 @@ export async function serve(file: string): Promise<number> {
   }
   const gw = running;
   if (cluster.isWorker) joinCluster(gw);
-  const stopSync = cluster.isWorker ? () => {} : scheduleMailboxFlags(file, config.mailboxFlags?.intervalMinutes ?? 0, gw.log);
   reload = () => { void gw.reload(); };
   await new Promise<void>((resolve) => {
     let stopping = false;
