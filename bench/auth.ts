@@ -20,7 +20,7 @@ import { Client } from 'undici';
 import { stringify } from 'yaml';
 import { authenticateBasic } from '../src/front-ends.js';
 import { Authenticator } from '../src/authenticate.js';
-import { startGateway } from '../src/commands/serve.js';
+import { startGateway } from '../src/start.js';
 import { parseBasic, parseLogon } from '../src/credentials.js';
 import { FileDirectory } from '../src/directory/file.js';
 import { startExchangeStandin } from '../src/standin/exchange.js';

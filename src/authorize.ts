@@ -40,6 +40,25 @@ function evaluate(service: Service, principal: Principal, policy: Policy): Decis
   return { allow: false, reason: 'not-allowed', rule: null };
 }
 
+/** A rule for a service, and whether it names the principal. */
+export interface RuleMatch {
+  readonly rule: Rule;
+  readonly matched: boolean;
+}
+
+/**
+ * Every rule for `service` in the order authorize() weighs them (deny rules, then allow rules),
+ * each with whether it names `principal` (null, no such account: none does). For `explain`.
+ */
+export function ruleMatches(service: Service, principal: Principal | null, policy: Policy): RuleMatch[] {
+  const rules = policy.byService.get(service);
+  if (!rules) return [];
+  const userKey = principal?.dn.toLowerCase() ?? '';
+  return [...rules.deny, ...rules.allow].map((rule) => ({
+    rule, matched: principal !== null && matches(rule, userKey, principal.groups),
+  }));
+}
+
 /** An allow rule that names at least someone (an empty group list means nobody). */
 function admitsAnyone(rule: Rule): boolean {
   return rule.everyone || rule.groups.size > 0 || rule.users.size > 0;

@@ -1,5 +1,5 @@
 /**
- * The table of contents of a request. handle() runs judge(), the stages every request takes (the
+ * The table of contents of a request (server.ts is the TLS/HTTP server that calls it). handle() runs judge(), the stages every request takes (the
  * Outlook Anywhere tunnel runs them too), then forwards or refuses, and writes one access record
  * when the response closes:
  *
@@ -7,15 +7,15 @@
  *
  * Each stage returns a value and the pipeline branches on it; respond.ts writes every refusal.
  */
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
-import type { Server as TlsServer, TLSSocket } from 'node:tls';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { activeSyncCommand, newAccessRecord, type AccessRecord } from './access-log.js';
 import { authorize, authorizeAnonymous } from './authorize.js';
 import { checkHead, type Head } from './check-head.js';
 import { classify, type Route } from './classify.js';
-import { answerRaw, handleClientError, OwedResponses, rpcFraming, rpcPrecheck } from './client-error.js';
+import { rpcFraming, rpcPrecheck } from './client-error.js';
 import type { DenyReason } from './errors.js';
 import { claimedUser, type FrontEndOutcome } from './front-ends.js';
 import { forward } from './forward.js';
@@ -24,8 +24,6 @@ import { answerAutodiscoverJson, isAutodiscoverJson } from './autodiscover.js';
 import { requestIdleMs, type Service } from './services.js';
 import type { Metrics } from './metrics.js';
 import type { State } from './state.js';
-import { peek } from './rpc-tunnel.js';
-import { createTlsServer, type TlsMaterial } from './tls.js';
 import type { Identity } from './authenticate.js';
 
 /** What the gateway reports to: the access log, the operational log, the metrics. */
@@ -233,7 +231,7 @@ function queryOf(url: string): string {
  * Writes the record once both the response has closed and the pipeline has settled: a client
  * that leaves while the directory answers is still logged with its user and reason.
  */
-function recordOnceDone(out: Telemetry, record: AccessRecord, res: ServerResponse): { settled(): void } {
+export function recordOnceDone(out: Telemetry, record: AccessRecord, res: ServerResponse): { settled(): void } {
   const started = performance.now();
   let closed = false;
   let settled = false;
@@ -246,153 +244,4 @@ function recordOnceDone(out: Telemetry, record: AccessRecord, res: ServerRespons
   };
   res.once('close', () => { closed = true; write(); });
   return { settled: () => { settled = true; write(); } };
-}
-
-/** A running gateway: TLS listener → HTTP server → handle(). */
-export class Gateway {
-  #state: State;
-  #draining = false;
-  readonly #longPolls = new Set<ServerResponse>();
-  /** Responses not yet started: told to close their connection when a stop begins. */
-  readonly #pending = new Set<ServerResponse>();
-  readonly tlsServer: TlsServer;
-  readonly httpServer: HttpServer;
-  readonly #sockets = new Set<Socket>();
-  /** Per connection, the responses a raw answer must not overtake (client-error.ts). */
-  readonly #owed = new OwedResponses();
-
-  constructor(state: State, material: TlsMaterial, private readonly logs: Telemetry) {
-    this.#state = state;
-    const { http, tls } = state.config;
-    this.httpServer = createHttpServer({
-      requestTimeout: 0,                       // Node's 300 s default also cuts long uploads
-      headersTimeout: http.headersTimeoutMs,   // slowloris guard, checked every…
-      connectionsCheckingInterval: Math.min(5000, Math.ceil(http.headersTimeoutMs / 2)),   // …Node's default is 30 s
-      keepAliveTimeout: http.keepAliveTimeoutMs,
-      requireHostHeader: false,                // classify names the site by SNI then, or answers 421, and logs it
-    }, (req, res) => this.serve(req, res));
-    // Answer `Expect: 100-continue` only once the request is allowed (forward() sends the 100).
-    this.httpServer.on('checkContinue', (req, res) => this.serve(req, res));
-    this.httpServer.on('clientError', (err: Error, socket: Socket) => {
-      handleClientError(err, socket, {
-        state: this.#state, owed: this.#owed, write: (r) => this.write(r),
-        note: (s, message) => logs.app.info({ client: s.remoteAddress }, message),
-      });
-    });
-    // An `Expect` other than 100-continue: refused through deny() and logged (Node would send a bare 417).
-    this.httpServer.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-      if (!this.#owed.add(req.socket, res)) return;
-      const record = newAccessRecord(req.socket, req);
-      recordOnceDone(logs, record, res).settled();
-      deny(req, res, record, 'bad-request', { detail: 'unsupported Expect', status: 417 });
-    });
-    this.httpServer.on('connect', (req: IncomingMessage, socket: Socket) => this.refuseConnect(req, socket));
-    // The HTTP server never listens itself; this starts its headersTimeout checks
-    // (research/node-proxy.md §1.3, pitfall 2).
-    this.httpServer.emit('listening');
-    this.tlsServer = createTlsServer(material, tls, (socket) => this.accept(socket), (err, socket) => {
-      logs.app.debug({ client: socket.remoteAddress, code: err.code }, 'TLS handshake failed');
-    });
-  }
-
-  get state(): State {
-    return this.#state;
-  }
-
-  /** Swaps in a new state; requests already running keep the one they started with. */
-  setState(state: State): void {
-    this.#state = state;
-  }
-
-  listen(port = this.#state.config.listen.port, host = this.#state.config.listen.host): Promise<AddressInfo> {
-    return new Promise((resolve, reject) => {
-      this.tlsServer.once('error', reject);
-      this.tlsServer.listen({ port, host, backlog: 4096 }, () => {
-        this.tlsServer.off('error', reject);
-        resolve(this.tlsServer.address() as AddressInfo);
-      });
-    });
-  }
-
-  /** Listens on an inherited socket (systemd socket activation). */
-  listenOn(fd: number): Promise<AddressInfo> {
-    return new Promise((resolve, reject) => {
-      this.tlsServer.once('error', reject);
-      this.tlsServer.listen({ fd }, () => {
-        this.tlsServer.off('error', reject);
-        resolve(this.tlsServer.address() as AddressInfo);
-      });
-    });
-  }
-
-  private serve(req: IncomingMessage, res: ServerResponse): void {
-    if (!this.#owed.add(req.socket, res)) return;            // parsed after a parser error: never served
-    if (this.#draining) res.shouldKeepAlive = false;          // answered, then the connection closes
-    else {
-      this.#pending.add(res);
-      res.once('close', () => this.#pending.delete(res));
-    }
-    void handle(req, res, this.#state, this.logs, (r) => {
-      this.#longPolls.add(r);
-      r.once('close', () => this.#longPolls.delete(r));
-    });
-  }
-
-  /**
-   * A graceful stop: stops accepting, answers every request in flight with `Connection: close`
-   * and closes idle keep-alive connections; long-polls are cut after `longPollGraceMs` (their
-   * clients reconnect at once), everything else gets up to `graceMs`; then what is left is cut
-   * and the directory closed.
-   */
-  async close(graceMs = 0, longPollGraceMs = Math.min(graceMs, this.#state.config.http.longPollGraceMs)): Promise<void> {
-    this.#draining = true;
-    for (const res of this.#pending) if (!res.headersSent) res.shouldKeepAlive = false;
-    const closed = new Promise<void>((resolve) => this.tlsServer.close(() => resolve()));
-    const started = Date.now();
-    const deadline = started + graceMs;
-    while (this.#sockets.size > 0 && Date.now() < deadline) {
-      this.httpServer.closeIdleConnections();
-      if (Date.now() - started >= longPollGraceMs) for (const r of this.#longPolls) r.destroy();
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    for (const s of this.#sockets) s.destroy();
-    this.httpServer.close();
-    await closed;
-    await this.#state.directory.close();
-  }
-
-  private accept(socket: TLSSocket): void {
-    if (this.#draining) {                                    // a handshake that finished during the stop
-      socket.destroy();
-      return;
-    }
-    this.#sockets.add(socket);
-    this.logs.metrics.openConnections.inc();
-    socket.once('close', () => {
-      this.#sockets.delete(socket);
-      this.logs.metrics.openConnections.dec();
-    });
-    // Outlook Anywhere can only be told apart before the HTTP parser sees the bytes; look only
-    // when the policy may let someone use it.
-    if (authorizeAnonymous('rpc', this.#state.policy) === null) {
-      peek(socket, () => this.#state, (s) => this.httpServer.emit('connection', s), (r) => this.write(r));
-    } else {
-      this.httpServer.emit('connection', socket);
-    }
-  }
-
-  /** CONNECT never reaches a request handler (Node hands over the socket): answer it raw. */
-  private refuseConnect(req: IncomingMessage, socket: Socket): void {
-    const record = newAccessRecord(socket, req);
-    record.reason = 'bad-request';
-    record.detail = 'CONNECT is not served';
-    // After the responses owed to earlier pipelined requests, like every raw answer.
-    this.#owed.answerAfterOwed(socket, () => answerRaw(socket, 405, record, (r) => this.write(r)));
-  }
-
-  /** Writes a record made outside handle() (parser refusals, tunnels, CONNECT). */
-  private write(record: AccessRecord): void {
-    this.logs.access.info(record);
-    this.logs.metrics.observe(record);
-  }
 }

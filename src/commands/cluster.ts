@@ -19,8 +19,7 @@ import { Lockout, type Attempt, type LockoutEvent, type LockoutSettings, type Lo
 import { openDirectory } from '../state.js';
 import { Upstream } from '../upstream.js';
 import { appLogger } from '../access-log.js';
-import type { RunningGateway } from './serve.js';
-import { scheduleMailboxFlags } from './mailbox-flags.js';
+import type { RunningGateway } from '../start.js';
 
 const MESSAGE = 'exgate:lockout';
 const RESERVE = 'exgate:reserve';
@@ -44,8 +43,11 @@ const RESTART_MAX_MS = 30_000;
 /** Workers that died before listening, in a row, before the primary gives up (exit 1). */
 const MAX_FAILED_STARTS = 5;
 
-/** Runs the primary until SIGTERM/SIGINT; resolves with the exit code. */
-export async function runPrimary(config: Config): Promise<number> {
+/**
+ * Runs the primary until SIGTERM/SIGINT; resolves with the exit code. `onStop` is called once
+ * the primary starts stopping (serve.ts ends the mailbox-flags schedule there).
+ */
+export async function runPrimary(config: Config, onStop: () => void): Promise<number> {
   const log = appLogger(config.log.level);
   let stopping = false;
   let delay = RESTART_MIN_MS;
@@ -116,12 +118,11 @@ export async function runPrimary(config: Config): Promise<number> {
   log.info({ workers: config.workers }, 'exgate primary started');
 
   const admin = config.admin ? await startPrimaryAdmin(config, () => serving.size) : null;
-  const stopSync = scheduleMailboxFlags(config.file, config.mailboxFlags?.intervalMinutes ?? 0, log);
   process.on('SIGHUP', () => { for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP'); });
   const code = await new Promise<number>((resolve) => {
     giveUp = (exit = 1) => {
       stopping = true;
-      stopSync();
+      onStop();
       admin?.close();
       for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
       resolve(exit);
@@ -129,7 +130,7 @@ export async function runPrimary(config: Config): Promise<number> {
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
-      stopSync();
+      onStop();
       log.info({ signal }, 'stopping workers');
       admin?.close();
       const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);

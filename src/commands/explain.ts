@@ -12,13 +12,13 @@
  */
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { authorize, authorizeAnonymous } from '../authorize.js';
+import { authorize, authorizeAnonymous, ruleMatches, type Principal } from '../authorize.js';
 import { classify } from '../classify.js';
 import { loadConfig } from '../config/load.js';
 import { parseLogon, type Logon } from '../credentials.js';
-import { dnKey, type Account, type Directory, type PasswordRefusal } from '../directory/directory.js';
+import type { Account, Directory, PasswordRefusal } from '../directory/directory.js';
 import { ConfigError, DirectoryUnavailableError, type Reason } from '../errors.js';
-import { loadPolicy, type Policy, type Rule } from '../policy/compile.js';
+import { loadPolicy, type Policy } from '../policy/compile.js';
 import { isService, type Service } from '../services.js';
 import { logonDomain, openDirectory } from '../state.js';
 
@@ -85,12 +85,11 @@ export async function decide(configFile: string, userName: string, service: Serv
     const policy = await loadPolicy(config.policyFile, directory, domain);
     const logon = parseLogon(userName, domain);
     const found = logon.kind === 'refused' ? null : await lookUp(directory, logon, policy);
-    const ruleList = policy.byService.get(service);
-    const rules = [...(ruleList?.deny ?? []), ...(ruleList?.allow ?? [])];
     const answer: Explanation = {
       decision: 'deny', reason: 'bad-credentials', rule: null, user: found?.account.user ?? logon.display,
       groups: found?.groups ?? [], service, account: found?.account.dn ?? null,
-      rules: rules.map((r) => ({ id: r.id, effect: r.effect, matched: found !== null && matches(r, found) })),
+      rules: ruleMatches(service, found?.principal ?? null, policy)
+        .map(({ rule, matched }) => ({ id: rule.id, effect: rule.effect, matched })),
       notes: ip ? [`smart lockout state for ${ip} lives in the running gateway; not consulted here`] : [],
     };
     const refused = (reason: Reason, note?: string): Explanation =>
@@ -111,7 +110,7 @@ export async function decide(configFile: string, userName: string, service: Serv
     if (logon.kind === 'refused') return refused('bad-credentials', logon.why);
     if (!found) return refused('bad-credentials', 'no such account');
     if (found.refusal) return refused(found.refusal);
-    const decision = authorize(service, { dn: found.account.dn, groups: found.memberships }, policy);
+    const decision = authorize(service, found.principal, policy);
     return { ...answer, decision: decision.allow ? 'allow' : 'deny', reason: decision.reason, rule: decision.rule };
   } finally {
     await directory.close();
@@ -123,8 +122,8 @@ interface Found {
   readonly refusal: PasswordRefusal | null;
   /** Transitive group names, sorted. */
   readonly groups: string[];
-  /** The policy's group DNs the account belongs to (lowercase). */
-  readonly memberships: ReadonlySet<string>;
+  /** The account as the policy sees it: its DN and the policy's groups it belongs to (lowercase DNs). */
+  readonly principal: Principal;
 }
 
 /** The account a logon names, its state and its groups; null when there is no such account. */
@@ -134,11 +133,8 @@ async function lookUp(directory: Directory, logon: Logon & { kind: 'sam' | 'upn'
   const [status, groups, memberships] = await Promise.all([
     directory.accountStatus(account), directory.groupsOf(account), directory.memberships(account, policy.groupDns),
   ]);
-  return { account, refusal: status.refusal, groups: groups.map((g) => g.name).sort((a, b) => a.localeCompare(b)), memberships };
-}
-
-function matches(rule: Rule, found: Found): boolean {
-  return rule.everyone || rule.users.has(dnKey(found.account.dn)) || [...rule.groups].some((g) => found.memberships.has(g));
+  const names = groups.map((g) => g.name).sort((a, b) => a.localeCompare(b));
+  return { account, refusal: status.refusal, groups: names, principal: { dn: account.dn, groups: memberships } };
 }
 
 function text(a: Explanation): string {

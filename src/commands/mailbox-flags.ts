@@ -9,7 +9,6 @@
  * arguments. `--force` overrides the share limit only, never an empty group or a failed read.
  */
 import { parseArgs } from 'node:util';
-import type { Logger } from 'pino';
 import { appLogger } from '../access-log.js';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
@@ -109,42 +108,4 @@ async function apply(planned: SyncPlan, force: boolean, settings: NonNullable<Re
 
 function shareRefusal(blocked: number, total: number, limit: number): string {
   return `the plan blocks ${blocked} of ${total} mailboxes (${((blocked / Math.max(1, total)) * 100).toFixed(1)}%), more than maxBlockShare ${limit}`;
-}
-
-/**
- * One scheduled sync (`mailboxFlags.intervalMinutes` in `serve`): the same plan and the same
- * safety limits as `apply` without --force; refusals and failures are logged, never thrown.
- */
-export async function syncOnce(configFile: string, log: Pick<Logger, 'info' | 'warn' | 'error'>): Promise<void> {
-  try {
-    const config = loadConfig(configFile);
-    if (!config.mailboxFlags) return;
-    const directory = openDirectory(config, { warn: () => {} });
-    try {
-      const policy = await loadPolicy(config.policyFile, directory, logonDomain(config));
-      const planned = await planSync(config.mailboxFlags, directory, policy);
-      if (!planned.ok) return log.warn({ refusal: planned.refusal }, 'mailbox-flags sync refused');
-      if (planned.overShare) return log.warn({ blocked: planned.plan.blocked, total: planned.plan.total }, 'mailbox-flags sync refused: over maxBlockShare (run apply --force by hand)');
-      if (planned.plan.changes.length === 0) return log.info({ total: planned.plan.total }, 'mailbox flags in step');
-      const results = await applyPlan(config.mailboxFlags, planned.plan, log);
-      log.info({ changed: results.filter((r) => r.ok).length, failed: results.filter((r) => !r.ok).length }, 'mailbox-flags sync done');
-    } finally {
-      await directory.close();
-    }
-  } catch (err) {
-    log.error({ err: err instanceof Error ? err.message : String(err) }, 'mailbox-flags sync failed');
-  }
-}
-
-/** Runs syncOnce every `intervalMinutes` (0: never). Returns a stop function. */
-export function scheduleMailboxFlags(configFile: string, minutes: number, log: Pick<Logger, 'info' | 'warn' | 'error'>): () => void {
-  if (!(minutes > 0)) return () => {};
-  let running = false;
-  const timer = setInterval(() => {
-    if (running) return;
-    running = true;
-    void syncOnce(configFile, log).finally(() => { running = false; });
-  }, minutes * 60_000);
-  timer.unref();
-  return () => clearInterval(timer);
 }

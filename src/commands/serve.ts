@@ -1,234 +1,17 @@
 /**
- * `exgate serve --config FILE`: load everything, listen, and run until SIGTERM/SIGINT.
- * SIGHUP reloads config, policy and certificate; on any error the running state stays.
- * startGateway() is also what the tests and the demo use, in-process.
+ * `exgate serve --config FILE`: start the gateway (start.ts) and run until SIGTERM/SIGINT, as one
+ * process or as the primary of workers (cluster.ts). SIGHUP reloads config, policy and
+ * certificate; on any error the running state stays.
  */
 import cluster from 'node:cluster';
-import type { AddressInfo } from 'node:net';
-import type { DestinationStream, Logger } from 'pino';
-import { accessLogger, appLogger, clip, type AccessLog } from '../access-log.js';
+import { accessLogger, appLogger } from '../access-log.js';
 import { loadConfig, type Config } from '../config/load.js';
-import { ConfigError, DirectoryUnavailableError, fatalText, ServiceAccountRefusedError, systemErrorText } from '../errors.js';
-import { startAdmin, type LastReload } from '../admin.js';
-import { joinCluster, runPrimary } from './cluster.js';
-import { scheduleMailboxFlags } from './mailbox-flags.js';
-import { Gateway } from '../gateway.js';
-import { Metrics } from '../metrics.js';
-import { watchFiles } from '../watch.js';
-import type { Directory } from '../directory/directory.js';
-import { buildState, type State } from '../state.js';
+import { ConfigError, DirectoryUnavailableError, fatalText, ServiceAccountRefusedError } from '../errors.js';
 import { holdWith503, type Holding } from '../holding.js';
-import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from '../tls.js';
-
-export interface StartOptions {
-  /** Access-log destination instead of `log.access` (tests capture it). */
-  readonly accessStream?: DestinationStream;
-  /** Operational-log destination instead of stderr. */
-  readonly appStream?: DestinationStream;
-  /** Overrides `listen` (tests use port 0). */
-  readonly port?: number;
-  readonly host?: string;
-  /** The metrics registry to count into (a worker's; default: a new one). */
-  readonly metrics?: Metrics;
-  /** Overrides `admin.port` (tests use 0); `false` starts no admin listener (workers). */
-  readonly adminPort?: number | false;
-  /** Reload when the files the gateway was built from change. Default: true. */
-  readonly watch?: boolean;
-  /** Called once the state is built, just before listening (serve.ts frees the port here). */
-  readonly beforeListen?: () => Promise<void>;
-}
-
-export interface RunningGateway {
-  readonly gateway: Gateway;
-  readonly address: AddressInfo;
-  /** The admin listener's address, when one runs. */
-  readonly admin: AddressInfo | null;
-  readonly metrics: Metrics;
-  readonly log: Logger;
-  /** Reloads config, policy and certificate; false (and the old state kept) on any error. */
-  reload(): Promise<boolean>;
-  /** Stops accepting and closes, letting requests in flight run up to `graceMs`. */
-  close(graceMs?: number): Promise<void>;
-}
-
-/**
- * Loads a config file, builds the state and starts listening. Throws ConfigError (naming the key:
- * a port that cannot be bound, an access log that cannot be opened, a refused service account)
- * or DirectoryUnavailableError; a start that fails leaves nothing open.
- */
-export async function startGateway(file: string, opts: StartOptions = {}): Promise<RunningGateway> {
-  const config = loadConfig(file);
-  const log = appLogger(config.log.level, opts.appStream);
-  if (await selfSigned(config)) log.warn({ cert: config.tls.cert }, 'generated a self-signed certificate (lab use only)');
-  const material = loadTlsMaterial(config);
-  warnAboutCertificate(material, config, log);
-  const metrics = opts.metrics ?? new Metrics();
-  const access = openAccessLog(config, log, metrics, opts.accessStream);
-  const opened: { state?: State; gateway?: Gateway } = {};
-  let served = material;                            // the certificate the listener serves now
-  let lastReload: LastReload | null = null;
-  let address: AddressInfo;
-  let admin: Admin | null;
-  try {
-    const state = opened.state = await buildState(config, log);
-    const gw = opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
-    await opts.beforeListen?.();
-    const inherited = systemdSocket();
-    const port = opts.port ?? config.listen.port;
-    const host = opts.host ?? config.listen.host;
-    const listen = () => (inherited === null ? gw.listen(port, host) : gw.listenOn(inherited));
-    address = await bound(config, 'listen', host, port, listen);
-    log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
-    metrics.certificates = { gateway: () => served.notAfter, upstream: () => gw.state.upstream.peerNotAfter };
-    const adminAt = config.admin && opts.adminPort !== false
-      ? { host: config.admin.host, port: opts.adminPort ?? config.admin.port } : null;
-    admin = adminAt
-      ? await bound(config, 'admin', adminAt.host, adminAt.port, () => startAdmin(adminAt.host, adminAt.port, {
-        directory: () => gw.state.directory.ping(),
-        upstream: () => gw.state.upstream.probe(),
-        metrics: async () => ({ body: await metrics.registry.metrics(), contentType: metrics.registry.contentType }),
-        probed: (check, ok) => metrics.probed(check, ok),
-        lastReload: () => lastReload,
-      }))
-      : null;
-  } catch (err) {
-    // Whatever was opened is closed: an LDAP connection left open kept a process that could
-    // not listen alive, deaf to SIGTERM (issue 10).
-    if (opened.gateway) await opened.gateway.close();
-    else await opened.state?.directory.close();
-    await access.close();
-    throw err instanceof ServiceAccountRefusedError
-      ? new ConfigError([{ file: config.file, key: err.key, message: err.message }], { cause: err })
-      : err;
-  }
-  const gateway = opened.gateway;
-  if (admin) log.info({ address: admin.address.address, port: admin.address.port }, 'admin listener');
-
-  const reload = async (): Promise<boolean> => {
-    access.reopen();                                // after logrotate moved the file
-    try {
-      const next: Config = loadConfig(file);
-      const nextMaterial = loadTlsMaterial(next);
-      const nextState = await buildState(next, log, gateway.state);
-      const old = gateway.state;
-      gateway.tlsServer.setSecureContext(secureContextOptions(nextMaterial, next.tls));
-      gateway.setState(nextState);
-      // The old directory serves requests still running on the old state; closed a little later.
-      if (old.directory !== nextState.directory) retire(old.directory);
-      served = nextMaterial;
-      log.info({ policy: nextState.policy.version }, 'reloaded');
-      watcher?.reset(sourceFiles(next));
-      lastReload = { time: new Date().toISOString(), ok: true };
-      metrics.lastReloadOk.set(1);
-      return true;
-    } catch (err) {
-      log.error({ problems: err instanceof ConfigError ? err.problems : undefined, err: err instanceof ConfigError ? undefined : err }, 'reload failed; keeping the running configuration');
-      lastReload = { time: new Date().toISOString(), ok: false, error: reloadError(err) };
-      metrics.reloadFailures.inc();
-      metrics.lastReloadOk.set(0);
-      return false;
-    }
-  };
-  const retired = new Set<Directory>();
-  const retire = (d: Directory) => {
-    retired.add(d);
-    setTimeout(() => { retired.delete(d); void d.close(); }, 30_000).unref();
-  };
-  const watcher = opts.watch === false ? null : watchFiles(sourceFiles(config), (f) => {
-    log.info({ file: f }, 'a configuration file changed; reloading');
-    void reload();
-  });
-  const close = async (graceMs = 0) => {
-    watcher?.close();
-    admin?.server.close();
-    await gateway.close(graceMs);
-    await Promise.all([...retired].map((d) => d.close()));
-    await access.close();
-  };
-  return { gateway, address, admin: admin?.address ?? null, metrics, log, reload, close };
-}
-
-/**
- * Why a reload failed, for /readyz: a config error's problems (file and key; their messages never
- * echo a secret, config/load.ts), else the error's type and message, clipped.
- */
-function reloadError(err: unknown): string {
-  if (err instanceof ConfigError) return clip(err.message);
-  return clip(err instanceof Error ? `${err.name}: ${err.message}` : String(err));
-}
-
-/**
- * The listening socket systemd handed over (socket activation, `exgate.socket`): file
- * descriptor 3 when LISTEN_FDS says so for this process. It stays open across restarts, so
- * clients that connect while the gateway restarts wait in its backlog instead of being refused.
- */
-function systemdSocket(): number | null {
-  return !cluster.isWorker && systemdSocketPassed() ? 3 : null;
-}
-
-type Admin = Awaited<ReturnType<typeof startAdmin>>;
-
-/** Listens, or says in one line why not, naming the key (`listen.port`, `admin.port`). */
-async function bound<T>(
-  config: Config, section: 'listen' | 'admin', host: string, port: number, listen: () => Promise<T>,
-): Promise<T> {
-  try {
-    return await listen();
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const key = code === 'EADDRNOTAVAIL' ? `${section}.host` : `${section}.port`;
-    const hint = code === 'EACCES' && port < 1024
-      ? '; ports below 1024 need root or CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit)' : '';
-    const message = `cannot listen on ${host}:${port}: ${systemErrorText(err)}${hint}`;
-    throw new ConfigError([{ file: config.file, key, message }]);
-  }
-}
-
-/** ensureSelfSigned, with a certificate that cannot be written named by its key. */
-async function selfSigned(config: Config): Promise<boolean> {
-  try {
-    return await ensureSelfSigned(config);
-  } catch (err) {
-    if (err instanceof ConfigError) throw err;
-    const path = (err as NodeJS.ErrnoException).path ?? config.tls.cert;
-    const key = path === config.tls.key ? 'tls.key' : 'tls.cert';
-    const message = `cannot write the self-signed certificate ${path}: ${systemErrorText(err)}`;
-    throw new ConfigError([{ file: config.file, key, message }]);
-  }
-}
-
-/**
- * The access log, opened now so that a path that cannot be written stops the start with its key.
- * A write that fails later is logged and counted, and never stops the gateway (access-file.ts).
- */
-function openAccessLog(config: Config, log: Logger, metrics: Metrics, stream?: DestinationStream): AccessLog {
-  const target = config.log.access;
-  try {
-    return accessLogger(target, stream, {
-      onWriteError: (err) => {
-        metrics.accessLogWriteErrors.inc();
-        const why = systemErrorText(err);
-        log.error({ file: target, err }, `cannot write the access log (${why}); access records go to stderr until it works again`);
-      },
-      onRecovered: () => log.info({ file: target }, 'the access log is written again'),
-    });
-  } catch (err) {
-    throw new ConfigError([{ file: config.file, key: 'log.access', message: `cannot open ${target}: ${systemErrorText(err)}` }]);
-  }
-}
-
-/** Every file a state is built from. */
-function sourceFiles(config: Config): string[] {
-  return [config.file, ...config.watched];
-}
-
-/** Logs what is wrong or about to be with the certificate: names it lacks, expiry within 14 days. */
-function warnAboutCertificate(material: TlsMaterial, config: Config, log: Logger): void {
-  const missing = certificateGaps(material, config.names.externalList);
-  if (missing.length > 0) log.warn({ missing }, 'the certificate does not name every external name; clients will refuse it for those');
-  const days = Math.floor((material.notAfter.getTime() - Date.now()) / 86_400_000);
-  if (days < 14) log.warn({ notAfter: material.notAfter.toISOString(), days }, days < 0 ? 'the certificate has expired' : 'the certificate expires soon');
-}
+import { scheduleMailboxFlags } from '../mailbox-flags/schedule.js';
+import { startGateway, systemdSocket, systemdSocketPassed, type RunningGateway } from '../start.js';
+import { ensureSelfSigned, loadTlsMaterial } from '../tls.js';
+import { joinCluster, runPrimary } from './cluster.js';
 
 const RETRY_MS = 5000;
 /**
@@ -253,13 +36,13 @@ export async function serve(file: string): Promise<number> {
     }
     throw err;
   }
-  if (config.workers > 1 && cluster.isPrimary) {
-    if (systemdSocketPassed()) {
-      process.stderr.write(`${config.file}: workers: socket activation (exgate.socket) needs workers: 1\n`);
-      return 1;
-    }
-    return runPrimary(config);
+  if (config.workers > 1 && cluster.isPrimary && systemdSocketPassed()) {
+    process.stderr.write(`${config.file}: workers: socket activation (exgate.socket) needs workers: 1\n`);
+    return 1;
   }
+  // The process that supervises (the single one, or the primary) syncs mailbox flags; a worker never.
+  const stopSync = cluster.isPrimary ? scheduleMailboxFlags(config, appLogger(config.log.level)) : () => {};
+  if (config.workers > 1 && cluster.isPrimary) return runPrimary(config, stopSync);
 
   // Signals that arrive while starting must not kill the process with their default action.
   let reload = (): void => {};
@@ -295,6 +78,7 @@ export async function serve(file: string): Promise<number> {
         // primary sees it and starts another, with backoff.
         if (cluster.isWorker) process.exit(code);
         process.off('SIGHUP', onHup).off('SIGTERM', onStop).off('SIGINT', onStop);
+        stopSync();
         setTimeout(() => process.exit(code), 1000).unref();   // nothing may keep a failed start alive
         return code;
       }
@@ -305,7 +89,6 @@ export async function serve(file: string): Promise<number> {
   }
   const gw = running;
   if (cluster.isWorker) joinCluster(gw);
-  const stopSync = cluster.isWorker ? () => {} : scheduleMailboxFlags(file, config.mailboxFlags?.intervalMinutes ?? 0, gw.log);
   reload = () => { void gw.reload(); };
   await new Promise<void>((resolve) => {
     let stopping = false;
@@ -325,7 +108,6 @@ export async function serve(file: string): Promise<number> {
   return 0;
 }
 
-/** True when systemd passed a listening socket to this process (socket activation). */
 /** Answers 503 on the gateway's port until the gateway can start; null when the port is taken. */
 async function holdPort(config: Config): Promise<Holding | null> {
   try {
@@ -338,8 +120,4 @@ async function holdPort(config: Config): Promise<Holding | null> {
     process.stderr.write(`exgate: cannot answer on ${config.listen.host}:${config.listen.port} meanwhile: ${err instanceof Error ? err.message : String(err)}\n`);
     return null;
   }
-}
-
-function systemdSocketPassed(): boolean {
-  return process.env.LISTEN_PID === String(process.pid) && Number(process.env.LISTEN_FDS) >= 1;
 }

@@ -11,7 +11,7 @@ import { buildConnector, Client } from 'undici';
 import { expect, inject } from 'vitest';
 import { stringify } from 'yaml';
 import type { AccessRecord } from '../../src/access-log.js';
-import { startGateway, type RunningGateway } from '../../src/commands/serve.js';
+import { startGateway, type RunningGateway } from '../../src/start.js';
 import { startExchangeStandin, type ExchangeStandin, type SeenRequest, type StandinOptions } from '../../src/standin/exchange.js';
 import { DOMAIN, GROUPS, SERVICE_ACCOUNT, USERS, type TestUser } from './ad-fixtures.js';
 import { scryptSync, randomBytes } from 'node:crypto';

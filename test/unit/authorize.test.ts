@@ -7,10 +7,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { authorize, authorizeAnonymous, type Decision, type Principal } from '../../src/authorize.js';
+import { authorize, authorizeAnonymous, ruleMatches, type Decision, type Principal } from '../../src/authorize.js';
 import { FileDirectory } from '../../src/directory/file.js';
 import { loadPolicy, type Policy } from '../../src/policy/compile.js';
-import type { Service } from '../../src/services.js';
+import { SERVICES, type Service } from '../../src/services.js';
 
 const DOMAIN = { netbios: 'LAB', upnSuffixes: ['lab.test'] };
 const PASSWORD = 'Authorize-Test-1';
@@ -242,5 +242,38 @@ describe('authorizeAnonymous: what is decided before asking for credentials', ()
 
   it('enforce: oab (allowed only by an empty group list) → not-allowed without credentials', () => {
     expect(authorizeAnonymous('oab', enforce)).toEqual(notAllowed);
+  });
+});
+
+describe('ruleMatches: each rule as authorize weighs it (what `explain` shows)', () => {
+  const shown = (user: User | null, service: Service) =>
+    ruleMatches(service, user ? principals.get(user) as Principal : null, enforce)
+      .map(({ rule, matched }) => [rule.id, rule.effect, matched]);
+
+  it('lists deny rules first, then allow rules, each with whether it names the user', () => {
+    expect(shown('dave', 'owa')).toEqual([
+      ['blocked', 'deny', true], ['no-owa-for-bob', 'deny', false], ['owa-everyone', 'allow', true],
+    ]);
+    expect(shown('ceo', 'activesync')).toEqual([['blocked', 'deny', false], ['mobile', 'allow', true]]);
+    expect(shown('alice', 'oab')).toEqual([['oab-nobody', 'allow', false]]);
+    expect(shown('alice', 'api')).toEqual([]);
+  });
+
+  it('matches nothing for no account, not even `authenticated` or `deny: all`', () => {
+    expect(shown(null, 'owa')).toEqual([
+      ['blocked', 'deny', false], ['no-owa-for-bob', 'deny', false], ['owa-everyone', 'allow', false],
+    ]);
+    expect(shown(null, 'ecp')).toEqual([['no-legacy-no-admin', 'deny', false]]);
+  });
+
+  it('agrees with authorize for every user and service: the first rule that matches decides', () => {
+    for (const service of SERVICES) {
+      for (const user of USERS) {
+        const principal = principals.get(user) as Principal;
+        const first = ruleMatches(service, principal, enforce).find((m) => m.matched)?.rule;
+        const expected: Decision = !first ? notAllowed : first.effect === 'deny' ? denied(first.id) : allowed(first.id);
+        expect(authorize(service, principal, enforce), `${user} ${service}`).toEqual(expected);
+      }
+    }
   });
 });
