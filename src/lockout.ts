@@ -19,11 +19,14 @@
  * - Per source address (IPv6 per /64), failures across many accounts (spraying) get the address
  *   429, except for an account that address is familiar to.
  *
- * State is bounded (LRU, `max`) and survives a reload (`reconfigure`). Workers of one gateway
- * share it: each tells the others what it saw (`onEvent` → `apply`, relayed by the primary).
+ * State is bounded (LRU, `max`) and survives a reload (`reconfigure`). The processes of a gateway
+ * share it through the state bus (`connect`): each publishes what it saw, the others `apply` it,
+ * and the bus's authority reserves (lockout-reserve.ts), seeing every attempt in flight.
  */
 import { isIPv6 } from 'node:net';
 import { LRUCache } from 'lru-cache';
+import { getOr, InFlight, type Seen, type SourceState } from './lockout-reserve.js';
+import type { StateBus } from './state/bus.js';
 
 export interface LockoutSettings {
   /** Failed binds per account and source class before that class is refused. */
@@ -47,9 +50,6 @@ export interface LockoutSettings {
 /** 'busy': the attempt waited its bound for attempts in flight to settle (503, try again). */
 export type LockoutVerdict = 'open' | 'account-locked' | 'source-blocked' | 'busy';
 
-/** Time-stamped keys. */
-type Seen = Map<string, number>;
-
 /** One source class of one account: the wrong passwords that caused binds, since the last reset. */
 interface Counter {
   readonly failures: Seen;
@@ -63,11 +63,6 @@ interface AccountState {
   readonly unfamiliar: Counter;
   /** Source key → last successful sign-in. */
   readonly sources: Seen;
-}
-
-interface SourceState {
-  readonly accounts: Seen;
-  readonly failures: Seen;
 }
 
 /** An attempt allowed on to the directory; settle it with release() once it is answered. */
@@ -86,21 +81,14 @@ export type LockoutEvent =
   | { readonly kind: 'success'; readonly account: string; readonly source: string; readonly verifiedByBind: boolean; readonly name: string | null; readonly t: number };
 
 export class Lockout {
-  /** Told of every failure and success recorded here (not of those applied from elsewhere). */
-  onEvent: ((e: LockoutEvent) => void) | null = null;
-  /** With workers: reservations made by the primary, which sees every worker's attempts in flight. */
-  remote: ((account: string, source: string, fingerprint: string) => Promise<Attempt>) | null = null;
-  /** Told of new settings (a worker tells the primary, whose reservations must use them too). */
-  onReconfigure: ((settings: LockoutSettings) => void) | null = null;
   #settings: LockoutSettings;
+  /** Null until connect(): then failures, successes and settings go out on it, and it reserves. */
+  #bus: StateBus | null = null;
   readonly #accounts: LRUCache<string, AccountState>;
   readonly #sources: LRUCache<string, SourceState>;
-  readonly #pending = new Map<string, Seen>();
   /** Logon name (authenticate's account key) → the account DN it signed in as. */
   readonly #names: LRUCache<string, string>;
-  readonly #pendingSources = new Map<string, SourceState>();
-  /** Attempts waiting for a reservation, by account and by source key: woken when one settles. */
-  readonly #waiters = new Map<string, Set<() => void>>();
+  readonly #inFlight = new InFlight();
 
   constructor(settings: LockoutSettings, private readonly now: () => number = Date.now) {
     this.#settings = settings;
@@ -115,10 +103,23 @@ export class Lockout {
     return account !== undefined && this.isFamiliar(account, source);
   }
 
+  /**
+   * Shares this lockout over `bus` (once, when the state is first built; it survives reloads):
+   * what the other members saw is applied here; new settings reach the authority.
+   */
+  connect(bus: StateBus): void {
+    this.#bus = bus;
+    bus.subscribe((e) => { if (e.kind === 'lockout') this.apply(e.event); });
+  }
+
+  get settings(): LockoutSettings {
+    return this.#settings;
+  }
+
   /** New settings, same memory: a reload must not forgive an attacker. */
   reconfigure(settings: LockoutSettings): void {
     this.#settings = settings;
-    this.onReconfigure?.(settings);
+    this.#bus?.publish({ kind: 'settings', settings });
   }
 
   /** May this source try this account now? `account` null: only the source's limits apply. */
@@ -144,11 +145,11 @@ export class Lockout {
     return state.last > since && [state.familiar, state.unfamiliar].some((c) => c.failures.has(fingerprint));
   }
 
-  /** acquire(), by the primary when there is one (workers), else here. */
+  /** acquire(), by the bus's authority once connected (the primary, with workers), else here. */
   async reserveShared(account: string, source: string, fingerprint: string): Promise<Attempt> {
     const local = this.check(account, source);
-    if (local !== 'open' || this.remote === null) return local !== 'open' ? { verdict: local, release: () => {} } : this.acquire(account, source, fingerprint);
-    return this.remote(account, source, fingerprint);
+    if (local !== 'open') return { verdict: local, release: () => {} };
+    return this.#bus ? this.#bus.reserve(account, source, fingerprint) : this.acquire(account, source, fingerprint);
   }
 
   /**
@@ -158,39 +159,14 @@ export class Lockout {
    */
   async acquire(account: string, source: string, fingerprint: string): Promise<Attempt> {
     const deadline = Date.now() + (this.#settings.waitMs ?? 10_000);
-    const keys = [`a\0${account}`, `s\0${sourceKey(source)}`];
     for (;;) {
       const verdict = this.admit(account, source, fingerprint);
       if (verdict !== 'wait') return verdict === 'open' ? this.reserve(account, source, fingerprint) : { verdict, release: () => {} };
       const left = deadline - Date.now();
-      if (left <= 0 || (this.#waiters.get(keys[0] as string)?.size ?? 0) >= (this.#settings.maxWaiting ?? 32)) {
+      if (left <= 0 || this.#inFlight.waiting(account) >= (this.#settings.maxWaiting ?? 32)) {
         return { verdict: 'busy', release: () => {} };
       }
-      await this.settleOf(keys, left);
-    }
-  }
-
-  /** Resolves when an attempt in flight for one of `keys` settles, or after `ms`. */
-  private settleOf(keys: readonly string[], ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const wake = () => {
-        clearTimeout(timer);
-        for (const k of keys) {
-          const set = this.#waiters.get(k);
-          set?.delete(wake);
-          if (set?.size === 0) this.#waiters.delete(k);
-        }
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      for (const k of keys) getOr(this.#waiters, k, () => new Set()).add(wake);
-    });
-  }
-
-  private wake(account: string, src: string): void {
-    for (const k of [`a\0${account}`, `s\0${src}`]) {
-      const set = this.#waiters.get(k);
-      if (set) for (const w of [...set]) w();
+      await this.#inFlight.settled(account, sourceKey(source), left);
     }
   }
 
@@ -205,10 +181,10 @@ export class Lockout {
     const src = sourceKey(source);
     const familiar = this.familiarKey(account, src);
     const settled = this.settled(account, familiar);
-    const pending = this.#pending.get(classKey(account, familiar));
+    const pending = this.#inFlight.ofClass(classKey(account, familiar));
     if (settled.has(fingerprint) || pending?.has(fingerprint)) return 'open';
     if (union(settled, pending, -Infinity) + 1 > this.#settings.threshold) return 'wait';
-    const pendingSource = this.#pendingSources.get(src);
+    const pendingSource = this.#inFlight.ofSource(src);
     if (pendingSource && !familiar) {
       const s = this.#sources.get(src);
       const since = this.since();
@@ -224,27 +200,8 @@ export class Lockout {
     const verdict = this.check(account, source);
     if (verdict !== 'open') return { verdict, release: () => {} };
     const src = sourceKey(source);
-    const cls = classKey(account, this.familiarKey(account, src));
-    const t = this.now();
-    const byClass = getOr(this.#pending, cls, () => new Map());
-    const bySource = getOr(this.#pendingSources, src, () => ({ accounts: new Map(), failures: new Map() }));
-    const pair = `${account}\0${fingerprint}`;
-    const added = [!byClass.has(fingerprint), !bySource.accounts.has(account), !bySource.failures.has(pair)];
-    byClass.set(fingerprint, t);
-    bySource.accounts.set(account, t);
-    bySource.failures.set(pair, t);
-    return {
-      verdict,
-      release: () => {
-        if (added[0]) byClass.delete(fingerprint);
-        if (added[1]) bySource.accounts.delete(account);
-        if (added[2]) bySource.failures.delete(pair);
-        if (byClass.size === 0) this.#pending.delete(cls);
-        if (bySource.accounts.size === 0 && bySource.failures.size === 0) this.#pendingSources.delete(src);
-        // After the settling failure (if any) was recorded: callers record, then release.
-        this.wake(account, src);
-      },
-    };
+    const release = this.#inFlight.add(classKey(account, this.familiarKey(account, src)), src, account, fingerprint, this.now());
+    return { verdict, release };
   }
 
   /**
@@ -254,7 +211,7 @@ export class Lockout {
   failure(account: string | null, source: string, fingerprint: string): void {
     const t = this.now();
     this.applyFailure(account, source, fingerprint, t);
-    this.onEvent?.({ kind: 'failure', account, source, fingerprint, t });
+    this.share({ kind: 'failure', account, source, fingerprint, t });
   }
 
   private applyFailure(account: string | null, source: string, fingerprint: string, t: number): void {
@@ -287,7 +244,13 @@ export class Lockout {
       if (last !== undefined && t - last < refresh && (name === undefined || this.#names.get(name) === account)) return;
     }
     this.applySuccess(account, source, verifiedByBind, name ?? null, t);
-    this.onEvent?.({ kind: 'success', account, source, verifiedByBind, name: name ?? null, t });
+    this.share({ kind: 'success', account, source, verifiedByBind, name: name ?? null, t });
+  }
+
+  /** Tells the other members; kept for those that join later while it can still count. */
+  private share(event: LockoutEvent): void {
+    const keep = Math.max(this.#settings.windowSeconds, this.#settings.familiarSeconds) * 1000;
+    this.#bus?.publish({ kind: 'lockout', event, until: event.t + keep });
   }
 
   /**
@@ -381,13 +344,4 @@ function union(a: ReadonlyMap<string, number> | undefined, b: ReadonlyMap<string
 
 function prune(map: Seen, since: number): void {
   for (const [k, t] of map) if (t <= since) map.delete(k);
-}
-
-function getOr<K, V>(map: Map<K, V>, key: K, make: () => V): V {
-  let v = map.get(key);
-  if (v === undefined) {
-    v = make();
-    map.set(key, v);
-  }
-  return v;
 }

@@ -41,9 +41,6 @@ export interface RpcHead {
   readonly headers: Record<string, string>;
 }
 
-/** Per-address count of open tunnels. */
-const tunnels = new Map<string, number>();
-
 /**
  * Looks at the first bytes of a TLS connection. `toHttp` receives every connection that is not
  * Outlook Anywhere, with the bytes read so far put back.
@@ -133,19 +130,18 @@ async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: S
   record.rule = decision.rule;
   if (!decision.allow) return refuse(403, decision.reason, 'not allowed by policy');
   const source = socket.remoteAddress ?? '';
-  const open = tunnels.get(sourceKey(source)) ?? 0;
   const cap = state.config.services.rpc.maxTunnelsPerSource;
-  if (open >= cap) return refuse(429, 'gateway-lockout', `more than ${cap} Outlook Anywhere tunnels from one address`, 'Retry-After: 10\r\n');
+  // Counted on the state bus: with workers, the cap holds for the address across all of them.
+  const slot = await state.bus.acquireSlot(`tunnel\0${sourceKey(source)}`, cap);
+  if (!slot) return refuse(429, 'gateway-lockout', `more than ${cap} Outlook Anywhere tunnels from one address`, 'Retry-After: 10\r\n');
   record.decision = 'allow';
   record.reason = decision.reason;
-  if (socket.destroyed) return;
+  if (socket.destroyed) return slot.release();
   // A client that waits for 100 before its body (impacket, IIS answers at once) hears it only now,
   // once allowed; Exchange never sees the Expect (rebuildHead drops it).
   if (expect !== undefined) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
-  const key = sourceKey(source);
-  open1(key);
   const recheck = recheckPeriodically(socket, auth.identity, state, record);
-  pipeTunnel(socket, head, rest, length, state, record, started, () => { clearInterval(recheck); close1(key); writeRecord(record); });
+  pipeTunnel(socket, head, rest, length, state, record, started, () => { clearInterval(recheck); slot.release(); writeRecord(record); });
 }
 
 /**
@@ -323,14 +319,4 @@ function refuseRaw(socket: TLSSocket, writeRecord: (r: AccessRecord) => void, ra
   record.status = status;
   socket.end(`${statusLine(status)}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
   writeRecord(record);
-}
-
-function open1(source: string): void {
-  tunnels.set(source, (tunnels.get(source) ?? 0) + 1);
-}
-
-function close1(source: string): void {
-  const n = (tunnels.get(source) ?? 1) - 1;
-  if (n <= 0) tunnels.delete(source);
-  else tunnels.set(source, n);
 }

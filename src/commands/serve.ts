@@ -10,13 +10,14 @@ import { accessLogger, appLogger, clip, type AccessLog } from '../access-log.js'
 import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError, fatalText, ServiceAccountRefusedError, systemErrorText } from '../errors.js';
 import { startAdmin, type LastReload } from '../admin.js';
-import { joinCluster, runPrimary } from './cluster.js';
+import { joinCluster, runPrimary, workerBus } from './cluster.js';
 import { scheduleMailboxFlags } from './mailbox-flags.js';
 import { Gateway } from '../gateway.js';
 import { Metrics } from '../metrics.js';
 import { watchFiles } from '../watch.js';
 import type { Directory } from '../directory/directory.js';
 import { buildState, type State } from '../state.js';
+import type { BusFactory } from '../state/bus.js';
 import { holdWith503, type Holding } from '../holding.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from '../tls.js';
 
@@ -36,6 +37,8 @@ export interface StartOptions {
   readonly watch?: boolean;
   /** Called once the state is built, just before listening (serve.ts frees the port here). */
   readonly beforeListen?: () => Promise<void>;
+  /** The state bus (src/state): a worker's goes to the primary. Default: this process alone. */
+  readonly bus?: BusFactory;
 }
 
 export interface RunningGateway {
@@ -70,7 +73,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   let address: AddressInfo;
   let admin: Admin | null;
   try {
-    const state = opened.state = await buildState(config, log);
+    const state = opened.state = await buildState(config, log, undefined, opts.bus);
     const gw = opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
     await opts.beforeListen?.();
     const inherited = systemdSocket();
@@ -281,7 +284,7 @@ export async function serve(file: string): Promise<number> {
   };
   for (;;) {
     try {
-      running = await startGateway(file, { ...(cluster.isWorker ? { adminPort: false } : {}), beforeListen: release });
+      running = await startGateway(file, { ...(cluster.isWorker ? { adminPort: false, bus: workerBus } : {}), beforeListen: release });
       break;
     } catch (err) {
       // Only a DC that did not answer is waited for: a refused service account, a port in use or
