@@ -1,8 +1,17 @@
 /**
  * The lockout's attempts in flight: binds reserved and not yet settled, counted as if they were
  * failures, and the attempts waiting for them to settle (Lockout.acquire). Only the authority of
- * the state bus (the primary, or the only process) holds reservations.
+ * the state bus (the primary, or the only process) holds reservations. And the time-stamped maps.
  */
+
+/** 'busy': the attempt waited its bound for attempts in flight to settle (503, try again). */
+export type LockoutVerdict = 'open' | 'account-locked' | 'source-blocked' | 'busy';
+
+/** An attempt allowed on to the directory; settle it with release() once it is answered. */
+export interface Attempt {
+  readonly verdict: LockoutVerdict;
+  release(): void;
+}
 
 /** Time-stamped keys. */
 export type Seen = Map<string, number>;
@@ -19,14 +28,6 @@ export class InFlight {
   readonly #bySource = new Map<string, SourceState>();
   /** Attempts waiting, by `a\0account` and `s\0source`: woken when one settles. */
   readonly #waiters = new Map<string, Set<() => void>>();
-
-  ofClass(cls: string): ReadonlyMap<string, number> | undefined {
-    return this.#byClass.get(cls);
-  }
-
-  ofSource(src: string): SourceState | undefined {
-    return this.#bySource.get(src);
-  }
 
   /** Counts one attempt until the returned release (callers record a failure first, then release). */
   add(cls: string, src: string, account: string, fingerprint: string, t: number): () => void {
@@ -47,13 +48,46 @@ export class InFlight {
     };
   }
 
-  /** How many attempts of this account wait now. */
-  waiting(account: string): number {
-    return this.#waiters.get(`a\0${account}`)?.size ?? 0;
+  /**
+   * Would this attempt stay within `threshold` were every attempt of its class in flight to fail?
+   * One whose wrong password is already counted or in flight adds nothing, and has room.
+   */
+  classRoom(cls: string, settled: ReadonlyMap<string, number>, fingerprint: string, threshold: number): boolean {
+    const pending = this.#byClass.get(cls);
+    if (settled.has(fingerprint) || pending?.has(fingerprint)) return true;
+    return union(settled, pending, -Infinity) + 1 <= threshold;
+  }
+
+  /** The same for the per-address limits (`settled`: the address's failures since `since`). */
+  sourceRoom(src: string, settled: SourceState | undefined, account: string, since: number,
+    limits: { readonly sourceAccounts: number; readonly sourceFailures: number }): boolean {
+    const pending = this.#bySource.get(src);
+    if (!pending) return true;
+    const accounts = union(settled?.accounts, pending.accounts, since) + (pending.accounts.has(account) ? 0 : 1);
+    const failures = union(settled?.failures, pending.failures, since) + 1;
+    return accounts <= limits.sourceAccounts && failures <= limits.sourceFailures;
+  }
+
+  /**
+   * Runs `admit` until it no longer says 'wait', woken each time an attempt of the account or the
+   * address settles; then `reserve`. Beyond `maxWaiting` waiting attempts of one account, or after
+   * `waitMs`: 'busy'.
+   */
+  async acquire(account: string, src: string, limits: { readonly waitMs?: number; readonly maxWaiting?: number },
+    admit: () => LockoutVerdict | 'wait', reserve: () => Attempt): Promise<Attempt> {
+    const deadline = Date.now() + (limits.waitMs ?? 10_000);
+    for (;;) {
+      const verdict = admit();
+      if (verdict !== 'wait') return verdict === 'open' ? reserve() : { verdict, release: () => {} };
+      const left = deadline - Date.now();
+      const waiting = this.#waiters.get(`a\0${account}`)?.size ?? 0;
+      if (left <= 0 || waiting >= (limits.maxWaiting ?? 32)) return { verdict: 'busy', release: () => {} };
+      await this.settled(account, src, left);
+    }
   }
 
   /** Resolves when an attempt in flight for this account or source settles, or after `ms`. */
-  settled(account: string, src: string, ms: number): Promise<void> {
+  private settled(account: string, src: string, ms: number): Promise<void> {
     const keys = [`a\0${account}`, `s\0${src}`];
     return new Promise((resolve) => {
       const wake = () => {
@@ -78,7 +112,21 @@ export class InFlight {
   }
 }
 
-export function getOr<K, V>(map: Map<K, V>, key: K, make: () => V): V {
+/** Distinct keys seen after `since` in either map. */
+export function union(
+  a: ReadonlyMap<string, number> | undefined, b: ReadonlyMap<string, number> | undefined, since: number,
+): number {
+  let n = 0;
+  if (a) for (const t of a.values()) if (t > since) n++;
+  if (b) for (const [k, t] of b) if (t > since && !((a?.get(k) ?? -Infinity) > since)) n++;
+  return n;
+}
+
+export function prune(map: Seen, since: number): void {
+  for (const [k, t] of map) if (t <= since) map.delete(k);
+}
+
+function getOr<K, V>(map: Map<K, V>, key: K, make: () => V): V {
   let v = map.get(key);
   if (v === undefined) {
     v = make();

@@ -19,14 +19,16 @@
  * - Per source address (IPv6 per /64), failures across many accounts (spraying) get the address
  *   429, except for an account that address is familiar to.
  *
- * State is bounded (LRU, `max`) and survives a reload (`reconfigure`). The processes of a gateway
- * share it through the state bus (`connect`): each publishes what it saw, the others `apply` it,
- * and the bus's authority reserves (lockout-reserve.ts), seeing every attempt in flight.
+ * State is bounded (LRU, `max`), survives a reload (`reconfigure`) and is shared on the state bus
+ * (`connect`): members `apply` what the others saw; the bus's authority reserves (lockout-reserve.ts).
  */
 import { isIPv6 } from 'node:net';
 import { LRUCache } from 'lru-cache';
-import { getOr, InFlight, type Seen, type SourceState } from './lockout-reserve.js';
-import type { StateBus } from './state/bus.js';
+import { InFlight, prune, union, type Attempt, type LockoutVerdict, type Seen, type SourceState } from './lockout-reserve.js';
+import type { LockoutEvent, StateBus } from './state/bus.js';
+
+export type { Attempt, LockoutVerdict } from './lockout-reserve.js';
+export type { LockoutEvent } from './state/bus.js';
 
 export interface LockoutSettings {
   /** Failed binds per account and source class before that class is refused. */
@@ -47,9 +49,6 @@ export interface LockoutSettings {
   readonly waitMs?: number;
 }
 
-/** 'busy': the attempt waited its bound for attempts in flight to settle (503, try again). */
-export type LockoutVerdict = 'open' | 'account-locked' | 'source-blocked' | 'busy';
-
 /** One source class of one account: the wrong passwords that caused binds, since the last reset. */
 interface Counter {
   readonly failures: Seen;
@@ -65,20 +64,9 @@ interface AccountState {
   readonly sources: Seen;
 }
 
-/** An attempt allowed on to the directory; settle it with release() once it is answered. */
-export interface Attempt {
-  readonly verdict: LockoutVerdict;
-  release(): void;
-}
-
 /** How often, at most, a cached sign-in refreshes its source's familiarity (and tells other
  * workers); never less often than a tenth of familiarSeconds. */
 const FAMILIAR_REFRESH_MS = 60_000;
-
-/** A failure or success, as one process tells the others. */
-export type LockoutEvent =
-  | { readonly kind: 'failure'; readonly account: string | null; readonly source: string; readonly fingerprint: string; readonly t: number }
-  | { readonly kind: 'success'; readonly account: string; readonly source: string; readonly verifiedByBind: boolean; readonly name: string | null; readonly t: number };
 
 export class Lockout {
   #settings: LockoutSettings;
@@ -103,18 +91,13 @@ export class Lockout {
     return account !== undefined && this.isFamiliar(account, source);
   }
 
-  /**
-   * Shares this lockout over `bus` (once, when the state is first built; it survives reloads):
-   * what the other members saw is applied here; new settings reach the authority.
-   */
+  /** Shares this lockout on `bus`, once (state.ts, with the first state): it survives reloads. */
   connect(bus: StateBus): void {
     this.#bus = bus;
     bus.subscribe((e) => { if (e.kind === 'lockout') this.apply(e.event); });
   }
 
-  get settings(): LockoutSettings {
-    return this.#settings;
-  }
+  get settings(): LockoutSettings { return this.#settings; }
 
   /** New settings, same memory: a reload must not forgive an attacker. */
   reconfigure(settings: LockoutSettings): void {
@@ -157,17 +140,9 @@ export class Lockout {
    * failed: a success (or a failure) settles them, and it is judged again. Beyond `maxWaiting`
    * waiting attempts of one account, or after `waitMs`: 'busy'.
    */
-  async acquire(account: string, source: string, fingerprint: string): Promise<Attempt> {
-    const deadline = Date.now() + (this.#settings.waitMs ?? 10_000);
-    for (;;) {
-      const verdict = this.admit(account, source, fingerprint);
-      if (verdict !== 'wait') return verdict === 'open' ? this.reserve(account, source, fingerprint) : { verdict, release: () => {} };
-      const left = deadline - Date.now();
-      if (left <= 0 || this.#inFlight.waiting(account) >= (this.#settings.maxWaiting ?? 32)) {
-        return { verdict: 'busy', release: () => {} };
-      }
-      await this.#inFlight.settled(account, sourceKey(source), left);
-    }
+  acquire(account: string, source: string, fingerprint: string): Promise<Attempt> {
+    return this.#inFlight.acquire(account, sourceKey(source), this.#settings, () => this.admit(account, source, fingerprint),
+      () => this.reserve(account, source, fingerprint));
   }
 
   /**
@@ -180,19 +155,10 @@ export class Lockout {
     if (verdict !== 'open') return verdict;
     const src = sourceKey(source);
     const familiar = this.familiarKey(account, src);
-    const settled = this.settled(account, familiar);
-    const pending = this.#inFlight.ofClass(classKey(account, familiar));
-    if (settled.has(fingerprint) || pending?.has(fingerprint)) return 'open';
-    if (union(settled, pending, -Infinity) + 1 > this.#settings.threshold) return 'wait';
-    const pendingSource = this.#inFlight.ofSource(src);
-    if (pendingSource && !familiar) {
-      const s = this.#sources.get(src);
-      const since = this.since();
-      const accounts = union(s?.accounts, pendingSource.accounts, since) + (pendingSource.accounts.has(account) ? 0 : 1);
-      const failures = union(s?.failures, pendingSource.failures, since) + 1;
-      if (accounts > this.#settings.sourceAccounts || failures > this.#settings.sourceFailures) return 'wait';
-    }
-    return 'open';
+    const cls = classKey(account, familiar);
+    if (!this.#inFlight.classRoom(cls, this.settled(account, familiar), fingerprint, this.#settings.threshold)) return 'wait';
+    const room = familiar || this.#inFlight.sourceRoom(src, this.#sources.get(src), account, this.since(), this.#settings);
+    return room ? 'open' : 'wait';
   }
 
   /** Counts the attempt as a failure until release() (check() must have said 'open'). */
@@ -253,10 +219,7 @@ export class Lockout {
     this.#bus?.publish({ kind: 'lockout', event, until: event.t + keep });
   }
 
-  /**
-   * Applies what another process of the same gateway saw (workers share their lockout this way:
-   * each applies every other's failures and successes, with the time they happened).
-   */
+  /** Applies what another member of the state bus saw (a failure or success, at the time it happened). */
   apply(e: LockoutEvent): void {
     if (e.kind === 'failure') this.applyFailure(e.account, e.source, e.fingerprint, e.t);
     else this.applySuccess(e.account, e.source, e.verifiedByBind, e.name, e.t);
@@ -333,15 +296,3 @@ function classKey(account: string, familiar: boolean): string {
 }
 
 const EMPTY: ReadonlyMap<string, number> = new Map();
-
-/** Distinct keys seen after `since` in either map. */
-function union(a: ReadonlyMap<string, number> | undefined, b: ReadonlyMap<string, number> | undefined, since: number): number {
-  let n = 0;
-  if (a) for (const t of a.values()) if (t > since) n++;
-  if (b) for (const [k, t] of b) if (t > since && !((a?.get(k) ?? -Infinity) > since)) n++;
-  return n;
-}
-
-function prune(map: Seen, since: number): void {
-  for (const [k, t] of map) if (t <= since) map.delete(k);
-}

@@ -3,7 +3,18 @@
  * implementation per topology: in-process (local-bus.ts), IPC to the primary (ipc-bus.ts), Redis.
  * Its authority is the one place that reserves and counts; a holder that dies gives back what it held.
  */
-import type { Attempt, LockoutEvent, LockoutSettings } from '../lockout.js';
+import type { Attempt, LockoutSettings } from '../lockout.js';
+
+/** A failure or success, as one member tells the others (lockout.ts `failure`, `success`, `apply`). */
+export type LockoutEvent =
+  | {
+    readonly kind: 'failure'; readonly account: string | null; readonly source: string;
+    readonly fingerprint: string; readonly t: number;
+  }
+  | {
+    readonly kind: 'success'; readonly account: string; readonly source: string;
+    readonly verifiedByBind: boolean; readonly name: string | null; readonly t: number;
+  };
 
 /** What one member tells the others. */
 export type BusEvent =

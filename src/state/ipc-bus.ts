@@ -49,12 +49,17 @@ export class IpcBus implements StateBus {
       const waiter = this.#waiting.get(answer.id);
       this.#waiting.delete(answer.id);
       if (waiter) waiter(answer);
-      else if (answer.verdict === 'open' || answer.ok === true) this.send({ type: MSG.RELEASE, id: answer.id });  // too late: decided alone
+      // Too late: this worker decided alone meanwhile, so the primary's reservation or slot goes back.
+      else if (answer.verdict === 'open' || answer.ok === true) this.send({ type: MSG.RELEASE, id: answer.id });
     }
   };
 
   /** `fallback`: the worker's own Lockout, which decides when the primary does not answer. */
-  constructor(private readonly channel: Channel, private readonly fallback: Authority, private readonly graceMs = ANSWER_TIMEOUT_MS) {
+  constructor(
+    private readonly channel: Channel,
+    private readonly fallback: Authority,
+    private readonly graceMs = ANSWER_TIMEOUT_MS,
+  ) {
     channel.on('message', this.#onMessage);
     this.send({ type: MSG.JOIN });
   }
@@ -87,7 +92,9 @@ export class IpcBus implements StateBus {
   }
 
   /** Asks the primary; `alone` decides when it does not answer within `ms` or cannot be reached. */
-  private ask<T>(msg: object, ms: number, answered: (id: number, a: Answer) => T, alone: () => T | Promise<T>): Promise<T> {
+  private ask<T>(
+    msg: object, ms: number, answered: (id: number, a: Answer) => T, alone: () => T | Promise<T>,
+  ): Promise<T> {
     const id = ++this.#next;
     return new Promise<T>((resolve) => {
       const decideAlone = () => {

@@ -18,7 +18,10 @@ export interface WorkerChannel {
 type Request =
   | { readonly type: typeof MSG.JOIN }
   | { readonly type: typeof MSG.PUBLISH; readonly event: BusEvent }
-  | { readonly type: typeof MSG.RESERVE; readonly id: number; readonly account: string; readonly source: string; readonly fingerprint: string }
+  | {
+    readonly type: typeof MSG.RESERVE; readonly id: number;
+    readonly account: string; readonly source: string; readonly fingerprint: string;
+  }
   | { readonly type: typeof MSG.SLOT; readonly id: number; readonly key: string; readonly cap: number }
   | { readonly type: typeof MSG.RELEASE; readonly id: number };
 
@@ -58,7 +61,8 @@ export function servePrimary(hub: Hub): { attach(worker: WorkerChannel): void } 
               answer(msg.id, { verdict: attempt.verdict }, attempt.verdict === 'open' ? attempt.release : null));
             return;
           case MSG.SLOT:
-            void join().acquireSlot(msg.key, msg.cap).then((slot) => answer(msg.id, { ok: slot !== null }, slot && slot.release));
+            void join().acquireSlot(msg.key, msg.cap)
+              .then((slot) => answer(msg.id, { ok: slot !== null }, slot && slot.release));
             return;
           case MSG.RELEASE:
             held.get(msg.id)?.();

@@ -8,7 +8,8 @@ import type { Lockout, LockoutSettings } from '../../src/lockout.js';
 import type { BusEvent, StateBus } from '../../src/state/bus.js';
 
 export const SETTINGS: LockoutSettings = {
-  threshold: 3, windowSeconds: 600, sourceAccounts: 1000, sourceFailures: 100_000, familiarSeconds: 600, max: 1000, waitMs: 400,
+  threshold: 3, windowSeconds: 600, sourceAccounts: 1000, sourceFailures: 100_000, familiarSeconds: 600, max: 1000,
+  waitMs: 400,
 };
 
 /** Members of one bus around one authority. */
@@ -39,6 +40,12 @@ function failure(account: string, fingerprint: string, t = Date.now()): BusEvent
   return { kind: 'lockout', event: { kind: 'failure', account, source: ATTACKER, fingerprint, t }, until: t + 600_000 };
 }
 
+/** A success verified by a bind: it resets the account's counts. */
+function success(account: string, t = Date.now()): BusEvent {
+  const event = { kind: 'success', account, source: ATTACKER, verifiedByBind: true, name: null, t } as const;
+  return { kind: 'lockout', event, until: t + 600_000 };
+}
+
 async function until(cond: () => boolean, what: string, ms = 3000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
@@ -47,12 +54,14 @@ async function until(cond: () => boolean, what: string, ms = 3000): Promise<void
   }
 }
 
-const fingerprints = (events: BusEvent[]) => events.map((e) => (e.kind === 'lockout' && e.event.kind === 'failure' ? e.event.fingerprint : e.kind));
+const fingerprints = (events: BusEvent[]) =>
+  events.map((e) => (e.kind === 'lockout' && e.event.kind === 'failure' ? e.event.fingerprint : e.kind));
 
 export function runStateBusContract(name: string, make: MakeCluster): void {
   describe(`StateBus contract: ${name}`, () => {
     let cluster: BusCluster | null = null;
-    const start = async (settings: Partial<LockoutSettings> = {}) => (cluster = await make({ ...SETTINGS, ...settings }));
+    const start = async (settings: Partial<LockoutSettings> = {}) =>
+      (cluster = await make({ ...SETTINGS, ...settings }));
     afterEach(async () => { await cluster?.close(); cluster = null; });
 
     it('delivers a publish to every other member and the authority, never back to the publisher', async () => {
@@ -72,7 +81,7 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
       const c = await start();
       const a = await c.join();
       const account = `cn=user${++uniq}`;
-      a.publish(failure(account, 'old', Date.now() - 700_000));      // kept until 100 s ago: expired
+      a.publish(failure(account, 'old', Date.now() - 700_000));       // kept until 100 s ago: expired
       a.publish(failure(account, 'kept'));
       await until(() => c.authority.knownBad(account, 'kept'), 'the authority applies it');
       const late = heard(await c.join());
@@ -81,7 +90,7 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
       expect(fingerprints(late)).toEqual(['kept']);
     });
 
-    it('reserves atomically: a burst of distinct wrong passwords from three members opens at most threshold', async () => {
+    it('reserves atomically: a burst of wrong passwords from three members opens at most threshold', async () => {
       const c = await start();
       const members = [await c.join(), await c.join(), await c.join()];
       const attempts = await Promise.all(Array.from({ length: 12 }, (_, i) =>
@@ -107,7 +116,7 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
       await new Promise((r) => setTimeout(r, 150));
       expect(settled).toBe(false);                                   // it waits behind the three
       if (verdict === 'account-locked') for (const p of ['p0', 'p1', 'p2']) a.publish(failure(account, p));
-      else a.publish({ kind: 'lockout', event: { kind: 'success', account, source: ATTACKER, verifiedByBind: true, name: null, t: Date.now() }, until: Date.now() + 600_000 });
+      else a.publish(success(account));
       for (const x of held) x.release();                            // recorded first, then released (authenticate.ts)
       const got = await waiting;
       expect(got.verdict).toBe(verdict);

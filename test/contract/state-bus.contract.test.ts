@@ -30,7 +30,8 @@ runStateBusContract('workers over IPC to the primary', async (settings) => {
   const cluster: BusCluster = {
     authority,
     join: async () => {
-      const child = fork(join(import.meta.dirname, 'state-bus-member.mjs'), [JSON.stringify(settings)], { execArgv: [], stdio: 'inherit' });
+      const script = join(import.meta.dirname, 'state-bus-member.mjs');
+      const child = fork(script, [JSON.stringify(settings)], { execArgv: [], stdio: 'inherit' });
       primary.attach(child);
       const member = remoteMember(child);
       children.set(member, child);
