@@ -3,13 +3,15 @@
  * an in-process Hub, and workers (real forked processes on the built IpcBus; `npm run build`
  * first) with this process as their primary (servePrimary). A killed worker is a dead member.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { Lockout, type Attempt, type LockoutVerdict } from '../../src/lockout.js';
 import type { BusEvent, Slot, StateBus } from '../../src/state/bus.js';
+import { IpcBus } from '../../src/state/ipc-bus.js';
 import { servePrimary } from '../../src/state/ipc-primary.js';
 import { Hub } from '../../src/state/local-bus.js';
-import { runStateBusContract, type BusCluster } from './state-bus-contract.js';
+import { runStateBusContract, SETTINGS, type BusCluster } from './state-bus-contract.js';
 
 runStateBusContract('in-process members of a Hub', async (settings) => {
   const authority = new Lockout(settings);
@@ -88,3 +90,40 @@ function remoteMember(child: ChildProcess): StateBus {
     close: () => child.kill('SIGKILL'),
   };
 }
+
+// Not part of the contract: what only the IPC bus has. A slow or gone primary never stops sign-ins;
+// the worker decides alone, as one process would (and as workers did before the bus).
+describe('IpcBus without an answering primary', () => {
+  const silentPrimary = () =>
+    spawn(process.execPath, ['-e', 'process.on("message", () => {})'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+
+  it('decides alone after the lockout\'s wait and a grace: its own Lockout reserves, its own count caps', async () => {
+    const primary = silentPrimary();
+    try {
+      const bus = new IpcBus(primary, new Lockout({ ...SETTINGS, waitMs: 100 }), 50);
+      const started = Date.now();
+      const attempts = await Promise.all(['p0', 'p1', 'p2', 'p3'].map((p) => bus.reserve('cn=alice', '203.0.113.5', p)));
+      expect(Date.now() - started).toBeGreaterThanOrEqual(140);
+      expect(attempts.map((a) => a.verdict).sort()).toEqual(['busy', 'open', 'open', 'open']);
+      const [one, two] = [await bus.acquireSlot('k', 1), await bus.acquireSlot('k', 1)];
+      expect(one).not.toBeNull();
+      expect(two).toBeNull();
+      bus.close();
+    } finally {
+      primary.kill('SIGKILL');
+    }
+  });
+
+  it('decides alone at once when the channel to the primary is closed', async () => {
+    const primary = silentPrimary();
+    const bus = new IpcBus(primary, new Lockout(SETTINGS), 60_000);
+    const gone = new Promise((r) => primary.once('exit', r));
+    primary.kill('SIGKILL');
+    await gone;
+    const started = Date.now();
+    expect((await bus.reserve('cn=alice', '203.0.113.5', 'p0')).verdict).toBe('open');
+    expect(await bus.acquireSlot('k', 1)).not.toBeNull();
+    expect(Date.now() - started).toBeLessThan(1000);
+    bus.close();
+  });
+});
