@@ -19,36 +19,17 @@
  * - Per source address (IPv6 per /64), failures across many accounts (spraying) get the address
  *   429, except for an account that address is familiar to.
  *
- * State is bounded (LRU, `max`) and survives a reload (`reconfigure`). Workers of one gateway
- * share it: each tells the others what it saw (`onEvent` → `apply`, relayed by the primary).
+ * State is bounded (LRU, `max`), survives a reload (`reconfigure`) and is shared on the state bus
+ * (`connect`): members `apply` what the others saw; the bus's authority reserves (lockout-reserve.ts).
  */
 import { isIPv6 } from 'node:net';
 import { LRUCache } from 'lru-cache';
+import { InFlight, prune, union, type Attempt, type LockoutSettings, type LockoutVerdict, type Seen, type SourceState } from './lockout-reserve.js';
+import type { LockoutEvent, StateBus } from './state/bus.js';
 
-export interface LockoutSettings {
-  /** Failed binds per account and source class before that class is refused. */
-  readonly threshold: number;
-  /** A class's count resets after this long without a failure (AD's observation window). */
-  readonly windowSeconds: number;
-  /** Distinct accounts (or unknown names) failing from one address within the window → 429. */
-  readonly sourceAccounts: number;
-  /** Distinct failed (account, password) pairs from one address within the window → 429. */
-  readonly sourceFailures: number;
-  /** How long a successful sign-in keeps an address familiar for that account. */
-  readonly familiarSeconds: number;
-  /** Accounts and addresses tracked at most. */
-  readonly max: number;
-  /** Attempts of one account that may wait for a reservation at once (more: 'busy'). Default 32. */
-  readonly maxWaiting?: number;
-  /** How long an attempt waits for a reservation before it is 'busy'. Default 10000. */
-  readonly waitMs?: number;
-}
+export type { Attempt, LockoutSettings, LockoutVerdict } from './lockout-reserve.js';
+export type { LockoutEvent } from './state/bus.js';
 
-/** 'busy': the attempt waited its bound for attempts in flight to settle (503, try again). */
-export type LockoutVerdict = 'open' | 'account-locked' | 'source-blocked' | 'busy';
-
-/** Time-stamped keys. */
-type Seen = Map<string, number>;
 
 /** One source class of one account: the wrong passwords that caused binds, since the last reset. */
 interface Counter {
@@ -65,42 +46,19 @@ interface AccountState {
   readonly sources: Seen;
 }
 
-interface SourceState {
-  readonly accounts: Seen;
-  readonly failures: Seen;
-}
-
-/** An attempt allowed on to the directory; settle it with release() once it is answered. */
-export interface Attempt {
-  readonly verdict: LockoutVerdict;
-  release(): void;
-}
-
 /** How often, at most, a cached sign-in refreshes its source's familiarity (and tells other
  * workers); never less often than a tenth of familiarSeconds. */
 const FAMILIAR_REFRESH_MS = 60_000;
 
-/** A failure or success, as one process tells the others. */
-export type LockoutEvent =
-  | { readonly kind: 'failure'; readonly account: string | null; readonly source: string; readonly fingerprint: string; readonly t: number }
-  | { readonly kind: 'success'; readonly account: string; readonly source: string; readonly verifiedByBind: boolean; readonly name: string | null; readonly t: number };
-
 export class Lockout {
-  /** Told of every failure and success recorded here (not of those applied from elsewhere). */
-  onEvent: ((e: LockoutEvent) => void) | null = null;
-  /** With workers: reservations made by the primary, which sees every worker's attempts in flight. */
-  remote: ((account: string, source: string, fingerprint: string) => Promise<Attempt>) | null = null;
-  /** Told of new settings (a worker tells the primary, whose reservations must use them too). */
-  onReconfigure: ((settings: LockoutSettings) => void) | null = null;
   #settings: LockoutSettings;
+  /** Null until connect(): then failures, successes and settings go out on it, and it reserves. */
+  #bus: StateBus | null = null;
   readonly #accounts: LRUCache<string, AccountState>;
   readonly #sources: LRUCache<string, SourceState>;
-  readonly #pending = new Map<string, Seen>();
   /** Logon name (authenticate's account key) → the account DN it signed in as. */
   readonly #names: LRUCache<string, string>;
-  readonly #pendingSources = new Map<string, SourceState>();
-  /** Attempts waiting for a reservation, by account and by source key: woken when one settles. */
-  readonly #waiters = new Map<string, Set<() => void>>();
+  readonly #inFlight = new InFlight();
 
   constructor(settings: LockoutSettings, private readonly now: () => number = Date.now) {
     this.#settings = settings;
@@ -115,10 +73,18 @@ export class Lockout {
     return account !== undefined && this.isFamiliar(account, source);
   }
 
+  /** Shares this lockout on `bus`, once (state.ts, with the first state): it survives reloads. */
+  connect(bus: StateBus): void {
+    this.#bus = bus;
+    bus.subscribe((e) => { if (e.kind === 'lockout') this.apply(e.event); });
+  }
+
+  get settings(): LockoutSettings { return this.#settings; }
+
   /** New settings, same memory: a reload must not forgive an attacker. */
   reconfigure(settings: LockoutSettings): void {
     this.#settings = settings;
-    this.onReconfigure?.(settings);
+    this.#bus?.publish({ kind: 'settings', settings });
   }
 
   /** May this source try this account now? `account` null: only the source's limits apply. */
@@ -144,11 +110,11 @@ export class Lockout {
     return state.last > since && [state.familiar, state.unfamiliar].some((c) => c.failures.has(fingerprint));
   }
 
-  /** acquire(), by the primary when there is one (workers), else here. */
+  /** acquire(), by the bus's authority once connected (the primary, with workers), else here. */
   async reserveShared(account: string, source: string, fingerprint: string): Promise<Attempt> {
     const local = this.check(account, source);
-    if (local !== 'open' || this.remote === null) return local !== 'open' ? { verdict: local, release: () => {} } : this.acquire(account, source, fingerprint);
-    return this.remote(account, source, fingerprint);
+    if (local !== 'open') return { verdict: local, release: () => {} };
+    return this.#bus ? this.#bus.reserve(account, source, fingerprint) : this.acquire(account, source, fingerprint);
   }
 
   /**
@@ -156,42 +122,9 @@ export class Lockout {
    * failed: a success (or a failure) settles them, and it is judged again. Beyond `maxWaiting`
    * waiting attempts of one account, or after `waitMs`: 'busy'.
    */
-  async acquire(account: string, source: string, fingerprint: string): Promise<Attempt> {
-    const deadline = Date.now() + (this.#settings.waitMs ?? 10_000);
-    const keys = [`a\0${account}`, `s\0${sourceKey(source)}`];
-    for (;;) {
-      const verdict = this.admit(account, source, fingerprint);
-      if (verdict !== 'wait') return verdict === 'open' ? this.reserve(account, source, fingerprint) : { verdict, release: () => {} };
-      const left = deadline - Date.now();
-      if (left <= 0 || (this.#waiters.get(keys[0] as string)?.size ?? 0) >= (this.#settings.maxWaiting ?? 32)) {
-        return { verdict: 'busy', release: () => {} };
-      }
-      await this.settleOf(keys, left);
-    }
-  }
-
-  /** Resolves when an attempt in flight for one of `keys` settles, or after `ms`. */
-  private settleOf(keys: readonly string[], ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const wake = () => {
-        clearTimeout(timer);
-        for (const k of keys) {
-          const set = this.#waiters.get(k);
-          set?.delete(wake);
-          if (set?.size === 0) this.#waiters.delete(k);
-        }
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      for (const k of keys) getOr(this.#waiters, k, () => new Set()).add(wake);
-    });
-  }
-
-  private wake(account: string, src: string): void {
-    for (const k of [`a\0${account}`, `s\0${src}`]) {
-      const set = this.#waiters.get(k);
-      if (set) for (const w of [...set]) w();
-    }
+  acquire(account: string, source: string, fingerprint: string): Promise<Attempt> {
+    return this.#inFlight.acquire(account, sourceKey(source), this.#settings, () => this.admit(account, source, fingerprint),
+      () => this.reserve(account, source, fingerprint));
   }
 
   /**
@@ -204,19 +137,10 @@ export class Lockout {
     if (verdict !== 'open') return verdict;
     const src = sourceKey(source);
     const familiar = this.familiarKey(account, src);
-    const settled = this.settled(account, familiar);
-    const pending = this.#pending.get(classKey(account, familiar));
-    if (settled.has(fingerprint) || pending?.has(fingerprint)) return 'open';
-    if (union(settled, pending, -Infinity) + 1 > this.#settings.threshold) return 'wait';
-    const pendingSource = this.#pendingSources.get(src);
-    if (pendingSource && !familiar) {
-      const s = this.#sources.get(src);
-      const since = this.since();
-      const accounts = union(s?.accounts, pendingSource.accounts, since) + (pendingSource.accounts.has(account) ? 0 : 1);
-      const failures = union(s?.failures, pendingSource.failures, since) + 1;
-      if (accounts > this.#settings.sourceAccounts || failures > this.#settings.sourceFailures) return 'wait';
-    }
-    return 'open';
+    const cls = classKey(account, familiar);
+    if (!this.#inFlight.classRoom(cls, this.settled(account, familiar), fingerprint, this.#settings.threshold)) return 'wait';
+    const room = familiar || this.#inFlight.sourceRoom(src, this.#sources.get(src), account, this.since(), this.#settings);
+    return room ? 'open' : 'wait';
   }
 
   /** Counts the attempt as a failure until release() (check() must have said 'open'). */
@@ -224,27 +148,8 @@ export class Lockout {
     const verdict = this.check(account, source);
     if (verdict !== 'open') return { verdict, release: () => {} };
     const src = sourceKey(source);
-    const cls = classKey(account, this.familiarKey(account, src));
-    const t = this.now();
-    const byClass = getOr(this.#pending, cls, () => new Map());
-    const bySource = getOr(this.#pendingSources, src, () => ({ accounts: new Map(), failures: new Map() }));
-    const pair = `${account}\0${fingerprint}`;
-    const added = [!byClass.has(fingerprint), !bySource.accounts.has(account), !bySource.failures.has(pair)];
-    byClass.set(fingerprint, t);
-    bySource.accounts.set(account, t);
-    bySource.failures.set(pair, t);
-    return {
-      verdict,
-      release: () => {
-        if (added[0]) byClass.delete(fingerprint);
-        if (added[1]) bySource.accounts.delete(account);
-        if (added[2]) bySource.failures.delete(pair);
-        if (byClass.size === 0) this.#pending.delete(cls);
-        if (bySource.accounts.size === 0 && bySource.failures.size === 0) this.#pendingSources.delete(src);
-        // After the settling failure (if any) was recorded: callers record, then release.
-        this.wake(account, src);
-      },
-    };
+    const release = this.#inFlight.add(classKey(account, this.familiarKey(account, src)), src, account, fingerprint, this.now());
+    return { verdict, release };
   }
 
   /**
@@ -254,7 +159,7 @@ export class Lockout {
   failure(account: string | null, source: string, fingerprint: string): void {
     const t = this.now();
     this.applyFailure(account, source, fingerprint, t);
-    this.onEvent?.({ kind: 'failure', account, source, fingerprint, t });
+    this.share({ kind: 'failure', account, source, fingerprint, t });
   }
 
   private applyFailure(account: string | null, source: string, fingerprint: string, t: number): void {
@@ -287,13 +192,16 @@ export class Lockout {
       if (last !== undefined && t - last < refresh && (name === undefined || this.#names.get(name) === account)) return;
     }
     this.applySuccess(account, source, verifiedByBind, name ?? null, t);
-    this.onEvent?.({ kind: 'success', account, source, verifiedByBind, name: name ?? null, t });
+    this.share({ kind: 'success', account, source, verifiedByBind, name: name ?? null, t });
   }
 
-  /**
-   * Applies what another process of the same gateway saw (workers share their lockout this way:
-   * each applies every other's failures and successes, with the time they happened).
-   */
+  /** Tells the other members; kept for those that join later while it can still count. */
+  private share(event: LockoutEvent): void {
+    const keep = Math.max(this.#settings.windowSeconds, this.#settings.familiarSeconds) * 1000;
+    this.#bus?.publish({ kind: 'lockout', event, until: event.t + keep });
+  }
+
+  /** Applies what another member of the state bus saw (a failure or success, at the time it happened). */
   apply(e: LockoutEvent): void {
     if (e.kind === 'failure') this.applyFailure(e.account, e.source, e.fingerprint, e.t);
     else this.applySuccess(e.account, e.source, e.verifiedByBind, e.name, e.t);
@@ -370,24 +278,3 @@ function classKey(account: string, familiar: boolean): string {
 }
 
 const EMPTY: ReadonlyMap<string, number> = new Map();
-
-/** Distinct keys seen after `since` in either map. */
-function union(a: ReadonlyMap<string, number> | undefined, b: ReadonlyMap<string, number> | undefined, since: number): number {
-  let n = 0;
-  if (a) for (const t of a.values()) if (t > since) n++;
-  if (b) for (const [k, t] of b) if (t > since && !((a?.get(k) ?? -Infinity) > since)) n++;
-  return n;
-}
-
-function prune(map: Seen, since: number): void {
-  for (const [k, t] of map) if (t <= since) map.delete(k);
-}
-
-function getOr<K, V>(map: Map<K, V>, key: K, make: () => V): V {
-  let v = map.get(key);
-  if (v === undefined) {
-    v = make();
-    map.set(key, v);
-  }
-  return v;
-}

@@ -42,9 +42,6 @@ export interface RpcHead {
   readonly headers: Record<string, string>;
 }
 
-/** Per-address count of open tunnels. */
-const tunnels = new Map<string, number>();
-
 /**
  * Looks at the first bytes of a TLS connection. `toHttp` receives every connection that is not
  * Outlook Anywhere, with the bytes read so far put back.
@@ -118,17 +115,16 @@ async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: S
   }
   const length = rpcBodyLength(head.rawHeaders, head.headers) as number;     // admitted: exactly one
   const source = socket.remoteAddress ?? '';
-  const open = tunnels.get(sourceKey(source)) ?? 0;
   const cap = state.config.services.rpc.maxTunnelsPerSource;
-  if (open >= cap) return refuse('gateway-lockout', { status: 429, detail: `more than ${cap} Outlook Anywhere tunnels from one address` });
-  if (socket.destroyed) return;
+  // Counted on the state bus: with workers, the cap holds for the address across all of them.
+  const slot = await state.bus.acquireSlot(`tunnel\0${sourceKey(source)}`, cap);
+  if (!slot) return refuse('gateway-lockout', { status: 429, detail: `more than ${cap} Outlook Anywhere tunnels from one address` });
+  if (socket.destroyed) return slot.release();
   // A client that waits for 100 before its body (impacket, IIS answers at once) hears it only now,
   // once allowed; Exchange never sees the Expect (rebuildHead drops it).
   if (head.headers.expect !== undefined) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
-  const key = sourceKey(source);
-  open1(key);
   const recheck = recheckPeriodically(socket, judged.identity, state, record);
-  pipeTunnel(socket, head, rest, length, state, record, started, () => { clearInterval(recheck); close1(key); writeRecord(record); });
+  pipeTunnel(socket, head, rest, length, state, record, started, () => { clearInterval(recheck); slot.release(); writeRecord(record); });
 }
 
 /**
@@ -288,14 +284,4 @@ function refuseRaw(socket: TLSSocket, writeRecord: (r: AccessRecord) => void, ra
   if (head && RPC_METHODS.has(head.method)) record.service = 'rpc';
   refuseSocket(socket, record, 'bad-request', { status, detail });
   writeRecord(record);
-}
-
-function open1(source: string): void {
-  tunnels.set(source, (tunnels.get(source) ?? 0) + 1);
-}
-
-function close1(source: string): void {
-  const n = (tunnels.get(source) ?? 1) - 1;
-  if (n <= 0) tunnels.delete(source);
-  else tunnels.set(source, n);
 }

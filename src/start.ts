@@ -13,6 +13,7 @@ import type { Directory } from './directory/directory.js';
 import { ConfigError, ServiceAccountRefusedError, systemErrorText } from './errors.js';
 import { Metrics } from './metrics.js';
 import { Gateway } from './server.js';
+import type { BusFactory } from './state/bus.js';
 import { buildState, type State } from './state.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from './tls.js';
 import { watchFiles } from './watch.js';
@@ -33,6 +34,8 @@ export interface StartOptions {
   readonly watch?: boolean;
   /** Called once the state is built, just before listening (serve.ts frees the port here). */
   readonly beforeListen?: () => Promise<void>;
+  /** The state bus (src/state): a worker's goes to the primary. Default: this process alone. */
+  readonly bus?: BusFactory;
 }
 
 export interface RunningGateway {
@@ -67,7 +70,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   let address: AddressInfo;
   let admin: Admin | null;
   try {
-    const state = opened.state = await buildState(config, log);
+    const state = opened.state = await buildState(config, log, undefined, opts.bus);
     const gw = opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
     await opts.beforeListen?.();
     const inherited = systemdSocket();

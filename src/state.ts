@@ -9,10 +9,13 @@ import type { LogonDomain } from './credentials.js';
 import type { Directory } from './directory/directory.js';
 import { FileDirectory } from './directory/file.js';
 import { LdapDirectory } from './directory/ldap.js';
+import type { Lockout } from './lockout.js';
 import { loadPolicy, type Policy } from './policy/compile.js';
 import { Upstream } from './upstream.js';
 import { frontEndFor, type AuthFrontEnd } from './front-ends.js';
 import type { Service } from './services.js';
+import type { BusFactory, StateBus } from './state/bus.js';
+import { localBus } from './state/local-bus.js';
 
 export interface State {
   readonly config: Config;
@@ -21,6 +24,8 @@ export interface State {
   readonly policy: Policy;
   readonly authenticator: Authenticator;
   readonly upstream: Upstream;
+  /** What the gateway's processes share (the lockout, tunnel counts); built once, kept across reloads. */
+  readonly bus: StateBus;
   /** The Basic realm of 401 challenges. */
   readonly realm: string;
   /** The domain's DNS name (from baseDn), which an NTLM Type 3 may carry instead of the NetBIOS name. */
@@ -45,8 +50,12 @@ export function logonDomain(config: Config): LogonDomain {
  * `previous` hands over what must survive it: the lockout state always, with the new settings
  * applied (a reload must not forgive an attacker), and the credential caches when the directory and cache settings are the
  * same (cached group standings are keyed by policy version, so a new policy never reuses them).
+ * The state bus (`makeBus`, default: this process alone) is built with the first state and handed
+ * over with the lockout.
  */
-export async function buildState(config: Config, log: Pick<Logger, 'warn'>, previous?: State): Promise<State> {
+export async function buildState(
+  config: Config, log: Pick<Logger, 'warn'>, previous?: State, makeBus: BusFactory = localBus,
+): Promise<State> {
   const directory = openDirectory(config, log);
   const domain = logonDomain(config);
   try {
@@ -57,9 +66,10 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>, prev
       cache: sameJson(previous.config.cache, config.cache) && sameJson(previous.config.directory, config.directory) && config.directory.type === 'ldap'
         ? previous.authenticator.cache : undefined,
     };
+    const authenticator = new Authenticator({ directory, domain, cache: config.cache, lockout: config.lockout, onStale: staleWarning(log) }, carry);
     return Object.freeze({
-      config, directory, domain, policy,
-      authenticator: new Authenticator({ directory, domain, cache: config.cache, lockout: config.lockout, onStale: staleWarning(log) }, carry),
+      config, directory, domain, policy, authenticator,
+      bus: previous?.bus ?? connected(authenticator.lockout, makeBus),
       upstream: previous && sameJson(previous.config.upstream, config.upstream) && sameJson(previous.config.http, config.http)
         ? previous.upstream                       // keep the pinned upstream connections (and NTLM sessions)
         : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000), log),
@@ -77,6 +87,12 @@ export async function buildState(config: Config, log: Pick<Logger, 'warn'>, prev
 function frontEndsFor(config: Config, realm: string): Readonly<Record<Service, AuthFrontEnd>> {
   const entries = Object.entries(config.services).map(([service, settings]) => [service, frontEndFor(settings.auth, realm)]);
   return Object.freeze(Object.fromEntries(entries) as Record<Service, AuthFrontEnd>);
+}
+
+function connected(lockout: Lockout, makeBus: BusFactory): StateBus {
+  const bus = makeBus(lockout);
+  lockout.connect(bus);
+  return bus;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {

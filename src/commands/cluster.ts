@@ -1,40 +1,31 @@
 /**
  * `workers: N | auto`: the primary forks N workers (node:cluster) that share the listening port,
- * relays the lockout between them, and runs the admin listener with the workers' metrics
- * aggregated. Each worker is a full gateway (startGateway). Signals: SIGHUP reloads every worker;
- * SIGTERM stops them gracefully, then the primary. A worker that dies is replaced.
- *
- * The smart lockout stays consistent: every failure and success a worker records is sent to the
- * primary, which applies it to its own copy and hands it to every other worker (lockout.ts
- * `apply`); a new worker starts from the events so far. Before a bind, a worker reserves the
- * attempt with the primary, which counts every worker's attempts in flight: a burst spread over
- * the workers cannot slip past the threshold.
+ * serves them the state bus (src/state/ipc-primary.ts: the lockout and the tunnel counts, with
+ * the primary as authority), and runs the admin listener with the workers' metrics aggregated.
+ * Each worker is a full gateway (startGateway) on `workerBus`. Signals: SIGHUP reloads every
+ * worker; SIGTERM stops them gracefully, then the primary. A worker that dies is replaced.
  */
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import { startAdmin } from '../admin.js';
 import { Metrics } from '../metrics.js';
 import type { Config } from '../config/load.js';
-import { Lockout, type Attempt, type LockoutEvent, type LockoutSettings, type LockoutVerdict } from '../lockout.js';
+import { Lockout } from '../lockout.js';
+import { servePrimary } from '../state/ipc-primary.js';
+import { Hub } from '../state/local-bus.js';
 import { openDirectory } from '../state.js';
 import { Upstream } from '../upstream.js';
 import { appLogger } from '../access-log.js';
 import type { RunningGateway } from '../start.js';
 
-const MESSAGE = 'exgate:lockout';
-const RESERVE = 'exgate:reserve';
-const RESERVED = 'exgate:reserved';
-const RELEASE = 'exgate:release';
-const REPLAY = 'exgate:replay';
-const SETTINGS = 'exgate:settings';
+export { workerBus } from '../state/ipc-bus.js';
+
 const METRICS = 'exgate:metrics';
 const METRICS_ANSWER = 'exgate:metrics-answer';
 /** The primary's /metrics waits this long for a worker's registry, then leaves it out. */
 const METRICS_TIMEOUT_MS = 5000;
 /** Events kept for a new worker (its lockout starts from them), at most. */
 const REPLAY_MAX = 100_000;
-/** A worker waits this long, beyond the lockout's own wait, for the primary's reservation before deciding alone. */
-const RESERVE_TIMEOUT_MS = 2000;
 /** A worker's exit code for a configuration error (sysexits EX_CONFIG): never restarted. */
 const EX_CONFIG = 78;
 /** Worker restarts back off from 1 s to 30 s; a worker that lived a minute resets the backoff. */
@@ -55,6 +46,9 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   let giveUp: ((code?: number) => void) | null = null;
   /** Workers listening now: /readyz says not ready without one. */
   const serving = new Set<number>();
+  // The bus's authority: the primary's own lockout (every worker's events and attempts in flight)
+  // and the slot counts (tunnels per address). A worker that exits releases what it held.
+  const bus = servePrimary(new Hub(new Lockout(config.lockout), { retainMax: REPLAY_MAX }));
   const fork = () => {
     if (stopping) return;
     const worker = cluster.fork({ EXGATE_WORKER: '1' });
@@ -62,7 +56,7 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
     let listening = false;
     worker.on('listening', () => { listening = true; failedStarts = 0; serving.add(worker.id); });
     worker.once('exit', () => serving.delete(worker.id));
-    worker.on('message', (msg: unknown) => relay(worker, msg));
+    bus.attach(worker);
     worker.once('exit', () => {
       if (stopping) return;
       if (Date.now() - started > 60_000) delay = RESTART_MIN_MS;
@@ -70,34 +64,6 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
     });
     return worker;
   };
-  // The primary's own lockout: every worker's events, and every attempt in flight (reservations).
-  const lockout = new Lockout(config.lockout);
-  const recent: LockoutEvent[] = [];
-  const reservations = new Map<string, () => void>();
-  const relay = (from: Worker, msg: unknown) => {
-    if (isLockoutMessage(msg)) {
-      lockout.apply(msg.event);
-      recent.push(msg.event);
-      if (recent.length > REPLAY_MAX) recent.splice(0, recent.length - REPLAY_MAX);
-      for (const w of Object.values(cluster.workers ?? {})) if (w && w !== from && w.isConnected()) w.send(msg);
-    } else if (isReserve(msg)) {
-      // May wait for other attempts of the account to settle (Lockout.acquire); answers once decided.
-      void lockout.acquire(msg.account, msg.source, msg.fingerprint).then((attempt) => {
-        if (!from.isConnected()) return attempt.release();
-        if (attempt.verdict === 'open') reservations.set(`${from.id}:${msg.id}`, attempt.release);
-        from.send({ type: RESERVED, id: msg.id, verdict: attempt.verdict });
-      });
-    } else if (isSettings(msg)) {
-      lockout.reconfigure(msg.settings);                  // a worker reloaded (SIGHUP or a changed file)
-    } else if (isRelease(msg)) {
-      reservations.get(`${from.id}:${msg.id}`)?.();
-      reservations.delete(`${from.id}:${msg.id}`);
-    }
-  };
-  cluster.on('online', (worker) => worker.send({ type: REPLAY, events: recent }));
-  cluster.on('exit', (worker) => {
-    for (const [key, release] of reservations) if (key.startsWith(`${worker.id}:`)) { release(); reservations.delete(key); }
-  });
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
     if (code === EX_CONFIG) {                             // a refused service account: a restart would bind again
@@ -147,63 +113,16 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   return code;
 }
 
-/** In a worker: share this gateway's lockout with the other workers through the primary. */
+/** In a worker: answer the primary's requests for this worker's metrics. (The state bus is workerBus.) */
 export function joinCluster(running: RunningGateway): void {
-  const lockout = () => running.gateway.state.authenticator.lockout;
-  const wire = () => {
-    lockout().onEvent = (event) => process.send?.({ type: MESSAGE, event });
-    lockout().onReconfigure = (settings) => process.send?.({ type: SETTINGS, settings });
-  };
-  wire();
-  // Binds are reserved by the primary, which sees the attempts in flight of every worker.
-  let next = 0;
-  const waiting = new Map<number, (verdict: LockoutVerdict) => void>();
-  lockout().remote = (account, source, fingerprint) => new Promise<Attempt>((resolve) => {
-    const id = ++next;
-    const timer = setTimeout(() => {                  // the primary did not answer: decide alone
-      waiting.delete(id);
-      resolve(lockout().acquire(account, source, fingerprint));
-    }, RESERVE_TIMEOUT_MS + (running.gateway.state.config.lockout.waitMs ?? 10_000));
-    waiting.set(id, (verdict) => {
-      clearTimeout(timer);
-      resolve({ verdict, release: () => { if (verdict === 'open') process.send?.({ type: RELEASE, id }); } });
-    });
-    process.send?.({ type: RESERVE, id, account, source, fingerprint });
-  });
   process.on('message', (msg: unknown) => {
-    if (isMetricsRequest(msg)) {
-      const { id } = msg;
-      const answer = (metrics: object) => process.send?.({ type: METRICS_ANSWER, id, metrics });
-      void running.metrics.registry.getMetricsAsJSON().then(answer);
-    } else if (isLockoutMessage(msg)) lockout().apply(msg.event);
-    else if (isReplay(msg)) for (const e of msg.events) lockout().apply(e);
-    else if (isReserved(msg)) {
-      waiting.get(msg.id)?.(msg.verdict);
-      waiting.delete(msg.id);
-    }
+    if (!isMetricsRequest(msg)) return;
+    const { id } = msg;
+    const answer = (metrics: object) => process.send?.({ type: METRICS_ANSWER, id, metrics });
+    void running.metrics.registry.getMetricsAsJSON().then(answer);
   });
-  // A reload keeps the Lockout object (state.ts); wire again in case a future reload does not.
-  process.on('SIGHUP', () => setTimeout(wire, 1000).unref());
 }
 
-function isLockoutMessage(msg: unknown): msg is { type: typeof MESSAGE; event: LockoutEvent } {
-  return typeOf(msg) === MESSAGE;
-}
-function isReserve(msg: unknown): msg is { id: number; account: string; source: string; fingerprint: string } {
-  return typeOf(msg) === RESERVE;
-}
-function isReserved(msg: unknown): msg is { id: number; verdict: LockoutVerdict } {
-  return typeOf(msg) === RESERVED;
-}
-function isRelease(msg: unknown): msg is { id: number } {
-  return typeOf(msg) === RELEASE;
-}
-function isSettings(msg: unknown): msg is { settings: LockoutSettings } {
-  return typeOf(msg) === SETTINGS;
-}
-function isReplay(msg: unknown): msg is { events: LockoutEvent[] } {
-  return typeOf(msg) === REPLAY;
-}
 function isMetricsRequest(msg: unknown): msg is { id: number } {
   return typeOf(msg) === METRICS;
 }

@@ -11,7 +11,7 @@ import { holdWith503, type Holding } from '../holding.js';
 import { scheduleMailboxFlags } from '../mailbox-flags/schedule.js';
 import { startGateway, systemdSocket, systemdSocketPassed, type RunningGateway } from '../start.js';
 import { ensureSelfSigned, loadTlsMaterial } from '../tls.js';
-import { joinCluster, runPrimary } from './cluster.js';
+import { joinCluster, runPrimary, workerBus } from './cluster.js';
 
 const RETRY_MS = 5000;
 /**
@@ -64,7 +64,7 @@ export async function serve(file: string): Promise<number> {
   };
   for (;;) {
     try {
-      running = await startGateway(file, { ...(cluster.isWorker ? { adminPort: false } : {}), beforeListen: release });
+      running = await startGateway(file, { ...(cluster.isWorker ? { adminPort: false, bus: workerBus } : {}), beforeListen: release });
       break;
     } catch (err) {
       // Only a DC that did not answer is waited for: a refused service account, a port in use or

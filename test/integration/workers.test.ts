@@ -1,15 +1,18 @@
 /**
- * `workers: 2`: node:cluster workers behind one port, one smart lockout for all of them, metrics
- * aggregated by the primary, and a clean stop.
+ * `workers: 2`: node:cluster workers behind one port, one smart lockout for all of them, one
+ * Outlook Anywhere tunnel cap per address for all of them, metrics aggregated by the primary,
+ * and a clean stop.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect, type TLSSocket } from 'node:tls';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify, parse } from 'yaml';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { EXTERNAL, freePort, send, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { basic, EXTERNAL, freePort, makeCert, send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
+import { startRpcUpstream, type RpcUpstream } from '../helpers/rpc-upstream.js';
 
 
 let h: Harness;
@@ -33,13 +36,8 @@ beforeAll(async () => {
   });
   file = join(h.dir, 'workers.yaml');
   writeFileSync(file, stringify(config));
-  child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'bin', 'exgate.js'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-  const end = Date.now() + 15_000;
-  while ((stderr.match(/"msg":"exgate listening"/g) ?? []).length < 2) {
-    if (Date.now() > end) throw new Error(`workers did not start:\n${stderr}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  child = serveWorkers(file, (d) => { stderr += d; });
+  await listening(() => stderr);
 });
 afterAll(async () => {
   child?.kill('SIGKILL');
@@ -117,5 +115,77 @@ describe('workers', () => {
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     void EXTERNAL;
+  });
+});
+
+/** `exgate serve` as a process; its stderr goes to `onErr`. */
+function serveWorkers(config: string, onErr: (text: string) => void): ChildProcess {
+  const p = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'bin', 'exgate.js'), 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  p.stderr!.on('data', (d: Buffer) => onErr(d.toString()));
+  return p;
+}
+
+async function listening(stderrText: () => string): Promise<void> {
+  const end = Date.now() + 15_000;
+  while ((stderrText().match(/"msg":"exgate listening"/g) ?? []).length < 2) {
+    if (Date.now() > end) throw new Error(`workers did not start:\n${stderrText()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+// The tunnel count was a module global of each worker, so with two workers one address held two
+// tunnels under `maxTunnelsPerSource: 1` (issue 12): it is counted by the primary now.
+describe('workers: one Outlook Anywhere tunnel cap for all of them', () => {
+  let rpc: RpcUpstream;
+  let gw: ChildProcess;
+  let rpcPort: number;
+  let err = '';
+  beforeAll(async () => {
+    const cert = makeCert(h.dir, 'rpc', ['exchange-be.lab.test']);
+    writeFileSync(join(h.dir, 'rpc-ca.pem'), cert.cert);
+    rpc = await startRpcUpstream(cert, 1 << 30, 0);                 // RPC_IN_DATA: holds the tunnel open
+    rpcPort = await freePort();
+    writeFileSync(join(h.dir, 'rpc-policy.yaml'), TEST_POLICY
+      .replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]')
+      + '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n');
+    const config = parse(readFileSync(h.configFile, 'utf8')) as Record<string, unknown>;
+    Object.assign(config, {
+      workers: 2,
+      listen: { host: '127.0.0.1', port: rpcPort },
+      upstream: { url: rpc.url, ca: 'rpc-ca.pem', servername: 'exchange-be.lab.test' },
+      policyFile: 'rpc-policy.yaml',
+      services: { rpc: { maxTunnelsPerSource: 1 } },
+    });
+    writeFileSync(join(h.dir, 'rpc-workers.yaml'), stringify(config));
+    gw = serveWorkers(join(h.dir, 'rpc-workers.yaml'), (d) => { err += d; });
+    await listening(() => err);
+  });
+  afterAll(async () => {
+    gw?.kill('SIGKILL');
+    await rpc?.close();
+  });
+
+  it('allows one tunnel per address across both workers; the others get 429 and reach nothing', async () => {
+    const sockets: TLSSocket[] = [];
+    const replies: string[] = ['', '', '', ''];
+    for (let i = 0; i < 4; i++) {                                   // round robin: both workers get two
+      const s = await new Promise<TLSSocket>((resolve, reject) => {
+        const c = connect({ host: '127.0.0.1', port: rpcPort, servername: EXTERNAL, ca: h.gatewayCa }, () => resolve(c));
+        c.once('error', reject);
+      });
+      s.on('data', (d: Buffer) => { replies[i] += d.toString('latin1'); });
+      s.on('error', () => {});
+      s.write(`RPC_IN_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
+        `Authorization: ${basic('alice', USERS.alice.password)}\r\nContent-Length: 1073741824\r\nUser-Agent: MSRPC\r\n\r\n`);
+      sockets.push(s);
+      await new Promise((r) => setTimeout(r, 300));                 // settled before the next one
+    }
+    const refused = replies.filter((r) => r.startsWith('HTTP/1.1 429 Too Many Requests')).length;
+    expect(replies.filter((r) => r === '').length).toBe(1);          // the one tunnel: open, nothing answered yet
+    expect(refused).toBe(3);
+    expect(rpc.seen.filter((x) => x.head.startsWith('RPC_IN_DATA')).length).toBe(1);
+    const pids = new Set([...err.matchAll(/"pid":(\d+)[^\n]*"msg":"exgate listening"/g)].map((m) => m[1]));
+    expect(pids.size).toBe(2);
+    for (const s of sockets) s.destroy();
   });
 });

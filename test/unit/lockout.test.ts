@@ -5,6 +5,7 @@
 // addresses exempt), unknown names counted per name, and bounded state.
 import { describe, expect, it } from 'vitest';
 import { Lockout, sourceKey, type LockoutSettings, type LockoutVerdict } from '../../src/lockout.js';
+import { Hub } from '../../src/state/local-bus.js';
 
 const SETTINGS: LockoutSettings = { threshold: 3, windowSeconds: 60, sourceAccounts: 5, sourceFailures: 20, familiarSeconds: 60, max: 100 };
 const WINDOW = SETTINGS.windowSeconds * 1000;
@@ -407,7 +408,7 @@ describe('Lockout.reserve: attempts in flight', () => {
   });
 });
 
-describe('Lockout.reserveShared: workers reserve with the primary', () => {
+describe('Lockout.reserveShared: the state bus\'s authority reserves', () => {
   it('reserves locally without a primary', async () => {
     const { lockout } = setup({ waitMs: 100 });
     for (let i = 0; i < 3; i++) expect((await lockout.reserveShared(ALICE, ATTACKER, `p${i}`)).verdict).toBe('open');
@@ -416,23 +417,50 @@ describe('Lockout.reserveShared: workers reserve with the primary', () => {
     expect((await lockout.reserveShared(ALICE, ATTACKER, 'p3')).verdict).toBe('account-locked');
   });
 
-  it('asks the primary when the local state is open, and keeps no local reservation', async () => {
+  it('asks the bus\'s authority when the local state is open, and keeps no local reservation', async () => {
     const { lockout } = setup();
+    const primary = setup();                                   // the authority: locked where this one is open
+    primary.fail(ALICE, ATTACKER, 3);
     const asked: string[] = [];
-    lockout.remote = async (account, _source, fingerprint) => { asked.push(`${account}/${fingerprint}`); return { verdict: 'account-locked', release: () => {} }; };
+    const authority = {
+      settings: SETTINGS, apply: () => {}, reconfigure: () => {},
+      acquire: (account: string, source: string, fingerprint: string) => {
+        asked.push(`${account}/${fingerprint}`);
+        return primary.lockout.acquire(account, source, fingerprint);
+      },
+    };
+    lockout.connect(new Hub(authority).join());
     expect((await lockout.reserveShared(ALICE, ATTACKER, 'p0')).verdict).toBe('account-locked');
     expect(asked).toEqual([`${ALICE}/p0`]);
-    lockout.remote = null;
     expect(lockout.check(ALICE, ATTACKER)).toBe('open');
   });
 
   it('refuses without asking when the local state is already locked', async () => {
     const { lockout, fail } = setup();
     fail(ALICE, ATTACKER, 3);
+    const primary = setup();
     let asked = 0;
-    lockout.remote = async () => { asked++; return { verdict: 'open', release: () => {} }; };
+    const authority = {
+      settings: SETTINGS, apply: () => {}, reconfigure: () => {},
+      acquire: (account: string, source: string, fingerprint: string) => { asked++; return primary.lockout.acquire(account, source, fingerprint); },
+    };
+    lockout.connect(new Hub(authority).join());
     expect((await lockout.reserveShared(ALICE, ATTACKER, 'x')).verdict).toBe('account-locked');
     expect(asked).toBe(0);
+  });
+
+  it('publishes what it records and applies what the other members publish', () => {
+    const primary = setup();
+    const hub = new Hub(primary.lockout);
+    const [a, b] = [setup(), setup()];
+    a.lockout.connect(hub.join());
+    b.lockout.connect(hub.join());
+    a.fail(ALICE, ATTACKER, 3);
+    expect(b.lockout.check(ALICE, ATTACKER)).toBe('account-locked');
+    expect(primary.lockout.check(ALICE, ATTACKER)).toBe('account-locked');
+    b.lockout.reconfigure({ ...SETTINGS, threshold: 4 });       // reaches the authority, not the other member
+    expect(primary.lockout.check(ALICE, ATTACKER)).toBe('open');
+    expect(a.lockout.check(ALICE, ATTACKER)).toBe('account-locked');
   });
 });
 
