@@ -7,6 +7,8 @@
 //   openssl            -> to create the test CA and the DC's TLS certificate
 // and test/unit/monitoring.test.ts checks deploy/prometheus-rules.yml with
 //   promtool           -> Debian package prometheus (/usr/bin/promtool)
+// and test/integration/impacket-rpch.test.ts runs a third-party Outlook Anywhere client:
+//   impacket           -> Debian package python3-impacket (for /usr/bin/python3)
 //
 // When something is missing and we are root on a Debian/Ubuntu machine, install it with apt-get.
 // When we are not root, print what to install and exit 1. When everything is present, do nothing (fast).
@@ -37,6 +39,7 @@ function missingPackages() {
   if (missing.has('samba-ad-dc')) missing.add('samba-ad-provision'); // always needed together
   if (!which('openssl')) missing.add('openssl');
   if (!which('promtool')) missing.add('prometheus');
+  if (spawnSync('/usr/bin/python3', ['-c', 'import impacket']).status !== 0) missing.add('python3-impacket');
   return [...missing];
 }
 
