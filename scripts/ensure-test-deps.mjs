@@ -10,6 +10,8 @@
 // and the browser tests (test/browser/, test/helpers/browser.ts) drive Debian's Chromium with playwright-core,
 // which downloads no browser of its own:
 //   /usr/bin/chromium  -> Debian package chromium (or set EXGATE_TEST_CHROMIUM to another Chromium binary)
+// and test/integration/impacket-rpch.test.ts runs a third-party Outlook Anywhere client:
+//   impacket           -> Debian package python3-impacket (for /usr/bin/python3)
 //
 // When something is missing and we are root on a Debian/Ubuntu machine, install it with apt-get.
 // When we are not root, print what to install and exit 1. When everything is present, do nothing (fast).
@@ -43,6 +45,7 @@ function missingPackages() {
   if (!which('openssl')) missing.add('openssl');
   if (!which('promtool')) missing.add('prometheus');
   if (!existsSync(CHROMIUM)) missing.add('chromium');
+  if (spawnSync('/usr/bin/python3', ['-c', 'import impacket']).status !== 0) missing.add('python3-impacket');
   return [...missing];
 }
 
