@@ -4,7 +4,7 @@
  * `error` on the first record (issue 10), and its exit flush loops forever on ENOSPC. Here the
  * records go to stderr instead, and the file is tried again every 5 s until it works.
  */
-import { accessSync, closeSync, constants, mkdirSync, openSync, statSync, write, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, openSync, statSync, write, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { systemErrorText } from './errors.js';
 
@@ -17,28 +17,28 @@ export interface AccessFileEvents {
 const RETRY_MS = 5000;
 const EAGAIN_MS = 50;
 
-/** Opens `path` for appending, making its folder; throws the system error when it cannot. */
+/**
+ * Opens `path` for appending; throws the system error when it cannot. Its folder must exist:
+ * nothing is created (a recursive mkdir under /proc never returns on Node 20, reproduced).
+ */
 export function openForAppend(path: string): number {
-  try {
-    mkdirSync(dirname(path), { recursive: true });
-  } catch {
-    // openSync names the problem better (mkdir answers EEXIST when a part is a regular file)
-  }
   return openSync(path, 'a', 0o640);
 }
 
 /** Why `path` could not be opened for appending, in words, or null; creates nothing (`exgate check`). */
 export function appendProblem(path: string): string | null {
   try {
-    let p = path;
-    let st = statSync(p, { throwIfNoEntry: false });
-    while (st === undefined && dirname(p) !== p) {            // the nearest part that exists
-      p = dirname(p);
-      st = statSync(p, { throwIfNoEntry: false });
+    const st = statSync(path, { throwIfNoEntry: false });
+    if (st?.isDirectory()) return `${path} is a directory`;
+    if (st) {
+      accessSync(path, constants.W_OK);
+      return null;
     }
-    if (p === path && st?.isDirectory()) return `${path} is a directory`;
-    if (p !== path && st && !st.isDirectory()) return `${p} is not a directory`;
-    accessSync(p, p === path ? constants.W_OK : constants.W_OK | constants.X_OK);
+    const folder = dirname(path);
+    const parent = statSync(folder, { throwIfNoEntry: false });
+    if (parent === undefined) return `the folder ${folder} does not exist (create it, owned by the service user)`;
+    if (!parent.isDirectory()) return `${folder} is not a directory`;
+    accessSync(folder, constants.W_OK | constants.X_OK);
     return null;
   } catch (err) {
     return systemErrorText(err);

@@ -43,6 +43,8 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   let stopping = false;
   let delay = RESTART_MIN_MS;
   let failedStarts = 0;
+  /** Whether any worker ever listened: until one has, a worker that exits is a start that failed. */
+  let anyListened = false;
   let giveUp: ((code?: number) => void) | null = null;
   /** Workers listening now: /readyz says not ready without one. */
   const serving = new Set<number>();
@@ -54,7 +56,7 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
     const worker = cluster.fork({ EXGATE_WORKER: '1' });
     const started = Date.now();
     let listening = false;
-    worker.on('listening', () => { listening = true; failedStarts = 0; serving.add(worker.id); });
+    worker.on('listening', () => { listening = true; anyListened = true; failedStarts = 0; serving.add(worker.id); });
     worker.once('exit', () => serving.delete(worker.id));
     bus.attach(worker);
     worker.once('exit', () => {
@@ -67,8 +69,13 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
     if (code === EX_CONFIG) {                             // a refused service account: a restart would bind again
-      log.fatal({ pid: worker.process.pid, code }, 'a worker stopped on a configuration error; not restarting');
+      log.fatal({ worker: worker.process.pid, code }, 'a worker stopped on a configuration error; not restarting');
       giveUp?.(EX_CONFIG);
+      return;
+    }
+    if (!anyListened) {                                   // the first worker could not start (its line says why)
+      log.fatal({ worker: worker.process.pid, code, signal }, 'the first worker could not start; not starting others');
+      giveUp?.(typeof code === 'number' && code > 0 ? code : 1);
       return;
     }
     if (failedStarts >= MAX_FAILED_STARTS) {
@@ -76,11 +83,13 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
       giveUp?.();
       return;
     }
-    log.error({ pid: worker.process.pid, code, signal, restartInMs: delay }, 'a worker died; starting another');
-    setTimeout(fork, delay).unref();
+    log.error({ worker: worker.process.pid, code, signal, restartInMs: delay }, 'a worker died; starting another');
+    setTimeout(fork, delay);                              // ref'd: with no worker left, it keeps the primary alive
     delay = Math.min(delay * 2, RESTART_MAX_MS);
   });
-  for (let i = 0; i < config.workers; i++) fork();
+  // One worker first: a start that fails (a refused service account, a port in use) fails once,
+  // not once per worker (each would bind to AD, and N wrong binds can lock the account).
+  fork()?.once('listening', () => { for (let i = 1; i < config.workers; i++) fork(); });
   log.info({ workers: config.workers }, 'exgate primary started');
 
   const admin = config.admin ? await startPrimaryAdmin(config, () => serving.size) : null;

@@ -102,6 +102,23 @@ describe('a service account the DC refuses', () => {
     }
   });
 
+  it('with workers, the first worker\'s refusal ends the start: one bind, exit 78, no worker restarted', async () => {
+    const before = await badPwdCount();
+    const p = serve(variant(h, 'wrong-password-workers.yaml', (c) => {
+      c.directory.bindDn = svc.dn;
+      c.directory.bindPasswordFile = 'wrong-password';
+      c.workers = 4;
+    }));
+    try {
+      const code = await p.exited(15_000);
+      expect(code, p.stderr()).toBe(78);
+      expect(fatalLines(p.stderr()), p.stderr()).toHaveLength(1);
+      expect(await badPwdCount()).toBeLessThanOrEqual(before + 1);   // four workers would have bound four times
+    } finally {
+      p.kill();
+    }
+  });
+
   it('check says the same, in words, and does not call the directory unreachable', async () => {
     const before = await badPwdCount();
     const p = serve(wrong(), 'check');
@@ -144,6 +161,36 @@ describe('a port that cannot be bound', () => {
   });
 });
 
+describe('a port that cannot be bound, with workers', () => {
+  let h: Harness;
+  let holder: Server;
+  let port: number;
+  beforeAll(async () => {
+    h = await startHarness({ directory: 'file' });
+    await h.running.close();
+    port = await freePort();
+    holder = createServer();
+    await new Promise<void>((r) => holder.listen(port, '127.0.0.1', r));
+  });
+  afterAll(async () => {
+    holder?.close();
+    await h?.standin.close();
+    if (h) rmSync(h.dir, { recursive: true, force: true });
+  });
+
+  it('exits non-zero with the first worker\'s one line, never 0 (systemd would call that a clean stop)', async () => {
+    const p = serve(variant(h, 'port-in-use-workers.yaml', (c) => { c.listen.port = port; c.workers = 2; }));
+    try {
+      const code = await p.exited(10_000);
+      expect(code, p.stderr()).not.toBe('running');
+      expect(code).toBe(1);
+      expect(fatalLines(p.stderr()), p.stderr()).toHaveLength(1);
+    } finally {
+      p.kill();
+    }
+  });
+});
+
 describe('an access log that cannot be written', () => {
   let h: Harness;
   beforeAll(async () => {
@@ -172,6 +219,22 @@ describe('an access log that cannot be written', () => {
     const c = serve(file, 'check');
     expect(await c.exited(15_000)).toBe(1);
     expect(c.stdout()).toMatch(/bad-log\.yaml(:\d+)?: log\.access: cannot open .*ENOTDIR/);
+  });
+
+  it('a log folder that does not exist (even under /proc, where mkdir never returns) is refused at once', async () => {
+    const file = variant(h, 'proc-log.yaml', (c) => { c.log.access = '/proc/nope/access.log'; });
+    const p = serve(file);
+    try {
+      const code = await p.exited(10_000);
+      expect(code, p.stderr()).not.toBe('running');
+      expect(code).not.toBe(0);
+      expect(fatalLines(p.stderr())).toEqual([expect.stringMatching(/proc-log\.yaml: log\.access: cannot open \/proc\/nope\/access\.log/)]);
+    } finally {
+      p.kill();
+    }
+    const c = serve(file, 'check');
+    expect(await c.exited(15_000)).toBe(1);
+    expect(c.stdout()).toMatch(/log\.access: cannot open \/proc\/nope\/access\.log: the folder \/proc\/nope does not exist/);
   });
 
   it('a write that fails at runtime (/dev/full) is logged and counted; records go to stderr; the gateway keeps answering', async () => {
