@@ -386,7 +386,7 @@ const WORKERS_EXTRA: Record<string, unknown> = { workers: 'auto' };
 function workersSupported(lab: Lab): { ok: true } | { ok: false; why: string } {
   const file = join(lab.dir, 'workers-check.yaml');
   writeFileSync(file, stringify(gatewayConfig(lab, 1, 1, join(lab.dir, 'workers-check.log'), WORKERS_EXTRA)));
-  const r = spawnSync(process.execPath, [EXGATE, 'check', '--config', file], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(process.execPath, [EXGATE, 'check', '--offline', '--config', file], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
   if (r.status === 0) return { ok: true };
   const text = `${r.stdout}${r.stderr}`.trim();
   const line = text.split('\n').find((l) => /workers/i.test(l)) ?? text.split('\n')[0] ?? `exit ${r.status}`;
