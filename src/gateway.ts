@@ -11,20 +11,20 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { activeSyncCommand, newAccessRecord, type AccessRecord } from './access-log.js';
-import { authorize, authorizeAnonymous } from './authorize.js';
-import { checkHead, type Head } from './check-head.js';
-import { classify, type Route } from './classify.js';
-import { rpcFraming, rpcPrecheck } from './client-error.js';
+import { activeSyncCommand, newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
+import { authorize, authorizeAnonymous } from './pipeline/authorize.js';
+import { checkHead, type Head } from './pipeline/check-head.js';
+import { classify, type Route } from './pipeline/classify.js';
+import { rpcFraming, rpcPrecheck } from './exchange/client-error.js';
 import type { DenyReason } from './errors.js';
-import { claimedUser, type FrontEndOutcome } from './front-ends.js';
-import { forward } from './forward.js';
-import { deny, fail, respond, type DenyOptions } from './respond.js';
-import { answerAutodiscoverJson, isAutodiscoverJson } from './autodiscover.js';
-import { requestIdleMs, type Service } from './services.js';
-import type { Metrics } from './metrics.js';
-import type { State } from './state.js';
-import type { Identity } from './authenticate.js';
+import { claimedUser, type FrontEndOutcome } from './auth/front-ends.js';
+import { forward } from './upstream/forward.js';
+import { deny, fail, respond, type DenyOptions } from './pipeline/respond.js';
+import { answerAutodiscoverJson, isAutodiscoverJson } from './exchange/autodiscover.js';
+import { requestIdleMs, type Service } from './pipeline/services.js';
+import type { Metrics } from './runtime/metrics.js';
+import type { State } from './runtime/state.js';
+import type { Identity } from './auth/authenticate.js';
 
 /** What the gateway reports to: the access log, the operational log, the metrics. */
 export interface Telemetry {

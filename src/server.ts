@@ -6,14 +6,14 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
-import { newAccessRecord, type AccessRecord } from './access-log.js';
-import { authorizeAnonymous } from './authorize.js';
-import { answerRaw, handleClientError, OwedResponses } from './client-error.js';
+import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
+import { authorizeAnonymous } from './pipeline/authorize.js';
+import { answerRaw, handleClientError, OwedResponses } from './exchange/client-error.js';
 import { handle, recordOnceDone, type Telemetry } from './gateway.js';
-import { deny } from './respond.js';
-import { peek } from './rpc-tunnel.js';
-import type { State } from './state.js';
-import { createTlsServer, type TlsMaterial } from './tls.js';
+import { deny } from './pipeline/respond.js';
+import { peek } from './exchange/rpc-tunnel.js';
+import type { State } from './runtime/state.js';
+import { createTlsServer, type TlsMaterial } from './runtime/tls.js';
 
 /** A running gateway: TLS listener → HTTP server → handle(). */
 export class Gateway {

@@ -9,7 +9,7 @@ import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'no
 import { userInfo } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { appendProblem } from '../access-file.js';
+import { appendProblem } from '../runtime/access-file.js';
 import type { Config } from '../config/load.js';
 import { readYaml } from '../config/yaml.js';
 import type { ConfigProblem } from '../errors.js';

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, fatalText, systemErrorText } from '../errors.js';
 import { startExchangeStandin } from '../standin/exchange.js';
-import { startGateway, type RunningGateway } from '../start.js';
+import { startGateway, type RunningGateway } from '../runtime/start.js';
 
 /** The demo's config, shipped in the package. */
 export const DEMO_CONFIG = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'config', 'demo.yaml');

@@ -12,15 +12,15 @@
  */
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { authorize, authorizeAnonymous, ruleMatches, type Principal } from '../authorize.js';
-import { classify } from '../classify.js';
+import { authorize, authorizeAnonymous, ruleMatches, type Principal } from '../pipeline/authorize.js';
+import { classify } from '../pipeline/classify.js';
 import { loadConfig } from '../config/load.js';
-import { parseLogon, type Logon } from '../credentials.js';
+import { parseLogon, type Logon } from '../auth/credentials.js';
 import type { Account, Directory, PasswordRefusal } from '../directory/directory.js';
 import { ConfigError, DirectoryUnavailableError, type Reason } from '../errors.js';
 import { loadPolicy, type Policy } from '../policy/compile.js';
-import { isService, type Service } from '../services.js';
-import { logonDomain, openDirectory } from '../state.js';
+import { isService, type Service } from '../pipeline/services.js';
+import { logonDomain, openDirectory } from '../runtime/state.js';
 
 export interface Explanation {
   decision: 'allow' | 'deny';

@@ -9,13 +9,13 @@
  * arguments. `--force` overrides the share limit only, never an empty group or a failed read.
  */
 import { parseArgs } from 'node:util';
-import { appLogger } from '../access-log.js';
+import { appLogger } from '../pipeline/access-log.js';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError } from '../errors.js';
 import { byMailbox, quotable, setLine } from '../mailbox-flags/powershell.js';
 import { applyPlan, planSync, type SyncPlan } from '../mailbox-flags/sync.js';
 import { loadPolicy } from '../policy/compile.js';
-import { logonDomain, openDirectory } from '../state.js';
+import { logonDomain, openDirectory } from '../runtime/state.js';
 
 export const MAILBOX_FLAGS_USAGE = 'usage: exgate mailbox-flags plan --config FILE [--json]\n       exgate mailbox-flags apply --config FILE [--force]';
 

@@ -4,14 +4,14 @@
  * certificate; on any error the running state stays.
  */
 import cluster from 'node:cluster';
-import { accessLogger, appLogger } from '../access-log.js';
+import { accessLogger, appLogger } from '../pipeline/access-log.js';
 import { loadConfig, type Config } from '../config/load.js';
 import { ConfigError, DirectoryUnavailableError, fatalText, ServiceAccountRefusedError } from '../errors.js';
-import { holdWith503, type Holding } from '../holding.js';
+import { holdWith503, type Holding } from '../runtime/holding.js';
 import { scheduleMailboxFlags } from '../mailbox-flags/schedule.js';
-import { startGateway, systemdSocket, systemdSocketPassed, type RunningGateway } from '../start.js';
-import { ensureSelfSigned, loadTlsMaterial } from '../tls.js';
-import { joinCluster, runPrimary, workerBus } from './cluster.js';
+import { startGateway, systemdSocket, systemdSocketPassed, type RunningGateway } from '../runtime/start.js';
+import { ensureSelfSigned, loadTlsMaterial } from '../runtime/tls.js';
+import { joinCluster, runPrimary, workerBus } from '../runtime/cluster.js';
 
 const RETRY_MS = 5000;
 /**

@@ -6,9 +6,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { nameTable, type NameTable } from '../classify.js';
+import { nameTable, type NameTable } from '../pipeline/classify.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
-import { SERVICE_DEFAULTS, SERVICES, type Service, type ServiceDefaults } from '../services.js';
+import { SERVICE_DEFAULTS, SERVICES, type Service, type ServiceDefaults } from '../pipeline/services.js';
 import { gatewaySchema, type GatewayFile } from './schema.js';
 import { keyPath, readYaml, Secret, validate, type YamlFile } from './yaml.js';
 

@@ -4,7 +4,7 @@
  * load.ts validates a file against this, reports every problem at once, and freezes the result.
  */
 import { z } from 'zod';
-import { SERVICES, type Service } from '../services.js';
+import { SERVICES, type Service } from '../pipeline/services.js';
 
 const port = z.number().int().min(0).max(65535);
 const nonEmpty = z.string().min(1, 'must not be empty');

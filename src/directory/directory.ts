@@ -7,7 +7,7 @@
  * "No" is a value, "broken" is an error: a wrong password is `{ ok: false, reason }`; only a
  * technical fault throws, and then always a DirectoryUnavailableError.
  */
-import type { Logon } from '../credentials.js';
+import type { Logon } from '../auth/credentials.js';
 
 /** An account found in the directory. DNs are compared case-insensitively everywhere. */
 export interface Account {

@@ -14,7 +14,7 @@ import { randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { readYaml, validate } from '../config/yaml.js';
 import type { FileSettings } from '../config/load.js';
-import type { Logon } from '../credentials.js';
+import type { Logon } from '../auth/credentials.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type AccountStatus, type PasswordCheck, type PasswordRefusal } from './directory.js';
 

@@ -18,7 +18,7 @@ import {
 } from 'ldapts';
 import type { LdapSettings } from '../config/load.js';
 import { DcBreaker, Limiter } from './limits.js';
-import type { Logon } from '../credentials.js';
+import type { Logon } from '../auth/credentials.js';
 import { DirectoryUnavailableError, ServiceAccountRefusedError } from '../errors.js';
 import { fileTimeToMs, STATUS_ATTRIBUTES, statusOf, SUB_CODES, text } from './ad-status.js';
 import { answered, describe, serviceAccountRefusal, SUB_CODE } from './ldap-errors.js';

@@ -8,10 +8,10 @@
  * value for "allowed", the other one for "not allowed". Report-only mode counts as allowed: a
  * policy being tried out never blocks anyone here either.
  */
-import { authorize } from '../authorize.js';
+import { authorize } from '../pipeline/authorize.js';
 import { dnKey, type Account } from '../directory/directory.js';
 import type { Policy } from '../policy/compile.js';
-import type { Service } from '../services.js';
+import type { Service } from '../pipeline/services.js';
 
 export type CasFlag = 'MAPIBlockOutlookRpcHttp' | 'MAPIBlockOutlookExternalConnectivity' | 'ActiveSyncEnabled' | 'EwsEnabled' | 'OWAEnabled';
 

@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config/load.js';
-import { logonDomain, openDirectory } from '../state.js';
+import { logonDomain, openDirectory } from '../runtime/state.js';
 import { loadPolicy } from '../policy/compile.js';
 import { applyPlan, planSync } from './sync.js';
 

@@ -4,11 +4,11 @@
  * names it (a typo must never silently mean "nobody" or "everybody").
  */
 import { createHash } from 'node:crypto';
-import { parseLogon, type LogonDomain } from '../credentials.js';
+import { parseLogon, type LogonDomain } from '../auth/credentials.js';
 import { keyPath } from '../config/yaml.js';
 import { dnKey, type Account, type Directory, type GroupRef } from '../directory/directory.js';
 import { ConfigError } from '../errors.js';
-import { SERVICES, type Service } from '../services.js';
+import { SERVICES, type Service } from '../pipeline/services.js';
 import type { RuleFile } from './schema.js';
 import { readPolicy, type NameRef } from './structure.js';
 

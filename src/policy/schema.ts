@@ -2,7 +2,7 @@
  * The policy file: who may reach which Exchange service from outside (INTERFACE.md, "Policy file").
  */
 import { z } from 'zod';
-import { SERVICES } from '../services.js';
+import { SERVICES } from '../pipeline/services.js';
 
 const principals = z.strictObject({
   /** Groups by sAMAccountName or DN; nested membership counts. */

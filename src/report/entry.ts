@@ -5,7 +5,7 @@
  */
 
 /**
- * What the report keeps of an access record (src/access-log.ts, AccessRecord). Deliberately not
+ * What the report keeps of an access record (src/pipeline/access-log.ts, AccessRecord). Deliberately not
  * `detail`, `path` or `userAgent`: the report prints none of them.
  */
 export interface AccessEntry {

@@ -3,7 +3,7 @@
  * implementation per topology: in-process (local-bus.ts), IPC to the primary (ipc-bus.ts), Redis.
  * Its authority is the one place that reserves and counts; a holder that dies gives back what it held.
  */
-import type { Attempt, LockoutSettings } from '../lockout-reserve.js';
+import type { Attempt, LockoutSettings } from '../auth/lockout-reserve.js';
 
 /** A failure or success, as one member tells the others (lockout.ts `failure`, `success`, `apply`). */
 export type LockoutEvent =

@@ -3,7 +3,7 @@
  * is the other end). When the primary does not answer in time, the worker decides alone with its
  * own Lockout and its own slot counts, as one process would: a slow primary never stops sign-ins.
  */
-import type { Attempt, LockoutVerdict } from '../lockout.js';
+import type { Attempt, LockoutVerdict } from '../auth/lockout.js';
 import type { Authority, BusEvent, Slot, StateBus } from './bus.js';
 import { Slots } from './local-bus.js';
 

@@ -3,7 +3,7 @@
  * primary's Hub. A worker that disconnects (exits, dies) leaves, and its reservations and slots are
  * released; one that joins later hears the events still kept.
  */
-import type { LockoutVerdict } from '../lockout.js';
+import type { LockoutVerdict } from '../auth/lockout.js';
 import type { BusEvent } from './bus.js';
 import { MSG, typeOf } from './ipc-bus.js';
 import type { Hub, LocalBus } from './local-bus.js';

@@ -3,7 +3,7 @@
  * gateway's own Lockout is the authority and the only member. With workers, the primary runs a Hub
  * whose members are the workers (ipc-primary.ts). What a member holds is released when it leaves.
  */
-import type { Attempt } from '../lockout.js';
+import type { Attempt } from '../auth/lockout.js';
 import type { Authority, BusEvent, Slot, StateBus } from './bus.js';
 
 /** How a member is told what the others published (a batch: a replay, or one event). */

@@ -4,7 +4,7 @@
  * every expectation is about what the members and the authority see, never about a transport.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Lockout, LockoutSettings } from '../../src/lockout.js';
+import type { Lockout, LockoutSettings } from '../../src/auth/lockout.js';
 import type { BusEvent, StateBus } from '../../src/state/bus.js';
 
 export const SETTINGS: LockoutSettings = {

@@ -1,7 +1,7 @@
 // A worker for the StateBus contract over IPC (state-bus.contract.test.ts): the built IpcBus
 // (dist/, `npm run build` first) on this process's IPC channel, driven by `ctl` messages from the
 // test, which is the primary. Everything it hears on the bus goes back to the test.
-import { Lockout } from '../../dist/lockout.js';
+import { Lockout } from '../../dist/auth/lockout.js';
 import { workerBus } from '../../dist/state/ipc-bus.js';
 
 const bus = workerBus(new Lockout(JSON.parse(process.argv[2] ?? '{}')));   // its own: the fallback only

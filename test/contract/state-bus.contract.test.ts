@@ -6,7 +6,7 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { Lockout, type Attempt, type LockoutVerdict } from '../../src/lockout.js';
+import { Lockout, type Attempt, type LockoutVerdict } from '../../src/auth/lockout.js';
 import type { BusEvent, Slot, StateBus } from '../../src/state/bus.js';
 import { IpcBus } from '../../src/state/ipc-bus.js';
 import { servePrimary } from '../../src/state/ipc-primary.js';

@@ -6,7 +6,7 @@
  */
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AccessRecord } from '../../src/access-log.js';
+import type { AccessRecord } from '../../src/pipeline/access-log.js';
 import { USERS } from '../helpers/ad-fixtures.js';
 import { basic, EXTERNAL, startHarness, TEST_POLICY, type Harness, watchForwarded } from '../helpers/gateway-harness.js';
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decide } from '../../src/commands/explain.js';
-import type { Service } from '../../src/services.js';
+import type { Service } from '../../src/pipeline/services.js';
 import { SERVICE_ACCOUNT, USERS } from '../helpers/ad-fixtures.js';
 import { basic, clientFor, expectNotForwarded, EXTERNAL, send, startHarness, TEST_POLICY, type Harness, watchForwarded } from '../helpers/gateway-harness.js';
 

@@ -10,8 +10,8 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
-import { holdWith503 } from '../../src/holding.js';
-import { loadTlsMaterial } from '../../src/tls.js';
+import { holdWith503 } from '../../src/runtime/holding.js';
+import { loadTlsMaterial } from '../../src/runtime/tls.js';
 import { USERS } from '../helpers/ad-fixtures.js';
 import {
   basic, EXTERNAL, freePort, send, startHarness, TEST_POLICY, watchForwarded, type Harness,

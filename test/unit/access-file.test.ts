@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AccessFile, appendProblem } from '../../src/access-file.js';
+import { AccessFile, appendProblem } from '../../src/runtime/access-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'exgate-af-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -2,7 +2,7 @@
 // never with the properties or cause a library may have attached (request headers, credentials).
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { appLogger } from '../../src/access-log.js';
+import { appLogger } from '../../src/pipeline/access-log.js';
 
 function capture(): { stream: Writable; text: () => string } {
   let out = '';

@@ -14,12 +14,12 @@
 // asserts that AD's count never passes 2 × threshold = 10, the account never locks, and the
 // right password from an address the user signed in from keeps working throughout.
 import { describe, expect, it } from 'vitest';
-import { authenticateBasic } from '../../src/front-ends.js';
-import { Authenticator, type AuthOutcome } from '../../src/authenticate.js';
-import { parseLogon, type Logon } from '../../src/credentials.js';
-import type { CacheSettings } from '../../src/decision-cache.js';
+import { authenticateBasic } from '../../src/auth/front-ends.js';
+import { Authenticator, type AuthOutcome } from '../../src/auth/authenticate.js';
+import { parseLogon, type Logon } from '../../src/auth/credentials.js';
+import type { CacheSettings } from '../../src/auth/decision-cache.js';
 import type { Account, AccountStatus, Directory, GroupRef, PasswordCheck } from '../../src/directory/directory.js';
-import type { LockoutSettings } from '../../src/lockout.js';
+import type { LockoutSettings } from '../../src/auth/lockout.js';
 
 const S = 1000;
 const MIN = 60 * S;

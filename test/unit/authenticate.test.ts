@@ -1,4 +1,4 @@
-// Unit tests for the Authenticator (src/authenticate.ts): cheap refusals, the decision caches,
+// Unit tests for the Authenticator (src/auth/authenticate.ts): cheap refusals, the decision caches,
 // coalescing, smart lockout (known wrong passwords, quiet-period reset, familiar addresses exempt
 // from 429, unknown names per name), password resets, account standing, DC outages versus gateway
 // overload, NTLM claims (claim/settle) and refresh, and the lockout surviving a reload, on an
@@ -13,14 +13,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { authenticateBasic } from '../../src/front-ends.js';
-import { Authenticator, type AuthOutcome, type ClaimOutcome, type Identity } from '../../src/authenticate.js';
-import { parseLogon, type Logon } from '../../src/credentials.js';
-import type { CacheSettings } from '../../src/decision-cache.js';
+import { authenticateBasic } from '../../src/auth/front-ends.js';
+import { Authenticator, type AuthOutcome, type ClaimOutcome, type Identity } from '../../src/auth/authenticate.js';
+import { parseLogon, type Logon } from '../../src/auth/credentials.js';
+import type { CacheSettings } from '../../src/auth/decision-cache.js';
 import type { Account, AccountStatus, Directory, GroupRef, PasswordCheck, PasswordRefusal } from '../../src/directory/directory.js';
 import { FileDirectory } from '../../src/directory/file.js';
 import { DirectoryUnavailableError } from '../../src/errors.js';
-import type { Lockout, LockoutSettings } from '../../src/lockout.js';
+import type { Lockout, LockoutSettings } from '../../src/auth/lockout.js';
 
 const DOMAIN = { netbios: 'LAB', upnSuffixes: ['lab.test'] };
 const PASSWORD = 'Right-Password-1';

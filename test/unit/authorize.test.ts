@@ -1,4 +1,4 @@
-// Table tests for authorize / authorizeAnonymous (src/authorize.ts) against a real compiled policy:
+// Table tests for authorize / authorizeAnonymous (src/pipeline/authorize.ts) against a real compiled policy:
 // the policy is loaded with loadPolicy against a FileDirectory written into a temp dir, and each
 // user's Principal carries exactly what the gateway would give it: directory.memberships() of the
 // policy's groups (lowercase DNs, nested membership resolved).
@@ -7,10 +7,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { authorize, authorizeAnonymous, ruleMatches, type Decision, type Principal } from '../../src/authorize.js';
+import { authorize, authorizeAnonymous, ruleMatches, type Decision, type Principal } from '../../src/pipeline/authorize.js';
 import { FileDirectory } from '../../src/directory/file.js';
 import { loadPolicy, type Policy } from '../../src/policy/compile.js';
-import { SERVICES, type Service } from '../../src/services.js';
+import { SERVICES, type Service } from '../../src/pipeline/services.js';
 
 const DOMAIN = { netbios: 'LAB', upnSuffixes: ['lab.test'] };
 const PASSWORD = 'Authorize-Test-1';

@@ -1,9 +1,9 @@
-// Table tests for classify (src/classify.ts): names first (421), then the path (400 / 404), then the
+// Table tests for classify (src/pipeline/classify.ts): names first (421), then the path (400 / 404), then the
 // service table (INTERFACE.md "Services"). Each row is one request as a client could send it.
 import { describe, expect, it } from 'vitest';
-import { checkHead, MAX_HEADER_LINES } from '../../src/check-head.js';
-import { classify, classifyRpc, hostName, nameTable, normalizePath, pathOf, serviceOf } from '../../src/classify.js';
-import type { Service } from '../../src/services.js';
+import { checkHead, MAX_HEADER_LINES } from '../../src/pipeline/check-head.js';
+import { classify, classifyRpc, hostName, nameTable, normalizePath, pathOf, serviceOf } from '../../src/pipeline/classify.js';
+import type { Service } from '../../src/pipeline/services.js';
 
 const EXTERNAL = 'outlook-ext.lab.test';
 // Mixed case and a trailing dot in the config's own lists: nameTable must normalize both.

@@ -4,12 +4,12 @@
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AccessRecord } from '../../src/access-log.js';
-import { nameTable } from '../../src/classify.js';
-import { failedHead, handleClientError, OwedResponses } from '../../src/client-error.js';
+import type { AccessRecord } from '../../src/pipeline/access-log.js';
+import { nameTable } from '../../src/pipeline/classify.js';
+import { failedHead, handleClientError, OwedResponses } from '../../src/exchange/client-error.js';
 import type { Policy, Rule } from '../../src/policy/compile.js';
-import type { Service } from '../../src/services.js';
-import type { State } from '../../src/state.js';
+import type { Service } from '../../src/pipeline/services.js';
+import type { State } from '../../src/runtime/state.js';
 
 const EXTERNAL = 'mail.lab.test';
 const AUTH = 'Authorization: Basic YWxpY2U6U2VjcmV0LXB3';

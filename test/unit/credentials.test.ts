@@ -1,8 +1,8 @@
-// Table tests for the pure credential parsers (src/credentials.ts): the Basic header (RFC 7617) and
+// Table tests for the pure credential parsers (src/auth/credentials.ts): the Basic header (RFC 7617) and
 // the logon name inside it, as judged for the domain LAB / lab.test.
 import { escapeFilter } from 'ldapts';
 import { describe, expect, it } from 'vitest';
-import { decodeCp1252, parseBasic, parseLogon, type Logon, type LogonDomain } from '../../src/credentials.js';
+import { decodeCp1252, parseBasic, parseLogon, type Logon, type LogonDomain } from '../../src/auth/credentials.js';
 
 const domain: LogonDomain = { netbios: 'LAB', upnSuffixes: ['lab.test'] };
 const b64 = (data: string | Uint8Array) => Buffer.from(data).toString('base64');

@@ -1,9 +1,9 @@
-// Unit tests for the decision caches (src/decision-cache.ts) with an injected clock: credential
+// Unit tests for the decision caches (src/auth/decision-cache.ts) with an injected clock: credential
 // keys (HMAC under a per-process secret), freshness and the stale-if-error window, bounds, TTL 0,
 // what the auth and standing caches hold (Verified {account, verifiedAt}; passwordSetAt), and
 // coalescing of concurrent identical lookups.
 import { describe, expect, it } from 'vitest';
-import { DecisionCache, type CacheSettings, type Standing, type Verified } from '../../src/decision-cache.js';
+import { DecisionCache, type CacheSettings, type Standing, type Verified } from '../../src/auth/decision-cache.js';
 import type { Account } from '../../src/directory/directory.js';
 
 const SETTINGS: CacheSettings = { max: 100, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 120 };

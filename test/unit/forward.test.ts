@@ -9,11 +9,11 @@ import { once } from 'node:events';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { newAccessRecord, type AccessRecord } from '../../src/access-log.js';
-import { forward } from '../../src/forward.js';
-import { frontEndFor } from '../../src/front-ends.js';
-import { SERVICE_DEFAULTS } from '../../src/services.js';
-import { Upstream } from '../../src/upstream.js';
+import { newAccessRecord, type AccessRecord } from '../../src/pipeline/access-log.js';
+import { forward } from '../../src/upstream/forward.js';
+import { frontEndFor } from '../../src/auth/front-ends.js';
+import { SERVICE_DEFAULTS } from '../../src/pipeline/services.js';
+import { Upstream } from '../../src/upstream/upstream.js';
 
 const servers: Server[] = [];
 afterEach(async () => {

@@ -1,11 +1,11 @@
 /**
- * Which headers cross the gateway (src/headers.ts): Exchange's internal-server headers and
+ * Which headers cross the gateway (src/pipeline/headers.ts): Exchange's internal-server headers and
  * front-end headers never pass, challenges are filtered by the service's auth front-end.
  */
 import { describe, expect, it } from 'vitest';
-import { frontEndFor } from '../../src/front-ends.js';
-import { responseHeaders } from '../../src/headers.js';
-import type { AuthMode } from '../../src/services.js';
+import { frontEndFor } from '../../src/auth/front-ends.js';
+import { responseHeaders } from '../../src/pipeline/headers.js';
+import type { AuthMode } from '../../src/pipeline/services.js';
 
 /** The front-end of a mode, with `fallback` as the gateway's own challenges. */
 const fe = (mode: AuthMode, fallback: readonly string[] = []) => ({ passes: (v: string) => frontEndFor(mode, 'x').passes(v), challenges: fallback });

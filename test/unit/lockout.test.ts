@@ -1,10 +1,10 @@
-// Unit tests for the gateway's smart lockout (src/lockout.ts) with an injected clock: familiar and
+// Unit tests for the gateway's smart lockout (src/auth/lockout.ts) with an injected clock: familiar and
 // unfamiliar sources counted apart, repeats of one wrong password counted once, AD's quiet-period
 // reset (not a sliding window), success resetting the counts only when verified by a bind,
 // knownBad, attempts in flight, reconfigure, per-address spraying limits (IPv6 by /64, familiar
 // addresses exempt), unknown names counted per name, and bounded state.
 import { describe, expect, it } from 'vitest';
-import { Lockout, sourceKey, type LockoutSettings, type LockoutVerdict } from '../../src/lockout.js';
+import { Lockout, sourceKey, type LockoutSettings, type LockoutVerdict } from '../../src/auth/lockout.js';
 import { Hub } from '../../src/state/local-bus.js';
 
 const SETTINGS: LockoutSettings = { threshold: 3, windowSeconds: 60, sourceAccounts: 5, sourceFailures: 20, familiarSeconds: 60, max: 100 };

@@ -1,4 +1,4 @@
-// Table tests for the gateway's NTLM token reader and strict Type 3 parser (src/ntlm.ts).
+// Table tests for the gateway's NTLM token reader and strict Type 3 parser (src/auth/ntlm.ts).
 // Messages come from a small builder here, from curl (captured once and pinned below, and captured
 // again live from the installed curl), and from hand-made SPNEGO/Kerberos wrappers.
 import { execFile } from 'node:child_process';
@@ -6,7 +6,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseType3, readNtlmHeader, type NtlmToken, type Type3Claim } from '../../src/ntlm.js';
+import { parseType3, readNtlmHeader, type NtlmToken, type Type3Claim } from '../../src/auth/ntlm.js';
 import { buildType2 } from '../../src/standin/ntlm-server.js';
 
 const UNICODE = 0x00000001;

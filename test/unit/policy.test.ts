@@ -11,7 +11,7 @@ import { FileDirectory } from '../../src/directory/file.js';
 import { ConfigError } from '../../src/errors.js';
 import { loadPolicy } from '../../src/policy/compile.js';
 import { readPolicy } from '../../src/policy/structure.js';
-import { SERVICES } from '../../src/services.js';
+import { SERVICES } from '../../src/pipeline/services.js';
 
 const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), '../fixtures/policies');
 const DOMAIN = { netbios: 'LAB', upnSuffixes: ['lab.test'] };

@@ -11,7 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { createGzip, gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { AccessRecord } from '../../src/access-log.js';
+import type { AccessRecord } from '../../src/pipeline/access-log.js';
 import { report } from '../../src/commands/report.js';
 import { parseTime } from '../../src/report/range.js';
 import type { Report } from '../../src/report/summarize.js';

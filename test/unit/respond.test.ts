@@ -7,9 +7,9 @@ import { once } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { newAccessRecord, type AccessRecord } from '../../src/access-log.js';
+import { newAccessRecord, type AccessRecord } from '../../src/pipeline/access-log.js';
 import { DENY_STATUS, REASONS, type DenyReason } from '../../src/errors.js';
-import { deny, refuseSocket, statusOf, type DenyOptions } from '../../src/respond.js';
+import { deny, refuseSocket, statusOf, type DenyOptions } from '../../src/pipeline/respond.js';
 
 const closers: (() => void)[] = [];
 afterEach(() => { for (const c of closers.splice(0)) c(); });

@@ -5,8 +5,8 @@
  */
 import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { rpcBodyLength, rpcFraming } from '../../src/client-error.js';
-import { parseHead, rebuildHead } from '../../src/rpc-tunnel.js';
+import { rpcBodyLength, rpcFraming } from '../../src/exchange/client-error.js';
+import { parseHead, rebuildHead } from '../../src/exchange/rpc-tunnel.js';
 
 const LINE = 'RPC_IN_DATA /rpc/rpcproxy.dll?ex:6001 HTTP/1.1';
 const head = (...lines: string[]) => Buffer.from([LINE, ...lines].join('\r\n'), 'latin1');

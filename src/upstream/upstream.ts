@@ -7,8 +7,8 @@ import { isIP, type Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { buildConnector, Client } from 'undici';
-import type { Config } from './config/load.js';
-import type { Account } from './directory/directory.js';
+import type { Config } from '../config/load.js';
+import type { Account } from '../directory/directory.js';
 
 /**
  * Pinned upstream connections: one undici Client per client socket, and the account Exchange

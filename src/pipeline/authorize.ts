@@ -7,7 +7,7 @@
  * - In report-only mode a would-be denial is let through with reason `report-only`, and the rule
  *   that would have denied it is named.
  */
-import type { Policy, Rule } from './policy/compile.js';
+import type { Policy, Rule } from '../policy/compile.js';
 import type { Service } from './services.js';
 
 /** Who is asking, as far as policy cares: the account's DN and its policy-relevant groups (lowercase DNs). */

@@ -10,8 +10,8 @@ import { isIP } from 'node:net';
 import { dirname } from 'node:path';
 import { createServer, type SecureContextOptions, type Server, type TLSSocket } from 'node:tls';
 import { generate } from 'selfsigned';
-import type { Config } from './config/load.js';
-import { ConfigError } from './errors.js';
+import type { Config } from '../config/load.js';
+import { ConfigError } from '../errors.js';
 
 export interface TlsMaterial {
   readonly cert: string;

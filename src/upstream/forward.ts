@@ -7,11 +7,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline, Transform } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import type { AccessRecord } from './access-log.js';
-import { requestHeaders, responseHeaders } from './headers.js';
-import { deny, fail, relayHead } from './respond.js';
-import type { AuthFrontEnd } from './front-ends.js';
-import type { ServiceDefaults } from './services.js';
+import type { AccessRecord } from '../pipeline/access-log.js';
+import { requestHeaders, responseHeaders } from '../pipeline/headers.js';
+import { deny, fail, relayHead } from '../pipeline/respond.js';
+import type { AuthFrontEnd } from '../auth/front-ends.js';
+import type { ServiceDefaults } from '../pipeline/services.js';
 import type { Upstream } from './upstream.js';
 
 /** How much longer than the upstream side the client side of a request may stay silent. */

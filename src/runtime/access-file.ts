@@ -6,7 +6,7 @@
  */
 import { accessSync, closeSync, constants, openSync, statSync, write, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { systemErrorText } from './errors.js';
+import { systemErrorText } from '../errors.js';
 
 /** Told when a write to the file fails, and when it works again. */
 export interface AccessFileEvents {

@@ -22,8 +22,8 @@ import {
 } from './auth-outcome.js';
 import { parseLogon, type Logon } from './credentials.js';
 import { DecisionCache, type Standing } from './decision-cache.js';
-import { dnKey, type Account } from './directory/directory.js';
-import { DirectoryUnavailableError } from './errors.js';
+import { dnKey, type Account } from '../directory/directory.js';
+import { DirectoryUnavailableError } from '../errors.js';
 import { Lockout } from './lockout.js';
 
 export type { AuthOutcome, AuthRequest, AuthenticatorDeps, CacheUse, ClaimOutcome, ClaimRequest, Identity } from './auth-outcome.js';

@@ -7,13 +7,13 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { newAccessRecord, type AccessRecord, type RequestHead } from './access-log.js';
-import { authorizeAnonymous } from './authorize.js';
-import { classifyRpc } from './classify.js';
-import { DENY_STATUS, type DenyReason } from './errors.js';
-import { refuseSocket } from './respond.js';
-import { RPC_METHODS } from './services.js';
-import type { State } from './state.js';
+import { newAccessRecord, type AccessRecord, type RequestHead } from '../pipeline/access-log.js';
+import { authorizeAnonymous } from '../pipeline/authorize.js';
+import { classifyRpc } from '../pipeline/classify.js';
+import { DENY_STATUS, type DenyReason } from '../errors.js';
+import { refuseSocket } from '../pipeline/respond.js';
+import { RPC_METHODS } from '../pipeline/services.js';
+import type { State } from '../runtime/state.js';
 
 interface ParserError extends Error {
   code?: string;

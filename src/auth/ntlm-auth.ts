@@ -18,7 +18,7 @@ import type { Socket } from 'node:net';
 import type { AuthOutcome, Authenticator, CacheUse, Identity } from './authenticate.js';
 import { parseLogon, type Logon, type LogonDomain } from './credentials.js';
 import { parseType3, type NtlmToken, type Type3Claim } from './ntlm.js';
-import type { Upstream } from './upstream.js';
+import type { Upstream } from '../upstream/upstream.js';
 
 /** What one NTLM step allows: forward with an identity, forward a handshake leg, or refuse. */
 export type NtlmOutcome =

@@ -25,10 +25,10 @@
 import { isIPv6 } from 'node:net';
 import { LRUCache } from 'lru-cache';
 import { InFlight, prune, union, type Attempt, type LockoutSettings, type LockoutVerdict, type Seen, type SourceState } from './lockout-reserve.js';
-import type { LockoutEvent, StateBus } from './state/bus.js';
+import type { LockoutEvent, StateBus } from '../state/bus.js';
 
 export type { Attempt, LockoutSettings, LockoutVerdict } from './lockout-reserve.js';
-export type { LockoutEvent } from './state/bus.js';
+export type { LockoutEvent } from '../state/bus.js';
 
 
 /** One source class of one account: the wrong passwords that caused binds, since the last reset. */

@@ -8,7 +8,7 @@
  *   GET /metrics  Prometheus text format (prom-client; the primary aggregates workers), after
  *                 running the probes, so `exgate_directory_up` and `exgate_upstream_up` are fresh
  */
-import { reply } from './respond.js';
+import { reply } from '../pipeline/respond.js';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 

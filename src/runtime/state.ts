@@ -3,19 +3,19 @@
  * A reload builds a new State and swaps it in; on any error the old one stays (STYLE.md §8).
  */
 import type { Logger } from 'pino';
-import { Authenticator } from './authenticate.js';
-import type { Config } from './config/load.js';
-import type { LogonDomain } from './credentials.js';
-import type { Directory } from './directory/directory.js';
-import { FileDirectory } from './directory/file.js';
-import { LdapDirectory } from './directory/ldap.js';
-import type { Lockout } from './lockout.js';
-import { loadPolicy, type Policy } from './policy/compile.js';
-import { Upstream } from './upstream.js';
-import { frontEndFor, type AuthFrontEnd } from './front-ends.js';
-import type { Service } from './services.js';
-import type { BusFactory, StateBus } from './state/bus.js';
-import { localBus } from './state/local-bus.js';
+import { Authenticator } from '../auth/authenticate.js';
+import type { Config } from '../config/load.js';
+import type { LogonDomain } from '../auth/credentials.js';
+import type { Directory } from '../directory/directory.js';
+import { FileDirectory } from '../directory/file.js';
+import { LdapDirectory } from '../directory/ldap.js';
+import type { Lockout } from '../auth/lockout.js';
+import { loadPolicy, type Policy } from '../policy/compile.js';
+import { Upstream } from '../upstream/upstream.js';
+import { frontEndFor, type AuthFrontEnd } from '../auth/front-ends.js';
+import type { Service } from '../pipeline/services.js';
+import type { BusFactory, StateBus } from '../state/bus.js';
+import { localBus } from '../state/local-bus.js';
 
 export interface State {
   readonly config: Config;

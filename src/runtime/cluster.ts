@@ -7,16 +7,16 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry, type Registry } from 'prom-client';
-import { startAdmin } from '../admin.js';
-import { Metrics } from '../metrics.js';
+import { startAdmin } from './admin.js';
+import { Metrics } from './metrics.js';
 import type { Config } from '../config/load.js';
-import { Lockout } from '../lockout.js';
+import { Lockout } from '../auth/lockout.js';
 import { servePrimary } from '../state/ipc-primary.js';
 import { Hub } from '../state/local-bus.js';
-import { openDirectory } from '../state.js';
-import { Upstream } from '../upstream.js';
-import { appLogger } from '../access-log.js';
-import type { RunningGateway } from '../start.js';
+import { openDirectory } from './state.js';
+import { Upstream } from '../upstream/upstream.js';
+import { appLogger } from '../pipeline/access-log.js';
+import type { RunningGateway } from './start.js';
 
 export { workerBus } from '../state/ipc-bus.js';
 

@@ -2,11 +2,11 @@
  * What authentication answers (AuthOutcome and its kin), and the small helpers the Authenticator
  * builds its answers with: refusals with their reasons, the trace of cache use, lockout refusals.
  */
-import type { Principal } from './authorize.js';
+import type { Principal } from '../pipeline/authorize.js';
 import type { Logon, LogonDomain } from './credentials.js';
 import type { CacheSettings } from './decision-cache.js';
-import type { Account, Directory, PasswordRefusal } from './directory/directory.js';
-import type { CredentialReason, DirectoryUnavailableError } from './errors.js';
+import type { Account, Directory, PasswordRefusal } from '../directory/directory.js';
+import type { CredentialReason, DirectoryUnavailableError } from '../errors.js';
 import type { LockoutSettings, LockoutVerdict } from './lockout.js';
 
 /** An authenticated user with the memberships the policy asks about. */

@@ -9,8 +9,8 @@ import type { AuthOutcome, Authenticator } from './authenticate.js';
 import { parseBasic, parseLogon, type LogonDomain } from './credentials.js';
 import { parseType3, readNtlmHeader } from './ntlm.js';
 import { authenticateNtlm, logonOf, type NtlmOutcome } from './ntlm-auth.js';
-import type { AuthMode } from './services.js';
-import type { Upstream } from './upstream.js';
+import type { AuthMode } from '../pipeline/services.js';
+import type { Upstream } from '../upstream/upstream.js';
 
 /** What a front-end reads of the gateway's state. */
 export interface FrontEndContext {

@@ -8,9 +8,9 @@
 import { createServer, type Server } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { newAccessRecord } from './access-log.js';
-import type { Config } from './config/load.js';
-import { deny } from './respond.js';
+import { newAccessRecord } from '../pipeline/access-log.js';
+import type { Config } from '../config/load.js';
+import { deny } from '../pipeline/respond.js';
 import { cutFailedHandshakes, secureContextOptions, type TlsMaterial } from './tls.js';
 
 export interface Holding {

@@ -18,7 +18,7 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { Account, PasswordRefusal } from './directory/directory.js';
+import type { Account, PasswordRefusal } from '../directory/directory.js';
 
 export interface CacheSettings {
   readonly max: number;

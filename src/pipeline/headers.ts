@@ -6,7 +6,7 @@
  * with Basic only, the challenges such clients cannot answer.
  */
 import type { IncomingMessage } from 'node:http';
-import type { AuthFrontEnd } from './front-ends.js';
+import type { AuthFrontEnd } from '../auth/front-ends.js';
 
 const REQUEST_DROP: ReadonlySet<string> = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding',

@@ -16,18 +16,18 @@
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
-import { newAccessRecord, type AccessRecord } from './access-log.js';
-import { authorize } from './authorize.js';
+import { newAccessRecord, type AccessRecord } from '../pipeline/access-log.js';
+import { authorize } from '../pipeline/authorize.js';
 import { failedHead, rpcBodyLength } from './client-error.js';
-import type { DenyReason } from './errors.js';
-import { basicChallenge } from './front-ends.js';
-import { judge } from './gateway.js';
-import { connectionTokens, dropsRequestHeader } from './headers.js';
-import { refuseSocket, type DenyOptions } from './respond.js';
-import { RPC_METHODS } from './services.js';
-import type { State } from './state.js';
-import type { Identity } from './authenticate.js';
-import { sourceKey } from './lockout.js';
+import type { DenyReason } from '../errors.js';
+import { basicChallenge } from '../auth/front-ends.js';
+import { judge } from '../gateway.js';
+import { connectionTokens, dropsRequestHeader } from '../pipeline/headers.js';
+import { refuseSocket, type DenyOptions } from '../pipeline/respond.js';
+import { RPC_METHODS } from '../pipeline/services.js';
+import type { State } from '../runtime/state.js';
+import type { Identity } from '../auth/authenticate.js';
+import { sourceKey } from '../auth/lockout.js';
 
 const MAX_HEAD = 16 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');

@@ -9,8 +9,8 @@ import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import { pathOf, hostName } from './classify.js';
-import { AccessFile, type AccessFileEvents } from './access-file.js';
-import type { Reason } from './errors.js';
+import { AccessFile, type AccessFileEvents } from '../runtime/access-file.js';
+import type { Reason } from '../errors.js';
 import type { Service } from './services.js';
 
 /** The access-log record (INTERFACE.md, "Access log"). Every field is always present. */

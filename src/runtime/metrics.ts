@@ -4,7 +4,7 @@
  * each worker keeps its own registry and the primary aggregates them with its own (cluster.ts).
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { AccessRecord } from './access-log.js';
+import type { AccessRecord } from '../pipeline/access-log.js';
 
 const SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 

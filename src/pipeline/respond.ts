@@ -7,8 +7,8 @@
 import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { AccessRecord } from './access-log.js';
-import { DENY_STATUS, statusLine, type DenyReason } from './errors.js';
-import { basicChallenge } from './front-ends.js';
+import { DENY_STATUS, statusLine, type DenyReason } from '../errors.js';
+import { basicChallenge } from '../auth/front-ends.js';
 
 /** Seconds a client is told to wait after a 503. */
 const RETRY_AFTER_SECONDS = 10;
