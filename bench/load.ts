@@ -23,9 +23,14 @@ const [mode, ...rest] = process.argv.slice(2);
 const { values } = parseArgs({
   args: rest,
   options: {
-    port: { type: 'string' }, n: { type: 'string', default: '1000' }, conc: { type: 'string', default: '100' },
-    sources: { type: 'string', default: '' }, auth: { type: 'string', default: '' }, servername: { type: 'string', default: 'bench.lab.test' },
-    'heartbeat-ms': { type: 'string', default: '3600000' }, bytes: { type: 'string', default: String(2 ** 30) },
+    port: { type: 'string' },
+    n: { type: 'string', default: '1000' },
+    conc: { type: 'string', default: '100' },
+    sources: { type: 'string', default: '' },
+    auth: { type: 'string', default: '' },
+    servername: { type: 'string', default: 'bench.lab.test' },
+    'heartbeat-ms': { type: 'string', default: '3600000' },
+    bytes: { type: 'string', default: String(2 ** 30) },
     path: { type: 'string', default: '/EWS/Exchange.asmx' },
   },
   strict: true,
@@ -37,7 +42,7 @@ function hold(): void {
   const n = Number(values.n);
   const conc = Number(values.conc);
   const sources = values.sources ? values.sources.split(',') : [undefined];
-  const body = Buffer.from([0x03, 0x01, 0x6a, 0x00, 0x00, 0x0d, 0x45, 0x48, 0x03, 0x36, 0x30, 0x00, 0x01]);   // a WBXML-shaped Ping
+  const body = Buffer.from([0x03, 0x01, 0x6a, 0x00, 0x00, 0x0d, 0x45, 0x48, 0x03, 0x36, 0x30, 0x00, 0x01]); // a WBXML-shaped Ping
   const sockets: TLSSocket[] = [];
   let started = 0;
   let sent = 0;
@@ -49,13 +54,21 @@ function hold(): void {
     if (started >= n) return;
     const i = started++;
     const localAddress = sources[i % sources.length];
-    const s = connect({ port, host: '127.0.0.1', ...(localAddress ? { localAddress } : {}), servername: values.servername, rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    const s = connect({
+      port,
+      host: '127.0.0.1',
+      ...(localAddress ? { localAddress } : {}),
+      servername: values.servername,
+      rejectUnauthorized: false,
+      ALPNProtocols: ['http/1.1'],
+    });
     sockets.push(s);
     let done = false;
     const settle = (ok: boolean) => {
       if (done) return;
       done = true;
-      if (ok) sent++; else failed++;
+      if (ok) sent++;
+      else failed++;
       next();
     };
     s.once('secureConnect', () => {
@@ -94,17 +107,36 @@ function upload(): void {
   const chunk = Buffer.alloc(64 * 1024);
   for (let i = 0; i < chunk.length; i++) chunk[i] = i & 0xff;
   const started = performance.now();
-  const req = request({
-    host: '127.0.0.1', port, method: 'POST', path: values.path, servername: values.servername, rejectUnauthorized: false, agent: false,
-    headers: { host: values.servername, authorization: values.auth, 'content-type': 'text/xml; charset=utf-8', 'content-length': total, 'user-agent': 'exgate-bench' },
-  }, (res) => {
-    const parts: Buffer[] = [];
-    res.on('data', (d: Buffer) => parts.push(d));
-    res.on('end', () => {
-      say({ status: res.statusCode, ms: Math.round(performance.now() - started), body: Buffer.concat(parts).toString('utf8').slice(0, 300) });
-      process.exit(0);
-    });
-  });
+  const req = request(
+    {
+      host: '127.0.0.1',
+      port,
+      method: 'POST',
+      path: values.path,
+      servername: values.servername,
+      rejectUnauthorized: false,
+      agent: false,
+      headers: {
+        host: values.servername,
+        authorization: values.auth,
+        'content-type': 'text/xml; charset=utf-8',
+        'content-length': total,
+        'user-agent': 'exgate-bench',
+      },
+    },
+    (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (d: Buffer) => parts.push(d));
+      res.on('end', () => {
+        say({
+          status: res.statusCode,
+          ms: Math.round(performance.now() - started),
+          body: Buffer.concat(parts).toString('utf8').slice(0, 300),
+        });
+        process.exit(0);
+      });
+    },
+  );
   req.on('error', (err) => {
     say({ status: 0, error: err.message, ms: Math.round(performance.now() - started) });
     process.exit(1);

@@ -58,7 +58,10 @@ export function processTree(root: number): number[] {
 }
 
 /** CPU seconds used so far by a process tree, user and system. Pass `pids` to skip the /proc scan. */
-export function treeCpu(root: number, pids: readonly number[] = processTree(root)): { user: number; sys: number; total: number } {
+export function treeCpu(
+  root: number,
+  pids: readonly number[] = processTree(root),
+): { user: number; sys: number; total: number } {
   let user = 0;
   let sys = 0;
   for (const pid of pids) {

@@ -25,7 +25,18 @@
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes, scryptSync } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { request } from 'node:https';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
@@ -35,8 +46,8 @@ import { stringify } from 'yaml';
 import { hardNofile, processTree, selfAndReapedCpuSeconds, systemCpu, treeCpu, treeRssKb } from './procstat.js';
 import { fmt, machine, median, table } from './stats.js';
 
-const HERE = dirname(fileURLToPath(import.meta.url));            // .bench/bench once compiled
-const ROOT = resolve(HERE, '..', '..');                           // the repository
+const HERE = dirname(fileURLToPath(import.meta.url)); // .bench/bench once compiled
+const ROOT = resolve(HERE, '..', '..'); // the repository
 const EXGATE = join(ROOT, 'bin', 'exgate.js');
 const TEMPLATE = join(ROOT, 'bench', 'nginx.conf.template');
 
@@ -50,7 +61,7 @@ const S = {
   seconds: num('BENCH_SECONDS', 10),
   warmup: num('BENCH_WARMUP', 2),
   wrkConnections: num('BENCH_WRK_CONNECTIONS', 64),
-  upstream: process.env.BENCH_UPSTREAM === 'standin' ? 'standin' as const : 'plain' as const,
+  upstream: process.env.BENCH_UPSTREAM === 'standin' ? ('standin' as const) : ('plain' as const),
   profile: process.env.BENCH_PROFILE ?? 'auto',
   idleConns: num('BENCH_IDLE_CONNS', 10_000),
   memRounds: num('BENCH_MEM_ROUNDS', 1),
@@ -89,13 +100,24 @@ class Child {
   readonly #listeners = new Set<(line: string) => void>();
   #gone = false;
 
-  constructor(readonly name: string, cmd: string, args: readonly string[], env: NodeJS.ProcessEnv = {}) {
+  constructor(
+    readonly name: string,
+    cmd: string,
+    args: readonly string[],
+    env: NodeJS.ProcessEnv = {},
+  ) {
     if (!exitHook) {
       exitHook = true;
       // Last resort (an exception that skipped the finally blocks): nothing outlives the driver.
-      process.once('exit', () => { for (const c of live) c.killTree(); });
+      process.once('exit', () => {
+        for (const c of live) c.killTree();
+      });
     }
-    this.proc = spawn(cmd, [...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    this.proc = spawn(cmd, [...args], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    });
     live.add(this);
     this.proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
       const parts = (this.#partial + d).split('\n');
@@ -106,7 +128,9 @@ class Child {
         for (const l of this.#listeners) l(line);
       }
     });
-    this.proc.stderr!.setEncoding('utf8').on('data', (d: string) => { this.#stderr = (this.#stderr + d).slice(-4000); });
+    this.proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      this.#stderr = (this.#stderr + d).slice(-4000);
+    });
     this.exited = new Promise((resolveExit) => {
       const done = (code: number | null) => {
         if (this.#gone) return;
@@ -116,7 +140,10 @@ class Child {
       };
       // 'close': the process has exited and its stdio pipes are closed (no handle left behind).
       this.proc.once('close', (code, signal) => done(code ?? (signal ? -1 : null)));
-      this.proc.once('error', (err) => { this.#stderr += `\n${err.message}`; done(-1); });
+      this.proc.once('error', (err) => {
+        this.#stderr += `\n${err.message}`;
+        done(-1);
+      });
     });
   }
 
@@ -174,14 +201,19 @@ class Child {
         const v = o && typeof o === 'object' ? pick(o as Record<string, unknown>) : undefined;
         if (v !== undefined) finish(() => resolveWait(v));
       };
-      const timer = setTimeout(() => finish(() => reject(new Error(`${this.name}: timed out waiting for ${what}\n${this.stderr}`))), timeoutMs);
+      const timer = setTimeout(
+        () => finish(() => reject(new Error(`${this.name}: timed out waiting for ${what}\n${this.stderr}`))),
+        timeoutMs,
+      );
       const finish = (f: () => void) => {
         clearTimeout(timer);
         this.#listeners.delete(check);
         f();
       };
       this.#listeners.add(check);
-      void this.exited.then((code) => finish(() => reject(new Error(`${this.name} exited (${code}) while waiting for ${what}\n${this.stderr}`))));
+      void this.exited.then((code) =>
+        finish(() => reject(new Error(`${this.name} exited (${code}) while waiting for ${what}\n${this.stderr}`))),
+      );
       for (const line of this.#stdout) check(line);
     });
   }
@@ -231,19 +263,30 @@ async function suite<T>(fn: (lab: Lab) => Promise<T>): Promise<T> {
 
 function which(name: string): string | undefined {
   const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin'];
-  return dirs.filter(Boolean).map((d) => join(d, name)).find((p) => existsSync(p));
+  return dirs
+    .filter(Boolean)
+    .map((d) => join(d, name))
+    .find((p) => existsSync(p));
 }
 
 /** nginx (Debian nginx-light) and wrk; installed with apt-get when missing and running as root. */
 function ensureTools(): void {
-  const missing = [which('nginx') ? null : 'nginx-light', which('wrk') ? null : 'wrk'].filter((p): p is string => p !== null);
+  const missing = [which('nginx') ? null : 'nginx-light', which('wrk') ? null : 'wrk'].filter(
+    (p): p is string => p !== null,
+  );
   if (missing.length === 0) return;
   const isRoot = process.getuid?.() === 0;
   if (!isRoot || !which('apt-get')) {
-    throw new Error(`the proxy benchmarks need ${missing.join(' and ')}: run as root on Debian/Ubuntu, or install them: apt-get install -y ${missing.join(' ')}`);
+    throw new Error(
+      `the proxy benchmarks need ${missing.join(' and ')}: run as root on Debian/Ubuntu, or install them: apt-get install -y ${missing.join(' ')}`,
+    );
   }
   const aptEnv = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const install = () => spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { stdio: ['ignore', 'inherit', 'inherit'], env: aptEnv });
+  const install = () =>
+    spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+      env: aptEnv,
+    });
   process.stderr.write(`[bench] installing ${missing.join(' ')} with apt-get\n`);
   if (install().status !== 0) {
     spawnSync('apt-get', ['update'], { stdio: ['ignore', 'inherit', 'inherit'], env: aptEnv });
@@ -269,20 +312,55 @@ interface Lab {
 /** A folder with an EC P-256 certificate (for every server), a one-user file directory and a policy. */
 function makeLab(): Lab {
   const dir = mkdtempSync(join(tmpdir(), 'exgate-proxybench-'));
-  chmodSync(dir, 0o755);                          // nginx workers (nobody) reach their temp folders
+  chmodSync(dir, 0o755); // nginx workers (nobody) reach their temp folders
   const cert = join(dir, 'cert.pem');
   const key = join(dir, 'key.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2',
-    '-subj', `/CN=${NAME}`, '-addext', `subjectAltName=DNS:${NAME},IP:127.0.0.1`, '-keyout', key, '-out', cert], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${NAME}`,
+      '-addext',
+      `subjectAltName=DNS:${NAME},IP:127.0.0.1`,
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { stdio: 'ignore' },
+  );
   const salt = randomBytes(16);
   const hash = scryptSync(PASSWORD, salt, 32, { N: 1024, r: 8, p: 1 });
   const users = join(dir, 'users.yaml');
-  writeFileSync(users, stringify({
-    users: { [USER]: { password: `scrypt$1024$8$1$${salt.toString('base64')}$${hash.toString('base64')}`, name: 'Bench User' } },
-    groups: { BenchUsers: { members: [USER] } },
-  }));
+  writeFileSync(
+    users,
+    stringify({
+      users: {
+        [USER]: {
+          password: `scrypt$1024$8$1$${salt.toString('base64')}$${hash.toString('base64')}`,
+          name: 'Bench User',
+        },
+      },
+      groups: { BenchUsers: { members: [USER] } },
+    }),
+  );
   const policy = join(dir, 'policy.yaml');
-  writeFileSync(policy, stringify({ mode: 'enforce', rules: [{ id: 'bench', services: ['owa', 'ews', 'activesync'], allow: { groups: ['BenchUsers'] } }] }));
+  writeFileSync(
+    policy,
+    stringify({
+      mode: 'enforce',
+      rules: [{ id: 'bench', services: ['owa', 'ews', 'activesync'], allow: { groups: ['BenchUsers'] } }],
+    }),
+  );
   return { dir, cert, key, users, policy };
 }
 
@@ -304,7 +382,10 @@ async function listening(child: Child, port: number, timeoutMs = 30_000): Promis
     if (!child.alive) throw new Error(`${child.name} exited before listening on ${port}:\n${child.stderr}`);
     const ok = await new Promise<boolean>((r) => {
       const s = netConnect(port, '127.0.0.1');
-      s.once('connect', () => { s.destroy(); r(true); });
+      s.once('connect', () => {
+        s.destroy();
+        r(true);
+      });
       s.once('error', () => r(false));
     });
     if (ok) return;
@@ -333,13 +414,18 @@ interface UpstreamServer extends Server {
 async function startUpstream(kind: 'plain' | 'standin', lab: Lab, tls = false): Promise<UpstreamServer> {
   const args = [join(HERE, 'upstream.js'), '--kind', kind, ...(tls ? ['--cert', lab.cert, '--key', lab.key] : [])];
   const child = new Child(`upstream-${kind}${tls ? '-tls' : ''}`, process.execPath, args);
-  const port = await child.waitFor((o) => (typeof o.port === 'number' ? o.port : undefined), 15_000, 'the upstream port');
+  const port = await child.waitFor(
+    (o) => (typeof o.port === 'number' ? o.port : undefined),
+    15_000,
+    'the upstream port',
+  );
   let pings = 0;
   child.onLine((line) => {
     const m = /^\{"pings":(\d+)\}$/.exec(line);
     if (m) pings = Number(m[1]);
   });
-  const what = kind === 'plain' ? 'minimal node:http upstream (bench/upstream.ts)' : 'Exchange stand-in (src/standin/exchange.ts)';
+  const what =
+    kind === 'plain' ? 'minimal node:http upstream (bench/upstream.ts)' : 'Exchange stand-in (src/standin/exchange.ts)';
   return { id: 'upstream', label: `${what}${tls ? ' over TLS' : ''}`, child, port, pings: () => pings };
 }
 
@@ -347,17 +433,34 @@ async function startUpstream(kind: 'plain' | 'standin', lab: Lab, tls = false): 
  * The gateway as deployed: `node bin/exgate.js serve --config FILE`, its own process.
  * `extra` adds config keys (the workers configuration), `nodeArgs` e.g. --cpu-prof.
  */
-async function startGatewayProcess(lab: Lab, id: string, label: string, upstreamPort: number, opts: { extra?: Record<string, unknown>; nodeArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<Server> {
+async function startGatewayProcess(
+  lab: Lab,
+  id: string,
+  label: string,
+  upstreamPort: number,
+  opts: { extra?: Record<string, unknown>; nodeArgs?: string[]; env?: NodeJS.ProcessEnv } = {},
+): Promise<Server> {
   const port = await freePort();
   const accessLog = join(lab.dir, `${id}-access.log`);
   const config = join(lab.dir, `${id}.yaml`);
   writeFileSync(config, stringify(gatewayConfig(lab, port, upstreamPort, accessLog, opts.extra)));
-  const child = new Child(id, process.execPath, [...(opts.nodeArgs ?? []), EXGATE, 'serve', '--config', config], opts.env);
+  const child = new Child(
+    id,
+    process.execPath,
+    [...(opts.nodeArgs ?? []), EXGATE, 'serve', '--config', config],
+    opts.env,
+  );
   await listening(child, port);
   return { id, label, child, port, accessLog };
 }
 
-function gatewayConfig(lab: Lab, port: number, upstreamPort: number, accessLog: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+function gatewayConfig(
+  lab: Lab,
+  port: number,
+  upstreamPort: number,
+  accessLog: string,
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
   return {
     listen: { host: '127.0.0.1', port },
     tls: { cert: lab.cert, key: lab.key },
@@ -365,11 +468,11 @@ function gatewayConfig(lab: Lab, port: number, upstreamPort: number, accessLog: 
     upstream: { url: `http://127.0.0.1:${upstreamPort}` },
     directory: { type: 'file', path: lab.users, netbiosDomain: 'BENCH', upnSuffixes: [NAME] },
     policyFile: lab.policy,
-    log: { level: 'warn', access: accessLog },                       // access records to a file, as in production
-    http: { keepAliveTimeoutMs: 300_000, shutdownGraceMs: 1000 },   // nginx: keepalive_timeout 300s
-    cache: { authTtlSeconds: 3600, groupTtlSeconds: 3600 },         // stays warm for the whole run
+    log: { level: 'warn', access: accessLog }, // access records to a file, as in production
+    http: { keepAliveTimeoutMs: 300_000, shutdownGraceMs: 1000 }, // nginx: keepalive_timeout 300s
+    cache: { authTtlSeconds: 3600, groupTtlSeconds: 3600 }, // stays warm for the whole run
     lockout: { threshold: 1_000_000, sourceAccounts: 1_000_000, sourceFailures: 1_000_000 },
-    services: { ews: { maxBodyBytes: 0 } },                         // the 1 GiB upload
+    services: { ews: { maxBodyBytes: 0 } }, // the 1 GiB upload
     ...extra,
   };
 }
@@ -386,7 +489,11 @@ const WORKERS_EXTRA: Record<string, unknown> = { workers: 'auto' };
 function workersSupported(lab: Lab): { ok: true } | { ok: false; why: string } {
   const file = join(lab.dir, 'workers-check.yaml');
   writeFileSync(file, stringify(gatewayConfig(lab, 1, 1, join(lab.dir, 'workers-check.log'), WORKERS_EXTRA)));
-  const r = spawnSync(process.execPath, [EXGATE, 'check', '--offline', '--config', file], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(process.execPath, [EXGATE, 'check', '--offline', '--config', file], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   if (r.status === 0) return { ok: true };
   const text = `${r.stdout}${r.stderr}`.trim();
   const line = text.split('\n').find((l) => /workers/i.test(l)) ?? text.split('\n')[0] ?? `exit ${r.status}`;
@@ -401,7 +508,7 @@ async function startNginx(lab: Lab, id: string, upstreamPort: number, workers = 
   mkdirSync(join(dir, 'logs'), { recursive: true });
   for (const t of ['client_body_temp', 'proxy_temp', 'fastcgi_temp', 'uwsgi_temp', 'scgi_temp']) {
     mkdirSync(join(dir, t), { recursive: true });
-    if (isRoot) chownSync(join(dir, t), 65534, 65534);            // Debian's nobody:nogroup, nginx's default worker user
+    if (isRoot) chownSync(join(dir, t), 65534, 65534); // Debian's nobody:nogroup, nginx's default worker user
   }
   const conf = readFileSync(TEMPLATE, 'utf8')
     .replaceAll('{{USER}}', isRoot ? 'user nobody nogroup;' : '')
@@ -414,10 +521,25 @@ async function startNginx(lab: Lab, id: string, upstreamPort: number, workers = 
     .replaceAll('{{NOFILE}}', String(nofile))
     .replaceAll('{{CONNECTIONS}}', String(nofile - 64));
   writeFileSync(join(dir, 'nginx.conf'), conf);
-  const child = new Child(id, which('nginx')!, ['-p', `${dir}/`, '-c', join(dir, 'nginx.conf'), '-e', join(dir, 'logs', 'error.log'), '-g', 'daemon off;']);
+  const child = new Child(id, which('nginx')!, [
+    '-p',
+    `${dir}/`,
+    '-c',
+    join(dir, 'nginx.conf'),
+    '-e',
+    join(dir, 'logs', 'error.log'),
+    '-g',
+    'daemon off;',
+  ]);
   await listening(child, port);
   const w = processTree(child.pid).length - 1;
-  return { id, label: `nginx ${nginxVersion()} (${w} worker${w === 1 ? '' : 's'})`, child, port, accessLog: join(dir, 'logs', 'access.log') };
+  return {
+    id,
+    label: `nginx ${nginxVersion()} (${w} worker${w === 1 ? '' : 's'})`,
+    child,
+    port,
+    accessLog: join(dir, 'logs', 'access.log'),
+  };
 }
 
 function nginxVersion(): string {
@@ -427,20 +549,42 @@ function nginxVersion(): string {
 function nginxErrors(server: Server, pattern = /\[(alert|crit|emerg|error)\]/): string[] {
   const file = join(dirname(server.accessLog ?? ''), 'error.log');
   if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter((l) => pattern.test(l)).slice(0, 3);
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => pattern.test(l))
+    .slice(0, 3);
 }
 
 /** One HTTPS request through a server, as a real client would send it (SNI and Host = NAME). */
-function httpsRequest(port: number, method: string, path: string, opts: { body?: Buffer; headers?: Record<string, string> } = {}): Promise<{ status: number; body: Buffer }> {
+function httpsRequest(
+  port: number,
+  method: string,
+  path: string,
+  opts: { body?: Buffer; headers?: Record<string, string> } = {},
+): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolveReq, reject) => {
-    const req = request({
-      host: '127.0.0.1', port, method, path, servername: NAME, rejectUnauthorized: false, agent: false,
-      headers: { host: NAME, authorization: AUTH, ...(opts.body ? { 'content-length': String(opts.body.length) } : {}), ...opts.headers },
-    }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (d: Buffer) => parts.push(d));
-      res.on('end', () => resolveReq({ status: res.statusCode ?? 0, body: Buffer.concat(parts) }));
-    });
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        method,
+        path,
+        servername: NAME,
+        rejectUnauthorized: false,
+        agent: false,
+        headers: {
+          host: NAME,
+          authorization: AUTH,
+          ...(opts.body ? { 'content-length': String(opts.body.length) } : {}),
+          ...opts.headers,
+        },
+      },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('end', () => resolveReq({ status: res.statusCode ?? 0, body: Buffer.concat(parts) }));
+      },
+    );
     req.setTimeout(15_000, () => req.destroy(new Error(`no answer from 127.0.0.1:${port}${path}`)));
     req.on('error', reject);
     req.end(opts.body);
@@ -475,7 +619,8 @@ async function runWrk(url: string, seconds: number): Promise<Wrk> {
   const code = await child.exited;
   const raw = child.stdout;
   if (code !== 0) throw new Error(`wrk exited ${code}: ${raw}\n${child.stderr}`);
-  const ms = (v: string | undefined, unit: string | undefined) => Number(v) * ({ us: 0.001, ms: 1, s: 1000, m: 60_000 }[unit ?? 'ms'] ?? NaN);
+  const ms = (v: string | undefined, unit: string | undefined) =>
+    Number(v) * ({ us: 0.001, ms: 1, s: 1000, m: 60_000 }[unit ?? 'ms'] ?? NaN);
   const lat = (p: string) => {
     const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(raw);
     return ms(m?.[1], m?.[2]);
@@ -530,13 +675,13 @@ interface Run {
 
 async function measureOnce(t: Target, round: number, attempts: number): Promise<Run> {
   const quietPct = await quiet();
-  await runWrk(t.url, S.warmup);                                  // warm-up: JIT, pools, the auth cache
+  await runWrk(t.url, S.warmup); // warm-up: JIT, pools, the auth cache
   const proxyPids = processTree(t.child.pid);
   const upPids = t.upstream ? processTree(t.upstream.child.pid) : [];
   const p0 = treeCpu(t.child.pid, proxyPids);
   const u0 = t.upstream ? treeCpu(t.upstream.child.pid, upPids).total : 0;
   const s0 = systemCpu();
-  const m0 = selfAndReapedCpuSeconds();                           // the driver, plus wrk once reaped
+  const m0 = selfAndReapedCpuSeconds(); // the driver, plus wrk once reaped
   const started = performance.now();
   const w = await runWrk(t.url, S.seconds);
   const wall = (performance.now() - started) / 1000;
@@ -546,15 +691,28 @@ async function measureOnce(t: Target, round: number, attempts: number): Promise<
   const mine = selfAndReapedCpuSeconds() - m0;
   const proxy = p1.total - p0.total;
   const up = u1 - u0;
-  const foreign = (s1.busy - s0.busy - proxy - up - mine) / (wall * cpus().length) * 100;
+  const foreign = ((s1.busy - s0.busy - proxy - up - mine) / (wall * cpus().length)) * 100;
   if (w.errors > 0 && w.requests > 0 && w.errors >= w.requests / 100) {
-    throw new Error(`${t.label}: ${w.errors} of ${w.requests} requests failed; last access record: ${lastAccessRecord(t)}\n${w.raw}`);
+    throw new Error(
+      `${t.label}: ${w.errors} of ${w.requests} requests failed; last access record: ${lastAccessRecord(t)}\n${w.raw}`,
+    );
   }
   const per = (s: number) => (s * 1e6) / w.requests;
   return {
-    id: t.id, round, rps: w.rps, p50: w.p50, p99: w.p99, requests: w.requests, errors: w.errors,
-    us: per(proxy), usUser: per(p1.user - p0.user), usSys: per(p1.sys - p0.sys), upstreamUs: t.upstream ? per(up) : NaN,
-    foreignPct: foreign, quietPct, attempts,
+    id: t.id,
+    round,
+    rps: w.rps,
+    p50: w.p50,
+    p99: w.p99,
+    requests: w.requests,
+    errors: w.errors,
+    us: per(proxy),
+    usUser: per(p1.user - p0.user),
+    usSys: per(p1.sys - p0.sys),
+    upstreamUs: t.upstream ? per(up) : NaN,
+    foreignPct: foreign,
+    quietPct,
+    attempts,
   };
 }
 
@@ -570,7 +728,9 @@ async function measure(t: Target, round: number): Promise<Run> {
 async function sanity(t: Target): Promise<void> {
   const r = await httpsRequest(t.port, 'GET', GET_PATH);
   if (r.status !== 200 || r.body.length !== 1024) {
-    throw new Error(`${t.label}: GET ${GET_PATH} answered ${r.status} with ${r.body.length} bytes (want 200, 1024): ${r.body.toString('utf8', 0, 200)} ${lastAccessRecord(t)}`);
+    throw new Error(
+      `${t.label}: GET ${GET_PATH} answered ${r.status} with ${r.body.length} bytes (want 200, 1024): ${r.body.toString('utf8', 0, 200)} ${lastAccessRecord(t)}`,
+    );
   }
 }
 
@@ -585,15 +745,21 @@ const range = (vals: number[]) => `${int(median(vals))} (${int(Math.min(...vals)
 function verdict(value: number, limit: number, direction: 'max' | 'min', unit = ''): string {
   if (!Number.isFinite(value)) return 'not measured';
   const ok = direction === 'max' ? value <= limit : value >= limit;
-  const by = Math.abs(value - limit) / limit * 100;
+  const by = (Math.abs(value - limit) / limit) * 100;
   const v = `${fmt(value, 2)}${unit}`;
-  return ok ? `**pass** (${v}; ${by.toFixed(0)} % margin)` : `**miss** by ${by.toFixed(0)} % (${v} vs ${direction === 'max' ? '≤' : '≥'} ${limit}${unit})`;
+  return ok
+    ? `**pass** (${v}; ${by.toFixed(0)} % margin)`
+    : `**miss** by ${by.toFixed(0)} % (${v} vs ${direction === 'max' ? '≤' : '≥'} ${limit}${unit})`;
 }
 
 function header(extra: string[]): string {
-  const dist = existsSync(join(ROOT, 'dist', 'gateway.js')) ? statSync(join(ROOT, 'dist', 'gateway.js')).mtime.toISOString() : 'missing';
+  const dist = existsSync(join(ROOT, 'dist', 'gateway.js'))
+    ? statSync(join(ROOT, 'dist', 'gateway.js')).mtime.toISOString()
+    : 'missing';
   const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
-  const dirty = execFileSync('git', ['status', '--porcelain', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim() ? ' + uncommitted src changes' : '';
+  const dirty = execFileSync('git', ['status', '--porcelain', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim()
+    ? ' + uncommitted src changes'
+    : '';
   return [
     `Machine: ${machine()}; ${versionOf('uname', ['-sr'])}; nginx ${nginxVersion()} (Debian nginx-light); ${versionOf(which('wrk')!, ['-v']).replace(/ Copyright.*$/, '')}; ${versionOf('openssl', ['version']).replace(/ \(Library.*$/, '')}.`,
     `Gateway: \`node bin/exgate.js serve\` from dist/ (built ${dist}), git ${head}${dirty}. Certificate: self-signed EC P-256 (all servers). All traffic on 127.0.0.x.`,
@@ -612,36 +778,56 @@ export async function proxyBench(): Promise<string> {
     const gateway = await startGatewayProcess(lab, 'gateway', 'gateway, single process', upstream.port);
     const url = (port: number) => `https://127.0.0.1:${port}${GET_PATH}`;
     const targets: Target[] = [
-      { ...direct, id: 'direct', label: `direct: TLS straight to the upstream (no proxy)`, url: url(direct.port), upstream: null, baseline: true },
+      {
+        ...direct,
+        id: 'direct',
+        label: `direct: TLS straight to the upstream (no proxy)`,
+        url: url(direct.port),
+        upstream: null,
+        baseline: true,
+      },
       { ...nginx, url: url(nginx.port), upstream, baseline: true },
       { ...gateway, url: url(gateway.port), upstream, baseline: false },
     ];
     const workers = workersSupported(lab);
     if (workers.ok) {
-      const gw = await startGatewayProcess(lab, 'gateway-workers', `gateway, ${JSON.stringify(WORKERS_EXTRA)}`, upstream.port, { extra: WORKERS_EXTRA });
+      const gw = await startGatewayProcess(
+        lab,
+        'gateway-workers',
+        `gateway, ${JSON.stringify(WORKERS_EXTRA)}`,
+        upstream.port,
+        { extra: WORKERS_EXTRA },
+      );
       targets.push({ ...gw, url: url(gw.port), upstream, baseline: false });
     }
     for (const t of targets) await sanity(t);
 
     const runs: Run[] = [];
     for (let r = 0; r < S.rounds; r++) {
-      const order = targets.map((_, i) => targets[(i + r) % targets.length]!);   // rotate: no config always goes first
+      const order = targets.map((_, i) => targets[(i + r) % targets.length]!); // rotate: no config always goes first
       for (const t of order) {
         runs.push(await measure(t, r + 1));
-        process.stderr.write(`[bench] proxy round ${r + 1}/${S.rounds} ${t.id}: ${int(runs[runs.length - 1]!.rps)} req/s, ${fmt(runs[runs.length - 1]!.us)} µs/req\n`);
+        process.stderr.write(
+          `[bench] proxy round ${r + 1}/${S.rounds} ${t.id}: ${int(runs[runs.length - 1]!.rps)} req/s, ${fmt(runs[runs.length - 1]!.us)} µs/req\n`,
+        );
       }
     }
     const errs = nginxErrors(nginx);
 
     const of = (id: string) => runs.filter((r) => r.id === id);
-    const ratio = (id: string, base: string, f: (r: Run) => number) => median(
-      of(id).map((r) => f(r) / f(runs.find((b) => b.id === base && b.round === r.round)!)).filter(Number.isFinite));
+    const ratio = (id: string, base: string, f: (r: Run) => number) =>
+      median(
+        of(id)
+          .map((r) => f(r) / f(runs.find((b) => b.id === base && b.round === r.round)!))
+          .filter(Number.isFinite),
+      );
     const rows = targets.map((t) => {
       const rs = of(t.id);
       return [
         t.baseline ? `${t.label} *(baseline)*` : `**${t.label}**`,
         range(rs.map((r) => r.rps)),
-        fmt(median(rs.map((r) => r.p50)), 2), fmt(median(rs.map((r) => r.p99)), 2),
+        fmt(median(rs.map((r) => r.p50)), 2),
+        fmt(median(rs.map((r) => r.p99)), 2),
         `${fmt(median(rs.map((r) => r.us)))} (${fmt(median(rs.map((r) => r.usUser)))} + ${fmt(median(rs.map((r) => r.usSys)))})`,
         fmt(median(rs.map((r) => r.upstreamUs))),
         t.id === 'nginx' ? '1.00×' : x(ratio(t.id, 'nginx', (r) => r.rps)),
@@ -652,23 +838,57 @@ export async function proxyBench(): Promise<string> {
       ];
     });
     if (!workers.ok) {
-      rows.push([`gateway, ${JSON.stringify(WORKERS_EXTRA)}`, `not run: \`exgate check\` refuses the workers config (${workers.why.replace(/\|/g, '/')})`, '', '', '', '', '', '', '', '', '']);
+      rows.push([
+        `gateway, ${JSON.stringify(WORKERS_EXTRA)}`,
+        `not run: \`exgate check\` refuses the workers config (${workers.why.replace(/\|/g, '/')})`,
+        '',
+        '',
+        '',
+        '',
+        '',
+        '',
+        '',
+        '',
+        '',
+      ]);
     }
     const gwCpu = ratio('gateway', 'nginx', (r) => r.us);
     const gwRps = ratio('gateway', 'nginx', (r) => r.rps);
     const wkRps = workers.ok ? ratio('gateway-workers', 'nginx', (r) => r.rps) : NaN;
     const targetRows = [
-      ['gateway CPU per request ÷ nginx (warm auth, access log on)', x(gwCpu), `≤ ${TARGETS.cpuRatio}×`, verdict(gwCpu, TARGETS.cpuRatio, 'max', '×')],
-      ['gateway requests/s ÷ nginx, single process', x(gwRps), `≥ ${TARGETS.rpsRatio}×`, verdict(gwRps, TARGETS.rpsRatio, 'min', '×')],
-      ['gateway requests/s ÷ nginx, with workers', workers.ok ? x(wkRps) : '–', `≥ ${TARGETS.rpsRatioWorkers}× where cores allow`,
-        workers.ok ? `${verdict(wkRps, TARGETS.rpsRatioWorkers, 'min', '×')}${cpus().length <= 2 ? ' (2 vCPUs shared with wrk and the upstream: cores do not allow)' : ''}` : 'not measured (no workers mode yet)'],
+      [
+        'gateway CPU per request ÷ nginx (warm auth, access log on)',
+        x(gwCpu),
+        `≤ ${TARGETS.cpuRatio}×`,
+        verdict(gwCpu, TARGETS.cpuRatio, 'max', '×'),
+      ],
+      [
+        'gateway requests/s ÷ nginx, single process',
+        x(gwRps),
+        `≥ ${TARGETS.rpsRatio}×`,
+        verdict(gwRps, TARGETS.rpsRatio, 'min', '×'),
+      ],
+      [
+        'gateway requests/s ÷ nginx, with workers',
+        workers.ok ? x(wkRps) : '–',
+        `≥ ${TARGETS.rpsRatioWorkers}× where cores allow`,
+        workers.ok
+          ? `${verdict(wkRps, TARGETS.rpsRatioWorkers, 'min', '×')}${cpus().length <= 2 ? ' (2 vCPUs shared with wrk and the upstream: cores do not allow)' : ''}`
+          : 'not measured (no workers mode yet)',
+      ],
     ];
-    const perRound = table(['round', ...targets.map((t) => t.id)], Array.from({ length: S.rounds }, (_, r) => [
-      r + 1, ...targets.map((t) => {
-        const run = runs.find((u) => u.id === t.id && u.round === r + 1);
-        return run ? `${int(run.rps)} req/s, ${fmt(run.us)} µs/req, p99 ${fmt(run.p99, 2)} ms${run.attempts > 1 ? ` (attempt ${run.attempts}, foreign ${fmt(run.foreignPct)} %)` : ''}` : '–';
-      }),
-    ]));
+    const perRound = table(
+      ['round', ...targets.map((t) => t.id)],
+      Array.from({ length: S.rounds }, (_, r) => [
+        r + 1,
+        ...targets.map((t) => {
+          const run = runs.find((u) => u.id === t.id && u.round === r + 1);
+          return run
+            ? `${int(run.rps)} req/s, ${fmt(run.us)} µs/req, p99 ${fmt(run.p99, 2)} ms${run.attempts > 1 ? ` (attempt ${run.attempts}, foreign ${fmt(run.foreignPct)} %)` : ''}`
+            : '–';
+        }),
+      ]),
+    );
 
     const profiles: string[] = [];
     const wkMissed = workers.ok && !(wkRps >= TARGETS.rpsRatioWorkers);
@@ -677,19 +897,46 @@ export async function proxyBench(): Promise<string> {
       profiles.push(await profileGateway(lab, upstream, 'gateway-profiled', 'gateway, single process', {}));
     }
     if (workers.ok && (S.profile === 'always' || (S.profile === 'auto' && wkMissed))) {
-      profiles.push(await profileGateway(lab, upstream, 'gateway-workers-profiled', `gateway, ${JSON.stringify(WORKERS_EXTRA)}`, WORKERS_EXTRA));
+      profiles.push(
+        await profileGateway(
+          lab,
+          upstream,
+          'gateway-workers-profiled',
+          `gateway, ${JSON.stringify(WORKERS_EXTRA)}`,
+          WORKERS_EXTRA,
+        ),
+      );
     }
 
     return [
       header([
-        `Load: \`wrk ${wrkArgs(`https://127.0.0.1:PORT${GET_PATH}`, S.seconds).map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}\` after a ${S.warmup} s warm-up run, ${S.rounds} interleaved rounds (order rotated each round). Upstream: ${upstream.label} on 127.0.0.1, the same for every config; GET answers 1 KiB with Exchange-like headers.`,
+        `Load: \`wrk ${wrkArgs(`https://127.0.0.1:PORT${GET_PATH}`, S.seconds)
+          .map((a) => (a.includes(' ') ? `'${a}'` : a))
+          .join(
+            ' ',
+          )}\` after a ${S.warmup} s warm-up run, ${S.rounds} interleaved rounds (order rotated each round). Upstream: ${upstream.label} on 127.0.0.1, the same for every config; GET answers 1 KiB with Exchange-like headers.`,
         `CPU: utime+stime of each server's process tree (/proc/<pid>/stat) over the measured run ÷ requests; "foreign" = busy time of the whole box not used by the server, the upstream, wrk or the driver (a run above ${S.retryForeignPct} % is measured again once). Ratios: median of per-round ratios.`,
         `Gateway config: file directory (1 user, scrypt N=1024), policy allows owa/ews/activesync, auth cache 3600 s, access log to a file. nginx: bench/nginx.conf.template (perf.md §8 + access_log buffer=64k, proxy_buffering off, X-Forwarded-*).`,
       ]),
       '',
       '### GET 1 KiB, keep-alive, warm Basic auth, access log on',
       '',
-      table(['config', 'req/s median (min–max)', 'p50 ms', 'p99 ms', 'proxy CPU µs/req (user + sys)', 'upstream µs/req', 'req/s ÷ nginx', 'CPU/req ÷ nginx', 'req/s ÷ direct', 'errors', 'foreign CPU %'], rows),
+      table(
+        [
+          'config',
+          'req/s median (min–max)',
+          'p50 ms',
+          'p99 ms',
+          'proxy CPU µs/req (user + sys)',
+          'upstream µs/req',
+          'req/s ÷ nginx',
+          'CPU/req ÷ nginx',
+          'req/s ÷ direct',
+          'errors',
+          'foreign CPU %',
+        ],
+        rows,
+      ),
       '',
       'Per round:',
       '',
@@ -713,26 +960,41 @@ interface CpuProfile {
   timeDeltas: number[];
 }
 
-async function profileGateway(lab: Lab, upstream: UpstreamServer, id: string, label: string, extra: Record<string, unknown>): Promise<string> {
+async function profileGateway(
+  lab: Lab,
+  upstream: UpstreamServer,
+  id: string,
+  label: string,
+  extra: Record<string, unknown>,
+): Promise<string> {
   const dir = join(lab.dir, `${id}-cpu-prof`);
   mkdirSync(dir, { recursive: true });
   // Cluster workers inherit the primary's execArgv, so each of them writes its own profile too.
-  const gw = await startGatewayProcess(lab, id, `${label} under --cpu-prof`, upstream.port, { extra, nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
+  const gw = await startGatewayProcess(lab, id, `${label} under --cpu-prof`, upstream.port, {
+    extra,
+    nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir],
+  });
   const t: Target = { ...gw, url: `https://127.0.0.1:${gw.port}${GET_PATH}`, upstream, baseline: false };
   await sanity(t);
   const processes = processTree(gw.child.pid).length;
   const run = await measureOnce(t, 0, 1);
-  await gw.child.stop(20_000);                                     // a clean exit writes the profiles
+  await gw.child.stop(20_000); // a clean exit writes the profiles
   await sleep(500);
-  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).map((f) => join(dir, f));
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.cpuprofile'))
+    .map((f) => join(dir, f));
   const title = `### Where the time goes: ${label} (\`node --cpu-prof\`, ${S.warmup} s warm-up + ${S.seconds} s of the same wrk load: ${int(run.rps)} req/s, ${fmt(run.us)} µs/req with the profiler on)`;
-  if (files.length === 0) return `${title}\n\nNo profile was written (the gateway ${gw.child.stderr ? `said: ${gw.child.stderr.slice(0, 300)}` : 'did not exit cleanly'}).`;
+  if (files.length === 0)
+    return `${title}\n\nNo profile was written (the gateway ${gw.child.stderr ? `said: ${gw.child.stderr.slice(0, 300)}` : 'did not exit cleanly'}).`;
   const keep = mkdtempSync(join(tmpdir(), `exgate-${id}-`));
   for (const f of files) writeFileSync(join(keep, f.slice(dir.length + 1)), readFileSync(f));
   return [
     title,
     '',
-    summarizeProfile(files.map((f) => JSON.parse(readFileSync(f, 'utf8')) as CpuProfile), processes),
+    summarizeProfile(
+      files.map((f) => JSON.parse(readFileSync(f, 'utf8')) as CpuProfile),
+      processes,
+    ),
     '',
     `Profiles kept in ${keep} (open in Chrome DevTools → Performance, or speedscope).`,
   ].join('\n');
@@ -757,10 +1019,11 @@ function summarizeProfile(profiles: CpuProfile[], processes: number): string {
     }
     perProcess.push(busyHere);
   }
-  const short = (url: string) => url
-    .replace(pathToFileURL(ROOT).href + '/', '')
-    .replace(/^.*\/node_modules\//, '')
-    .replace(/^file:\/\//, '');
+  const short = (url: string) =>
+    url
+      .replace(pathToFileURL(ROOT).href + '/', '')
+      .replace(/^.*\/node_modules\//, '')
+      .replace(/^file:\/\//, '');
   const category = (name: string, url: string) => {
     if (name === '(idle)') return 'idle (waiting in epoll)';
     if (name === '(garbage collector)') return 'garbage collector';
@@ -768,7 +1031,12 @@ function summarizeProfile(profiles: CpuProfile[], processes: number): string {
     if (url === '') return 'native functions (bindings: writev, TLS, …)';
     if (url.startsWith('node:')) return 'Node core (JS)';
     if (url.includes('/node_modules/undici/')) return 'undici';
-    if (/\/node_modules\/(pino|sonic-boom|fast-redact|pino-std-serializers|quick-format-unescaped|thread-stream|on-exit-leak-free)\//.test(url)) return 'pino (access log)';
+    if (
+      /\/node_modules\/(pino|sonic-boom|fast-redact|pino-std-serializers|quick-format-unescaped|thread-stream|on-exit-leak-free)\//.test(
+        url,
+      )
+    )
+      return 'pino (access log)';
     if (url.includes('/node_modules/')) return 'other dependencies';
     if (url.includes('/dist/')) return 'exgate (dist/)';
     return 'other';
@@ -796,9 +1064,15 @@ function summarizeProfile(profiles: CpuProfile[], processes: number): string {
   return [
     `${profiles.length} profile(s) for ${processes} process(es); busy seconds per profile: ${perProcess.map((u) => fmt(u / 1e6, 2)).join(', ')}. Sampled ${fmt(total / 1e6)} s in all, ${fmt(busy / 1e6)} s busy (main threads only: a profile does not see libuv/V8 helper threads). Shares below are of the busy time.`,
     '',
-    table(['category (self time)', 'ms', 'share'], cats.map(([c, us]) => [c, fmt(us / 1000, 0), pct(us)])),
+    table(
+      ['category (self time)', 'ms', 'share'],
+      cats.map(([c, us]) => [c, fmt(us / 1000, 0), pct(us)]),
+    ),
     '',
-    table(['top self-time functions', 'ms', 'share'], fns.map(([f, us]) => [f.replace(/\|/g, '\\|'), fmt(us / 1000, 0), pct(us)])),
+    table(
+      ['top self-time functions', 'ms', 'share'],
+      fns.map(([f, us]) => [f.replace(/\|/g, '\\|'), fmt(us / 1000, 0), pct(us)]),
+    ),
   ].join('\n');
 }
 
@@ -817,7 +1091,12 @@ async function freshProxy(kind: 'nginx' | 'gateway', lab: Lab, upstream: Upstrea
 const memFile = (lab: Lab, tag: string) => join(lab.dir, `memory-${tag}.json`);
 
 /** Full GC in the gateway (no-op for nginx), then a moment for RSS to settle; the gateway's heap figures. */
-async function collect(kind: 'nginx' | 'gateway', s: Server, lab: Lab, tag: string): Promise<{ heapUsed: number; external: number } | null> {
+async function collect(
+  kind: 'nginx' | 'gateway',
+  s: Server,
+  lab: Lab,
+  tag: string,
+): Promise<{ heapUsed: number; external: number } | null> {
   if (kind === 'gateway') {
     rmSync(memFile(lab, tag), { force: true });
     s.child.kill('SIGUSR2');
@@ -848,7 +1127,13 @@ interface Idle {
   readonly externalKbPerConn: number;
 }
 
-async function idleOnce(kind: 'nginx' | 'gateway', lab: Lab, upstream: UpstreamServer, n: number, tag: string): Promise<Idle> {
+async function idleOnce(
+  kind: 'nginx' | 'gateway',
+  lab: Lab,
+  upstream: UpstreamServer,
+  n: number,
+  tag: string,
+): Promise<Idle> {
   const s = await freshProxy(kind, lab, upstream, tag);
   let hold: Child | undefined;
   try {
@@ -857,16 +1142,42 @@ async function idleOnce(kind: 'nginx' | 'gateway', lab: Lab, upstream: UpstreamS
       const r = await httpsRequest(s.port, 'GET', GET_PATH);
       if (r.status !== 200) throw new Error(`${s.label}: warm-up GET answered ${r.status} ${lastAccessRecord(s)}`);
     }
-    const ping = await httpsRequest(s.port, 'POST', '/Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=WARM&DeviceType=Bench', {
-      body: Buffer.from([0x03, 0x01, 0x6a, 0x00]), headers: { 'x-standin-heartbeat-ms': '10', 'content-type': 'application/vnd.ms-sync.wbxml', 'ms-asprotocolversion': '16.1' },
-    });
+    const ping = await httpsRequest(
+      s.port,
+      'POST',
+      '/Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=WARM&DeviceType=Bench',
+      {
+        body: Buffer.from([0x03, 0x01, 0x6a, 0x00]),
+        headers: {
+          'x-standin-heartbeat-ms': '10',
+          'content-type': 'application/vnd.ms-sync.wbxml',
+          'ms-asprotocolversion': '16.1',
+        },
+      },
+    );
     if (ping.status !== 200) throw new Error(`${s.label}: warm-up Ping answered ${ping.status} ${lastAccessRecord(s)}`);
     const heap0 = await collect(kind, s, lab, tag);
     const baseKb = treeRssKb(s.child.pid);
     const pings0 = upstream.pings();
     const started = performance.now();
-    hold = new Child('hold', process.execPath, [join(HERE, 'load.js'), 'hold', '--port', String(s.port), '--n', String(n), '--conc', '64',
-      '--sources', SOURCES.join(','), '--auth', AUTH, '--servername', NAME, '--heartbeat-ms', '3600000']);
+    hold = new Child('hold', process.execPath, [
+      join(HERE, 'load.js'),
+      'hold',
+      '--port',
+      String(s.port),
+      '--n',
+      String(n),
+      '--conc',
+      '64',
+      '--sources',
+      SOURCES.join(','),
+      '--auth',
+      AUTH,
+      '--servername',
+      NAME,
+      '--heartbeat-ms',
+      '3600000',
+    ]);
     const state = await hold.waitFor((o) => (o.done === true ? o : undefined), 180_000, `${n} connections`);
     // Wait until the upstream holds every Ping the client sent: each long-poll is open end to end.
     const deadline = Date.now() + 30_000;
@@ -885,8 +1196,17 @@ async function idleOnce(kind: 'nginx' | 'gateway', lab: Lab, upstream: UpstreamS
     if (held < n) notes.push(`the upstream holds ${upstream.pings() - pings0} of ${n}`);
     if (kind === 'nginx') notes.push(...nginxErrors(s));
     return {
-      kind, label: s.label, held, failed: Number(last.failed), answered: Number(last.answered),
-      baseKb, heldKb, gcKb, openMs, processes: pids.length, notes,
+      kind,
+      label: s.label,
+      held,
+      failed: Number(last.failed),
+      answered: Number(last.answered),
+      baseKb,
+      heldKb,
+      gcKb,
+      openMs,
+      processes: pids.length,
+      notes,
       heapKbPerConn: heap0 && heap1 ? (heap1.heapUsed - heap0.heapUsed) / 1024 / held : NaN,
       externalKbPerConn: heap0 && heap1 ? (heap1.external - heap0.external) / 1024 / held : NaN,
     };
@@ -907,7 +1227,9 @@ export async function idleMemoryBench(): Promise<string> {
       for (const kind of (r % 2 === 0 ? ['nginx', 'gateway'] : ['gateway', 'nginx']) as ('nginx' | 'gateway')[]) {
         results.push(await idleOnce(kind, lab, upstream, n, `idle${r + 1}`));
         const last = results[results.length - 1]!;
-        process.stderr.write(`[bench] idle ${kind}: ${last.held} held, ${fmt((last.gcKb - last.baseKb) / last.held)} KB/conn after GC\n`);
+        process.stderr.write(
+          `[bench] idle ${kind}: ${last.held} held, ${fmt((last.gcKb - last.baseKb) / last.held)} KB/conn after GC\n`,
+        );
       }
     }
     const per = (i: Idle, kb: number) => (kb - i.baseKb) / i.held;
@@ -925,9 +1247,14 @@ export async function idleMemoryBench(): Promise<string> {
         fmt(kbOf(kind, (i) => per(i, i.heldKb))),
         fmt(gc),
         kind === 'nginx' ? '1.00×' : x(gc / ngx),
-        kind === 'nginx' ? '–' : `${fmt(kbOf(kind, (i) => i.heapKbPerConn))} + ${fmt(kbOf(kind, (i) => i.externalKbPerConn))}`,
+        kind === 'nginx'
+          ? '–'
+          : `${fmt(kbOf(kind, (i) => i.heapKbPerConn))} + ${fmt(kbOf(kind, (i) => i.externalKbPerConn))}`,
         fmt(median(rs.map((i) => i.openMs)) / 1000),
-        rs.flatMap((i) => i.notes).join('; ').replace(/\|/g, '/') || '–',
+        rs
+          .flatMap((i) => i.notes)
+          .join('; ')
+          .replace(/\|/g, '/') || '–',
       ];
     });
     const gw = kbOf('gateway', (i) => per(i, i.gcKb));
@@ -935,21 +1262,53 @@ export async function idleMemoryBench(): Promise<string> {
     return [
       header([
         `Each config: a fresh server; warm-up (20 GETs, one Ping); baseline RSS (after a full GC in the gateway: \`--expose-gc\` and a SIGUSR2 hook preloaded from bench/gc-hook.ts); then ${n.toLocaleString('en-US')} TLS connections from ${SOURCES[0]}–${SOURCES[SOURCES.length - 1]}, each with an ActiveSync Ping (POST /Microsoft-Server-ActiveSync?Cmd=Ping, \`X-Standin-Heartbeat-Ms: 3600000\`) that the Exchange stand-in holds without a byte; RSS of the server's process tree (VmRSS) 3 s after the upstream holds them all, and again after a GC. ${S.memRounds} round(s).`,
-        ...(n < S.idleConns ? [`**${n.toLocaleString('en-US')} connections, not ${S.idleConns.toLocaleString('en-US')}:** the hard open-file limit here is ${limit} and cannot be raised (no CAP_SYS_RESOURCE); the single-process gateway needs 2 descriptors per long-poll (client + upstream). Both servers are measured at the same count.`] : []),
+        ...(n < S.idleConns
+          ? [
+              `**${n.toLocaleString('en-US')} connections, not ${S.idleConns.toLocaleString('en-US')}:** the hard open-file limit here is ${limit} and cannot be raised (no CAP_SYS_RESOURCE); the single-process gateway needs 2 descriptors per long-poll (client + upstream). Both servers are measured at the same count.`,
+            ]
+          : []),
       ]),
       '',
       `### RSS per idle long-poll connection (${n.toLocaleString('en-US')} connections)`,
       '',
-      table(['config', 'held', 'baseline RSS MB', 'RSS MB held', 'RSS MB held, after GC', 'KB/conn', 'KB/conn after GC', '÷ nginx (after GC)', 'of which JS heap + external KB/conn', 'time to open all (s)', 'notes'], rows),
+      table(
+        [
+          'config',
+          'held',
+          'baseline RSS MB',
+          'RSS MB held',
+          'RSS MB held, after GC',
+          'KB/conn',
+          'KB/conn after GC',
+          '÷ nginx (after GC)',
+          'of which JS heap + external KB/conn',
+          'time to open all (s)',
+          'notes',
+        ],
+        rows,
+      ),
       '',
       'JS heap + external: growth of `process.memoryUsage()` heapUsed and external after GC, per connection; the rest of the RSS growth is native memory (OpenSSL TLS state and buffers, libuv/socket structures, allocator slack).',
       '',
       '### Target (issue 5)',
       '',
-      table(['target', 'measured', 'limit', 'result'], [
-        ['gateway RSS per idle long-poll connection (after GC)', `${fmt(gw)} KB`, `≤ ${TARGETS.kbPerConn} KB`, verdict(gw, TARGETS.kbPerConn, 'max', ' KB')],
-        ['the same, without forcing a GC', `${fmt(gwNoGc)} KB`, `≤ ${TARGETS.kbPerConn} KB`, verdict(gwNoGc, TARGETS.kbPerConn, 'max', ' KB')],
-      ]),
+      table(
+        ['target', 'measured', 'limit', 'result'],
+        [
+          [
+            'gateway RSS per idle long-poll connection (after GC)',
+            `${fmt(gw)} KB`,
+            `≤ ${TARGETS.kbPerConn} KB`,
+            verdict(gw, TARGETS.kbPerConn, 'max', ' KB'),
+          ],
+          [
+            'the same, without forcing a GC',
+            `${fmt(gwNoGc)} KB`,
+            `≤ ${TARGETS.kbPerConn} KB`,
+            verdict(gwNoGc, TARGETS.kbPerConn, 'max', ' KB'),
+          ],
+        ],
+      ),
     ].join('\n');
   });
 }
@@ -968,7 +1327,10 @@ async function uploadOnce(kind: 'nginx' | 'gateway', lab: Lab, upstream: Upstrea
   const s = await freshProxy(kind, lab, upstream, tag);
   try {
     for (let i = 0; i < 5; i++) {
-      const r = await httpsRequest(s.port, 'POST', '/EWS/Exchange.asmx', { body: Buffer.alloc(64 * 1024, 'x'), headers: { 'content-type': 'text/xml; charset=utf-8' } });
+      const r = await httpsRequest(s.port, 'POST', '/EWS/Exchange.asmx', {
+        body: Buffer.alloc(64 * 1024, 'x'),
+        headers: { 'content-type': 'text/xml; charset=utf-8' },
+      });
       if (r.status !== 200) throw new Error(`${s.label}: warm-up POST answered ${r.status} ${lastAccessRecord(s)}`);
     }
     await collect(kind, s, lab, tag);
@@ -981,8 +1343,20 @@ async function uploadOnce(kind: 'nginx' | 'gateway', lab: Lab, upstream: Upstrea
       samples++;
     }, 100);
     const cpu0 = treeCpu(s.child.pid, pids).total;
-    const client = new Child('upload', process.execPath, [join(HERE, 'load.js'), 'upload', '--port', String(s.port), '--bytes', String(S.uploadBytes),
-      '--auth', AUTH, '--servername', NAME, '--path', '/EWS/Exchange.asmx']);
+    const client = new Child('upload', process.execPath, [
+      join(HERE, 'load.js'),
+      'upload',
+      '--port',
+      String(s.port),
+      '--bytes',
+      String(S.uploadBytes),
+      '--auth',
+      AUTH,
+      '--servername',
+      NAME,
+      '--path',
+      '/EWS/Exchange.asmx',
+    ]);
     let result: Record<string, unknown>;
     try {
       result = await client.waitFor((o) => ('status' in o ? o : undefined), 600_000, 'the upload');
@@ -999,11 +1373,14 @@ async function uploadOnce(kind: 'nginx' | 'gateway', lab: Lab, upstream: Upstrea
       // not the stand-in's JSON: reported below
     }
     if (result.status !== 200 || bytes !== S.uploadBytes) {
-      throw new Error(`${s.label}: the upload answered ${String(result.status)}, upstream got ${bytes} of ${S.uploadBytes} bytes: ${String(result.body ?? result.error)} ${lastAccessRecord(s)}`);
+      throw new Error(
+        `${s.label}: the upload answered ${String(result.status)}, upstream got ${bytes} of ${S.uploadBytes} bytes: ${String(result.body ?? result.error)} ${lastAccessRecord(s)}`,
+      );
     }
     if (kind === 'nginx') {
       const spooled = nginxErrors(s, /buffered to a temporary file/);
-      if (spooled.length > 0) throw new Error(`${s.label} spooled the upload to disk (proxy_request_buffering is not off?): ${spooled[0]}`);
+      if (spooled.length > 0)
+        throw new Error(`${s.label} spooled the upload to disk (proxy_request_buffering is not off?): ${spooled[0]}`);
     }
     return { kind, label: s.label, baseKb, peakKb, ms: Number(result.ms), cpu, samples };
   } finally {
@@ -1035,7 +1412,7 @@ export async function uploadMemoryBench(): Promise<string> {
         fmt(MB(Math.max(...rs.map((u) => u.peakKb)))),
         g.map((v) => fmt(v)).join(', '),
         kind === 'nginx' ? '1.00×' : ngx > 1 ? x(median(g) / ngx) : `n/a (nginx grew ${fmt(ngx)} MB)`,
-        fmt(median(rs.map((u) => (S.uploadBytes / 2 ** 20) / (u.ms / 1000))), 0),
+        fmt(median(rs.map((u) => S.uploadBytes / 2 ** 20 / (u.ms / 1000))), 0),
         fmt(median(rs.map((u) => u.cpu / gib)), 2),
         Math.min(...rs.map((u) => u.samples)),
       ];
@@ -1048,13 +1425,34 @@ export async function uploadMemoryBench(): Promise<string> {
       '',
       `### RSS growth during a ${fmt(gib, 2)} GiB upload`,
       '',
-      table(['config', 'runs', 'baseline RSS MB', 'peak RSS MB', 'growth MB (each run)', 'growth ÷ nginx (medians)', 'MB/s', 'proxy CPU s per GiB', 'samples'], rows),
+      table(
+        [
+          'config',
+          'runs',
+          'baseline RSS MB',
+          'peak RSS MB',
+          'growth MB (each run)',
+          'growth ÷ nginx (medians)',
+          'MB/s',
+          'proxy CPU s per GiB',
+          'samples',
+        ],
+        rows,
+      ),
       '',
       '### Target (issue 5)',
       '',
-      table(['target', 'measured', 'limit', 'result'], [
-        [`gateway RSS growth during a ${fmt(gib, 2)} GiB upload (worst run)`, `${fmt(worst)} MB`, `≤ ${TARGETS.uploadMb} MB`, verdict(worst, TARGETS.uploadMb, 'max', ' MB')],
-      ]),
+      table(
+        ['target', 'measured', 'limit', 'result'],
+        [
+          [
+            `gateway RSS growth during a ${fmt(gib, 2)} GiB upload (worst run)`,
+            `${fmt(worst)} MB`,
+            `≤ ${TARGETS.uploadMb} MB`,
+            verdict(worst, TARGETS.uploadMb, 'max', ' MB'),
+          ],
+        ],
+      ),
     ].join('\n');
   });
 }

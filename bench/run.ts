@@ -17,9 +17,8 @@ const SUITES: Record<string, () => Promise<string>> = {
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);
-  const names = wanted.length > 0
-    ? Object.keys(SUITES).filter((n) => wanted.some((w) => n.startsWith(w)))
-    : Object.keys(SUITES);
+  const names =
+    wanted.length > 0 ? Object.keys(SUITES).filter((n) => wanted.some((w) => n.startsWith(w))) : Object.keys(SUITES);
   process.stdout.write(`exgate benchmarks — ${new Date().toISOString()} — ${machine()}\n\n`);
   for (const name of names) {
     const started = Date.now();
@@ -28,12 +27,15 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(() => {
-  // Anything still open here is a leak in a suite: say so, then end the run anyway.
-  const open = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap' && r !== 'PipeWrap' && r !== 'Timeout')   // stdio and unref'd timers;
-  if (open.length > 0) process.stderr.write(`bench: still open at the end: ${open.join(', ')}\n`);
-  process.exit(0);
-}, (err: unknown) => {
-  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
-  process.exit(1);
-});
+main().then(
+  () => {
+    // Anything still open here is a leak in a suite: say so, then end the run anyway.
+    const open = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap' && r !== 'PipeWrap' && r !== 'Timeout'); // stdio and unref'd timers;
+    if (open.length > 0) process.stderr.write(`bench: still open at the end: ${open.join(', ')}\n`);
+    process.exit(0);
+  },
+  (err: unknown) => {
+    process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exit(1);
+  },
+);

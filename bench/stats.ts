@@ -14,7 +14,10 @@ export function summarize(samples: readonly number[]): { n: number; p50: number;
 }
 
 export function median(values: readonly number[]): number {
-  return percentile([...values].sort((a, b) => a - b), 50);
+  return percentile(
+    [...values].sort((a, b) => a - b),
+    50,
+  );
 }
 
 /** The machine the figures come from. */

@@ -37,8 +37,13 @@ const FILLER = Buffer.alloc(1024 * 1024, 'x');
 const PING = /[?&]cmd=ping(&|$)/i;
 // What the stand-in (and Exchange) put on every response; see LEAKY_HEADERS in src/standin/exchange.ts.
 const EXCHANGE_HEADERS: Record<string, string> = {
-  'X-FEServer': 'EXCH-FE01', 'X-BEServer': 'EXCH-BE01.lab.test', 'X-CalculatedBETarget': 'exch-be01.lab.test',
-  'X-DiagInfo': 'EXCH-BE01', 'X-BackEndHttpStatus': '200', 'X-Powered-By': 'ASP.NET', Server: 'Microsoft-IIS/10.0',
+  'X-FEServer': 'EXCH-FE01',
+  'X-BEServer': 'EXCH-BE01.lab.test',
+  'X-CalculatedBETarget': 'exch-be01.lab.test',
+  'X-DiagInfo': 'EXCH-BE01',
+  'X-BackEndHttpStatus': '200',
+  'X-Powered-By': 'ASP.NET',
+  Server: 'Microsoft-IIS/10.0',
 };
 let requestId = 0;
 
@@ -63,12 +68,17 @@ function plain(req: IncomingMessage, res: ServerResponse): void {
     return answer(200, 'text/plain', FILLER.subarray(0, bytes));
   }
   let bytes = 0;
-  req.on('data', (chunk: Buffer) => { bytes += chunk.length; });
+  req.on('data', (chunk: Buffer) => {
+    bytes += chunk.length;
+  });
   req.on('end', () => {
     if (req.method === 'POST' && PING.test(url)) {
       pings += 1;
       const ms = Number(req.headers['x-standin-heartbeat-ms'] ?? 60_000) || 60_000;
-      const t = setTimeout(() => answer(200, 'application/vnd.ms-sync.wbxml', Buffer.from([0x03, 0x01, 0x6a, 0x00])), ms);
+      const t = setTimeout(
+        () => answer(200, 'application/vnd.ms-sync.wbxml', Buffer.from([0x03, 0x01, 0x6a, 0x00])),
+        ms,
+      );
       res.once('close', () => clearTimeout(t));
       return;
     }
@@ -87,7 +97,7 @@ async function main(): Promise<void> {
     }, 250);
   } else if (values.kind === 'plain') {
     const server = tls ? createHttpsServer(tls, plain) : createHttpServer(plain);
-    server.keepAliveTimeout = 300_000;   // longer than any proxy's idle upstream pool
+    server.keepAliveTimeout = 300_000; // longer than any proxy's idle upstream pool
     server.headersTimeout = 310_000;
     server.requestTimeout = 0;
     await new Promise<void>((resolve) => server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, resolve));

@@ -33,7 +33,10 @@ const CHROMIUM = process.env.EXGATE_TEST_CHROMIUM ?? '/usr/bin/chromium';
 /** Finds an executable on PATH, also looking in the sbin dirs that are often missing for non-root users. */
 function which(name) {
   const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin'];
-  return dirs.filter(Boolean).map((d) => join(d, name)).find((p) => existsSync(p));
+  return dirs
+    .filter(Boolean)
+    .map((d) => join(d, name))
+    .find((p) => existsSync(p));
 }
 
 /** Returns the Debian packages that provide what is missing. */
@@ -60,7 +63,9 @@ function run(cmd, args, env = process.env) {
   const r = spawnSync(cmd, args, { stdio: 'inherit', env });
   if (r.error) fail(`could not run ${cmd}: ${r.error.message}`);
   if (r.status !== 0) {
-    fail(`\`${cmd} ${args.join(' ')}\` failed (${r.signal ? `signal ${r.signal}` : `exit code ${r.status}`}); see the output above.`);
+    fail(
+      `\`${cmd} ${args.join(' ')}\` failed (${r.signal ? `signal ${r.signal}` : `exit code ${r.status}`}); see the output above.`,
+    );
   }
 }
 
@@ -69,8 +74,10 @@ const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
 
 if (packages.length === 0) {
   if (!isRoot) {
-    console.warn('[ensure-test-deps] warning: not running as root; the Samba AD integration tests need root ' +
-      '(samba-tool provisioning, ports 389/636).');
+    console.warn(
+      '[ensure-test-deps] warning: not running as root; the Samba AD integration tests need root ' +
+        '(samba-tool provisioning, ports 389/636).',
+    );
   }
   process.exit(0);
 }
@@ -86,9 +93,11 @@ if (!isRoot) {
   );
 }
 if (!which('apt-get')) {
-  fail(`Missing test dependencies: ${packages.join(', ')}, and apt-get is not available. ` +
-    'Install Samba (samba, samba-tool with the AD DC provisioning data), openssl, Prometheus\'s promtool ' +
-    'and Chromium with your package manager.');
+  fail(
+    `Missing test dependencies: ${packages.join(', ')}, and apt-get is not available. ` +
+      "Install Samba (samba, samba-tool with the AD DC provisioning data), openssl, Prometheus's promtool " +
+      'and Chromium with your package manager.',
+  );
 }
 
 console.log(`[ensure-test-deps] installing missing test dependencies: ${packages.join(', ')}`);

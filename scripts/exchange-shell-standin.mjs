@@ -304,12 +304,19 @@ function main(argv) {
   } catch (err) {
     return usage(`cannot read state file ${statePath}: ${err.message}`);
   }
-  if (state === null || typeof state !== 'object' || Array.isArray(state)
-    || state.mailboxes === null || typeof state.mailboxes !== 'object' || Array.isArray(state.mailboxes)) {
+  if (
+    state === null ||
+    typeof state !== 'object' ||
+    Array.isArray(state) ||
+    state.mailboxes === null ||
+    typeof state.mailboxes !== 'object' ||
+    Array.isArray(state.mailboxes)
+  ) {
     return usage(`state file ${statePath}: expected an object with a "mailboxes" object`);
   }
   for (const [dn, mbx] of Object.entries(state.mailboxes)) {
-    if (mbx === null || typeof mbx !== 'object' || Array.isArray(mbx)) return usage(`state file: mailbox ${dn} is not an object`);
+    if (mbx === null || typeof mbx !== 'object' || Array.isArray(mbx))
+      return usage(`state file: mailbox ${dn} is not an object`);
   }
   state.failIdentities ??= [];
   state.calls ??= [];
@@ -383,7 +390,9 @@ function main(argv) {
         }
         case 'get': {
           if (st.depth > 100) {
-            fail(`ConvertTo-Json: Cannot validate argument on parameter 'Depth'. The ${st.depth} argument is greater than the maximum allowed range of 100.`);
+            fail(
+              `ConvertTo-Json: Cannot validate argument on parameter 'Depth'. The ${st.depth} argument is greater than the maximum allowed range of 100.`,
+            );
             break;
           }
           if (state.failRead === true) {
@@ -428,19 +437,25 @@ function main(argv) {
             break;
           }
           const wanted = st.identity.toLowerCase();
-          const matches = Object.entries(state.mailboxes).filter(([dn, mbx]) =>
-            dn.toLowerCase() === wanted || lower(mbx.UserPrincipalName) === wanted || lower(mbx.Identity) === wanted);
+          const matches = Object.entries(state.mailboxes).filter(
+            ([dn, mbx]) =>
+              dn.toLowerCase() === wanted || lower(mbx.UserPrincipalName) === wanted || lower(mbx.Identity) === wanted,
+          );
           const names = (dn, mbx) => [dn, mbx.UserPrincipalName, mbx.Identity].map(lower).filter(Boolean);
           if (failSet.has(wanted) || matches.some(([dn, mbx]) => names(dn, mbx).some((n) => failSet.has(n)))) {
             fail(`Set-CASMailbox: stand-in: injected failure for '${st.identity}' (listed in failIdentities).`);
             break;
           }
           if (matches.length === 0) {
-            fail(`Set-CASMailbox: Couldn't find object '${st.identity}'. Please make sure that it was spelled correctly or specify a different object.`);
+            fail(
+              `Set-CASMailbox: Couldn't find object '${st.identity}'. Please make sure that it was spelled correctly or specify a different object.`,
+            );
             break;
           }
           if (matches.length > 1) {
-            fail(`Set-CASMailbox: The operation couldn't be performed because '${st.identity}' matches multiple entries.`);
+            fail(
+              `Set-CASMailbox: The operation couldn't be performed because '${st.identity}' matches multiple entries.`,
+            );
             break;
           }
           const [dn, mbx] = matches[0];
@@ -451,7 +466,9 @@ function main(argv) {
           }
           state.calls.push({ identity: st.identity, flags });
           if (!changed) {
-            out.push(`WARNING: The command completed successfully but no settings of '${mbx.Identity ?? dn}' have been modified.`);
+            out.push(
+              `WARNING: The command completed successfully but no settings of '${mbx.Identity ?? dn}' have been modified.`,
+            );
           }
           lastOk = true;
           break;

@@ -24,7 +24,7 @@ if (tsc) {
 } else if (!existsSync(built)) {
   fail('dist/ is not built');
 } else if (newestSource() > statSync(built).mtimeMs) {
-  fail('dist/ is older than src/ (a git pull since the last build?)');   // would run the old code
+  fail('dist/ is older than src/ (a git pull since the last build?)'); // would run the old code
 } else {
   console.log('exgate: TypeScript is not installed (--omit=dev); keeping dist/, built from these sources');
 }
@@ -39,6 +39,10 @@ function newestSource() {
   const src = join(root, 'src');
   if (!existsSync(src)) return 0;
   const files = readdirSync(src, { recursive: true }).map((f) => join(src, String(f)));
-  return Math.max(0, ...[...files, join(root, 'tsconfig.json'), join(root, 'tsconfig.build.json')]
-    .filter((f) => existsSync(f)).map((f) => statSync(f).mtimeMs));
+  return Math.max(
+    0,
+    ...[...files, join(root, 'tsconfig.json'), join(root, 'tsconfig.build.json')]
+      .filter((f) => existsSync(f))
+      .map((f) => statSync(f).mtimeMs),
+  );
 }

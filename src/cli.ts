@@ -88,7 +88,7 @@ Read a password on stdin (one line; the trailing newline is ignored) and print i
 for the users file of a directory of type file.
 `,
   version: 'usage: exgate version\n\nPrint the version.\n',
-  help: 'usage: exgate help [COMMAND]\n\nThe list of commands, or one command\'s usage.\n',
+  help: "usage: exgate help [COMMAND]\n\nThe list of commands, or one command's usage.\n",
 };
 
 /** Runs one command; resolves to the process exit code. */
@@ -96,19 +96,31 @@ export async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command !== undefined && Object.hasOwn(HELP, command) && wantsHelp(rest)) return print(HELP[command]!);
   switch (command) {
-    case 'serve': return withConfig(command, rest, serve);
-    case 'check': return withConfig(command, rest, (file, v) => check(file, process.stdout, { asUser: v.asUser, offline: v.offline }));
-    case 'explain': return explain(rest);
-    case 'report': return report(rest);
-    case 'mailbox-flags': return mailboxFlags(rest);
-    case 'demo': return noArguments(command, rest) ?? demo();
-    case 'hash-password': return noArguments(command, rest) ?? hashPasswordCommand();
+    case 'serve':
+      return withConfig(command, rest, serve);
+    case 'check':
+      return withConfig(command, rest, (file, v) =>
+        check(file, process.stdout, { asUser: v.asUser, offline: v.offline }),
+      );
+    case 'explain':
+      return explain(rest);
+    case 'report':
+      return report(rest);
+    case 'mailbox-flags':
+      return mailboxFlags(rest);
+    case 'demo':
+      return noArguments(command, rest) ?? demo();
+    case 'hash-password':
+      return noArguments(command, rest) ?? hashPasswordCommand();
     case 'version':
-    case '--version': return noArguments('version', rest) ?? print(version());
-    case 'help': return help(rest);
+    case '--version':
+      return noArguments('version', rest) ?? print(version());
+    case 'help':
+      return help(rest);
     case undefined:
     case '--help':
-    case '-h': return print(USAGE);
+    case '-h':
+      return print(USAGE);
     default:
       process.stderr.write(`exgate: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
       return 2;
@@ -132,7 +144,8 @@ function help(args: readonly string[]): number {
 
 /** serve and check: `--config FILE` (check also `--as-user USER`, `--offline`); exit 2 with the usage otherwise. */
 async function withConfig(
-  command: 'serve' | 'check', args: readonly string[],
+  command: 'serve' | 'check',
+  args: readonly string[],
   run: (file: string, extra: { asUser?: string | undefined; offline?: boolean | undefined }) => Promise<number>,
 ): Promise<number> {
   let values: { config?: string | undefined; 'as-user'?: string | undefined; offline?: boolean | undefined };
@@ -162,7 +175,9 @@ function usageError(command: string, why: string, usage: string): number {
 async function hashPasswordCommand(): Promise<number> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  const password = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  const password = Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
   if (!password) {
     process.stderr.write('exgate: no password on stdin\n');
     return 1;
@@ -176,6 +191,8 @@ function print(text: string): number {
 }
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')) as {
+    version: string;
+  };
   return pkg.version;
 }

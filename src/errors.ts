@@ -7,20 +7,42 @@ import { STATUS_CODES } from 'node:http';
 
 /** Every value the access log's `reason` field can take (INTERFACE.md, closed vocabulary). */
 export const REASONS = [
-  'allowed', 'report-only',
-  'no-credentials', 'bad-credentials', 'account-disabled', 'account-locked', 'account-expired',
-  'password-expired', 'password-must-change', 'not-allowed', 'denied-by-rule', 'unknown-service',
-  'misdirected', 'bad-request', 'too-large', 'gateway-lockout', 'directory-unavailable',
-  'upstream-error', 'upstream-timeout',
+  'allowed',
+  'report-only',
+  'no-credentials',
+  'bad-credentials',
+  'account-disabled',
+  'account-locked',
+  'account-expired',
+  'password-expired',
+  'password-must-change',
+  'not-allowed',
+  'denied-by-rule',
+  'unknown-service',
+  'misdirected',
+  'bad-request',
+  'too-large',
+  'gateway-lockout',
+  'directory-unavailable',
+  'upstream-error',
+  'upstream-timeout',
 ] as const;
 
 export type Reason = (typeof REASONS)[number];
 export type DenyReason = Exclude<Reason, 'allowed' | 'report-only'>;
 
 /** Reasons that end in a 401 with a Basic challenge: the client should ask for a password again. */
-export type CredentialReason = Extract<DenyReason,
-  'no-credentials' | 'bad-credentials' | 'account-disabled' | 'account-locked' | 'account-expired' |
-  'password-expired' | 'password-must-change' | 'gateway-lockout'>;
+export type CredentialReason = Extract<
+  DenyReason,
+  | 'no-credentials'
+  | 'bad-credentials'
+  | 'account-disabled'
+  | 'account-locked'
+  | 'account-expired'
+  | 'password-expired'
+  | 'password-must-change'
+  | 'gateway-lockout'
+>;
 
 /** The status each denial answers with. */
 export const DENY_STATUS: Readonly<Record<DenyReason, number>> = {
@@ -35,7 +57,7 @@ export const DENY_STATUS: Readonly<Record<DenyReason, number>> = {
   'not-allowed': 403,
   'denied-by-rule': 403,
   'unknown-service': 404,
-  'misdirected': 421,
+  misdirected: 421,
   'bad-request': 400,
   'too-large': 413,
   'directory-unavailable': 503,
@@ -123,7 +145,10 @@ export interface ConfigProblem {
 /** Thrown when a config or policy does not load; carries every problem found, not just the first. */
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
-  constructor(readonly problems: readonly ConfigProblem[], opts?: { cause?: unknown }) {
+  constructor(
+    readonly problems: readonly ConfigProblem[],
+    opts?: { cause?: unknown },
+  ) {
     super(problems.map(formatProblem).join('\n'), opts);
   }
 }
@@ -139,7 +164,7 @@ export function formatProblem(p: ConfigProblem): string {
  * key for a config fault), never a stack. Messages carry no secret (see the error classes).
  */
 export function fatalText(err: unknown): string {
-  const lines = err instanceof ConfigError ? err.problems.map(formatProblem)
-    : [err instanceof Error ? err.message : String(err)];
+  const lines =
+    err instanceof ConfigError ? err.problems.map(formatProblem) : [err instanceof Error ? err.message : String(err)];
   return lines.map((l) => `exgate: ${l}\n`).join('');
 }

@@ -1,30 +1,24 @@
 /**
- * The table of contents of a request (server.ts is the TLS/HTTP server that calls it). handle() runs judge(), the stages every request takes (the
- * Outlook Anywhere tunnel runs them too), then forwards or refuses, and writes one access record
- * when the response closes:
+ * The table of contents of a request (server.ts calls handle()). Every request, and every Outlook
+ * Anywhere head (judge), takes the same stages, then is forwarded or refused, with one access record:
  *
- *   admit (head, name, path, size, deny-all) → authenticate (the service's front-end) → authorize → forward | deny
+ *   admit (head, name, path, size, deny-all) → authenticate (the service's front-end) → authorize
+ *   → forward | deny
  *
  * Each stage returns a value and the pipeline branches on it; respond.ts writes every refusal.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
-import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { activeSyncCommand, newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
-import { authorize, authorizeAnonymous } from './pipeline/authorize.js';
-import { checkHead, type Head } from './pipeline/check-head.js';
-import { classify, type Route } from './pipeline/classify.js';
-import { rpcFraming, rpcPrecheck } from './exchange/client-error.js';
-import type { DenyReason } from './errors.js';
-import { claimedUser, type FrontEndOutcome } from './auth/front-ends.js';
+import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
+import { authorize } from './pipeline/authorize.js';
+import type { Route } from './pipeline/classify.js';
+import type { FrontEndOutcome } from './auth/front-ends.js';
+import { admit, admitRpc, claiming, type Judged, type Request } from './pipeline/admit.js';
 import { forward } from './upstream/forward.js';
-import { deny, fail, respond, type DenyOptions } from './pipeline/respond.js';
-import { answerAutodiscoverJson, isAutodiscoverJson } from './exchange/autodiscover.js';
+import { deny, fail, respond } from './pipeline/respond.js';
 import { requestIdleMs, type Service } from './pipeline/services.js';
 import type { Metrics } from './runtime/metrics.js';
 import type { State } from './runtime/state.js';
-import type { Identity } from './auth/authenticate.js';
 
 /** What the gateway reports to: the access log, the operational log, the metrics. */
 export interface Telemetry {
@@ -37,7 +31,13 @@ export interface Telemetry {
 export type LongPollHook = (res: ServerResponse) => void;
 
 /** The pipeline. `state` is read once per request, so a reload never splits a request in two. */
-export async function handle(req: IncomingMessage, res: ServerResponse, state: State, logs: Telemetry, onLongPoll?: LongPollHook): Promise<void> {
+export async function handle(
+  req: IncomingMessage,
+  res: ServerResponse,
+  state: State,
+  logs: Telemetry,
+  onLongPoll?: LongPollHook,
+): Promise<void> {
   const record = newAccessRecord(req.socket, req);
   const written = recordOnceDone(logs, record, res);
   try {
@@ -50,13 +50,24 @@ export async function handle(req: IncomingMessage, res: ServerResponse, state: S
   }
 }
 
-async function pipeline(req: IncomingMessage, res: ServerResponse, record: AccessRecord, state: State, metrics: Metrics, onLongPoll?: LongPollHook): Promise<void> {
+async function pipeline(
+  req: IncomingMessage,
+  res: ServerResponse,
+  record: AccessRecord,
+  state: State,
+  metrics: Metrics,
+  onLongPoll?: LongPollHook,
+): Promise<void> {
   // Admitted synchronously: a refusal that closes the connection is known before Node parses a
   // request pipelined behind it (which is then never served; client-error.ts OwedResponses).
   const admitted = admit(req, record, state);
-  const judged = admitted.kind === 'route' ? await decide(admitted.route, req, record, state, metrics) : claiming(admitted, req, record, state);
+  const judged =
+    admitted.kind === 'route'
+      ? await decide(admitted.route, req, record, state, metrics)
+      : claiming(admitted, req, record, state);
   if (judged.kind === 'refuse') return deny(req, res, record, judged.reason, judged);
-  if (judged.kind === 'answer') return respond(res, record, 'application/json; charset=utf-8', judged.body, judged.detail);
+  if (judged.kind === 'answer')
+    return respond(res, record, 'application/json; charset=utf-8', judged.body, judged.detail);
   // An NTLM Type 3 whose client left meanwhile never reaches Exchange.
   if (res.destroyed) return judged.settle?.(null);
   const { route, identity, settle } = judged;
@@ -66,122 +77,91 @@ async function pipeline(req: IncomingMessage, res: ServerResponse, record: Acces
   res.once('close', () => metrics.inFlight.dec({ service: route.service }));
   const idleMs = identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
   if (idleMs > LONG_POLL_MS) onLongPoll?.(res);
-  forward(req, res, record, { host: route.host, settings, idleMs, frontEnd: state.frontEnds[route.service], onStatus: settle }, state.upstream);
+  forward(
+    req,
+    res,
+    record,
+    { host: route.host, settings, idleMs, frontEnd: state.frontEnds[route.service], onStatus: settle },
+    state.upstream,
+  );
 }
-
-/** A request as the stages read it: Node's parsed request, or the tunnel's own parse of an RPC head. */
-export interface Request extends Head {
-  readonly url?: string | undefined;
-  readonly headers: Head['headers'] & {
-    readonly authorization?: string | undefined; readonly 'content-length'?: string | undefined; readonly expect?: string | undefined;
-  };
-  readonly socket: Socket;
-}
-
-/** What the stages decided: refused (with why), answered by the gateway, or allowed to Exchange. */
-export type Judged =
-  | ({ readonly kind: 'refuse'; readonly reason: DenyReason } & DenyOptions)
-  | { readonly kind: 'answer'; readonly body: string; readonly detail: string }
-  | {
-    readonly kind: 'allow'; readonly route: Route;
-    /** null: an NTLM handshake leg, forwarded for Exchange's challenge. */
-    readonly identity: Identity | null;
-    /** NTLM: settles the Type 3 with Exchange's status (null: never forwarded). */
-    readonly settle?: ((status: number | null) => void) | undefined;
-  };
 
 /**
  * The stages, in order; each fills in the record. `rpc`: an Outlook Anywhere request (the rpc
  * service by its method, wherever it points; rpc-tunnel.ts).
  */
-export async function judge(req: Request, record: AccessRecord, state: State, metrics?: Metrics, rpc = false): Promise<Judged> {
+export async function judge(
+  req: Request,
+  record: AccessRecord,
+  state: State,
+  metrics?: Metrics,
+  rpc = false,
+): Promise<Judged> {
   const admitted = rpc ? admitRpc(req, record, state) : admit(req, record, state);
   if (admitted.kind !== 'route') return claiming(admitted, req, record, state);
   return decide(admitted.route, req, record, state, metrics);
 }
 
 /** After admission: the service's front-end authenticates, the policy authorizes. */
-async function decide(route: Route, req: Request, record: AccessRecord, state: State, metrics?: Metrics): Promise<Judged> {
+async function decide(
+  route: Route,
+  req: Request,
+  record: AccessRecord,
+  state: State,
+  metrics?: Metrics,
+): Promise<Judged> {
   const frontEnd = state.frontEnds[route.service];
   const started = performance.now();
-  const auth = await frontEnd.authenticate({ header: req.headers.authorization, socket: req.socket, path: route.path, query: queryOf(req.url ?? '') }, state);
+  const auth = await frontEnd.authenticate(
+    { header: req.headers.authorization, socket: req.socket, path: route.path, query: queryOf(req.url ?? '') },
+    state,
+  );
   metrics?.authDuration.observe({ cache: auth.cache ?? 'none' }, (performance.now() - started) / 1000);
   record.user = (auth.ok ? auth.identity?.user : auth.user) || null;
   record.cache = auth.cache;
-  if (!auth.ok) return claiming({ kind: 'refuse', reason: auth.reason, challenges: frontEnd.challenges, detail: auth.detail, status: auth.status }, req, record, state);
+  if (!auth.ok)
+    return claiming(
+      {
+        kind: 'refuse',
+        reason: auth.reason,
+        challenges: frontEnd.challenges,
+        detail: auth.detail,
+        status: auth.status,
+      },
+      req,
+      record,
+      state,
+    );
   const settle = 'onStatus' in auth ? ntlmVerdict(record, auth.onStatus) : undefined;
   const refused = authorized(req, record, route.service, auth, state);
   if (refused) {
-    settle?.(null);                                   // an NTLM Type 3 refused here never reaches Exchange
+    settle?.(null); // an NTLM Type 3 refused here never reaches Exchange
     return refused;
   }
   return { kind: 'allow', route, identity: auth.identity, settle };
-}
-
-type Admitted = Exclude<Judged, { kind: 'allow' }> | { readonly kind: 'route'; readonly route: Route };
-
-/**
- * What is decided before credentials: the head, the name and path (classify), the declared body
- * size, services denied to everyone, and autodiscover.json (answered by the gateway).
- */
-function admit(req: Request, record: AccessRecord, state: State): Admitted {
-  const head = checkHead(req);
-  if (head) return { kind: 'refuse', reason: head.reason, detail: head.detail, status: head.status };
-  const route = classify((req.socket as TLSSocket).servername, req.headers.host, req.url ?? '', state.config.names);
-  if (!route.ok) {
-    if (route.reason === 'unknown-service') record.service = 'unknown';
-    return { kind: 'refuse', reason: route.reason, detail: route.detail };
-  }
-  record.service = route.service;
-  if (route.service === 'activesync') record.operation = activeSyncCommand(req.url ?? '');
-  const { maxBodyBytes } = state.config.services[route.service];
-  const length = req.headers['content-length'];
-  if (maxBodyBytes > 0 && length !== undefined && Number(length) > maxBodyBytes) {
-    return { kind: 'refuse', reason: 'too-large', detail: `limit ${maxBodyBytes} bytes` };
-  }
-  const refused = authorizeAnonymous(route.service, state.policy);
-  if (refused) {
-    record.rule = refused.rule;
-    return { kind: 'refuse', reason: refused.reason };
-  }
-  // Anonymous by design, never forwarded: see autodiscover.ts.
-  if (route.service === 'autodiscover' && isAutodiscoverJson(route.path)) {
-    const answer = answerAutodiscoverJson(req, route.path, req.url ?? '', state.realm);
-    if (answer.kind === 'refuse') return { kind: 'refuse', reason: 'bad-request', detail: answer.detail, status: answer.status };
-    return { kind: 'answer', body: answer.body, detail: 'autodiscover.json answered by the gateway' };
-  }
-  return { kind: 'route', route };
-}
-
-/** admit() for an Outlook Anywhere request: the head (the RPC methods were matched already), then rpcPrecheck. */
-function admitRpc(req: Request, record: AccessRecord, state: State): Admitted {
-  const head = checkHead({ ...req, method: 'POST' });
-  if (head) return { kind: 'refuse', reason: head.reason, detail: head.detail, status: head.status };
-  const framing = rpcFraming(req.rawHeaders, req.headers);
-  if (framing) return { kind: 'refuse', reason: framing[1], detail: framing[2], status: framing[0] };
-  const early = rpcPrecheck((req.socket as TLSSocket).servername, { method: req.method ?? '', url: req.url ?? '', headers: req.headers }, state, record);
-  if (early) return { kind: 'refuse', reason: early[1], detail: early[2], status: early[0] };
-  return { kind: 'route', route: { ok: true, service: 'rpc', host: req.headers.host ?? '', path: record.path ?? '/rpc/' } };
-}
-
-/** A refusal before authentication still names the account the request claimed. */
-function claiming(judged: Exclude<Admitted, { kind: 'route' }>, req: Request, record: AccessRecord, state: State): Judged {
-  if (judged.kind === 'refuse' && record.user === null) record.user = claimedUser(req.headers.authorization, state);
-  return judged;
 }
 
 /**
  * The policy's decision for an authenticated identity; an NTLM negotiate leg (no identity yet)
  * passes with no big body. Null when the request may be forwarded.
  */
-function authorized(req: Request, record: AccessRecord, service: Service, auth: Extract<FrontEndOutcome, { ok: true }>, state: State): Judged | null {
+function authorized(
+  req: Request,
+  record: AccessRecord,
+  service: Service,
+  auth: Extract<FrontEndOutcome, { ok: true }>,
+  state: State,
+): Judged | null {
   if (auth.identity) {
     const decision = authorize(service, auth.identity, state.policy);
     record.rule = decision.rule;
     if (!decision.allow) return { kind: 'refuse', reason: decision.reason };
     record.reason = decision.reason;
   } else {
-    if (Number(req.headers['content-length'] ?? 0) > HANDSHAKE_MAX_BODY || req.headers['transfer-encoding'] !== undefined) {
+    if (
+      Number(req.headers['content-length'] ?? 0) > HANDSHAKE_MAX_BODY ||
+      req.headers['transfer-encoding'] !== undefined
+    ) {
       return { kind: 'refuse', reason: 'too-large', detail: 'an NTLM handshake request carries no big body' };
     }
     record.reason = 'allowed';
@@ -197,7 +177,8 @@ function authorized(req: Request, record: AccessRecord, service: Service, auth: 
 function boundHandshakeBody(req: IncomingMessage, res: ServerResponse, record: AccessRecord): void {
   if (req.complete) return;
   const timer = setTimeout(() => {
-    if (!req.complete) deny(req, res, record, 'bad-request', { status: 408, detail: 'NTLM handshake body not received in time' });
+    if (!req.complete)
+      deny(req, res, record, 'bad-request', { status: 408, detail: 'NTLM handshake body not received in time' });
   }, HANDSHAKE_BODY_MS);
   timer.unref();
   res.once('close', () => clearTimeout(timer));
@@ -207,11 +188,15 @@ function boundHandshakeBody(req: IncomingMessage, res: ServerResponse, record: A
  * Exchange's answer to a forwarded NTLM Type 3 settles it; a 401 is Exchange refusing the proof
  * (a wrong password), logged as such although the request was forwarded: Exchange decided.
  */
-function ntlmVerdict(record: AccessRecord, settle: ((status: number | null) => void) | undefined): ((status: number | null) => void) | undefined {
+function ntlmVerdict(
+  record: AccessRecord,
+  settle: ((status: number | null) => void) | undefined,
+): ((status: number | null) => void) | undefined {
   if (!settle) return undefined;
   return (status) => {
     settle(status);
-    if (status === 401) Object.assign(record, { decision: 'deny', reason: 'bad-credentials', detail: 'Exchange refused the NTLM logon' });
+    if (status === 401)
+      Object.assign(record, { decision: 'deny', reason: 'bad-credentials', detail: 'Exchange refused the NTLM logon' });
   };
 }
 
@@ -242,6 +227,14 @@ export function recordOnceDone(out: Telemetry, record: AccessRecord, res: Server
     out.access.info(record);
     out.metrics.observe(record);
   };
-  res.once('close', () => { closed = true; write(); });
-  return { settled: () => { settled = true; write(); } };
+  res.once('close', () => {
+    closed = true;
+    write();
+  });
+  return {
+    settled: () => {
+      settled = true;
+      write();
+    },
+  };
 }

@@ -3,7 +3,12 @@
  * handle() (gateway.ts). It also peeks at new connections for Outlook Anywhere (rpc-tunnel.ts),
  * answers CONNECT and parser errors on the raw socket, and stops gracefully.
  */
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+  type ServerResponse,
+} from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
@@ -28,21 +33,30 @@ export class Gateway {
   /** Per connection, the responses a raw answer must not overtake (client-error.ts). */
   readonly #owed = new OwedResponses();
 
-  constructor(state: State, material: TlsMaterial, private readonly logs: Telemetry) {
+  constructor(
+    state: State,
+    material: TlsMaterial,
+    private readonly logs: Telemetry,
+  ) {
     this.#state = state;
     const { http, tls } = state.config;
-    this.httpServer = createHttpServer({
-      requestTimeout: 0,                       // Node's 300 s default also cuts long uploads
-      headersTimeout: http.headersTimeoutMs,   // slowloris guard, checked every…
-      connectionsCheckingInterval: Math.min(5000, Math.ceil(http.headersTimeoutMs / 2)),   // …Node's default is 30 s
-      keepAliveTimeout: http.keepAliveTimeoutMs,
-      requireHostHeader: false,                // classify names the site by SNI then, or answers 421, and logs it
-    }, (req, res) => this.serve(req, res));
+    this.httpServer = createHttpServer(
+      {
+        requestTimeout: 0, // Node's 300 s default also cuts long uploads
+        headersTimeout: http.headersTimeoutMs, // slowloris guard, checked every…
+        connectionsCheckingInterval: Math.min(5000, Math.ceil(http.headersTimeoutMs / 2)), // …Node's default is 30 s
+        keepAliveTimeout: http.keepAliveTimeoutMs,
+        requireHostHeader: false, // classify names the site by SNI then, or answers 421, and logs it
+      },
+      (req, res) => this.serve(req, res),
+    );
     // Answer `Expect: 100-continue` only once the request is allowed (forward() sends the 100).
     this.httpServer.on('checkContinue', (req, res) => this.serve(req, res));
     this.httpServer.on('clientError', (err: Error, socket: Socket) => {
       handleClientError(err, socket, {
-        state: this.#state, owed: this.#owed, write: (r) => this.write(r),
+        state: this.#state,
+        owed: this.#owed,
+        write: (r) => this.write(r),
         note: (s, message) => logs.app.info({ client: s.remoteAddress }, message),
       });
     });
@@ -57,9 +71,14 @@ export class Gateway {
     // The HTTP server never listens itself; this starts its headersTimeout checks
     // (research/node-proxy.md §1.3, pitfall 2).
     this.httpServer.emit('listening');
-    this.tlsServer = createTlsServer(material, tls, (socket) => this.accept(socket), (err, socket) => {
-      logs.app.debug({ client: socket.remoteAddress, code: err.code }, 'TLS handshake failed');
-    });
+    this.tlsServer = createTlsServer(
+      material,
+      tls,
+      (socket) => this.accept(socket),
+      (err, socket) => {
+        logs.app.debug({ client: socket.remoteAddress, code: err.code }, 'TLS handshake failed');
+      },
+    );
   }
 
   get state(): State {
@@ -93,8 +112,9 @@ export class Gateway {
   }
 
   private serve(req: IncomingMessage, res: ServerResponse): void {
-    if (!this.#owed.add(req.socket, res)) return;            // parsed after a parser error: never served
-    if (this.#draining) res.shouldKeepAlive = false;          // answered, then the connection closes
+    if (!this.#owed.add(req.socket, res)) return; // parsed after a parser error: never served
+    if (this.#draining)
+      res.shouldKeepAlive = false; // answered, then the connection closes
     else {
       this.#pending.add(res);
       res.once('close', () => this.#pending.delete(res));
@@ -111,7 +131,10 @@ export class Gateway {
    * clients reconnect at once), everything else gets up to `graceMs`; then what is left is cut
    * and the directory closed.
    */
-  async close(graceMs = 0, longPollGraceMs = Math.min(graceMs, this.#state.config.http.longPollGraceMs)): Promise<void> {
+  async close(
+    graceMs = 0,
+    longPollGraceMs = Math.min(graceMs, this.#state.config.http.longPollGraceMs),
+  ): Promise<void> {
     this.#draining = true;
     for (const res of this.#pending) if (!res.headersSent) res.shouldKeepAlive = false;
     const closed = new Promise<void>((resolve) => this.tlsServer.close(() => resolve()));
@@ -129,7 +152,8 @@ export class Gateway {
   }
 
   private accept(socket: TLSSocket): void {
-    if (this.#draining) {                                    // a handshake that finished during the stop
+    if (this.#draining) {
+      // a handshake that finished during the stop
       socket.destroy();
       return;
     }
@@ -142,7 +166,12 @@ export class Gateway {
     // Outlook Anywhere can only be told apart before the HTTP parser sees the bytes; look only
     // when the policy may let someone use it.
     if (authorizeAnonymous('rpc', this.#state.policy) === null) {
-      peek(socket, () => this.#state, (s) => this.httpServer.emit('connection', s), (r) => this.write(r));
+      peek(
+        socket,
+        () => this.#state,
+        (s) => this.httpServer.emit('connection', s),
+        (r) => this.write(r),
+      );
     } else {
       this.httpServer.emit('connection', socket);
     }

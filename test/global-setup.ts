@@ -31,7 +31,8 @@ async function startControlServer(samba: SambaHandle): Promise<{ url: string; se
     const job = queue.then(action);
     queue = job.catch(() => undefined);
     job.then(
-      () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ ok: true, pid: samba.pid })),
+      () =>
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ ok: true, pid: samba.pid })),
       (err: unknown) =>
         res.writeHead(500, { 'content-type': 'text/plain' }).end(err instanceof Error ? err.message : String(err)),
     );

@@ -18,15 +18,15 @@ export type CacheUse = 'hit' | 'miss' | 'stale';
 export type AuthOutcome =
   | { readonly ok: true; readonly identity: Identity; readonly cache: CacheUse }
   | {
-    readonly ok: false;
-    readonly reason: CredentialReason | 'directory-unavailable';
-    /** The name to log: normalized when the account was found, as typed otherwise, null without credentials. */
-    readonly user: string | null;
-    readonly cache: CacheUse | null;
-    readonly detail?: string;
-    /** 429 for a source address that sprays many accounts. */
-    readonly status?: number;
-  };
+      readonly ok: false;
+      readonly reason: CredentialReason | 'directory-unavailable';
+      /** The name to log: normalized when the account was found, as typed otherwise, null without credentials. */
+      readonly user: string | null;
+      readonly cache: CacheUse | null;
+      readonly detail?: string;
+      /** 429 for a source address that sprays many accounts. */
+      readonly status?: number;
+    };
 
 /** One authentication question, whatever front-end (Basic, NTLM, a form) asks it. */
 export interface AuthRequest {
@@ -84,7 +84,9 @@ export class Trace {
 }
 
 /** What a password check found: a refusal, or the time the password was last verified by a bind. */
-export type PasswordVerdict = { readonly refusal: PasswordRefusal } | { readonly refusal: null; readonly verifiedAt: number; readonly bound: boolean };
+export type PasswordVerdict =
+  | { readonly refusal: PasswordRefusal }
+  | { readonly refusal: null; readonly verifiedAt: number; readonly bound: boolean };
 
 export const SOURCE_BLOCKED = 'source address failed for too many accounts';
 const LOCKED = 'too many wrong passwords from this kind of source';
@@ -104,7 +106,9 @@ export function blocked(user: string): Failure {
 
 export function lockedOut(user: string, cache: CacheUse, v: { status?: number }): Failure {
   if (v.status === 503) return { ...fail('gateway-lockout', user, cache, BUSY), status: 503 };
-  return v.status ? { ...fail('gateway-lockout', user, cache, SOURCE_BLOCKED), status: v.status } : fail('gateway-lockout', user, cache, LOCKED);
+  return v.status
+    ? { ...fail('gateway-lockout', user, cache, SOURCE_BLOCKED), status: v.status }
+    : fail('gateway-lockout', user, cache, LOCKED);
 }
 
 /** A lockout refusal's status: 429 for a spraying source, 503 (try again) when the wait for a
@@ -112,4 +116,3 @@ export function lockedOut(user: string, cache: CacheUse, v: { status?: number })
 export function refusalOf(verdict: Exclude<LockoutVerdict, 'open'>): { status?: number } {
   return verdict === 'source-blocked' ? { status: 429 } : verdict === 'busy' ? { status: 503 } : {};
 }
-

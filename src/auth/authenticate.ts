@@ -1,34 +1,31 @@
 /**
- * authenticate: credentials → an Identity, or the reason there is none.
- *
- * Basic is verified here (NTLM is verified by Exchange; `claim` prepares it, see ntlm-auth.ts).
- * Cheap checks come first, so that garbage and attacks never cost an LDAP round trip, and the
- * gateway's own lockout comes before any bind, so that AD never sees what the gateway refuses:
- *
- *   parse header → parse the logon name (our domain only) → refuse an empty password → source
- *   address spraying? (429, unless the address is familiar to the account) → find the account
- *   (cached) → locked at the gateway? (401, no bind) → a wrong password already refused? (no
- *   bind) → the password: cached, or one bind (coalesced, bounded) → the account's standing:
- *   state, password age and policy-relevant groups (cached for groupTtlSeconds).
- *
- * A directory fault is never a "no": it becomes `directory-unavailable` (503), or, within
- * `staleIfErrorSeconds` and only while the DCs are unreachable, an answer from expired cache
- * entries, logged `cache: stale`.
- */
-import {
-  accountKey, blocked, fail, lockedOut, refusalOf, Trace,
-  type AuthOutcome, type AuthRequest, type AuthenticatorDeps, type CacheUse, type ClaimOutcome, type ClaimRequest,
-  type Failure, type Identity, type PasswordVerdict, type Proven,
+ * authenticate: a logon name and password → an Identity, or the reason there is none (NTLM is
+ * verified by Exchange; `claim` prepares it, see ntlm-auth.ts). Cheap checks first, the gateway's
+ * lockout before any bind (AD never sees what the gateway refuses): the name (our domain only), an
+ * empty password, a spraying source, the account (cached), the lockout, a wrong password already
+ * refused, then the password (cached, or one bind) and the account's standing (cached for
+ * groupTtlSeconds). A directory fault is never a "no": 503, or within `staleIfErrorSeconds` while
+ * the DCs are unreachable, an answer from expired cache entries (`cache: stale`).
+ */ import { accountKey, blocked, fail, lockedOut, refusalOf, Trace } from './auth-outcome.js';
+import type {
+  AuthOutcome,
+  AuthRequest,
+  AuthenticatorDeps,
+  CacheUse,
+  ClaimOutcome,
+  ClaimRequest,
 } from './auth-outcome.js';
+import type { Failure, Identity, PasswordVerdict, Proven } from './auth-outcome.js';
 import { parseLogon, type Logon } from './credentials.js';
 import { DecisionCache, type Standing } from './decision-cache.js';
 import { dnKey, type Account } from '../directory/directory.js';
 import { DirectoryUnavailableError } from '../errors.js';
 import { Lockout } from './lockout.js';
 
-export type { AuthOutcome, AuthRequest, AuthenticatorDeps, CacheUse, ClaimOutcome, ClaimRequest, Identity } from './auth-outcome.js';
+export type { AuthOutcome, AuthRequest, AuthenticatorDeps, CacheUse } from './auth-outcome.js';
+export type { ClaimOutcome, ClaimRequest, Identity } from './auth-outcome.js';
 
-/** Authenticates Basic credentials. Its caches and lockout survive a reload (state.ts). */
+/** Verifies logons for every front-end. Its caches and lockout survive a reload (state.ts). */
 export class Authenticator {
   readonly cache: DecisionCache;
   readonly lockout: Lockout;
@@ -44,24 +41,18 @@ export class Authenticator {
     if (carry.lockout) carry.lockout.reconfigure(deps.lockout);
   }
 
-  /**
-   * Verifies a logon name (as typed: `LAB\\user`, `user@suffix`, `user`) and its password: the
-   * Basic and forms front-ends both ask this.
-   */
+  /** A logon name as typed (`LAB\\user`, `user@suffix`, `user`) and its password: Basic and forms ask this. */
   async verify(user: string, password: string, req: AuthRequest): Promise<AuthOutcome> {
-    const proven = req.connection && req.proof !== undefined ? this.#proven.get(req.connection) : undefined;
-    if (proven && proven.proof === req.proof && proven.policyVersion === req.policyVersion && this.now() < proven.until) {
-      return { ok: true, identity: proven.identity, cache: 'hit' };
-    }
-    const credential = { user, password };
-    const logon = parseLogon(credential.user, this.deps.domain);
+    const proven = this.provenOn(req);
+    if (proven) return { ok: true, identity: proven, cache: 'hit' };
+    const logon = parseLogon(user, this.deps.domain);
     const unknown = (why: string, cache: CacheUse | null): Failure => {
       this.lockout.failure(null, req.source, `name:${logon.display.toLowerCase()}`);
       return fail('bad-credentials', logon.display, cache, why);
     };
     if (logon.kind === 'refused') return unknown(logon.why, null);
-    if (credential.password === '') return unknown('empty password', null);
-    if (credential.password.includes('\0')) return unknown('NUL in password', null);
+    if (password === '') return unknown('empty password', null);
+    if (password.includes('\0')) return unknown('NUL in password', null);
     if (this.sourceBlocked(logon, req.source)) return blocked(logon.display);
 
     const trace = new Trace();
@@ -69,27 +60,37 @@ export class Authenticator {
       const account = await this.account(logon, trace);
       if (!account) return unknown('no such account', trace.use);
       const who = dnKey(account.dn);
-      const key = this.cache.credentialKey(who, credential.password);
-      let verdict = await this.checkPassword(account, credential.password, key, req.source, trace);
+      const key = this.cache.credentialKey(who, password);
+      let verdict = await this.checkPassword(account, password, key, req.source, trace);
       if (verdict.refusal === 'gateway-lockout') return lockedOut(account.user, trace.use, verdict);
       if (verdict.refusal) return fail(verdict.refusal, account.user, trace.use);
       const standing = await this.standing(account, req, trace);
       // A password set after the cached check (an admin reset): check the typed one again.
       if (!verdict.bound && standing.passwordSetAt !== null && verdict.verifiedAt < standing.passwordSetAt) {
         this.cache.auth.delete(key);
-        verdict = await this.checkPassword(account, credential.password, key, req.source, trace);
+        verdict = await this.checkPassword(account, password, key, req.source, trace);
         if (verdict.refusal === 'gateway-lockout') return lockedOut(account.user, trace.use, verdict);
         if (verdict.refusal) return fail(verdict.refusal, account.user, trace.use);
       }
-      if (standing.refusal) return fail(standing.refusal, account.user, trace.use, 'account state changed since the password was checked');
+      if (standing.refusal)
+        return fail(standing.refusal, account.user, trace.use, 'account state changed since the password was checked');
       this.lockout.success(who, req.source, verdict.bound, accountKey(logon));
       const identity = { ...account, groups: standing.groups };
-      if (req.connection && req.proof !== undefined && trace.use !== 'stale') this.remember(req.connection, req.proof, identity, key, req);
+      if (req.connection && req.proof !== undefined && trace.use !== 'stale')
+        this.remember(req.connection, req.proof, identity, key, req);
       return { ok: true, identity, cache: trace.use };
     } catch (err) {
-      if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', logon.display, trace.use, err.message);
+      if (err instanceof DirectoryUnavailableError)
+        return fail('directory-unavailable', logon.display, trace.use, err.message);
       throw err;
     }
+  }
+
+  /** The identity a connection already proved with these credentials, while that holds. */
+  private provenOn(req: AuthRequest): Identity | null {
+    const p = req.connection && req.proof !== undefined ? this.#proven.get(req.connection) : undefined;
+    const holds = p && p.proof === req.proof && p.policyVersion === req.policyVersion && this.now() < p.until;
+    return holds ? p.identity : null;
   }
 
   /** Remembers a proven header on its connection, until its password or standing entry ages. */
@@ -136,12 +137,19 @@ export class Authenticator {
         attempt.release();
         // Exchange's 2xx says the DC accepted it, but the gateway saw no bind of its own: the
         // source becomes familiar, the counts stay (only a bind it verified resets them).
-        if (accepted === true) this.lockout.success(who, req.source, false, req.logon.kind === 'refused' ? undefined : accountKey(req.logon));
+        if (accepted === true)
+          this.lockout.success(
+            who,
+            req.source,
+            false,
+            req.logon.kind === 'refused' ? undefined : accountKey(req.logon),
+          );
         if (accepted === false) this.lockout.failure(who, req.source, req.fingerprint);
       };
       return { ok: true, identity: { ...account, groups: standing.groups }, cache: trace.use, settle };
     } catch (err) {
-      if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', req.logon.display, trace.use, err.message);
+      if (err instanceof DirectoryUnavailableError)
+        return fail('directory-unavailable', req.logon.display, trace.use, err.message);
       throw err;
     }
   }
@@ -157,7 +165,8 @@ export class Authenticator {
       if (standing.refusal) return fail(standing.refusal, account.user, trace.use);
       return { ok: true, identity: { ...account, groups: standing.groups }, cache: trace.use };
     } catch (err) {
-      if (err instanceof DirectoryUnavailableError) return fail('directory-unavailable', account.user, trace.use, err.message);
+      if (err instanceof DirectoryUnavailableError)
+        return fail('directory-unavailable', account.user, trace.use, err.message);
       throw err;
     }
   }
@@ -170,7 +179,10 @@ export class Authenticator {
     if (this.lockout.check(null, source) !== 'source-blocked') return false;
     if (logon.kind === 'refused') return true;
     const account = this.cache.accounts.fresh(accountKey(logon))?.account;
-    return !((account && this.lockout.isFamiliar(dnKey(account.dn), source)) || this.lockout.familiarName(accountKey(logon), source));
+    return !(
+      (account && this.lockout.isFamiliar(dnKey(account.dn), source)) ||
+      this.lockout.familiarName(accountKey(logon), source)
+    );
   }
 
   /**
@@ -178,12 +190,20 @@ export class Authenticator {
    * when this wrong password was already refused), then the caches, then one bind. The attempt
    * counts as in flight until the bind has answered.
    */
-  private async checkPassword(account: Account, password: string, key: string, source: string, trace: Trace): Promise<PasswordVerdict | { refusal: 'gateway-lockout'; status?: number }> {
+  private async checkPassword(
+    account: Account,
+    password: string,
+    key: string,
+    source: string,
+    trace: Trace,
+  ): Promise<PasswordVerdict | { refusal: 'gateway-lockout'; status?: number }> {
     const who = dnKey(account.dn);
     const cached = this.cache.auth.fresh(key);
-    if (cached) {                                  // no bind: a plain check is enough
+    if (cached) {
+      // no bind: a plain check is enough
       const verdict = this.lockout.check(who, source);
-      if (verdict !== 'open') return { refusal: 'gateway-lockout', ...(verdict === 'source-blocked' ? { status: 429 } : {}) };
+      if (verdict !== 'open')
+        return { refusal: 'gateway-lockout', ...(verdict === 'source-blocked' ? { status: 429 } : {}) };
       return { refusal: null, verifiedAt: cached.verifiedAt, bound: false };
     }
     const attempt = await this.lockout.reserveShared(who, source, key);
@@ -192,19 +212,25 @@ export class Authenticator {
       if (this.lockout.knownBad(who, key)) return { refusal: 'bad-credentials' };
       const known = this.cache.negative.fresh(key);
       if (known) return { refusal: known.reason };
-      const verdict = await this.orStale<PasswordVerdict>(trace, () => {
-        const old = this.cache.auth.stale(key);
-        return old ? { refusal: null, verifiedAt: old.verifiedAt, bound: false } : undefined;
-      }, async () => {
-        const check = await this.cache.coalesce(`password\0${key}`, () => this.deps.directory.verifyPassword(account, password));
-        if (check.ok) {
-          const verifiedAt = this.now();
-          this.cache.auth.set(key, { account, verifiedAt });
-          return { refusal: null, verifiedAt, bound: true };
-        }
-        this.cache.negative.set(key, { reason: check.reason });
-        return { refusal: check.reason };
-      });
+      const verdict = await this.orStale<PasswordVerdict>(
+        trace,
+        () => {
+          const old = this.cache.auth.stale(key);
+          return old ? { refusal: null, verifiedAt: old.verifiedAt, bound: false } : undefined;
+        },
+        async () => {
+          const check = await this.cache.coalesce(`password\0${key}`, () =>
+            this.deps.directory.verifyPassword(account, password),
+          );
+          if (check.ok) {
+            const verifiedAt = this.now();
+            this.cache.auth.set(key, { account, verifiedAt });
+            return { refusal: null, verifiedAt, bound: true };
+          }
+          this.cache.negative.set(key, { reason: check.reason });
+          return { refusal: check.reason };
+        },
+      );
       if (verdict.refusal === 'bad-credentials') this.lockout.failure(who, source, key);
       return verdict;
     } finally {
@@ -217,29 +243,41 @@ export class Authenticator {
     const key = accountKey(logon);
     const cached = this.cache.accounts.fresh(key);
     if (cached) return cached.account;
-    return this.orStale(trace, () => this.cache.accounts.stale(key)?.account, async () => {
-      const account = await this.cache.coalesce(`account\0${key}`, () => this.deps.directory.findAccount(logon));
-      this.cache.accounts.set(key, { account });
-      return account;
-    });
+    return this.orStale(
+      trace,
+      () => this.cache.accounts.stale(key)?.account,
+      async () => {
+        const account = await this.cache.coalesce(`account\0${key}`, () => this.deps.directory.findAccount(logon));
+        this.cache.accounts.set(key, { account });
+        return account;
+      },
+    );
   }
 
   /** The account's state, password age and policy-relevant groups, refreshed every groupTtlSeconds. */
-  private async standing(account: Account, req: Pick<AuthRequest, 'groupDns' | 'policyVersion'>, trace: Trace): Promise<Standing> {
+  private async standing(
+    account: Account,
+    req: Pick<AuthRequest, 'groupDns' | 'policyVersion'>,
+    trace: Trace,
+  ): Promise<Standing> {
     const key = `${req.policyVersion}\0${dnKey(account.dn)}`;
     const cached = this.cache.standing.fresh(key);
     if (cached) return cached;
-    return this.orStale(trace, () => this.cache.standing.stale(key), async () => {
-      const standing = await this.cache.coalesce(`standing\0${key}`, async () => {
-        const [status, groups] = await Promise.all([
-          this.deps.directory.accountStatus(account),
-          this.deps.directory.memberships(account, req.groupDns),
-        ]);
-        return { refusal: status.refusal, passwordSetAt: status.passwordSetAt, groups };
-      });
-      this.cache.standing.set(key, standing);
-      return standing;
-    });
+    return this.orStale(
+      trace,
+      () => this.cache.standing.stale(key),
+      async () => {
+        const standing = await this.cache.coalesce(`standing\0${key}`, async () => {
+          const [status, groups] = await Promise.all([
+            this.deps.directory.accountStatus(account),
+            this.deps.directory.memberships(account, req.groupDns),
+          ]);
+          return { refusal: status.refusal, passwordSetAt: status.passwordSetAt, groups };
+        });
+        this.cache.standing.set(key, standing);
+        return standing;
+      },
+    );
   }
 
   /**

@@ -79,7 +79,7 @@ const UPN_FORBIDDEN = /[\\"()*\x00-\x1f\x7f\s]/;
 export function parseLogon(name: string, domain: LogonDomain): Logon {
   const display = name.length > MAX_NAME ? name.slice(0, MAX_NAME) + '…' : name;
   if (name.length === 0 || name.length > MAX_NAME) return refused(display, 'empty or overlong name');
-  if (name !== name.trim()) return refused(display, 'leading or trailing space');   // AD would ignore it
+  if (name !== name.trim()) return refused(display, 'leading or trailing space'); // AD would ignore it
   const backslash = name.indexOf('\\');
   if (backslash >= 0) {
     const netbios = name.slice(0, backslash);

@@ -53,7 +53,12 @@ export interface Verified {
 class FreshCache<T extends object> {
   readonly #lru: LRUCache<string, Entry<T>> | null;
 
-  constructor(max: number, private readonly ttlMs: number, private readonly staleMs: number, private readonly now: () => number) {
+  constructor(
+    max: number,
+    private readonly ttlMs: number,
+    private readonly staleMs: number,
+    private readonly now: () => number,
+  ) {
     this.#lru = ttlMs > 0 ? new LRUCache({ max, ttl: ttlMs + staleMs }) : null;
   }
 
@@ -107,7 +112,12 @@ export class DecisionCache {
   /** HMAC(process secret, length-prefixed user, password), hex: the only form credentials take in
    * memory. The length prefix keeps `(a\0b, c)` and `(a, b\0c)` apart. */
   credentialKey(user: string, password: string): string {
-    return createHmac('sha256', this.#secret).update(`${Buffer.byteLength(user)}:`).update(user).update('\0').update(password).digest('hex');
+    return createHmac('sha256', this.#secret)
+      .update(`${Buffer.byteLength(user)}:`)
+      .update(user)
+      .update('\0')
+      .update(password)
+      .digest('hex');
   }
 
   /** Runs `fn` once for concurrent callers with the same key; all get its result. */

@@ -67,7 +67,10 @@ export class BasicFrontEnd implements AuthFrontEnd {
 
   authenticate(req: FrontEndRequest, ctx: FrontEndContext): Promise<AuthOutcome> {
     return authenticateBasic(ctx.authenticator, req.header, {
-      source: req.socket.remoteAddress ?? '', groupDns: ctx.policy.groupDns, policyVersion: ctx.policy.version, connection: req.socket,
+      source: req.socket.remoteAddress ?? '',
+      groupDns: ctx.policy.groupDns,
+      policyVersion: ctx.policy.version,
+      connection: req.socket,
     });
   }
 
@@ -83,7 +86,8 @@ export class BasicFrontEnd implements AuthFrontEnd {
 
 /** The Basic front-end's question to the Authenticator: the header parsed, then name and password verified. */
 export async function authenticateBasic(
-  authenticator: Authenticator, header: string | undefined,
+  authenticator: Authenticator,
+  header: string | undefined,
   req: { source: string; groupDns: readonly string[]; policyVersion: string; connection?: object },
 ): Promise<AuthOutcome> {
   const credential = parseBasic(header);
@@ -91,8 +95,12 @@ export async function authenticateBasic(
     const detail = header === undefined ? undefined : foreignScheme(header);
     return { ok: false, reason: 'no-credentials', user: null, cache: null, ...(detail ? { detail } : {}) };
   }
-  if (credential === 'malformed') return { ok: false, reason: 'bad-credentials', user: null, cache: null, detail: 'malformed Basic header' };
-  return authenticator.verify(credential.user, credential.password, { ...req, ...(header !== undefined ? { proof: header } : {}) });
+  if (credential === 'malformed')
+    return { ok: false, reason: 'bad-credentials', user: null, cache: null, detail: 'malformed Basic header' };
+  return authenticator.verify(credential.user, credential.password, {
+    ...req,
+    ...(header !== undefined ? { proof: header } : {}),
+  });
 }
 
 /**
@@ -106,14 +114,31 @@ export class NtlmFrontEnd implements AuthFrontEnd {
   authenticate(req: FrontEndRequest, ctx: FrontEndContext): Promise<FrontEndOutcome> {
     const token = readNtlmHeader(req.header);
     if (req.header !== undefined && token === null) {
-      return Promise.resolve({ ok: false, reason: 'bad-credentials', user: null, cache: null, detail: 'an Authorization scheme this service does not take' });
+      return Promise.resolve({
+        ok: false,
+        reason: 'bad-credentials',
+        user: null,
+        cache: null,
+        detail: 'an Authorization scheme this service does not take',
+      });
     }
     if (token !== null && token !== 'malformed' && token.type !== 'kerberos' && !ntlmEndpoint(req)) {
-      return Promise.resolve({ ok: false, reason: 'bad-credentials', user: null, cache: null, detail: 'NTLM is taken on the canonical endpoints only' });
+      return Promise.resolve({
+        ok: false,
+        reason: 'bad-credentials',
+        user: null,
+        cache: null,
+        detail: 'NTLM is taken on the canonical endpoints only',
+      });
     }
     return authenticateNtlm(req.socket, token, {
-      authenticator: ctx.authenticator, upstream: ctx.upstream, domain: ctx.domain, dnsDomains: ctx.dnsDomains,
-      source: req.socket.remoteAddress ?? '', groupDns: ctx.policy.groupDns, policyVersion: ctx.policy.version,
+      authenticator: ctx.authenticator,
+      upstream: ctx.upstream,
+      domain: ctx.domain,
+      dnsDomains: ctx.dnsDomains,
+      source: req.socket.remoteAddress ?? '',
+      groupDns: ctx.policy.groupDns,
+      policyVersion: ctx.policy.version,
     });
   }
 
@@ -139,8 +164,11 @@ export class NtlmFrontEnd implements AuthFrontEnd {
  */
 export class EitherFrontEnd implements AuthFrontEnd {
   readonly challenges: readonly string[];
-  constructor(private readonly basic: BasicFrontEnd, private readonly ntlm: NtlmFrontEnd) {
-    this.challenges = [...ntlm.challenges, ...basic.challenges];     // NTLM first: Windows clients prefer it
+  constructor(
+    private readonly basic: BasicFrontEnd,
+    private readonly ntlm: NtlmFrontEnd,
+  ) {
+    this.challenges = [...ntlm.challenges, ...basic.challenges]; // NTLM first: Windows clients prefer it
   }
 
   authenticate(req: FrontEndRequest, ctx: FrontEndContext): Promise<FrontEndOutcome> {
@@ -157,7 +185,10 @@ export class EitherFrontEnd implements AuthFrontEnd {
 }
 
 /** The account an Authorization header names (Basic or NTLM), never verified: for the record of a refusal. */
-export function claimedUser(header: string | undefined, ctx: Pick<FrontEndContext, 'domain' | 'dnsDomains'>): string | null {
+export function claimedUser(
+  header: string | undefined,
+  ctx: Pick<FrontEndContext, 'domain' | 'dnsDomains'>,
+): string | null {
   return CLAIMS.claimedUser(header, ctx);
 }
 const CLAIMS = new EitherFrontEnd(new BasicFrontEnd('exgate'), new NtlmFrontEnd());
@@ -175,7 +206,12 @@ function ntlmEndpoint(route: { path: string; query: string }): boolean {
   return NTLM_PATHS.has(route.path) || OAB_FILE.test(route.path);
 }
 const NTLM_PATHS: ReadonlySet<string> = new Set([
-  '/mapi/emsmdb', '/mapi/emsmdb/', '/mapi/nspi', '/mapi/nspi/', '/ews/exchange.asmx', '/autodiscover/autodiscover.xml',
+  '/mapi/emsmdb',
+  '/mapi/emsmdb/',
+  '/mapi/nspi',
+  '/mapi/nspi/',
+  '/ews/exchange.asmx',
+  '/autodiscover/autodiscover.xml',
 ]);
 const OAB_FILE = /^\/oab\/[0-9a-f-]{36}\/[a-z0-9._-]+$/;
 

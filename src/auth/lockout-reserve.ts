@@ -78,8 +78,13 @@ export class InFlight {
   }
 
   /** The same for the per-address limits (`settled`: the address's failures since `since`). */
-  sourceRoom(src: string, settled: SourceState | undefined, account: string, since: number,
-    limits: { readonly sourceAccounts: number; readonly sourceFailures: number }): boolean {
+  sourceRoom(
+    src: string,
+    settled: SourceState | undefined,
+    account: string,
+    since: number,
+    limits: { readonly sourceAccounts: number; readonly sourceFailures: number },
+  ): boolean {
     const pending = this.#bySource.get(src);
     if (!pending) return true;
     const accounts = union(settled?.accounts, pending.accounts, since) + (pending.accounts.has(account) ? 0 : 1);
@@ -92,8 +97,13 @@ export class InFlight {
    * address settles; then `reserve`. Beyond `maxWaiting` waiting attempts of one account, or after
    * `waitMs`: 'busy'.
    */
-  async acquire(account: string, src: string, limits: { readonly waitMs?: number; readonly maxWaiting?: number },
-    admit: () => LockoutVerdict | 'wait', reserve: () => Attempt): Promise<Attempt> {
+  async acquire(
+    account: string,
+    src: string,
+    limits: { readonly waitMs?: number; readonly maxWaiting?: number },
+    admit: () => LockoutVerdict | 'wait',
+    reserve: () => Attempt,
+  ): Promise<Attempt> {
     const deadline = Date.now() + (limits.waitMs ?? 10_000);
     for (;;) {
       const verdict = admit();
@@ -133,7 +143,9 @@ export class InFlight {
 
 /** Distinct keys seen after `since` in either map. */
 export function union(
-  a: ReadonlyMap<string, number> | undefined, b: ReadonlyMap<string, number> | undefined, since: number,
+  a: ReadonlyMap<string, number> | undefined,
+  b: ReadonlyMap<string, number> | undefined,
+  since: number,
 ): number {
   let n = 0;
   if (a) for (const t of a.values()) if (t > since) n++;

@@ -22,14 +22,15 @@
  * State is bounded (LRU, `max`), survives a reload (`reconfigure`) and is shared on the state bus
  * (`connect`): members `apply` what the others saw; the bus's authority reserves (lockout-reserve.ts).
  */
-import { isIPv6 } from 'node:net';
 import { LRUCache } from 'lru-cache';
-import { InFlight, prune, union, type Attempt, type LockoutSettings, type LockoutVerdict, type Seen, type SourceState } from './lockout-reserve.js';
+import { InFlight, prune, union } from './lockout-reserve.js';
+import { sourceKey } from './source-key.js';
+import type { Attempt, LockoutSettings, LockoutVerdict, Seen, SourceState } from './lockout-reserve.js';
 import type { LockoutEvent, StateBus } from '../state/bus.js';
 
 export type { Attempt, LockoutSettings, LockoutVerdict } from './lockout-reserve.js';
 export type { LockoutEvent } from '../state/bus.js';
-
+export { sourceKey } from './source-key.js';
 
 /** One source class of one account: the wrong passwords that caused binds, since the last reset. */
 interface Counter {
@@ -60,7 +61,10 @@ export class Lockout {
   readonly #names: LRUCache<string, string>;
   readonly #inFlight = new InFlight();
 
-  constructor(settings: LockoutSettings, private readonly now: () => number = Date.now) {
+  constructor(
+    settings: LockoutSettings,
+    private readonly now: () => number = Date.now,
+  ) {
     this.#settings = settings;
     this.#accounts = new LRUCache({ max: settings.max });
     this.#sources = new LRUCache({ max: settings.max });
@@ -76,10 +80,14 @@ export class Lockout {
   /** Shares this lockout on `bus`, once (state.ts, with the first state): it survives reloads. */
   connect(bus: StateBus): void {
     this.#bus = bus;
-    bus.subscribe((e) => { if (e.kind === 'lockout') this.apply(e.event); });
+    bus.subscribe((e) => {
+      if (e.kind === 'lockout') this.apply(e.event);
+    });
   }
 
-  get settings(): LockoutSettings { return this.#settings; }
+  get settings(): LockoutSettings {
+    return this.#settings;
+  }
 
   /** New settings, same memory: a reload must not forgive an attacker. */
   reconfigure(settings: LockoutSettings): void {
@@ -98,7 +106,7 @@ export class Lockout {
 
   /** The wrong passwords that count against a class now (none when it is quiet for a window). */
   private settled(account: string, familiar: boolean): ReadonlyMap<string, number> {
-    const state = this.#accounts.get(account);           // a read: never creates (nor evicts) state
+    const state = this.#accounts.get(account); // a read: never creates (nor evicts) state
     return state && state.last > this.since() ? (familiar ? state.familiar : state.unfamiliar).failures : EMPTY;
   }
 
@@ -123,8 +131,13 @@ export class Lockout {
    * waiting attempts of one account, or after `waitMs`: 'busy'.
    */
   acquire(account: string, source: string, fingerprint: string): Promise<Attempt> {
-    return this.#inFlight.acquire(account, sourceKey(source), this.#settings, () => this.admit(account, source, fingerprint),
-      () => this.reserve(account, source, fingerprint));
+    return this.#inFlight.acquire(
+      account,
+      sourceKey(source),
+      this.#settings,
+      () => this.admit(account, source, fingerprint),
+      () => this.reserve(account, source, fingerprint),
+    );
   }
 
   /**
@@ -138,8 +151,10 @@ export class Lockout {
     const src = sourceKey(source);
     const familiar = this.familiarKey(account, src);
     const cls = classKey(account, familiar);
-    if (!this.#inFlight.classRoom(cls, this.settled(account, familiar), fingerprint, this.#settings.threshold)) return 'wait';
-    const room = familiar || this.#inFlight.sourceRoom(src, this.#sources.get(src), account, this.since(), this.#settings);
+    if (!this.#inFlight.classRoom(cls, this.settled(account, familiar), fingerprint, this.#settings.threshold))
+      return 'wait';
+    const room =
+      familiar || this.#inFlight.sourceRoom(src, this.#sources.get(src), account, this.since(), this.#settings);
     return room ? 'open' : 'wait';
   }
 
@@ -148,7 +163,13 @@ export class Lockout {
     const verdict = this.check(account, source);
     if (verdict !== 'open') return { verdict, release: () => {} };
     const src = sourceKey(source);
-    const release = this.#inFlight.add(classKey(account, this.familiarKey(account, src)), src, account, fingerprint, this.now());
+    const release = this.#inFlight.add(
+      classKey(account, this.familiarKey(account, src)),
+      src,
+      account,
+      fingerprint,
+      this.now(),
+    );
     return { verdict, release };
   }
 
@@ -233,13 +254,16 @@ export class Lockout {
     const s = this.#sources.get(src);
     if (s === undefined) return false;
     const since = this.since();
-    return union(s.accounts, undefined, since) >= this.#settings.sourceAccounts ||
-      union(s.failures, undefined, since) >= this.#settings.sourceFailures;
+    return (
+      union(s.accounts, undefined, since) >= this.#settings.sourceAccounts ||
+      union(s.failures, undefined, since) >= this.#settings.sourceFailures
+    );
   }
 
   private counter(account: string, familiar: boolean): Counter {
     const state = this.state(account);
-    if (state.last <= this.since()) {                       // the account quiet for a whole window: reset, as AD does
+    if (state.last <= this.since()) {
+      // the account quiet for a whole window: reset, as AD does
       state.familiar.failures.clear();
       state.unfamiliar.failures.clear();
     }
@@ -249,7 +273,12 @@ export class Lockout {
   private state(account: string): AccountState {
     let s = this.#accounts.get(account);
     if (!s) {
-      s = { last: 0, familiar: { failures: new Map(), last: 0 }, unfamiliar: { failures: new Map(), last: 0 }, sources: new Map() };
+      s = {
+        last: 0,
+        familiar: { failures: new Map(), last: 0 },
+        unfamiliar: { failures: new Map(), last: 0 },
+        sources: new Map(),
+      };
       this.#accounts.set(account, s);
     }
     return s;
@@ -258,19 +287,6 @@ export class Lockout {
   private since(): number {
     return this.now() - this.#settings.windowSeconds * 1000;
   }
-}
-
-/** The key an address is tracked by: IPv4 as is (also IPv4-mapped IPv6), IPv6 by its /64. */
-export function sourceKey(address: string): string {
-  if (!address.includes(':')) return address;      // IPv4: the common case, no work
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped) return mapped[1] as string;
-  if (!isIPv6(address)) return address;
-  const [head = '', tail = ''] = address.toLowerCase().split('::');
-  const left = head ? head.split(':') : [];
-  const right = tail ? tail.split(':') : [];
-  const full = [...left, ...Array(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right];
-  return `${full.slice(0, 4).map((h) => h.padStart(4, '0')).join(':')}::/64`;
 }
 
 function classKey(account: string, familiar: boolean): string {

@@ -22,14 +22,23 @@ import type { Upstream } from '../upstream/upstream.js';
 
 /** What one NTLM step allows: forward with an identity, forward a handshake leg, or refuse. */
 export type NtlmOutcome =
-  | { readonly ok: true; readonly identity: Identity; readonly cache: CacheUse; readonly onStatus?: (status: number | null) => void }
+  | {
+      readonly ok: true;
+      readonly identity: Identity;
+      readonly cache: CacheUse;
+      readonly onStatus?: (status: number | null) => void;
+    }
   | { readonly ok: true; readonly identity: null; readonly cache: null; readonly detail: string }
   | Extract<AuthOutcome, { ok: false }>
   | Malformed;
 
 /** A token that is not strict NTLMSSP/SPNEGO: 400, never forwarded (INTERFACE.md: malformed request). */
 type Malformed = {
-  readonly ok: false; readonly reason: 'bad-request'; readonly user: null; readonly cache: null; readonly detail: string;
+  readonly ok: false;
+  readonly reason: 'bad-request';
+  readonly user: null;
+  readonly cache: null;
+  readonly detail: string;
   readonly status?: number;
 };
 
@@ -45,32 +54,44 @@ export interface NtlmContext {
 }
 
 /** One NTLM step on a client connection. `token` is the parsed Authorization header. */
-export async function authenticateNtlm(socket: Socket, token: NtlmToken | 'malformed' | null, ctx: NtlmContext): Promise<NtlmOutcome> {
+export async function authenticateNtlm(
+  socket: Socket,
+  token: NtlmToken | 'malformed' | null,
+  ctx: NtlmContext,
+): Promise<NtlmOutcome> {
   const request = { source: ctx.source, groupDns: ctx.groupDns, policyVersion: ctx.policyVersion };
-  if (token === null) {                          // no Authorization at all (gateway.ts sees to that)
+  if (token === null) {
+    // no Authorization at all (gateway.ts sees to that)
     const account = ctx.upstream.session(socket);
     if (!account) return refuse('no-credentials', null, null);
     return ctx.authenticator.refresh(account, request);
   }
   if (token === 'malformed') return malformed('malformed NTLM or Negotiate token (not strict NTLMSSP or SPNEGO DER)');
-  if (token.type === 'kerberos') return refuse('no-credentials', null, 'Kerberos hides the user from the gateway; NTLM is offered instead');
+  if (token.type === 'kerberos')
+    return refuse('no-credentials', null, 'Kerberos hides the user from the gateway; NTLM is offered instead');
   if (token.type === 2) return refuse('bad-credentials', null, 'an NTLM challenge sent by the client');
   if (token.type === 1) {
     if (ctx.authenticator.lockout.check(null, ctx.source) === 'source-blocked') {
       return { ...refuse('gateway-lockout', null, 'source address failed for too many accounts'), status: 429 };
     }
-    ctx.upstream.setSession(socket, null);     // a new handshake: whoever was signed in here is not any more
+    ctx.upstream.setSession(socket, null); // a new handshake: whoever was signed in here is not any more
     return { ok: true, identity: null, cache: null, detail: 'NTLM negotiate (Type 1) forwarded for the challenge' };
   }
   const claim = parseType3(token.message);
   if (!claim) return malformed('malformed NTLM authenticate message');
   if (!claim.unicode) return refuse('bad-credentials', null, 'NTLM without Unicode names');
   if (claim.anonymous) return refuse('bad-credentials', null, 'anonymous NTLM logon');
-  const outcome = await ctx.authenticator.claim({ ...request, logon: logonOf(claim, ctx), fingerprint: claim.responseDigest.toString('hex') });
+  const outcome = await ctx.authenticator.claim({
+    ...request,
+    logon: logonOf(claim, ctx),
+    fingerprint: claim.responseDigest.toString('hex'),
+  });
   if (!outcome.ok) return outcome;
   ctx.upstream.setSession(socket, null);
   return {
-    ok: true, identity: outcome.identity, cache: outcome.cache,
+    ok: true,
+    identity: outcome.identity,
+    cache: outcome.cache,
     // null: never forwarded (refused by policy, client gone first). Forwarded, only a 2xx is
     // Exchange accepting the Type 3: IIS answers 404s, redirects and anonymous pages before
     // authenticating, and a client that leaves before the verdict counts as a failure.
@@ -90,7 +111,9 @@ export async function authenticateNtlm(socket: Socket, token: NtlmToken | 'malfo
 export function logonOf(claim: Type3Claim, ctx: Pick<NtlmContext, 'domain' | 'dnsDomains'>): Logon {
   const domain = claim.domain.toLowerCase();
   if (domain === '') {
-    return claim.user.includes('@') ? parseLogon(claim.user, ctx.domain) : { kind: 'refused', display: claim.user, why: 'NTLM user without a domain' };
+    return claim.user.includes('@')
+      ? parseLogon(claim.user, ctx.domain)
+      : { kind: 'refused', display: claim.user, why: 'NTLM user without a domain' };
   }
   if (domain === ctx.domain.netbios.toLowerCase() || ctx.dnsDomains.has(domain)) {
     return parseLogon(`${ctx.domain.netbios}\\${claim.user}`, ctx.domain);
@@ -98,7 +121,11 @@ export function logonOf(claim: Type3Claim, ctx: Pick<NtlmContext, 'domain' | 'dn
   return { kind: 'refused', display: `${claim.domain}\\${claim.user}`, why: 'not our domain' };
 }
 
-function refuse(reason: Extract<AuthOutcome, { ok: false }>['reason'], user: string | null, detail: string | null): Extract<AuthOutcome, { ok: false }> {
+function refuse(
+  reason: Extract<AuthOutcome, { ok: false }>['reason'],
+  user: string | null,
+  detail: string | null,
+): Extract<AuthOutcome, { ok: false }> {
   return detail === null ? { ok: false, reason, user, cache: null } : { ok: false, reason, user, cache: null, detail };
 }
 

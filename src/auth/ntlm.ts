@@ -88,8 +88,13 @@ export function parseType3(msg: Buffer): Type3Claim | null {
   if (!unicode && (flags & NTLMSSP_NEGOTIATE_OEM) === 0) return null;
   const spans = FIELD_AT.map((at) => span(msg, at));
   if (!spans.every((f): f is Span => f !== null) || overlapping(spans)) return null;
-  const [lm, nt, domain, user, workstation] = spans.map((f) => msg.subarray(f.start, f.end)) as
-    [Buffer, Buffer, Buffer, Buffer, Buffer];
+  const [lm, nt, domain, user, workstation] = spans.map((f) => msg.subarray(f.start, f.end)) as [
+    Buffer,
+    Buffer,
+    Buffer,
+    Buffer,
+    Buffer,
+  ];
   // The response the DC will check: the NT response, else (LMv2 alone verifies, MS-NLMP 3.2.5.1.2) the LM one.
   const proof = nt.length >= 16 ? nt : lm.length >= 16 ? lm : null;
   const text = (b: Buffer): string | null => {
@@ -104,7 +109,11 @@ export function parseType3(msg: Buffer): Type3Claim | null {
   const anonymous = u === '' && nt.length === 0;
   if (!anonymous && proof === null) return null; // a named logon with nothing to verify
   return {
-    domain: d, user: u, workstation: w, anonymous, unicode,
+    domain: d,
+    user: u,
+    workstation: w,
+    anonymous,
+    unicode,
     responseDigest: Buffer.from(proof ? proof.subarray(0, 16) : Buffer.alloc(0)),
   };
 }

@@ -36,15 +36,23 @@ export async function domainProblems(settings: LdapSettings, at: Locate): Promis
 function namingProblems(settings: LdapSettings, info: DomainInfo, at: Locate): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   if (info.netbios && info.netbios.toUpperCase() !== settings.netbiosDomain.toUpperCase()) {
-    problems.push(at(['directory', 'netbiosDomain'],
-      `${settings.netbiosDomain} is not the domain's NetBIOS name: AD says ${info.netbios} ` +
-      `(nETBIOSName of ${info.domainDn} in CN=Partitions); DOMAIN\\user sign-ins would all be refused`));
+    problems.push(
+      at(
+        ['directory', 'netbiosDomain'],
+        `${settings.netbiosDomain} is not the domain's NetBIOS name: AD says ${info.netbios} ` +
+          `(nETBIOSName of ${info.domainDn} in CN=Partitions); DOMAIN\\user sign-ins would all be refused`,
+      ),
+    );
   }
   for (const [i, suffix] of settings.upnSuffixes.entries()) {
     if (info.upnSuffixes.includes(suffix.toLowerCase().replace(/\.$/, ''))) continue;
-    problems.push(at(['directory', 'upnSuffixes', i],
-      `${suffix} is not a UPN suffix AD knows; AD knows: ${info.upnSuffixes.join(', ')} ` +
-      '(add it in Active Directory Domains and Trusts, or remove it here)'));
+    problems.push(
+      at(
+        ['directory', 'upnSuffixes', i],
+        `${suffix} is not a UPN suffix AD knows; AD knows: ${info.upnSuffixes.join(', ')} ` +
+          '(add it in Active Directory Domains and Trusts, or remove it here)',
+      ),
+    );
   }
   return problems;
 }

@@ -5,7 +5,7 @@
  * (systemd's own sandbox, e.g. ProtectSystem=strict, is not modelled: LogsDirectory covers the log.)
  */
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -18,8 +18,9 @@ import type { Locate } from './check-upstream.js';
 const run = promisify(execFile);
 
 /** The unit the shipped deploy/exgate.service installs as; its User= is the default user. */
-const UNIT_FILES = ['/etc/systemd/system', '/usr/lib/systemd/system', '/lib/systemd/system']
-  .map((d) => `${d}/exgate.service`);
+const UNIT_FILES = ['/etc/systemd/system', '/usr/lib/systemd/system', '/lib/systemd/system'].map(
+  (d) => `${d}/exgate.service`,
+);
 
 /** A file the gateway needs, the key that names it, and whether it reads or writes it. */
 export interface FileNeed {
@@ -55,7 +56,7 @@ export function filesOf(config: Config): FileNeed[] {
 /** The log as this process sees it: log.access, when a file, can be appended to (or created). */
 export function logProblems(config: Config, at: Locate): ConfigProblem[] {
   if (config.log.access === 'stdout') return [];
-  const why = appendProblem(config.log.access);            // what serve's start-up refuses too
+  const why = appendProblem(config.log.access); // what serve's start-up refuses too
   return why === null ? [] : [at(['log', 'access'], `cannot open ${config.log.access}: ${why}`)];
 }
 
@@ -70,11 +71,15 @@ export function serviceUser(asUser: string | undefined): string | null {
   for (const unit of UNIT_FILES) {
     if (!existsSync(unit)) continue;
     const dir = `${unit}.d`;
-    const dropIns = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.conf')).sort() : [];
+    const dropIns = existsSync(dir)
+      ? readdirSync(dir)
+          .filter((f) => f.endsWith('.conf'))
+          .sort()
+      : [];
     for (const f of [unit, ...dropIns.map((d) => join(dir, d))]) {
       for (const m of readFileSync(f, 'utf8').matchAll(/^\s*User\s*=\s*(\S*)\s*$/gm)) user = m[1] || null;
     }
-    break;                                           // the first unit found is the one systemd loads
+    break; // the first unit found is the one systemd loads
   }
   return user;
 }

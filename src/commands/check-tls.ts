@@ -17,15 +17,17 @@ export function missingIntermediate(file: string): string | null {
   try {
     certs = (readFileSync(file, 'utf8').match(PEM_CERTIFICATE) ?? []).map((pem) => new X509Certificate(pem));
   } catch {
-    return null;                                     // unreadable or not PEM: loadTlsMaterial says so
+    return null; // unreadable or not PEM: loadTlsMaterial says so
   }
   const [leaf, ...rest] = certs;
   if (!leaf) return null;
-  if (leaf.subject === leaf.issuer && leaf.verify(leaf.publicKey)) return null;   // self-signed: nothing to chain to
+  if (leaf.subject === leaf.issuer && leaf.verify(leaf.publicKey)) return null; // self-signed: nothing to chain to
   if (rest.some((c) => leaf.checkIssued(c) && leaf.verify(c.publicKey))) return null;
-  return `the chain has no intermediate: ${file} holds the certificate of ${cn(leaf.subject)} issued by ` +
+  return (
+    `the chain has no intermediate: ${file} holds the certificate of ${cn(leaf.subject)} issued by ` +
     `${cn(leaf.issuer)}, but not ${cn(leaf.issuer)}'s certificate; clients that lack it (many phones) will refuse ` +
-    'the gateway. Append the intermediate certificate(s) after the server certificate';
+    'the gateway. Append the intermediate certificate(s) after the server certificate'
+  );
 }
 
 function cn(name: string): string {

@@ -14,8 +14,12 @@ export type Locate = (path: readonly (string | number)[], message: string) => Co
 
 /** Trust failures of OpenSSL's verification (X509_V_ERR_*) that a CA file fixes. */
 const UNTRUSTED = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_UNTRUSTED',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
 ]);
 
 export interface UpstreamResult {
@@ -43,8 +47,12 @@ export async function probeUpstream(upstream: Config['upstream'], at: Locate): P
     const problems = socket instanceof TLSSocket ? certificateProblems(socket, upstream, at) : [];
     if (problems.length > 0) return { problems, note: '' };
     const status = await firstStatus(socket, upstream.servername, upstream.connectTimeoutMs);
-    const trust = url.protocol !== 'https:' ? 'plain HTTP'
-      : upstream.insecureSkipVerify ? 'certificate NOT verified (insecureSkipVerify)' : 'certificate verified';
+    const trust =
+      url.protocol !== 'https:'
+        ? 'plain HTTP'
+        : upstream.insecureSkipVerify
+          ? 'certificate NOT verified (insecureSkipVerify)'
+          : 'certificate verified';
     return { problems: [], note: `${url.origin} as ${upstream.servername}, ${trust}, HTTP ${status}` };
   } catch (err) {
     return failed(`${url.origin} did not answer an HTTP request`, err);
@@ -60,11 +68,16 @@ function certificateProblems(socket: TLSSocket, upstream: Config['upstream'], at
   const code = socket.authorized ? '' : String((socket.authorizationError as unknown as string | null) ?? '');
   const issuer = cert.issuer?.CN ?? 'an unknown issuer';
   if (UNTRUSTED.has(code)) {
-    problems.push(at(['upstream', 'ca'], upstream.ca
-      ? `certificate not trusted — Exchange's certificate was issued by ${issuer}, which upstream.ca does ` +
-        `not hold; set upstream.ca to that CA (${code})`
-      : 'certificate not trusted — set upstream.ca to the CA that issued Exchange\'s certificate ' +
-        `(${issuer}) (${code})`));
+    problems.push(
+      at(
+        ['upstream', 'ca'],
+        upstream.ca
+          ? `certificate not trusted — Exchange's certificate was issued by ${issuer}, which upstream.ca does ` +
+              `not hold; set upstream.ca to that CA (${code})`
+          : "certificate not trusted — set upstream.ca to the CA that issued Exchange's certificate " +
+              `(${issuer}) (${code})`,
+      ),
+    );
   } else if (code === 'CERT_HAS_EXPIRED') {
     const expired = new Date(cert.valid_to).toISOString();
     problems.push(at(['upstream', 'url'], `Exchange's certificate expired on ${expired}`));
@@ -72,15 +85,22 @@ function certificateProblems(socket: TLSSocket, upstream: Config['upstream'], at
     problems.push(at(['upstream', 'url'], `Exchange's certificate is refused: ${code}`));
   }
   if (checkServerIdentity(upstream.servername, cert as PeerCertificate)) {
-    problems.push(at(['upstream', 'servername'],
-      `name mismatch — Exchange's certificate does not name ${upstream.servername}; ` +
-      `set upstream.servername to a name in Exchange's certificate: ${namesOf(cert)}`));
+    problems.push(
+      at(
+        ['upstream', 'servername'],
+        `name mismatch — Exchange's certificate does not name ${upstream.servername}; ` +
+          `set upstream.servername to a name in Exchange's certificate: ${namesOf(cert)}`,
+      ),
+    );
   }
   return problems;
 }
 
 function namesOf(cert: PeerCertificate): string {
-  const sans = (cert.subjectaltname ?? '').split(', ').map((s) => s.replace(/^(DNS|IP Address):/, '')).filter(Boolean);
+  const sans = (cert.subjectaltname ?? '')
+    .split(', ')
+    .map((s) => s.replace(/^(DNS|IP Address):/, ''))
+    .filter(Boolean);
   return sans.length > 0 ? sans.join(', ') : `${cert.subject?.CN ?? '(none)'} (subject CN only)`;
 }
 
@@ -88,17 +108,23 @@ function namesOf(cert: PeerCertificate): string {
 function tlsConnect(upstream: Config['upstream'], host: string, port: number): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     const socket = connectTls({
-      host, port,
+      host,
+      port,
       // SNI as forwarding sends it: the configured name, none for an IP address (RFC 6066 §3).
       ...(isIP(upstream.servername) ? {} : { servername: upstream.servername }),
       ...(upstream.ca ? { ca: upstream.ca } : {}),
       // Judged afterwards, each failure in its own words: the chain here, the name by certificateProblems.
       rejectUnauthorized: false,
       checkServerIdentity: () => undefined,
-      minVersion: 'TLSv1.2', ALPNProtocols: ['http/1.1'],
+      minVersion: 'TLSv1.2',
+      ALPNProtocols: ['http/1.1'],
     });
     bound(socket, upstream.connectTimeoutMs, reject);
-    socket.once('secureConnect', () => { socket.setTimeout(0); socket.removeAllListeners('error'); resolve(socket); });
+    socket.once('secureConnect', () => {
+      socket.setTimeout(0);
+      socket.removeAllListeners('error');
+      resolve(socket);
+    });
   });
 }
 
@@ -106,7 +132,11 @@ function tcpConnect(upstream: Config['upstream'], host: string, port: number): P
   return new Promise((resolve, reject) => {
     const socket = connectTcp({ host, port });
     bound(socket, upstream.connectTimeoutMs, reject);
-    socket.once('connect', () => { socket.setTimeout(0); socket.removeAllListeners('error'); resolve(socket); });
+    socket.once('connect', () => {
+      socket.setTimeout(0);
+      socket.removeAllListeners('error');
+      resolve(socket);
+    });
   });
 }
 
@@ -115,7 +145,10 @@ function bound(socket: Socket, timeoutMs: number, reject: (err: Error) => void):
     socket.destroy();
     reject(timedOut(`no answer within ${timeoutMs} ms (upstream.connectTimeoutMs)`));
   });
-  socket.once('error', (err) => { socket.destroy(); reject(err); });
+  socket.once('error', (err) => {
+    socket.destroy();
+    reject(err);
+  });
 }
 
 /** Sends Exchange's own health-check request and resolves with the status of the answer. */

@@ -9,7 +9,13 @@ import { dirname, resolve } from 'node:path';
 import { loadConfig, type Config } from '../config/load.js';
 import { keyPath, readYaml } from '../config/yaml.js';
 import type { Directory } from '../directory/directory.js';
-import { ConfigError, DirectoryUnavailableError, formatProblem, ServiceAccountRefusedError, type ConfigProblem } from '../errors.js';
+import {
+  ConfigError,
+  DirectoryUnavailableError,
+  formatProblem,
+  ServiceAccountRefusedError,
+  type ConfigProblem,
+} from '../errors.js';
 import { loadPolicy } from '../policy/compile.js';
 import { readPolicy } from '../policy/structure.js';
 import { logonDomain, openDirectory } from '../runtime/state.js';
@@ -92,13 +98,15 @@ export async function runChecks(file: string, opts: CheckOptions = {}): Promise<
   areas.add('certificate', certificateProblems(config), '', chain ? [at(['tls', 'cert'], chain)] : []);
   await directoryAndPolicy(config, areas, at, opts);
   if (opts.offline) areas.skip('upstream', '--offline');
-  else { const up = await probeUpstream(config.upstream, at); areas.add('upstream', up.problems, up.note); }
+  else {
+    const up = await probeUpstream(config.upstream, at);
+    areas.add('upstream', up.problems, up.note);
+  }
   areas.add('log', logProblems(config, at), config.log.access === 'stdout' ? 'stdout' : config.log.access);
   const user = serviceUser(opts.asUser);
   if (user === null) {
     areas.skip('permissions', 'no exgate.service unit names the service user; run with --as-user USER');
-  }
-  else areas.add('permissions', await permissionProblems(config, user, at), `as ${user}`);
+  } else areas.add('permissions', await permissionProblems(config, user, at), `as ${user}`);
   return areas;
 }
 
@@ -131,7 +139,11 @@ async function directoryAndPolicy(config: Config, areas: Areas, at: Locate, opts
   const without = (why: string, problems: readonly ConfigProblem[]) => {
     areas.add('directory', problems);
     areas.add('policy', policy.structure);
-    areas.skip('groups', why, policy.unresolved.map((p) => ({ ...p, message: `${p.message}: ${why}` })));
+    areas.skip(
+      'groups',
+      why,
+      policy.unresolved.map((p) => ({ ...p, message: `${p.message}: ${why}` })),
+    );
   };
   if (config.directory.type === 'ldap' && opts.offline) {
     // Asked for: the summary says so, and it is no problem.
@@ -151,12 +163,19 @@ async function directoryAndPolicy(config: Config, areas: Areas, at: Locate, opts
       await directory.ping();
     } catch (err) {
       const answered = err instanceof DirectoryUnavailableError && err.answered;
-      return without(answered ? 'the directory answered but cannot be used' : 'the directory is unreachable', asProblems(err, where));
+      return without(
+        answered ? 'the directory answered but cannot be used' : 'the directory is unreachable',
+        asProblems(err, where),
+      );
     }
-    const domain = config.directory.type === 'ldap'
-      ? await domainProblems(config.directory, at)
-        .catch((err: unknown) => ({ problems: asProblems(err, where), baseDnExists: true, note: '' }))
-      : { problems: [], baseDnExists: true, note: `file ${config.directory.path}` };
+    const domain =
+      config.directory.type === 'ldap'
+        ? await domainProblems(config.directory, at).catch((err: unknown) => ({
+            problems: asProblems(err, where),
+            baseDnExists: true,
+            note: '',
+          }))
+        : { problems: [], baseDnExists: true, note: `file ${config.directory.path}` };
     if (!domain.baseDnExists) return without('directory.baseDn does not exist', domain.problems);
     areas.add('directory', domain.problems, domain.note);
     areas.add('policy', policy.structure);
@@ -194,10 +213,10 @@ function policyBesideBrokenConfig(file: string, configProblems: readonly ConfigP
   try {
     yaml = readYaml(resolve(file));
   } catch {
-    return none;                                     // unreadable or not YAML: loadConfig said so
+    return none; // unreadable or not YAML: loadConfig said so
   }
   const named = (yaml.data as Record<string, unknown> | null)?.policyFile;
-  if (typeof named !== 'string' || named === '') return none;   // the schema problems say so
+  if (typeof named !== 'string' || named === '') return none; // the schema problems say so
   // Paths are relative to the folder of the file that names them (INTERFACE.md), as in loadConfig.
   const policyFile = resolve(dirname(yaml.file), named);
   if (!existsSync(policyFile)) {
@@ -218,7 +237,7 @@ function policyWithoutDirectory(policyFile: string): PolicyAlone {
     const unresolved = { file: policyFile, key: '', message: 'groups and users not resolved against the directory' };
     return { structure: [...problems], unresolved: [unresolved] };
   } catch (err) {
-    if (err instanceof ConfigError) return { structure: [...err.problems], unresolved: [] };   // unreadable or not YAML
+    if (err instanceof ConfigError) return { structure: [...err.problems], unresolved: [] }; // unreadable or not YAML
     throw err;
   }
 }

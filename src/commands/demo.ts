@@ -24,7 +24,10 @@ export async function demo(configFile = DEMO_CONFIG): Promise<number> {
   let upstreamUrl: URL;
   let directory: Config['directory'];
   try {
-    ({ upstream: { url: upstreamUrl }, directory } = loadConfig(configFile));
+    ({
+      upstream: { url: upstreamUrl },
+      directory,
+    } = loadConfig(configFile));
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(fatalText(err));
@@ -43,7 +46,9 @@ export async function demo(configFile = DEMO_CONFIG): Promise<number> {
     });
   } catch (err) {
     const why = systemErrorText(err);
-    process.stderr.write(`exgate: ${configFile}: upstream.url: cannot start the Exchange stand-in on ${upstreamUrl.host}: ${why}\n`);
+    process.stderr.write(
+      `exgate: ${configFile}: upstream.url: cannot start the Exchange stand-in on ${upstreamUrl.host}: ${why}\n`,
+    );
     return 1;
   }
   let running: RunningGateway;
@@ -58,7 +63,12 @@ export async function demo(configFile = DEMO_CONFIG): Promise<number> {
   const { port } = running.address;
   process.stderr.write(banner(port, standin.url));
   await new Promise<void>((resolve) => {
-    const stop = () => { void running.close().then(() => standin.close()).then(resolve); };
+    const stop = () => {
+      void running
+        .close()
+        .then(() => standin.close())
+        .then(resolve);
+    };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
   });

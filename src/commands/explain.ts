@@ -36,14 +36,27 @@ export interface Explanation {
   notes: string[];
 }
 
-export const EXPLAIN_USAGE = 'usage: exgate explain --config FILE --user NAME --service SVC [--name HOST] [--ip ADDR] [--json]';
+export const EXPLAIN_USAGE =
+  'usage: exgate explain --config FILE --user NAME --service SVC [--name HOST] [--ip ADDR] [--json]';
 
-export async function explain(argv: readonly string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+export async function explain(
+  argv: readonly string[],
+  out: NodeJS.WritableStream = process.stdout,
+  err: NodeJS.WritableStream = process.stderr,
+): Promise<number> {
   let args;
   try {
     args = parseArgs({
-      args: [...argv], strict: true,
-      options: { config: { type: 'string', short: 'c' }, user: { type: 'string' }, service: { type: 'string' }, name: { type: 'string' }, ip: { type: 'string' }, json: { type: 'boolean' } },
+      args: [...argv],
+      strict: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        user: { type: 'string' },
+        service: { type: 'string' },
+        name: { type: 'string' },
+        ip: { type: 'string' },
+        json: { type: 'boolean' },
+      },
     }).values;
   } catch (e) {
     err.write(`exgate explain: ${(e as Error).message}\n${EXPLAIN_USAGE}\n`);
@@ -52,7 +65,8 @@ export async function explain(argv: readonly string[], out: NodeJS.WritableStrea
   const service = args.service?.toLowerCase();
   if (!args.config || !args.user || !service) return usage(err, 'needs --config, --user and --service');
   if (!isService(service)) return usage(err, `unknown service ${args.service}`);
-  if (args.ip !== undefined && isIP(args.ip) === 0) return usage(err, `--ip ${JSON.stringify(args.ip)} is not an IPv4 or IPv6 address`);
+  if (args.ip !== undefined && isIP(args.ip) === 0)
+    return usage(err, `--ip ${JSON.stringify(args.ip)} is not an IPv4 or IPv6 address`);
   try {
     const answer = await decide(args.config, args.user, service, args.name, args.ip);
     out.write(args.json ? JSON.stringify(answer) + '\n' : text(answer));
@@ -77,7 +91,13 @@ function usage(err: NodeJS.WritableStream, why: string): number {
  * asking for credentials (a wrong name, a service denied to everyone): that refusal stays the
  * decision, but the answer still shows who the user is and what they belong to.
  */
-export async function decide(configFile: string, userName: string, service: Service, name?: string, ip?: string): Promise<Explanation> {
+export async function decide(
+  configFile: string,
+  userName: string,
+  service: Service,
+  name?: string,
+  ip?: string,
+): Promise<Explanation> {
   const config = loadConfig(configFile);
   const directory = openDirectory(config, { warn: () => {} });
   try {
@@ -86,14 +106,25 @@ export async function decide(configFile: string, userName: string, service: Serv
     const logon = parseLogon(userName, domain);
     const found = logon.kind === 'refused' ? null : await lookUp(directory, logon, policy);
     const answer: Explanation = {
-      decision: 'deny', reason: 'bad-credentials', rule: null, user: found?.account.user ?? logon.display,
-      groups: found?.groups ?? [], service, account: found?.account.dn ?? null,
-      rules: ruleMatches(service, found?.principal ?? null, policy)
-        .map(({ rule, matched }) => ({ id: rule.id, effect: rule.effect, matched })),
+      decision: 'deny',
+      reason: 'bad-credentials',
+      rule: null,
+      user: found?.account.user ?? logon.display,
+      groups: found?.groups ?? [],
+      service,
+      account: found?.account.dn ?? null,
+      rules: ruleMatches(service, found?.principal ?? null, policy).map(({ rule, matched }) => ({
+        id: rule.id,
+        effect: rule.effect,
+        matched,
+      })),
       notes: ip ? [`smart lockout state for ${ip} lives in the running gateway; not consulted here`] : [],
     };
-    const refused = (reason: Reason, note?: string): Explanation =>
-      ({ ...answer, reason, notes: note ? [...answer.notes, note] : answer.notes });
+    const refused = (reason: Reason, note?: string): Explanation => ({
+      ...answer,
+      reason,
+      notes: note ? [...answer.notes, note] : answer.notes,
+    });
 
     // In the order a request meets them: the name (421), the service (deny: all before
     // credentials), the logon, the account and its state, then the rules.
@@ -105,7 +136,11 @@ export async function decide(configFile: string, userName: string, service: Serv
     if (anonymous) {
       // The deciding rule matches whoever asks, a user who does not exist too.
       const shown = answer.rules.map((r) => (r.id === anonymous.rule ? { ...r, matched: true } : r));
-      return { ...refused(anonymous.reason, 'refused before credentials are asked'), rules: shown, rule: anonymous.rule };
+      return {
+        ...refused(anonymous.reason, 'refused before credentials are asked'),
+        rules: shown,
+        rule: anonymous.rule,
+      };
     }
     if (logon.kind === 'refused') return refused('bad-credentials', logon.why);
     if (!found) return refused('bad-credentials', 'no such account');
@@ -127,11 +162,17 @@ interface Found {
 }
 
 /** The account a logon names, its state and its groups; null when there is no such account. */
-async function lookUp(directory: Directory, logon: Logon & { kind: 'sam' | 'upn' }, policy: Policy): Promise<Found | null> {
+async function lookUp(
+  directory: Directory,
+  logon: Logon & { kind: 'sam' | 'upn' },
+  policy: Policy,
+): Promise<Found | null> {
   const account = await directory.findAccount(logon);
   if (!account) return null;
   const [status, groups, memberships] = await Promise.all([
-    directory.accountStatus(account), directory.groupsOf(account), directory.memberships(account, policy.groupDns),
+    directory.accountStatus(account),
+    directory.groupsOf(account),
+    directory.memberships(account, policy.groupDns),
   ]);
   const names = groups.map((g) => g.name).sort((a, b) => a.localeCompare(b));
   return { account, refusal: status.refusal, groups: names, principal: { dn: account.dn, groups: memberships } };
@@ -143,7 +184,9 @@ function text(a: Explanation): string {
     `service  ${a.service}`,
     `groups   ${a.groups.length > 0 ? a.groups.join(', ') : '(none)'}`,
     'rules',
-    ...(a.rules.length > 0 ? a.rules.map((r) => `  ${r.matched ? '✓' : '·'} ${r.effect.padEnd(5)} ${r.id}`) : ['  (no rule names this service)']),
+    ...(a.rules.length > 0
+      ? a.rules.map((r) => `  ${r.matched ? '✓' : '·'} ${r.effect.padEnd(5)} ${r.id}`)
+      : ['  (no rule names this service)']),
     `decision ${a.decision.toUpperCase()}  reason ${a.reason}${a.rule ? `  rule ${a.rule}` : ''}`,
     ...a.notes.map((n) => `note     ${n}`),
   ];

@@ -17,13 +17,22 @@ import { applyPlan, planSync, type SyncPlan } from '../mailbox-flags/sync.js';
 import { loadPolicy } from '../policy/compile.js';
 import { logonDomain, openDirectory } from '../runtime/state.js';
 
-export const MAILBOX_FLAGS_USAGE = 'usage: exgate mailbox-flags plan --config FILE [--json]\n       exgate mailbox-flags apply --config FILE [--force]';
+export const MAILBOX_FLAGS_USAGE =
+  'usage: exgate mailbox-flags plan --config FILE [--json]\n       exgate mailbox-flags apply --config FILE [--force]';
 
-export async function mailboxFlags(argv: readonly string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+export async function mailboxFlags(
+  argv: readonly string[],
+  out: NodeJS.WritableStream = process.stdout,
+  err: NodeJS.WritableStream = process.stderr,
+): Promise<number> {
   const [action, ...rest] = argv;
   let args;
   try {
-    args = parseArgs({ args: rest, strict: true, options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, force: { type: 'boolean' } } }).values;
+    args = parseArgs({
+      args: rest,
+      strict: true,
+      options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, force: { type: 'boolean' } },
+    }).values;
   } catch (e) {
     err.write(`exgate mailbox-flags: ${(e as Error).message}\n${MAILBOX_FLAGS_USAGE}\n`);
     return 2;
@@ -59,40 +68,63 @@ export async function mailboxFlags(argv: readonly string[], out: NodeJS.Writable
 
 function printPlan(planned: SyncPlan, limit: number, json: boolean, out: NodeJS.WritableStream): number {
   if (!planned.ok) {
-    out.write(json ? JSON.stringify({ changes: [], refusal: planned.refusal }) + '\n' : `refused: ${planned.refusal}\n`);
+    out.write(
+      json ? JSON.stringify({ changes: [], refusal: planned.refusal }) + '\n' : `refused: ${planned.refusal}\n`,
+    );
     return 1;
   }
   const { plan, share } = planned;
   if (json) {
-    out.write(JSON.stringify({
-      changes: plan.changes.map(({ identity, flag, from, to, reason }) => ({ identity, flag, from, to, reason })),
-      total: plan.total, blocked: plan.blocked, share, missing: plan.missing,
-      ...(planned.overShare ? { refusal: shareRefusal(plan.blocked, plan.total, limit) } : {}),
-    }) + '\n');
+    out.write(
+      JSON.stringify({
+        changes: plan.changes.map(({ identity, flag, from, to, reason }) => ({ identity, flag, from, to, reason })),
+        total: plan.total,
+        blocked: plan.blocked,
+        share,
+        missing: plan.missing,
+        ...(planned.overShare ? { refusal: shareRefusal(plan.blocked, plan.total, limit) } : {}),
+      }) + '\n',
+    );
     return 0;
   }
   if (plan.changes.length === 0) {
     out.write(`nothing to change (${plan.total} mailboxes in step)\n`);
     return 0;
   }
-  for (const c of plan.changes) out.write(`${c.identity}\n  ${c.flag}: ${c.from ?? '(none)'} -> ${c.to}   ${c.reason}\n`);
-  out.write(`\n${plan.changes.length} changes on ${byMailbox(plan.changes).length} of ${plan.total} mailboxes; ${plan.blocked} blocked (${(share * 100).toFixed(1)}%)\n`);
-  if (planned.overShare) out.write(`apply would refuse: ${shareRefusal(plan.blocked, plan.total, limit)} (--force overrides)\n`);
-  if (plan.missing.length > 0) out.write(`${plan.missing.length} mailboxes in AD were not reported by Exchange and are left alone\n`);
+  for (const c of plan.changes)
+    out.write(`${c.identity}\n  ${c.flag}: ${c.from ?? '(none)'} -> ${c.to}   ${c.reason}\n`);
+  out.write(
+    `\n${plan.changes.length} changes on ${byMailbox(plan.changes).length} of ${plan.total} mailboxes; ${plan.blocked} blocked (${(share * 100).toFixed(1)}%)\n`,
+  );
+  if (planned.overShare)
+    out.write(`apply would refuse: ${shareRefusal(plan.blocked, plan.total, limit)} (--force overrides)\n`);
+  if (plan.missing.length > 0)
+    out.write(`${plan.missing.length} mailboxes in AD were not reported by Exchange and are left alone\n`);
   out.write('\nPowerShell that apply would run:\n');
   for (const m of byMailbox(plan.changes)) {
-    out.write(quotable(m.identity) ? setLine(m) + '\n' : `# skipped: ${JSON.stringify(m.identity)} has a control character\n`);
+    out.write(
+      quotable(m.identity) ? setLine(m) + '\n' : `# skipped: ${JSON.stringify(m.identity)} has a control character\n`,
+    );
   }
   return 0;
 }
 
-async function apply(planned: SyncPlan, force: boolean, settings: NonNullable<ReturnType<typeof loadConfig>['mailboxFlags']>, level: string, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
+async function apply(
+  planned: SyncPlan,
+  force: boolean,
+  settings: NonNullable<ReturnType<typeof loadConfig>['mailboxFlags']>,
+  level: string,
+  out: NodeJS.WritableStream,
+  err: NodeJS.WritableStream,
+): Promise<number> {
   if (!planned.ok) {
     err.write(`refused: ${planned.refusal}\n`);
     return 1;
   }
   if (planned.overShare && !force) {
-    err.write(`refused: ${shareRefusal(planned.plan.blocked, planned.plan.total, settings.maxBlockShare)}; --force to apply anyway\n`);
+    err.write(
+      `refused: ${shareRefusal(planned.plan.blocked, planned.plan.total, settings.maxBlockShare)}; --force to apply anyway\n`,
+    );
     return 1;
   }
   if (planned.plan.changes.length === 0) {

@@ -103,5 +103,10 @@ function isParseArgsError(e: unknown): boolean {
  * JSON.stringify leaves raw, are escaped too, so a hostile user name cannot drive the terminal.
  */
 function toJson(r: Report): string {
-  return JSON.stringify(r).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`) + '\n';
+  return (
+    JSON.stringify(r).replace(
+      /[\u007f-\u009f\u2028\u2029]/g,
+      (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+    ) + '\n'
+  );
 }

@@ -49,7 +49,10 @@ export async function serve(file: string): Promise<number> {
   let stop: ((signal: string) => void) | null = null;
   let stopAsked: string | null = null;
   const onHup = () => reload();
-  const onStop = (signal: string) => { if (stop) stop(signal); else stopAsked ??= signal; };
+  const onStop = (signal: string) => {
+    if (stop) stop(signal);
+    else stopAsked ??= signal;
+  };
   process.on('SIGHUP', onHup);
   process.on('SIGTERM', onStop);
   process.on('SIGINT', onStop);
@@ -64,7 +67,10 @@ export async function serve(file: string): Promise<number> {
   };
   for (;;) {
     try {
-      running = await startGateway(file, { ...(cluster.isWorker ? { adminPort: false, bus: workerBus } : {}), beforeListen: release });
+      running = await startGateway(file, {
+        ...(cluster.isWorker ? { adminPort: false, bus: workerBus } : {}),
+        beforeListen: release,
+      });
       break;
     } catch (err) {
       // Only a DC that did not answer is waited for: a refused service account, a port in use or
@@ -79,7 +85,7 @@ export async function serve(file: string): Promise<number> {
         if (cluster.isWorker) process.exit(code);
         process.off('SIGHUP', onHup).off('SIGTERM', onStop).off('SIGINT', onStop);
         stopSync();
-        setTimeout(() => process.exit(code), 1000).unref();   // nothing may keep a failed start alive
+        setTimeout(() => process.exit(code), 1000).unref(); // nothing may keep a failed start alive
         return code;
       }
       process.stderr.write(`exgate: ${err.message}; retrying in ${RETRY_MS / 1000} s\n`);
@@ -89,11 +95,13 @@ export async function serve(file: string): Promise<number> {
   }
   const gw = running;
   if (cluster.isWorker) joinCluster(gw);
-  reload = () => { void gw.reload(); };
+  reload = () => {
+    void gw.reload();
+  };
   await new Promise<void>((resolve) => {
     let stopping = false;
     stop = (signal: string) => {
-      if (stopping) return;                        // a second SIGTERM (systemd, the primary) changes nothing
+      if (stopping) return; // a second SIGTERM (systemd, the primary) changes nothing
       stopping = true;
       gw.log.info({ signal }, 'stopping');
       stopSync();
@@ -114,10 +122,19 @@ async function holdPort(config: Config): Promise<Holding | null> {
     await ensureSelfSigned(config);
     const access = accessLogger(config.log.access);
     const holding = await holdWith503(config, loadTlsMaterial(config), access.log, config.listen);
-    process.stderr.write(`exgate: answering 503 on ${config.listen.host}:${config.listen.port} until the directory answers\n`);
-    return { close: async () => { await holding.close(); await access.close(); } };
+    process.stderr.write(
+      `exgate: answering 503 on ${config.listen.host}:${config.listen.port} until the directory answers\n`,
+    );
+    return {
+      close: async () => {
+        await holding.close();
+        await access.close();
+      },
+    };
   } catch (err) {
-    process.stderr.write(`exgate: cannot answer on ${config.listen.host}:${config.listen.port} meanwhile: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(
+      `exgate: cannot answer on ${config.listen.host}:${config.listen.port} meanwhile: ${err instanceof Error ? err.message : String(err)}\n`,
+    );
     return null;
   }
 }

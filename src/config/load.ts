@@ -6,68 +6,14 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { nameTable, type NameTable } from '../pipeline/classify.js';
+import { nameTable } from '../pipeline/classify.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { SERVICE_DEFAULTS, SERVICES, type Service, type ServiceDefaults } from '../pipeline/services.js';
 import { gatewaySchema, type GatewayFile } from './schema.js';
+import type { Config, FileSettings, LdapSettings } from './types.js';
 import { keyPath, readYaml, Secret, validate, type YamlFile } from './yaml.js';
 
-export interface LdapSettings {
-  readonly type: 'ldap';
-  readonly urls: readonly string[];
-  readonly ca: string | undefined;
-  readonly startTls: boolean;
-  readonly bindDn: string;
-  readonly bindPassword: Secret;
-  /** The key the password came from, named when the DC refuses it. */
-  readonly bindPasswordKey?: 'bindPasswordEnv' | 'bindPasswordFile';
-  readonly baseDn: string;
-  readonly netbiosDomain: string;
-  readonly upnSuffixes: readonly string[];
-  readonly connectTimeoutMs: number;
-  readonly timeoutMs: number;
-  readonly maxConcurrentBinds: number;
-  readonly maxQueuedBinds: number;
-  readonly dcRetrySeconds: number;
-}
-
-export interface FileSettings {
-  readonly type: 'file';
-  readonly path: string;
-  readonly baseDn: string;
-  readonly netbiosDomain: string;
-  readonly upnSuffixes: readonly string[];
-}
-
-/** The loaded gateway configuration. Frozen; a reload builds a new one. */
-export interface Config {
-  readonly file: string;
-  /** How many worker processes serve (`auto` resolved to the CPU count). */
-  readonly workers: number;
-  readonly listen: GatewayFile['listen'];
-  readonly tls: GatewayFile['tls'] & { readonly cert: string; readonly key: string };
-  readonly names: NameTable & { readonly externalList: readonly string[]; readonly internalList: readonly string[] };
-  readonly upstream: {
-    readonly url: URL;
-    readonly origin: string;
-    readonly ca: string | undefined;
-    readonly servername: string;
-    readonly insecureSkipVerify: boolean;
-    readonly allowPlaintext: boolean;
-    readonly connectTimeoutMs: number;
-  };
-  readonly directory: LdapSettings | FileSettings;
-  readonly policyFile: string;
-  readonly log: GatewayFile['log'];
-  readonly http: GatewayFile['http'];
-  readonly cache: GatewayFile['cache'];
-  readonly lockout: GatewayFile['lockout'];
-  readonly services: Readonly<Record<Service, ServiceDefaults>>;
-  readonly admin: GatewayFile['admin'];
-  readonly mailboxFlags: GatewayFile['mailboxFlags'];
-  /** Every file the gateway reads besides this one: a change to any of them reloads it. */
-  readonly watched: readonly string[];
-}
+export type { Config, FileSettings, LdapSettings } from './types.js';
 
 /** Loads and validates a gateway config file; throws ConfigError listing every problem. */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
@@ -105,7 +51,7 @@ function parsedSections(yaml: YamlFile): GatewayFile | null {
     if (!value.success) return null;
     out[key] = value.data;
   }
-  if (failed.has('listen')) out.admin = undefined;   // admin.port is checked against listen.port: no made-up clash
+  if (failed.has('listen')) out.admin = undefined; // admin.port is checked against listen.port: no made-up clash
   return out as GatewayFile;
 }
 
@@ -149,7 +95,10 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
 
   const url = new URL(raw.upstream.url);
   if (url.protocol === 'http:' && !isLoopback(url.hostname) && !raw.upstream.allowPlaintext) {
-    at(['upstream', 'url'], 'http:// sends every Basic password in clear; use https:// (or allowPlaintext: true, lab only)');
+    at(
+      ['upstream', 'url'],
+      'http:// sends every Basic password in clear; use https:// (or allowPlaintext: true, lab only)',
+    );
   }
   const upstream = {
     url,
@@ -163,7 +112,12 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
 
   const directory = resolveDirectory(raw.directory, rel, readPem, at, env);
 
-  if (raw.admin && raw.admin.port !== 0 && raw.admin.port === raw.listen.port && hostsOverlap(raw.admin.host, raw.listen.host)) {
+  if (
+    raw.admin &&
+    raw.admin.port !== 0 &&
+    raw.admin.port === raw.listen.port &&
+    hostsOverlap(raw.admin.host, raw.listen.host)
+  ) {
     at(['admin', 'port'], `${raw.admin.port} is the public listen port; the admin listener must never share it`);
   }
   const policyFile = rel(raw.policyFile);
@@ -176,13 +130,32 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
   };
 
   return {
-    file: yaml.file, workers: raw.workers === 'auto' ? availableParallelism() : raw.workers, listen: raw.listen, tls, names, upstream, directory, policyFile, log,
-    http: raw.http, cache: raw.cache, lockout: raw.lockout, services: serviceSettings(raw),
-    admin: raw.admin, mailboxFlags,
+    file: yaml.file,
+    workers: raw.workers === 'auto' ? availableParallelism() : raw.workers,
+    listen: raw.listen,
+    tls,
+    names,
+    upstream,
+    directory,
+    policyFile,
+    log,
+    http: raw.http,
+    cache: raw.cache,
+    lockout: raw.lockout,
+    services: serviceSettings(raw),
+    admin: raw.admin,
+    mailboxFlags,
     watched: [
-      policyFile, tls.cert, tls.key,
-      ...[raw.upstream.ca, 'ca' in raw.directory ? raw.directory.ca : undefined, 'bindPasswordFile' in raw.directory ? raw.directory.bindPasswordFile : undefined]
-        .filter((f): f is string => f !== undefined).map(rel),
+      policyFile,
+      tls.cert,
+      tls.key,
+      ...[
+        raw.upstream.ca,
+        'ca' in raw.directory ? raw.directory.ca : undefined,
+        'bindPasswordFile' in raw.directory ? raw.directory.bindPasswordFile : undefined,
+      ]
+        .filter((f): f is string => f !== undefined)
+        .map(rel),
       ...(directory.type === 'file' ? [directory.path] : []),
     ],
   };
@@ -204,12 +177,19 @@ function resolveDirectory(
   const urls = typeof raw.url === 'string' ? [raw.url] : raw.url;
   urls.forEach((u, i) => {
     if (u.startsWith('ldap:') && !raw.startTls && !raw.allowPlaintext && !isLoopback(new URL(u).hostname)) {
-      at(['directory', 'url', ...(typeof raw.url === 'string' ? [] : [i])], 'ldap:// without startTls sends every password in clear; use ldaps://, startTls: true (or allowPlaintext: true, lab only)');
+      at(
+        ['directory', 'url', ...(typeof raw.url === 'string' ? [] : [i])],
+        'ldap:// without startTls sends every password in clear; use ldaps://, startTls: true (or allowPlaintext: true, lab only)',
+      );
     }
   });
   if (raw.startTls) {
     urls.forEach((u, i) => {
-      if (u.startsWith('ldaps:')) at(['directory', 'url', ...(typeof raw.url === 'string' ? [] : [i])], 'startTls needs an ldap:// URL (ldaps:// is TLS already)');
+      if (u.startsWith('ldaps:'))
+        at(
+          ['directory', 'url', ...(typeof raw.url === 'string' ? [] : [i])],
+          'startTls needs an ldap:// URL (ldaps:// is TLS already)',
+        );
     });
   }
   let password = '';
@@ -224,16 +204,28 @@ function resolveDirectory(
       password = readFileSync(rel(raw.bindPasswordFile), 'utf8').replace(/\r?\n$/, '');
       if (!password) at(['directory', 'bindPasswordFile'], 'file is empty');
     } catch (err) {
-      at(['directory', 'bindPasswordFile'], `cannot read ${rel(raw.bindPasswordFile)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+      at(
+        ['directory', 'bindPasswordFile'],
+        `cannot read ${rel(raw.bindPasswordFile)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      );
     }
   }
   return {
-    type: 'ldap', urls, ca: readPem(raw.ca, ['directory', 'ca']), startTls: raw.startTls,
-    bindDn: raw.bindDn, bindPassword: new Secret(password), baseDn: raw.baseDn,
+    type: 'ldap',
+    urls,
+    ca: readPem(raw.ca, ['directory', 'ca']),
+    startTls: raw.startTls,
+    bindDn: raw.bindDn,
+    bindPassword: new Secret(password),
+    baseDn: raw.baseDn,
     bindPasswordKey: raw.bindPasswordEnv === undefined ? 'bindPasswordFile' : 'bindPasswordEnv',
-    netbiosDomain: raw.netbiosDomain, upnSuffixes: raw.upnSuffixes,
-    connectTimeoutMs: raw.connectTimeoutMs, timeoutMs: raw.timeoutMs,
-    maxConcurrentBinds: raw.maxConcurrentBinds, maxQueuedBinds: raw.maxQueuedBinds, dcRetrySeconds: raw.dcRetrySeconds,
+    netbiosDomain: raw.netbiosDomain,
+    upnSuffixes: raw.upnSuffixes,
+    connectTimeoutMs: raw.connectTimeoutMs,
+    timeoutMs: raw.timeoutMs,
+    maxConcurrentBinds: raw.maxConcurrentBinds,
+    maxQueuedBinds: raw.maxQueuedBinds,
+    dcRetrySeconds: raw.dcRetrySeconds,
   };
 }
 
@@ -256,7 +248,10 @@ function sameName(a: string, b: string): boolean {
 
 /** `lab.test` → `DC=lab,DC=test`. */
 export function suffixToDn(suffix: string): string {
-  return suffix.split('.').map((p) => `DC=${p}`).join(',');
+  return suffix
+    .split('.')
+    .map((p) => `DC=${p}`)
+    .join(',');
 }
 
 function serviceSettings(raw: GatewayFile): Record<Service, ServiceDefaults> {
@@ -275,7 +270,13 @@ function serviceSettings(raw: GatewayFile): Record<Service, ServiceDefaults> {
 }
 
 function deepFreeze<T>(value: T): T {
-  if (value && typeof value === 'object' && !Object.isFrozen(value) && !(value instanceof Secret) && !(value instanceof URL)) {
+  if (
+    value &&
+    typeof value === 'object' &&
+    !Object.isFrozen(value) &&
+    !(value instanceof Secret) &&
+    !(value instanceof URL)
+  ) {
     for (const v of Object.values(value)) deepFreeze(v);
     Object.freeze(value);
   }

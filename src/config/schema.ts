@@ -63,7 +63,12 @@ const directoryCommon = {
   upnSuffixes: names.default([]),
 };
 
-const ldapUrl = z.string().regex(/^ldaps?:\/\/[^/?#\s@]+\/?$/, 'expected ldap://host[:port] or ldaps://host[:port] (no user or password in it)');
+const ldapUrl = z
+  .string()
+  .regex(
+    /^ldaps?:\/\/[^/?#\s@]+\/?$/,
+    'expected ldap://host[:port] or ldaps://host[:port] (no user or password in it)',
+  );
 
 const ldapDirectory = z.strictObject({
   type: z.literal('ldap'),
@@ -79,7 +84,13 @@ const ldapDirectory = z.strictObject({
   bindDn: nonEmpty,
   /** Name of the environment variable holding the service account's password. */
   /** The NAME of the variable (its value is never printed, nor is this key's if it is not a name). */
-  bindPasswordEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected the name of an environment variable (letters, digits, _), not its value').optional(),
+  bindPasswordEnv: z
+    .string()
+    .regex(
+      /^[A-Za-z_][A-Za-z0-9_]*$/,
+      'expected the name of an environment variable (letters, digits, _), not its value',
+    )
+    .optional(),
   /** Or a file holding it (one line; the trailing newline is ignored). */
   bindPasswordFile: nonEmpty.optional(),
   /** Where users and groups are searched. */
@@ -172,7 +183,13 @@ const admin = z.strictObject({
   port: port.default(9090),
 });
 
-const CAS_FLAGS = ['MAPIBlockOutlookRpcHttp', 'MAPIBlockOutlookExternalConnectivity', 'ActiveSyncEnabled', 'EwsEnabled', 'OWAEnabled'] as const;
+const CAS_FLAGS = [
+  'MAPIBlockOutlookRpcHttp',
+  'MAPIBlockOutlookExternalConnectivity',
+  'ActiveSyncEnabled',
+  'EwsEnabled',
+  'OWAEnabled',
+] as const;
 
 const flagRule = z.strictObject({
   /** The service whose external access the flag follows. */
@@ -216,7 +233,9 @@ const http = z.strictObject({
 export const gatewaySchema = z.strictObject({
   listen: listen.prefault({}),
   /** Processes serving requests: 1 (default), a number, or `auto` (one per CPU core). */
-  workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)], { error: 'expected auto or a number of workers' }).default(1),
+  workers: z
+    .union([z.literal('auto'), z.number().int().min(1).max(256)], { error: 'expected auto or a number of workers' })
+    .default(1),
   tls,
   names: namesSection,
   upstream,

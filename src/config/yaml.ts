@@ -22,14 +22,21 @@ export function readYaml(file: string): YamlFile {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError([{ file, key: '', message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }]);
+    throw new ConfigError([
+      { file, key: '', message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}` },
+    ]);
   }
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   if (doc.errors.length > 0) {
-    throw new ConfigError(doc.errors.map((e) => ({
-      file, key: '', line: lines.linePos(e.pos[0]).line, message: `YAML: ${e.message.split('\n')[0]}`,
-    })));
+    throw new ConfigError(
+      doc.errors.map((e) => ({
+        file,
+        key: '',
+        line: lines.linePos(e.pos[0]).line,
+        message: `YAML: ${e.message.split('\n')[0]}`,
+      })),
+    );
   }
   return { file, text, data: doc.toJS() ?? {}, lineOf: (path) => lineOf(doc, lines, path) };
 }
@@ -57,7 +64,7 @@ export function keyPath(path: readonly PropertyKey[]): string {
 
 /** Validates parsed YAML against a schema; returns the value or throws a ConfigError with every problem. */
 export function validate<S extends z.ZodType>(schema: S, yaml: YamlFile): z.output<S> {
-  const result = schema.safeParse(yaml.data, { reportInput: true });   // tells 'missing' from 'wrong type'
+  const result = schema.safeParse(yaml.data, { reportInput: true }); // tells 'missing' from 'wrong type'
   if (result.success) return result.data;
   const problems: ConfigProblem[] = [];
   for (const issue of result.error.issues) {
@@ -67,7 +74,12 @@ export function validate<S extends z.ZodType>(schema: S, yaml: YamlFile): z.outp
         problems.push({ file: yaml.file, key: keyPath(path), line: yaml.lineOf(path), message: 'unknown key' });
       }
     } else {
-      problems.push({ file: yaml.file, key: keyPath(issue.path), line: yaml.lineOf(issue.path), message: describe(issue) });
+      problems.push({
+        file: yaml.file,
+        key: keyPath(issue.path),
+        line: yaml.lineOf(issue.path),
+        message: describe(issue),
+      });
     }
   }
   throw new ConfigError(problems);

@@ -12,9 +12,9 @@ import type { PasswordRefusal } from './directory.js';
  */
 export const SUB_CODES: Readonly<Record<string, PasswordRefusal>> = {
   '52e': 'bad-credentials',
-  '525': 'bad-credentials',          // no such user
-  '530': 'account-disabled',         // not permitted to log on at this time
-  '531': 'account-disabled',         // not permitted to log on at this workstation
+  '525': 'bad-credentials', // no such user
+  '530': 'account-disabled', // not permitted to log on at this time
+  '531': 'account-disabled', // not permitted to log on at this workstation
   '532': 'password-expired',
   '533': 'account-disabled',
   '701': 'account-expired',
@@ -22,7 +22,12 @@ export const SUB_CODES: Readonly<Record<string, PasswordRefusal>> = {
   '775': 'account-locked',
 };
 
-export const STATUS_ATTRIBUTES = ['userAccountControl', 'msDS-User-Account-Control-Computed', 'accountExpires', 'pwdLastSet'];
+export const STATUS_ATTRIBUTES = [
+  'userAccountControl',
+  'msDS-User-Account-Control-Computed',
+  'accountExpires',
+  'pwdLastSet',
+];
 const UF_ACCOUNTDISABLE = 0x2;
 const UF_LOCKOUT = 0x10;
 const UF_PASSWORD_EXPIRED = 0x800000;
@@ -44,7 +49,8 @@ export function statusOf(e: Entry): PasswordRefusal | null {
   if (uac & UF_ACCOUNTDISABLE) return 'account-disabled';
   if (computed & UF_LOCKOUT) return 'account-locked';
   const expires = BigInt(text(e, 'accountExpires') ?? '0');
-  if (expires !== 0n && expires !== NEVER && expires < BigInt(Date.now()) * 10_000n + FILETIME_EPOCH_OFFSET) return 'account-expired';
+  if (expires !== 0n && expires !== NEVER && expires < BigInt(Date.now()) * 10_000n + FILETIME_EPOCH_OFFSET)
+    return 'account-expired';
   if (text(e, 'pwdLastSet') === '0') return 'password-must-change';
   if (computed & UF_PASSWORD_EXPIRED) return 'password-expired';
   return null;

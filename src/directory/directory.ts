@@ -27,8 +27,12 @@ export interface GroupRef {
 
 /** Why a password check said no (INTERFACE.md reasons). */
 export type PasswordRefusal =
-  | 'bad-credentials' | 'account-disabled' | 'account-locked' | 'account-expired'
-  | 'password-expired' | 'password-must-change';
+  | 'bad-credentials'
+  | 'account-disabled'
+  | 'account-locked'
+  | 'account-expired'
+  | 'password-expired'
+  | 'password-must-change';
 
 export interface AccountStatus {
   readonly refusal: PasswordRefusal | null;

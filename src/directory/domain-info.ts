@@ -42,8 +42,10 @@ export async function readDomainInfo(settings: LdapSettings): Promise<DomainInfo
 }
 
 async function read(client: Client, baseDn: string): Promise<DomainInfo> {
-  const rootDse = await search(client, '', 'base', '(objectClass=*)',
-    ['configurationNamingContext', 'rootDomainNamingContext']);
+  const rootDse = await search(client, '', 'base', '(objectClass=*)', [
+    'configurationNamingContext',
+    'rootDomainNamingContext',
+  ]);
   const root = rootDse[0];
   const configNc = root && values(root, 'configurationNamingContext')[0];
   if (!root || !configNc) throw new Error('the RootDSE names no configuration naming context');
@@ -51,8 +53,11 @@ async function read(client: Client, baseDn: string): Promise<DomainInfo> {
   const partitions = `CN=Partitions,${configNc}`;
   const suffixes = (await search(client, partitions, 'base', '(objectClass=*)', ['uPNSuffixes']))[0];
   // Only a domain's crossRef carries nETBIOSName (application partitions have none).
-  const domains = await search(client, partitions, 'one', '(&(objectClass=crossRef)(nETBIOSName=*))',
-    ['nCName', 'dnsRoot', 'nETBIOSName']);
+  const domains = await search(client, partitions, 'one', '(&(objectClass=crossRef)(nETBIOSName=*))', [
+    'nCName',
+    'dnsRoot',
+    'nETBIOSName',
+  ]);
   const base = dnKey(baseDn);
   const nc = (d: Entry) => dnKey(values(d, 'nCName')[0] ?? '');
   // The innermost domain that holds baseDn (a child domain's DN ends in its parent's).
@@ -60,13 +65,13 @@ async function read(client: Client, baseDn: string): Promise<DomainInfo> {
     .filter((d) => nc(d) !== '' && (base === nc(d) || base.endsWith(',' + nc(d))))
     .sort((a, b) => nc(b).length - nc(a).length)[0];
   const rootDomain = domains.find((d) => nc(d) === forestRoot);
-  const dnsName = holding ? values(holding, 'dnsRoot')[0] ?? null : null;
+  const dnsName = holding ? (values(holding, 'dnsRoot')[0] ?? null) : null;
   const forestDns = rootDomain ? values(rootDomain, 'dnsRoot')[0] : undefined;
   const upn = [...(suffixes ? values(suffixes, 'uPNSuffixes') : []), dnsName, forestDns];
   return {
     baseDnExists: (await search(client, baseDn, 'base', '(objectClass=*)', ['distinguishedName'])).length === 1,
-    domainDn: holding ? values(holding, 'nCName')[0] ?? null : null,
-    netbios: holding ? values(holding, 'nETBIOSName')[0] ?? null : null,
+    domainDn: holding ? (values(holding, 'nCName')[0] ?? null) : null,
+    netbios: holding ? (values(holding, 'nETBIOSName')[0] ?? null) : null,
     dnsName,
     upnSuffixes: [...new Set(upn.filter((s): s is string => !!s).map((s) => s.toLowerCase()))],
     domains: domains.map((d) => values(d, 'nCName')[0] ?? '').filter(Boolean),

@@ -16,7 +16,16 @@ import { readYaml, validate } from '../config/yaml.js';
 import type { FileSettings } from '../config/load.js';
 import type { Logon } from '../auth/credentials.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
-import { dnKey, looksLikeDn, type Account, type Directory, type GroupRef, type AccountStatus, type PasswordCheck, type PasswordRefusal } from './directory.js';
+import {
+  dnKey,
+  looksLikeDn,
+  type Account,
+  type Directory,
+  type GroupRef,
+  type AccountStatus,
+  type PasswordCheck,
+  type PasswordRefusal,
+} from './directory.js';
 
 const isoDate = z.union([z.string(), z.date()]).transform((v, ctx) => {
   const t = new Date(v).getTime();
@@ -26,7 +35,12 @@ const isoDate = z.union([z.string(), z.date()]).transform((v, ctx) => {
 
 const userSchema = z.strictObject({
   /** `scrypt$N$r$p$salt$hash` (base64); make one with `exgate hash-password`. */
-  password: z.string().regex(/^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/, 'expected scrypt$N$r$p$salt$hash (see exgate hash-password)'),
+  password: z
+    .string()
+    .regex(
+      /^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/,
+      'expected scrypt$N$r$p$salt$hash (see exgate hash-password)',
+    ),
   /** The CN. Default: the user name. */
   name: z.string().min(1).optional(),
   upn: z.string().min(3).optional(),
@@ -42,7 +56,9 @@ const userSchema = z.strictObject({
 
 const fileSchema = z.strictObject({
   users: z.record(z.string().min(1), userSchema).default({}),
-  groups: z.record(z.string().min(1), z.strictObject({ members: z.array(z.string().min(1)).default([]) }).prefault({})).default({}),
+  groups: z
+    .record(z.string().min(1), z.strictObject({ members: z.array(z.string().min(1)).default([]) }).prefault({}))
+    .default({}),
 });
 
 type UserEntry = z.infer<typeof userSchema> & { account: Account };
@@ -50,7 +66,7 @@ type UserEntry = z.infer<typeof userSchema> & { account: Account };
 /** The file directory. Load it with `FileDirectory.load(settings)`. */
 export class FileDirectory implements Directory {
   private constructor(
-    private readonly users: ReadonlyMap<string, UserEntry>,      // key: lowercase sam
+    private readonly users: ReadonlyMap<string, UserEntry>, // key: lowercase sam
     private readonly groups: ReadonlyMap<string, GroupRef & { members: readonly string[] }>, // key: lowercase name
     private readonly now: () => number,
   ) {}
@@ -63,18 +79,36 @@ export class FileDirectory implements Directory {
     for (const [sam, u] of Object.entries(raw.users)) {
       const upn = u.upn ?? (settings.upnSuffixes[0] ? `${sam}@${settings.upnSuffixes[0]}` : null);
       const dn = `CN=${escapeRdn(u.name ?? sam)},CN=Users,${settings.baseDn}`;
-      users.set(sam.toLowerCase(), { ...u, account: { dn, sam, user: `${settings.netbiosDomain.toUpperCase()}\\${sam.toLowerCase()}`, upn, mail: u.mail ?? null } });
+      users.set(sam.toLowerCase(), {
+        ...u,
+        account: {
+          dn,
+          sam,
+          user: `${settings.netbiosDomain.toUpperCase()}\\${sam.toLowerCase()}`,
+          upn,
+          mail: u.mail ?? null,
+        },
+      });
     }
     const groups = new Map<string, GroupRef & { members: readonly string[] }>();
     for (const [name, g] of Object.entries(raw.groups)) {
-      groups.set(name.toLowerCase(), { name, dn: `CN=${escapeRdn(name)},CN=Users,${settings.baseDn}`, members: g.members });
+      groups.set(name.toLowerCase(), {
+        name,
+        dn: `CN=${escapeRdn(name)},CN=Users,${settings.baseDn}`,
+        members: g.members,
+      });
     }
     const problems: ConfigProblem[] = [];
     for (const g of groups.values()) {
       g.members.forEach((m, i) => {
         if (!users.has(m.toLowerCase()) && !groups.has(m.toLowerCase())) {
           const path = ['groups', g.name, 'members', i];
-          problems.push({ file: yaml.file, key: `groups.${g.name}.members[${i}]`, line: yaml.lineOf(path), message: `no user or group named ${m}` });
+          problems.push({
+            file: yaml.file,
+            key: `groups.${g.name}.members[${i}]`,
+            line: yaml.lineOf(path),
+            message: `no user or group named ${m}`,
+          });
         }
       });
     }
@@ -82,7 +116,12 @@ export class FileDirectory implements Directory {
       const [, n] = u.password.split('$');
       const N = Number(n);
       if (!(N > 1 && (N & (N - 1)) === 0 && N <= 1 << 20)) {
-        problems.push({ file: yaml.file, key: `users.${u.account.sam}.password`, line: yaml.lineOf(['users', u.account.sam, 'password']), message: 'scrypt N must be a power of two up to 2^20' });
+        problems.push({
+          file: yaml.file,
+          key: `users.${u.account.sam}.password`,
+          line: yaml.lineOf(['users', u.account.sam, 'password']),
+          message: 'scrypt N must be a power of two up to 2^20',
+        });
       }
     }
     if (problems.length > 0) throw new ConfigError(problems);
@@ -186,7 +225,14 @@ export async function hashPassword(password: string): Promise<string> {
 async function verifyHash(stored: string, password: string): Promise<boolean> {
   const [, n, r, p, salt, hash] = stored.split('$');
   const expected = Buffer.from(hash ?? '', 'base64');
-  const actual = await scryptAsync(password, Buffer.from(salt ?? '', 'base64'), expected.length, Number(n), Number(r), Number(p));
+  const actual = await scryptAsync(
+    password,
+    Buffer.from(salt ?? '', 'base64'),
+    expected.length,
+    Number(n),
+    Number(r),
+    Number(p),
+  );
   return expected.length > 0 && timingSafeEqual(actual, expected);
 }
 

@@ -4,7 +4,11 @@
  * account's refused bind as a fatal config error naming the key to fix (never retried).
  */
 import {
-  ConfidentialityRequiredError, InappropriateAuthError, InvalidCredentialsError, ResultCodeError, StrongAuthRequiredError,
+  ConfidentialityRequiredError,
+  InappropriateAuthError,
+  InvalidCredentialsError,
+  ResultCodeError,
+  StrongAuthRequiredError,
 } from 'ldapts';
 import type { LdapSettings } from '../config/load.js';
 import { ServiceAccountRefusedError, systemErrorText } from '../errors.js';
@@ -14,13 +18,18 @@ export const SUB_CODE = /data ([0-9a-f]{3,4})\b/i;
 
 /** Certificate verification failures that mean the DC's CA is not trusted (`directory.ca` missing or wrong). */
 const UNTRUSTED = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_UNTRUSTED', 'CERT_SIGNATURE_FAILURE',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
 ]);
 const CERT_WORDS: Readonly<Record<string, string>> = {
-  CERT_HAS_EXPIRED: 'the DC\'s certificate has expired',
-  CERT_NOT_YET_VALID: 'the DC\'s certificate is not valid yet (check the clocks)',
-  ERR_TLS_CERT_ALTNAME_INVALID: 'the DC\'s certificate does not name the host in directory.url',
+  CERT_HAS_EXPIRED: "the DC's certificate has expired",
+  CERT_NOT_YET_VALID: "the DC's certificate is not valid yet (check the clocks)",
+  ERR_TLS_CERT_ALTNAME_INVALID: "the DC's certificate does not name the host in directory.url",
 };
 
 /** An error in words, without anything a bind could have put in it beyond the server's text. */
@@ -28,7 +37,8 @@ export function describe(err: unknown): string {
   if (err instanceof ResultCodeError) return `the DC answered ${err.name} (LDAP result ${err.code}): ${err.message}`;
   if (!(err instanceof Error)) return String(err);
   const code = (err as NodeJS.ErrnoException).code ?? '';
-  if (UNTRUSTED.has(code)) return `the DC's certificate is not trusted (${code}): set directory.ca to the CA that issued it`;
+  if (UNTRUSTED.has(code))
+    return `the DC's certificate is not trusted (${code}): set directory.ca to the CA that issued it`;
   if (CERT_WORDS[code]) return `${CERT_WORDS[code]} (${code})`;
   if (/^Connection timeout/.test(err.message)) return `no answer within directory.connectTimeoutMs (${err.message})`;
   const words = systemErrorText(err);

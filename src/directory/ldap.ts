@@ -1,28 +1,29 @@
-/**
- * The `ldap` directory: Active Directory through ldapts.
- *
- * - One long-lived service-account connection for searches; a fresh connection for every password
- *   check, because a bind changes the connection's identity (research/node-proxy.md §7).
- * - Search, require exactly one entry, then bind with its DN: more predictable than binding with
- *   the typed name, which AD resolves in several ways (MS-ADTS 5.1.1.1.1).
- * - Filters are built with escapeFilter only. Nested membership with LDAP_MATCHING_RULE_IN_CHAIN.
- * - Both connectTimeout and timeout are always set: `timeout` alone does not cover connect/TLS.
- * - Any technical failure becomes DirectoryUnavailableError (→ 503); a refused bind is a value.
- */
-import { isIP } from 'node:net';
-import type { ConnectionOptions } from 'node:tls';
 import {
-  Client, ConfidentialityRequiredError, escapeFilter, InappropriateAuthError, InvalidCredentialsError, InvalidDNSyntaxError,
-  NoSuchObjectError, ResultCodeError, SizeLimitExceededError, StrongAuthRequiredError,
+  type Client,
+  escapeFilter,
+  InvalidCredentialsError,
+  InvalidDNSyntaxError,
+  NoSuchObjectError,
+  ResultCodeError,
+  SizeLimitExceededError,
   type Entry,
 } from 'ldapts';
 import type { LdapSettings } from '../config/load.js';
 import { DcBreaker, Limiter } from './limits.js';
 import type { Logon } from '../auth/credentials.js';
-import { DirectoryUnavailableError, ServiceAccountRefusedError } from '../errors.js';
+import type { ServiceAccountRefusedError } from '../errors.js';
 import { fileTimeToMs, STATUS_ATTRIBUTES, statusOf, SUB_CODES, text } from './ad-status.js';
-import { answered, describe, serviceAccountRefusal, SUB_CODE } from './ldap-errors.js';
-import { dnKey, looksLikeDn, type Account, type AccountStatus, type Directory, type GroupRef, type PasswordCheck, type PasswordRefusal } from './directory.js';
+import { connectLdap, notConnected, unavailable } from './ldap-connect.js';
+import { describe, serviceAccountRefusal, SUB_CODE } from './ldap-errors.js';
+import {
+  dnKey,
+  looksLikeDn,
+  type Account,
+  type AccountStatus,
+  type Directory,
+  type GroupRef,
+  type PasswordCheck,
+} from './directory.js';
 
 /** LDAP_MATCHING_RULE_IN_CHAIN: walks nested group membership on the DC. */
 const IN_CHAIN = '1.2.840.113556.1.4.1941';
@@ -42,7 +43,10 @@ export class LdapDirectory implements Directory {
   /** The service account's refusal, once seen: kept until a reload builds a new directory. */
   #refused: ServiceAccountRefusedError | null = null;
 
-  constructor(private readonly settings: LdapSettings, private readonly log: DirectoryLog) {
+  constructor(
+    private readonly settings: LdapSettings,
+    private readonly log: DirectoryLog,
+  ) {
     this.#url = settings.urls[0] as string;
     this.#breaker = new DcBreaker(settings.dcRetrySeconds * 1000);
     this.#binds = new Limiter(settings.maxConcurrentBinds, settings.maxQueuedBinds, settings.timeoutMs);
@@ -51,9 +55,10 @@ export class LdapDirectory implements Directory {
   async findAccount(logon: Logon & { kind: 'sam' | 'upn' }): Promise<Account | null> {
     const [attribute, asked] = logon.kind === 'sam' ? ['sAMAccountName', logon.sam] : ['userPrincipalName', logon.upn];
     if (!exactName(asked)) return null;
-    const filter = logon.kind === 'sam'
-      ? escapeFilter`(&(objectCategory=person)(objectClass=user)(sAMAccountName=${asked}))`
-      : escapeFilter`(&(objectCategory=person)(objectClass=user)(userPrincipalName=${asked}))`;
+    const filter =
+      logon.kind === 'sam'
+        ? escapeFilter`(&(objectCategory=person)(objectClass=user)(sAMAccountName=${asked}))`
+        : escapeFilter`(&(objectCategory=person)(objectClass=user)(userPrincipalName=${asked}))`;
     const entries = await this.search(this.settings.baseDn, filter, USER_ATTRIBUTES, 'sub', 2);
     if (entries === null || entries.length !== 1) return null;
     const entry = entries[0] as Entry;
@@ -77,7 +82,11 @@ export class LdapDirectory implements Directory {
   private async bindAs(dn: string, password: string): Promise<PasswordCheck> {
     let lastError: unknown = new Error('every domain controller failed recently');
     for (const url of this.#breaker.usable(this.urlsFromCurrent())) {
-      const client = await this.connect(url).catch((err: unknown) => { lastError = err; this.#breaker.trip(url); return null; });
+      const client = await connectLdap(url, this.settings).catch((err: unknown) => {
+        lastError = err;
+        this.#breaker.trip(url);
+        return null;
+      });
       if (!client) continue;
       try {
         await client.bind(dn, password);
@@ -97,12 +106,13 @@ export class LdapDirectory implements Directory {
         client.unbind().catch(() => {});
       }
     }
-    throw this.unavailable('password check', lastError);
+    throw unavailable('password check', lastError);
   }
 
   async accountStatus(account: Account): Promise<AccountStatus> {
     const entries = await this.search(account.dn, '(objectClass=user)', STATUS_ATTRIBUTES, 'base');
-    if (entries === null || entries.length !== 1) return { refusal: 'bad-credentials', passwordSetAt: null };   // the account is gone
+    // The account is gone.
+    if (entries === null || entries.length !== 1) return { refusal: 'bad-credentials', passwordSetAt: null };
     const e = entries[0] as Entry;
     return { refusal: statusOf(e), passwordSetAt: fileTimeToMs(text(e, 'pwdLastSet')) };
   }
@@ -125,7 +135,13 @@ export class LdapDirectory implements Directory {
     if (!exactName(name)) return null;
     const entries = looksLikeDn(name)
       ? await this.search(name.trim(), '(objectClass=group)', ['sAMAccountName'], 'base')
-      : await this.search(this.settings.baseDn, escapeFilter`(&(objectClass=group)(sAMAccountName=${name}))`, ['sAMAccountName'], 'sub', 2);
+      : await this.search(
+          this.settings.baseDn,
+          escapeFilter`(&(objectClass=group)(sAMAccountName=${name}))`,
+          ['sAMAccountName'],
+          'sub',
+          2,
+        );
     if (entries === null || entries.length !== 1) return null;
     const e = entries[0] as Entry;
     const sam = text(e, 'sAMAccountName');
@@ -169,12 +185,24 @@ export class LdapDirectory implements Directory {
   async close(): Promise<void> {
     const service = this.#service;
     this.#service = null;
-    if (service) await service.then((c) => c.unbind(), () => {}).catch(() => {});
+    if (service)
+      await service
+        .then(
+          (c) => c.unbind(),
+          () => {},
+        )
+        .catch(() => {});
   }
 
   private account(e: Entry): Account {
     const sam = text(e, 'sAMAccountName') ?? '';
-    return { dn: e.dn, sam, user: `${this.settings.netbiosDomain.toUpperCase()}\\${sam.toLowerCase()}`, upn: text(e, 'userPrincipalName'), mail: text(e, 'mail') };
+    return {
+      dn: e.dn,
+      sam,
+      user: `${this.settings.netbiosDomain.toUpperCase()}\\${sam.toLowerCase()}`,
+      upn: text(e, 'userPrincipalName'),
+      mail: text(e, 'mail'),
+    };
   }
 
   /**
@@ -182,11 +210,23 @@ export class LdapDirectory implements Directory {
    * is ambiguous (more than `sizeLimit` entries). Retries once on a fresh connection, because DCs
    * drop idle LDAP connections (MaxConnIdleTime, 900 s by default).
    */
-  private async search(base: string, filter: string, attributes: string[], scope: 'base' | 'sub', sizeLimit = 0): Promise<Entry[] | null> {
+  private async search(
+    base: string,
+    filter: string,
+    attributes: string[],
+    scope: 'base' | 'sub',
+    sizeLimit = 0,
+  ): Promise<Entry[] | null> {
     for (let attempt = 0; ; attempt++) {
       const client = await this.service();
       try {
-        const { searchEntries } = await client.search(base, { scope, filter, attributes, sizeLimit, paged: sizeLimit === 0 ? { pageSize: 500 } : false });
+        const { searchEntries } = await client.search(base, {
+          scope,
+          filter,
+          attributes,
+          sizeLimit,
+          paged: sizeLimit === 0 ? { pageSize: 500 } : false,
+        });
         return searchEntries;
       } catch (err) {
         if (err instanceof NoSuchObjectError || err instanceof InvalidDNSyntaxError) return null;
@@ -194,7 +234,7 @@ export class LdapDirectory implements Directory {
         this.dropService(client);
         if (!(err instanceof ResultCodeError)) this.#breaker.trip(this.#url);
         if (attempt === 0 && !(err instanceof ResultCodeError)) continue;
-        throw this.unavailable('search', err);
+        throw unavailable('search', err);
       }
     }
   }
@@ -214,7 +254,7 @@ export class LdapDirectory implements Directory {
     for (const url of this.#breaker.usable(this.urlsFromCurrent())) {
       let client: Client | undefined;
       try {
-        client = await this.connect(url);
+        client = await connectLdap(url, this.settings);
         await client.bind(this.settings.bindDn, this.settings.bindPassword.reveal());
         this.#url = url;
         this.#breaker.reset(url);
@@ -226,14 +266,17 @@ export class LdapDirectory implements Directory {
         const refused = serviceAccountRefusal(err, this.settings);
         if (refused) {
           this.#refused = refused;
-          this.log.warn({ url, err: refused.message }, 'directory: service account refused; not retried until a reload');
+          this.log.warn(
+            { url, err: refused.message },
+            'directory: service account refused; not retried until a reload',
+          );
           throw refused;
         }
         if (!(err instanceof ResultCodeError)) this.#breaker.trip(url);
         this.log.warn({ url, err: describe(err) }, 'directory: service account cannot bind');
       }
     }
-    throw this.unavailable('service bind', lastError);
+    throw unavailable('service bind', lastError);
   }
 
   /** The configured URLs, starting with the one that answered last (failover order). */
@@ -247,47 +290,6 @@ export class LdapDirectory implements Directory {
     this.#service = null;
     client.unbind().catch(() => {});
   }
-
-  /** A new connection to `url`, TLS-protected as configured. */
-  private async connect(url: string): Promise<Client> {
-    const { connectTimeoutMs, timeoutMs, ca, startTls } = this.settings;
-    const tlsOptions: ConnectionOptions = { minVersion: 'TLSv1.2', ...(ca ? { ca } : {}) };
-    // ldapts opens implicit TLS whenever tlsOptions is non-empty, even for ldap:// (research/samba.md
-    // §3): pass it only for ldaps://, and upgrade ldap:// with startTLS.
-    const client = new Client({
-      url, connectTimeout: connectTimeoutMs, timeout: timeoutMs,
-      ...(url.startsWith('ldaps:') ? { tlsOptions } : {}),
-    });
-    if (startTls && url.startsWith('ldap:')) {
-      const host = new URL(url).hostname;
-      // ldapts times the StartTLS request but not the TLS handshake after it: bound both.
-      let timer: NodeJS.Timeout | undefined;
-      const stalled = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`StartTLS handshake timed out after ${connectTimeoutMs + timeoutMs} ms`)), connectTimeoutMs + timeoutMs);
-      });
-      try {
-        await Promise.race([client.startTLS({ ...tlsOptions, ...(isIP(host) ? {} : { servername: host }) }), stalled]);
-      } catch (err) {
-        client.unbind().catch(() => {});
-        throw this.unavailable('StartTLS', err);
-      } finally {
-        clearTimeout(timer);
-      }
-    }
-    return client;
-  }
-
-  private unavailable(what: string, err: unknown): DirectoryUnavailableError {
-    if (err instanceof DirectoryUnavailableError) return err;
-    return new DirectoryUnavailableError(`directory ${what} failed: ${describe(err)}`, { answered: answered(err) });
-  }
-}
-
-/** True for errors that mean the connection was never made (the request was not sent). */
-function notConnected(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return ['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN'].includes(code ?? '') ||
-    /^Connection timeout/.test((err as Error).message ?? '');
 }
 
 /** A name that can be looked up literally: no NUL, no control characters, no outer spaces. */

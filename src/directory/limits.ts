@@ -10,7 +10,10 @@ import { DirectoryUnavailableError } from '../errors.js';
 export class DcBreaker {
   readonly #openUntil = new Map<string, number>();
 
-  constructor(private readonly cooldownMs: number, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly cooldownMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   /** The URLs worth trying now, in the given order. */
   usable(urls: readonly string[]): string[] {
@@ -34,11 +37,15 @@ export class Limiter {
   #running = 0;
   readonly #queue: { start: () => void; timer: NodeJS.Timeout }[] = [];
 
-  constructor(private readonly max: number, private readonly queueMax: number, private readonly waitMs: number) {}
+  constructor(
+    private readonly max: number,
+    private readonly queueMax: number,
+    private readonly waitMs: number,
+  ) {}
 
   async run<T>(task: () => Promise<T>): Promise<T> {
     if (this.#running < this.max) this.#running++;
-    else await this.wait();                 // the slot is handed over by release()
+    else await this.wait(); // the slot is handed over by release()
     try {
       return await task();
     } finally {
@@ -58,14 +65,23 @@ export class Limiter {
 
   private wait(): Promise<void> {
     if (this.#queue.length >= this.queueMax) {
-      return Promise.reject(new DirectoryUnavailableError(`too many password checks waiting (${this.queueMax})`, { overload: true }));
+      return Promise.reject(
+        new DirectoryUnavailableError(`too many password checks waiting (${this.queueMax})`, { overload: true }),
+      );
     }
     return new Promise((resolve, reject) => {
       const entry = {
-        start: () => { clearTimeout(entry.timer); resolve(); },
+        start: () => {
+          clearTimeout(entry.timer);
+          resolve();
+        },
         timer: setTimeout(() => {
           this.#queue.splice(this.#queue.indexOf(entry), 1);
-          reject(new DirectoryUnavailableError(`a password check waited ${this.waitMs} ms for a free slot`, { overload: true }));
+          reject(
+            new DirectoryUnavailableError(`a password check waited ${this.waitMs} ms for a free slot`, {
+              overload: true,
+            }),
+          );
         }, this.waitMs),
       };
       this.#queue.push(entry);

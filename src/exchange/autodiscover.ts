@@ -35,11 +35,18 @@ export function isAutodiscoverJson(path: string): boolean {
  * The gateway's answer to an autodiscover.json request: `{"Protocol","Url"}` on `host`, or a
  * refusal naming what was off. `path` is normalized (lowercase); `rawUrl` is as sent.
  */
-export function answerAutodiscoverJson(req: Pick<IncomingMessage, 'method'>, path: string, rawUrl: string, host: string): AutodiscoverJson {
+export function answerAutodiscoverJson(
+  req: Pick<IncomingMessage, 'method'>,
+  path: string,
+  rawUrl: string,
+  host: string,
+): AutodiscoverJson {
   if (req.method !== 'GET') return refuse('autodiscover.json takes GET only', 405);
   let email: string | null = null;
   if (path.startsWith(V1_PREFIX)) {
-    email = decodeOrNull(rawUrl.slice(0, rawUrl.indexOf('?') < 0 ? undefined : rawUrl.indexOf('?')).slice(V1_PREFIX.length));
+    email = decodeOrNull(
+      rawUrl.slice(0, rawUrl.indexOf('?') < 0 ? undefined : rawUrl.indexOf('?')).slice(V1_PREFIX.length),
+    );
     if (email === null || email.includes('/')) return refuse('not /autodiscover/autodiscover.json/v1.0/<address>');
   } else if (path !== JSON_PATH) {
     return refuse('not an autodiscover.json path');
@@ -49,7 +56,8 @@ export function answerAutodiscoverJson(req: Pick<IncomingMessage, 'method'>, pat
   const seen = new Set<string>();
   for (const [key, value] of query) {
     const k = key.toLowerCase();
-    if (!QUERY_KEYS.has(k)) return refuse(`query key ${JSON.stringify(key.slice(0, 40))} is not one autodiscover.json takes`);
+    if (!QUERY_KEYS.has(k))
+      return refuse(`query key ${JSON.stringify(key.slice(0, 40))} is not one autodiscover.json takes`);
     if (seen.has(k)) return refuse(`query key ${k} given twice`);
     seen.add(k);
     if (k === 'email') email = value;
@@ -59,7 +67,12 @@ export function answerAutodiscoverJson(req: Pick<IncomingMessage, 'method'>, pat
   const protocol = query.get([...query.keys()].find((k) => k.toLowerCase() === 'protocol') ?? '') ?? '';
   const target = PROTOCOLS[protocol.toLowerCase()];
   if (!target) return refuse('Protocol is not EWS, ActiveSync or AutodiscoverV1');
-  const name = protocol.toLowerCase() === 'ews' ? 'EWS' : protocol.toLowerCase() === 'activesync' ? 'ActiveSync' : 'AutodiscoverV1';
+  const name =
+    protocol.toLowerCase() === 'ews'
+      ? 'EWS'
+      : protocol.toLowerCase() === 'activesync'
+        ? 'ActiveSync'
+        : 'AutodiscoverV1';
   return { kind: 'answer', body: JSON.stringify({ Protocol: name, Url: `https://${host}${target}` }) };
 }
 

@@ -62,7 +62,7 @@ export function handleClientError(err: ParserError, socket: Socket, ctx: ClientE
     socket.destroy();
     return;
   }
-  if (ctx.owed.closing(socket)) return;          // a later chunk of a connection already ending
+  if (ctx.owed.closing(socket)) return; // a later chunk of a connection already ending
   if (err.code === 'HPE_PAUSED') {
     // Node paused its parser for backpressure, yet TLS handed it the next decrypted record, which
     // is lost (reproduced: test/integration/pipelining.test.ts). Nothing after it can be parsed
@@ -98,7 +98,7 @@ export class OwedResponses {
   add(socket: Socket, res: ServerResponse): boolean {
     if (this.#closing.has(socket)) return false;
     let open = this.#open.get(socket);
-    if (!open) this.#open.set(socket, open = new Set());
+    if (!open) this.#open.set(socket, (open = new Set()));
     for (const earlier of open) if (!earlier.shouldKeepAlive) return false;
     open.add(res);
     res.once('close', () => {
@@ -115,7 +115,7 @@ export class OwedResponses {
 
   /** Marks the connection closing; runs `answer` once every response owed on it has closed (or the socket has). */
   answerAfterOwed(socket: Socket, answer: () => void): void {
-    if (this.#closing.has(socket)) return;            // the first answer on a connection is its last
+    if (this.#closing.has(socket)) return; // the first answer on a connection is its last
     let done = false;
     const once = () => {
       if (done) return;
@@ -123,19 +123,25 @@ export class OwedResponses {
       answer();
     };
     this.#closing.set(socket, once);
-    socket.once('close', once);                       // Node never closes a queued response it aborts
+    socket.once('close', once); // Node never closes a queued response it aborts
     if ((this.#open.get(socket)?.size ?? 0) === 0) once();
   }
 
   /** As answerAfterOwed, and the last owed response says `Connection: close` if it still can (RFC 9112 §9.6). */
   closeAfterOwed(socket: Socket, close: () => void): void {
-    const last = [...this.#open.get(socket) ?? []].at(-1);
+    const last = [...(this.#open.get(socket) ?? [])].at(-1);
     if (last && !last.headersSent) last.shouldKeepAlive = false;
     this.answerAfterOwed(socket, close);
   }
 }
 
-function verdict(err: ParserError, head: FailedHead | null, socket: Socket, state: State, record: AccessRecord): Verdict {
+function verdict(
+  err: ParserError,
+  head: FailedHead | null,
+  socket: Socket,
+  state: State,
+  record: AccessRecord,
+): Verdict {
   if (err.code === 'HPE_HEADER_OVERFLOW') return [431, 'bad-request', 'request headers too large'];
   if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return [408, 'bad-request', 'request headers not received in time'];
   if (err.code !== 'HPE_INVALID_METHOD' || !head || !RPC_METHODS.has(head.method)) {
@@ -144,8 +150,13 @@ function verdict(err: ParserError, head: FailedHead | null, socket: Socket, stat
   }
   // Allowed, but not at the start of a connection (where rpc-tunnel.ts peeks): a tunnel needs a
   // connection of its own.
-  return rpcPrecheck((socket as TLSSocket).servername, head, state, record)
-    ?? [501, 'bad-request', 'Outlook Anywhere request after other requests on one connection'];
+  return (
+    rpcPrecheck((socket as TLSSocket).servername, head, state, record) ?? [
+      501,
+      'bad-request',
+      'Outlook Anywhere request after other requests on one connection',
+    ]
+  );
 }
 
 /**
@@ -154,7 +165,12 @@ function verdict(err: ParserError, head: FailedHead | null, socket: Socket, stat
  * denied to everyone), and one outside /rpc/ is never forwarded, whoever asks (400). Null when the
  * request may go on to authentication. Sets the record's service and rule.
  */
-export function rpcPrecheck(servername: string | false | null | undefined, head: RpcRequestLine, state: State, record: AccessRecord): Verdict | null {
+export function rpcPrecheck(
+  servername: string | false | null | undefined,
+  head: RpcRequestLine,
+  state: State,
+  record: AccessRecord,
+): Verdict | null {
   const route = classifyRpc(servername, head.headers.host, head.url, state.config.names);
   if (!route.ok) return [DENY_STATUS[route.reason], route.reason, route.detail];
   record.service = 'rpc';
@@ -172,16 +188,23 @@ export function rpcPrecheck(servername: string | false | null | undefined, head:
  * Content-Length (the tunnel relays exactly that many bytes) and no Transfer-Encoding; `Expect`
  * only `100-continue` (answered once allowed). Null when it is fine.
  */
-export function rpcFraming(rawHeaders: readonly string[], headers: { readonly expect?: string | undefined; readonly 'content-length'?: string | undefined }): Verdict | null {
+export function rpcFraming(
+  rawHeaders: readonly string[],
+  headers: { readonly expect?: string | undefined; readonly 'content-length'?: string | undefined },
+): Verdict | null {
   if (rpcBodyLength(rawHeaders, headers) === null) {
     return [400, 'bad-request', 'an RPC request needs exactly one Content-Length and no Transfer-Encoding'];
   }
-  if (headers.expect !== undefined && headers.expect.toLowerCase() !== '100-continue') return [417, 'bad-request', 'unsupported Expect'];
+  if (headers.expect !== undefined && headers.expect.toLowerCase() !== '100-continue')
+    return [417, 'bad-request', 'unsupported Expect'];
   return null;
 }
 
 /** The declared body length of an RPC request: exactly one Content-Length, no Transfer-Encoding; else null. */
-export function rpcBodyLength(rawHeaders: readonly string[], headers: { readonly 'content-length'?: string | undefined }): number | null {
+export function rpcBodyLength(
+  rawHeaders: readonly string[],
+  headers: { readonly 'content-length'?: string | undefined },
+): number | null {
   let lengths = 0;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = (rawHeaders[i] as string).toLowerCase();
@@ -229,7 +252,10 @@ function lastBlankLineBefore(raw: Buffer, end: number): number {
 /** The head that starts at `start`, or null when no request line is there. */
 function headAt(raw: Buffer, start: number): FailedHead | null {
   const headEnd = raw.indexOf(BLANK_LINE, start);
-  const lines = raw.subarray(start, headEnd < 0 ? raw.length : headEnd).toString('latin1').split('\r\n');
+  const lines = raw
+    .subarray(start, headEnd < 0 ? raw.length : headEnd)
+    .toString('latin1')
+    .split('\r\n');
   const line = REQUEST_LINE.exec(lines[0] ?? '');
   if (!line) return null;
   const headers: FailedHead['headers'] = {};
@@ -237,7 +263,8 @@ function headAt(raw: Buffer, start: number): FailedHead | null {
     const colon = h.indexOf(':');
     if (colon <= 0) continue;
     const name = h.slice(0, colon).toLowerCase();
-    if ((name === 'host' || name === 'user-agent') && headers[name] === undefined) headers[name] = printable(h.slice(colon + 1).trim(), MAX_VALUE);
+    if ((name === 'host' || name === 'user-agent') && headers[name] === undefined)
+      headers[name] = printable(h.slice(colon + 1).trim(), MAX_VALUE);
   }
   return { method: line[1] as string, url: (line[2] as string).slice(0, MAX_TARGET), headers };
 }
@@ -250,7 +277,10 @@ function printable(s: string, max: number): string {
 
 /** Ends the connection with the refusal (respond.ts) and writes its record (499: the client left first). */
 export function answerRaw(
-  socket: Socket, status: number, record: AccessRecord, write: (r: AccessRecord) => void,
+  socket: Socket,
+  status: number,
+  record: AccessRecord,
+  write: (r: AccessRecord) => void,
 ): void {
   if (socket.writable) refuseSocket(socket, record, record.reason as DenyReason, { status, keepDecision: true });
   else {

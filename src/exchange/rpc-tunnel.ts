@@ -1,18 +1,8 @@
 /**
- * Outlook Anywhere (RPC over HTTP) for allowed Basic users. Node's HTTP parser rejects the
- * RPC_IN_DATA / RPC_OUT_DATA methods, so the gateway peeks at the first decrypted bytes of each
- * connection before the HTTP server sees them (research/node-proxy.md §1.3):
- *
- * - anything else goes to the HTTP server untouched (its own header timeouts then apply);
- * - an RPC request head is read (at most 16 KiB, within http.headersTimeoutMs), checked like
- *   any request (names, path, policy, Basic credentials against the directory), and if allowed,
- *   the connection becomes a raw byte tunnel to Exchange on a connection of its own: the head is
- *   re-sent with the gateway's forwarding headers, then bytes flow both ways, unbuffered;
- * - a tunnel ends after `services.rpc.idleTimeoutSeconds` of silence on both sides, and one
- *   address holds at most `services.rpc.maxTunnelsPerSource` tunnels at once.
- *
- * NTLM over RPC would need a handshake state machine across the tunnel; it is not offered:
- * an RPC request without Basic credentials gets a Basic challenge.
+ * Outlook Anywhere (RPC over HTTP), Basic only. Node's parser rejects RPC_IN_DATA/RPC_OUT_DATA, so
+ * the first decrypted bytes of each connection are peeked at (research/node-proxy.md §1.3); an RPC
+ * head (≤ 16 KiB) runs the gateway's stages (judge) and, when allowed, the connection becomes a raw
+ * tunnel to Exchange carrying exactly the declared body, cut after idleTimeoutSeconds of silence.
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
@@ -22,9 +12,9 @@ import { failedHead, rpcBodyLength } from './client-error.js';
 import type { DenyReason } from '../errors.js';
 import { basicChallenge } from '../auth/front-ends.js';
 import { judge } from '../gateway.js';
-import { connectionTokens, dropsRequestHeader } from '../pipeline/headers.js';
 import { refuseSocket, type DenyOptions } from '../pipeline/respond.js';
 import { RPC_METHODS } from '../pipeline/services.js';
+import { parseHead, rebuildHead, type RpcHead } from './rpc-head.js';
 import type { State } from '../runtime/state.js';
 import type { Identity } from '../auth/authenticate.js';
 import { sourceKey } from '../auth/lockout.js';
@@ -33,20 +23,16 @@ const MAX_HEAD = 16 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
 const PREFIXES = [...RPC_METHODS].map((m) => Buffer.from(`${m} `, 'latin1'));
 
-/** A parsed RPC request head. */
-export interface RpcHead {
-  readonly method: string;
-  readonly url: string;
-  readonly version: string;
-  readonly rawHeaders: string[];
-  readonly headers: Record<string, string>;
-}
-
 /**
  * Looks at the first bytes of a TLS connection. `toHttp` receives every connection that is not
  * Outlook Anywhere, with the bytes read so far put back.
  */
-export function peek(socket: TLSSocket, state: () => State, toHttp: (socket: TLSSocket) => void, writeRecord: (r: AccessRecord) => void): void {
+export function peek(
+  socket: TLSSocket,
+  state: () => State,
+  toHttp: (socket: TLSSocket) => void,
+  writeRecord: (r: AccessRecord) => void,
+): void {
   let buf: Buffer = Buffer.alloc(0);
   const timer = setTimeout(() => {
     socket.off('data', onData);
@@ -97,7 +83,13 @@ function matchPrefix(buf: Buffer): 'yes' | 'no' | 'maybe' {
  * Runs an RPC request through the gateway's stages (gateway.ts judge) and, when allowed, turns the
  * connection into a tunnel to Exchange.
  */
-async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: State, writeRecord: (r: AccessRecord) => void): Promise<void> {
+async function tunnel(
+  socket: TLSSocket,
+  rawHead: Buffer,
+  rest: Buffer,
+  state: State,
+  writeRecord: (r: AccessRecord) => void,
+): Promise<void> {
   const head = parseHead(rawHead);
   if (!head) return refuseRaw(socket, writeRecord, rawHead, 400, 'malformed RPC request head');
   const record = newAccessRecord(socket, head);
@@ -107,34 +99,62 @@ async function tunnel(socket: TLSSocket, rawHead: Buffer, rest: Buffer, state: S
     record.durationMs = Math.round(performance.now() - started);
     writeRecord(record);
   };
-  const request = { method: head.method, url: head.url, httpVersion: head.version.slice('HTTP/'.length), headers: head.headers, rawHeaders: head.rawHeaders, socket };
+  const request = {
+    method: head.method,
+    url: head.url,
+    httpVersion: head.version.slice('HTTP/'.length),
+    headers: head.headers,
+    rawHeaders: head.rawHeaders,
+    socket,
+  };
   const judged = await judge(request, record, state, undefined, true);
   if (judged.kind === 'refuse') return refuse(judged.reason, judged);
   if (judged.kind !== 'allow' || judged.identity === null) {
-    return refuse('bad-credentials', { challenges: [basicChallenge(state.realm)], detail: 'the Outlook Anywhere tunnel takes Basic credentials only' });
+    return refuse('bad-credentials', {
+      challenges: [basicChallenge(state.realm)],
+      detail: 'the Outlook Anywhere tunnel takes Basic credentials only',
+    });
   }
-  const length = rpcBodyLength(head.rawHeaders, head.headers) as number;     // admitted: exactly one
+  const length = rpcBodyLength(head.rawHeaders, head.headers) as number; // admitted: exactly one
   const source = socket.remoteAddress ?? '';
   const cap = state.config.services.rpc.maxTunnelsPerSource;
   // Counted on the state bus: with workers, the cap holds for the address across all of them.
   const slot = await state.bus.acquireSlot(`tunnel\0${sourceKey(source)}`, cap);
-  if (!slot) return refuse('gateway-lockout', { status: 429, detail: `more than ${cap} Outlook Anywhere tunnels from one address` });
+  if (!slot)
+    return refuse('gateway-lockout', {
+      status: 429,
+      detail: `more than ${cap} Outlook Anywhere tunnels from one address`,
+    });
   if (socket.destroyed) return slot.release();
   // A client that waits for 100 before its body (impacket, IIS answers at once) hears it only now,
   // once allowed; Exchange never sees the Expect (rebuildHead drops it).
   if (head.headers.expect !== undefined) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
   const recheck = recheckPeriodically(socket, judged.identity, state, record);
-  pipeTunnel(socket, head, rest, length, state, record, started, () => { clearInterval(recheck); slot.release(); writeRecord(record); });
+  pipeTunnel(socket, head, rest, length, state, record, started, () => {
+    clearInterval(recheck);
+    slot.release();
+    writeRecord(record);
+  });
 }
 
 /**
  * A tunnel lives for hours (Outlook Anywhere's keep-alives): the account's groups and state are
  * checked again every groupTtlSeconds, and the tunnel is cut when the policy no longer allows it.
  */
-function recheckPeriodically(socket: TLSSocket, identity: Identity, state: State, record: AccessRecord): NodeJS.Timeout {
+function recheckPeriodically(
+  socket: TLSSocket,
+  identity: Identity,
+  state: State,
+  record: AccessRecord,
+): NodeJS.Timeout {
   const every = Math.max(1, state.config.cache.groupTtlSeconds) * 1000;
   const timer = setInterval(() => {
-    void state.authenticator.refresh(identity, { source: socket.remoteAddress ?? '', groupDns: state.policy.groupDns, policyVersion: state.policy.version })
+    void state.authenticator
+      .refresh(identity, {
+        source: socket.remoteAddress ?? '',
+        groupDns: state.policy.groupDns,
+        policyVersion: state.policy.version,
+      })
       .then((auth) => {
         const allowed = auth.ok && authorize('rpc', auth.identity, state.policy).allow;
         if (!allowed && !socket.destroyed) {
@@ -147,22 +167,38 @@ function recheckPeriodically(socket: TLSSocket, identity: Identity, state: State
   return timer;
 }
 
-function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: number, state: State, record: AccessRecord, started: number, done: () => void): void {
+function pipeTunnel(
+  client: TLSSocket,
+  head: RpcHead,
+  rest: Buffer,
+  length: number,
+  state: State,
+  record: AccessRecord,
+  started: number,
+  done: () => void,
+): void {
   const { url, servername, ca, insecureSkipVerify, connectTimeoutMs } = state.config.upstream;
   const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
   // No SNI for an IP address (RFC 6066 §3; Node warns, DEP0123), as on the HTTP path; the
   // certificate is checked against upstream.servername all the same.
   const sni = isIP(servername) ? {} : { servername };
-  const host = url.hostname.replace(/^\[|\]$/g, '');         // URL keeps an IPv6 literal's brackets
-  const upstream: Socket = url.protocol === 'https:'
-    ? tlsConnect({
-      host, port, ...sni, ...(ca ? { ca } : {}), rejectUnauthorized: !insecureSkipVerify, ALPNProtocols: ['http/1.1'],
-      minVersion: 'TLSv1.2', checkServerIdentity: (_name, cert) => checkServerIdentity(servername, cert),
-    })
-    : netConnect({ host, port });
+  const host = url.hostname.replace(/^\[|\]$/g, ''); // URL keeps an IPv6 literal's brackets
+  const upstream: Socket =
+    url.protocol === 'https:'
+      ? tlsConnect({
+          host,
+          port,
+          ...sni,
+          ...(ca ? { ca } : {}),
+          rejectUnauthorized: !insecureSkipVerify,
+          ALPNProtocols: ['http/1.1'],
+          minVersion: 'TLSv1.2',
+          checkServerIdentity: (_name, cert) => checkServerIdentity(servername, cert),
+        })
+      : netConnect({ host, port });
   const idleMs = state.config.services.rpc.idleTimeoutSeconds * 1000;
   let finished = false;
-  let answered = false;                             // a byte from Exchange reached the client
+  let answered = false; // a byte from Exchange reached the client
   // `failure`: Exchange failed before answering anything; the client gets 502/504 as on the HTTP path.
   const finish = (detail: string | null, failure?: 502 | 504) => {
     if (finished) return;
@@ -172,7 +208,7 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
     upstream.destroy();
     if (failure && !answered && client.writable) {
       refuseSocket(client, record, failure === 504 ? 'upstream-timeout' : 'upstream-error', { keepDecision: true });
-      setTimeout(() => client.destroy(), 1000).unref();   // the rest of an upload is not awaited
+      setTimeout(() => client.destroy(), 1000).unref(); // the rest of an upload is not awaited
     } else {
       client.destroy();
     }
@@ -216,69 +252,38 @@ function pipeTunnel(client: TLSSocket, head: RpcHead, rest: Buffer, length: numb
   // Both directions must be silent for idleMs before the tunnel is cut (Outlook Anywhere's own
   // keep-alive is 720/900 s, research/node-proxy.md §4).
   let lastActivity = Date.now();
-  const touch = () => { lastActivity = Date.now(); };
+  const touch = () => {
+    lastActivity = Date.now();
+  };
   client.on('data', touch);
   upstream.on('data', touch);
-  const idle = setInterval(() => { if (Date.now() - lastActivity >= idleMs) finish('tunnel idle timeout', 504); }, Math.min(idleMs, 30_000));
+  const idle = setInterval(
+    () => {
+      if (Date.now() - lastActivity >= idleMs) finish('tunnel idle timeout', 504);
+    },
+    Math.min(idleMs, 30_000),
+  );
   idle.unref();
-  const end = (detail: string | null, failure?: 502 | 504) => () => { clearInterval(idle); clearTimeout(connectTimer); finish(detail, failure); };
+  const end = (detail: string | null, failure?: 502 | 504) => () => {
+    clearInterval(idle);
+    clearTimeout(connectTimer);
+    finish(detail, failure);
+  };
   upstream.once('error', (err: NodeJS.ErrnoException) => end(`upstream: ${err.code ?? err.message}`, 502)());
   client.once('error', end(null));
   upstream.once('close', () => end(answered ? null : 'Exchange closed the connection without answering', 502)());
   client.once('close', end(null));
 }
 
-/**
- * The head as sent to Exchange: the request line, the client's headers minus the hop-by-hop and
- * gateway-owned ones, then the framing the gateway judged and relays (Host, exactly one
- * Content-Length: the declared body, never more), the Authorization it verified, and
- * X-Forwarded-For / -Proto and X-Request-Id set by the gateway. No `Connection` token can remove any of these.
- */
-export function rebuildHead(head: RpcHead, length: number, client: Socket, requestId: string): string {
-  let out = `${head.method} ${head.url} ${head.version}\r\n`;
-  const named = connectionTokens(head.headers.connection);
-  for (let i = 0; i < head.rawHeaders.length; i += 2) {
-    const name = head.rawHeaders[i] as string;
-    const lower = name.toLowerCase();
-    if (!FRAMED.has(lower) && !dropsRequestHeader(lower, named)) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
-  }
-  if (head.headers.host !== undefined) out += `Host: ${head.headers.host}\r\n`;
-  out += `Content-Length: ${length}\r\n`;
-  if (head.headers.authorization !== undefined) out += `Authorization: ${head.headers.authorization}\r\n`;
-  out += `X-Request-Id: ${requestId}\r\n`;
-  return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`;
-}
-
-/** Written by rebuildHead itself, from the values the gateway judged. */
-const FRAMED: ReadonlySet<string> = new Set(['host', 'content-length', 'authorization', 'transfer-encoding']);
-
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-const VISIBLE = /^[\x21-\x7e]+$/;
-
-/** Parses a request head strictly: request line, then `name: value` lines (no obs-fold, no controls). */
-export function parseHead(raw: Buffer): RpcHead | null {
-  const lines = raw.toString('latin1').split('\r\n');
-  const [method, url, version, extra] = (lines[0] ?? '').split(' ');
-  if (!method || !RPC_METHODS.has(method) || !url || (version !== 'HTTP/1.1' && version !== 'HTTP/1.0') || extra !== undefined) return null;
-  if (!VISIBLE.test(url)) return null;                     // the whole target, query included
-  const rawHeaders: string[] = [];
-  const headers: Record<string, string> = {};
-  for (const line of lines.slice(1)) {
-    const colon = line.indexOf(':');
-    if (colon <= 0) return null;
-    const name = line.slice(0, colon);
-    const value = line.slice(colon + 1).trim();
-    if (!TOKEN.test(name) || /[\x00-\x08\x0a-\x1f\x7f]/.test(value)) return null;
-    rawHeaders.push(name, value);
-    const lower = name.toLowerCase();
-    if (headers[lower] === undefined) headers[lower] = value;
-  }
-  return { method, url, version, rawHeaders, headers };
-}
-
 /** Answers a connection whose head could not be read whole or parsed: logged with as much of
  * its request line, Host and User-Agent as arrived. */
-function refuseRaw(socket: TLSSocket, writeRecord: (r: AccessRecord) => void, raw: Buffer, status: number, detail: string): void {
+function refuseRaw(
+  socket: TLSSocket,
+  writeRecord: (r: AccessRecord) => void,
+  raw: Buffer,
+  status: number,
+  detail: string,
+): void {
   const head = failedHead(raw, raw.length);
   const record = newAccessRecord(socket, head ?? { headers: {} });
   if (head && RPC_METHODS.has(head.method)) record.service = 'rpc';

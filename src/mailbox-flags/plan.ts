@@ -13,7 +13,12 @@ import { dnKey, type Account } from '../directory/directory.js';
 import type { Policy } from '../policy/compile.js';
 import type { Service } from '../pipeline/services.js';
 
-export type CasFlag = 'MAPIBlockOutlookRpcHttp' | 'MAPIBlockOutlookExternalConnectivity' | 'ActiveSyncEnabled' | 'EwsEnabled' | 'OWAEnabled';
+export type CasFlag =
+  | 'MAPIBlockOutlookRpcHttp'
+  | 'MAPIBlockOutlookExternalConnectivity'
+  | 'ActiveSyncEnabled'
+  | 'EwsEnabled'
+  | 'OWAEnabled';
 
 export interface FlagRule {
   readonly service: Service;
@@ -84,5 +89,7 @@ export function plan(input: PlanInput): Plan {
 
 function why(service: Service, d: ReturnType<typeof authorize>): string {
   const rule = d.rule ? ` by rule ${d.rule}` : '';
-  return d.allow ? `allowed ${service} from outside${rule}` : `not allowed ${service} from outside (${d.reason}${rule})`;
+  return d.allow
+    ? `allowed ${service} from outside${rule}`
+    : `not allowed ${service} from outside (${d.reason}${rule})`;
 }

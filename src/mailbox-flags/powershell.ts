@@ -20,10 +20,12 @@ export function quote(text: string): string {
 /** The read: every mailbox's DistinguishedName and the mapped flags, as JSON. Any error stops it
  * (a partial read must never look like "these are all the mailboxes"). */
 export function readScript(flags: readonly CasFlag[]): string {
-  return [
-    "$ErrorActionPreference = 'Stop'",
-    `Get-CASMailbox -ResultSize Unlimited | Select-Object ${['DistinguishedName', ...flags].join(',')} | ConvertTo-Json -Depth 2 -Compress`,
-  ].join('\n') + '\n';
+  return (
+    [
+      "$ErrorActionPreference = 'Stop'",
+      `Get-CASMailbox -ResultSize Unlimited | Select-Object ${['DistinguishedName', ...flags].join(',')} | ConvertTo-Json -Depth 2 -Compress`,
+    ].join('\n') + '\n'
+  );
 }
 
 /** One mailbox's changes, all its flags on one line. */

@@ -32,17 +32,30 @@ export function run(settings: RunnerSettings, script: string): Promise<RunResult
       child.kill('SIGTERM');
       setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
     }, settings.timeoutMs);
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString('utf8'); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString('utf8'); });
-    child.on('error', (err) => { clearTimeout(timer); reject(err); });
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString('utf8');
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString('utf8');
+    });
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
     child.stdin.on('error', () => {});
     child.stdin.end(script);
   });
 }
 
 /** Exchange's current flags per mailbox (lowercase DN). Throws when the read fails. */
-export async function readCurrent(settings: RunnerSettings, flags: readonly CasFlag[]): Promise<Map<string, Partial<Record<CasFlag, boolean | null>>>> {
+export async function readCurrent(
+  settings: RunnerSettings,
+  flags: readonly CasFlag[],
+): Promise<Map<string, Partial<Record<CasFlag, boolean | null>>>> {
   const result = await run(settings, readScript(flags));
   if (result.code !== 0 || result.stderr.trim() !== '') {
     throw new Error(`the Exchange read failed (exit ${result.code}): ${result.stderr.trim().slice(0, 500)}`);
@@ -72,9 +85,18 @@ export interface MailboxResult {
 }
 
 /** Applies changes in batches; one mailbox's failure does not stop the rest. */
-export async function applyChanges(settings: RunnerSettings, all: readonly MailboxChange[], batchSize: number): Promise<MailboxResult[]> {
-  const results: MailboxResult[] = all.filter((m) => !quotable(m.identity))
-    .map((m) => ({ identity: m.identity, ok: false, error: 'the identity has a control character and cannot be written safely' }));
+export async function applyChanges(
+  settings: RunnerSettings,
+  all: readonly MailboxChange[],
+  batchSize: number,
+): Promise<MailboxResult[]> {
+  const results: MailboxResult[] = all
+    .filter((m) => !quotable(m.identity))
+    .map((m) => ({
+      identity: m.identity,
+      ok: false,
+      error: 'the identity has a control character and cannot be written safely',
+    }));
   const changes = all.filter((m) => quotable(m.identity));
   const nonce = randomBytes(6).toString('hex');
   for (let start = 0; start < changes.length; start += batchSize) {
@@ -90,10 +112,19 @@ export async function applyChanges(settings: RunnerSettings, all: readonly Mailb
     batch.forEach((m, i) => {
       const ok = lines.includes(`exgate-ok ${nonce} ${start + i}`);
       const failedAt = lines.indexOf(`exgate-failed ${nonce} ${start + i}`);
-      results.push(ok ? { identity: m.identity, ok } : {
-        identity: m.identity, ok,
-        error: failure || (failedAt >= 0 ? (lines[failedAt + 1] || 'Set-CASMailbox failed').slice(0, 300) : 'no result from the runner'),
-      });
+      results.push(
+        ok
+          ? { identity: m.identity, ok }
+          : {
+              identity: m.identity,
+              ok,
+              error:
+                failure ||
+                (failedAt >= 0
+                  ? (lines[failedAt + 1] || 'Set-CASMailbox failed').slice(0, 300)
+                  : 'no result from the runner'),
+            },
+      );
     });
   }
   return results;

@@ -22,10 +22,17 @@ async function syncOnce(configFile: string, log: Pick<Logger, 'info' | 'warn' | 
       const policy = await loadPolicy(config.policyFile, directory, logonDomain(config));
       const planned = await planSync(config.mailboxFlags, directory, policy);
       if (!planned.ok) return log.warn({ refusal: planned.refusal }, 'mailbox-flags sync refused');
-      if (planned.overShare) return log.warn({ blocked: planned.plan.blocked, total: planned.plan.total }, 'mailbox-flags sync refused: over maxBlockShare (run apply --force by hand)');
+      if (planned.overShare)
+        return log.warn(
+          { blocked: planned.plan.blocked, total: planned.plan.total },
+          'mailbox-flags sync refused: over maxBlockShare (run apply --force by hand)',
+        );
       if (planned.plan.changes.length === 0) return log.info({ total: planned.plan.total }, 'mailbox flags in step');
       const results = await applyPlan(config.mailboxFlags, planned.plan, log);
-      log.info({ changed: results.filter((r) => r.ok).length, failed: results.filter((r) => !r.ok).length }, 'mailbox-flags sync done');
+      log.info(
+        { changed: results.filter((r) => r.ok).length, failed: results.filter((r) => !r.ok).length },
+        'mailbox-flags sync done',
+      );
     } finally {
       await directory.close();
     }
@@ -43,7 +50,9 @@ export function scheduleMailboxFlags(config: Config, log: Pick<Logger, 'info' | 
   const timer = setInterval(() => {
     if (running) return;
     running = true;
-    void syncOnce(configFile, log).finally(() => { running = false; });
+    void syncOnce(configFile, log).finally(() => {
+      running = false;
+    });
   }, minutes * 60_000);
   timer.unref();
   return () => clearInterval(timer);

@@ -39,7 +39,8 @@ export async function planSync(settings: Settings, directory: Directory, policy:
     return { ok: false, refusal: `the directory read failed: ${err instanceof Error ? err.message : String(err)}` };
   }
   for (const g of allowGroups(policy, services)) {
-    if ((members.get(g)?.size ?? 0) === 0) return { ok: false, refusal: `policy group ${policy.groupNames.get(g) ?? g} resolves to no member` };
+    if ((members.get(g)?.size ?? 0) === 0)
+      return { ok: false, refusal: `policy group ${policy.groupNames.get(g) ?? g} resolves to no member` };
   }
   let current;
   try {
@@ -71,7 +72,11 @@ function allowGroups(policy: Policy, services: ReadonlySet<string>): Set<string>
 }
 
 /** Applies a plan; logs every change and its outcome. */
-export async function applyPlan(settings: Settings, p: Plan, log: Pick<Logger, 'info' | 'error'>): Promise<MailboxResult[]> {
+export async function applyPlan(
+  settings: Settings,
+  p: Plan,
+  log: Pick<Logger, 'info' | 'error'>,
+): Promise<MailboxResult[]> {
   const batches = byMailbox(p.changes);
   const results = await applyChanges(runnerSettings(settings), batches, settings.batchSize);
   const byIdentity = new Map(results.map((r) => [dnKey(r.identity), r]));

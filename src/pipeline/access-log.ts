@@ -96,10 +96,23 @@ function clipOrNull(v: string | string[] | undefined): string | null {
 
 /** Paths pino must never print, whatever object a log call is given. */
 export const REDACT_PATHS = [
-  'authorization', 'cookie', 'password', 'bindPassword', 'rawPacket',
-  '*.authorization', '*.cookie', '*.password', '*.bindPassword', '*.rawPacket', '*["set-cookie"]',
-  'headers.authorization', 'headers.cookie', 'req.headers.authorization', 'req.headers.cookie',
-  'err.rawPacket', 'err.config',
+  'authorization',
+  'cookie',
+  'password',
+  'bindPassword',
+  'rawPacket',
+  '*.authorization',
+  '*.cookie',
+  '*.password',
+  '*.bindPassword',
+  '*.rawPacket',
+  '*["set-cookie"]',
+  'headers.authorization',
+  'headers.cookie',
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'err.rawPacket',
+  'err.config',
 ];
 
 const FORMATTERS = { level: (label: string) => ({ level: label }) };
@@ -135,13 +148,19 @@ export function accessLogger(target: string, stream?: DestinationStream, events:
 
 /** The operational log: startup, reloads, faults. JSON lines to stderr. */
 export function appLogger(level: string, stream?: DestinationStream): Logger {
-  return pino({
-    level, base: { name: 'exgate', pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, formatters: FORMATTERS,
-    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-    // An error is logged as type, code, message and stack only: a library error may carry the
-    // request it failed on (headers, credentials) in properties or in its cause.
-    serializers: { err: errorFields },
-  }, stream ?? pino.destination({ dest: 2, sync: true }));
+  return pino(
+    {
+      level,
+      base: { name: 'exgate', pid: process.pid },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: FORMATTERS,
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      // An error is logged as type, code, message and stack only: a library error may carry the
+      // request it failed on (headers, credentials) in properties or in its cause.
+      serializers: { err: errorFields },
+    },
+    stream ?? pino.destination({ dest: 2, sync: true }),
+  );
 }
 
 function errorFields(err: unknown): unknown {

@@ -17,7 +17,11 @@ export interface Principal {
 }
 
 export type Allow = { readonly allow: true; readonly reason: 'allowed' | 'report-only'; readonly rule: string | null };
-export type Deny = { readonly allow: false; readonly reason: 'not-allowed' | 'denied-by-rule'; readonly rule: string | null };
+export type Deny = {
+  readonly allow: false;
+  readonly reason: 'not-allowed' | 'denied-by-rule';
+  readonly rule: string | null;
+};
 export type Decision = Allow | Deny;
 
 /** Decides whether `principal` may use `service`. */
@@ -55,7 +59,8 @@ export function ruleMatches(service: Service, principal: Principal | null, polic
   if (!rules) return [];
   const userKey = principal?.dn.toLowerCase() ?? '';
   return [...rules.deny, ...rules.allow].map((rule) => ({
-    rule, matched: principal !== null && matches(rule, userKey, principal.groups),
+    rule,
+    matched: principal !== null && matches(rule, userKey, principal.groups),
   }));
 }
 
@@ -81,7 +86,9 @@ export function authorizeAnonymous(service: Service, policy: Policy): Deny | nul
   const denyAll = rules?.deny.find((r) => r.everyone);
   const verdict: Deny | null = denyAll
     ? { allow: false, reason: 'denied-by-rule', rule: denyAll.id }
-    : !rules?.allow.some(admitsAnyone) ? { allow: false, reason: 'not-allowed', rule: null } : null;
+    : !rules?.allow.some(admitsAnyone)
+      ? { allow: false, reason: 'not-allowed', rule: null }
+      : null;
   if (verdict === null || policy.mode === 'enforce') return verdict;
-  return null;   // report-only: authenticate anyway, so the would-be denial is logged with its user
+  return null; // report-only: authenticate anyway, so the would-be denial is logged with its user
 }

@@ -9,10 +9,16 @@ import type { Misroute } from './classify.js';
 
 /** The methods Exchange's HTTP services use; anything else (TRACE, WebDAV, …) is refused. */
 const METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']);
-const HOST = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
+const HOST =
+  /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
 /** Headers a request carries at most once: Node keeps the first of a repeated Host or
  * Authorization, IIS might read another, so the gateway would check one and forward the other. */
-const SINGLETONS = { host: 'Host', authorization: 'Authorization', 'content-length': 'Content-Length', 'transfer-encoding': 'Transfer-Encoding' } as const;
+const SINGLETONS = {
+  host: 'Host',
+  authorization: 'Authorization',
+  'content-length': 'Content-Length',
+  'transfer-encoding': 'Transfer-Encoding',
+} as const;
 type Singleton = keyof typeof SINGLETONS;
 const SINGLETON_NAMES = Object.keys(SINGLETONS) as Singleton[];
 
@@ -32,10 +38,16 @@ export interface Head {
 
 /** A refusal of the request head (400, or `status` when HTTP has a better code), or null when it is fine. */
 export function checkHead(req: Head): (Misroute & { readonly status?: number }) | null {
-  if (!METHODS.has(req.method ?? '')) return { ok: false, reason: 'bad-request', detail: `method ${req.method} is not served`, status: 405 };
+  if (!METHODS.has(req.method ?? ''))
+    return { ok: false, reason: 'bad-request', detail: `method ${req.method} is not served`, status: 405 };
   // Node's parser also hands over HTTP/0.9 and HTTP/2.0 request lines (checked on 20.20).
   if (req.httpVersion !== '1.1' && req.httpVersion !== '1.0') {
-    return { ok: false, reason: 'bad-request', detail: `HTTP version ${req.httpVersion.slice(0, 8)} is not served`, status: 505 };
+    return {
+      ok: false,
+      reason: 'bad-request',
+      detail: `HTTP version ${req.httpVersion.slice(0, 8)} is not served`,
+      status: 505,
+    };
   }
   // Node keeps only the first ~1,000 header lines (in `headers` and `rawHeaders` alike): a request
   // past a limit well below that is refused, so the gateway judges every line it forwards.
@@ -44,7 +56,8 @@ export function checkHead(req: Head): (Misroute & { readonly status?: number }) 
   }
   const counts = countSingletons(req.rawHeaders);
   for (const name of SINGLETON_NAMES) {
-    if (counts[name] > 1) return { ok: false, reason: 'bad-request', detail: `more than one ${SINGLETONS[name]} header` };
+    if (counts[name] > 1)
+      return { ok: false, reason: 'bad-request', detail: `more than one ${SINGLETONS[name]} header` };
   }
   // Node refuses both together itself; a second line of defence (RFC 9112 §6.3: request smuggling).
   if (counts['content-length'] > 0 && counts['transfer-encoding'] > 0) {
@@ -52,13 +65,15 @@ export function checkHead(req: Head): (Misroute & { readonly status?: number }) 
   }
   // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host (the gateway's
   // `requireHostHeader: false` only lets HTTP/1.0 clients be named by their SNI).
-  if (counts.host === 0 && req.httpVersion !== '1.0') return { ok: false, reason: 'bad-request', detail: 'HTTP/1.1 request without Host' };
+  if (counts.host === 0 && req.httpVersion !== '1.0')
+    return { ok: false, reason: 'bad-request', detail: 'HTTP/1.1 request without Host' };
   const te = req.headers['transfer-encoding'];
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
     return { ok: false, reason: 'bad-request', detail: 'transfer coding other than chunked', status: 501 };
   }
   const host = req.headers.host;
-  if (host !== undefined && !HOST.test(host)) return { ok: false, reason: 'bad-request', detail: 'Host is not name[:port]' };
+  if (host !== undefined && !HOST.test(host))
+    return { ok: false, reason: 'bad-request', detail: 'Host is not name[:port]' };
   return checkRawLines(req.rawHeaders);
 }
 

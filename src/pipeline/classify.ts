@@ -30,7 +30,11 @@ export type Misroute = {
 };
 
 /** Builds the lowercase name sets from the config's lists. */
-export function nameTable(external: readonly string[], internal: readonly string[], noSni: 'external' | 'reject'): NameTable {
+export function nameTable(
+  external: readonly string[],
+  internal: readonly string[],
+  noSni: 'external' | 'reject',
+): NameTable {
   const norm = (n: string) => n.toLowerCase().replace(/\.$/, '');
   return { external: new Set(external.map(norm)), internal: new Set(internal.map(norm)), noSni };
 }
@@ -39,7 +43,12 @@ export function nameTable(external: readonly string[], internal: readonly string
  * Classifies one request. `servername` is the TLS SNI as the client sent it (`false` or
  * undefined when there was none); `host` is the Host header; `rawUrl` is the request target.
  */
-export function classify(servername: string | false | null | undefined, host: string | undefined, rawUrl: string, names: NameTable): Route | Misroute {
+export function classify(
+  servername: string | false | null | undefined,
+  host: string | undefined,
+  rawUrl: string,
+  names: NameTable,
+): Route | Misroute {
   const name = checkNames(servername, host, names);
   if (typeof name !== 'string') return name;
   const path = normalizePath(pathOf(rawUrl));
@@ -63,7 +72,12 @@ export type RpcRoute = Route & {
  * wherever they appear, so `RPC_IN_DATA /owa/` is rpc (denied or refused as rpc), never owa.
  * Names and path shape are checked as for any request; the service table is not consulted.
  */
-export function classifyRpc(servername: string | false | null | undefined, host: string | undefined, rawUrl: string, names: NameTable): RpcRoute | Misroute {
+export function classifyRpc(
+  servername: string | false | null | undefined,
+  host: string | undefined,
+  rawUrl: string,
+  names: NameTable,
+): RpcRoute | Misroute {
   const name = checkNames(servername, host, names);
   if (typeof name !== 'string') return name;
   const path = normalizePath(pathOf(rawUrl));
@@ -86,10 +100,13 @@ function proxyShellShape(path: string, service: Service): string | null {
   if (!path.includes('autodiscover.json') && !path.includes('powershell') && !path.includes('@')) return null;
   const segments = path.split('/').filter(Boolean);
   const autodiscoverJson = path === '/autodiscover/autodiscover.json' || AUTODISCOVER_V1.test(path);
-  if (!autodiscoverJson && segments.some((s) => s.includes('autodiscover.json'))) return 'autodiscover.json in an unexpected place';
-  if (service !== 'powershell' && segments.some((s) => s.includes('powershell'))) return 'a powershell segment outside /powershell/';
+  if (!autodiscoverJson && segments.some((s) => s.includes('autodiscover.json')))
+    return 'autodiscover.json in an unexpected place';
+  if (service !== 'powershell' && segments.some((s) => s.includes('powershell')))
+    return 'a powershell segment outside /powershell/';
   const explicitLogon = (i: number) => (service === 'owa' || service === 'ecp') && i === 1;
-  if (segments.some((s, i) => s.includes('@') && !autodiscoverJson && !explicitLogon(i))) return '@ in a path outside an explicit-logon segment';
+  if (segments.some((s, i) => s.includes('@') && !autodiscoverJson && !explicitLogon(i)))
+    return '@ in a path outside an explicit-logon segment';
   return null;
 }
 
@@ -113,7 +130,7 @@ export function hostName(host: string | undefined): string | null {
   if (h.startsWith('[')) {
     const end = h.indexOf(']');
     if (end < 0) return null;
-    h = h.slice(1, end);                          // `[::1]:8443` → `::1`, as names.external lists it
+    h = h.slice(1, end); // `[::1]:8443` → `::1`, as names.external lists it
   } else {
     const colon = h.indexOf(':');
     if (colon >= 0) h = h.slice(0, colon);
@@ -122,7 +139,11 @@ export function hostName(host: string | undefined): string | null {
   return h || null;
 }
 
-function checkNames(servername: string | false | null | undefined, host: string | undefined, names: NameTable): string | Misroute {
+function checkNames(
+  servername: string | false | null | undefined,
+  host: string | undefined,
+  names: NameTable,
+): string | Misroute {
   const h = hostName(host);
   if (servername) {
     const sni = servername.toLowerCase().replace(/\.$/, '');
@@ -152,17 +173,18 @@ const SHORT_NAME = /~\d/;
  * trailing slash when the request had one.
  */
 export function normalizePath(raw: string): string | null {
-  if (!raw.startsWith('/')) return null;                 // absolute-form and `*` are not served
+  if (!raw.startsWith('/')) return null; // absolute-form and `*` are not served
   const decoded = percentDecode(raw);
   if (decoded === null) return null;
   const segments: string[] = [];
   for (const segment of decoded.toLowerCase().split('/')) {
     if (segment === '' || segment === '.') continue;
-    if (segment === '..') return null;                    // traversal
-    if (segment.endsWith('.') || segment.endsWith(' ')) return null;   // Windows trims these: `/ecp./` is `/ecp/`
-    if (segment.includes(':')) return null;               // NTFS alternate data streams: `ecp::$DATA`
-    if (SHORT_NAME.test(segment)) return null;            // 8.3 short names: `ECP~1`
-    if (segment.includes('(')) return null;               // ASP.NET cookieless `(S(…))` segments, removed after IIS picked the handler
+    if (segment === '..') return null; // traversal
+    if (segment.endsWith('.') || segment.endsWith(' ')) return null; // Windows trims these: `/ecp./` is `/ecp/`
+    if (segment.includes(':')) return null; // NTFS alternate data streams: `ecp::$DATA`
+    if (SHORT_NAME.test(segment)) return null; // 8.3 short names: `ECP~1`
+    // ASP.NET cookieless `(S(…))` segments, removed after IIS picked the handler.
+    if (segment.includes('(')) return null;
     segments.push(segment);
   }
   const trailing = decoded.endsWith('/') && segments.length > 0 ? '/' : '';
@@ -180,13 +202,13 @@ function percentDecode(raw: string): string | null {
   for (let i = 0; i < raw.length; i++) {
     const c = raw.charCodeAt(i);
     if (c !== 0x25) {
-      if (c > 0x7e) return null;                          // Node's parser only lets visible ASCII through
+      if (c > 0x7e) return null; // Node's parser only lets visible ASCII through
       bytes.push(c);
       continue;
     }
     const hi = hexValue(raw.charCodeAt(i + 1));
     const lo = hexValue(raw.charCodeAt(i + 2));
-    if (hi < 0 || lo < 0) return null;                    // a stray `%`, or IIS's old `%uXXXX`
+    if (hi < 0 || lo < 0) return null; // a stray `%`, or IIS's old `%uXXXX`
     const byte = hi * 16 + lo;
     // An encoded `/`, `\` or `%` (double encoding), or a delimiter (`?`, `#`) smuggled into the
     // path: ProxyShell's `autodiscover.json%3f@evil/…` is one of these.

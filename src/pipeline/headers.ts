@@ -9,11 +9,29 @@ import type { IncomingMessage } from 'node:http';
 import type { AuthFrontEnd } from '../auth/front-ends.js';
 
 const REQUEST_DROP: ReadonlySet<string> = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding',
-  'upgrade', 'http2-settings', 'expect', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded',
-  'x-real-ip', 'x-request-id',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+  'expect',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'forwarded',
+  'x-real-ip',
+  'x-request-id',
   // Exchange's own front-end → back-end headers: a client never sends them.
-  'x-commonaccesstoken', 'x-isfromcafe', 'x-sourcecafeserver', 'msexchproxyuri', 'msexchlogonmailbox', 'x-beresource',
+  'x-commonaccesstoken',
+  'x-isfromcafe',
+  'x-sourcecafeserver',
+  'msexchproxyuri',
+  'msexchlogonmailbox',
+  'x-beresource',
 ]);
 
 /** Forwarded exactly once, from Node's parsed view, never from a client's repeated raw lines. */
@@ -21,17 +39,41 @@ const SINGLE: ReadonlySet<string> = new Set(['host', 'content-length', 'authoriz
 
 /** Response headers that name Exchange's internal servers (and its software), removed by default. */
 export const HIDDEN_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
-  'x-feserver', 'x-beserver', 'x-calculatedbetarget', 'x-diaginfo', 'x-febeserver', 'x-fefqdn', 'x-feproxyinfo',
-  'x-feefzinfo', 'x-targetbeserver', 'x-beserverexception', 'x-backendhttpstatus', 'x-proxy-backendserverstatus',
-  'x-proxy-routingcorrectness', 'x-powered-by', 'x-aspnet-version', 'x-owa-diagnosticsinfo', 'x-serverapplication-diag',
-  'x-owa-version', 'x-owa-minimumsupportedowsversion', 'x-owa-owsversion', 'x-firsthopcafeefz',
+  'x-feserver',
+  'x-beserver',
+  'x-calculatedbetarget',
+  'x-diaginfo',
+  'x-febeserver',
+  'x-fefqdn',
+  'x-feproxyinfo',
+  'x-feefzinfo',
+  'x-targetbeserver',
+  'x-beserverexception',
+  'x-backendhttpstatus',
+  'x-proxy-backendserverstatus',
+  'x-proxy-routingcorrectness',
+  'x-powered-by',
+  'x-aspnet-version',
+  'x-owa-diagnosticsinfo',
+  'x-serverapplication-diag',
+  'x-owa-version',
+  'x-owa-minimumsupportedowsversion',
+  'x-owa-owsversion',
+  'x-firsthopcafeefz',
 ]);
 
 /** Header name prefixes removed the same way (`X-RUM-*`: routing update module diagnostics). */
 const HIDDEN_PREFIXES = ['x-rum-'];
 
 const RESPONSE_DROP: ReadonlySet<string> = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
   ...HIDDEN_RESPONSE_HEADERS,
 ]);
 
@@ -64,7 +106,11 @@ export function requestHeaders(req: IncomingMessage, host: string, requestId: st
  * internal-server headers dropped, a 401's challenges filtered by the service's front-end
  * (`passes`), and the gateway's own challenges when none is left.
  */
-export function responseHeaders(raw: readonly Buffer[] | undefined, status: number, frontEnd: Pick<AuthFrontEnd, 'passes' | 'challenges'>): string[] {
+export function responseHeaders(
+  raw: readonly Buffer[] | undefined,
+  status: number,
+  frontEnd: Pick<AuthFrontEnd, 'passes' | 'challenges'>,
+): string[] {
   const out: string[] = [];
   if (!raw) return out;
   let named: Set<string> | null = null;
@@ -95,12 +141,17 @@ export function responseHeaders(raw: readonly Buffer[] | undefined, status: numb
  * tunnel (rpc-tunnel.ts) rebuilds its head with the same rule.
  */
 export function dropsRequestHeader(lower: string, named: ReadonlySet<string> | null): boolean {
-  return REQUEST_DROP.has(lower) || (named !== null && named.has(lower));
+  return REQUEST_DROP.has(lower) || named?.has(lower) === true;
 }
 
 export function connectionTokens(value: string | undefined): Set<string> | null {
   if (!value) return null;
   const v = value.toLowerCase();
   if (v === 'keep-alive' || v === 'close') return null;
-  return new Set(v.split(',').map((t) => t.trim()).filter(Boolean));
+  return new Set(
+    v
+      .split(',')
+      .map((t) => t.trim())
+      .filter(Boolean),
+  );
 }

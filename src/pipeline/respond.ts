@@ -23,12 +23,17 @@ export interface DenyOptions {
   readonly status?: number | undefined;
 }
 
-
 /**
  * Answers a request with the status its reason calls for (errors.ts) and records why. Closes the
  * connection when the request body was not read, so a denied upload is never read to its end.
  */
-export function deny(req: IncomingMessage, res: ServerResponse, record: AccessRecord, reason: DenyReason, opts: DenyOptions = {}): void {
+export function deny(
+  req: IncomingMessage,
+  res: ServerResponse,
+  record: AccessRecord,
+  reason: DenyReason,
+  opts: DenyOptions = {},
+): void {
   record.decision = 'deny';
   fail(req, res, record, reason, opts);
 }
@@ -38,7 +43,13 @@ export function deny(req: IncomingMessage, res: ServerResponse, record: AccessRe
  * that Exchange failed (502/504) keeps `decision: allow`. After the response has started, all it
  * can do is cut the connection.
  */
-export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRecord, reason: DenyReason, opts: DenyOptions = {}): void {
+export function fail(
+  req: IncomingMessage,
+  res: ServerResponse,
+  record: AccessRecord,
+  reason: DenyReason,
+  opts: DenyOptions = {},
+): void {
   record.reason = reason;
   if (opts.detail !== undefined) record.detail = opts.detail;
   if (res.headersSent || res.destroyed) {
@@ -54,7 +65,8 @@ export function fail(req: IncomingMessage, res: ServerResponse, record: AccessRe
     ...refusalHeaders(status, opts),
   };
   // A request without a body is whole even while its 'request' event runs (req.complete is set after).
-  const unread = !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
+  const unread =
+    !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
   const drain = unread && drainable(req);
   if (CLOSES.has(status) || status >= 500 || (unread && !drain)) {
     headers.connection = 'close';
@@ -95,7 +107,13 @@ function drainBody(req: IncomingMessage): void {
 }
 
 /** Answers a request from the gateway itself (autodiscover.json), never from Exchange. */
-export function respond(res: ServerResponse, record: AccessRecord, contentType: string, body: string, detail: string): void {
+export function respond(
+  res: ServerResponse,
+  record: AccessRecord,
+  contentType: string,
+  body: string,
+  detail: string,
+): void {
   record.decision = 'allow';
   record.reason = 'allowed';
   record.detail = detail;
@@ -125,7 +143,12 @@ function refusalHeaders(status: number, opts: DenyOptions): Record<string, strin
  * Records the reason; `keepDecision` leaves the record's decision as it is (an allowed tunnel
  * that Exchange failed keeps `allow`, as fail() does).
  */
-export function refuseSocket(socket: Socket, record: AccessRecord, reason: DenyReason, opts: DenyOptions & { keepDecision?: boolean } = {}): number {
+export function refuseSocket(
+  socket: Socket,
+  record: AccessRecord,
+  reason: DenyReason,
+  opts: DenyOptions & { keepDecision?: boolean } = {},
+): number {
   if (!opts.keepDecision) record.decision = 'deny';
   record.reason = reason;
   if (opts.detail !== undefined) record.detail = opts.detail;
@@ -136,7 +159,11 @@ export function refuseSocket(socket: Socket, record: AccessRecord, reason: DenyR
 }
 
 /** Answers on a raw socket with a bare status and closes it. */
-export function endWithStatus(socket: Socket, status: number, headers: Record<string, string | number | string[]> = {}): void {
+export function endWithStatus(
+  socket: Socket,
+  status: number,
+  headers: Record<string, string | number | string[]> = {},
+): void {
   let head = `${statusLine(status)}\r\n`;
   for (const [name, value] of Object.entries(headers)) {
     for (const v of Array.isArray(value) ? value : [value]) head += `${name}: ${v}\r\n`;

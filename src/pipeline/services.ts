@@ -12,7 +12,17 @@
 
 /** The closed service vocabulary of INTERFACE.md. */
 export const SERVICES = [
-  'mapi', 'rpc', 'ews', 'mrsproxy', 'activesync', 'owa', 'ecp', 'oab', 'autodiscover', 'powershell', 'api',
+  'mapi',
+  'rpc',
+  'ews',
+  'mrsproxy',
+  'activesync',
+  'owa',
+  'ecp',
+  'oab',
+  'autodiscover',
+  'powershell',
+  'api',
 ] as const;
 
 export type Service = (typeof SERVICES)[number];
@@ -84,8 +94,9 @@ const ACTIVESYNC_SHORT_SECONDS = 300;
  * of EAS 12.1+) keeps the long timeout.
  */
 export function requestIdleMs(service: Service, settings: ServiceDefaults, operation: string | null): number {
-  const seconds = service === 'activesync' && operation !== null && !ACTIVESYNC_LONG_POLLS.has(operation.toLowerCase())
-    ? Math.min(settings.idleTimeoutSeconds, ACTIVESYNC_SHORT_SECONDS)
-    : settings.idleTimeoutSeconds;
+  const seconds =
+    service === 'activesync' && operation !== null && !ACTIVESYNC_LONG_POLLS.has(operation.toLowerCase())
+      ? Math.min(settings.idleTimeoutSeconds, ACTIVESYNC_SHORT_SECONDS)
+      : settings.idleTimeoutSeconds;
   return seconds * 1000;
 }

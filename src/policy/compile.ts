@@ -53,7 +53,11 @@ export async function loadPolicy(file: string, directory: Directory, domain: Log
   return Object.freeze({
     mode: text.parsed.mode,
     // The text and what its names resolved to: a group renamed or moved in AD is a new policy.
-    version: createHash('sha256').update(text.yaml.text).update(JSON.stringify([...groupNames.keys()])).digest('hex').slice(0, 16),
+    version: createHash('sha256')
+      .update(text.yaml.text)
+      .update(JSON.stringify([...groupNames.keys()]))
+      .digest('hex')
+      .slice(0, 16),
     file,
     byService: index(rules),
     groupDns: [...groupNames.keys()],
@@ -68,7 +72,9 @@ interface Resolved {
 
 /** Looks every name up once; a name that does not resolve is a problem at each place it stands. */
 async function resolveNames(
-  names: readonly NameRef[], directory: Directory, domain: LogonDomain,
+  names: readonly NameRef[],
+  directory: Directory,
+  domain: LogonDomain,
   at: (path: readonly (string | number)[], message: string) => void,
 ): Promise<Resolved> {
   const groups = new Map<string, GroupRef | null>();

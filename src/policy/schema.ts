@@ -11,15 +11,21 @@ const principals = z.strictObject({
   users: z.array(z.string().min(1)).default([]),
 });
 
-const service = z.string().transform((s) => s.toLowerCase()).pipe(
-  z.enum(SERVICES, { error: `unknown service; one of ${SERVICES.join(', ')}` }),
-);
+const service = z
+  .string()
+  .transform((s) => s.toLowerCase())
+  .pipe(z.enum(SERVICES, { error: `unknown service; one of ${SERVICES.join(', ')}` }));
 
 const rule = z.strictObject({
   /** Shown in the access log's `rule` field and in `explain`. */
-  id: z.string().min(1).regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, . _ - only'),
+  id: z
+    .string()
+    .min(1)
+    .regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, . _ - only'),
   services: z.array(service).min(1, 'needs at least one service'),
-  allow: z.union([z.literal('authenticated'), principals], { error: 'expected `authenticated` or { groups, users }' }).optional(),
+  allow: z
+    .union([z.literal('authenticated'), principals], { error: 'expected `authenticated` or { groups, users }' })
+    .optional(),
   deny: z.union([z.literal('all'), principals], { error: 'expected `all` or { groups, users }' }).optional(),
 });
 

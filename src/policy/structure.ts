@@ -28,7 +28,10 @@ export interface PolicyText {
   readonly names: readonly NameRef[];
 }
 
-/** Reads a policy file and checks all that needs no directory. Throws ConfigError only when it cannot be read or parsed as YAML. */
+/**
+ * Reads a policy file and checks all that needs no directory. Throws ConfigError only when it
+ * cannot be read or parsed as YAML.
+ */
 export function readPolicy(file: string): PolicyText {
   const yaml = readYaml(file);
   const problems: ConfigProblem[] = [];
@@ -63,7 +66,8 @@ function structureProblems(rules: readonly RawRule[], yaml: YamlFile): ConfigPro
       if (ids.has(rule.id)) at(['rules', index, 'id'], `duplicate rule id ${rule.id}`);
       ids.add(rule.id);
     }
-    if ((rule.allow === undefined) === (rule.deny === undefined)) at(['rules', index], 'a rule has exactly one of allow and deny');
+    if ((rule.allow === undefined) === (rule.deny === undefined))
+      at(['rules', index], 'a rule has exactly one of allow and deny');
   }
   return problems;
 }
@@ -74,11 +78,15 @@ function namesOf(rules: readonly RawRule[]): NameRef[] {
     for (const effect of ['allow', 'deny'] as const) {
       const spec = rule[effect];
       if (!isRecord(spec)) continue;
-      for (const [list, kind] of [['groups', 'group'], ['users', 'user']] as const) {
+      for (const [list, kind] of [
+        ['groups', 'group'],
+        ['users', 'user'],
+      ] as const) {
         const names = spec[list];
         if (!Array.isArray(names)) continue;
         names.forEach((name: unknown, j) => {
-          if (typeof name === 'string' && name !== '') refs.push({ kind, name, path: ['rules', index, effect, list, j] });
+          if (typeof name === 'string' && name !== '')
+            refs.push({ kind, name, path: ['rules', index, effect, list, j] });
         });
       }
     }

@@ -32,7 +32,9 @@ export function parseEntry(line: string): AccessEntry | null {
   } catch {
     return null;
   }
-  return typeof value === 'object' && value !== null && !Array.isArray(value) ? toEntry(value as Record<string, unknown>) : null;
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+    ? toEntry(value as Record<string, unknown>)
+    : null;
 }
 
 function toEntry(r: Record<string, unknown>): AccessEntry | null {
@@ -42,7 +44,15 @@ function toEntry(r: Record<string, unknown>): AccessEntry | null {
   if (decision !== 'allow' && decision !== 'deny') return null;
   const t = Date.parse(time);
   if (!Number.isFinite(t)) return null;
-  return { t, decision, status, client: str(r.client), user: str(r.user), service: str(r.service), reason: str(r.reason) };
+  return {
+    t,
+    decision,
+    status,
+    client: str(r.client),
+    user: str(r.user),
+    service: str(r.service),
+    reason: str(r.reason),
+  };
 }
 
 function str(v: unknown): string | null {

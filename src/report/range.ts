@@ -37,7 +37,9 @@ export function parseTime(value: string, now: number): number {
   if (rel) return now - Number(rel[1]) * (UNIT_MS[rel[2] ?? ''] ?? 0);
   const t = parseIso(value.trim());
   if (t === null) {
-    throw new TimeArgumentError(`${JSON.stringify(value)} is not a time: use an ISO 8601 date or date-time (2024-05-01, 2024-05-01T08:00:00Z) or a duration back from now (30m, 24h, 7d)`);
+    throw new TimeArgumentError(
+      `${JSON.stringify(value)} is not a time: use an ISO 8601 date or date-time (2024-05-01, 2024-05-01T08:00:00Z) or a duration back from now (30m, 24h, 7d)`,
+    );
   }
   return t;
 }

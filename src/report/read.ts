@@ -12,7 +12,10 @@ import { createGunzip } from 'node:zlib';
 /** A file that could not be read; the message names the file. */
 export class LogFileError extends Error {
   override readonly name = 'LogFileError';
-  constructor(readonly file: string, cause: unknown) {
+  constructor(
+    readonly file: string,
+    cause: unknown,
+  ) {
     super(`cannot read ${file}: ${describe(cause)}`, { cause });
   }
 }
@@ -60,7 +63,7 @@ async function openDecoded(file: string): Promise<Readable> {
     await fh.close();
     throw err;
   }
-  const raw = fh.createReadStream({ start: 0 });   // closes the handle when it ends or is destroyed
+  const raw = fh.createReadStream({ start: 0 }); // closes the handle when it ends or is destroyed
   if (!gzip) return raw;
   // pipeline, not pipe: a read error must reach the gunzip stream, or readline would wait forever.
   return pipeline(raw, createGunzip(), () => {});
@@ -69,12 +72,17 @@ async function openDecoded(file: string): Promise<Readable> {
 function describe(err: unknown): string {
   const code = (err as NodeJS.ErrnoException | null)?.code;
   switch (code) {
-    case 'ENOENT': return 'no such file';
+    case 'ENOENT':
+      return 'no such file';
     case 'EACCES':
-    case 'EPERM': return 'permission denied';
-    case 'EISDIR': return 'is a directory';
+    case 'EPERM':
+      return 'permission denied';
+    case 'EISDIR':
+      return 'is a directory';
     case 'Z_DATA_ERROR':
-    case 'Z_BUF_ERROR': return `corrupt gzip data (${err instanceof Error ? err.message : String(err)})`;
-    default: return err instanceof Error ? err.message : String(err);
+    case 'Z_BUF_ERROR':
+      return `corrupt gzip data (${err instanceof Error ? err.message : String(err)})`;
+    default:
+      return err instanceof Error ? err.message : String(err);
   }
 }

@@ -77,8 +77,18 @@ export interface SourceRow {
 /** The reason key for a denial logged without one (should not happen; counted, not dropped). */
 export const NO_REASON = '(none)';
 
-interface AccessAcc { requests: number; reportOnly: number; clients: Set<string>; first: number; last: number }
-interface SourceAcc { requests: number; denials: number; users: Set<string> }
+interface AccessAcc {
+  requests: number;
+  reportOnly: number;
+  clients: Set<string>;
+  first: number;
+  last: number;
+}
+interface SourceAcc {
+  requests: number;
+  denials: number;
+  users: Set<string>;
+}
 
 /** Builds a Report one line or entry at a time, so files of any size stream through it. */
 export class ReportAccumulator {
@@ -116,10 +126,16 @@ export class ReportAccumulator {
 
   private countAllowed(e: AccessEntry): void {
     this.allowed++;
-    if (e.status >= 400) return;   // allowed but not served: Exchange failed (502/504) or refused it
-    if (e.user === null) return;    // no account: an NTLM handshake leg, autodiscover.json answered by the gateway
+    if (e.status >= 400) return; // allowed but not served: Exchange failed (502/504) or refused it
+    if (e.user === null) return; // no account: an NTLM handshake leg, autodiscover.json answered by the gateway
     const byService = getOr(this.access, e.user, () => new Map<string | null, AccessAcc>());
-    const acc = getOr(byService, e.service, () => ({ requests: 0, reportOnly: 0, clients: new Set<string>(), first: e.t, last: e.t }));
+    const acc = getOr(byService, e.service, () => ({
+      requests: 0,
+      reportOnly: 0,
+      clients: new Set<string>(),
+      first: e.t,
+      last: e.t,
+    }));
     acc.requests++;
     if (e.reason === 'report-only') acc.reportOnly++;
     if (e.client !== null) acc.clients.add(e.client);
@@ -130,7 +146,10 @@ export class ReportAccumulator {
   private countDenial(e: AccessEntry): void {
     const reason = e.reason ?? NO_REASON;
     increment(this.denialReasons, reason);
-    increment(getOr(this.denialUsers, e.user, () => new Map<string, number>()), reason);
+    increment(
+      getOr(this.denialUsers, e.user, () => new Map<string, number>()),
+      reason,
+    );
   }
 
   private countSource(e: AccessEntry): void {
@@ -146,9 +165,13 @@ export class ReportAccumulator {
     return {
       range: { since: iso(this.range.since), until: iso(this.range.until) },
       totals: {
-        records: this.records, inRange: this.inRange, skipped: this.skipped,
-        allowed: this.allowed, denied: this.inRange - this.allowed,
-        first: some ? iso(this.first) : null, last: some ? iso(this.last) : null,
+        records: this.records,
+        inRange: this.inRange,
+        skipped: this.skipped,
+        allowed: this.allowed,
+        denied: this.inRange - this.allowed,
+        first: some ? iso(this.first) : null,
+        last: some ? iso(this.last) : null,
       },
       access: this.accessRows(),
       denials: { byReason: countsObject(this.denialReasons), byUser: this.denialRows() },
@@ -160,19 +183,36 @@ export class ReportAccumulator {
     const rows: AccessRow[] = [];
     for (const [user, byService] of this.access) {
       for (const [service, a] of byService) {
-        rows.push({ user, service, requests: a.requests, reportOnly: a.reportOnly, clients: a.clients.size, firstSeen: isoOf(a.first), lastSeen: isoOf(a.last) });
+        rows.push({
+          user,
+          service,
+          requests: a.requests,
+          reportOnly: a.reportOnly,
+          clients: a.clients.size,
+          firstSeen: isoOf(a.first),
+          lastSeen: isoOf(a.last),
+        });
       }
     }
     return rows.sort((a, b) => byName(a.user, b.user) || byName(a.service, b.service));
   }
 
   private denialRows(): DenialRow[] {
-    const rows = [...this.denialUsers].map(([user, reasons]) => ({ user, denials: sum(reasons.values()), byReason: countsObject(reasons) }));
+    const rows = [...this.denialUsers].map(([user, reasons]) => ({
+      user,
+      denials: sum(reasons.values()),
+      byReason: countsObject(reasons),
+    }));
     return rows.sort((a, b) => b.denials - a.denials || byName(a.user, b.user));
   }
 
   private sourceRows(): SourceRow[] {
-    const rows = [...this.sources].map(([client, s]) => ({ client, requests: s.requests, denials: s.denials, users: s.users.size }));
+    const rows = [...this.sources].map(([client, s]) => ({
+      client,
+      requests: s.requests,
+      denials: s.denials,
+      users: s.users.size,
+    }));
     return rows.sort((a, b) => b.requests - a.requests || byName(a.client, b.client)).slice(0, TOP_SOURCES);
   }
 }

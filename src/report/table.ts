@@ -6,7 +6,10 @@
 import { TOP_SOURCES, type Report } from './summarize.js';
 
 type Align = 'left' | 'right';
-interface Column { readonly title: string; readonly align: Align }
+interface Column {
+  readonly title: string;
+  readonly align: Align;
+}
 
 const GAP = '  ';
 /** Longest value shown in a column; longer ones end in `…` (the JSON output keeps them whole). */
@@ -18,10 +21,28 @@ export function formatTable(r: Report): string {
 }
 
 function accessSection(r: Report): string {
-  const rows = r.access.map((a) => [user(a.user), a.service ?? '-', num(a.requests), num(a.reportOnly), num(a.clients), time(a.firstSeen), time(a.lastSeen)]);
-  return section('Access from outside (allowed and served)', [
-    left('USER'), left('SERVICE'), right('REQUESTS'), right('REPORT-ONLY'), right('CLIENTS'), left('FIRST SEEN'), left('LAST SEEN'),
-  ], rows);
+  const rows = r.access.map((a) => [
+    user(a.user),
+    a.service ?? '-',
+    num(a.requests),
+    num(a.reportOnly),
+    num(a.clients),
+    time(a.firstSeen),
+    time(a.lastSeen),
+  ]);
+  return section(
+    'Access from outside (allowed and served)',
+    [
+      left('USER'),
+      left('SERVICE'),
+      right('REQUESTS'),
+      right('REPORT-ONLY'),
+      right('CLIENTS'),
+      left('FIRST SEEN'),
+      left('LAST SEEN'),
+    ],
+    rows,
+  );
 }
 
 function reasonSection(r: Report): string {
@@ -30,13 +51,23 @@ function reasonSection(r: Report): string {
 }
 
 function userDenialSection(r: Report): string {
-  const rows = r.denials.byUser.map((d) => [user(d.user), num(d.denials), Object.entries(d.byReason).map(([k, n]) => `${k} ${n}`).join(', ')]);
+  const rows = r.denials.byUser.map((d) => [
+    user(d.user),
+    num(d.denials),
+    Object.entries(d.byReason)
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', '),
+  ]);
   return section('Denials by user', [left('USER'), right('DENIALS'), left('BY REASON')], rows);
 }
 
 function sourceSection(r: Report): string {
   const rows = r.sources.map((s) => [s.client ?? '(unknown)', num(s.requests), num(s.denials), num(s.users)]);
-  return section(`Top source addresses (by requests, at most ${TOP_SOURCES})`, [left('ADDRESS'), right('REQUESTS'), right('DENIALS'), right('USERS')], rows);
+  return section(
+    `Top source addresses (by requests, at most ${TOP_SOURCES})`,
+    [left('ADDRESS'), right('REQUESTS'), right('DENIALS'), right('USERS')],
+    rows,
+  );
 }
 
 function totalsSection(r: Report): string {
@@ -52,7 +83,9 @@ function totalsSection(r: Report): string {
     ['since', r.range.since === null ? '(any)' : time(r.range.since)],
     ['until', r.range.until === null ? '(any)' : time(r.range.until)],
   ];
-  return `Totals\n${align(rows, [left(''), left('')]).map((l) => GAP + l).join('\n')}\n`;
+  return `Totals\n${align(rows, [left(''), left('')])
+    .map((l) => GAP + l)
+    .join('\n')}\n`;
 }
 
 /** A titled table; `(none)` under the title when there are no rows. */
@@ -66,7 +99,12 @@ function section(title: string, columns: readonly Column[], rows: readonly strin
 function align(rows: readonly string[][], columns: readonly Column[]): string[] {
   const cells = rows.map((row) => row.map(printable));
   const widths = columns.map((_, i) => cells.reduce((w, row) => Math.max(w, [...(row[i] ?? '')].length), 0));
-  return cells.map((row) => row.map((cell, i) => pad(cell, widths[i] ?? 0, columns[i]?.align ?? 'left', i === row.length - 1)).join(GAP).trimEnd());
+  return cells.map((row) =>
+    row
+      .map((cell, i) => pad(cell, widths[i] ?? 0, columns[i]?.align ?? 'left', i === row.length - 1))
+      .join(GAP)
+      .trimEnd(),
+  );
 }
 
 function pad(cell: string, width: number, how: Align, last: boolean): string {
@@ -88,9 +126,19 @@ export function printable(value: string): string {
   return chars.length > MAX_CELL ? chars.slice(0, MAX_CELL - 1).join('') + '…' : safe;
 }
 
-function left(title: string): Column { return { title, align: 'left' }; }
-function right(title: string): Column { return { title, align: 'right' }; }
-function num(n: number): string { return String(n); }
-function user(u: string | null): string { return u ?? '(anonymous)'; }
+function left(title: string): Column {
+  return { title, align: 'left' };
+}
+function right(title: string): Column {
+  return { title, align: 'right' };
+}
+function num(n: number): string {
+  return String(n);
+}
+function user(u: string | null): string {
+  return u ?? '(anonymous)';
+}
 /** `2024-05-01T08:00:00.000Z` → `2024-05-01 08:00:00Z`: seconds are enough on screen. */
-function time(iso: string): string { return iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z'); }
+function time(iso: string): string {
+  return iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+}

@@ -56,7 +56,10 @@ export class AccessFile {
   readonly #onExit = () => this.flushSync();
 
   /** `path` null writes to stdout (fd 1), which is never reopened or closed. Throws when the file cannot be opened. */
-  constructor(private readonly path: string | null, private readonly events: AccessFileEvents = {}) {
+  constructor(
+    private readonly path: string | null,
+    private readonly events: AccessFileEvents = {},
+  ) {
     this.#fd = path === null ? 1 : openForAppend(path);
     process.on('exit', this.#onExit);
   }
@@ -107,7 +110,8 @@ export class AccessFile {
 
   private writeFrom(fd: number, buf: Buffer, offset: number): void {
     write(fd, buf, offset, buf.length - offset, null, (err, n) => {
-      if (err?.code === 'EAGAIN') {                      // a non-blocking pipe is full: wait, never drop
+      if (err?.code === 'EAGAIN') {
+        // a non-blocking pipe is full: wait, never drop
         setTimeout(() => this.writeFrom(fd, buf, offset), EAGAIN_MS);
         return;
       }

@@ -38,7 +38,11 @@ const CHECK_TIMEOUT_MS = 5000;
 const TEXT = { 'content-type': 'text/plain' };
 
 /** Starts the admin listener. */
-export async function startAdmin(host: string, port: number, checks: AdminChecks): Promise<{ server: Server; address: AddressInfo }> {
+export async function startAdmin(
+  host: string,
+  port: number,
+  checks: AdminChecks,
+): Promise<{ server: Server; address: AddressInfo }> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') return reply(res, 405, {}, '');
@@ -50,10 +54,13 @@ export async function startAdmin(host: string, port: number, checks: AdminChecks
       return;
     }
     if (path === '/metrics') {
-      ready(checks).then(() => checks.metrics()).then(
-        ({ body, contentType }) => reply(res, 200, { 'content-type': contentType }, body),
-        (err: unknown) => reply(res, 500, TEXT, `metrics unavailable: ${err instanceof Error ? err.message : String(err)}\n`),
-      );
+      ready(checks)
+        .then(() => checks.metrics())
+        .then(
+          ({ body, contentType }) => reply(res, 200, { 'content-type': contentType }, body),
+          (err: unknown) =>
+            reply(res, 500, TEXT, `metrics unavailable: ${err instanceof Error ? err.message : String(err)}\n`),
+        );
       return;
     }
     reply(res, 404, TEXT, 'GET /healthz, /readyz or /metrics\n');
@@ -70,7 +77,9 @@ export async function startAdmin(host: string, port: number, checks: AdminChecks
 async function ready(checks: AdminChecks): Promise<{ ok: boolean; body: Record<string, unknown> }> {
   const gatewayCheck = checks.gateway?.bind(checks);
   const [directory, upstream, gateway] = await Promise.all([
-    probe(checks.directory), probe(checks.upstream), gatewayCheck ? probe(gatewayCheck) : Promise.resolve(undefined),
+    probe(checks.directory),
+    probe(checks.upstream),
+    gatewayCheck ? probe(gatewayCheck) : Promise.resolve(undefined),
   ]);
   checks.probed?.('directory', directory === 'ok');
   checks.probed?.('upstream', upstream === 'ok');
@@ -82,7 +91,9 @@ async function ready(checks: AdminChecks): Promise<{ ok: boolean; body: Record<s
 
 async function probe(check: () => Promise<void>): Promise<string> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error('timed out')), CHECK_TIMEOUT_MS); });
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('timed out')), CHECK_TIMEOUT_MS);
+  });
   try {
     await Promise.race([check(), timeout]);
     return 'ok';

@@ -56,7 +56,12 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
     const worker = cluster.fork({ EXGATE_WORKER: '1' });
     const started = Date.now();
     let listening = false;
-    worker.on('listening', () => { listening = true; anyListened = true; failedStarts = 0; serving.add(worker.id); });
+    worker.on('listening', () => {
+      listening = true;
+      anyListened = true;
+      failedStarts = 0;
+      serving.add(worker.id);
+    });
     worker.once('exit', () => serving.delete(worker.id));
     bus.attach(worker);
     worker.once('exit', () => {
@@ -68,12 +73,14 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   };
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
-    if (code === EX_CONFIG) {                             // a refused service account: a restart would bind again
+    if (code === EX_CONFIG) {
+      // a refused service account: a restart would bind again
       log.fatal({ worker: worker.process.pid, code }, 'a worker stopped on a configuration error; not restarting');
       giveUp?.(EX_CONFIG);
       return;
     }
-    if (!anyListened) {                                   // the first worker could not start (its line says why)
+    if (!anyListened) {
+      // the first worker could not start (its line says why)
       log.fatal({ worker: worker.process.pid, code, signal }, 'the first worker could not start; not starting others');
       giveUp?.(typeof code === 'number' && code > 0 ? code : 1);
       return;
@@ -84,16 +91,20 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
       return;
     }
     log.error({ worker: worker.process.pid, code, signal, restartInMs: delay }, 'a worker died; starting another');
-    setTimeout(fork, delay);                              // ref'd: with no worker left, it keeps the primary alive
+    setTimeout(fork, delay); // ref'd: with no worker left, it keeps the primary alive
     delay = Math.min(delay * 2, RESTART_MAX_MS);
   });
   // One worker first: a start that fails (a refused service account, a port in use) fails once,
   // not once per worker (each would bind to AD, and N wrong binds can lock the account).
-  fork()?.once('listening', () => { for (let i = 1; i < config.workers; i++) fork(); });
+  fork()?.once('listening', () => {
+    for (let i = 1; i < config.workers; i++) fork();
+  });
   log.info({ workers: config.workers }, 'exgate primary started');
 
   const admin = config.admin ? await startPrimaryAdmin(config, () => serving.size) : null;
-  process.on('SIGHUP', () => { for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP'); });
+  process.on('SIGHUP', () => {
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
+  });
   const code = await new Promise<number>((resolve) => {
     giveUp = (exit = 1) => {
       stopping = true;
@@ -112,7 +123,9 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
       let left = workers.length;
       if (left === 0) resolve(0);
       for (const w of workers) {
-        w.once('exit', () => { if (--left === 0) resolve(0); });
+        w.once('exit', () => {
+          if (--left === 0) resolve(0);
+        });
         w.process.kill('SIGTERM');
       }
     };
@@ -151,11 +164,18 @@ async function startPrimaryAdmin(config: Config, listening: () => number): Promi
   const { server } = await startAdmin(config.admin!.host, config.admin!.port, {
     directory: () => directory.ping(),
     upstream: () => upstream.probe(),
-    gateway: async () => { if (listening() === 0) throw new Error('no worker is listening'); },
+    gateway: async () => {
+      if (listening() === 0) throw new Error('no worker is listening');
+    },
     metrics: async () => ({ body: await clusterMetrics(own.registry), contentType: own.registry.contentType }),
     probed: (check, ok) => own.probed(check, ok),
   });
-  return { close: () => { server.close(); void directory.close(); } };
+  return {
+    close: () => {
+      server.close();
+      void directory.close();
+    },
+  };
 }
 
 let metricsRequests = 0;
@@ -167,16 +187,29 @@ let metricsRequests = 0;
 async function clusterMetrics(own: Registry): Promise<string> {
   const id = ++metricsRequests;
   const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w?.isConnected() === true);
-  const answers = await Promise.all(workers.map((w) => new Promise<object | null>((resolve) => {
-    const done = (metrics: object | null) => { clearTimeout(timer); w.off('message', onMessage); resolve(metrics); };
-    const onMessage = (msg: unknown) => {
-      const answer = msg as { id?: unknown; metrics: object };
-      if (typeOf(msg) === METRICS_ANSWER && answer.id === id) done(answer.metrics);
-    };
-    const timer = setTimeout(() => done(null), METRICS_TIMEOUT_MS);
-    w.on('message', onMessage);
-    try { w.send({ type: METRICS, id }); } catch { done(null); }    // it disconnected meanwhile
-  })));
+  const answers = await Promise.all(
+    workers.map(
+      (w) =>
+        new Promise<object | null>((resolve) => {
+          const done = (metrics: object | null) => {
+            clearTimeout(timer);
+            w.off('message', onMessage);
+            resolve(metrics);
+          };
+          const onMessage = (msg: unknown) => {
+            const answer = msg as { id?: unknown; metrics: object };
+            if (typeOf(msg) === METRICS_ANSWER && answer.id === id) done(answer.metrics);
+          };
+          const timer = setTimeout(() => done(null), METRICS_TIMEOUT_MS);
+          w.on('message', onMessage);
+          try {
+            w.send({ type: METRICS, id });
+          } catch {
+            done(null);
+          } // it disconnected meanwhile
+        }),
+    ),
+  );
   const all = [await own.getMetricsAsJSON(), ...answers.filter((a): a is object => a !== null)];
   return AggregatorRegistry.aggregate(all).metrics();
 }

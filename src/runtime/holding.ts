@@ -19,26 +19,37 @@ export interface Holding {
 }
 
 /** Listens on the gateway's port and answers 503 until closed. */
-export async function holdWith503(config: Config, material: TlsMaterial, access: Logger, listen: { port: number; host: string }): Promise<Holding> {
+export async function holdWith503(
+  config: Config,
+  material: TlsMaterial,
+  access: Logger,
+  listen: { port: number; host: string },
+): Promise<Holding> {
   const sockets = new Set<Socket>();
-  const server: Server = createServer({
-    ...secureContextOptions(material, config.tls),
-    ALPNProtocols: ['http/1.1'],
-    handshakeTimeout: config.tls.handshakeTimeoutMs,
-  }, (req, res) => {
-    const record = newAccessRecord(req.socket, req);
-    res.shouldKeepAlive = false;
-    deny(req, res, record, 'directory-unavailable', { detail: 'starting: the directory has not answered yet' });
-    res.once('close', () => {
-      record.status = res.statusCode;
-      record.durationMs = Date.now() - Date.parse(record.time);
-      access.info(record);
-    });
-    req.resume();                                  // a body is read and dropped, never kept
-  });
+  const server: Server = createServer(
+    {
+      ...secureContextOptions(material, config.tls),
+      ALPNProtocols: ['http/1.1'],
+      handshakeTimeout: config.tls.handshakeTimeoutMs,
+    },
+    (req, res) => {
+      const record = newAccessRecord(req.socket, req);
+      res.shouldKeepAlive = false;
+      deny(req, res, record, 'directory-unavailable', { detail: 'starting: the directory has not answered yet' });
+      res.once('close', () => {
+        record.status = res.statusCode;
+        record.durationMs = Date.now() - Date.parse(record.time);
+        access.info(record);
+      });
+      req.resume(); // a body is read and dropped, never kept
+    },
+  );
   server.headersTimeout = config.http.headersTimeoutMs;
   server.requestTimeout = config.http.headersTimeoutMs;
-  server.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
   // https.Server cuts a failed handshake itself only while nobody listens for clientError.
   cutFailedHandshakes(server);
   await new Promise<void>((resolve, reject) => {
@@ -46,10 +57,13 @@ export async function holdWith503(config: Config, material: TlsMaterial, access:
     server.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => resolve());
   });
   return {
-    close: () => new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeIdleConnections();
-      setTimeout(() => { for (const s of sockets) s.destroy(); }, 1000).unref();
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+        setTimeout(() => {
+          for (const s of sockets) s.destroy();
+        }, 1000).unref();
+      }),
   };
 }

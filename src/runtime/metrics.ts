@@ -10,20 +10,64 @@ const SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly requests = new Counter({ name: 'exgate_requests_total', help: 'Requests by service, decision and reason.', labelNames: ['service', 'decision', 'reason'], registers: [this.registry] });
-  readonly authDuration = new Histogram({ name: 'exgate_auth_duration_seconds', help: 'Time to authenticate a request (cache hits included).', labelNames: ['cache'], buckets: SECONDS, registers: [this.registry] });
-  readonly upstreamDuration = new Histogram({ name: 'exgate_upstream_duration_seconds', help: 'Time from forwarding to Exchange\'s response headers.', labelNames: ['service'], buckets: [...SECONDS, 30, 60, 300, 3600], registers: [this.registry] });
-  readonly cache = new Counter({ name: 'exgate_auth_cache_total', help: 'Authentications by where the answer came from (hit, miss, stale).', labelNames: ['result'], registers: [this.registry] });
-  readonly lockouts = new Counter({ name: 'exgate_lockouts_total', help: 'Requests refused by the gateway\'s smart lockout (account: 401, source: 429).', labelNames: ['kind'], registers: [this.registry] });
-  readonly directoryErrors = new Counter({ name: 'exgate_directory_errors_total', help: 'Requests answered 503 because the directory was unavailable.', registers: [this.registry] });
-  readonly accessLogWriteErrors = new Counter({
-    name: 'exgate_access_log_write_errors_total', help: 'Failed writes to the access log (the records went to stderr).', registers: [this.registry],
+  readonly requests = new Counter({
+    name: 'exgate_requests_total',
+    help: 'Requests by service, decision and reason.',
+    labelNames: ['service', 'decision', 'reason'],
+    registers: [this.registry],
   });
-  readonly openConnections = new Gauge({ name: 'exgate_open_connections', help: 'Client TLS connections open now.', registers: [this.registry] });
-  readonly inFlight = new Gauge({ name: 'exgate_requests_in_flight', help: 'Forwarded requests waiting for or streaming Exchange\'s answer (long-polls included).', labelNames: ['service'], registers: [this.registry] });
+  readonly authDuration = new Histogram({
+    name: 'exgate_auth_duration_seconds',
+    help: 'Time to authenticate a request (cache hits included).',
+    labelNames: ['cache'],
+    buckets: SECONDS,
+    registers: [this.registry],
+  });
+  readonly upstreamDuration = new Histogram({
+    name: 'exgate_upstream_duration_seconds',
+    help: "Time from forwarding to Exchange's response headers.",
+    labelNames: ['service'],
+    buckets: [...SECONDS, 30, 60, 300, 3600],
+    registers: [this.registry],
+  });
+  readonly cache = new Counter({
+    name: 'exgate_auth_cache_total',
+    help: 'Authentications by where the answer came from (hit, miss, stale).',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
+  readonly lockouts = new Counter({
+    name: 'exgate_lockouts_total',
+    help: "Requests refused by the gateway's smart lockout (account: 401, source: 429).",
+    labelNames: ['kind'],
+    registers: [this.registry],
+  });
+  readonly directoryErrors = new Counter({
+    name: 'exgate_directory_errors_total',
+    help: 'Requests answered 503 because the directory was unavailable.',
+    registers: [this.registry],
+  });
+  readonly accessLogWriteErrors = new Counter({
+    name: 'exgate_access_log_write_errors_total',
+    help: 'Failed writes to the access log (the records went to stderr).',
+    registers: [this.registry],
+  });
+  readonly openConnections = new Gauge({
+    name: 'exgate_open_connections',
+    help: 'Client TLS connections open now.',
+    registers: [this.registry],
+  });
+  readonly inFlight = new Gauge({
+    name: 'exgate_requests_in_flight',
+    help: "Forwarded requests waiting for or streaming Exchange's answer (long-polls included).",
+    labelNames: ['service'],
+    registers: [this.registry],
+  });
   /** By status code, whoever answered (the gateway or Exchange): the 5xx alert's ratio. */
   readonly responses = new Counter({
-    name: 'exgate_responses_total', labelNames: ['service', 'code'], registers: [this.registry],
+    name: 'exgate_responses_total',
+    labelNames: ['service', 'code'],
+    registers: [this.registry],
     help: 'Responses by service and HTTP status code (499: the client left before an answer).',
   });
   /**
@@ -32,17 +76,22 @@ export class Metrics {
    * the earliest wins.
    */
   readonly certificateExpiry = new Gauge({
-    name: 'exgate_certificate_expiry_timestamp_seconds', labelNames: ['cert'], aggregator: 'min',
+    name: 'exgate_certificate_expiry_timestamp_seconds',
+    labelNames: ['cert'],
+    aggregator: 'min',
     registers: [this.registry],
     help: 'notAfter of the gateway\'s certificate (cert="gateway") and of Exchange\'s as last seen (cert="upstream").',
     collect: () => this.#collectCertificates(),
   });
   readonly reloadFailures = new Counter({
-    name: 'exgate_config_reload_failures_total', registers: [this.registry],
+    name: 'exgate_config_reload_failures_total',
+    registers: [this.registry],
     help: 'Reloads (SIGHUP or a changed file) that failed and kept the running configuration.',
   });
   readonly lastReloadOk = new Gauge({
-    name: 'exgate_config_last_reload_successful', aggregator: 'min', registers: [this.registry],
+    name: 'exgate_config_last_reload_successful',
+    aggregator: 'min',
+    registers: [this.registry],
     help: '1 when the last reload succeeded (or none ran yet), 0 while the last one failed.',
   });
   /**
@@ -50,11 +99,15 @@ export class Metrics {
    * primary probes; a gauge without labels always has a value (0 in the workers), hence `max`.
    */
   readonly directoryUp = new Gauge({
-    name: 'exgate_directory_up', aggregator: 'max', registers: [this.registry],
+    name: 'exgate_directory_up',
+    aggregator: 'max',
+    registers: [this.registry],
     help: '1 when the directory answered the last probe, 0 when not.',
   });
   readonly upstreamUp = new Gauge({
-    name: 'exgate_upstream_up', aggregator: 'max', registers: [this.registry],
+    name: 'exgate_upstream_up',
+    aggregator: 'max',
+    registers: [this.registry],
     help: '1 when Exchange answered the last probe (any HTTP status), 0 when not.',
   });
 
@@ -87,6 +140,7 @@ export class Metrics {
     if (r.cache !== null) this.cache.inc({ result: r.cache });
     if (r.reason === 'gateway-lockout') this.lockouts.inc({ kind: r.status === 429 ? 'source' : 'account' });
     if (r.reason === 'directory-unavailable') this.directoryErrors.inc();
-    if (r.upstreamMs !== null && r.service !== null) this.upstreamDuration.observe({ service: r.service }, r.upstreamMs / 1000);
+    if (r.upstreamMs !== null && r.service !== null)
+      this.upstreamDuration.observe({ service: r.service }, r.upstreamMs / 1000);
   }
 }

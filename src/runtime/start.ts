@@ -59,37 +59,54 @@ export interface RunningGateway {
 export async function startGateway(file: string, opts: StartOptions = {}): Promise<RunningGateway> {
   const config = loadConfig(file);
   const log = appLogger(config.log.level, opts.appStream);
-  if (await selfSigned(config)) log.warn({ cert: config.tls.cert }, 'generated a self-signed certificate (lab use only)');
+  if (await selfSigned(config))
+    log.warn({ cert: config.tls.cert }, 'generated a self-signed certificate (lab use only)');
   const material = loadTlsMaterial(config);
   warnAboutCertificate(material, config, log);
   const metrics = opts.metrics ?? new Metrics();
   const access = openAccessLog(config, log, metrics, opts.accessStream);
   const opened: { state?: State; gateway?: Gateway } = {};
-  let served = material;                            // the certificate the listener serves now
+  let served = material; // the certificate the listener serves now
   let lastReload: LastReload | null = null;
   let address: AddressInfo;
   let admin: Admin | null;
   try {
-    const state = opened.state = await buildState(config, log, undefined, opts.bus);
-    const gw = opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics });
+    const state = (opened.state = await buildState(config, log, undefined, opts.bus));
+    const gw = (opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics }));
     await opts.beforeListen?.();
     const inherited = systemdSocket();
     const port = opts.port ?? config.listen.port;
     const host = opts.host ?? config.listen.host;
     const listen = () => (inherited === null ? gw.listen(port, host) : gw.listenOn(inherited));
     address = await bound(config, 'listen', host, port, listen);
-    log.info({ address: address.address, port: address.port, upstream: config.upstream.origin, directory: config.directory.type, policy: state.policy.version }, 'exgate listening');
+    log.info(
+      {
+        address: address.address,
+        port: address.port,
+        upstream: config.upstream.origin,
+        directory: config.directory.type,
+        policy: state.policy.version,
+      },
+      'exgate listening',
+    );
     metrics.certificates = { gateway: () => served.notAfter, upstream: () => gw.state.upstream.peerNotAfter };
-    const adminAt = config.admin && opts.adminPort !== false
-      ? { host: config.admin.host, port: opts.adminPort ?? config.admin.port } : null;
+    const adminAt =
+      config.admin && opts.adminPort !== false
+        ? { host: config.admin.host, port: opts.adminPort ?? config.admin.port }
+        : null;
     admin = adminAt
-      ? await bound(config, 'admin', adminAt.host, adminAt.port, () => startAdmin(adminAt.host, adminAt.port, {
-        directory: () => gw.state.directory.ping(),
-        upstream: () => gw.state.upstream.probe(),
-        metrics: async () => ({ body: await metrics.registry.metrics(), contentType: metrics.registry.contentType }),
-        probed: (check, ok) => metrics.probed(check, ok),
-        lastReload: () => lastReload,
-      }))
+      ? await bound(config, 'admin', adminAt.host, adminAt.port, () =>
+          startAdmin(adminAt.host, adminAt.port, {
+            directory: () => gw.state.directory.ping(),
+            upstream: () => gw.state.upstream.probe(),
+            metrics: async () => ({
+              body: await metrics.registry.metrics(),
+              contentType: metrics.registry.contentType,
+            }),
+            probed: (check, ok) => metrics.probed(check, ok),
+            lastReload: () => lastReload,
+          }),
+        )
       : null;
   } catch (err) {
     // Whatever was opened is closed: an LDAP connection left open kept a process that could
@@ -105,7 +122,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   if (admin) log.info({ address: admin.address.address, port: admin.address.port }, 'admin listener');
 
   const reload = async (): Promise<boolean> => {
-    access.reopen();                                // after logrotate moved the file
+    access.reopen(); // after logrotate moved the file
     try {
       const next: Config = loadConfig(file);
       const nextMaterial = loadTlsMaterial(next);
@@ -122,7 +139,13 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       metrics.lastReloadOk.set(1);
       return true;
     } catch (err) {
-      log.error({ problems: err instanceof ConfigError ? err.problems : undefined, err: err instanceof ConfigError ? undefined : err }, 'reload failed; keeping the running configuration');
+      log.error(
+        {
+          problems: err instanceof ConfigError ? err.problems : undefined,
+          err: err instanceof ConfigError ? undefined : err,
+        },
+        'reload failed; keeping the running configuration',
+      );
       lastReload = { time: new Date().toISOString(), ok: false, error: reloadError(err) };
       metrics.reloadFailures.inc();
       metrics.lastReloadOk.set(0);
@@ -132,12 +155,18 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   const retired = new Set<Directory>();
   const retire = (d: Directory) => {
     retired.add(d);
-    setTimeout(() => { retired.delete(d); void d.close(); }, 30_000).unref();
+    setTimeout(() => {
+      retired.delete(d);
+      void d.close();
+    }, 30_000).unref();
   };
-  const watcher = opts.watch === false ? null : watchFiles(sourceFiles(config), (f) => {
-    log.info({ file: f }, 'a configuration file changed; reloading');
-    void reload();
-  });
+  const watcher =
+    opts.watch === false
+      ? null
+      : watchFiles(sourceFiles(config), (f) => {
+          log.info({ file: f }, 'a configuration file changed; reloading');
+          void reload();
+        });
   const close = async (graceMs = 0) => {
     watcher?.close();
     admin?.server.close();
@@ -170,15 +199,21 @@ type Admin = Awaited<ReturnType<typeof startAdmin>>;
 
 /** Listens, or says in one line why not, naming the key (`listen.port`, `admin.port`). */
 async function bound<T>(
-  config: Config, section: 'listen' | 'admin', host: string, port: number, listen: () => Promise<T>,
+  config: Config,
+  section: 'listen' | 'admin',
+  host: string,
+  port: number,
+  listen: () => Promise<T>,
 ): Promise<T> {
   try {
     return await listen();
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const key = code === 'EADDRNOTAVAIL' ? `${section}.host` : `${section}.port`;
-    const hint = code === 'EACCES' && port < 1024
-      ? '; ports below 1024 need root or CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit)' : '';
+    const hint =
+      code === 'EACCES' && port < 1024
+        ? '; ports below 1024 need root or CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit)'
+        : '';
     const message = `cannot listen on ${host}:${port}: ${systemErrorText(err)}${hint}`;
     throw new ConfigError([{ file: config.file, key, message }]);
   }
@@ -208,12 +243,17 @@ function openAccessLog(config: Config, log: Logger, metrics: Metrics, stream?: D
       onWriteError: (err) => {
         metrics.accessLogWriteErrors.inc();
         const why = systemErrorText(err);
-        log.error({ file: target, err }, `cannot write the access log (${why}); access records go to stderr until it works again`);
+        log.error(
+          { file: target, err },
+          `cannot write the access log (${why}); access records go to stderr until it works again`,
+        );
       },
       onRecovered: () => log.info({ file: target }, 'the access log is written again'),
     });
   } catch (err) {
-    throw new ConfigError([{ file: config.file, key: 'log.access', message: `cannot open ${target}: ${systemErrorText(err)}` }]);
+    throw new ConfigError([
+      { file: config.file, key: 'log.access', message: `cannot open ${target}: ${systemErrorText(err)}` },
+    ]);
   }
 }
 
@@ -225,9 +265,14 @@ function sourceFiles(config: Config): string[] {
 /** Logs what is wrong or about to be with the certificate: names it lacks, expiry within 14 days. */
 function warnAboutCertificate(material: TlsMaterial, config: Config, log: Logger): void {
   const missing = certificateGaps(material, config.names.externalList);
-  if (missing.length > 0) log.warn({ missing }, 'the certificate does not name every external name; clients will refuse it for those');
+  if (missing.length > 0)
+    log.warn({ missing }, 'the certificate does not name every external name; clients will refuse it for those');
   const days = Math.floor((material.notAfter.getTime() - Date.now()) / 86_400_000);
-  if (days < 14) log.warn({ notAfter: material.notAfter.toISOString(), days }, days < 0 ? 'the certificate has expired' : 'the certificate expires soon');
+  if (days < 14)
+    log.warn(
+      { notAfter: material.notAfter.toISOString(), days },
+      days < 0 ? 'the certificate has expired' : 'the certificate expires soon',
+    );
 }
 
 /** True when systemd passed a listening socket to this process (socket activation). */

@@ -48,31 +48,47 @@ export function logonDomain(config: Config): LogonDomain {
 /**
  * Builds the full state: opens the directory and compiles the policy against it. On a reload,
  * `previous` hands over what must survive it: the lockout state always, with the new settings
- * applied (a reload must not forgive an attacker), and the credential caches when the directory and cache settings are the
- * same (cached group standings are keyed by policy version, so a new policy never reuses them).
+ * applied (a reload must not forgive an attacker), and the credential caches when the directory
+ * and cache settings are the same (cached group standings are keyed by policy version, so a new
+ * policy never reuses them).
  * The state bus (`makeBus`, default: this process alone) is built with the first state and handed
  * over with the lockout.
  */
 export async function buildState(
-  config: Config, log: Pick<Logger, 'warn'>, previous?: State, makeBus: BusFactory = localBus,
+  config: Config,
+  log: Pick<Logger, 'warn'>,
+  previous?: State,
+  makeBus: BusFactory = localBus,
 ): Promise<State> {
   const directory = openDirectory(config, log);
   const domain = logonDomain(config);
   try {
     const policy = await loadPolicy(config.policyFile, directory, domain);
     const carry = previous && {
-      lockout: previous.authenticator.lockout,              // reconfigured, never forgotten
+      lockout: previous.authenticator.lockout, // reconfigured, never forgotten
       // A `file` directory is re-read on reload: its users and groups may have changed.
-      cache: sameJson(previous.config.cache, config.cache) && sameJson(previous.config.directory, config.directory) && config.directory.type === 'ldap'
-        ? previous.authenticator.cache : undefined,
+      cache:
+        sameJson(previous.config.cache, config.cache) &&
+        sameJson(previous.config.directory, config.directory) &&
+        config.directory.type === 'ldap'
+          ? previous.authenticator.cache
+          : undefined,
     };
-    const authenticator = new Authenticator({ directory, domain, cache: config.cache, lockout: config.lockout, onStale: staleWarning(log) }, carry);
+    const authenticator = new Authenticator(
+      { directory, domain, cache: config.cache, lockout: config.lockout, onStale: staleWarning(log) },
+      carry,
+    );
     return Object.freeze({
-      config, directory, domain, policy, authenticator,
+      config,
+      directory,
+      domain,
+      policy,
+      authenticator,
       bus: previous?.bus ?? connected(authenticator.lockout, makeBus),
-      upstream: previous && sameJson(previous.config.upstream, config.upstream) && sameJson(previous.config.http, config.http)
-        ? previous.upstream                       // keep the pinned upstream connections (and NTLM sessions)
-        : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000), log),
+      upstream:
+        previous && sameJson(previous.config.upstream, config.upstream) && sameJson(previous.config.http, config.http)
+          ? previous.upstream // keep the pinned upstream connections (and NTLM sessions)
+          : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000), log),
       realm: config.names.externalList[0] ?? 'exgate',
       frontEnds: frontEndsFor(config, config.names.externalList[0] ?? 'exgate'),
       dnsDomains: new Set([dnToDomain(config.directory.baseDn ?? '')].map((d) => d.toLowerCase()).filter(Boolean)),
@@ -85,7 +101,10 @@ export async function buildState(
 
 /** One front-end per service, as its `auth` says. */
 function frontEndsFor(config: Config, realm: string): Readonly<Record<Service, AuthFrontEnd>> {
-  const entries = Object.entries(config.services).map(([service, settings]) => [service, frontEndFor(settings.auth, realm)]);
+  const entries = Object.entries(config.services).map(([service, settings]) => [
+    service,
+    frontEndFor(settings.auth, realm),
+  ]);
   return Object.freeze(Object.fromEntries(entries) as Record<Service, AuthFrontEnd>);
 }
 
@@ -101,7 +120,12 @@ function sameJson(a: unknown, b: unknown): boolean {
 
 /** `DC=lab,DC=test` → `lab.test`. */
 function dnToDomain(dn: string): string {
-  return dn.split(',').map((p) => p.trim()).filter((p) => /^dc=/i.test(p)).map((p) => p.slice(3)).join('.');
+  return dn
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => /^dc=/i.test(p))
+    .map((p) => p.slice(3))
+    .join('.');
 }
 
 /** Warns (at most once a minute) that sign-ins are answered from expired cache entries. */
@@ -110,6 +134,9 @@ function staleWarning(log: Pick<Logger, 'warn'>): (err: Error) => void {
   return (err) => {
     if (Date.now() - last < 60_000) return;
     last = Date.now();
-    log.warn({ err: err.message }, 'directory unreachable: answering from expired cache entries (cache.staleIfErrorSeconds)');
+    log.warn(
+      { err: err.message },
+      'directory unreachable: answering from expired cache entries (cache.staleIfErrorSeconds)',
+    );
   };
 }

@@ -33,7 +33,7 @@ export async function ensureSelfSigned(config: Config): Promise<boolean> {
   const pems = await generate([{ name: 'commonName', value: names[0] ?? 'exgate' }], {
     algorithm: 'sha256',
     keySize: 2048,
-    notAfterDate: new Date(Date.now() + 397 * 86_400_000),   // the CA/Browser Forum's longest lifetime
+    notAfterDate: new Date(Date.now() + 397 * 86_400_000), // the CA/Browser Forum's longest lifetime
     extensions: [
       { name: 'basicConstraints', cA: false },
       { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
@@ -59,7 +59,13 @@ export function loadTlsMaterial(config: Config): TlsMaterial {
     cert = readFileSync(certFile, 'utf8');
     key = readFileSync(keyFile, 'utf8');
   } catch (err) {
-    throw new ConfigError([{ file, key: 'tls', message: `cannot read certificate or key: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }]);
+    throw new ConfigError([
+      {
+        file,
+        key: 'tls',
+        message: `cannot read certificate or key: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      },
+    ]);
   }
   let x509: X509Certificate;
   try {
@@ -75,7 +81,10 @@ export function loadTlsMaterial(config: Config): TlsMaterial {
     if (err instanceof ConfigError) throw err;
     throw new ConfigError([{ file, key: 'tls.key', message: `${keyFile} is not a PEM private key` }]);
   }
-  const names = (x509.subjectAltName ?? '').split(', ').map((s) => s.replace(/^(DNS|IP Address):/, '')).filter(Boolean);
+  const names = (x509.subjectAltName ?? '')
+    .split(', ')
+    .map((s) => s.replace(/^(DNS|IP Address):/, ''))
+    .filter(Boolean);
   return { cert, key, notAfter: new Date(x509.validTo), names };
 }
 
@@ -118,14 +127,20 @@ export function cutFailedHandshakes(server: Server, onFailed: HandshakeFailed = 
  * ActiveSync speak HTTP/1.1; browsers fall back) and failed handshakes to `onFailed`.
  */
 export function createTlsServer(
-  material: TlsMaterial, opts: TlsServerOptions, onConnection: (socket: TLSSocket) => void, onFailed?: HandshakeFailed,
+  material: TlsMaterial,
+  opts: TlsServerOptions,
+  onConnection: (socket: TLSSocket) => void,
+  onFailed?: HandshakeFailed,
 ): Server {
-  const server = createServer({
-    ...secureContextOptions(material, opts),
-    ALPNProtocols: ['http/1.1'],           // a bare tls.Server negotiates no ALPN unless told
-    handshakeTimeout: opts.handshakeTimeoutMs,
-    honorCipherOrder: true,
-  }, onConnection);
+  const server = createServer(
+    {
+      ...secureContextOptions(material, opts),
+      ALPNProtocols: ['http/1.1'], // a bare tls.Server negotiates no ALPN unless told
+      handshakeTimeout: opts.handshakeTimeoutMs,
+      honorCipherOrder: true,
+    },
+    onConnection,
+  );
   cutFailedHandshakes(server, onFailed);
   return server;
 }
@@ -135,7 +150,10 @@ export function certificateGaps(material: TlsMaterial, names: readonly string[])
   const sans = material.names.map((n) => n.toLowerCase());
   const covered = (name: string) => {
     const n = name.toLowerCase().replace(/\.$/, '');
-    return sans.some((san) => san === n || (san.startsWith('*.') && n.endsWith(san.slice(1)) && !n.slice(0, -san.length + 1).includes('.')));
+    return sans.some(
+      (san) =>
+        san === n || (san.startsWith('*.') && n.endsWith(san.slice(1)) && !n.slice(0, -san.length + 1).includes('.')),
+    );
   };
   return names.filter((n) => !covered(n));
 }

@@ -47,5 +47,11 @@ export function watchFiles(files: readonly string[], onChange: (file: string) =>
     watchers = [];
   };
   arm(files);
-  return { reset: (list) => { close(); arm(list); }, close };
+  return {
+    reset: (list) => {
+      close();
+      arm(list);
+    },
+    close,
+  };
 }

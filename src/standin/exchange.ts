@@ -28,7 +28,14 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { DEFAULT_SERVER_NAME, ProbeResponder, serverControls, stopListening, type HealthControls } from './health.js';
 import { MAX_FORM_BYTES, OwaForms } from './owa-forms.js';
-import { buildType2, readNtlmAuthorization, readType3, type1Flags, verifyType3, type Handshake } from './ntlm-server.js';
+import {
+  buildType2,
+  readNtlmAuthorization,
+  readType3,
+  type1Flags,
+  verifyType3,
+  type Handshake,
+} from './ntlm-server.js';
 
 /** StandinOptions configures {@link startExchangeStandin}. Every field is optional. */
 export interface StandinOptions {
@@ -403,7 +410,8 @@ async function handle(state: State, req: IncomingMessage, res: ServerResponse): 
     return state.probes.answer(probed, req, res);
   }
   const step = ntlmStep(state, req);
-  if (step.leg === 'type3' && state.ntlmVerifyDelayMs > 0) await new Promise((r) => setTimeout(r, state.ntlmVerifyDelayMs));
+  if (step.leg === 'type3' && state.ntlmVerifyDelayMs > 0)
+    await new Promise((r) => setTimeout(r, state.ntlmVerifyDelayMs));
   const formsUser = state.forms?.userOf(method, path, req.headers.cookie, body.kept) ?? null;
   user = step.user ?? formsUser;
   note = step.note ?? '';
@@ -413,7 +421,15 @@ async function handle(state: State, req: IncomingMessage, res: ServerResponse): 
   }
 
   const call: Call = {
-    state, req, res, path, query, user, body, timers, socketId,
+    state,
+    req,
+    res,
+    path,
+    query,
+    user,
+    body,
+    timers,
+    socketId,
     authenticated: step.authenticated || formsUser !== null,
     ntlm: step.leg,
   };
@@ -472,7 +488,8 @@ function ntlmStep(state: State, req: IncomingMessage): NtlmStep {
   const token = readNtlmAuthorization(header);
   const config = state.ntlm;
   if (!config) {
-    if (token === null || token === 'other') return { leg: null, user: basicUser(header), authenticated: header !== undefined };
+    if (token === null || token === 'other')
+      return { leg: null, user: basicUser(header), authenticated: header !== undefined };
     if (token.type === 1) return { leg: 'type1', user: null, authenticated: true };
     if (token.type === 3) return { leg: 'type3', user: claimOf(token.message), authenticated: true };
     return { leg: null, user: null, authenticated: true };
@@ -500,7 +517,11 @@ function ntlmStep(state: State, req: IncomingMessage): NtlmStep {
     }
     const challenge = randomBytes(8);
     const type2 = buildType2({
-      challenge, clientFlags, domain: config.domain, dnsDomain: config.dnsDomain, computer: NTLM_COMPUTER,
+      challenge,
+      clientFlags,
+      domain: config.domain,
+      dnsDomain: config.dnsDomain,
+      computer: NTLM_COMPUTER,
     });
     connections.set(socket, { phase: 'challenged', type1: Buffer.from(token.message), type2, challenge });
     return { leg: 'type1', user: null, authenticated: false, reply: `${token.scheme} ${type2.toString('base64')}` };
@@ -511,7 +532,13 @@ function ntlmStep(state: State, req: IncomingMessage): NtlmStep {
   connections.delete(socket);
   const parsed = readType3(token.message);
   const user = claimOf(token.message);
-  const fail = (why: string): NtlmStep => ({ leg: 'type3', user, authenticated: false, reply: CHALLENGES, note: `ntlm=${why}` });
+  const fail = (why: string): NtlmStep => ({
+    leg: 'type3',
+    user,
+    authenticated: false,
+    reply: CHALLENGES,
+    note: `ntlm=${why}`,
+  });
   if (!parsed || user === null) return fail('malformed type 3');
   if (connection?.phase !== 'challenged') return fail('no challenge on this connection');
   if (!knownDomain(config, parsed.domain)) return fail('unknown domain');

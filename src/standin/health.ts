@@ -9,7 +9,15 @@ import type { Socket } from 'node:net';
 
 /** The services Exchange probes, named as in INTERFACE.md's service table. */
 export type HealthService =
-  'mapi' | 'rpc' | 'ews' | 'activesync' | 'owa' | 'ecp' | 'oab' | 'autodiscover' | 'powershell';
+  | 'mapi'
+  | 'rpc'
+  | 'ews'
+  | 'activesync'
+  | 'owa'
+  | 'ecp'
+  | 'oab'
+  | 'autodiscover'
+  | 'powershell';
 
 /**
  * How a service answers its probe: `healthy` 200 as Exchange; `close` the connection is closed with no
@@ -43,8 +51,15 @@ export const DEFAULT_SERVER_NAME = 'EXCH-FE01.lab.test';
 
 // The vdir (first path segment, lower-cased: IIS matches case-insensitively) → the service it belongs to.
 const VDIRS: ReadonlyMap<string, HealthService> = new Map([
-  ['mapi', 'mapi'], ['rpc', 'rpc'], ['ews', 'ews'], ['microsoft-server-activesync', 'activesync'], ['owa', 'owa'],
-  ['ecp', 'ecp'], ['oab', 'oab'], ['autodiscover', 'autodiscover'], ['powershell', 'powershell'],
+  ['mapi', 'mapi'],
+  ['rpc', 'rpc'],
+  ['ews', 'ews'],
+  ['microsoft-server-activesync', 'activesync'],
+  ['owa', 'owa'],
+  ['ecp', 'ecp'],
+  ['oab', 'oab'],
+  ['autodiscover', 'autodiscover'],
+  ['powershell', 'powershell'],
 ]);
 const HEALTH_SERVICES: readonly HealthService[] = [...VDIRS.values()];
 // HealthCheckResponder.IsHealthCheckRequest: GET, and the path ends in Constants.HealthCheckPage.
@@ -94,7 +109,8 @@ export class ProbeResponder {
     const body = setting.mode === 'healthy' ? `200 OK<br/>${this.name}` : `${setting.status} probe failed`;
     // ASP.NET's default Content-Type; Exchange writes the body without setting one.
     res.writeHead(setting.status, {
-      'Content-Type': 'text/html; charset=utf-8', 'Content-Length': Buffer.byteLength(body),
+      'Content-Type': 'text/html; charset=utf-8',
+      'Content-Length': Buffer.byteLength(body),
     });
     res.end(body);
   }
@@ -105,7 +121,10 @@ export class ProbeResponder {
  * says whether the stand-in was closed for good: then revive refuses.
  */
 export function serverControls(
-  server: Server, sockets: ReadonlySet<Socket>, probes: ProbeResponder, at: { port: number; host: string },
+  server: Server,
+  sockets: ReadonlySet<Socket>,
+  probes: ProbeResponder,
+  at: { port: number; host: string },
   isClosed: () => boolean,
 ): HealthControls {
   let down: Promise<void> | undefined;
@@ -133,10 +152,13 @@ export async function stopListening(server: Server, sockets: ReadonlySet<Socket>
   const closed = server.listening
     ? new Promise<void>((resolve, reject) => server.close((err) => (err ? reject(err) : resolve())))
     : Promise.resolve();
-  const gone = [...sockets].map((socket) => new Promise((resolve) => {
-    if (socket.closed) resolve(undefined);
-    else socket.once('close', resolve);
-  }));
+  const gone = [...sockets].map(
+    (socket) =>
+      new Promise((resolve) => {
+        if (socket.closed) resolve(undefined);
+        else socket.once('close', resolve);
+      }),
+  );
   for (const socket of sockets) socket.destroy();
   await Promise.all([closed, ...gone]);
 }

@@ -181,7 +181,7 @@ export function readNtlmAuthorization(header: string | undefined): NtlmAuthoriza
   if (!BASE64.test(token) || token.length % 4 !== 0) return 'other';
   const raw = Buffer.from(token, 'base64');
   const wrapped = scheme === 'Negotiate' && !raw.subarray(0, 8).equals(NTLMSSP_SIGNATURE);
-  const message = wrapped ? firstSpnegoToken(raw) ?? raw : raw;
+  const message = wrapped ? (firstSpnegoToken(raw) ?? raw) : raw;
   if (message.length < 12 || !message.subarray(0, 8).equals(NTLMSSP_SIGNATURE)) return 'other';
   return { scheme, type: message.readUInt32LE(8), message };
 }
@@ -237,8 +237,7 @@ export interface ChallengeSpec {
 
 /** The flags a CHALLENGE_MESSAGE answers a client's NegotiateFlags with. */
 export function challengeFlags(clientFlags: number): number {
-  const echoed =
-    clientFlags & (NtlmFlag.SIGN | NtlmFlag.SEAL | NtlmFlag.N128 | NtlmFlag.KEY_EXCH | NtlmFlag.N56);
+  const echoed = clientFlags & (NtlmFlag.SIGN | NtlmFlag.SEAL | NtlmFlag.N128 | NtlmFlag.KEY_EXCH | NtlmFlag.N56);
   return (
     (NtlmFlag.UNICODE |
       NtlmFlag.REQUEST_TARGET |
@@ -390,7 +389,8 @@ export function verifyType3(
   if (!timingSafeEqual(proof, expected)) return { ok: false, reason: 'wrong NTProofStr' };
 
   const avFlags = avPairs.get(AvId.FLAGS);
-  const micPresent = avFlags !== undefined && avFlags.length === 4 && (avFlags.readUInt32LE(0) & AV_FLAG_MIC_PRESENT) !== 0;
+  const micPresent =
+    avFlags !== undefined && avFlags.length === 4 && (avFlags.readUInt32LE(0) & AV_FLAG_MIC_PRESENT) !== 0;
   if (!micPresent) return { ok: true };
   if (message.length < MIC_END) return { ok: false, reason: 'MIC announced but missing' };
   // KXKEY for NTLMv2 is the SessionBaseKey; with KEY_EXCH the client sent its own key RC4-encrypted under it.

@@ -7,11 +7,18 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
-  cookies, destinationPath, html, isTls, NO_STORE, onOwnHost, origin, readForm, redirect, reply,
+  cookies,
+  destinationPath,
+  html,
+  isTls,
+  NO_STORE,
+  onOwnHost,
+  origin,
+  readForm,
+  redirect,
+  reply,
 } from './owa-http.js';
-import {
-  bouncePage, ecpPage, inboxPage, LOGIN_TIMEOUT_BODY, logoffPage, logonPage, RESOURCES,
-} from './owa-pages.js';
+import { bouncePage, ecpPage, inboxPage, LOGIN_TIMEOUT_BODY, logoffPage, logonPage, RESOURCES } from './owa-pages.js';
 
 /** FormsOptions configures {@link OwaForms}. */
 export interface FormsOptions {
@@ -85,7 +92,7 @@ export class OwaForms {
    * field as typed (whether or not it verifies); else the user of a valid cookie set; else null.
    */
   userOf(method: string, path: string, cookie: string | string[] | undefined, body: Buffer | undefined): string | null {
-    if (this.keepsBody(method, path)) return body ? readForm(body).get('username') ?? null : null;
+    if (this.keepsBody(method, path)) return body ? (readForm(body).get('username') ?? null) : null;
     const found = this.#lookup(cookies(cookie));
     return found.state === 'valid' ? found.session.user : null;
   }
@@ -109,7 +116,7 @@ export class OwaForms {
     const found = this.#lookup(jar);
     if (found.state !== 'valid' && !c.authorized) return (call) => unauthenticated(call, found, jar);
     if (!isRead(method) || !LANDING.has(path)) return undefined; // signed in: the stand-in's usual answer
-    const user = found.state === 'valid' ? found.session.user : c.user ?? '-';
+    const user = found.state === 'valid' ? found.session.user : (c.user ?? '-');
     const canary = found.state === 'valid' ? this.#canary(found.session, jar, c.req) : [];
     const body = under(path, '/ecp') ? ecpPage(user) : inboxPage(user);
     return (call) => html(call.res, 200, body, { 'Set-Cookie': canary });
@@ -122,8 +129,9 @@ export class OwaForms {
    */
   #signIn(c: FormsCall): void {
     const form = c.body && c.body.length <= MAX_FORM_BYTES ? readForm(c.body) : undefined;
-    const [username, password, destination, flags] = ['username', 'password', 'destination', 'flags']
-      .map((name) => form?.get(name) ?? undefined);
+    const [username, password, destination, flags] = ['username', 'password', 'destination', 'flags'].map(
+      (name) => form?.get(name) ?? undefined,
+    );
     if (username === undefined || password === undefined || destination === undefined || flags === undefined) {
       return reply(c.res, 400, 'text/html', '<HTML><BODY>400 Bad Request</BODY></HTML>');
     }
@@ -163,8 +171,12 @@ export class OwaForms {
   #lookup(jar: Map<string, string>): Lookup {
     const session = this.#sessions.get(jar.get('cadata') ?? '');
     if (!session) return { state: 'none' };
-    const parts: [string, string][] = [['cadataKey', session.key], ['cadataIV', session.iv],
-      ['cadataSig', session.sig], ['cadataTTL', session.ttl]];
+    const parts: [string, string][] = [
+      ['cadataKey', session.key],
+      ['cadataIV', session.iv],
+      ['cadataSig', session.sig],
+      ['cadataTTL', session.ttl],
+    ];
     if (parts.some(([name, value]) => jar.get(name) !== value)) return { state: 'none' };
     const now = Date.now();
     if (session.expiresAt <= now) return { state: 'expired' };
@@ -227,7 +239,10 @@ function unauthenticated(c: FormsCall, found: Lookup, jar: Map<string, string>):
   const expire = FBA_COOKIES.some((name) => jar.has(name)) ? expireFba(c.req) : [];
   if (!isRead(c.req.method ?? 'GET')) {
     c.res.writeHead(440, 'Login Timeout', {
-      ...NO_STORE, 'Set-Cookie': expire, 'Content-Type': 'text/html', Connection: 'close',
+      ...NO_STORE,
+      'Set-Cookie': expire,
+      'Content-Type': 'text/html',
+      Connection: 'close',
       'Content-Length': Buffer.byteLength(LOGIN_TIMEOUT_BODY),
     });
     return void c.res.end(LOGIN_TIMEOUT_BODY);

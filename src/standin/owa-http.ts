@@ -55,8 +55,6 @@ export function cookies(header: string | string[] | undefined): Map<string, stri
   return jar;
 }
 
-
-
 /** redirect answers 302 to `location` with these Set-Cookie values. */
 export function redirect(res: ServerResponse, location: string, setCookie: string[]): void {
   reply(res, 302, 'text/html; charset=utf-8', '', { Location: location, 'Set-Cookie': setCookie, ...NO_STORE });
@@ -69,7 +67,11 @@ export function html(res: ServerResponse, status: number, body: string, extra: O
 
 /** reply answers with a complete body and its Content-Length. */
 export function reply(
-  res: ServerResponse, status: number, type: string, body: string | Buffer, extra: OutgoingHttpHeaders = {},
+  res: ServerResponse,
+  status: number,
+  type: string,
+  body: string | Buffer,
+  extra: OutgoingHttpHeaders = {},
 ): void {
   res.writeHead(status, { ...extra, 'Content-Type': type, 'Content-Length': Buffer.byteLength(body) });
   res.end(body);

@@ -58,13 +58,13 @@ export const RESOURCES: ReadonlyMap<string, Resource> = new Map([
 /** The three fake messages every inbox shows. */
 const MESSAGES = [
   { from: 'Helpdesk', subject: 'Your mailbox is almost full', when: 'Mon 09:12' },
-  { from: 'Carol Cole', subject: 'Minutes of Tuesday\'s meeting', when: 'Tue 16:40' },
+  { from: 'Carol Cole', subject: "Minutes of Tuesday's meeting", when: 'Tue 16:40' },
   { from: 'Facilities', subject: 'Fire drill on Thursday at 10:00', when: 'Wed 08:05' },
 ];
 
 /** The logon page's texts for a `reason` (Exchange's LogonReason; only 2 has a message here). */
 const REASON_TEXT: Readonly<Record<string, string>> = {
-  '2': 'The user name or password you entered isn\'t correct. Try entering it again.',
+  '2': "The user name or password you entered isn't correct. Try entering it again.",
   '3': 'Your session timed out. Please sign in again.',
 };
 
@@ -73,9 +73,11 @@ export function escapeHtml(text: string): string {
 }
 
 function page(title: string, body: string): string {
-  return '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">' +
+  return (
+    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">' +
     `<title>${escapeHtml(title)}</title><link rel="stylesheet" href="${CSS}">` +
-    `<link rel="icon" href="${LOGO}"><script src="${SCRIPT}" defer></script></head>\n<body>${body}</body></html>\n`;
+    `<link rel="icon" href="${LOGO}"><script src="${SCRIPT}" defer></script></head>\n<body>${body}</body></html>\n`
+  );
 }
 
 /** bouncePage is logon.aspx without replaceCurrent=1: a script that goes to `target` (a link without scripts). */
@@ -88,7 +90,9 @@ export function logonPage(opts: { destination: string; reason: string; ecp: bool
   const title = opts.ecp ? 'Exchange admin center' : 'Outlook';
   const message = REASON_TEXT[opts.reason];
   const error = message === undefined ? '' : `<div class="error" id="signInErrorDiv" role="alert">${message}</div>`;
-  return page(title, `<div class="signin"><img src="${LOGO}" alt="" width="48" height="48">
+  return page(
+    title,
+    `<div class="signin"><img src="${LOGO}" alt="" width="48" height="48">
 <h1>${title}</h1>
 <form id="logonForm" method="POST" action="/owa/auth.owa" autocomplete="off">
 <input type="hidden" name="destination" value="${escapeHtml(opts.destination)}">
@@ -97,32 +101,46 @@ export function logonPage(opts: { destination: string; reason: string; ecp: bool
 <label for="password">Password:</label><input id="password" name="password" type="password">
 <input type="hidden" name="passwordText" value=""><input type="hidden" name="isUtf8" value="1">
 <button type="submit" id="signIn">sign in</button>
-</form>${error}</div>`);
+</form>${error}</div>`,
+  );
 }
 
 /** inboxPage is OWA's landing page for `user`: three fake messages and a sign-out link. */
 export function inboxPage(user: string): string {
-  const items = MESSAGES.map((m) => `<li><span class="when">${m.when}</span>` +
-    `<div class="from">${escapeHtml(m.from)}</div><div>${escapeHtml(m.subject)}</div></li>`).join('\n');
-  return page('Mail - Outlook', `<header><img src="${LOGO}" alt="" width="32" height="32"><h1>Outlook</h1></header>
+  const items = MESSAGES.map(
+    (m) =>
+      `<li><span class="when">${m.when}</span>` +
+      `<div class="from">${escapeHtml(m.from)}</div><div>${escapeHtml(m.subject)}</div></li>`,
+  ).join('\n');
+  return page(
+    'Mail - Outlook',
+    `<header><img src="${LOGO}" alt="" width="32" height="32"><h1>Outlook</h1></header>
 <main><h2 id="title">Inbox — ${escapeHtml(user)}</h2><ul class="messages">\n${items}\n</ul>
-<p><a id="signOut" href="/owa/logoff.owa">Sign out</a></p></main>`);
+<p><a id="signOut" href="/owa/logoff.owa">Sign out</a></p></main>`,
+  );
 }
 
 /** ecpPage is the Exchange admin center's landing page for `user`. */
 export function ecpPage(user: string): string {
   const areas = ['recipients', 'permissions', 'compliance management', 'mail flow', 'servers']
-    .map((a) => `<li>${a}</li>`).join('');
-  return page('Exchange admin center', `<header><img src="${LOGO}" alt="" width="32" height="32">
+    .map((a) => `<li>${a}</li>`)
+    .join('');
+  return page(
+    'Exchange admin center',
+    `<header><img src="${LOGO}" alt="" width="32" height="32">
 <h1>Exchange admin center</h1></header><main><h2 id="title">Exchange admin center — ${escapeHtml(user)}</h2>
-<ul class="messages">${areas}</ul><p><a id="signOut" href="/ecp/logoff.aspx">Sign out</a></p></main>`);
+<ul class="messages">${areas}</ul><p><a id="signOut" href="/ecp/logoff.aspx">Sign out</a></p></main>`,
+  );
 }
 
 /** logoffPage is /owa/auth/logoff.aspx: signed out, with a way back to the sign-in. */
 export function logoffPage(): string {
-  return page('Outlook', `<div class="signin"><img src="${LOGO}" alt="" width="48" height="48">
+  return page(
+    'Outlook',
+    `<div class="signin"><img src="${LOGO}" alt="" width="48" height="48">
 <h1 id="title">You have signed out of Outlook</h1>
-<p>For better security, close all browser windows.</p><p><a href="/owa/">Sign in again</a></p></div>`);
+<p>For better security, close all browser windows.</p><p><a href="/owa/">Sign in again</a></p></div>`,
+  );
 }
 
 /** The body of Exchange's 440 answer (research owa-pool-ha.md A4). */

@@ -8,13 +8,20 @@ import type { Attempt, LockoutSettings } from '../auth/lockout-reserve.js';
 /** A failure or success, as one member tells the others (lockout.ts `failure`, `success`, `apply`). */
 export type LockoutEvent =
   | {
-    readonly kind: 'failure'; readonly account: string | null; readonly source: string;
-    readonly fingerprint: string; readonly t: number;
-  }
+      readonly kind: 'failure';
+      readonly account: string | null;
+      readonly source: string;
+      readonly fingerprint: string;
+      readonly t: number;
+    }
   | {
-    readonly kind: 'success'; readonly account: string; readonly source: string;
-    readonly verifiedByBind: boolean; readonly name: string | null; readonly t: number;
-  };
+      readonly kind: 'success';
+      readonly account: string;
+      readonly source: string;
+      readonly verifiedByBind: boolean;
+      readonly name: string | null;
+      readonly t: number;
+    };
 
 /** What one member tells the others. */
 export type BusEvent =

@@ -74,17 +74,27 @@ export class IpcBus implements StateBus {
   }
 
   reserve(account: string, source: string, fingerprint: string): Promise<Attempt> {
-    const ms = this.graceMs + (this.fallback.settings.waitMs ?? 10_000);       // the primary may wait that long
-    return this.ask({ type: MSG.RESERVE, account, source, fingerprint }, ms, (id, { verdict = 'busy' }) => ({
-      verdict,
-      release: once(() => { if (verdict === 'open') this.send({ type: MSG.RELEASE, id }); }),
-    }), () => this.fallback.acquire(account, source, fingerprint));
+    const ms = this.graceMs + (this.fallback.settings.waitMs ?? 10_000); // the primary may wait that long
+    return this.ask(
+      { type: MSG.RESERVE, account, source, fingerprint },
+      ms,
+      (id, { verdict = 'busy' }) => ({
+        verdict,
+        release: once(() => {
+          if (verdict === 'open') this.send({ type: MSG.RELEASE, id });
+        }),
+      }),
+      () => this.fallback.acquire(account, source, fingerprint),
+    );
   }
 
   acquireSlot(key: string, cap: number): Promise<Slot | null> {
-    return this.ask({ type: MSG.SLOT, key, cap }, this.graceMs, (id, { ok }) => (ok === true
-      ? { release: once(() => this.send({ type: MSG.RELEASE, id })) }
-      : null), () => this.#alone.take(key, cap));
+    return this.ask(
+      { type: MSG.SLOT, key, cap },
+      this.graceMs,
+      (id, { ok }) => (ok === true ? { release: once(() => this.send({ type: MSG.RELEASE, id })) } : null),
+      () => this.#alone.take(key, cap),
+    );
   }
 
   close(): void {
@@ -93,7 +103,10 @@ export class IpcBus implements StateBus {
 
   /** Asks the primary; `alone` decides when it does not answer within `ms` or cannot be reached. */
   private ask<T>(
-    msg: object, ms: number, answered: (id: number, a: Answer) => T, alone: () => T | Promise<T>,
+    msg: object,
+    ms: number,
+    answered: (id: number, a: Answer) => T,
+    alone: () => T | Promise<T>,
   ): Promise<T> {
     const id = ++this.#next;
     return new Promise<T>((resolve) => {
@@ -103,16 +116,21 @@ export class IpcBus implements StateBus {
         resolve(alone());
       };
       const timer = setTimeout(decideAlone, ms);
-      this.#waiting.set(id, (a) => { clearTimeout(timer); resolve(answered(id, a)); });
+      this.#waiting.set(id, (a) => {
+        clearTimeout(timer);
+        resolve(answered(id, a));
+      });
       this.send({ ...msg, id }, decideAlone);
     });
   }
 
   private send(msg: object, failed: () => void = () => {}): void {
     try {
-      this.channel.send(msg, (err) => { if (err) failed(); });
+      this.channel.send(msg, (err) => {
+        if (err) failed();
+      });
     } catch {
-      failed();                                       // the channel is closed: the primary is gone
+      failed(); // the channel is closed: the primary is gone
     }
   }
 }
@@ -129,7 +147,12 @@ export function workerBus(lockout: Authority): StateBus {
 
 function once(f: () => void): () => void {
   let done = false;
-  return () => { if (!done) { done = true; f(); } };
+  return () => {
+    if (!done) {
+      done = true;
+      f();
+    }
+  };
 }
 
 export function typeOf(msg: unknown): unknown {

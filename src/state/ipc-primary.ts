@@ -19,9 +19,12 @@ type Request =
   | { readonly type: typeof MSG.JOIN }
   | { readonly type: typeof MSG.PUBLISH; readonly event: BusEvent }
   | {
-    readonly type: typeof MSG.RESERVE; readonly id: number;
-    readonly account: string; readonly source: string; readonly fingerprint: string;
-  }
+      readonly type: typeof MSG.RESERVE;
+      readonly id: number;
+      readonly account: string;
+      readonly source: string;
+      readonly fingerprint: string;
+    }
   | { readonly type: typeof MSG.SLOT; readonly id: number; readonly key: string; readonly cap: number }
   | { readonly type: typeof MSG.RELEASE; readonly id: number };
 
@@ -37,7 +40,11 @@ export function servePrimary(hub: Hub): { attach(worker: WorkerChannel): void } 
       const held = new Map<number, () => void>();
       const send = (msg: object) => {
         if (!connected) return;
-        try { worker.send(msg, () => {}); } catch { /* disconnected meanwhile: 'disconnect' follows */ }
+        try {
+          worker.send(msg, () => {});
+        } catch {
+          /* disconnected meanwhile: 'disconnect' follows */
+        }
       };
       const join = () => (member ??= hub.join((events) => send({ type: MSG.EVENTS, events })));
       const answer = (id: number, a: { verdict?: LockoutVerdict; ok?: boolean }, release: (() => void) | null) => {
@@ -46,10 +53,10 @@ export function servePrimary(hub: Hub): { attach(worker: WorkerChannel): void } 
         send({ type: MSG.ANSWER, id, ...a });
       };
       worker.on('message', (raw: unknown) => {
-        if (!TYPES.has(typeOf(raw))) return;                 // the metrics requests, cluster.ts
+        if (!TYPES.has(typeOf(raw))) return; // the metrics requests, cluster.ts
         const msg = raw as Request;
         switch (msg.type) {
-          case MSG.JOIN:                                    // a (re)started bus: hear what is kept
+          case MSG.JOIN: // a (re)started bus: hear what is kept
             if (member) send({ type: MSG.EVENTS, events: hub.retained() });
             else join();
             return;
@@ -57,12 +64,16 @@ export function servePrimary(hub: Hub): { attach(worker: WorkerChannel): void } 
             return join().publish(msg.event);
           case MSG.RESERVE:
             // May wait for other attempts of the account to settle (Lockout.acquire); answers once decided.
-            void join().reserve(msg.account, msg.source, msg.fingerprint).then((attempt) =>
-              answer(msg.id, { verdict: attempt.verdict }, attempt.verdict === 'open' ? attempt.release : null));
+            void join()
+              .reserve(msg.account, msg.source, msg.fingerprint)
+              .then((attempt) =>
+                answer(msg.id, { verdict: attempt.verdict }, attempt.verdict === 'open' ? attempt.release : null),
+              );
             return;
           case MSG.SLOT:
-            void join().acquireSlot(msg.key, msg.cap)
-              .then((slot) => answer(msg.id, { ok: slot !== null }, slot && slot.release));
+            void join()
+              .acquireSlot(msg.key, msg.cap)
+              .then((slot) => answer(msg.id, { ok: slot !== null }, slot?.release ?? null));
             return;
           case MSG.RELEASE:
             held.get(msg.id)?.();
@@ -72,7 +83,7 @@ export function servePrimary(hub: Hub): { attach(worker: WorkerChannel): void } 
       worker.once('disconnect', () => {
         connected = false;
         held.clear();
-        member?.close();                                    // releases everything it held
+        member?.close(); // releases everything it held
       });
     },
   };

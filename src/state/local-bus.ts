@@ -50,7 +50,10 @@ export class Hub {
   readonly #now: () => number;
 
   /** `authority`: the Lockout that reserves for every member and hears every event. */
-  constructor(readonly authority: Authority, opts: HubOptions = {}) {
+  constructor(
+    readonly authority: Authority,
+    opts: HubOptions = {},
+  ) {
     this.#retainMax = opts.retainMax ?? 0;
     this.#now = opts.now ?? Date.now;
   }
@@ -63,7 +66,7 @@ export class Hub {
     const member = new LocalBus(this, deliver, opts.owner === true);
     this.#members.add(member);
     const kept = this.retained();
-    if (kept.length > 0) deliver(kept);             // its subscribers hear them as they subscribe
+    if (kept.length > 0) deliver(kept); // its subscribers hear them as they subscribe
     return member;
   }
 
@@ -87,12 +90,21 @@ export class Hub {
   async reserve(from: LocalBus, account: string, source: string, fingerprint: string): Promise<Attempt> {
     const attempt = await this.authority.acquire(account, source, fingerprint);
     if (attempt.verdict !== 'open') return attempt;
-    if (!this.#members.has(from)) {                 // it left while the attempt waited
+    if (!this.#members.has(from)) {
+      // it left while the attempt waited
       attempt.release();
       return { verdict: attempt.verdict, release: () => {} };
     }
     let done = false;
-    const held: Slot = { release: () => { if (!done) { done = true; from.held.delete(held); attempt.release(); } } };
+    const held: Slot = {
+      release: () => {
+        if (!done) {
+          done = true;
+          from.held.delete(held);
+          attempt.release();
+        }
+      },
+    };
     from.held.add(held);
     return { verdict: attempt.verdict, release: held.release };
   }
@@ -131,7 +143,11 @@ export class LocalBus implements StateBus {
   /** Reservations and slots this member holds: released when it leaves. */
   readonly held = new Set<Slot>();
 
-  constructor(private readonly hub: Hub, private readonly onDeliver: Deliver, readonly owner: boolean) {}
+  constructor(
+    private readonly hub: Hub,
+    private readonly onDeliver: Deliver,
+    readonly owner: boolean,
+  ) {}
 
   publish(event: BusEvent): void {
     this.hub.publish(this, event);

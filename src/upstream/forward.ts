@@ -32,36 +32,51 @@ export interface Forwarding {
 }
 
 /** Streams the request to Exchange and the response back. */
-export function forward(req: IncomingMessage, res: ServerResponse, record: AccessRecord, route: Forwarding, upstream: Upstream): void {
+export function forward(
+  req: IncomingMessage,
+  res: ServerResponse,
+  record: AccessRecord,
+  route: Forwarding,
+  upstream: Upstream,
+): void {
   // The client side waits a little longer than the upstream side, so that a silent Exchange is
   // answered with 504 before the client connection itself is dropped as idle.
   req.socket.setTimeout(route.idleMs + CLIENT_IDLE_GRACE_MS);
   const body = requestBody(req, route.settings, record);
   if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
   const relay = new ResponseRelay(req, res, record, route, upstream);
-  upstream.clientFor(req.socket).dispatch({
-    origin: upstream.config.origin,
-    servername: upstream.servername,
-    path: req.url ?? '/',
-    method: req.method ?? 'GET',
-    headers: requestHeaders(req, route.host, record.requestId),
-    body,
-    // Per-request limits sized to the operation: an ActiveSync Ping answers only after its heartbeat.
-    headersTimeout: route.idleMs,
-    bodyTimeout: route.idleMs,
-  } as Dispatcher.DispatchOptions, relay);
+  upstream.clientFor(req.socket).dispatch(
+    {
+      origin: upstream.config.origin,
+      servername: upstream.servername,
+      path: req.url ?? '/',
+      method: req.method ?? 'GET',
+      headers: requestHeaders(req, route.host, record.requestId),
+      body,
+      // Per-request limits sized to the operation: an ActiveSync Ping answers only after its heartbeat.
+      headersTimeout: route.idleMs,
+      bodyTimeout: route.idleMs,
+    } as Dispatcher.DispatchOptions,
+    relay,
+  );
   res.once('close', () => relay.clientClosed());
 }
 
 /** The request body as undici should read it: the request stream itself, counted; null when none. */
-function requestBody(req: IncomingMessage, settings: ServiceDefaults, record: AccessRecord): IncomingMessage | Transform | null {
+function requestBody(
+  req: IncomingMessage,
+  settings: ServiceDefaults,
+  record: AccessRecord,
+): IncomingMessage | Transform | null {
   const length = req.headers['content-length'];
   const chunked = req.headers['transfer-encoding'] !== undefined;
   if (!chunked && (length === undefined || length === '0')) return null;
   if (!chunked) {
     // Counted when the body is complete, not with a 'data' listener: one would switch the stream
     // to flowing mode before undici reads it, and the body would be lost.
-    req.once('end', () => { record.bytesIn = Number(length); });
+    req.once('end', () => {
+      record.bytesIn = Number(length);
+    });
     return req;
   }
   // A chunked body has no declared length: count it and cut it at the service's limit.
@@ -76,7 +91,7 @@ function requestBody(req: IncomingMessage, settings: ServiceDefaults, record: Ac
       done(null, chunk);
     },
   });
-  pipeline(req, counter, () => {});   // a client abort mid-upload errors the body undici reads
+  pipeline(req, counter, () => {}); // a client abort mid-upload errors the body undici reads
   return counter;
 }
 
@@ -99,8 +114,13 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     if (this.res.destroyed) controller.abort(new Error('client went away'));
   }
 
-  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, _headers: unknown, statusMessage?: string): void {
-    if (statusCode < 200) return;                   // 1xx: Node writes its own 100 Continue
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    statusCode: number,
+    _headers: unknown,
+    statusMessage?: string,
+  ): void {
+    if (statusCode < 200) return; // 1xx: Node writes its own 100 Continue
     this.record.upstreamMs = Math.round(performance.now() - this.#started);
     this.upstream.answered();
     // Exchange answered before reading the whole body (a 401, IIS request filtering): the rest of
@@ -141,16 +161,19 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     this.#done = true;
-    if (this.record.upstreamMs === null) this.route.onStatus?.(0);   // no answer: not accepted
-    if (this.res.destroyed) return;                 // the client left first; nothing to tell
+    if (this.record.upstreamMs === null) this.route.onStatus?.(0); // no answer: not accepted
+    if (this.res.destroyed) return; // the client left first; nothing to tell
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EXGATE_TOO_LARGE') {
       deny(this.req, this.res, this.record, 'too-large', { detail: err.message });
       return;
     }
-    const timeout = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
+    const timeout =
+      code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
     if (!timeout) this.upstream.failed(`${code ?? err.name}: ${err.message}`);
-    fail(this.req, this.res, this.record, timeout ? 'upstream-timeout' : 'upstream-error', { detail: `${code ?? err.name}: ${err.message}` });
+    fail(this.req, this.res, this.record, timeout ? 'upstream-timeout' : 'upstream-error', {
+      detail: `${code ?? err.name}: ${err.message}`,
+    });
   }
 
   /** The client response closed: if the upstream exchange is still running, abort it. */

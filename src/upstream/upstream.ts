@@ -24,18 +24,24 @@ export class Upstream {
   /** Causes of 502 already in the operational log; cleared when Exchange answers again. */
   readonly #causes = new Set<string>();
 
-  constructor(readonly config: Config['upstream'], keepAliveTimeoutMs: number, private readonly log?: Pick<Logger, 'warn'>) {
+  constructor(
+    readonly config: Config['upstream'],
+    keepAliveTimeoutMs: number,
+    private readonly log?: Pick<Logger, 'warn'>,
+  ) {
     const https = config.url.protocol === 'https:';
     this.servername = config.servername;
     const connector = buildConnector({
       timeout: config.connectTimeoutMs,
-      keepAlive: true,                      // 59-minute-silent ActiveSync sockets must survive internal firewalls
-      ...(https ? {
-        rejectUnauthorized: !config.insecureSkipVerify,
-        ...(config.ca ? { ca: config.ca } : {}),
-        minVersion: 'TLSv1.2' as const,
-        ALPNProtocols: ['http/1.1'],
-      } : {}),
+      keepAlive: true, // 59-minute-silent ActiveSync sockets must survive internal firewalls
+      ...(https
+        ? {
+            rejectUnauthorized: !config.insecureSkipVerify,
+            ...(config.ca ? { ca: config.ca } : {}),
+            minVersion: 'TLSv1.2' as const,
+            ALPNProtocols: ['http/1.1'],
+          }
+        : {}),
     });
     // undici takes each request's TLS servername from its Host header, which the client controls
     // (undici 7 lib/core/request.js: `servername || getServerName(this.host)`), and drops the
@@ -46,10 +52,11 @@ export class Upstream {
       pipelining: 1,
       keepAliveTimeout: keepAliveTimeoutMs,
       keepAliveMaxTimeout: keepAliveTimeoutMs,
-      connect: (opts, callback) => connector({ ...opts, servername: sni }, (...args) => {
-        if (args[1] && 'getPeerCertificate' in args[1]) this.#notePeer(args[1] as TLSSocket);   // the expiry gauge
-        callback(...args);
-      }),
+      connect: (opts, callback) =>
+        connector({ ...opts, servername: sni }, (...args) => {
+          if (args[1] && 'getPeerCertificate' in args[1]) this.#notePeer(args[1] as TLSSocket); // the expiry gauge
+          callback(...args);
+        }),
     };
   }
 
@@ -58,10 +65,14 @@ export class Upstream {
     let client = this.#clients.get(socket);
     if (!client) {
       const c = new Client(this.config.origin, this.#options);
-      c.on('connectionError', () => {});      // reported per request through the handler
+      c.on('connectionError', () => {}); // reported per request through the handler
       // A new upstream connection is a new NTLM context: the client must authenticate again.
-      c.on('disconnect', () => { this.#sessions.delete(socket); });
-      socket.once('close', () => { c.destroy().catch(() => {}); });
+      c.on('disconnect', () => {
+        this.#sessions.delete(socket);
+      });
+      socket.once('close', () => {
+        c.destroy().catch(() => {});
+      });
       this.#clients.set(socket, c);
       client = c;
     }
@@ -70,9 +81,17 @@ export class Upstream {
 
   /** Resolves when Exchange answers an HTTP request on a connection of its own (any status). */
   async probe(timeoutMs = 5000): Promise<void> {
-    const client = new Client(this.config.origin, { ...this.#options, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+    const client = new Client(this.config.origin, {
+      ...this.#options,
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+    });
     try {
-      const res = await client.request({ path: '/owa/healthcheck.htm', method: 'GET', headers: { host: this.servername } });
+      const res = await client.request({
+        path: '/owa/healthcheck.htm',
+        method: 'GET',
+        headers: { host: this.servername },
+      });
       await res.body.dump();
     } finally {
       await client.destroy().catch(() => {});
@@ -83,7 +102,10 @@ export class Upstream {
   failed(cause: string): void {
     if (this.#causes.has(cause)) return;
     this.#causes.add(cause);
-    this.log?.warn({ upstream: this.config.origin, cause }, 'cannot reach Exchange: allowed requests get 502 (exgate check says why)');
+    this.log?.warn(
+      { upstream: this.config.origin, cause },
+      'cannot reach Exchange: allowed requests get 502 (exgate check says why)',
+    );
   }
 
   answered(): void {

@@ -6,7 +6,7 @@ import { launchBrowser, Screenshots, testCertificate, type TestBrowser } from '.
 
 const PASSWORD = 'Alice-Browser-1';
 const FBA = ['cadata', 'cadataIV', 'cadataKey', 'cadataSig', 'cadataTTL'];
-const BAD_CREDENTIALS = 'The user name or password you entered isn\'t correct';
+const BAD_CREDENTIALS = "The user name or password you entered isn't correct";
 /** logon.aspx showing its form: the bounce without replaceCurrent=1 has already run (research A1). */
 const SIGN_IN_PAGE = /\/owa\/auth\/logon\.aspx\?.*replaceCurrent=1/;
 
@@ -28,7 +28,10 @@ afterEach(async () => {
 });
 
 async function fbaCookies(): Promise<string[]> {
-  return (await browser.context.cookies()).filter((c) => c.name.startsWith('cadata')).map((c) => c.name).sort();
+  return (await browser.context.cookies())
+    .filter((c) => c.name.startsWith('cadata'))
+    .map((c) => c.name)
+    .sort();
 }
 
 async function signIn(username: string, password: string): Promise<void> {
@@ -69,8 +72,9 @@ describe('OWA forms sign-in in Chromium, against the stand-in', () => {
     expect(await page.textContent('#title')).toBe('Inbox — LAB\\alice');
     expect(await page.locator('ul.messages li').count()).toBe(3);
     const cookies = await browser.context.cookies();
-    expect(cookies.filter((c) => FBA.includes(c.name)).every((c) => c.httpOnly && c.secure && c.path === '/'))
-      .toBe(true);
+    expect(cookies.filter((c) => FBA.includes(c.name)).every((c) => c.httpOnly && c.secure && c.path === '/')).toBe(
+      true,
+    );
     expect(await fbaCookies()).toEqual(FBA);
     expect(cookies.find((c) => c.name === 'X-OWA-CANARY')?.httpOnly).toBe(false);
     await shots.shot(page, 'inbox');

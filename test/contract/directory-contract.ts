@@ -11,9 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Account, Directory, PasswordRefusal } from '../../src/directory/directory.js';
-import {
-  DOMAIN, GROUPS, USERS, groupDn, type GroupName, type TestUser,
-} from '../helpers/ad-fixtures.js';
+import { DOMAIN, GROUPS, USERS, groupDn, type GroupName, type TestUser } from '../helpers/ad-fixtures.js';
 
 /** Makes a fresh, unused directory. Called once for the shared instance and again by close tests. */
 export type MakeDirectory = () => Directory | Promise<Directory>;
@@ -64,18 +62,35 @@ export function fixtureGroupsOf(u: TestUser): Set<GroupName> {
 const lowerDns = (names: Iterable<GroupName>): string[] => [...names].map((g) => GROUPS[g].dn.toLowerCase()).sort();
 
 /** A logon name in many spellings: AD matches sAMAccountName and UPN case-insensitively. */
-const caseVariants = (s: string): string[] => [s, s.toUpperCase(), s[0]?.toUpperCase() + s.slice(1), [...s].map((c, i) => (i % 2 ? c.toUpperCase() : c)).join('')];
+const caseVariants = (s: string): string[] => [
+  s,
+  s.toUpperCase(),
+  s[0]?.toUpperCase() + s.slice(1),
+  [...s].map((c, i) => (i % 2 ? c.toUpperCase() : c)).join(''),
+];
 
 /**
  * Filter-injection shapes (RFC 4515 specials). Each must find nothing: a wildcard that matched would
  * let `*` log on as whoever sorts first, and a closed-paren splice could widen the filter.
  */
 export const HOSTILE_SAMS = [
-  '*', 'al*', '*ice', 'a*e', 'alice)(objectClass=*', '*)(sAMAccountName=*', 'alice)(|(sAMAccountName=*)',
-  'alice\\2a', '(sAMAccountName=alice)',
+  '*',
+  'al*',
+  '*ice',
+  'a*e',
+  'alice)(objectClass=*',
+  '*)(sAMAccountName=*',
+  'alice)(|(sAMAccountName=*)',
+  'alice\\2a',
+  '(sAMAccountName=alice)',
 ] as const;
 export const HOSTILE_UPNS = [
-  '*', '*@lab.test', 'al*@lab.test', 'alice@lab.test)(objectClass=*', '*)(userPrincipalName=*', 'alice@*',
+  '*',
+  '*@lab.test',
+  'al*@lab.test',
+  'alice@lab.test)(objectClass=*',
+  '*)(userPrincipalName=*',
+  'alice@*',
 ] as const;
 
 export function runDirectoryContract(name: string, makeDirectory: MakeDirectory, options: ContractOptions = {}): void {
@@ -101,9 +116,12 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
     const refused = (reason: PasswordRefusal) => ({ ok: false, reason });
 
     describe('findAccount', () => {
-      it.each(ALL_USERS.map((u) => [u.sam, u] as const))('finds %s by sAMAccountName with its DN, not one built from the name', async (_, u) => {
-        expectAccount(await dir.findAccount(samLogon(u.sam)), u);
-      });
+      it.each(ALL_USERS.map((u) => [u.sam, u] as const))(
+        'finds %s by sAMAccountName with its DN, not one built from the name',
+        async (_, u) => {
+          expectAccount(await dir.findAccount(samLogon(u.sam)), u);
+        },
+      );
 
       it.each(ALL_USERS.map((u) => [u.upn, u] as const))('finds %s by UPN', async (_, u) => {
         expectAccount(await dir.findAccount(upnLogon(u.upn)), u);
@@ -127,9 +145,12 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
         expect(await dir.findAccount(samLogon(sam))).toBeNull();
       });
 
-      it.each(['nobody@lab.test', 'alice@other.test', 'alice', USERS.alice.mail.replace('alice', 'alicia')])('unknown UPN %j → null', async (upn) => {
-        expect(await dir.findAccount(upnLogon(upn))).toBeNull();
-      });
+      it.each(['nobody@lab.test', 'alice@other.test', 'alice', USERS.alice.mail.replace('alice', 'alicia')])(
+        'unknown UPN %j → null',
+        async (upn) => {
+          expect(await dir.findAccount(upnLogon(upn))).toBeNull();
+        },
+      );
 
       it.each(HOSTILE_SAMS)('filter-injection sam %j → null', async (sam) => {
         expect(await dir.findAccount(samLogon(sam))).toBeNull();
@@ -142,7 +163,10 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
       // ldapts escapes a NUL correctly (\00), but Samba reads the decoded assertion value as a C
       // string, so "alice\0x" finds alice. A name is the whole string the client sent (credentials.ts).
       itBug('nul-truncation').each([
-        ['sam', 'alice\0'], ['sam', 'alice\0x'], ['upn', 'alice@lab.test\0'], ['upn', 'alice@lab.test\0x'],
+        ['sam', 'alice\0'],
+        ['sam', 'alice\0x'],
+        ['upn', 'alice@lab.test\0'],
+        ['upn', 'alice@lab.test\0x'],
       ] as const)('a NUL is part of the name: %s %j → null', async (kind, name) => {
         expect(await dir.findAccount(kind === 'sam' ? samLogon(name) : upnLogon(name))).toBeNull();
       });
@@ -150,12 +174,15 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
       // The name is matched as sent, never trimmed (credentials.ts: "the gateway judges the very
       // string Exchange will receive"); "alice " is not alice.
       itBug('spaces-ignored').each([
-        ['sam', 'alice '], ['sam', ' alice'], ['upn', 'alice@lab.test '], ['upn', ' alice@lab.test'],
+        ['sam', 'alice '],
+        ['sam', ' alice'],
+        ['upn', 'alice@lab.test '],
+        ['upn', ' alice@lab.test'],
       ] as const)('surrounding spaces are part of the name: %s %j → null', async (kind, name) => {
         expect(await dir.findAccount(kind === 'sam' ? samLogon(name) : upnLogon(name))).toBeNull();
       });
 
-      it('a machine account is not a person: the DC\'s own account (DC1$) → null', async () => {
+      it("a machine account is not a person: the DC's own account (DC1$) → null", async () => {
         expect(await dir.findAccount(samLogon(`${DOMAIN.dcHostName.toUpperCase()}$`))).toBeNull();
       });
     });
@@ -189,9 +216,12 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
         expect(await check(USERS[sam], USERS[sam].password)).toEqual(refused(reason));
       });
 
-      it.each(['dave', 'erin', 'frank'] as const)('%s with a wrong password → bad-credentials: no state without the password', async (sam) => {
-        expect(await check(USERS[sam], `${USERS[sam].password}x`)).toEqual(refused('bad-credentials'));
-      });
+      it.each(['dave', 'erin', 'frank'] as const)(
+        '%s with a wrong password → bad-credentials: no state without the password',
+        async (sam) => {
+          expect(await check(USERS[sam], `${USERS[sam].password}x`)).toEqual(refused('bad-credentials'));
+        },
+      );
 
       it("zoe's password with a colon and non-ASCII characters works; its UTF-8-as-latin1 spelling and its part after the colon do not", async () => {
         const pw = USERS.zoe.password;
@@ -202,19 +232,29 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
         expect(await check(USERS.zoe, pw)).toEqual({ ok: true });
       });
 
-      it.each(['alice', 'dave'] as const)('an empty password for %s → bad-credentials, never ok (an empty simple bind is anonymous)', async (sam) => {
-        expect(await check(USERS[sam], '')).toEqual(refused('bad-credentials'));
-      });
+      it.each(['alice', 'dave'] as const)(
+        'an empty password for %s → bad-credentials, never ok (an empty simple bind is anonymous)',
+        async (sam) => {
+          expect(await check(USERS[sam], '')).toEqual(refused('bad-credentials'));
+        },
+      );
 
       // Samba checks only the part before a NUL: "right\0anything" would be accepted.
-      itBug('nul-truncation')('the right password followed by a NUL and more → bad-credentials (no C-string truncation)', async () => {
-        expect(await check(USERS.henry, `${USERS.henry.password}\0x`)).toEqual(refused('bad-credentials'));
-        expect(await check(USERS.henry, USERS.henry.password)).toEqual({ ok: true });
-      });
+      itBug('nul-truncation')(
+        'the right password followed by a NUL and more → bad-credentials (no C-string truncation)',
+        async () => {
+          expect(await check(USERS.henry, `${USERS.henry.password}\0x`)).toEqual(refused('bad-credentials'));
+          expect(await check(USERS.henry, USERS.henry.password)).toEqual({ ok: true });
+        },
+      );
 
       it('an account that is not (or no longer) in the directory → bad-credentials', async () => {
         const ghost: Account = {
-          dn: `CN=Ghost Gone,${DOMAIN.usersDn}`, sam: 'ghost', user: `${DOMAIN.netbios}\\ghost`, upn: `ghost@${DOMAIN.dnsName}`, mail: null,
+          dn: `CN=Ghost Gone,${DOMAIN.usersDn}`,
+          sam: 'ghost',
+          user: `${DOMAIN.netbios}\\ghost`,
+          upn: `ghost@${DOMAIN.dnsName}`,
+          mail: null,
         };
         expect(await dir.verifyPassword(ghost, 'Gh0st-Passw0rd!')).toEqual(refused('bad-credentials'));
       });
@@ -241,14 +281,19 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
 
       it('only groups asked for are returned; nested membership alone is enough', async () => {
         const carol = await accountOf(USERS.carol);
-        expect([...(await dir.memberships(carol, [GROUPS.AllowExternalAccess.dn]))]).toEqual([GROUPS.AllowExternalAccess.dn.toLowerCase()]);
+        expect([...(await dir.memberships(carol, [GROUPS.AllowExternalAccess.dn]))]).toEqual([
+          GROUPS.AllowExternalAccess.dn.toLowerCase(),
+        ]);
         const alice = await accountOf(USERS.alice);
         expect([...(await dir.memberships(alice, [GROUPS.MobileUsers.dn, GROUPS.ExternalDenied.dn]))]).toEqual([]);
       });
 
       it('asked-for DNs match in any case and always come back lowercase', async () => {
         const mallory = await accountOf(USERS.mallory);
-        const got = await dir.memberships(mallory, [GROUPS.AllowExternalAccess.dn.toUpperCase(), GROUPS.ExternalDenied.dn.toLowerCase()]);
+        const got = await dir.memberships(mallory, [
+          GROUPS.AllowExternalAccess.dn.toUpperCase(),
+          GROUPS.ExternalDenied.dn.toLowerCase(),
+        ]);
         expect([...got].sort()).toEqual(lowerDns(['AllowExternalAccess', 'ExternalDenied']));
         for (const g of got) expect(g).toBe(g.toLowerCase());
       });
@@ -278,9 +323,12 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
         '%s: the fixture groups among its groups are exactly its direct and nested ones',
         async (_, u) => {
           const groups = await dir.groupsOf(await accountOf(u));
-          const fixture = groups.filter((g) => (GROUP_NAMES as string[]).includes(g.name)).map((g) => g.name).sort();
+          const fixture = groups
+            .filter((g) => (GROUP_NAMES as string[]).includes(g.name))
+            .map((g) => g.name)
+            .sort();
           expect(fixture).toEqual([...fixtureGroupsOf(u)].sort());
-          expect(new Set(groups.map((g) => g.dn.toLowerCase())).size).toBe(groups.length);   // no duplicates
+          expect(new Set(groups.map((g) => g.dn.toLowerCase())).size).toBe(groups.length); // no duplicates
         },
       );
     });
@@ -295,18 +343,22 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
         },
       );
 
-      it.each(GROUP_NAMES.flatMap((g) => [GROUPS[g].dn, GROUPS[g].dn.toLowerCase(), GROUPS[g].dn.toUpperCase()].map((dn) => [dn, g] as const)))(
-        'by DN %s',
-        async (dn, g) => {
-          const ref = await dir.resolveGroup(dn);
-          expect(ref?.name).toBe(g);
-          expect(ref?.dn.toLowerCase()).toBe(GROUPS[g].dn.toLowerCase());
+      it.each(
+        GROUP_NAMES.flatMap((g) =>
+          [GROUPS[g].dn, GROUPS[g].dn.toLowerCase(), GROUPS[g].dn.toUpperCase()].map((dn) => [dn, g] as const),
+        ),
+      )('by DN %s', async (dn, g) => {
+        const ref = await dir.resolveGroup(dn);
+        expect(ref?.name).toBe(g);
+        expect(ref?.dn.toLowerCase()).toBe(GROUPS[g].dn.toLowerCase());
+      });
+
+      it.each(['NoSuchGroup', 'AllowExternal', 'Allow*', '*', 'AllowExternalAccess)(objectClass=*', 'alice'])(
+        'unknown name %j → null',
+        async (name) => {
+          expect(await dir.resolveGroup(name)).toBeNull();
         },
       );
-
-      it.each(['NoSuchGroup', 'AllowExternal', 'Allow*', '*', 'AllowExternalAccess)(objectClass=*', 'alice'])('unknown name %j → null', async (name) => {
-        expect(await dir.resolveGroup(name)).toBeNull();
-      });
 
       itBug('nul-truncation')('a NUL is part of the group name: AllowExternalAccess\\0x → null', async () => {
         expect(await dir.resolveGroup('AllowExternalAccess\0x')).toBeNull();
@@ -324,7 +376,7 @@ export function runDirectoryContract(name: string, makeDirectory: MakeDirectory,
       it.each([
         `CN=NoSuchGroup,${DOMAIN.usersDn}`,
         `CN=AllowExternalAccess,OU=Nowhere,${DOMAIN.baseDn}`,
-        USERS.alice.dn,                                   // exists, but is not a group
+        USERS.alice.dn, // exists, but is not a group
       ])('unknown DN %j → null', async (dn) => {
         expect(await dir.resolveGroup(dn)).toBeNull();
       });
@@ -354,6 +406,10 @@ export function expectAccount(a: Account | null, u: TestUser): void {
   expect(a, `account for ${u.sam}`).not.toBeNull();
   const got = a && { dn: a.dn.toLowerCase(), sam: a.sam, user: a.user, upn: a.upn, mail: a.mail };
   expect(got).toEqual({
-    dn: u.dn.toLowerCase(), sam: u.sam, user: `${DOMAIN.netbios}\\${u.sam}`, upn: u.upn, mail: u.mail,
+    dn: u.dn.toLowerCase(),
+    sam: u.sam,
+    user: `${DOMAIN.netbios}\\${u.sam}`,
+    upn: u.upn,
+    mail: u.mail,
   });
 }

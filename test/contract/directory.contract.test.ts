@@ -31,10 +31,20 @@ const log: DirectoryLog = { warn: (obj, msg) => warnings.push({ obj, msg }) };
 
 function ldapSettings(over: Partial<LdapSettings> = {}): LdapSettings {
   return {
-    type: 'ldap', urls: [ldapUrl], ca: undefined, startTls: false,
-    bindDn: SERVICE_ACCOUNT.dn, bindPassword: new Secret(SERVICE_ACCOUNT.password), baseDn: DOMAIN.baseDn,
-    netbiosDomain: DOMAIN.netbios, upnSuffixes: [DOMAIN.dnsName], connectTimeoutMs: 1000, timeoutMs: 3000,
-    maxConcurrentBinds: 16, maxQueuedBinds: 256, dcRetrySeconds: 30,
+    type: 'ldap',
+    urls: [ldapUrl],
+    ca: undefined,
+    startTls: false,
+    bindDn: SERVICE_ACCOUNT.dn,
+    bindPassword: new Secret(SERVICE_ACCOUNT.password),
+    baseDn: DOMAIN.baseDn,
+    netbiosDomain: DOMAIN.netbios,
+    upnSuffixes: [DOMAIN.dnsName],
+    connectTimeoutMs: 1000,
+    timeoutMs: 3000,
+    maxConcurrentBinds: 16,
+    maxQueuedBinds: 256,
+    dcRetrySeconds: 30,
     ...over,
   };
 }
@@ -44,21 +54,34 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 const usersFile = join(tmp, 'users.yaml');
 writeFileSync(usersFile, fileDirectoryYaml());
 const fileSettings: FileSettings = {
-  type: 'file', path: usersFile, baseDn: DOMAIN.baseDn, netbiosDomain: DOMAIN.netbios, upnSuffixes: [DOMAIN.dnsName],
+  type: 'file',
+  path: usersFile,
+  baseDn: DOMAIN.baseDn,
+  netbiosDomain: DOMAIN.netbios,
+  upnSuffixes: [DOMAIN.dnsName],
 };
-
 
 runDirectoryContract('file (fixtures as YAML)', () => FileDirectory.load(fileSettings));
 runDirectoryContract('ldap (plain ldap://)', () => new LdapDirectory(ldapSettings(), log));
-runDirectoryContract('ldap (ldaps:// with the CA)', () => new LdapDirectory(ldapSettings({ urls: [ldapsUrl], ca: caPem }), log));
-runDirectoryContract('ldap (ldap:// + StartTLS with the CA)', () => new LdapDirectory(ldapSettings({ startTls: true, ca: caPem }), log));
+runDirectoryContract(
+  'ldap (ldaps:// with the CA)',
+  () => new LdapDirectory(ldapSettings({ urls: [ldapsUrl], ca: caPem }), log),
+);
+runDirectoryContract(
+  'ldap (ldap:// + StartTLS with the CA)',
+  () => new LdapDirectory(ldapSettings({ startTls: true, ca: caPem }), log),
+);
 
 // ---------------------------------------------------------------------------------------------------
 // Technical faults (LDAP only)
 // ---------------------------------------------------------------------------------------------------
 
 const alice: Account = {
-  dn: USERS.alice.dn, sam: USERS.alice.sam, user: `${DOMAIN.netbios}\\${USERS.alice.sam}`, upn: USERS.alice.upn, mail: USERS.alice.mail,
+  dn: USERS.alice.dn,
+  sam: USERS.alice.sam,
+  user: `${DOMAIN.netbios}\\${USERS.alice.sam}`,
+  upn: USERS.alice.upn,
+  mail: USERS.alice.mail,
 };
 
 /** A loopback TCP server; `onSocket` decides what it does with each connection. */
@@ -98,10 +121,10 @@ async function deadPort(): Promise<number> {
 function startTlsThenSilence(s: Socket): void {
   let answered = false;
   s.on('data', (buf) => {
-    if (answered) return;                                           // the ClientHello: ignore it
+    if (answered) return; // the ClientHello: ignore it
     answered = true;
     const lenBytes = (buf[1] ?? 0) & 0x80 ? (buf[1] ?? 0) & 0x7f : 0;
-    const at = 2 + lenBytes;                                        // INTEGER tag of messageID
+    const at = 2 + lenBytes; // INTEGER tag of messageID
     const id = buf.subarray(at + 2, at + 2 + (buf[at + 1] ?? 1));
     const body = Buffer.from([0x78, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00]);
     const msgId = Buffer.concat([Buffer.from([0x02, id.length]), id]);
@@ -112,7 +135,10 @@ function startTlsThenSilence(s: Socket): void {
 /** Runs `op`, expecting DirectoryUnavailableError; returns how long it took. */
 async function unavailable(op: () => Promise<unknown>): Promise<number> {
   const t0 = performance.now();
-  const err = await op().then(() => new Error('resolved, expected DirectoryUnavailableError'), (e: unknown) => e);
+  const err = await op().then(
+    () => new Error('resolved, expected DirectoryUnavailableError'),
+    (e: unknown) => e,
+  );
   const ms = performance.now() - t0;
   expect(err).toBeInstanceOf(DirectoryUnavailableError);
   expect(String((err as Error).message)).not.toContain(SERVICE_ACCOUNT.password);
@@ -152,8 +178,12 @@ describe('LdapDirectory technical faults → DirectoryUnavailableError', () => {
 
     it('with ldaps:// and StartTLS as well', async () => {
       const port = new URL(url).port;
-      expect(await unavailable(() => dir({ urls: [`ldaps://127.0.0.1:${port}`], ca: caPem }).findAccount(samLogon('alice')))).toBeLessThan(1500);
-      expect(await unavailable(() => dir({ urls: [url], startTls: true, ca: caPem }).findAccount(samLogon('alice')))).toBeLessThan(1500);
+      expect(
+        await unavailable(() => dir({ urls: [`ldaps://127.0.0.1:${port}`], ca: caPem }).findAccount(samLogon('alice'))),
+      ).toBeLessThan(1500);
+      expect(
+        await unavailable(() => dir({ urls: [url], startTls: true, ca: caPem }).findAccount(samLogon('alice'))),
+      ).toBeLessThan(1500);
     });
 
     it('a directory that failed works once the DC is reachable: the first URL dead, the second Samba', async () => {
@@ -183,7 +213,10 @@ describe('LdapDirectory technical faults → DirectoryUnavailableError', () => {
     it.each([
       ['ldap://', () => ({ urls: [`ldap://127.0.0.1:${hole.port}`] })],
       ['ldaps:// (TLS handshake never answered)', () => ({ urls: [`ldaps://127.0.0.1:${hole.port}`], ca: caPem })],
-      ['StartTLS (extended request never answered)', () => ({ urls: [`ldap://127.0.0.1:${hole.port}`], startTls: true, ca: caPem })],
+      [
+        'StartTLS (extended request never answered)',
+        () => ({ urls: [`ldap://127.0.0.1:${hole.port}`], startTls: true, ca: caPem }),
+      ],
     ] as const)('%s: findAccount throws within the timeouts', async (_, over) => {
       expect(await unavailable(() => dir({ ...fast, ...over() }).findAccount(samLogon('alice')))).toBeLessThan(2500);
     });
@@ -210,10 +243,19 @@ describe('LdapDirectory technical faults → DirectoryUnavailableError', () => {
     });
 
     it('findAccount throws within the timeouts', async () => {
-      const d = dir({ connectTimeoutMs: 500, timeoutMs: 500, urls: [`ldap://127.0.0.1:${server.port}`], startTls: true, ca: caPem });
+      const d = dir({
+        connectTimeoutMs: 500,
+        timeoutMs: 500,
+        urls: [`ldap://127.0.0.1:${server.port}`],
+        startTls: true,
+        ca: caPem,
+      });
       const deadline = new Promise<'hung'>((r) => setTimeout(() => r('hung'), 3000).unref());
       const outcome = await Promise.race([
-        d.findAccount(samLogon('alice')).then(() => 'resolved', (e: unknown) => (e instanceof DirectoryUnavailableError ? 'unavailable' : `other: ${String(e)}`)),
+        d.findAccount(samLogon('alice')).then(
+          () => 'resolved',
+          (e: unknown) => (e instanceof DirectoryUnavailableError ? 'unavailable' : `other: ${String(e)}`),
+        ),
         deadline,
       ]);
       expect(outcome).toBe('unavailable');

@@ -8,7 +8,12 @@ import type { Lockout, LockoutSettings } from '../../src/auth/lockout.js';
 import type { BusEvent, StateBus } from '../../src/state/bus.js';
 
 export const SETTINGS: LockoutSettings = {
-  threshold: 3, windowSeconds: 600, sourceAccounts: 1000, sourceFailures: 100_000, familiarSeconds: 600, max: 1000,
+  threshold: 3,
+  windowSeconds: 600,
+  sourceAccounts: 1000,
+  sourceFailures: 100_000,
+  familiarSeconds: 600,
+  max: 1000,
   waitMs: 400,
 };
 
@@ -62,7 +67,10 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
     let cluster: BusCluster | null = null;
     const start = async (settings: Partial<LockoutSettings> = {}) =>
       (cluster = await make({ ...SETTINGS, ...settings }));
-    afterEach(async () => { await cluster?.close(); cluster = null; });
+    afterEach(async () => {
+      await cluster?.close();
+      cluster = null;
+    });
 
     it('delivers a publish to every other member and the authority, never back to the publisher', async () => {
       const c = await start();
@@ -71,7 +79,7 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
       const account = `cn=user${++uniq}`;
       for (const p of ['p1', 'p2', 'p3']) a.publish(failure(account, p));
       await until(() => fromB.length === 3 && fromD.length === 3, 'b and d hear all three');
-      expect(fingerprints(fromB)).toEqual(['p1', 'p2', 'p3']);       // in order
+      expect(fingerprints(fromB)).toEqual(['p1', 'p2', 'p3']); // in order
       await until(() => c.authority.check(account, ATTACKER) === 'account-locked', 'the authority applies them');
       await new Promise((r) => setTimeout(r, 100));
       expect(fromA).toEqual([]);
@@ -81,7 +89,7 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
       const c = await start();
       const a = await c.join();
       const account = `cn=user${++uniq}`;
-      a.publish(failure(account, 'old', Date.now() - 700_000));       // kept until 100 s ago: expired
+      a.publish(failure(account, 'old', Date.now() - 700_000)); // kept until 100 s ago: expired
       a.publish(failure(account, 'kept'));
       await until(() => c.authority.knownBad(account, 'kept'), 'the authority applies it');
       const late = heard(await c.join());
@@ -93,8 +101,9 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
     it('reserves atomically: a burst of wrong passwords from three members opens at most threshold', async () => {
       const c = await start();
       const members = [await c.join(), await c.join(), await c.join()];
-      const attempts = await Promise.all(Array.from({ length: 12 }, (_, i) =>
-        (members[i % 3] as StateBus).reserve(ALICE, ATTACKER, `burst-${i}`)));
+      const attempts = await Promise.all(
+        Array.from({ length: 12 }, (_, i) => (members[i % 3] as StateBus).reserve(ALICE, ATTACKER, `burst-${i}`)),
+      );
       const verdicts = attempts.map((x) => x.verdict);
       expect(verdicts.filter((v) => v === 'open')).toHaveLength(SETTINGS.threshold);
       expect(verdicts.filter((v) => v !== 'open').every((v) => v === 'busy')).toBe(true);
@@ -112,15 +121,18 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
       expect(held.map((x) => x.verdict)).toEqual(['open', 'open', 'open']);
       const started = Date.now();
       let settled = false;
-      const waiting = b.reserve(account, ATTACKER, 'p3').then((x) => { settled = true; return x; });
+      const waiting = b.reserve(account, ATTACKER, 'p3').then((x) => {
+        settled = true;
+        return x;
+      });
       await new Promise((r) => setTimeout(r, 150));
-      expect(settled).toBe(false);                                   // it waits behind the three
+      expect(settled).toBe(false); // it waits behind the three
       if (verdict === 'account-locked') for (const p of ['p0', 'p1', 'p2']) a.publish(failure(account, p));
       else a.publish(success(account));
-      for (const x of held) x.release();                            // recorded first, then released (authenticate.ts)
+      for (const x of held) x.release(); // recorded first, then released (authenticate.ts)
       const got = await waiting;
       expect(got.verdict).toBe(verdict);
-      expect(Date.now() - started).toBeLessThan(2500);                // woken, not timed out
+      expect(Date.now() - started).toBeLessThan(2500); // woken, not timed out
       got.release();
     });
 
@@ -144,12 +156,12 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
       expect(first).not.toBeNull();
       expect(second).not.toBeNull();
       expect(await d.acquireSlot(key, 2)).toBeNull();
-      expect(await a.acquireSlot(`${key}-other`, 2)).not.toBeNull();  // per key
+      expect(await a.acquireSlot(`${key}-other`, 2)).not.toBeNull(); // per key
       first!.release();
-      first!.release();                                              // once only
+      first!.release(); // once only
       const third = await waitForSlot(d, key, 2);
       expect(await a.acquireSlot(key, 2)).toBeNull();
-      await c.kill(b);                                               // b held one
+      await c.kill(b); // b held one
       const fourth = await waitForSlot(a, key, 2);
       expect(third).not.toBeNull();
       expect(fourth).not.toBeNull();

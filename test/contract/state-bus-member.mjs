@@ -4,14 +4,16 @@
 import { Lockout } from '../../dist/auth/lockout.js';
 import { workerBus } from '../../dist/state/ipc-bus.js';
 
-const bus = workerBus(new Lockout(JSON.parse(process.argv[2] ?? '{}')));   // its own: the fallback only
+const bus = workerBus(new Lockout(JSON.parse(process.argv[2] ?? '{}'))); // its own: the fallback only
 bus.subscribe((event) => process.send({ ctl: 'event', event }));
 const held = new Map();
 process.on('message', async (m) => {
   if (typeof m?.ctl !== 'string') return;
   if (m.ctl === 'publish') bus.publish(m.event);
-  else if (m.ctl === 'release') { held.get(m.cid)?.(); held.delete(m.cid); }
-  else if (m.ctl === 'reserve') {
+  else if (m.ctl === 'release') {
+    held.get(m.cid)?.();
+    held.delete(m.cid);
+  } else if (m.ctl === 'reserve') {
     const attempt = await bus.reserve(m.account, m.source, m.fingerprint);
     held.set(m.cid, attempt.release);
     process.send({ ctl: 'answer', cid: m.cid, verdict: attempt.verdict });

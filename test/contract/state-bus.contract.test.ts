@@ -19,9 +19,15 @@ runStateBusContract('in-process members of a Hub', async (settings) => {
   const members = new Set<StateBus>();
   return {
     authority,
-    join: async () => { const m = hub.join(); members.add(m); return m; },
+    join: async () => {
+      const m = hub.join();
+      members.add(m);
+      return m;
+    },
     kill: async (m) => m.close(),
-    close: async () => { for (const m of members) m.close(); },
+    close: async () => {
+      for (const m of members) m.close();
+    },
   };
 });
 
@@ -38,7 +44,9 @@ runStateBusContract('workers over IPC to the primary', async (settings) => {
       const member = remoteMember(child);
       children.set(member, child);
       await new Promise<void>((resolve, reject) => {
-        child.on('message', (m: { ctl?: string }) => { if (m?.ctl === 'ready') resolve(); });
+        child.on('message', (m: { ctl?: string }) => {
+          if (m?.ctl === 'ready') resolve();
+        });
         child.once('exit', (code) => reject(new Error(`the member exited (${code})`)));
       });
       return member;
@@ -50,7 +58,9 @@ runStateBusContract('workers over IPC to the primary', async (settings) => {
       child.kill('SIGKILL');
       await gone;
     },
-    close: async () => { await Promise.all([...children.keys()].map((m) => cluster.kill(m))); },
+    close: async () => {
+      await Promise.all([...children.keys()].map((m) => cluster.kill(m)));
+    },
   };
   return cluster;
 });
@@ -70,15 +80,24 @@ function remoteMember(child: ChildProcess): StateBus {
       answers.delete(m.cid!);
     }
   });
-  const ask = (msg: object) => new Promise<{ cid: number; verdict?: LockoutVerdict; ok?: boolean }>((resolve) => {
-    const cid = ++next;
-    answers.set(cid, (a) => resolve({ cid, ...a }));
-    child.send({ ...msg, cid });
-  });
-  const release = (cid: number) => () => { if (child.connected) child.send({ ctl: 'release', cid }); };
+  const ask = (msg: object) =>
+    new Promise<{ cid: number; verdict?: LockoutVerdict; ok?: boolean }>((resolve) => {
+      const cid = ++next;
+      answers.set(cid, (a) => resolve({ cid, ...a }));
+      child.send({ ...msg, cid });
+    });
+  const release = (cid: number) => () => {
+    if (child.connected) child.send({ ctl: 'release', cid });
+  };
   return {
-    publish: (event) => { child.send({ ctl: 'publish', event }); },
-    subscribe: (h) => { for (const e of events) h(e); handlers.add(h); return () => handlers.delete(h); },
+    publish: (event) => {
+      child.send({ ctl: 'publish', event });
+    },
+    subscribe: (h) => {
+      for (const e of events) h(e);
+      handlers.add(h);
+      return () => handlers.delete(h);
+    },
     reserve: async (account, source, fingerprint): Promise<Attempt> => {
       const a = await ask({ ctl: 'reserve', account, source, fingerprint });
       return { verdict: a.verdict ?? 'busy', release: release(a.cid) };
@@ -95,14 +114,18 @@ function remoteMember(child: ChildProcess): StateBus {
 // the worker decides alone, as one process would (and as workers did before the bus).
 describe('IpcBus without an answering primary', () => {
   const silentPrimary = () =>
-    spawn(process.execPath, ['-e', 'process.on("message", () => {})'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    spawn(process.execPath, ['-e', 'process.on("message", () => {})'], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
 
-  it('decides alone after the lockout\'s wait and a grace: its own Lockout reserves, its own count caps', async () => {
+  it("decides alone after the lockout's wait and a grace: its own Lockout reserves, its own count caps", async () => {
     const primary = silentPrimary();
     try {
       const bus = new IpcBus(primary, new Lockout({ ...SETTINGS, waitMs: 100 }), 50);
       const started = Date.now();
-      const attempts = await Promise.all(['p0', 'p1', 'p2', 'p3'].map((p) => bus.reserve('cn=alice', '203.0.113.5', p)));
+      const attempts = await Promise.all(
+        ['p0', 'p1', 'p2', 'p3'].map((p) => bus.reserve('cn=alice', '203.0.113.5', p)),
+      );
       expect(Date.now() - started).toBeGreaterThanOrEqual(140);
       expect(attempts.map((a) => a.verdict).sort()).toEqual(['busy', 'open', 'open', 'open']);
       const [one, two] = [await bus.acquireSlot('k', 1), await bus.acquireSlot('k', 1)];

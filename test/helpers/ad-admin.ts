@@ -22,16 +22,28 @@ async function asAdmin<T>(ldapUrl: string, fn: (c: Client) => Promise<T>): Promi
 }
 
 /** Creates an enabled user (CN differs from its name) in the given groups. */
-export async function createUser(ldapUrl: string, sam: string, password: string, groups: string[] = []): Promise<NewUser> {
+export async function createUser(
+  ldapUrl: string,
+  sam: string,
+  password: string,
+  groups: string[] = [],
+): Promise<NewUser> {
   const dn = `CN=Test ${sam},${DOMAIN.usersDn}`;
   await asAdmin(ldapUrl, async (c) => {
     const attr = (type: string, value: string | Buffer) => new Attribute({ type, values: [value] as string[] });
     await c.add(dn, [
       new Attribute({ type: 'objectClass', values: ['top', 'person', 'organizationalPerson', 'user'] }),
-      attr('sAMAccountName', sam), attr('userPrincipalName', `${sam}@${DOMAIN.dnsName}`), attr('mail', `${sam}@${DOMAIN.dnsName}`),
-      attr('unicodePwd', Buffer.from(`"${password}"`, 'utf16le')), attr('userAccountControl', '66048'),
+      attr('sAMAccountName', sam),
+      attr('userPrincipalName', `${sam}@${DOMAIN.dnsName}`),
+      attr('mail', `${sam}@${DOMAIN.dnsName}`),
+      attr('unicodePwd', Buffer.from(`"${password}"`, 'utf16le')),
+      attr('userAccountControl', '66048'),
     ]);
-    for (const g of groups) await c.modify(groupDn(g), new Change({ operation: 'add', modification: new Attribute({ type: 'member', values: [dn] }) }));
+    for (const g of groups)
+      await c.modify(
+        groupDn(g),
+        new Change({ operation: 'add', modification: new Attribute({ type: 'member', values: [dn] }) }),
+      );
   });
   return { sam, password, dn };
 }
@@ -42,18 +54,29 @@ export async function deleteUser(ldapUrl: string, dn: string): Promise<void> {
 
 /** Adds `dn` to the group or removes it. */
 export async function setGroupMember(ldapUrl: string, op: 'add' | 'delete', group: string, dn: string): Promise<void> {
-  await asAdmin(ldapUrl, (c) => c.modify(groupDn(group), new Change({ operation: op, modification: new Attribute({ type: 'member', values: [dn] }) })));
+  await asAdmin(ldapUrl, (c) =>
+    c.modify(
+      groupDn(group),
+      new Change({ operation: op, modification: new Attribute({ type: 'member', values: [dn] }) }),
+    ),
+  );
 }
 
 /** Creates a global security group. */
 export async function createGroup(ldapUrl: string, name: string): Promise<string> {
   const dn = groupDn(name);
-  await asAdmin(ldapUrl, (c) => c.add(dn, { objectClass: ['top', 'group'], sAMAccountName: name, groupType: String(GLOBAL_SECURITY_GROUP_TYPE) }));
+  await asAdmin(ldapUrl, (c) =>
+    c.add(dn, { objectClass: ['top', 'group'], sAMAccountName: name, groupType: String(GLOBAL_SECURITY_GROUP_TYPE) }),
+  );
   return dn;
 }
 
 /** Reads attributes of an entry as strings. */
-export async function readAttributes(ldapUrl: string, dn: string, attributes: string[]): Promise<Record<string, string>> {
+export async function readAttributes(
+  ldapUrl: string,
+  dn: string,
+  attributes: string[],
+): Promise<Record<string, string>> {
   return asAdmin(ldapUrl, async (c) => {
     const { searchEntries } = await c.search(dn, { scope: 'base', attributes });
     const e = searchEntries[0] ?? {};

@@ -12,7 +12,12 @@ import { expect, inject } from 'vitest';
 import { stringify } from 'yaml';
 import type { AccessRecord } from '../../src/pipeline/access-log.js';
 import { startGateway, type RunningGateway } from '../../src/runtime/start.js';
-import { startExchangeStandin, type ExchangeStandin, type SeenRequest, type StandinOptions } from '../../src/standin/exchange.js';
+import {
+  startExchangeStandin,
+  type ExchangeStandin,
+  type SeenRequest,
+  type StandinOptions,
+} from '../../src/standin/exchange.js';
 import { DOMAIN, GROUPS, SERVICE_ACCOUNT, USERS, type TestUser } from './ad-fixtures.js';
 import { scryptSync, randomBytes } from 'node:crypto';
 import { createServer as createNetServer } from 'node:net';
@@ -121,7 +126,11 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
   const h: Harness = {
     origin: `https://127.0.0.1:${running.address.port}`,
     port: running.address.port,
-    dir, configFile, standin, running, access,
+    dir,
+    configFile,
+    standin,
+    running,
+    access,
     gatewayCa: readFileSync(join(dir, 'gateway.crt'), 'utf8'),
     allLogText: () => accessCapture.lines.join('') + appCapture.lines.join(''),
     record: async (pred, timeoutMs = 3000) => {
@@ -130,7 +139,8 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
         parse();
         const found = access.find(pred);
         if (found) return found;
-        if (Date.now() > end) throw new Error(`no access record matched; have:\n${access.map((r) => JSON.stringify(r)).join('\n')}`);
+        if (Date.now() > end)
+          throw new Error(`no access record matched; have:\n${access.map((r) => JSON.stringify(r)).join('\n')}`);
         await new Promise((r) => setTimeout(r, 10));
       }
     },
@@ -154,7 +164,12 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
       rmSync(dir, { recursive: true, force: true });
     },
   };
-  Object.defineProperty(h, 'access', { get: () => { parse(); return access; } });
+  Object.defineProperty(h, 'access', {
+    get: () => {
+      parse();
+      return access;
+    },
+  });
   return h;
 }
 
@@ -167,10 +182,16 @@ function directorySection(kind: DirectoryKind, dir: string): Record<string, unkn
   writeFileSync(join(dir, 'bind-password'), SERVICE_ACCOUNT.password + '\n', { mode: 0o600 });
   const url = kind === 'ldaps' ? inject('ldapsUrl') : inject('ldapUrl');
   return {
-    type: 'ldap', url, startTls: kind === 'starttls',
+    type: 'ldap',
+    url,
+    startTls: kind === 'starttls',
     ...(kind === 'ldap' ? {} : { ca: inject('ldapCaFile') }),
-    bindDn: SERVICE_ACCOUNT.dn, bindPasswordFile: 'bind-password', baseDn: DOMAIN.baseDn, ...common,
-    connectTimeoutMs: 1000, timeoutMs: 3000,
+    bindDn: SERVICE_ACCOUNT.dn,
+    bindPasswordFile: 'bind-password',
+    baseDn: DOMAIN.baseDn,
+    ...common,
+    connectTimeoutMs: 1000,
+    timeoutMs: 3000,
   };
 }
 
@@ -182,7 +203,9 @@ export function fileDirectoryYaml(): string {
   const users: Record<string, unknown> = {};
   for (const u of Object.values(USERS) as TestUser[]) {
     users[u.sam] = {
-      password: quickHash(u.password), name: u.cn, mail: u.mail,
+      password: quickHash(u.password),
+      name: u.cn,
+      mail: u.mail,
       ...(u.state === 'disabled' ? { disabled: true } : {}),
       ...(u.state === 'mustChangePassword' ? { mustChangePassword: true } : {}),
       ...(u.state === 'expired' ? { expires: '2020-01-01T00:00:00Z' } : {}),
@@ -207,8 +230,29 @@ export function makeCert(dir: string, base: string, names: string[]): { cert: st
   const key = join(dir, `${base}.key`);
   const cert = join(dir, `${base}.crt`);
   const san = names.map((n) => (/^[\d.]+$/.test(n) ? `IP:${n}` : `DNS:${n}`)).join(',');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2',
-    '-subj', `/CN=${names[0]}`, '-addext', `subjectAltName=${san}`, '-keyout', key, '-out', cert], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${names[0]}`,
+      '-addext',
+      `subjectAltName=${san}`,
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { stdio: 'ignore' },
+  );
   return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
 }
 
@@ -240,7 +284,12 @@ export interface Reply {
 export async function send(h: Harness, path: string, opts: SendOptions = {}): Promise<Reply> {
   const client = clientFor(h, opts.servername === undefined ? EXTERNAL : opts.servername, opts.localAddress);
   try {
-    return await sendOn(client, path, opts.servername === null ? (opts.host ?? EXTERNAL) : (opts.host ?? opts.servername ?? EXTERNAL), opts);
+    return await sendOn(
+      client,
+      path,
+      opts.servername === null ? (opts.host ?? EXTERNAL) : (opts.host ?? opts.servername ?? EXTERNAL),
+      opts,
+    );
   } finally {
     await client.close().catch(() => {});
   }
@@ -253,8 +302,10 @@ export function clientFor(h: Harness, servername: string | null = EXTERNAL, loca
   // undici would otherwise send the Host header's name.
   const connector = buildConnector({ ca: h.gatewayCa, checkServerIdentity: () => undefined });
   return new Client(h.origin, {
-    connect: (opts, cb) => connector({ ...opts, servername: servername ?? undefined, localAddress: localAddress ?? null }, cb),
-    headersTimeout: 0, bodyTimeout: 0,
+    connect: (opts, cb) =>
+      connector({ ...opts, servername: servername ?? undefined, localAddress: localAddress ?? null }, cb),
+    headersTimeout: 0,
+    bodyTimeout: 0,
   });
 }
 
@@ -264,7 +315,10 @@ export async function sendOn(client: Client, path: string, host: string, opts: S
   if (opts.authorization !== undefined) headers.authorization = opts.authorization;
   else if (opts.user !== undefined) headers.authorization = basic(opts.user, opts.password ?? '');
   const res = await client.request({
-    path, method: (opts.method ?? 'GET') as 'GET', headers, body: opts.body as string | Buffer | null | undefined,
+    path,
+    method: (opts.method ?? 'GET') as 'GET',
+    headers,
+    body: opts.body as string | Buffer | null | undefined,
     headersTimeout: opts.headersTimeout ?? 30_000,
   });
   const body = Buffer.from(await res.body.arrayBuffer());
@@ -299,7 +353,10 @@ export interface ForwardWatch {
  * denied request with a unique path or query, or match its user; for NTLM, whose Type 1 legs are
  * forwarded by design, match `r.ntlm === 'type3'` and the refused user).
  */
-export function watchForwarded(h: { readonly standin: ExchangeStandin }, pred?: (r: SeenRequest) => boolean): ForwardWatch {
+export function watchForwarded(
+  h: { readonly standin: ExchangeStandin },
+  pred?: (r: SeenRequest) => boolean,
+): ForwardWatch {
   const before = h.standin.seen(pred);
   const count = () => h.standin.seen(pred) - before;
   return {
@@ -319,7 +376,9 @@ export function watchForwarded(h: { readonly standin: ExchangeStandin }, pred?: 
  * (nothing matching `pred`, when given); returns what `act` returned.
  */
 export async function expectNotForwarded<T>(
-  h: { readonly standin: ExchangeStandin }, act: () => Promise<T>, pred?: (r: SeenRequest) => boolean,
+  h: { readonly standin: ExchangeStandin },
+  act: () => Promise<T>,
+  pred?: (r: SeenRequest) => boolean,
 ): Promise<T> {
   const watch = watchForwarded(h, pred);
   const result = await act();

@@ -29,7 +29,14 @@ export function type3(type2: Buffer, user: string, domain: string, password: str
   const clientChallenge = randomBytes(8);
   const time = Buffer.alloc(8);
   time.writeBigUInt64LE((BigInt(Date.now()) + 11_644_473_600_000n) * 10_000n);
-  const temp = Buffer.concat([Buffer.from([1, 1, 0, 0, 0, 0, 0, 0]), time, clientChallenge, Buffer.alloc(4), ti, Buffer.alloc(4)]);
+  const temp = Buffer.concat([
+    Buffer.from([1, 1, 0, 0, 0, 0, 0, 0]),
+    time,
+    clientChallenge,
+    Buffer.alloc(4),
+    ti,
+    Buffer.alloc(4),
+  ]);
   const key = ntowfV2(password, user, domain);
   const nt = Buffer.concat([hmacMd5(key, challenge, temp), temp]);
   const lm = Buffer.concat([hmacMd5(key, challenge, clientChallenge), clientChallenge]);
@@ -68,17 +75,38 @@ export function negTokenResp(...messages: Buffer[]): Buffer {
 }
 
 /** One request on the client's connection; returns status, headers and body text. */
-export async function call(client: Client, path: string, host: string, authorization?: string): Promise<{ status: number; challenge: string | undefined; body: string }> {
-  const res = await client.request({ path, method: 'GET', headers: { host, ...(authorization ? { authorization } : {}) } });
+export async function call(
+  client: Client,
+  path: string,
+  host: string,
+  authorization?: string,
+): Promise<{ status: number; challenge: string | undefined; body: string }> {
+  const res = await client.request({
+    path,
+    method: 'GET',
+    headers: { host, ...(authorization ? { authorization } : {}) },
+  });
   const body = await res.body.text();
   const www = res.headers['www-authenticate'];
   return { status: res.statusCode, challenge: Array.isArray(www) ? www.join(', ') : www, body };
 }
 
 /** Runs the NTLM handshake on the client's connection; returns the final answer. */
-export async function signIn(client: Client, path: string, host: string, user: string, domain: string, password: string): Promise<{ status: number; body: string }> {
+export async function signIn(
+  client: Client,
+  path: string,
+  host: string,
+  user: string,
+  domain: string,
+  password: string,
+): Promise<{ status: number; body: string }> {
   const first = await call(client, path, host, `NTLM ${type1().toString('base64')}`);
   const token = /NTLM ([A-Za-z0-9+/=]+)/.exec(first.challenge ?? '')?.[1];
   if (first.status !== 401 || !token) return first;
-  return call(client, path, host, `NTLM ${type3(Buffer.from(token, 'base64'), user, domain, password).toString('base64')}`);
+  return call(
+    client,
+    path,
+    host,
+    `NTLM ${type3(Buffer.from(token, 'base64'), user, domain, password).toString('base64')}`,
+  );
 }

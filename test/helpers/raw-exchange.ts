@@ -61,11 +61,15 @@ export async function startRawExchange(tls: { cert: string; key: string }): Prom
     connections,
     lines: () => requests.map((r) => `${r.method} ${r.target}`),
     open: () => sockets.size,
-    reset: () => { requests.length = 0; connections.length = 0; },
-    close: () => new Promise<void>((resolve) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => resolve());
-    }),
+    reset: () => {
+      requests.length = 0;
+      connections.length = 0;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
   };
 }
 
@@ -95,7 +99,11 @@ function takeRequest(buf: Buffer): { request: RawRequest; used: number } | null 
   return { request: { method, target, headers, body: buf.subarray(start, start + length) }, used: start + length };
 }
 
-function takeChunked(buf: Buffer, at: number, head: Omit<RawRequest, 'body'>): { request: RawRequest; used: number } | null | 'bad' {
+function takeChunked(
+  buf: Buffer,
+  at: number,
+  head: Omit<RawRequest, 'body'>,
+): { request: RawRequest; used: number } | null | 'bad' {
   const parts: Buffer[] = [];
   for (;;) {
     const lineEnd = buf.indexOf('\r\n', at);

@@ -16,7 +16,11 @@ export interface RpcUpstream {
   close(): Promise<void>;
 }
 
-export async function startRpcUpstream(tls: { cert: string; key: string }, inBytes: number, outBytes: number): Promise<RpcUpstream> {
+export async function startRpcUpstream(
+  tls: { cert: string; key: string },
+  inBytes: number,
+  outBytes: number,
+): Promise<RpcUpstream> {
   const seen: { head: string; bodyBytes: number }[] = [];
   const sockets = new Set<TLSSocket>();
   const server: Server = createServer({ ...tls, ALPNProtocols: ['http/1.1'] }, (socket) => {
@@ -34,18 +38,24 @@ export async function startRpcUpstream(tls: { cert: string; key: string }, inByt
       buf = Buffer.concat([buf, d]);
       const end = buf.indexOf('\r\n\r\n');
       if (end < 0) return;
-      const head = buf.subarray(0, end).toString('latin1').replace(/(authorization:\s*)\S+\s+\S+/i, '$1[redacted]');
+      const head = buf
+        .subarray(0, end)
+        .toString('latin1')
+        .replace(/(authorization:\s*)\S+\s+\S+/i, '$1[redacted]');
       entry = { head, bodyBytes: buf.length - end - 4 };
       seen.push(entry);
       const method = head.split(' ')[0];
       if (method === 'RPC_OUT_DATA') return streamOut(socket, outBytes);
-      if (method !== 'RPC_IN_DATA') socket.end('HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n');
+      if (method !== 'RPC_IN_DATA')
+        socket.end('HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n');
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const port = (server.address() as { port: number }).port;
   return {
-    url: `https://127.0.0.1:${port}`, port, seen,
+    url: `https://127.0.0.1:${port}`,
+    port,
+    seen,
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((r) => server.close(() => r()));

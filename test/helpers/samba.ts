@@ -19,8 +19,19 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import {
-  chmodSync, closeSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, realpathSync, renameSync,
-  rmSync, writeFileSync,
+  chmodSync,
+  closeSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
 } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -28,8 +39,17 @@ import { delimiter, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Attribute, Change, Client, escapeFilter, type Entry } from 'ldapts';
 import {
-  ADMIN, DOMAIN, GLOBAL_SECURITY_GROUP_TYPE, GROUPS, SERVICE_ACCOUNT, UAC, USERS, groupDn,
-  PAST_ACCOUNT_EXPIRES, type GroupName, type TestUser,
+  ADMIN,
+  DOMAIN,
+  GLOBAL_SECURITY_GROUP_TYPE,
+  GROUPS,
+  SERVICE_ACCOUNT,
+  UAC,
+  USERS,
+  groupDn,
+  PAST_ACCOUNT_EXPIRES,
+  type GroupName,
+  type TestUser,
 } from './ad-fixtures.js';
 
 const execFileAsync = promisify(execFile);
@@ -169,11 +189,13 @@ function assertPortFree(port: number, host = '127.0.0.1'): Promise<void> {
     const server = createServer();
     server.once('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'EADDRINUSE') {
-        reject(new Error(
-          `Port ${port} on ${host} is already in use, so Samba cannot start its LDAP server there. ` +
-            `Another Samba/LDAP server (maybe a leftover test run) is listening; find it with ` +
-            `\`ss -ltnp 'sport = :${port}'\` and stop it.`,
-        ));
+        reject(
+          new Error(
+            `Port ${port} on ${host} is already in use, so Samba cannot start its LDAP server there. ` +
+              `Another Samba/LDAP server (maybe a leftover test run) is listening; find it with ` +
+              `\`ss -ltnp 'sport = :${port}'\` and stop it.`,
+          ),
+        );
       } else if (err.code === 'EACCES') {
         reject(new Error(`Not allowed to bind port ${port} on ${host}: the Samba tests must run as root.`));
       } else {
@@ -294,10 +316,12 @@ async function provision(dir: string): Promise<void> {
   for (const sub of ['run', 'log', 'cache']) mkdirSync(join(dir, sub), { recursive: true });
   const settings = runtimeSettings(dir);
   const args = [
-    'domain', 'provision',
+    'domain',
+    'provision',
     // Start from built-in defaults, not from /etc/samba/smb.conf: otherwise provision copies that file's
     // settings (Debian's: "logging = file", [homes], [printers], passwd program ...) into our config.
-    '-s', '/dev/null',
+    '-s',
+    '/dev/null',
     `--targetdir=${dir}`,
     `--realm=${DOMAIN.realm}`,
     `--domain=${DOMAIN.netbios}`,
@@ -333,19 +357,51 @@ async function writeTlsCertificates(tlsDir: string): Promise<void> {
     }
   };
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  await run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '3650',
-    '-subj', '/CN=exgate test CA (LAB.TEST)',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  await run(
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.pem',
+    '-days',
+    '3650',
+    '-subj',
+    '/CN=exgate test CA (LAB.TEST)',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   await run('req', ...ec, '-keyout', 'key.pem', '-out', 'server.csr', '-subj', `/CN=${DOMAIN.dcFqdn}`);
-  writeFileSync(join(tlsDir, 'server.ext'), [
-    `subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:${DOMAIN.dcFqdn}`,
-    'basicConstraints=critical,CA:FALSE',
-    'keyUsage=critical,digitalSignature,keyEncipherment',
-    'extendedKeyUsage=serverAuth',
-    '',
-  ].join('\n'));
-  await run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
-    '-out', 'cert.pem', '-days', '3650', '-extfile', 'server.ext');
+  writeFileSync(
+    join(tlsDir, 'server.ext'),
+    [
+      `subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:${DOMAIN.dcFqdn}`,
+      'basicConstraints=critical,CA:FALSE',
+      'keyUsage=critical,digitalSignature,keyEncipherment',
+      'extendedKeyUsage=serverAuth',
+      '',
+    ].join('\n'),
+  );
+  await run(
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    'cert.pem',
+    '-days',
+    '3650',
+    '-extfile',
+    'server.ext',
+  );
   // The CA key is not needed any more; Samba refuses a key.pem that is readable by others.
   for (const f of ['ca.key', 'ca.srl', 'server.csr', 'server.ext']) rmSync(join(tlsDir, f), { force: true });
   chmodSync(join(tlsDir, 'key.pem'), 0o600);
@@ -421,11 +477,15 @@ async function waitForLdap(
     const client = new Client({ url, connectTimeout: 1000, timeout: 2000 });
     try {
       const { searchEntries } = await client.search('', {
-        scope: 'base', filter: '(objectClass=*)', attributes: ['defaultNamingContext'],
+        scope: 'base',
+        filter: '(objectClass=*)',
+        attributes: ['defaultNamingContext'],
       });
       const nc = searchEntries[0] ? firstString(searchEntries[0], 'defaultNamingContext') : undefined;
       if (nc?.toLowerCase() !== DOMAIN.baseDn.toLowerCase()) {
-        throw new Error(`an LDAP server on ${url} answers, but its defaultNamingContext is ${nc}, not ${DOMAIN.baseDn}`);
+        throw new Error(
+          `an LDAP server on ${url} answers, but its defaultNamingContext is ${nc}, not ${DOMAIN.baseDn}`,
+        );
       }
       return;
     } catch (err) {
@@ -467,7 +527,10 @@ export function sambaAdmin(ldapUrl: string = LDAP_URL): SambaAdmin {
   const modifyMember = (operation: 'add' | 'delete', group: string, memberDn: string): Promise<void> =>
     withAdmin(async (c) => {
       const dn = (await findDnWith(c, group)).dn;
-      await c.modify(dn, new Change({ operation, modification: new Attribute({ type: 'member', values: [memberDn] }) }));
+      await c.modify(
+        dn,
+        new Change({ operation, modification: new Attribute({ type: 'member', values: [memberDn] }) }),
+      );
     });
 
   return {
@@ -481,18 +544,24 @@ export function sambaAdmin(ldapUrl: string = LDAP_URL): SambaAdmin {
         const uac = Number(firstString(entry, 'userAccountControl') ?? UAC.NORMAL_ACCOUNT);
         const next = disabled ? uac | UAC.ACCOUNTDISABLE : uac & ~UAC.ACCOUNTDISABLE;
         if (next === uac) return;
-        await c.modify(entry.dn, new Change({
-          operation: 'replace',
-          modification: new Attribute({ type: 'userAccountControl', values: [String(next)] }),
-        }));
+        await c.modify(
+          entry.dn,
+          new Change({
+            operation: 'replace',
+            modification: new Attribute({ type: 'userAccountControl', values: [String(next)] }),
+          }),
+        );
       }),
     setPassword: (sam, password) =>
       withAdmin(async (c) => {
         const entry = await findDnWith(c, sam);
-        await c.modify(entry.dn, new Change({
-          operation: 'replace',
-          modification: new Attribute({ type: 'unicodePwd', values: [unicodePwd(password)] }),
-        }));
+        await c.modify(
+          entry.dn,
+          new Change({
+            operation: 'replace',
+            modification: new Attribute({ type: 'unicodePwd', values: [unicodePwd(password)] }),
+          }),
+        );
       }),
     run: (args) => runSambaTool(args),
   };
@@ -502,15 +571,20 @@ export function sambaAdmin(ldapUrl: string = LDAP_URL): SambaAdmin {
 async function runSambaTool(args: readonly string[]): Promise<{ stdout: string; stderr: string }> {
   const full = [
     ...args,
-    '-H', 'ldap://127.0.0.1',
+    '-H',
+    'ldap://127.0.0.1',
     // The LAB\ prefix is required: with a bare "Administrator" samba-tool takes the workgroup from
     // /etc/samba/smb.conf and the NTLM bind fails (data 51f). `-s /dev/null` makes the run independent of
     // whatever /etc/samba/smb.conf contains (or whether it exists).
-    '-s', '/dev/null',
-    '-U', `${ADMIN.downLevel}%${ADMIN.password}`,
+    '-s',
+    '/dev/null',
+    '-U',
+    `${ADMIN.downLevel}%${ADMIN.password}`,
   ];
   try {
-    const { stdout, stderr } = await execFileAsync(requireExecutable('samba-tool'), full, { maxBuffer: 16 * 1024 * 1024 });
+    const { stdout, stderr } = await execFileAsync(requireExecutable('samba-tool'), full, {
+      maxBuffer: 16 * 1024 * 1024,
+    });
     return { stdout, stderr };
   } catch (err) {
     throw new Error(`samba-tool ${args.join(' ')} failed:\n${errorText(err)}`);
@@ -521,8 +595,16 @@ async function runSambaTool(args: readonly string[]): Promise<{ stdout: string; 
 async function createFixtures(admin: SambaAdmin): Promise<void> {
   await admin.withAdmin(async (c) => {
     const addUser = (u: {
-      dn: string; sam: string; upn: string; mail: string; password: string; uac: number;
-      givenName?: string; sn?: string; displayName: string; extra?: Record<string, string>;
+      dn: string;
+      sam: string;
+      upn: string;
+      mail: string;
+      password: string;
+      uac: number;
+      givenName?: string;
+      sn?: string;
+      displayName: string;
+      extra?: Record<string, string>;
     }): Promise<void> => {
       const attrs: Attribute[] = [
         new Attribute({ type: 'objectClass', values: ['top', 'person', 'organizationalPerson', 'user'] }),
@@ -542,8 +624,13 @@ async function createFixtures(admin: SambaAdmin): Promise<void> {
     const users: TestUser[] = Object.values(USERS);
     await Promise.all([
       addUser({
-        dn: SERVICE_ACCOUNT.dn, sam: SERVICE_ACCOUNT.sam, upn: SERVICE_ACCOUNT.upn, mail: SERVICE_ACCOUNT.mail,
-        password: SERVICE_ACCOUNT.password, uac: SERVICE_ACCOUNT.userAccountControl, displayName: SERVICE_ACCOUNT.cn,
+        dn: SERVICE_ACCOUNT.dn,
+        sam: SERVICE_ACCOUNT.sam,
+        upn: SERVICE_ACCOUNT.upn,
+        mail: SERVICE_ACCOUNT.mail,
+        password: SERVICE_ACCOUNT.password,
+        uac: SERVICE_ACCOUNT.userAccountControl,
+        displayName: SERVICE_ACCOUNT.cn,
       }),
       ...users.map((u) => {
         const extra: Record<string, string> = {};
@@ -551,8 +638,16 @@ async function createFixtures(admin: SambaAdmin): Promise<void> {
         if (u.state === 'expired') extra.accountExpires = PAST_ACCOUNT_EXPIRES;
         const uac = UAC.NORMAL_ACCOUNT | (u.state === 'disabled' ? UAC.ACCOUNTDISABLE : 0);
         return addUser({
-          dn: u.dn, sam: u.sam, upn: u.upn, mail: u.mail, password: u.password, uac,
-          givenName: u.givenName, sn: u.sn, displayName: u.cn, extra,
+          dn: u.dn,
+          sam: u.sam,
+          upn: u.upn,
+          mail: u.mail,
+          password: u.password,
+          uac,
+          givenName: u.givenName,
+          sn: u.sn,
+          displayName: u.cn,
+          extra,
         });
       }),
     ]);
@@ -657,7 +752,9 @@ export async function startSamba(opts: StartSambaOptions = {}): Promise<SambaHan
     proc.kill('SIGTERM');
     const killed = await Promise.race([
       exitPromise.then(() => false),
-      new Promise<boolean>((r) => { timer = setTimeout(() => r(true), 10_000); }),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(true), 10_000);
+      }),
     ]);
     clearTimeout(timer); // an uncleared 10 s timer keeps vitest alive after the run
     if (killed) {
@@ -764,7 +861,9 @@ export type SambaControlAction = 'stop-server' | 'start-server';
  */
 export function sambaControl(controlUrl: string): { stopServer(): Promise<void>; startServer(): Promise<void> } {
   const call = async (action: SambaControlAction): Promise<void> => {
-    const res = await fetch(new URL(action, controlUrl.endsWith('/') ? controlUrl : `${controlUrl}/`), { method: 'POST' });
+    const res = await fetch(new URL(action, controlUrl.endsWith('/') ? controlUrl : `${controlUrl}/`), {
+      method: 'POST',
+    });
     const body = await res.text();
     if (!res.ok) throw new Error(`samba control ${action} failed (${res.status}): ${body}`);
   };

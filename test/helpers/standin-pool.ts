@@ -44,10 +44,11 @@ export async function startStandinPool(count = 2, opts: PoolOptions = {}): Promi
   writeFileSync(caFile, tls.ca);
   const standins: ExchangeStandin[] = [];
   let closing: Promise<void> | undefined;
-  const close = (): Promise<void> => (closing ??= (async () => {
-    await Promise.all(standins.map((s) => s.close()));
-    rmSync(work, { recursive: true, force: true });
-  })());
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      await Promise.all(standins.map((s) => s.close()));
+      rmSync(work, { recursive: true, force: true });
+    })());
   try {
     for (let i = 1; i <= count; i++) {
       standins.push(await startExchangeStandin({ ...opts.standin, tls, name: `ex${i}.lab.test` }));
@@ -57,7 +58,11 @@ export async function startStandinPool(count = 2, opts: PoolOptions = {}): Promi
     throw err;
   }
   return {
-    standins, urls: standins.map((s) => s.url), ca: tls.ca, caFile, servername: POOL_SERVERNAME,
+    standins,
+    urls: standins.map((s) => s.url),
+    ca: tls.ca,
+    caFile,
+    servername: POOL_SERVERNAME,
     byName: (name) => {
       const found = standins.find((s) => s.name === name);
       if (!found) throw new Error(`no stand-in named ${name}`);
@@ -72,14 +77,45 @@ function issue(dir: string): { cert: string; key: string; ca: string } {
   const at = (name: string): string => join(dir, name);
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
   const run = (args: string[]): void => void execFileSync('openssl', args, { stdio: 'ignore' });
-  run(['req', '-x509', ...ec, '-days', '2', '-subj', '/CN=exgate test Exchange CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
-    '-keyout', at('ca.key'), '-out', at('ca.crt')]);
+  run([
+    'req',
+    '-x509',
+    ...ec,
+    '-days',
+    '2',
+    '-subj',
+    '/CN=exgate test Exchange CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+    '-keyout',
+    at('ca.key'),
+    '-out',
+    at('ca.crt'),
+  ]);
   run(['req', '-new', ...ec, '-subj', `/CN=${POOL_SERVERNAME}`, '-keyout', at('server.key'), '-out', at('server.csr')]);
-  writeFileSync(at('server.ext'),
-    `subjectAltName=DNS:${POOL_SERVERNAME}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
-  run(['x509', '-req', '-in', at('server.csr'), '-CA', at('ca.crt'), '-CAkey', at('ca.key'), '-CAcreateserial',
-    '-days', '2', '-extfile', at('server.ext'), '-out', at('server.crt')]);
+  writeFileSync(
+    at('server.ext'),
+    `subjectAltName=DNS:${POOL_SERVERNAME}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
+  );
+  run([
+    'x509',
+    '-req',
+    '-in',
+    at('server.csr'),
+    '-CA',
+    at('ca.crt'),
+    '-CAkey',
+    at('ca.key'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    at('server.ext'),
+    '-out',
+    at('server.crt'),
+  ]);
   return {
     cert: readFileSync(at('server.crt'), 'utf8'),
     key: readFileSync(at('server.key'), 'utf8'),

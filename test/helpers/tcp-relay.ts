@@ -33,10 +33,11 @@ export async function startTcpRelay(targetPort: number, targetHost = '127.0.0.1'
     upstream.once('close', () => client.destroy());
   };
   let server: Server = createServer(onConnection);
-  const listen = (port: number) => new Promise<number>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => resolve((server.address() as { port: number }).port));
-  });
+  const listen = (port: number) =>
+    new Promise<number>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => resolve((server.address() as { port: number }).port));
+    });
   const port = await listen(0);
   const stop = async () => {
     for (const s of sockets) s.destroy();

@@ -9,7 +9,17 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
 import { bindDirect, createUser, readAttributes, setGroupMember } from '../helpers/ad-admin.js';
-import { basic, clientFor, expectNotForwarded, EXTERNAL, send, sendOn, startHarness, type Harness, watchForwarded } from '../helpers/gateway-harness.js';
+import {
+  basic,
+  clientFor,
+  expectNotForwarded,
+  EXTERNAL,
+  send,
+  sendOn,
+  startHarness,
+  type Harness,
+  watchForwarded,
+} from '../helpers/gateway-harness.js';
 import { sambaAdmin, sambaControl } from '../helpers/samba.js';
 
 const ldapUrl = inject('ldapUrl');
@@ -18,8 +28,19 @@ const tag = () => randomBytes(3).toString('hex');
 
 /** A fine-grained password policy (PSO) with its own AD lockout threshold, applied to `sam`. */
 async function lockoutPolicy(name: string, threshold: number, sam: string): Promise<void> {
-  await admin.run(['domain', 'passwordsettings', 'pso', 'create', name, '10', `--account-lockout-threshold=${threshold}`,
-    '--account-lockout-duration=30', '--reset-account-lockout-after=30', '--complexity=off', '--min-pwd-length=1']);
+  await admin.run([
+    'domain',
+    'passwordsettings',
+    'pso',
+    'create',
+    name,
+    '10',
+    `--account-lockout-threshold=${threshold}`,
+    '--account-lockout-duration=30',
+    '--reset-account-lockout-after=30',
+    '--complexity=off',
+    '--min-pwd-length=1',
+  ]);
   await admin.run(['domain', 'passwordsettings', 'pso', 'apply', name, sam]);
 }
 
@@ -39,7 +60,7 @@ describe('smart lockout at the gateway', () => {
     const u = await createUser(ldapUrl, `lock${tag()}`, 'Lock-Passw0rd!', ['AllowExternalAccess']);
     await lockoutPolicy(`ExgateLock${tag()}`, 10, u.sam);
     const home = { user: u.sam, password: u.password, localAddress: '127.0.0.1' };
-    expect((await send(h, '/owa/', home)).status).toBe(200);          // 127.0.0.1 is now familiar
+    expect((await send(h, '/owa/', home)).status).toBe(200); // 127.0.0.1 is now familiar
 
     const attacker = clientFor(h, EXTERNAL, '127.0.0.2');
     const reasons = new Map<string, number>();
@@ -58,16 +79,22 @@ describe('smart lockout at the gateway', () => {
     }
     expect(Object.fromEntries(reasons)).toEqual({ 'bad-credentials': 4, 'gateway-lockout': 196 });
 
-    const ad = await readAttributes(ldapUrl, u.dn, ["badPwdCount", "lockoutTime"]);
-    console.log("AD", JSON.stringify(ad));
-    expect(Number(ad.badPwdCount)).toBeLessThanOrEqual(4);           // AD's threshold is 10
-    expect(Number(ad.lockoutTime || 0)).toBe(0);                      // never locked in AD
+    const ad = await readAttributes(ldapUrl, u.dn, ['badPwdCount', 'lockoutTime']);
+    console.log('AD', JSON.stringify(ad));
+    expect(Number(ad.badPwdCount)).toBeLessThanOrEqual(4); // AD's threshold is 10
+    expect(Number(ad.lockoutTime || 0)).toBe(0); // never locked in AD
 
     expect((await send(h, '/owa/', home)).status).toBe(200);
     const locked = await expectNotForwarded(h, () => send(h, '/owa/', { ...home, localAddress: '127.0.0.2' }));
     expect(locked.status).toBe(401);
     expect(locked.headers['www-authenticate']).toMatch(/^Basic /);
-    expect((await h.record((x) => x.client === '127.0.0.2' && x.status === 401 && x.detail !== null && x.reason === 'gateway-lockout')).user).toBe(`LAB\\${u.sam}`);
+    expect(
+      (
+        await h.record(
+          (x) => x.client === '127.0.0.2' && x.status === 401 && x.detail !== null && x.reason === 'gateway-lockout',
+        )
+      ).user,
+    ).toBe(`LAB\\${u.sam}`);
     expect(await bindDirect(ldapUrl, u.dn, u.password)).toBe('ok');
   });
 
@@ -76,7 +103,17 @@ describe('smart lockout at the gateway', () => {
     const phone = clientFor(h, EXTERNAL, '127.0.0.4');
     const oldPassword = watchForwarded(h);
     try {
-      for (let i = 0; i < 30; i++) expect((await sendOn(phone, '/Microsoft-Server-ActiveSync?Cmd=Ping', EXTERNAL, { user: u.sam, password: 'the-old-password', method: 'POST', body: 'x' })).status).toBe(401);
+      for (let i = 0; i < 30; i++)
+        expect(
+          (
+            await sendOn(phone, '/Microsoft-Server-ActiveSync?Cmd=Ping', EXTERNAL, {
+              user: u.sam,
+              password: 'the-old-password',
+              method: 'POST',
+              body: 'x',
+            })
+          ).status,
+        ).toBe(401);
     } finally {
       await phone.close();
     }
@@ -104,7 +141,9 @@ describe('smart lockout at the gateway', () => {
     expect(statuses.slice(0, 5)).toEqual([401, 401, 401, 401, 401]);
     expect(statuses.slice(5)).toEqual([429, 429, 429, 429]);
     expect((await h.record((x) => x.client === '127.0.0.3' && x.status === 429)).reason).toBe('gateway-lockout');
-    expect((await send(h, '/owa/', { user: 'alice', password: USERS.alice.password, localAddress: '127.0.0.1' })).status).toBe(200);
+    expect(
+      (await send(h, '/owa/', { user: 'alice', password: USERS.alice.password, localAddress: '127.0.0.1' })).status,
+    ).toBe(200);
   });
 });
 
@@ -132,7 +171,7 @@ describe('changes in AD within the cache TTL', () => {
     expect((await send(h, '/owa/', creds)).status).toBe(200);
     await setGroupMember(ldapUrl, 'delete', 'AllowExternalAccess', u.dn);
     const removedAt = Date.now();
-    expect((await send(h, '/owa/', creds)).status).toBe(200);        // still the cached standing
+    expect((await send(h, '/owa/', creds)).status).toBe(200); // still the cached standing
     await new Promise((r) => setTimeout(r, 2100 - (Date.now() - removedAt)));
     expect((await expectNotForwarded(h, () => send(h, '/owa/', creds))).status).toBe(403);
   });
@@ -164,12 +203,21 @@ describe('domain controllers failing', () => {
   it('skips a dead first DC: one attempt, not one per request', async () => {
     let connections = 0;
     const sockets = new Set<Socket>();
-    const hole: Server = createServer((s) => { connections++; sockets.add(s); s.on('error', () => {}); });
+    const hole: Server = createServer((s) => {
+      connections++;
+      sockets.add(s);
+      s.on('error', () => {});
+    });
     await new Promise<void>((r) => hole.listen(0, '127.0.0.1', () => r()));
     const port = (hole.address() as { port: number }).port;
     const h = await startHarness({
       directory: 'ldap',
-      directoryOverrides: { url: [`ldap://127.0.0.1:${port}`, ldapUrl], timeoutMs: 1000, connectTimeoutMs: 1000, dcRetrySeconds: 300 },
+      directoryOverrides: {
+        url: [`ldap://127.0.0.1:${port}`, ldapUrl],
+        timeoutMs: 1000,
+        connectTimeoutMs: 1000,
+        dcRetrySeconds: 300,
+      },
       gateway: { cache: { authTtlSeconds: 0, groupTtlSeconds: 0, negativeTtlSeconds: 0 } },
     });
     try {
@@ -194,17 +242,21 @@ describe('domain controllers failing', () => {
     });
     const clients = Array.from({ length: 16 }, () => clientFor(h));
     try {
-      await expectNotForwarded(h, () => Promise.all(clients.map((c) => sendOn(c, '/owa/', EXTERNAL, {}))));          // connections warm
+      await expectNotForwarded(h, () => Promise.all(clients.map((c) => sendOn(c, '/owa/', EXTERNAL, {})))); // connections warm
       const names = ['alice', 'carol', 'zoe', 'grace', 'obrien'] as const;
-      const replies = await Promise.all(clients.map((c, i) => {
-        const u = USERS[names[i % names.length] as (typeof names)[number]];
-        return sendOn(c, `/owa/?bind=${i}`, EXTERNAL, { authorization: basic(u.sam, u.password) });
-      }));
+      const replies = await Promise.all(
+        clients.map((c, i) => {
+          const u = USERS[names[i % names.length] as (typeof names)[number]];
+          return sendOn(c, `/owa/?bind=${i}`, EXTERNAL, { authorization: basic(u.sam, u.password) });
+        }),
+      );
       const statuses = replies.map((r) => r.status);
       expect(statuses.filter((s) => s === 503).length).toBeGreaterThan(0);
       expect(statuses.every((s) => s === 200 || s === 503)).toBe(true);
-      await new Promise((r) => setTimeout(r, 20));                    // let a wrongly forwarded request land
-      const refusedButForwarded = statuses.flatMap((s, i) => (s === 503 && h.standin.seen((r) => r.url === `/owa/?bind=${i}`) > 0 ? [i] : []));
+      await new Promise((r) => setTimeout(r, 20)); // let a wrongly forwarded request land
+      const refusedButForwarded = statuses.flatMap((s, i) =>
+        s === 503 && h.standin.seen((r) => r.url === `/owa/?bind=${i}`) > 0 ? [i] : [],
+      );
       expect(refusedButForwarded, 'requests answered 503 that reached Exchange').toEqual([]);
       expect((await h.record((x) => x.status === 503)).detail).toMatch(/too many password checks waiting/);
     } finally {
@@ -220,14 +272,17 @@ describe('domain controllers failing', () => {
       directoryOverrides: { connectTimeoutMs: 1000, timeoutMs: 2000, dcRetrySeconds: 1 },
       gateway: { cache: { authTtlSeconds: 1, groupTtlSeconds: 1, staleIfErrorSeconds: 120 } },
     });
-    const strict = await startHarness({ directory: 'ldap', gateway: { cache: { authTtlSeconds: 1, groupTtlSeconds: 1, staleIfErrorSeconds: 0 } } });
+    const strict = await startHarness({
+      directory: 'ldap',
+      gateway: { cache: { authTtlSeconds: 1, groupTtlSeconds: 1, staleIfErrorSeconds: 0 } },
+    });
     const alice = { user: 'alice', password: USERS.alice.password };
     const carol = { user: 'carol', password: USERS.carol.password };
     try {
       expect((await send(h, '/owa/', alice)).status).toBe(200);
       expect((await send(strict, '/owa/', alice)).status).toBe(200);
       await control.stopServer();
-      await new Promise((r) => setTimeout(r, 1200));                   // alice's entries are now past their TTL
+      await new Promise((r) => setTimeout(r, 1200)); // alice's entries are now past their TTL
 
       const started = Date.now();
       const uncached = await expectNotForwarded(h, () => send(h, '/owa/', carol));
@@ -237,10 +292,10 @@ describe('domain controllers failing', () => {
       const stale = await send(h, '/owa/', alice);
       expect(stale.status).toBe(200);
       expect((await h.record((x) => x.user === 'LAB\\alice' && x.cache === 'stale')).reason).toBe('allowed');
-      expect((await expectNotForwarded(strict, () => send(strict, '/owa/', alice))).status).toBe(503);  // without staleIfError: fail closed
+      expect((await expectNotForwarded(strict, () => send(strict, '/owa/', alice))).status).toBe(503); // without staleIfError: fail closed
 
       await control.startServer();
-      await new Promise((r) => setTimeout(r, 1100));                   // past the breaker's cooldown
+      await new Promise((r) => setTimeout(r, 1100)); // past the breaker's cooldown
       expect((await send(h, '/owa/', carol)).status).toBe(200);
       expect((await h.record((x) => x.user === 'LAB\\carol' && x.status === 200)).cache).toBe('miss');
     } finally {
@@ -250,4 +305,3 @@ describe('domain controllers failing', () => {
     }
   });
 });
-

@@ -50,11 +50,20 @@ describe('exgate check', () => {
   it('ends with one line per area, and ok', async () => {
     const r = await exgate('check', '--config', h.configFile, '--as-user', 'root');
     expect(r.code).toBe(0);
-    expect(r.stdout).toBe([
-      'config: ok', 'certificate: ok', 'directory: ok (domain lab.test, NetBIOS LAB)', 'policy: ok', 'groups: ok',
-      `upstream: ok (${h.standin.url} as exchange-be.lab.test, certificate verified, HTTP 200)`, 'log: ok (stdout)',
-      'permissions: ok (as root)', 'ok', '',
-    ].join('\n'));
+    expect(r.stdout).toBe(
+      [
+        'config: ok',
+        'certificate: ok',
+        'directory: ok (domain lab.test, NetBIOS LAB)',
+        'policy: ok',
+        'groups: ok',
+        `upstream: ok (${h.standin.url} as exchange-be.lab.test, certificate verified, HTTP 200)`,
+        'log: ok (stdout)',
+        'permissions: ok (as root)',
+        'ok',
+        '',
+      ].join('\n'),
+    );
   });
 
   it('says what it skipped: --offline, no service user, and everything after a broken config', async () => {
@@ -65,8 +74,11 @@ describe('exgate check', () => {
     expect(offline.stdout).toContain('\nupstream: skipped (--offline)\n');
     // Run as root, with no exgate.service installed here to name the user.
     expect(offline.stdout).toMatch(
-      /\npermissions: skipped \(no exgate\.service unit names the service user; run with --as-user USER\)\nok\n$/);
-    const broken = await checkWith('broken', (c) => { c.listen = { port: 99999 }; });
+      /\npermissions: skipped \(no exgate\.service unit names the service user; run with --as-user USER\)\nok\n$/,
+    );
+    const broken = await checkWith('broken', (c) => {
+      c.listen = { port: 99999 };
+    });
     expect(broken.code).toBe(1);
     expect(broken.stdout).toContain('\nconfig: 1 problem\npolicy: ok\ncertificate: skipped (the config has errors)\n');
     expect(broken.stdout).toContain('\nupstream: skipped (the config has errors)\n');
@@ -75,15 +87,19 @@ describe('exgate check', () => {
   });
 
   it('a missing upstream.ca: names upstream.ca, in words', async () => {
-    const r = await checkWith('no-ca', (c) => { delete c.upstream!.ca; });
+    const r = await checkWith('no-ca', (c) => {
+      delete c.upstream!.ca;
+    });
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/no-ca\.yaml:\d+: upstream\.ca: certificate not trusted — set upstream\.ca to the CA /);
     expect(r.stdout).toContain("that issued Exchange's certificate (exchange-be.lab.test)");
     expect(r.stdout).toContain('\nupstream: 1 problem\n');
   });
 
-  it('a wrong servername: names upstream.servername and the names in Exchange\'s certificate', async () => {
-    const r = await checkWith('wrong-name', (c) => { c.upstream!.servername = 'exchange.lab.test'; });
+  it("a wrong servername: names upstream.servername and the names in Exchange's certificate", async () => {
+    const r = await checkWith('wrong-name', (c) => {
+      c.upstream!.servername = 'exchange.lab.test';
+    });
     expect(r.code, r.stdout).toBe(1);
     expect(r.stdout).toMatch(/wrong-name\.yaml:\d+: upstream\.servername: name mismatch — .*/);
     expect(r.stdout).toContain("set upstream.servername to a name in Exchange's certificate: exchange-be.lab.test\n");
@@ -91,7 +107,9 @@ describe('exgate check', () => {
   });
 
   it('a baseDn that does not exist: names directory.baseDn, and skips the groups', async () => {
-    const r = await checkWith('no-base', (c) => { c.directory!.baseDn = 'OU=Nowhere,DC=lab,DC=test'; });
+    const r = await checkWith('no-base', (c) => {
+      c.directory!.baseDn = 'OU=Nowhere,DC=lab,DC=test';
+    });
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/no-base\.yaml:\d+: directory\.baseDn: OU=Nowhere,DC=lab,DC=test does not exist /);
     expect(r.stdout).toContain('does not exist in the directory; the domain is DC=lab,DC=test\n');
@@ -100,35 +118,45 @@ describe('exgate check', () => {
   });
 
   it('a wrong netbiosDomain: names directory.netbiosDomain and what AD says (LAB)', async () => {
-    const r = await checkWith('netbios', (c) => { c.directory!.netbiosDomain = 'LABS'; });
+    const r = await checkWith('netbios', (c) => {
+      c.directory!.netbiosDomain = 'LABS';
+    });
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(
-      /netbios\.yaml:\d+: directory\.netbiosDomain: LABS is not the domain's NetBIOS name: AD says LAB /);
+      /netbios\.yaml:\d+: directory\.netbiosDomain: LABS is not the domain's NetBIOS name: AD says LAB /,
+    );
   });
 
   it('a UPN suffix AD does not know: names it', async () => {
-    const r = await checkWith('upn', (c) => { c.directory!.upnSuffixes = ['LAB.test', 'corp.example']; });
+    const r = await checkWith('upn', (c) => {
+      c.directory!.upnSuffixes = ['LAB.test', 'corp.example'];
+    });
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(
-      /upn\.yaml:\d+: directory\.upnSuffixes\[1\]: corp\.example is not a UPN suffix AD knows; AD knows: lab\.test/);
+      /upn\.yaml:\d+: directory\.upnSuffixes\[1\]: corp\.example is not a UPN suffix AD knows; AD knows: lab\.test/,
+    );
     expect(r.stdout).not.toContain('upnSuffixes[0]');
     expect(r.stdout).toContain('\ndirectory: 1 problem\n');
   });
 
   it('--as-user: a key only root can read names tls.key; a log folder it cannot write names log.access', async () => {
-    chmodSync(h.dir, 0o755);                        // mkdtemp made it 0700
+    chmodSync(h.dir, 0o755); // mkdtemp made it 0700
     chmodSync(join(h.dir, 'bind-password'), 0o644);
     mkdirSync(join(h.dir, 'logs'), { mode: 0o755 });
     try {
-      const logToFile = (c: GatewayYaml) => { c.log = { access: 'logs/access.log' }; };
+      const logToFile = (c: GatewayYaml) => {
+        c.log = { access: 'logs/access.log' };
+      };
       const r = await checkWith('as-user', logToFile, '--as-user', 'nobody');
       expect(r.code).toBe(1);
       const problems = r.stdout.split('\n').filter((l) => l.startsWith('/'));
       expect(problems).toEqual([
         expect.stringMatching(
-          /as-user\.yaml:\d+: tls\.key: user nobody cannot read .*\/gateway\.key \(mode 0600, owner root:root\)$/),
+          /as-user\.yaml:\d+: tls\.key: user nobody cannot read .*\/gateway\.key \(mode 0600, owner root:root\)$/,
+        ),
         expect.stringMatching(
-          /as-user\.yaml:\d+: log\.access: user nobody cannot create files in .*\/logs to write .*\/access\.log/),
+          /as-user\.yaml:\d+: log\.access: user nobody cannot create files in .*\/logs to write .*\/access\.log/,
+        ),
       ]);
       expect(r.stdout).toContain('\npermissions: 2 problems\n');
       chownSync(join(h.dir, 'gateway.key'), 65534, 65534);
@@ -144,7 +172,9 @@ describe('exgate check', () => {
 
   it('a certificate chain without its intermediate: a warning, not a failure', async () => {
     makeChain(h.dir);
-    const cert = (file: string) => (c: GatewayYaml) => { c.tls = { cert: file, key: 'leaf.key', selfSigned: false }; };
+    const cert = (file: string) => (c: GatewayYaml) => {
+      c.tls = { cert: file, key: 'leaf.key', selfSigned: false };
+    };
     const without = await checkWith('leaf-only', cert('leaf.crt'), '--offline');
     expect(without.code, without.stdout).toBe(0);
     const out = without.stdout;
@@ -163,13 +193,34 @@ function makeChain(dir: string): void {
   for (const k of ['root', 'int', 'leaf']) {
     ssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', `${k}.key`);
   }
-  writeFileSync(join(dir, 'ca.ext'), 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n' +
-    'subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n');
-  writeFileSync(join(dir, 'leaf.ext'),
-    'subjectAltName=DNS:mail.lab.test,DNS:autodiscover.lab.test\nauthorityKeyIdentifier=keyid\n');
+  writeFileSync(
+    join(dir, 'ca.ext'),
+    'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n' +
+      'subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n',
+  );
+  writeFileSync(
+    join(dir, 'leaf.ext'),
+    'subjectAltName=DNS:mail.lab.test,DNS:autodiscover.lab.test\nauthorityKeyIdentifier=keyid\n',
+  );
   const sign = (csr: string, ca: string, ext: string, out: string) =>
-    ssl('x509', '-req', '-in', csr, '-CA', `${ca}.crt`, '-CAkey', `${ca}.key`, '-set_serial', String(Date.now()),
-      '-days', '2', '-extfile', ext, '-out', out);
+    ssl(
+      'x509',
+      '-req',
+      '-in',
+      csr,
+      '-CA',
+      `${ca}.crt`,
+      '-CAkey',
+      `${ca}.key`,
+      '-set_serial',
+      String(Date.now()),
+      '-days',
+      '2',
+      '-extfile',
+      ext,
+      '-out',
+      out,
+    );
   ssl('req', '-x509', '-new', '-key', 'root.key', '-subj', '/CN=Test Root CA', '-days', '2', '-out', 'root.crt');
   ssl('req', '-new', '-key', 'int.key', '-subj', '/CN=Test Issuing CA', '-out', 'int.csr');
   sign('int.csr', 'root', 'ca.ext', 'int.crt');
@@ -188,8 +239,12 @@ describe('the running gateway, when Exchange cannot be reached', () => {
     await h?.close();
   });
 
-  const warnings = () => h.allLogText().split('\n').filter((l) => l.includes('cannot reach Exchange'))
-    .map((l) => JSON.parse(l) as { cause: string });
+  const warnings = () =>
+    h
+      .allLogText()
+      .split('\n')
+      .filter((l) => l.includes('cannot reach Exchange'))
+      .map((l) => JSON.parse(l) as { cause: string });
   const setServername = async (name: string) => {
     writeFileSync(h.configFile, readFileSync(h.configFile, 'utf8').replace(/servername: .*/, `servername: ${name}`));
     expect(await h.running.reload()).toBe(true);

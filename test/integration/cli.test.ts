@@ -5,7 +5,14 @@
  */
 import { execFile } from 'node:child_process';
 import {
-  copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync,
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,17 +52,27 @@ describe('exgate check', () => {
 
   it('prints ok for the shipped demo config', async () => {
     // --offline: the demo's Exchange stand-in runs only inside `exgate demo`.
-    const r = await exgate('check', '--offline', '--config', join(import.meta.dirname, '..', '..', 'config', 'demo.yaml'));
+    const r = await exgate(
+      'check',
+      '--offline',
+      '--config',
+      join(import.meta.dirname, '..', '..', 'config', 'demo.yaml'),
+    );
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/\nok\n$/);
   });
 
   it('names a group that does not exist, with file, line and key, and exits 1', async () => {
-    writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY.replace('groups: [AllowExternalAccess]', 'groups: [AllowExternalAcess]'));
+    writeFileSync(
+      join(h.dir, 'policy.yaml'),
+      TEST_POLICY.replace('groups: [AllowExternalAccess]', 'groups: [AllowExternalAcess]'),
+    );
     try {
       const r = await exgate('check', '--config', h.configFile);
       expect(r.code).toBe(1);
-      expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[1\]\.allow\.groups\[0\]: group AllowExternalAcess not found in the directory/);
+      expect(r.stdout).toMatch(
+        /policy\.yaml:\d+: rules\[1\]\.allow\.groups\[0\]: group AllowExternalAcess not found in the directory/,
+      );
     } finally {
       writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY);
     }
@@ -77,34 +94,47 @@ describe('exgate check', () => {
 
   it('reports an unreachable directory without a secret in the message', async () => {
     const conf = join(h.dir, 'dead-dc.yaml');
-    writeFileSync(conf, readFileSync(h.configFile, 'utf8').replace(/url: ldap:\/\/127\.0\.0\.1:389/, 'url: ldap://127.0.0.1:1'));
+    writeFileSync(
+      conf,
+      readFileSync(h.configFile, 'utf8').replace(/url: ldap:\/\/127\.0\.0\.1:389/, 'url: ldap://127.0.0.1:1'),
+    );
     const r = await exgate('check', '--config', conf);
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/directory.*(ECONNREFUSED|failed)/);
-    expect(r.stdout).toMatch(/policy\.yaml: groups and users not resolved against the directory: the directory is unreachable\n/);
+    expect(r.stdout).toMatch(
+      /policy\.yaml: groups and users not resolved against the directory: the directory is unreachable\n/,
+    );
     expect(r.stdout + r.stderr).not.toContain('Svc-Exg4te');
   });
 
-  it('reports a policy\'s schema, structure and unknown groups together, against AD', async () => {
-    writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY
-      .replace('services: [rpc, ecp,', 'services: [rpc, outlook-anywhere, ecp,')
-      .replace('groups: [AllowExternalAccess]', 'groups: [AllowExternalAcess]')
-      .replace('  - id: mobile', '  - id: outlook')
-      + '  - id: undecided\n    services: [owa]\n');
+  it("reports a policy's schema, structure and unknown groups together, against AD", async () => {
+    writeFileSync(
+      join(h.dir, 'policy.yaml'),
+      TEST_POLICY.replace('services: [rpc, ecp,', 'services: [rpc, outlook-anywhere, ecp,')
+        .replace('groups: [AllowExternalAccess]', 'groups: [AllowExternalAcess]')
+        .replace('  - id: mobile', '  - id: outlook') + '  - id: undecided\n    services: [owa]\n',
+    );
     try {
       const r = await exgate('check', '--config', h.configFile);
       expect(r.code).toBe(1);
       expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[3\]\.services\[1\]: must be one of/);
       expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[2\]\.id: duplicate rule id outlook/);
       expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[4\]: a rule has exactly one of allow and deny/);
-      expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[1\]\.allow\.groups\[0\]: group AllowExternalAcess not found in the directory/);
-      expect(r.stdout.trim().split('\n').filter((l) => l.startsWith('/'))).toHaveLength(4);
+      expect(r.stdout).toMatch(
+        /policy\.yaml:\d+: rules\[1\]\.allow\.groups\[0\]: group AllowExternalAcess not found in the directory/,
+      );
+      expect(
+        r.stdout
+          .trim()
+          .split('\n')
+          .filter((l) => l.startsWith('/')),
+      ).toHaveLength(4);
     } finally {
       writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY);
     }
   });
 
-  it('checks the policy\'s structure when the gateway config is broken, and says its groups were not resolved', async () => {
+  it("checks the policy's structure when the gateway config is broken, and says its groups were not resolved", async () => {
     const bad = join(h.dir, 'bad-with-policy.yaml');
     writeFileSync(bad, readFileSync(h.configFile, 'utf8').replace(/^tls:/m, 'tsl:'));
     writeFileSync(join(h.dir, 'policy.yaml'), TEST_POLICY.replace('  - id: mobile', '  - id: outlook'));
@@ -113,7 +143,9 @@ describe('exgate check', () => {
       expect(r.code).toBe(1);
       expect(r.stdout).toMatch(/bad-with-policy\.yaml:\d+: tsl: unknown key/);
       expect(r.stdout).toMatch(/policy\.yaml:\d+: rules\[2\]\.id: duplicate rule id outlook/);
-      expect(r.stdout).toMatch(/policy\.yaml: groups and users not resolved against the directory: the gateway config has errors\n/);
+      expect(r.stdout).toMatch(
+        /policy\.yaml: groups and users not resolved against the directory: the gateway config has errors\n/,
+      );
       // serve still refuses on any problem: the config's, and the policy's alone.
       expect((await exgate('serve', '--config', bad)).code).toBe(1);
       const alone = await exgate('serve', '--config', h.configFile);
@@ -144,11 +176,20 @@ describe('help', () => {
   const listed = async () => [...(await exgate('--help')).stdout.matchAll(/^  ([a-z][a-z-]+)/gm)].map((m) => m[1]!);
 
   it('lists every command', async () => {
-    expect((await listed()).sort()).toEqual(
-      ['check', 'demo', 'explain', 'hash-password', 'help', 'mailbox-flags', 'report', 'serve', 'version']);
+    expect((await listed()).sort()).toEqual([
+      'check',
+      'demo',
+      'explain',
+      'hash-password',
+      'help',
+      'mailbox-flags',
+      'report',
+      'serve',
+      'version',
+    ]);
   });
 
-  it('exgate <command> --help prints that command\'s usage and exits 0, for every command', async () => {
+  it("exgate <command> --help prints that command's usage and exits 0, for every command", async () => {
     const commands = await listed();
     const answers = await Promise.all(commands.map((command) => exgate(command, '--help')));
     commands.forEach((command, i) => {
@@ -191,8 +232,15 @@ describe('the command as deployed', () => {
   });
 
   it('the README, the config files and the units never run npx exgate', () => {
-    const files = ['README.md', 'config/gateway.example.yaml', 'config/policy.example.yaml', 'config/demo-users.yaml',
-      'deploy/exgate.service', 'deploy/exgate-mailbox-flags.service', 'deploy/exgate-mailbox-flags.timer'];
+    const files = [
+      'README.md',
+      'config/gateway.example.yaml',
+      'config/policy.example.yaml',
+      'config/demo-users.yaml',
+      'deploy/exgate.service',
+      'deploy/exgate-mailbox-flags.service',
+      'deploy/exgate-mailbox-flags.timer',
+    ];
     const npx = /npx (-y |--yes )?exgate\s+[a-z-]/;
     for (const f of files) expect(readFileSync(join(ROOT, f), 'utf8'), f).not.toMatch(npx);
   });
@@ -208,9 +256,17 @@ describe('the command as deployed', () => {
   it('the package ships dist/, deploy/ and scripts/ (npm pack)', async () => {
     const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT });
     const files = (JSON.parse(stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
-    expect(files).toEqual(expect.arrayContaining(['bin/exgate.js', 'dist/cli.js', 'deploy/exgate.service',
-      'deploy/exgate-mailbox-flags.service', 'scripts/exchange-session.ps1', 'scripts/prepare.mjs',
-      'config/gateway.example.yaml']));
+    expect(files).toEqual(
+      expect.arrayContaining([
+        'bin/exgate.js',
+        'dist/cli.js',
+        'deploy/exgate.service',
+        'deploy/exgate-mailbox-flags.service',
+        'scripts/exchange-session.ps1',
+        'scripts/prepare.mjs',
+        'config/gateway.example.yaml',
+      ]),
+    );
   });
 
   it('prepare under --omit=dev keeps a built dist/, and refuses a missing or stale one', async () => {
@@ -222,20 +278,22 @@ describe('the command as deployed', () => {
       copyFileSync(join(ROOT, 'scripts', 'prepare.mjs'), join(dir, 'scripts', 'prepare.mjs'));
       writeFileSync(join(dir, 'package.json'), '{"type":"module"}');
       writeFileSync(join(dir, 'src', 'cli.ts'), '');
-      const prepare = () => run(process.execPath, [join(dir, 'scripts', 'prepare.mjs')]).then(
-        () => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }));
+      const prepare = () =>
+        run(process.execPath, [join(dir, 'scripts', 'prepare.mjs')]).then(
+          () => ({ code: 0, stderr: '' }),
+          (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
+        );
       expect(await prepare()).toMatchObject({ code: 1, stderr: expect.stringContaining('dist/ is not built') });
       mkdirSync(join(dir, 'dist'));
       writeFileSync(join(dir, 'dist', 'cli.js'), '');
       expect(await prepare()).toEqual({ code: 0, stderr: '' });
-      utimesSync(join(dir, 'src', 'cli.ts'), new Date(), new Date(Date.now() + 60_000));   // a git pull since
+      utimesSync(join(dir, 'src', 'cli.ts'), new Date(), new Date(Date.now() + 60_000)); // a git pull since
       expect(await prepare()).toMatchObject({ code: 1, stderr: expect.stringContaining('dist/ is older than src/') });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
 });
-
 
 describe('invalid configs of issue 10: named, never a TypeError', () => {
   let dir: string;
@@ -244,20 +302,30 @@ describe('invalid configs of issue 10: named, never a TypeError', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   /** The demo config, its files named absolutely so that it can live elsewhere. */
-  const demo = () => readFileSync(join(ROOT, 'config', 'demo.yaml'), 'utf8')
-    .replace('path: demo-users.yaml', `path: ${join(ROOT, 'config', 'demo-users.yaml')}`)
-    .replace('policyFile: demo-policy.yaml', `policyFile: ${join(ROOT, 'config', 'demo-policy.yaml')}`)
-    .replaceAll('../certs/', `${dir}/`);
+  const demo = () =>
+    readFileSync(join(ROOT, 'config', 'demo.yaml'), 'utf8')
+      .replace('path: demo-users.yaml', `path: ${join(ROOT, 'config', 'demo-users.yaml')}`)
+      .replace('policyFile: demo-policy.yaml', `policyFile: ${join(ROOT, 'config', 'demo-policy.yaml')}`)
+      .replaceAll('../certs/', `${dir}/`);
   /** `<file>:<line>: <key>: <message>` lines. */
-  const located = (out: string, file: string) => out.split('\n').map((l) => l.replace(/^exgate: /, ''))
-    .filter((l) => l.startsWith(`${file}:`)).map((l) => l.slice(file.length).replace(/^:\d+: /, ''));
+  const located = (out: string, file: string) =>
+    out
+      .split('\n')
+      .map((l) => l.replace(/^exgate: /, ''))
+      .filter((l) => l.startsWith(`${file}:`))
+      .map((l) => l.slice(file.length).replace(/^:\d+: /, ''));
 
   it.each([
-    ['listen.proxyProtocol and state beside admin',
+    [
+      'listen.proxyProtocol and state beside admin',
       (y: string) => y.replace('listen:\n', 'listen:\n  proxyProtocol: true\n') + 'state: {}\nadmin: { port: 9191 }\n',
-      ['listen.proxyProtocol: unknown key', 'state: unknown key']],
-    ['services.owa.auth: forms', (y: string) => `${y}services: { owa: { auth: forms } }\n`,
-      ['services.owa.auth: must be one of "basic", "ntlm", "basic+ntlm"']],
+      ['listen.proxyProtocol: unknown key', 'state: unknown key'],
+    ],
+    [
+      'services.owa.auth: forms',
+      (y: string) => `${y}services: { owa: { auth: forms } }\n`,
+      ['services.owa.auth: must be one of "basic", "ntlm", "basic+ntlm"'],
+    ],
   ])('%s: check and serve name each key with file and line', async (_, edit, expected) => {
     const file = join(dir, 'bad.yaml');
     writeFileSync(file, edit(demo()));
@@ -281,28 +349,58 @@ describe('exgate explain', () => {
   const json = async (...args: string[]) => {
     const r = await exgate('explain', '--config', h.configFile, '--json', ...args);
     expect(r).toMatchObject({ code: 0, stderr: '' });
-    return JSON.parse(r.stdout) as { decision: string; reason: string; rule: string | null; user: string; groups: string[]; account: string | null };
+    return JSON.parse(r.stdout) as {
+      decision: string;
+      reason: string;
+      rule: string | null;
+      user: string;
+      groups: string[];
+      account: string | null;
+    };
   };
 
   it('shows the groups of a user on a service denied to everyone; the deny stays the decision', async () => {
     expect(await json('--user', 'carol', '--service', 'rpc')).toMatchObject({
-      decision: 'deny', reason: 'denied-by-rule', rule: 'no-legacy-no-admin', user: 'LAB\\carol',
+      decision: 'deny',
+      reason: 'denied-by-rule',
+      rule: 'no-legacy-no-admin',
+      user: 'LAB\\carol',
       groups: expect.arrayContaining(['AllowExternalAccess', 'ExternalStaff']),
     });
   });
 
   it('shows the groups of a user asking by an internal name; misdirected stays the decision', async () => {
     const a = await json('--user', 'alice@lab.test', '--service', 'owa', '--name', INTERNAL);
-    expect(a).toMatchObject({ decision: 'deny', reason: 'misdirected', rule: null, user: 'LAB\\alice', groups: expect.arrayContaining(['AllowExternalAccess']) });
+    expect(a).toMatchObject({
+      decision: 'deny',
+      reason: 'misdirected',
+      rule: null,
+      user: 'LAB\\alice',
+      groups: expect.arrayContaining(['AllowExternalAccess']),
+    });
     expect(a.account).toMatch(/^CN=Alice Anders,/);
   });
 
   it('a user who does not exist still gets the early refusal, with no groups', async () => {
-    expect(await json('--user', 'nobody', '--service', 'rpc')).toMatchObject({ decision: 'deny', reason: 'denied-by-rule', user: 'LAB\\nobody', groups: [], account: null });
+    expect(await json('--user', 'nobody', '--service', 'rpc')).toMatchObject({
+      decision: 'deny',
+      reason: 'denied-by-rule',
+      user: 'LAB\\nobody',
+      groups: [],
+      account: null,
+    });
   });
 
   it('the demo: alice on rpc shows her groups in the text output', async () => {
-    const r = await exgate('explain', '--config', join(import.meta.dirname, '..', '..', 'config', 'demo.yaml'), '--user', 'alice', '--service', 'rpc');
+    const r = await exgate(
+      'explain',
+      '--config',
+      join(import.meta.dirname, '..', '..', 'config', 'demo.yaml'),
+      '--user',
+      'alice',
+      '--service',
+      'rpc',
+    );
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^groups +AllowExternalAccess, ExternalStaff$/m);
     expect(r.stdout).toMatch(/^decision DENY +reason denied-by-rule +rule no-legacy-no-admin$/m);

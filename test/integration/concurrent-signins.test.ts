@@ -24,8 +24,19 @@ const tag = () => randomBytes(3).toString('hex');
 async function lockoutPolicy(sam: string, threshold: number): Promise<void> {
   const admin = sambaAdmin(inject('ldapUrl'));
   const name = `ExgateConc${tag()}`;
-  await admin.run(['domain', 'passwordsettings', 'pso', 'create', name, '10', `--account-lockout-threshold=${threshold}`,
-    '--account-lockout-duration=30', '--reset-account-lockout-after=30', '--complexity=off', '--min-pwd-length=1']);
+  await admin.run([
+    'domain',
+    'passwordsettings',
+    'pso',
+    'create',
+    name,
+    '10',
+    `--account-lockout-threshold=${threshold}`,
+    '--account-lockout-duration=30',
+    '--reset-account-lockout-after=30',
+    '--complexity=off',
+    '--min-pwd-length=1',
+  ]);
   await admin.run(['domain', 'passwordsettings', 'pso', 'apply', name, sam]);
 }
 const THRESHOLD = 5;
@@ -47,7 +58,11 @@ beforeAll(async () => {
   ca = join(h.dir, 'gateway-ca.pem');
   writeFileSync(ca, h.gatewayCa);
   // Two busy loops beside the gateway: on a loaded machine the handshakes overlap.
-  busy = [0, 1].map(() => spawn(process.execPath, ['-e', 'const end = Date.now() + 120000; while (Date.now() < end) {}'], { stdio: 'ignore' }));
+  busy = [0, 1].map(() =>
+    spawn(process.execPath, ['-e', 'const end = Date.now() + 120000; while (Date.now() < end) {}'], {
+      stdio: 'ignore',
+    }),
+  );
 });
 afterAll(async () => {
   for (const p of busy) p.kill('SIGKILL');
@@ -55,22 +70,38 @@ afterAll(async () => {
 });
 
 async function curlNtlm(user: string, password: string, path: string): Promise<string> {
-  const args = ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', ca, '--resolve', `${EXTERNAL}:${h.port}:127.0.0.1`,
-    '--ntlm', '-u', `${user}:${password}`, `https://${EXTERNAL}:${h.port}${path}`];
+  const args = [
+    '-s',
+    '-o',
+    '/dev/null',
+    '-w',
+    '%{http_code}',
+    '--cacert',
+    ca,
+    '--resolve',
+    `${EXTERNAL}:${h.port}:127.0.0.1`,
+    '--ntlm',
+    '-u',
+    `${user}:${password}`,
+    `https://${EXTERNAL}:${h.port}${path}`,
+  ];
   return (await run('curl', args, { timeout: 30_000 })).stdout.trim();
 }
 
-const type3s = (sam: string) => h.standin.seen((r) => r.ntlm === 'type3' && (r.user ?? '').toLowerCase() === `lab\\${sam}`);
+const type3s = (sam: string) =>
+  h.standin.seen((r) => r.ntlm === 'type3' && (r.user ?? '').toLowerCase() === `lab\\${sam}`);
 
 describe('concurrent NTLM sign-ins', () => {
   it('lets 40 concurrent correct handshakes of two users in, with the lockout threshold at 5', async () => {
     const users = [USERS.alice, USERS.carol];
     const clients = Array.from({ length: 40 }, () => clientFor(h));
     try {
-      const replies = await Promise.all(clients.map((c, i) => {
-        const u = users[i % 2]!;
-        return signIn(c, `/mapi/emsmdb/?c=${i}`, EXTERNAL, u.sam, 'LAB', u.password);
-      }));
+      const replies = await Promise.all(
+        clients.map((c, i) => {
+          const u = users[i % 2]!;
+          return signIn(c, `/mapi/emsmdb/?c=${i}`, EXTERNAL, u.sam, 'LAB', u.password);
+        }),
+      );
       expect(replies.map((r) => r.status)).toEqual(Array(40).fill(200));
     } finally {
       await Promise.all(clients.map((c) => c.close()));
@@ -80,7 +111,9 @@ describe('concurrent NTLM sign-ins', () => {
 
   it('lets at most threshold of 40 concurrent wrong Type 3s for one account reach Exchange', async () => {
     const before = type3s('grace');
-    const codes = await Promise.all(Array.from({ length: 40 }, (_, i) => curlNtlm('LAB\\grace', `wrong-${i}`, `/mapi/emsmdb/?w=${i}`)));
+    const codes = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => curlNtlm('LAB\\grace', `wrong-${i}`, `/mapi/emsmdb/?w=${i}`)),
+    );
     expect(codes.every((c) => c === '401' || c === '503')).toBe(true);
     expect(type3s('grace') - before).toBeLessThanOrEqual(THRESHOLD);
   });
@@ -89,8 +122,12 @@ describe('concurrent NTLM sign-ins', () => {
 describe('concurrent Basic sign-ins', () => {
   it('lets correct sign-ins in while wrong passwords of the same account are in flight', async () => {
     const u = await createUser(inject('ldapUrl'), `conc${tag()}`, 'Conc-Passw0rd!', ['AllowExternalAccess']);
-    const wrong = Array.from({ length: THRESHOLD - 1 }, (_, i) => send(h, `/ews/exchange.asmx?bw=${i}`, { user: u.sam, password: `old-${i}` }));
-    const right = Array.from({ length: 20 }, (_, i) => send(h, `/ews/exchange.asmx?br=${i}`, { user: u.sam, password: u.password }));
+    const wrong = Array.from({ length: THRESHOLD - 1 }, (_, i) =>
+      send(h, `/ews/exchange.asmx?bw=${i}`, { user: u.sam, password: `old-${i}` }),
+    );
+    const right = Array.from({ length: 20 }, (_, i) =>
+      send(h, `/ews/exchange.asmx?br=${i}`, { user: u.sam, password: u.password }),
+    );
     const [w, r] = await Promise.all([Promise.all(wrong), Promise.all(right)]);
     expect(w.map((x) => x.status)).toEqual(Array(THRESHOLD - 1).fill(401));
     expect(r.map((x) => x.status)).toEqual(Array(20).fill(200));
@@ -100,13 +137,16 @@ describe('concurrent Basic sign-ins', () => {
     const ldapUrl = inject('ldapUrl');
     const u = await createUser(ldapUrl, `burst${tag()}`, 'Burst-Passw0rd!', ['AllowExternalAccess']);
     await lockoutPolicy(u.sam, 10);
-    const replies = await Promise.all(Array.from({ length: 40 }, (_, i) => send(h, `/ews/exchange.asmx?bb=${i}`, { user: u.sam, password: `guess-${i}` })));
+    const replies = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        send(h, `/ews/exchange.asmx?bb=${i}`, { user: u.sam, password: `guess-${i}` }),
+      ),
+    );
     expect(replies.every((x) => x.status === 401 || x.status === 503)).toBe(true);
     const ad = await readAttributes(ldapUrl, u.dn, ['badPwdCount']);
     expect(Number(ad.badPwdCount)).toBeLessThanOrEqual(THRESHOLD);
     expect(Number(ad.badPwdCount)).toBeGreaterThan(0);
   });
-
 });
 
 describe('a sign-in that waited past the bound', () => {
@@ -114,7 +154,9 @@ describe('a sign-in that waited past the bound', () => {
   beforeAll(async () => {
     tight = await startHarness({
       directory: 'ldap',
-      gateway: { lockout: { threshold: THRESHOLD, maxWaiting: 4, waitMs: 1, sourceAccounts: 1000, sourceFailures: 100_000 } },
+      gateway: {
+        lockout: { threshold: THRESHOLD, maxWaiting: 4, waitMs: 1, sourceAccounts: 1000, sourceFailures: 100_000 },
+      },
     });
   });
   afterAll(async () => {
@@ -123,11 +165,18 @@ describe('a sign-in that waited past the bound', () => {
 
   it('gets 503 with Retry-After (the gateway is busy), never a 401 that asks for a password', async () => {
     const u = await createUser(inject('ldapUrl'), `wait${tag()}`, 'Wait-Passw0rd!', ['AllowExternalAccess']);
-    const replies = await Promise.all(Array.from({ length: 30 }, (_, i) => send(tight, `/ews/exchange.asmx?bx=${i}`, { user: u.sam, password: `guess-${i}` })));
+    const replies = await Promise.all(
+      Array.from({ length: 30 }, (_, i) =>
+        send(tight, `/ews/exchange.asmx?bx=${i}`, { user: u.sam, password: `guess-${i}` }),
+      ),
+    );
     const busyReplies = replies.filter((x) => x.status === 503);
     expect(busyReplies.length).toBeGreaterThan(0);
     for (const b of busyReplies) expect(b.headers['retry-after']).toBeDefined();
     const record = await tight.record((x) => x.user === `LAB\\${u.sam}` && x.status === 503);
-    expect(record).toMatchObject({ reason: 'gateway-lockout', detail: 'too many sign-ins of this account in flight; try again' });
+    expect(record).toMatchObject({
+      reason: 'gateway-lockout',
+      detail: 'too many sign-ins of this account in flight; try again',
+    });
   });
 });

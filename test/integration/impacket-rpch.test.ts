@@ -12,7 +12,13 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
 import {
-  AUTODISCOVER, EXTERNAL, INTERNAL, makeCert, startHarness, TEST_POLICY, type Harness,
+  AUTODISCOVER,
+  EXTERNAL,
+  INTERNAL,
+  makeCert,
+  startHarness,
+  TEST_POLICY,
+  type Harness,
 } from '../helpers/gateway-harness.js';
 import { startRawExchange, type RawExchange } from '../helpers/raw-exchange.js';
 
@@ -20,9 +26,9 @@ const run = promisify(execFile);
 // Debian installs impacket for the system interpreter only (/usr/lib/python3/dist-packages).
 const PYTHON = '/usr/bin/python3';
 const CLIENT = join(import.meta.dirname, '..', 'helpers', 'impacket-rpch.py');
-const POLICY = TEST_POLICY
-  .replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]')
-  + '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
+const POLICY =
+  TEST_POLICY.replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]') +
+  '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
 
 let h: Harness;
 let exchange: RawExchange;
@@ -34,7 +40,8 @@ beforeAll(async () => {
   writeFileSync(join(certDir, 'ca.pem'), cert.cert);
   exchange = await startRawExchange(cert);
   h = await startHarness({
-    directory: 'file', policy: POLICY,
+    directory: 'file',
+    policy: POLICY,
     gateway: {
       upstream: { url: exchange.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
       // impacket connects to an address and sends no SNI; its Host is 127.0.0.1:<port>
@@ -78,7 +85,7 @@ it('impacket gets 100 Continue on both channels and Exchange reads exactly its R
   const result = JSON.parse(stdout) as ClientResult;
 
   expect(result.error).toBeUndefined();
-  expect(result.auth).toBe('Basic');                       // NTLM probe refused, Basic offered
+  expect(result.auth).toBe('Basic'); // NTLM probe refused, Basic offered
   expect(result.interim).toEqual({
     RPC_IN_DATA: 'HTTP/1.1 100 Continue\r\n\r\n',
     RPC_OUT_DATA: 'HTTP/1.1 100 Continue\r\n\r\n',
@@ -89,9 +96,9 @@ it('impacket gets 100 Continue on both channels and Exchange reads exactly its R
   expect(inChannel.head.split('\r\n')[0]).toBe('RPC_IN_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1');
   expect(inChannel.head).toMatch(/\r\nContent-Length: 1073741824(\r\n|$)/i);
   expect(outChannel.head).toMatch(/\r\nContent-Length: 76(\r\n|$)/i);
-  for (const { head } of [inChannel, outChannel]) expect(head).not.toMatch(/\r\nExpect:/i);   // the gateway answered it
-  expect(inChannel.body.toString('hex')).toBe(result.sentIn);     // CONN/B1, byte for byte
-  expect(outChannel.body.toString('hex')).toBe(result.sentOut);   // CONN/A1, byte for byte
+  for (const { head } of [inChannel, outChannel]) expect(head).not.toMatch(/\r\nExpect:/i); // the gateway answered it
+  expect(inChannel.body.toString('hex')).toBe(result.sentIn); // CONN/B1, byte for byte
+  expect(outChannel.body.toString('hex')).toBe(result.sentOut); // CONN/A1, byte for byte
 
   await h.record((r) => r.method === 'RPC_IN_DATA' && r.reason === 'no-credentials' && r.status === 401);
   for (const method of ['RPC_IN_DATA', 'RPC_OUT_DATA']) {

@@ -28,14 +28,20 @@ interface State {
 
 const stateFile = () => join(dir, 'state.json');
 const readState = (): State => JSON.parse(readFileSync(stateFile(), 'utf8')) as State;
-const writeState = (s: Partial<State>) => writeFileSync(stateFile(), JSON.stringify({ failIdentities: [], calls: [], ...s }, null, 2));
+const writeState = (s: Partial<State>) =>
+  writeFileSync(stateFile(), JSON.stringify({ failIdentities: [], calls: [], ...s }, null, 2));
 
 /** Every fixture user as an Exchange mailbox, all flags at Exchange's defaults unless given. */
 function mailboxes(blocked: string[] = [], extra: { dn: string; sam: string }[] = []): State['mailboxes'] {
   const out: State['mailboxes'] = {};
   for (const u of [...(Object.values(USERS) as TestUser[]), ...extra]) {
     const b = blocked.includes(u.sam);
-    out[u.dn] = { Identity: u.sam, UserPrincipalName: `${u.sam}@${DOMAIN.dnsName}`, MAPIBlockOutlookRpcHttp: b, MAPIBlockOutlookExternalConnectivity: b };
+    out[u.dn] = {
+      Identity: u.sam,
+      UserPrincipalName: `${u.sam}@${DOMAIN.dnsName}`,
+      MAPIBlockOutlookRpcHttp: b,
+      MAPIBlockOutlookExternalConnectivity: b,
+    };
   }
   return out;
 }
@@ -43,18 +49,31 @@ function mailboxes(blocked: string[] = [], extra: { dn: string; sam: string }[] 
 function writeConfig(name: string, policy: string, extra: Record<string, unknown> = {}): string {
   writeFileSync(join(dir, `${name}-policy.yaml`), policy);
   const file = join(dir, `${name}.yaml`);
-  writeFileSync(file, stringify({
-    tls: { cert: 'gw.crt', key: 'gw.key', selfSigned: true },
-    names: { external: ['mail.lab.test'] },
-    upstream: { url: 'https://127.0.0.1:9', insecureSkipVerify: true },
-    directory: {
-      type: 'ldap', url: ldapUrl, bindDn: SERVICE_ACCOUNT.dn, bindPasswordFile: 'bind-password', baseDn: DOMAIN.baseDn,
-      netbiosDomain: DOMAIN.netbios, upnSuffixes: [DOMAIN.dnsName], connectTimeoutMs: 1000, timeoutMs: 3000,
-    },
-    policyFile: `${name}-policy.yaml`,
-    mailboxFlags: { runner: [process.execPath, join(ROOT, 'scripts', 'exchange-shell-standin.mjs'), stateFile()], maxBlockShare: 0.5 },
-    ...extra,
-  }));
+  writeFileSync(
+    file,
+    stringify({
+      tls: { cert: 'gw.crt', key: 'gw.key', selfSigned: true },
+      names: { external: ['mail.lab.test'] },
+      upstream: { url: 'https://127.0.0.1:9', insecureSkipVerify: true },
+      directory: {
+        type: 'ldap',
+        url: ldapUrl,
+        bindDn: SERVICE_ACCOUNT.dn,
+        bindPasswordFile: 'bind-password',
+        baseDn: DOMAIN.baseDn,
+        netbiosDomain: DOMAIN.netbios,
+        upnSuffixes: [DOMAIN.dnsName],
+        connectTimeoutMs: 1000,
+        timeoutMs: 3000,
+      },
+      policyFile: `${name}-policy.yaml`,
+      mailboxFlags: {
+        runner: [process.execPath, join(ROOT, 'scripts', 'exchange-shell-standin.mjs'), stateFile()],
+        maxBlockShare: 0.5,
+      },
+      ...extra,
+    }),
+  );
   return file;
 }
 
@@ -62,7 +81,9 @@ const POLICY = 'rules:\n  - id: outlook\n    services: [mapi, ews]\n    allow: {
 
 async function exgate(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [join(ROOT, 'bin', 'exgate.js'), 'mailbox-flags', ...args], { timeout: 60_000 });
+    const { stdout, stderr } = await run(process.execPath, [join(ROOT, 'bin', 'exgate.js'), 'mailbox-flags', ...args], {
+      timeout: 60_000,
+    });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -87,16 +108,23 @@ describe('mailbox-flags plan and apply', () => {
     writeState({ mailboxes: mailboxes(['carol', 'obrien']) });
     const json = await exgate('plan', '--config', config, '--json');
     expect(json.code).toBe(0);
-    const { changes } = JSON.parse(json.stdout) as { changes: { identity: string; flag: string; from: boolean; to: boolean; reason: string }[] };
+    const { changes } = JSON.parse(json.stdout) as {
+      changes: { identity: string; flag: string; from: boolean; to: boolean; reason: string }[];
+    };
     const who = (dn: string) => changes.filter((c) => c.identity === dn);
-    expect(who(USERS.bob.dn).map((c) => [c.flag, c.from, c.to])).toEqual([['MAPIBlockOutlookRpcHttp', false, true], ['MAPIBlockOutlookExternalConnectivity', false, true]]);
-    expect(who(USERS.carol.dn).map((c) => c.to)).toEqual([false, false]);          // nested member, re-enabled
+    expect(who(USERS.bob.dn).map((c) => [c.flag, c.from, c.to])).toEqual([
+      ['MAPIBlockOutlookRpcHttp', false, true],
+      ['MAPIBlockOutlookExternalConnectivity', false, true],
+    ]);
+    expect(who(USERS.carol.dn).map((c) => c.to)).toEqual([false, false]); // nested member, re-enabled
     expect(who(USERS.carol.dn)[0]?.reason).toBe('allowed mapi from outside by rule outlook');
     expect(who(USERS.alice.dn)).toEqual([]);
     const text = await exgate('plan', '--config', config);
-    expect(text.stdout).toContain(`Set-CASMailbox -Identity '${USERS.bob.dn}' -MAPIBlockOutlookRpcHttp:$true -MAPIBlockOutlookExternalConnectivity:$true`);
+    expect(text.stdout).toContain(
+      `Set-CASMailbox -Identity '${USERS.bob.dn}' -MAPIBlockOutlookRpcHttp:$true -MAPIBlockOutlookExternalConnectivity:$true`,
+    );
     expect(text.stdout).toContain("Set-CASMailbox -Identity 'CN=Seán O''Brien,CN=Users,DC=lab,DC=test'");
-    expect(readState().calls).toEqual([]);                                            // plan changes nothing
+    expect(readState().calls).toEqual([]); // plan changes nothing
   });
 
   it('applies, reports each mailbox, and a second run plans nothing (idempotent)', async () => {
@@ -116,7 +144,9 @@ describe('mailbox-flags plan and apply', () => {
   it('re-enables a user added to the group and blocks a user removed from it', async () => {
     const config = writeConfig('basic', POLICY);
     const joiner = await createUser(ldapUrl, `joiner${Date.now() % 100000}`, 'J0iner-Passw0rd!');
-    const leaver = await createUser(ldapUrl, `leaver2${Date.now() % 100000}`, 'L3aver-Passw0rd!', ['AllowExternalAccess']);
+    const leaver = await createUser(ldapUrl, `leaver2${Date.now() % 100000}`, 'L3aver-Passw0rd!', [
+      'AllowExternalAccess',
+    ]);
     writeState({ mailboxes: mailboxes([], [joiner, leaver]) });
     expect((await exgate('apply', '--config', config)).code).toBe(0);
     expect(flagsOf(joiner.dn)).toEqual([true, true]);
@@ -131,7 +161,10 @@ describe('mailbox-flags plan and apply', () => {
   it('refuses to apply when an allow group resolves to no member, even with --force', async () => {
     await createGroup(ldapUrl, `EmptyAllow${Date.now() % 100000}`).then(async (dn) => {
       const name = dn.split(',')[0]!.slice(3);
-      const config = writeConfig('empty', `rules:\n  - id: outlook\n    services: [mapi]\n    allow: { groups: [${name}] }\n`);
+      const config = writeConfig(
+        'empty',
+        `rules:\n  - id: outlook\n    services: [mapi]\n    allow: { groups: [${name}] }\n`,
+      );
       writeState({ mailboxes: mailboxes() });
       const r = await exgate('apply', '--config', config, '--force');
       expect(r.code).toBe(1);
@@ -155,7 +188,11 @@ describe('mailbox-flags plan and apply', () => {
   });
 
   it('refuses a plan that would block more than maxBlockShare, unless --force', async () => {
-    const config = writeConfig('share', 'rules:\n  - id: mobile-only\n    services: [mapi]\n    allow: { groups: [MobileUsers] }\n', {});
+    const config = writeConfig(
+      'share',
+      'rules:\n  - id: mobile-only\n    services: [mapi]\n    allow: { groups: [MobileUsers] }\n',
+      {},
+    );
     writeFileSync(config, readFileSync(config, 'utf8').replace('maxBlockShare: 0.5', 'maxBlockShare: 0.1'));
     writeState({ mailboxes: mailboxes() });
     const refused = await exgate('apply', '--config', config);

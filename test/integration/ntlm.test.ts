@@ -11,7 +11,14 @@ import { connect } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { basic, clientFor, expectNotForwarded, EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import {
+  basic,
+  clientFor,
+  expectNotForwarded,
+  EXTERNAL,
+  startHarness,
+  type Harness,
+} from '../helpers/gateway-harness.js';
 import { call, negTokenResp, signIn, type1, type3 } from '../helpers/ntlm-client.js';
 
 const run = promisify(execFile);
@@ -33,7 +40,11 @@ afterAll(async () => {
 });
 
 /** curl --ntlm as a user; returns the status codes of each URL (one connection) and the body. */
-async function curlNtlm(user: string | null, password: string, ...paths: string[]): Promise<{ codes: string[]; body: string }> {
+async function curlNtlm(
+  user: string | null,
+  password: string,
+  ...paths: string[]
+): Promise<{ codes: string[]; body: string }> {
   const urls = paths.map((p) => `https://${EXTERNAL}:${h.port}${p}`);
   const args = ['-s', '--cacert', ca, '--resolve', `${EXTERNAL}:${h.port}:127.0.0.1`, '-w', '\n%{http_code}\n'];
   if (user !== null) args.push('--ntlm', '-u', `${user}:${password}`);
@@ -43,11 +54,17 @@ async function curlNtlm(user: string | null, password: string, ...paths: string[
   return { codes, body: lines.filter((l) => !/^\d{3}$/.test(l)).join('\n') };
 }
 
-const type3From = (sam: string) => h.standin.seen((r) => r.ntlm === 'type3' && (r.user ?? '').toLowerCase() === `lab\\${sam}`);
+const type3From = (sam: string) =>
+  h.standin.seen((r) => r.ntlm === 'type3' && (r.user ?? '').toLowerCase() === `lab\\${sam}`);
 
 describe('NTLM through the gateway', () => {
   it('lets a group member in: Type 1 forwarded, group checked, Type 3 forwarded, connection trusted', async () => {
-    const { codes, body } = await curlNtlm('LAB\\alice', USERS.alice.password, '/EWS/Exchange.asmx', '/ews/exchange.asmx?again');
+    const { codes, body } = await curlNtlm(
+      'LAB\\alice',
+      USERS.alice.password,
+      '/EWS/Exchange.asmx',
+      '/ews/exchange.asmx?again',
+    );
     expect(codes).toEqual(['200', '200']);
     expect(body).toContain('hello LAB\\alice');
     expect(h.standin.seen((r) => r.ntlm === 'session' && r.user === 'LAB\\alice')).toBeGreaterThanOrEqual(1);
@@ -60,7 +77,10 @@ describe('NTLM through the gateway', () => {
     const { codes } = await curlNtlm('LAB\\bob', USERS.bob.password, '/mapi/emsmdb/?MailboxId=bob@lab.test');
     expect(codes).toEqual(['403']);
     expect(type3From('bob')).toBe(0);
-    expect(await h.record((r) => r.user === 'LAB\\bob' && r.status === 403)).toMatchObject({ reason: 'not-allowed', service: 'mapi' });
+    expect(await h.record((r) => r.user === 'LAB\\bob' && r.status === 403)).toMatchObject({
+      reason: 'not-allowed',
+      service: 'mapi',
+    });
   });
 
   it('answers a forged claim (alice, wrong password) with 401 from Exchange, and trusts nothing', async () => {
@@ -68,7 +88,11 @@ describe('NTLM through the gateway', () => {
     expect(codes).toEqual(['401']);
     const rec = await h.record((r) => r.path === '/ews/exchange.asmx' && r.user === 'LAB\\alice' && r.status === 401);
     // Forwarded (Exchange verifies NTLM), and logged as what it was: a wrong password.
-    expect(rec).toMatchObject({ decision: 'deny', reason: 'bad-credentials', detail: 'Exchange refused the NTLM logon' });
+    expect(rec).toMatchObject({
+      decision: 'deny',
+      reason: 'bad-credentials',
+      detail: 'Exchange refused the NTLM logon',
+    });
     expect(rec.upstreamMs).not.toBeNull();
   });
 
@@ -81,14 +105,28 @@ describe('NTLM through the gateway', () => {
 
   it('challenges an anonymous client locally with NTLM only (no Negotiate), before Exchange', async () => {
     const before = h.standin.requests.length;
-    const { stdout } = await run('curl', ['-s', '-D', '-', '-o', '/dev/null', '--cacert', ca, '--resolve', `${EXTERNAL}:${h.port}:127.0.0.1`, `https://${EXTERNAL}:${h.port}/mapi/emsmdb/`]);
+    const { stdout } = await run('curl', [
+      '-s',
+      '-D',
+      '-',
+      '-o',
+      '/dev/null',
+      '--cacert',
+      ca,
+      '--resolve',
+      `${EXTERNAL}:${h.port}:127.0.0.1`,
+      `https://${EXTERNAL}:${h.port}/mapi/emsmdb/`,
+    ]);
     expect(stdout.split('\r\n')[0]).toBe('HTTP/1.1 401 Unauthorized');
-    const challenges = stdout.split('\r\n').filter((l) => /^www-authenticate:/i.test(l)).map((l) => l.slice(18).trim());
+    const challenges = stdout
+      .split('\r\n')
+      .filter((l) => /^www-authenticate:/i.test(l))
+      .map((l) => l.slice(18).trim());
     expect(challenges).toEqual(['NTLM']);
     expect(h.standin.requests.length).toBe(before);
   });
 
-  it('never lets an anonymous client on a fresh connection inherit another user\'s session', async () => {
+  it("never lets an anonymous client on a fresh connection inherit another user's session", async () => {
     await curlNtlm('LAB\\carol', USERS.carol.password, '/ews/exchange.asmx?carol');
     const { codes } = await expectNotForwarded(h, () => curlNtlm(null, '', '/ews/exchange.asmx?anonymous'));
     expect(codes).toEqual(['401']);
@@ -97,15 +135,23 @@ describe('NTLM through the gateway', () => {
 
   it('refuses Kerberos (it hides the user) and offers NTLM', async () => {
     const kerberos = Buffer.from([0x60, 0x06, 0x06, 0x04, 0x2a, 0x86, 0x48, 0x86]).toString('base64');
-    const reply = await expectNotForwarded(h, () => new Promise<string>((resolve, reject) => {
-      const s = connect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa }, () => {
-        s.write(`GET /mapi/emsmdb/ HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: Negotiate ${kerberos}\r\nConnection: close\r\n\r\n`);
-      });
-      let data = '';
-      s.on('data', (d: Buffer) => { data += d.toString('latin1'); });
-      s.on('close', () => resolve(data));
-      s.on('error', reject);
-    }));
+    const reply = await expectNotForwarded(
+      h,
+      () =>
+        new Promise<string>((resolve, reject) => {
+          const s = connect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa }, () => {
+            s.write(
+              `GET /mapi/emsmdb/ HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: Negotiate ${kerberos}\r\nConnection: close\r\n\r\n`,
+            );
+          });
+          let data = '';
+          s.on('data', (d: Buffer) => {
+            data += d.toString('latin1');
+          });
+          s.on('close', () => resolve(data));
+          s.on('error', reject);
+        }),
+    );
     expect(reply.split('\r\n')[0]).toBe('HTTP/1.1 401 Unauthorized');
     expect(reply).toMatch(/WWW-Authenticate: NTLM\r\n/i);
     expect(reply).not.toMatch(/WWW-Authenticate: Negotiate/i);
@@ -114,25 +160,29 @@ describe('NTLM through the gateway', () => {
   it('carries 40 concurrent NTLM clients, each on its own pinned connection', async () => {
     // zoe is left out: curl on Linux encodes a non-ASCII NTLM password wrongly (Windows does not).
     const members = [USERS.alice, USERS.carol, USERS.grace, USERS.obrien];
-    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => {
-      const u = members[i % members.length]!;
-      return curlNtlm(`LAB\\${u.sam}`, u.password, `/ews/exchange.asmx?c=${i}`).then((r) => ({ u: u.sam, ...r }));
-    }));
+    const results = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => {
+        const u = members[i % members.length]!;
+        return curlNtlm(`LAB\\${u.sam}`, u.password, `/ews/exchange.asmx?c=${i}`).then((r) => ({ u: u.sam, ...r }));
+      }),
+    );
     expect(results.filter((r) => r.codes[0] === '200').length).toBe(40);
     for (const r of results) expect(r.body.toLowerCase()).toContain(`hello lab\\${r.u}`);
   });
 
-  it('never waves another Authorization scheme through as the NTLM session\'s user (one connection)', async () => {
+  it("never waves another Authorization scheme through as the NTLM session's user (one connection)", async () => {
     const before = h.standin.seen((r) => r.user === 'bob');
     const client = clientFor(h);
     try {
       const signedIn = await signIn(client, '/mapi/emsmdb/?a', EXTERNAL, 'alice', 'LAB', USERS.alice.password);
       expect(signedIn.status).toBe(200);
-      const bob = await expectNotForwarded(h, () => call(client, '/mapi/emsmdb/?b', EXTERNAL, basic('bob', USERS.bob.password)));
+      const bob = await expectNotForwarded(h, () =>
+        call(client, '/mapi/emsmdb/?b', EXTERNAL, basic('bob', USERS.bob.password)),
+      );
       expect(bob.status).toBe(401);
       const bearer = await expectNotForwarded(h, () => call(client, '/mapi/emsmdb/?c', EXTERNAL, 'Bearer eyJhbGciOi'));
       expect(bearer.status).toBe(401);
-      const session = await call(client, '/mapi/emsmdb/?d', EXTERNAL);     // no Authorization: the session
+      const session = await call(client, '/mapi/emsmdb/?d', EXTERNAL); // no Authorization: the session
       expect(session.status).toBe(200);
       expect(session.body).toContain('LAB\\alice');
     } finally {
@@ -144,14 +194,30 @@ describe('NTLM through the gateway', () => {
 
   it('takes NTLM only on the canonical endpoints', async () => {
     const before = h.standin.seen((r) => r.ntlm !== null && r.url.includes('/bin/'));
-    const { codes } = await expectNotForwarded(h, () => curlNtlm('LAB\\alice', USERS.alice.password, '/mapi/bin/x'), (r) => r.url.includes('/bin/'));
+    const { codes } = await expectNotForwarded(
+      h,
+      () => curlNtlm('LAB\\alice', USERS.alice.password, '/mapi/bin/x'),
+      (r) => r.url.includes('/bin/'),
+    );
     expect(codes).toEqual(['401']);
     expect(h.standin.seen((r) => r.ntlm !== null && r.url.includes('/bin/'))).toBe(before);
   });
 
   it('still takes Basic on a service that speaks both', async () => {
-    const { stdout } = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', ca, '--resolve', `${EXTERNAL}:${h.port}:127.0.0.1`,
-      '-u', `alice:${USERS.alice.password}`, `https://${EXTERNAL}:${h.port}/ews/exchange.asmx?basic`]);
+    const { stdout } = await run('curl', [
+      '-s',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--cacert',
+      ca,
+      '--resolve',
+      `${EXTERNAL}:${h.port}:127.0.0.1`,
+      '-u',
+      `alice:${USERS.alice.password}`,
+      `https://${EXTERNAL}:${h.port}/ews/exchange.asmx?basic`,
+    ]);
     expect(stdout).toBe('200');
   });
 
@@ -178,7 +244,7 @@ describe('NTLM through the gateway', () => {
     }
   });
 
-  it('answers two responseTokens (bob\'s real Type 3, then a claim of alice) with 400, unforwarded', async () => {
+  it("answers two responseTokens (bob's real Type 3, then a claim of alice) with 400, unforwarded", async () => {
     // Issue 9.3: the gateway read the last token (alice, allowed), a reader of the first (bob, not
     // in the group) authenticated bob, and Exchange served him.
     const bobType3Before = type3From('bob');
@@ -210,13 +276,15 @@ describe('NTLM through the gateway', () => {
     } finally {
       await client.close();
     }
-    const rec = await h.record((r) => r.path === '/mapi/emsmdb/' && r.status === 400 && r.detail === 'malformed NTLM authenticate message');
+    const rec = await h.record(
+      (r) => r.path === '/mapi/emsmdb/' && r.status === 400 && r.detail === 'malformed NTLM authenticate message',
+    );
     expect(rec).toMatchObject({ decision: 'deny', reason: 'bad-request' });
   });
 
   it('never logs a token or a password', () => {
     const text = h.allLogText();
-    expect(text).not.toMatch(/TlRMTVNT/);                      // base64 of "NTLMSS"
+    expect(text).not.toMatch(/TlRMTVNT/); // base64 of "NTLMSS"
     for (const u of Object.values(USERS)) expect(text).not.toContain(u.password);
   });
 });

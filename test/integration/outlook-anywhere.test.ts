@@ -12,13 +12,21 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createUser } from '../helpers/ad-admin.js';
 import { ADMIN, groupDn } from '../helpers/ad-fixtures.js';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { basic, EXTERNAL, makeCert, send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
+import {
+  basic,
+  EXTERNAL,
+  makeCert,
+  send,
+  startHarness,
+  TEST_POLICY,
+  type Harness,
+} from '../helpers/gateway-harness.js';
 import { startRpcUpstream, type RpcUpstream } from '../helpers/rpc-upstream.js';
 
 const MiB = 1024 * 1024;
-const POLICY = TEST_POLICY
-  .replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]')
-  + '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
+const POLICY =
+  TEST_POLICY.replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]') +
+  '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
 
 let h: Harness;
 let rpc: RpcUpstream;
@@ -30,7 +38,8 @@ beforeAll(async () => {
   writeFileSync(join(certDir, 'ca.pem'), cert.cert);
   rpc = await startRpcUpstream(cert, 20 * MiB, 20 * MiB);
   h = await startHarness({
-    directory: 'ldap', policy: POLICY,
+    directory: 'ldap',
+    policy: POLICY,
     gateway: {
       upstream: { url: rpc.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
       services: { rpc: { maxTunnelsPerSource: 2 } },
@@ -51,7 +60,10 @@ async function leaveGroup(dn: string): Promise<void> {
   const c = new Client({ url: inject('ldapUrl') });
   try {
     await c.bind(ADMIN.upn, ADMIN.password);
-    await c.modify(groupDn('AllowExternalAccess'), new Change({ operation: 'delete', modification: new Attribute({ type: 'member', values: [dn] }) }));
+    await c.modify(
+      groupDn('AllowExternalAccess'),
+      new Change({ operation: 'delete', modification: new Attribute({ type: 'member', values: [dn] }) }),
+    );
   } finally {
     await c.unbind();
   }
@@ -60,16 +72,24 @@ async function leaveGroup(dn: string): Promise<void> {
 function open(localAddress = '127.0.0.1'): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     // tls.connect passes localAddress on to net.connect; its typings just do not list it.
-    const options = { host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa, localAddress } as ConnectionOptions;
+    const options = {
+      host: '127.0.0.1',
+      port: h.port,
+      servername: EXTERNAL,
+      ca: h.gatewayCa,
+      localAddress,
+    } as ConnectionOptions;
     const s = connect(options, () => resolve(s));
     s.once('error', reject);
   });
 }
 
 function head(method: string, user: { sam: string; password: string } | null, length: number): string {
-  return `${method} /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
+  return (
+    `${method} /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
     (user ? `Authorization: ${basic(user.sam, user.password)}\r\n` : '') +
-    `Content-Length: ${length}\r\nConnection: Keep-Alive\r\nUser-Agent: MSRPC\r\n\r\n`;
+    `Content-Length: ${length}\r\nConnection: Keep-Alive\r\nUser-Agent: MSRPC\r\n\r\n`
+  );
 }
 
 /** Reads until the socket closes; returns the bytes received. */
@@ -95,7 +115,12 @@ describe('Outlook Anywhere tunnel', () => {
     expect(seen?.bodyBytes).toBe(20 * MiB);
     expect(seen?.head).toMatch(/X-Forwarded-For: 127\.0\.0\.1/);
     expect(await h.record((x) => x.method === 'RPC_IN_DATA' && x.status === 200)).toMatchObject({
-      service: 'rpc', user: 'LAB\\alice', decision: 'allow', reason: 'allowed', rule: 'outlook-anywhere', bytesIn: 20 * MiB,
+      service: 'rpc',
+      user: 'LAB\\alice',
+      decision: 'allow',
+      reason: 'allowed',
+      rule: 'outlook-anywhere',
+      bytesIn: 20 * MiB,
     });
   });
 
@@ -132,7 +157,7 @@ describe('Outlook Anywhere tunnel', () => {
     const b = await open('127.0.0.5');
     a.write(head('RPC_OUT_DATA', alice, 76));
     b.write(head('RPC_OUT_DATA', alice, 76));
-    await new Promise((r) => setTimeout(r, 300));                // both tunnels open (upstream waits for 76 bytes)
+    await new Promise((r) => setTimeout(r, 300)); // both tunnels open (upstream waits for 76 bytes)
     const c = await open('127.0.0.5');
     const reply = drain(c);
     c.write(head('RPC_OUT_DATA', alice, 76));
@@ -151,10 +176,25 @@ describe('Outlook Anywhere tunnel', () => {
   });
 
   it.each([
-    ['two Content-Lengths', (u: string) => `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 10\r\nContent-Length: 10\r\n\r\n`],
-    ['Transfer-Encoding', (u: string) => `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n`],
-    ['no Content-Length', (u: string) => `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\n\r\n`],
-    ['a control byte in the target', (u: string) => `RPC_OUT_DATA /rpc/rpcproxy.dll?a\x01b HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 76\r\n\r\n`],
+    [
+      'two Content-Lengths',
+      (u: string) =>
+        `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 10\r\nContent-Length: 10\r\n\r\n`,
+    ],
+    [
+      'Transfer-Encoding',
+      (u: string) =>
+        `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n`,
+    ],
+    [
+      'no Content-Length',
+      (u: string) => `RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\n\r\n`,
+    ],
+    [
+      'a control byte in the target',
+      (u: string) =>
+        `RPC_OUT_DATA /rpc/rpcproxy.dll?a\x01b HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${u}\r\nContent-Length: 76\r\n\r\n`,
+    ],
   ])('refuses an RPC head with %s (400), and tunnels nothing', async (_what, make) => {
     const before = rpc.seen.length;
     const s = await open();
@@ -168,15 +208,22 @@ describe('Outlook Anywhere tunnel', () => {
     const before = rpc.seen.length;
     const s = await open();
     const reply = drain(s);
-    s.write(head('RPC_IN_DATA', alice, 0) + `GET /autodiscover/autodiscover.json?@evil.corp/PowerShell HTTP/1.1\r\nHost: exchange-be.lab.test\r\nCookie: X-BEResource=x\r\n\r\n`);
+    s.write(
+      head('RPC_IN_DATA', alice, 0) +
+        `GET /autodiscover/autodiscover.json?@evil.corp/PowerShell HTTP/1.1\r\nHost: exchange-be.lab.test\r\nCookie: X-BEResource=x\r\n\r\n`,
+    );
     await reply;
     await new Promise((r) => setTimeout(r, 200));
-    expect(rpc.seen.slice(before).map((x) => x.head.split('\r\n')[0])).toEqual(['RPC_IN_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1']);
+    expect(rpc.seen.slice(before).map((x) => x.head.split('\r\n')[0])).toEqual([
+      'RPC_IN_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1',
+    ]);
     expect(rpc.seen.at(-1)?.bodyBytes).toBe(0);
   });
 
   it('cuts an open tunnel once its user leaves the group (checked every groupTtlSeconds)', async () => {
-    const u = await createUser(inject('ldapUrl'), `tunnel${Date.now() % 100000}`, 'Tunn3l-Passw0rd!', ['AllowExternalAccess']);
+    const u = await createUser(inject('ldapUrl'), `tunnel${Date.now() % 100000}`, 'Tunn3l-Passw0rd!', [
+      'AllowExternalAccess',
+    ]);
     const s = await open();
     const closed = new Promise<void>((r) => s.once('close', () => r()));
     s.write(head('RPC_IN_DATA', { sam: u.sam, password: u.password }, 1073741824));
@@ -185,7 +232,9 @@ describe('Outlook Anywhere tunnel', () => {
     expect(s.destroyed).toBe(false);
     await leaveGroup(u.dn);
     await closed;
-    expect((await h.record((x) => x.user === `LAB\\${u.sam}` && x.method === 'RPC_IN_DATA')).detail).toBe('tunnel closed: no longer allowed');
+    expect((await h.record((x) => x.user === `LAB\\${u.sam}` && x.method === 'RPC_IN_DATA')).detail).toBe(
+      'tunnel closed: no longer allowed',
+    );
   });
 
   it('leaves the normal HTTP path working behind the peek, keep-alive included', async () => {
@@ -194,31 +243,44 @@ describe('Outlook Anywhere tunnel', () => {
     expect(r.text()).toBe('hello\n');
     const slow = await open();
     const reply = drain(slow);
-    slow.write('GET /owa/ HTTP/1.1\r\nHost: ');                   // not RPC: the HTTP server's own header timeout
+    slow.write('GET /owa/ HTTP/1.1\r\nHost: '); // not RPC: the HTTP server's own header timeout
     expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 408 Request Timeout');
   });
 
   it('drops hop-by-hop and Exchange-internal headers from the tunnelled head, as on the HTTP path', async () => {
     const s = await open();
     void drain(s);
-    s.write(`RPC_OUT_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001&marker=hdrs HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
-      `Authorization: ${basic(alice.sam, alice.password)}\r\nContent-Length: 76\r\nConnection: Keep-Alive, X-Secret-Hop\r\n` +
-      'X-Secret-Hop: 1\r\nX-CommonAccessToken: forged\r\nX-IsFromCafe: 1\r\nmsExchLogonMailbox: S-1-5-21-1\r\nUpgrade: h2c\r\nX-Forwarded-For: 10.9.9.9\r\nUser-Agent: MSRPC\r\n\r\n');
+    s.write(
+      `RPC_OUT_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001&marker=hdrs HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
+        `Authorization: ${basic(alice.sam, alice.password)}\r\nContent-Length: 76\r\nConnection: Keep-Alive, X-Secret-Hop\r\n` +
+        'X-Secret-Hop: 1\r\nX-CommonAccessToken: forged\r\nX-IsFromCafe: 1\r\nmsExchLogonMailbox: S-1-5-21-1\r\nUpgrade: h2c\r\nX-Forwarded-For: 10.9.9.9\r\nUser-Agent: MSRPC\r\n\r\n',
+    );
     const end = Date.now() + 3000;
     let seen: string | undefined;
-    while (!(seen = rpc.seen.find((x) => x.head.includes('marker=hdrs'))?.head) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    while (!(seen = rpc.seen.find((x) => x.head.includes('marker=hdrs'))?.head) && Date.now() < end)
+      await new Promise((r) => setTimeout(r, 20));
     s.destroy();
     expect(seen).toBeDefined();
-    for (const name of ['X-Secret-Hop', 'X-CommonAccessToken', 'X-IsFromCafe', 'msExchLogonMailbox', 'Upgrade', '10.9.9.9']) expect(seen).not.toContain(name);
+    for (const name of [
+      'X-Secret-Hop',
+      'X-CommonAccessToken',
+      'X-IsFromCafe',
+      'msExchLogonMailbox',
+      'Upgrade',
+      '10.9.9.9',
+    ])
+      expect(seen).not.toContain(name);
     expect(seen).toMatch(/\r\nUser-Agent: MSRPC\r\n/);
     expect(seen).toMatch(/\r\nX-Forwarded-For: 127\.0\.0\.1\r\n/);
   });
 
-  it('sends the access record\'s X-Request-Id in the tunnelled head, never the client\'s', async () => {
+  it("sends the access record's X-Request-Id in the tunnelled head, never the client's", async () => {
     const s = await open();
     void drain(s);
-    s.write(`RPC_OUT_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001&marker=rid HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
-      `Authorization: ${basic(alice.sam, alice.password)}\r\nContent-Length: 76\r\nX-Request-Id: forged\r\n\r\n`);
+    s.write(
+      `RPC_OUT_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001&marker=rid HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
+        `Authorization: ${basic(alice.sam, alice.password)}\r\nContent-Length: 76\r\nX-Request-Id: forged\r\n\r\n`,
+    );
     const end = Date.now() + 3000;
     let seen: string | undefined;
     while (!(seen = rpc.seen.find((x) => x.head.includes('marker=rid'))?.head) && Date.now() < end) {
@@ -233,18 +295,28 @@ describe('Outlook Anywhere tunnel', () => {
 
   it('answers 502 when Exchange cannot be reached for an allowed tunnel', async () => {
     const dead = await startHarness({
-      directory: 'ldap', policy: POLICY,
-      gateway: { upstream: { url: 'https://127.0.0.1:1', ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' } },
+      directory: 'ldap',
+      policy: POLICY,
+      gateway: {
+        upstream: { url: 'https://127.0.0.1:1', ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
+      },
     });
     try {
       const s = await new Promise<TLSSocket>((resolve, reject) => {
-        const c = connect({ host: '127.0.0.1', port: dead.port, servername: EXTERNAL, ca: dead.gatewayCa }, () => resolve(c));
+        const c = connect({ host: '127.0.0.1', port: dead.port, servername: EXTERNAL, ca: dead.gatewayCa }, () =>
+          resolve(c),
+        );
         c.once('error', reject);
       });
       const reply = drain(s);
       s.write(head('RPC_IN_DATA', alice, 1073741824));
       expect((await reply).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 502 Bad Gateway');
-      expect(await dead.record((x) => x.method === 'RPC_IN_DATA')).toMatchObject({ service: 'rpc', user: 'LAB\\alice', status: 502, reason: 'upstream-error' });
+      expect(await dead.record((x) => x.method === 'RPC_IN_DATA')).toMatchObject({
+        service: 'rpc',
+        user: 'LAB\\alice',
+        status: 502,
+        reason: 'upstream-error',
+      });
     } finally {
       await dead.close();
     }

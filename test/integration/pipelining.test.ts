@@ -71,8 +71,12 @@ function exchange(plan: Plan): Promise<Exchange> {
       const want = plan.expect;
       if (want !== undefined && parseResponses(Buffer.concat(chunks)).responses.length >= want) socket.destroy();
     });
-    socket.on('end', () => { ended = 'end'; });
-    socket.on('error', (err: NodeJS.ErrnoException) => { ended = `error ${err.code ?? err.message}`; });
+    socket.on('end', () => {
+      ended = 'end';
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      ended = `error ${err.code ?? err.message}`;
+    });
     const timer = setTimeout(() => socket.destroy(), plan.timeoutMs ?? 10_000);
     socket.on('close', () => {
       clearTimeout(timer);
@@ -143,7 +147,9 @@ describe('pipelined requests are answered strictly in order', () => {
     const mark = h.mark();
     const { responses, rest, ended } = await exchange({
       writes: [get(`/owa/standin/big?bytes=${big}&pl-p`), paths.map((p) => get(p)).join('')],
-      gapMs: 700, readFromMs: 1500, timeoutMs: 20_000,
+      gapMs: 700,
+      readFromMs: 1500,
+      timeoutMs: 20_000,
     });
     const [first, ...others] = responses;
     expect(first?.status).toBe(200);
@@ -166,7 +172,8 @@ describe('pipelined requests are answered strictly in order', () => {
 
   it('allowed, denied (bob), allowed: 200, 403, 200 in order; only the allowed ones reach Exchange', async () => {
     const { responses } = await exchange({
-      writes: [get(slow('pl-b=1')) + get('/owa/pl-b/2', bob) + get('/owa/pl-b/3')], expect: 3,
+      writes: [get(slow('pl-b=1')) + get('/owa/pl-b/2', bob) + get('/owa/pl-b/3')],
+      expect: 3,
     });
     expect(responses.map((r) => r.status)).toEqual([200, 403, 200]);
     expect(echoed(responses[0] as Response)).toBe(`hello alice: GET ${slow('pl-b=1')}\n`);
@@ -176,9 +183,14 @@ describe('pipelined requests are answered strictly in order', () => {
 
   it('allowed, /ecp/ (denied to all), allowed: each judged on its own, the 403 keeps the connection', async () => {
     const { responses } = await exchange({
-      writes: [get(slow('pl-e=1')) + get('/ecp/pl-e/2') + get('/owa/pl-e/3')], timeoutMs: 3000,
+      writes: [get(slow('pl-e=1')) + get('/ecp/pl-e/2') + get('/owa/pl-e/3')],
+      timeoutMs: 3000,
     });
-    expect(responses.map((r) => [r.status, r.headers.connection])).toEqual([[200, 'keep-alive'], [403, 'keep-alive'], [200, 'keep-alive']]);
+    expect(responses.map((r) => [r.status, r.headers.connection])).toEqual([
+      [200, 'keep-alive'],
+      [403, 'keep-alive'],
+      [200, 'keep-alive'],
+    ]);
     expect(seenUrls('pl-e')).toEqual([`alice ${slow('pl-e=1')}`, 'alice /owa/pl-e/3']);
     expect(seenUrls('/ecp/')).toEqual([]);
   });
@@ -188,9 +200,13 @@ describe('pipelined requests are answered strictly in order', () => {
     // connection: it must not reach Exchange either (RFC 9112 §9.6).
     const internal = `GET /owa/pl-f/2 HTTP/1.1\r\nHost: ${INTERNAL}\r\nAuthorization: ${basic(alice.sam, alice.password)}\r\n\r\n`;
     const { responses, ended } = await exchange({
-      writes: [get(slow('pl-f=1')) + internal + get('/owa/pl-f/3')], timeoutMs: 3000,
+      writes: [get(slow('pl-f=1')) + internal + get('/owa/pl-f/3')],
+      timeoutMs: 3000,
     });
-    expect(responses.map((r) => [r.status, r.headers.connection])).toEqual([[200, 'keep-alive'], [421, 'close']]);
+    expect(responses.map((r) => [r.status, r.headers.connection])).toEqual([
+      [200, 'keep-alive'],
+      [421, 'close'],
+    ]);
     expect(echoed(responses[0] as Response)).toBe(`hello alice: GET ${slow('pl-f=1')}\n`);
     expect(ended).toBe('end');
     expect(seenUrls('pl-f')).toEqual([`alice ${slow('pl-f=1')}`]);
@@ -210,8 +226,10 @@ describe('a raw refusal waits for the answers owed to earlier requests', () => {
     expect(ended).toBe('end');
     expect(seenUrls('pl-c')).toEqual([`alice ${slow('pl-c=1')}`]);
     // Logged in the order answered, the refusal under its own request line.
-    expect(h.access.slice(mark).map((r) => [r.path, r.status]))
-      .toEqual([['/ews/standin/slow-headers', 200], ['/owa/pl-c/2', 400]]);
+    expect(h.access.slice(mark).map((r) => [r.path, r.status])).toEqual([
+      ['/ews/standin/slow-headers', 200],
+      ['/owa/pl-c/2', 400],
+    ]);
   });
 
   it('allowed, then CONNECT: the 200 first, then the 405', async () => {

@@ -5,7 +5,14 @@
 import { Client } from 'ldapts';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import {
-  AD_BIND_ERROR, DOMAIN, GROUPS, MATCHING_RULE_IN_CHAIN, SERVICE_ACCOUNT, USERS, groupDn, userDn,
+  AD_BIND_ERROR,
+  DOMAIN,
+  GROUPS,
+  MATCHING_RULE_IN_CHAIN,
+  SERVICE_ACCOUNT,
+  USERS,
+  groupDn,
+  userDn,
 } from '../helpers/ad-fixtures.js';
 import { sambaAdmin } from '../helpers/samba.js';
 
@@ -56,7 +63,10 @@ describe('Samba AD fixtures', () => {
     });
     expect(searchEntries).toHaveLength(1);
     expect(searchEntries[0]).toMatchObject({
-      dn: USERS.alice.dn, cn: 'Alice Anders', mail: 'alice@lab.test', userPrincipalName: 'alice@lab.test',
+      dn: USERS.alice.dn,
+      cn: 'Alice Anders',
+      mail: 'alice@lab.test',
+      userPrincipalName: 'alice@lab.test',
     });
   });
 
@@ -77,9 +87,16 @@ describe('Samba AD fixtures', () => {
 
   it('every other fixture user binds with the right password (UPN and LAB\\sam)', async () => {
     const active = Object.values(USERS).filter((u) => u.bindError === null);
-    expect(active.map((u) => u.sam).sort()).toEqual(
-      ['alice', 'bob', 'carol', 'grace', 'henry', 'mallory', 'obrien', 'zoe'],
-    );
+    expect(active.map((u) => u.sam).sort()).toEqual([
+      'alice',
+      'bob',
+      'carol',
+      'grace',
+      'henry',
+      'mallory',
+      'obrien',
+      'zoe',
+    ]);
     for (const u of active) {
       expect([u.sam, await bindResult(u.upn, u.password)]).toEqual([u.sam, 'ok']);
       expect([u.sam, await bindResult(u.downLevel, u.password)]).toEqual([u.sam, 'ok']);
@@ -97,7 +114,10 @@ describe('Samba AD fixtures', () => {
 
     const c = client();
     await c.bind(SERVICE_ACCOUNT.dn, SERVICE_ACCOUNT.password);
-    const { searchEntries } = await c.search(DOMAIN.baseDn, { filter: '(sAMAccountName=obrien)', attributes: ['cn', 'mail'] });
+    const { searchEntries } = await c.search(DOMAIN.baseDn, {
+      filter: '(sAMAccountName=obrien)',
+      attributes: ['cn', 'mail'],
+    });
     expect(searchEntries[0]).toMatchObject({ cn: "Seán O'Brien", mail: 'sean.obrien@lab.test' });
   });
 

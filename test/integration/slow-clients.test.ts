@@ -60,7 +60,9 @@ describe('an anonymous NTLM handshake leg', () => {
     const c = await open();
     const started = Date.now();
     c.socket.write(`POST /mapi/emsmdb/ HTTP/1.1\r\n${HOST}Authorization: ${TYPE1}\r\nContent-Length: 1000\r\n\r\n`);
-    const trickle = setInterval(() => { if (!c.socket.destroyed) c.socket.write('x'); }, 500);
+    const trickle = setInterval(() => {
+      if (!c.socket.destroyed) c.socket.write('x');
+    }, 500);
     try {
       const closedAt = await c.closed;
       expect(closedAt - started).toBeGreaterThanOrEqual(9_000);
@@ -83,7 +85,9 @@ describe('a refusal before a small body that arrives in a second write', () => {
     await expect.poll(() => statuses(c.text()), { timeout: 3000 }).toEqual([401]);
     expect(c.text()).not.toMatch(/connection: close/i);
     c.socket.write(soap);
-    c.socket.write(`POST /EWS/Exchange.asmx HTTP/1.1\r\n${HOST}Authorization: ${ALICE}\r\nContent-Length: ${soap.length}\r\n\r\n${soap}`);
+    c.socket.write(
+      `POST /EWS/Exchange.asmx HTTP/1.1\r\n${HOST}Authorization: ${ALICE}\r\nContent-Length: ${soap.length}\r\n\r\n${soap}`,
+    );
     await expect.poll(() => statuses(c.text()), { timeout: 3000 }).toEqual([401, 200]);
     expect(exchange.requests.map((r) => r.body.toString())).toEqual([soap]);
     c.socket.destroy();

@@ -15,9 +15,9 @@ import { negTokenResp, type3 } from '../helpers/ntlm-client.js';
 import { startRawExchange, type RawExchange } from '../helpers/raw-exchange.js';
 import { buildType2 } from '../../src/standin/ntlm-server.js';
 
-const POLICY = TEST_POLICY
-  .replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]')
-  + '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
+const POLICY =
+  TEST_POLICY.replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]') +
+  '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
 
 const ALICE = basic(USERS.alice.sam, USERS.alice.password);
 const BOB = basic(USERS.bob.sam, USERS.bob.password);
@@ -37,7 +37,8 @@ beforeAll(async () => {
   writeFileSync(join(certDir, 'ca.pem'), cert.cert);
   exchange = await startRawExchange(cert);
   h = await startHarness({
-    directory: 'file', policy: POLICY,
+    directory: 'file',
+    policy: POLICY,
     gateway: {
       upstream: { url: exchange.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
       services: { mapi: { auth: 'basic+ntlm' } },
@@ -70,7 +71,10 @@ async function exchangeRaw(bytes: string | Buffer, quietMs = 800): Promise<strin
       clearTimeout(timer);
       timer = setTimeout(done, quietMs);
     });
-    socket.on('close', () => { clearTimeout(timer); done(); });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      done();
+    });
     socket.write(bytes);
   });
 }
@@ -90,27 +94,100 @@ const chunked = (s: string) => `${Buffer.byteLength(s).toString(16)}\r\n${s}\r\n
 
 /** Variants refused before anything is forwarded: [name, request bytes, status]. */
 const REFUSED_HTTP: [string, string, number][] = [
-  ['CL.TE', `${EWS}${HOST}Authorization: ${ALICE}\r\n${body(chunked(SMUGGLED))}Transfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['TE.CL', `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['TE.TE two lines', `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['TE.TE xchunked', `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: xchunked\r\n\r\n${chunked(SMUGGLED)}`, 501],
-  ['TE.TE list', `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked, identity\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['TE.TE space before colon', `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding : chunked\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['TE.TE obs-fold', `${EWS}${HOST}Authorization: ${ALICE}\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['TE.TE vertical tab', `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding:\x0bchunked\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['two Content-Length', `${EWS}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\n${body(SMUGGLED)}\r\n${SMUGGLED}`, 400],
-  ['signed Content-Length', `${EWS}${HOST}Authorization: ${ALICE}\r\nContent-Length: +${SMUGGLED.length}\r\n\r\n${SMUGGLED}`, 400],
-  ['Connection names Content-Length', `${EWS}${HOST}Authorization: ${ALICE}\r\n${body(SMUGGLED)}Connection: Content-Length\r\n\r\n${SMUGGLED}`, 400],
-  ['Connection names Transfer-Encoding', `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, Transfer-Encoding\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['Connection names Host', `${EWS}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\nConnection: Host\r\n\r\n`, 400],
-  ['second Connection line names Content-Length', `${EWS}${HOST}Authorization: ${ALICE}\r\n${body(SMUGGLED)}Connection: keep-alive\r\nConnection: content-length\r\n\r\n${SMUGGLED}`, 400],
-  ['header-count overflow hides a routing cookie (NTLM Type 1, MAPI)',
+  [
+    'CL.TE',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\n${body(chunked(SMUGGLED))}Transfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
+  [
+    'TE.CL',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
+  [
+    'TE.TE two lines',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
+  [
+    'TE.TE xchunked',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: xchunked\r\n\r\n${chunked(SMUGGLED)}`,
+    501,
+  ],
+  [
+    'TE.TE list',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked, identity\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
+  [
+    'TE.TE space before colon',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding : chunked\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
+  [
+    'TE.TE obs-fold',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
+  [
+    'TE.TE vertical tab',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding:\x0bchunked\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
+  [
+    'two Content-Length',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\n${body(SMUGGLED)}\r\n${SMUGGLED}`,
+    400,
+  ],
+  [
+    'signed Content-Length',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nContent-Length: +${SMUGGLED.length}\r\n\r\n${SMUGGLED}`,
+    400,
+  ],
+  [
+    'Connection names Content-Length',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\n${body(SMUGGLED)}Connection: Content-Length\r\n\r\n${SMUGGLED}`,
+    400,
+  ],
+  [
+    'Connection names Transfer-Encoding',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, Transfer-Encoding\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
+  [
+    'Connection names Host',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\nConnection: Host\r\n\r\n`,
+    400,
+  ],
+  [
+    'second Connection line names Content-Length',
+    `${EWS}${HOST}Authorization: ${ALICE}\r\n${body(SMUGGLED)}Connection: keep-alive\r\nConnection: content-length\r\n\r\n${SMUGGLED}`,
+    400,
+  ],
+  [
+    'header-count overflow hides a routing cookie (NTLM Type 1, MAPI)',
     `POST /mapi/emsmdb/ HTTP/1.1\r\n${HOST}Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==\r\n` +
-    'TE: x\r\n'.repeat(997) + 'Cookie: X-BEResource=localhost/ecp/default.flt?~1942062522\r\nContent-Length: 0\r\n\r\n', 431],
-  ['header-count overflow hides X-AnonResource-Backend (EWS)',
-    `${EWS}${HOST}` + 'TE: x\r\n'.repeat(997) + 'Cookie: X-AnonResource-Backend=localhost/ecp/default.flt?~3\r\nContent-Length: 0\r\n\r\n', 431],
-  ['routing cookie on a second Cookie line', `GET /EWS/Exchange.asmx HTTP/1.1\r\n${HOST}Authorization: ${ALICE}\r\nCookie: a=b\r\nCookie: X-BEResource=localhost/ecp/x\r\n\r\n`, 400],
-  ['bare LF line ends', `GET /EWS/Exchange.asmx HTTP/1.1\n${HOST}Authorization: ${ALICE}\nContent-Length: ${SMUGGLED.length}\n\n${SMUGGLED}`, 400],
+      'TE: x\r\n'.repeat(997) +
+      'Cookie: X-BEResource=localhost/ecp/default.flt?~1942062522\r\nContent-Length: 0\r\n\r\n',
+    431,
+  ],
+  [
+    'header-count overflow hides X-AnonResource-Backend (EWS)',
+    `${EWS}${HOST}` +
+      'TE: x\r\n'.repeat(997) +
+      'Cookie: X-AnonResource-Backend=localhost/ecp/default.flt?~3\r\nContent-Length: 0\r\n\r\n',
+    431,
+  ],
+  [
+    'routing cookie on a second Cookie line',
+    `GET /EWS/Exchange.asmx HTTP/1.1\r\n${HOST}Authorization: ${ALICE}\r\nCookie: a=b\r\nCookie: X-BEResource=localhost/ecp/x\r\n\r\n`,
+    400,
+  ],
+  [
+    'bare LF line ends',
+    `GET /EWS/Exchange.asmx HTTP/1.1\n${HOST}Authorization: ${ALICE}\nContent-Length: ${SMUGGLED.length}\n\n${SMUGGLED}`,
+    400,
+  ],
 ];
 
 describe('HTTP path: framings refused before Exchange', () => {
@@ -123,16 +200,27 @@ describe('HTTP path: framings refused before Exchange', () => {
 
 /** NTLM structures where two readers could see two users: each refused with 400, nothing forwarded. */
 describe('HTTP path: duplicated fields in SPNEGO and NTLM structures', () => {
-  const type2 = buildType2({ challenge: Buffer.alloc(8, 7), clientFlags: 0xe2888207, domain: 'LAB', computer: 'EX1', dnsDomain: 'lab.test' });
+  const type2 = buildType2({
+    challenge: Buffer.alloc(8, 7),
+    clientFlags: 0xe2888207,
+    domain: 'LAB',
+    computer: 'EX1',
+    dnsDomain: 'lab.test',
+  });
   const bob = type3(type2, 'bob', 'LAB', USERS.bob.password);
   const alice = type3(type2, 'alice', 'LAB', 'whatever');
   const overlapped = Buffer.from(alice);
-  overlapped.copy(overlapped, 44, 36, 44);               // WorkstationFields := UserNameFields
+  overlapped.copy(overlapped, 44, 36, 44); // WorkstationFields := UserNameFields
   it.each([
-    ['two SPNEGO responseTokens (bob, then a claim of alice)', `Negotiate ${negTokenResp(bob, alice).toString('base64')}`],
+    [
+      'two SPNEGO responseTokens (bob, then a claim of alice)',
+      `Negotiate ${negTokenResp(bob, alice).toString('base64')}`,
+    ],
     ['a Type 3 whose name buffers share bytes', `NTLM ${overlapped.toString('base64')}`],
   ])('%s', async (_name, authorization) => {
-    const reply = await exchangeRaw(`POST /mapi/emsmdb/ HTTP/1.1\r\n${HOST}Authorization: ${authorization}\r\nContent-Length: 0\r\n\r\n`);
+    const reply = await exchangeRaw(
+      `POST /mapi/emsmdb/ HTTP/1.1\r\n${HOST}Authorization: ${authorization}\r\nContent-Length: 0\r\n\r\n`,
+    );
     expect(statuses(reply)).toEqual([400]);
     expect(exchange.requests).toEqual([]);
   });
@@ -148,7 +236,9 @@ describe('HTTP path: what is forwarded is exactly what was judged', () => {
   });
 
   it('a chunked body is re-framed, never passed on raw', async () => {
-    const reply = await exchangeRaw(`${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`);
+    const reply = await exchangeRaw(
+      `${EWS}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`,
+    );
     expect(statuses(reply)).toEqual([200]);
     expect(exchange.lines()).toEqual(['POST /EWS/Exchange.asmx']);
     expect(exchange.requests[0]?.body.toString('latin1')).toBe(SMUGGLED);
@@ -174,15 +264,47 @@ describe('HTTP path: what is forwarded is exactly what was judged', () => {
 });
 
 const RPC_REFUSED: [string, string, number][] = [
-  ['Connection names Content-Length (the reported exploit)', `${RPC}${HOST}Authorization: ${ALICE}\r\n${body(SMUGGLED)}Connection: Content-Length\r\n\r\n${SMUGGLED}`, 400],
-  ['Connection names Host', `${RPC}${HOST}Authorization: ${ALICE}\r\n${body(SMUGGLED)}Connection: Host\r\n\r\n${SMUGGLED}`, 400],
-  ['Connection names Authorization', `${RPC}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\nConnection: Authorization\r\n\r\n`, 400],
-  ['CL.TE', `${RPC}${HOST}Authorization: ${ALICE}\r\n${body(chunked(SMUGGLED))}Transfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`, 400],
+  [
+    'Connection names Content-Length (the reported exploit)',
+    `${RPC}${HOST}Authorization: ${ALICE}\r\n${body(SMUGGLED)}Connection: Content-Length\r\n\r\n${SMUGGLED}`,
+    400,
+  ],
+  [
+    'Connection names Host',
+    `${RPC}${HOST}Authorization: ${ALICE}\r\n${body(SMUGGLED)}Connection: Host\r\n\r\n${SMUGGLED}`,
+    400,
+  ],
+  [
+    'Connection names Authorization',
+    `${RPC}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\nConnection: Authorization\r\n\r\n`,
+    400,
+  ],
+  [
+    'CL.TE',
+    `${RPC}${HOST}Authorization: ${ALICE}\r\n${body(chunked(SMUGGLED))}Transfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`,
+    400,
+  ],
   ['TE only', `${RPC}${HOST}Authorization: ${ALICE}\r\nTransfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`, 400],
-  ['two Content-Length', `${RPC}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\n${body(SMUGGLED)}\r\n${SMUGGLED}`, 400],
-  ['header-count overflow', `${RPC}${HOST}Authorization: ${ALICE}\r\n${'TE: x\r\n'.repeat(997)}Cookie: X-BEResource=localhost/ecp/x\r\nContent-Length: 0\r\n\r\n`, 431],
-  ['routing cookie on a second Cookie line', `${RPC}${HOST}Authorization: ${ALICE}\r\nCookie: a=b\r\nCookie: X-BEResource=x\r\nContent-Length: 0\r\n\r\n`, 400],
-  ['a head over 16 KiB that ends in the same read', `${RPC}${HOST}Authorization: ${ALICE}\r\nX-Pad: ${'a'.repeat(20_000)}\r\nContent-Length: 0\r\n\r\n`, 431],
+  [
+    'two Content-Length',
+    `${RPC}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\n${body(SMUGGLED)}\r\n${SMUGGLED}`,
+    400,
+  ],
+  [
+    'header-count overflow',
+    `${RPC}${HOST}Authorization: ${ALICE}\r\n${'TE: x\r\n'.repeat(997)}Cookie: X-BEResource=localhost/ecp/x\r\nContent-Length: 0\r\n\r\n`,
+    431,
+  ],
+  [
+    'routing cookie on a second Cookie line',
+    `${RPC}${HOST}Authorization: ${ALICE}\r\nCookie: a=b\r\nCookie: X-BEResource=x\r\nContent-Length: 0\r\n\r\n`,
+    400,
+  ],
+  [
+    'a head over 16 KiB that ends in the same read',
+    `${RPC}${HOST}Authorization: ${ALICE}\r\nX-Pad: ${'a'.repeat(20_000)}\r\nContent-Length: 0\r\n\r\n`,
+    431,
+  ],
 ];
 
 describe('Outlook Anywhere tunnel: framings refused before Exchange', () => {
@@ -228,8 +350,10 @@ describe('Outlook Anywhere tunnel: exactly one declared body, with the framing i
     const got: Buffer[] = [];
     socket.on('data', (d: Buffer) => got.push(d));
     socket.write(`${RPC}${HOST}Authorization: ${ALICE}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`);
-    await expect.poll(() => Buffer.concat(got).toString('latin1'), { timeout: 5000 }).toContain('HTTP/1.1 100 Continue\r\n\r\n');
-    expect(exchange.requests).toEqual([]);                // the body has not been sent yet
+    await expect
+      .poll(() => Buffer.concat(got).toString('latin1'), { timeout: 5000 })
+      .toContain('HTTP/1.1 100 Continue\r\n\r\n');
+    expect(exchange.requests).toEqual([]); // the body has not been sent yet
     socket.write('hello');
     await expect.poll(() => exchange.requests.length, { timeout: 5000 }).toBe(1);
     expect(exchange.requests[0]?.body.toString()).toBe('hello');
@@ -239,14 +363,18 @@ describe('Outlook Anywhere tunnel: exactly one declared body, with the framing i
   });
 
   it('Expect: 100-continue from a user who is not allowed gets the refusal, never a 100', async () => {
-    const reply = await exchangeRaw(`${RPC}${HOST}Authorization: ${BOB}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`);
+    const reply = await exchangeRaw(
+      `${RPC}${HOST}Authorization: ${BOB}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`,
+    );
     expect(reply).not.toContain('100 Continue');
     expect(statuses(reply)).toEqual([403]);
     expect(exchange.requests).toEqual([]);
   });
 
   it('an Expect other than 100-continue is refused with 417', async () => {
-    const reply = await exchangeRaw(`${RPC}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\nExpect: 200-ok\r\n\r\n`);
+    const reply = await exchangeRaw(
+      `${RPC}${HOST}Authorization: ${ALICE}\r\nContent-Length: 0\r\nExpect: 200-ok\r\n\r\n`,
+    );
     expect(statuses(reply)).toEqual([417]);
     expect(exchange.requests).toEqual([]);
   });

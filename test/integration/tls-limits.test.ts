@@ -14,7 +14,14 @@ import { holdWith503 } from '../../src/runtime/holding.js';
 import { loadTlsMaterial } from '../../src/runtime/tls.js';
 import { USERS } from '../helpers/ad-fixtures.js';
 import {
-  basic, EXTERNAL, freePort, send, startHarness, TEST_POLICY, watchForwarded, type Harness,
+  basic,
+  EXTERNAL,
+  freePort,
+  send,
+  startHarness,
+  TEST_POLICY,
+  watchForwarded,
+  type Harness,
 } from '../helpers/gateway-harness.js';
 
 const HANDSHAKE_MS = 1000;
@@ -22,9 +29,9 @@ const N = 50;
 /** Generous: the machine running the tests is shared. Still well short of any idle timeout. */
 const MARGIN_MS = 4000;
 const TLS = { cert: 'gateway.crt', key: 'gateway.key', selfSigned: true, handshakeTimeoutMs: HANDSHAKE_MS };
-const RPC_ALLOWED = TEST_POLICY
-  .replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]')
-  + '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
+const RPC_ALLOWED =
+  TEST_POLICY.replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]') +
+  '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n';
 const { alice } = USERS;
 
 let clientHello: Buffer;
@@ -36,11 +43,13 @@ beforeAll(async () => {
 /** The first flight of a real TLS client, recorded by a plain TCP listener. */
 async function captureClientHello(): Promise<Buffer> {
   return new Promise((resolve) => {
-    const server = createServer((c) => c.once('data', (d: Buffer) => {
-      resolve(d);
-      c.destroy();
-      server.close();
-    }));
+    const server = createServer((c) =>
+      c.once('data', (d: Buffer) => {
+        resolve(d);
+        c.destroy();
+        server.close();
+      }),
+    );
     server.listen(0, '127.0.0.1', () => {
       const port = (server.address() as { port: number }).port;
       tlsConnect({ host: '127.0.0.1', port, servername: EXTERNAL, rejectUnauthorized: false }).on('error', () => {});
@@ -64,14 +73,22 @@ async function stalledHandshakes(port: number): Promise<Record<Stall, number> & 
     const s = createConnection({ host: '127.0.0.1', port });
     sockets.push(s);
     s.on('error', () => {});
-    s.once('close', () => { closed[kind]++; });
-    opened.push(new Promise((r) => s.once('connect', () => {
-      if (kind === 'half') s.write(clientHello.subarray(0, clientHello.length >> 1));
-      let sent = 0;
-      const drip = () => { if (!s.destroyed) s.write(clientHello.subarray(sent, ++sent)); };
-      if (kind === 'trickle') timers.push(setInterval(drip, 100));
-      r();
-    })));
+    s.once('close', () => {
+      closed[kind]++;
+    });
+    opened.push(
+      new Promise((r) =>
+        s.once('connect', () => {
+          if (kind === 'half') s.write(clientHello.subarray(0, clientHello.length >> 1));
+          let sent = 0;
+          const drip = () => {
+            if (!s.destroyed) s.write(clientHello.subarray(sent, ++sent));
+          };
+          if (kind === 'trickle') timers.push(setInterval(drip, 100));
+          r();
+        }),
+      ),
+    );
   };
   for (let i = 0; i < N; i++) for (const kind of ['silent', 'half', 'trickle'] as const) open(kind);
   await Promise.all(opened);
@@ -92,23 +109,30 @@ async function stalledHandshakes(port: number): Promise<Record<Stall, number> & 
  */
 function renegotiateFirst(port: number): Promise<{ renegotiated: boolean; code?: string; socket: TLSSocket }> {
   return new Promise((resolve, reject) => {
-    const socket = tlsConnect({
-      host: '127.0.0.1', port, servername: EXTERNAL, maxVersion: 'TLSv1.2', rejectUnauthorized: false,
-    }, () => {
-      socket.off('error', reject);
-      let settled = false;
-      const settle = (renegotiated: boolean, code?: string) => {
-        if (!settled) resolve({ renegotiated, code, socket });
-        settled = true;
-      };
-      // The refusal, then perhaps a reset: a second error must not go unhandled.
-      socket.on('error', (err: NodeJS.ErrnoException) => settle(false, err.code));
-      socket.once('close', () => settle(false, 'closed'));
-      const started = socket.renegotiate({ rejectUnauthorized: false }, (err: NodeJS.ErrnoException | null) => {
-        settle(!err, err?.code);
-      });
-      if (!started) settle(false, 'not started');
-    });
+    const socket = tlsConnect(
+      {
+        host: '127.0.0.1',
+        port,
+        servername: EXTERNAL,
+        maxVersion: 'TLSv1.2',
+        rejectUnauthorized: false,
+      },
+      () => {
+        socket.off('error', reject);
+        let settled = false;
+        const settle = (renegotiated: boolean, code?: string) => {
+          if (!settled) resolve({ renegotiated, code, socket });
+          settled = true;
+        };
+        // The refusal, then perhaps a reset: a second error must not go unhandled.
+        socket.on('error', (err: NodeJS.ErrnoException) => settle(false, err.code));
+        socket.once('close', () => settle(false, 'closed'));
+        const started = socket.renegotiate({ rejectUnauthorized: false }, (err: NodeJS.ErrnoException | null) => {
+          settle(!err, err?.code);
+        });
+        if (!started) settle(false, 'not started');
+      },
+    );
     socket.once('error', reject);
   });
 }
@@ -119,7 +143,9 @@ function renegotiateFirst(port: number): Promise<{ renegotiated: boolean; code?:
  */
 async function requestAfterRefusal(socket: TLSSocket, marker: string): Promise<string> {
   let reply = '';
-  socket.on('data', (d: Buffer) => { reply += d.toString('latin1'); });
+  socket.on('data', (d: Buffer) => {
+    reply += d.toString('latin1');
+  });
   const closed = new Promise<void>((r) => (socket.destroyed ? r() : socket.once('close', () => r())));
   if (!socket.destroyed) {
     const authorization = basic(alice.sam, alice.password);
@@ -174,7 +200,7 @@ describe('the 503 holding server (directory down at startup)', () => {
   let h: Harness;
   beforeAll(async () => {
     h = await startHarness({ directory: 'file', gateway: { tls: TLS } });
-    await h.running.close();                         // keep the files: the holding server uses the same config
+    await h.running.close(); // keep the files: the holding server uses the same config
   });
   afterAll(async () => {
     await h?.standin.close();

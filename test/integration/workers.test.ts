@@ -11,9 +11,17 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify, parse } from 'yaml';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { basic, EXTERNAL, freePort, makeCert, send, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
+import {
+  basic,
+  EXTERNAL,
+  freePort,
+  makeCert,
+  send,
+  startHarness,
+  TEST_POLICY,
+  type Harness,
+} from '../helpers/gateway-harness.js';
 import { startRpcUpstream, type RpcUpstream } from '../helpers/rpc-upstream.js';
-
 
 let h: Harness;
 let child: ChildProcess;
@@ -24,7 +32,7 @@ let file: string;
 
 beforeAll(async () => {
   h = await startHarness({ directory: 'file' });
-  await h.running.close();                                   // keep the stand-in and the files; serve as processes
+  await h.running.close(); // keep the stand-in and the files; serve as processes
   port = await freePort();
   adminPort = await freePort();
   const config = parse(readFileSync(h.configFile, 'utf8')) as Record<string, unknown>;
@@ -36,7 +44,9 @@ beforeAll(async () => {
   });
   file = join(h.dir, 'workers.yaml');
   writeFileSync(file, stringify(config));
-  child = serveWorkers(file, (d) => { stderr += d; });
+  child = serveWorkers(file, (d) => {
+    stderr += d;
+  });
   await listening(() => stderr);
 });
 afterAll(async () => {
@@ -48,24 +58,25 @@ const target = () => ({ ...h, origin: `https://127.0.0.1:${port}`, port });
 
 describe('workers', () => {
   it('serves from both workers on one port', async () => {
-    for (let i = 0; i < 6; i++) expect((await send(target(), '/owa/', { user: 'alice', password: USERS.alice.password })).status).toBe(200);
+    for (let i = 0; i < 6; i++)
+      expect((await send(target(), '/owa/', { user: 'alice', password: USERS.alice.password })).status).toBe(200);
     const pids = new Set([...stderr.matchAll(/"pid":(\d+)[^\n]*"msg":"exgate listening"/g)].map((m) => m[1]));
     expect(pids.size).toBe(2);
   });
 
   it('keeps one lockout across workers: failures seen by one lock the account in all', async () => {
     for (const guess of ['w1', 'w2', 'w3']) {
-      expect((await send(target(), '/owa/', { user: 'grace', password: guess })).status).toBe(401);   // a new connection each: spread over workers
+      expect((await send(target(), '/owa/', { user: 'grace', password: guess })).status).toBe(401); // a new connection each: spread over workers
     }
-    await new Promise((r) => setTimeout(r, 200));                // the relay through the primary
+    await new Promise((r) => setTimeout(r, 200)); // the relay through the primary
     for (let i = 0; i < 4; i++) {
       const r = await send(target(), '/owa/', { user: 'grace', password: USERS.grace.password });
-      expect(r.status).toBe(401);                                  // gateway-lockout on every worker
+      expect(r.status).toBe(401); // gateway-lockout on every worker
     }
     expect(h.standin.seen((r) => r.user === 'grace')).toBe(0);
   });
 
-  it('aggregates the workers\' metrics in the primary\'s admin listener', async () => {
+  it("aggregates the workers' metrics in the primary's admin listener", async () => {
     const text = await (await request(`http://127.0.0.1:${adminPort}/metrics`)).body.text();
     const allowed = /exgate_requests_total\{service="owa",decision="allow",reason="allowed"\} (\d+)/.exec(text);
     expect(Number(allowed?.[1])).toBeGreaterThanOrEqual(6);
@@ -85,19 +96,24 @@ describe('workers', () => {
   it('counts attempts in flight on every worker: a parallel burst of wrong passwords gets at most the threshold of binds', async () => {
     const badCredentials = async () => {
       const text = await (await request(`http://127.0.0.1:${adminPort}/metrics`)).body.text();
-      return [...text.matchAll(/exgate_requests_total\{[^}]*reason="bad-credentials"\} (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+      return [...text.matchAll(/exgate_requests_total\{[^}]*reason="bad-credentials"\} (\d+)/g)].reduce(
+        (n, m) => n + Number(m[1]),
+        0,
+      );
     };
     const before = await badCredentials();
     const guesses = Array.from({ length: 12 }, (_, i) => `burst-${i}`);
-    const statuses = await Promise.all(guesses.map((g) => send(target(), '/owa/', { user: 'henry', password: g }).then((r) => r.status)));
+    const statuses = await Promise.all(
+      guesses.map((g) => send(target(), '/owa/', { user: 'henry', password: g }).then((r) => r.status)),
+    );
     expect(statuses.every((s) => s === 401)).toBe(true);
-    expect((await badCredentials()) - before).toBeLessThanOrEqual(3);   // threshold 3: the rest are refused before a bind
+    expect((await badCredentials()) - before).toBeLessThanOrEqual(3); // threshold 3: the rest are refused before a bind
     expect(h.standin.seen((r) => r.user === 'henry')).toBe(0);
   });
 
   it('applies a new lockout threshold on SIGHUP in every worker and in the primary', async () => {
     const config = parse(readFileSync(file, 'utf8')) as { lockout: Record<string, unknown> };
-    config.lockout.threshold = 10;                               // grace, locked at 3, may try again
+    config.lockout.threshold = 10; // grace, locked at 3, may try again
     writeFileSync(file, stringify(config));
     const reloads = () => (stderr.match(/"msg":"reloaded"/g) ?? []).length;
     const before = reloads();
@@ -107,7 +123,8 @@ describe('workers', () => {
       if (Date.now() > end) throw new Error(`workers did not reload:\n${stderr}`);
       await new Promise((r) => setTimeout(r, 50));
     }
-    for (let i = 0; i < 4; i++) expect((await send(target(), '/owa/', { user: 'grace', password: USERS.grace.password })).status).toBe(200);
+    for (let i = 0; i < 4; i++)
+      expect((await send(target(), '/owa/', { user: 'grace', password: USERS.grace.password })).status).toBe(200);
   });
 
   it('stops every worker and the primary on SIGTERM, exit 0', async () => {
@@ -120,7 +137,11 @@ describe('workers', () => {
 
 /** `exgate serve` as a process; its stderr goes to `onErr`. */
 function serveWorkers(config: string, onErr: (text: string) => void): ChildProcess {
-  const p = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'bin', 'exgate.js'), 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const p = spawn(
+    process.execPath,
+    [join(import.meta.dirname, '..', '..', 'bin', 'exgate.js'), 'serve', '--config', config],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   p.stderr!.on('data', (d: Buffer) => onErr(d.toString()));
   return p;
 }
@@ -143,11 +164,15 @@ describe('workers: one Outlook Anywhere tunnel cap for all of them', () => {
   beforeAll(async () => {
     const cert = makeCert(h.dir, 'rpc', ['exchange-be.lab.test']);
     writeFileSync(join(h.dir, 'rpc-ca.pem'), cert.cert);
-    rpc = await startRpcUpstream(cert, 1 << 30, 0);                 // RPC_IN_DATA: holds the tunnel open
+    rpc = await startRpcUpstream(cert, 1 << 30, 0); // RPC_IN_DATA: holds the tunnel open
     rpcPort = await freePort();
-    writeFileSync(join(h.dir, 'rpc-policy.yaml'), TEST_POLICY
-      .replace('services: [rpc, ecp, powershell, mrsproxy, api]', 'services: [ecp, powershell, mrsproxy, api]')
-      + '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n');
+    writeFileSync(
+      join(h.dir, 'rpc-policy.yaml'),
+      TEST_POLICY.replace(
+        'services: [rpc, ecp, powershell, mrsproxy, api]',
+        'services: [ecp, powershell, mrsproxy, api]',
+      ) + '  - id: outlook-anywhere\n    services: [rpc]\n    allow: { groups: [AllowExternalAccess] }\n',
+    );
     const config = parse(readFileSync(h.configFile, 'utf8')) as Record<string, unknown>;
     Object.assign(config, {
       workers: 2,
@@ -157,7 +182,9 @@ describe('workers: one Outlook Anywhere tunnel cap for all of them', () => {
       services: { rpc: { maxTunnelsPerSource: 1 } },
     });
     writeFileSync(join(h.dir, 'rpc-workers.yaml'), stringify(config));
-    gw = serveWorkers(join(h.dir, 'rpc-workers.yaml'), (d) => { err += d; });
+    gw = serveWorkers(join(h.dir, 'rpc-workers.yaml'), (d) => {
+      err += d;
+    });
     await listening(() => err);
   });
   afterAll(async () => {
@@ -168,20 +195,27 @@ describe('workers: one Outlook Anywhere tunnel cap for all of them', () => {
   it('allows one tunnel per address across both workers; the others get 429 and reach nothing', async () => {
     const sockets: TLSSocket[] = [];
     const replies: string[] = ['', '', '', ''];
-    for (let i = 0; i < 4; i++) {                                   // round robin: both workers get two
+    for (let i = 0; i < 4; i++) {
+      // round robin: both workers get two
       const s = await new Promise<TLSSocket>((resolve, reject) => {
-        const c = connect({ host: '127.0.0.1', port: rpcPort, servername: EXTERNAL, ca: h.gatewayCa }, () => resolve(c));
+        const c = connect({ host: '127.0.0.1', port: rpcPort, servername: EXTERNAL, ca: h.gatewayCa }, () =>
+          resolve(c),
+        );
         c.once('error', reject);
       });
-      s.on('data', (d: Buffer) => { replies[i] += d.toString('latin1'); });
+      s.on('data', (d: Buffer) => {
+        replies[i] += d.toString('latin1');
+      });
       s.on('error', () => {});
-      s.write(`RPC_IN_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
-        `Authorization: ${basic('alice', USERS.alice.password)}\r\nContent-Length: 1073741824\r\nUser-Agent: MSRPC\r\n\r\n`);
+      s.write(
+        `RPC_IN_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1\r\nHost: ${EXTERNAL}\r\n` +
+          `Authorization: ${basic('alice', USERS.alice.password)}\r\nContent-Length: 1073741824\r\nUser-Agent: MSRPC\r\n\r\n`,
+      );
       sockets.push(s);
-      await new Promise((r) => setTimeout(r, 300));                 // settled before the next one
+      await new Promise((r) => setTimeout(r, 300)); // settled before the next one
     }
     const refused = replies.filter((r) => r.startsWith('HTTP/1.1 429 Too Many Requests')).length;
-    expect(replies.filter((r) => r === '').length).toBe(1);          // the one tunnel: open, nothing answered yet
+    expect(replies.filter((r) => r === '').length).toBe(1); // the one tunnel: open, nothing answered yet
     expect(refused).toBe(3);
     expect(rpc.seen.filter((x) => x.head.startsWith('RPC_IN_DATA')).length).toBe(1);
     const pids = new Set([...err.matchAll(/"pid":(\d+)[^\n]*"msg":"exgate listening"/g)].map((m) => m[1]));

@@ -25,7 +25,9 @@ describe('AccessFile', () => {
     const f = new AccessFile(join(dir, 'a', 'access.log'));
     for (let i = 0; i < 100; i++) f.write(`${i}\n`);
     await f.close();
-    expect(readFileSync(join(dir, 'a', 'access.log'), 'utf8')).toBe(Array.from({ length: 100 }, (_, i) => `${i}\n`).join(''));
+    expect(readFileSync(join(dir, 'a', 'access.log'), 'utf8')).toBe(
+      Array.from({ length: 100 }, (_, i) => `${i}\n`).join(''),
+    );
   });
 
   it('reports a failed write (ENOSPC on /dev/full) instead of throwing, and keeps taking records', async () => {
@@ -33,7 +35,10 @@ describe('AccessFile', () => {
     const f = new AccessFile('/dev/full', { onWriteError: (e) => errors.push(e.code ?? '') });
     const stderr = process.stderr.write;
     const diverted: string[] = [];
-    process.stderr.write = ((chunk: string | Uint8Array) => { diverted.push(String(chunk)); return true; }) as typeof process.stderr.write;
+    process.stderr.write = ((chunk: string | Uint8Array) => {
+      diverted.push(String(chunk));
+      return true;
+    }) as typeof process.stderr.write;
     try {
       f.write('{"n":1}\n');
       await f.drain();

@@ -6,7 +6,12 @@ import { appLogger } from '../../src/pipeline/access-log.js';
 
 function capture(): { stream: Writable; text: () => string } {
   let out = '';
-  const stream = new Writable({ write(chunk, _enc, cb) { out += String(chunk); cb(); } });
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      out += String(chunk);
+      cb();
+    },
+  });
   return { stream, text: () => out };
 }
 

@@ -26,13 +26,26 @@ const MIN = 60 * S;
 const LATENCY = 2;
 const AD_THRESHOLD = 12;
 const AD_WINDOW = 30 * MIN;
-const LOCKOUT: LockoutSettings = { threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 14 * 86_400, max: 100_000 };
-const CACHE: CacheSettings = { max: 10_000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 };
+const LOCKOUT: LockoutSettings = {
+  threshold: 5,
+  windowSeconds: 1800,
+  sourceAccounts: 10,
+  sourceFailures: 50,
+  familiarSeconds: 14 * 86_400,
+  max: 100_000,
+};
+const CACHE: CacheSettings = {
+  max: 10_000,
+  authTtlSeconds: 300,
+  groupTtlSeconds: 60,
+  negativeTtlSeconds: 30,
+  staleIfErrorSeconds: 0,
+};
 const BOUND = 2 * LOCKOUT.threshold;
 
 const DOMAIN = { netbios: 'LAB', upnSuffixes: ['lab.test'] };
 const RIGHT = 'Right-1';
-const HOME = '198.51.100.1';       // the user's phone signs in from here first: familiar
+const HOME = '198.51.100.1'; // the user's phone signs in from here first: familiar
 const ATTACKER = '203.0.113.5';
 
 /** One AD account's lockout bookkeeping. */
@@ -51,11 +64,25 @@ class FakeAd implements Directory {
   binds = 0;
   readonly users = new Map<string, AdUser>();
 
-  constructor(private readonly clock: { t: number }, names: readonly string[]) {
+  constructor(
+    private readonly clock: { t: number },
+    names: readonly string[],
+  ) {
     for (const sam of names) {
       this.users.set(sam, {
-        account: { dn: `CN=${sam},CN=Users,DC=lab,DC=test`, sam, user: `LAB\\${sam}`, upn: `${sam}@lab.test`, mail: null },
-        password: RIGHT, passwordSetAt: 0, badPwdCount: 0, badPasswordTime: -Infinity, maxBad: 0, locked: false,
+        account: {
+          dn: `CN=${sam},CN=Users,DC=lab,DC=test`,
+          sam,
+          user: `LAB\\${sam}`,
+          upn: `${sam}@lab.test`,
+          mail: null,
+        },
+        password: RIGHT,
+        passwordSetAt: 0,
+        badPwdCount: 0,
+        badPasswordTime: -Infinity,
+        maxBad: 0,
+        locked: false,
       });
     }
   }
@@ -83,7 +110,7 @@ class FakeAd implements Directory {
   }
 
   async findAccount(logon: Logon & { kind: 'sam' | 'upn' }): Promise<Account | null> {
-    const sam = (logon.kind === 'sam' ? logon.sam : logon.upn.split('@')[0] ?? '').toLowerCase();
+    const sam = (logon.kind === 'sam' ? logon.sam : (logon.upn.split('@')[0] ?? '')).toLowerCase();
     return this.users.get(sam)?.account ?? null;
   }
   async verifyPassword(account: Account, password: string): Promise<PasswordCheck> {
@@ -95,11 +122,21 @@ class FakeAd implements Directory {
     const u = this.user(account.sam);
     return { refusal: u.locked ? 'account-locked' : null, passwordSetAt: u.passwordSetAt };
   }
-  async memberships(): Promise<ReadonlySet<string>> { return new Set(); }
-  async groupsOf(): Promise<readonly GroupRef[]> { return []; }
-  async resolveGroup(): Promise<GroupRef | null> { return null; }
-  async listMailboxes(): Promise<readonly Account[]> { return []; }
-  async membersOf(): Promise<ReadonlySet<string>> { return new Set(); }
+  async memberships(): Promise<ReadonlySet<string>> {
+    return new Set();
+  }
+  async groupsOf(): Promise<readonly GroupRef[]> {
+    return [];
+  }
+  async resolveGroup(): Promise<GroupRef | null> {
+    return null;
+  }
+  async listMailboxes(): Promise<readonly Account[]> {
+    return [];
+  }
+  async membersOf(): Promise<ReadonlySet<string>> {
+    return new Set();
+  }
   async ping(): Promise<void> {}
   async close(): Promise<void> {}
 }
@@ -114,7 +151,13 @@ function setup() {
     authenticateBasic(auth, basic(user, password), { source, groupDns: [], policyVersion: 'v1' });
   /** An NTLM Type 3 through the gateway; when it is forwarded, Exchange's DC judges it and settle() hears. */
   const ntlm = async (user: string, rightPassword: boolean, fingerprint: string, source: string) => {
-    const o = await auth.claim({ logon: parseLogon(user, DOMAIN), fingerprint, source, groupDns: [], policyVersion: 'v1' });
+    const o = await auth.claim({
+      logon: parseLogon(user, DOMAIN),
+      fingerprint,
+      source,
+      groupDns: [],
+      policyVersion: 'v1',
+    });
     if (!o.ok) return o;
     clock.t += LATENCY;
     const verdict = ad.logon(o.identity.sam, rightPassword);
@@ -132,7 +175,19 @@ function setup() {
     expect(alice.maxBad).toBeLessThanOrEqual(BOUND);
     expect(alice.locked).toBe(false);
   };
-  return { clock, ad, auth, alice, login, ntlm, userSignsIn, expectAdSafe, advance: (ms: number) => { clock.t += ms; } };
+  return {
+    clock,
+    ad,
+    auth,
+    alice,
+    login,
+    ntlm,
+    userSignsIn,
+    expectAdSafe,
+    advance: (ms: number) => {
+      clock.t += ms;
+    },
+  };
 }
 
 type Activity = 'idle' | 'active';
@@ -140,7 +195,13 @@ type Activity = 'idle' | 'active';
 const ACTIVITY: Activity[] = ['idle', 'active'];
 
 /** Runs `steps` attack steps `every` ms apart; an active user signs in from home every 5 minutes. */
-async function run(t: ReturnType<typeof setup>, activity: Activity, steps: number, every: number, attack: (i: number) => Promise<unknown>) {
+async function run(
+  t: ReturnType<typeof setup>,
+  activity: Activity,
+  steps: number,
+  every: number,
+  attack: (i: number) => Promise<unknown>,
+) {
   let nextUser = t.clock.t + 5 * MIN;
   for (let i = 0; i < steps; i++) {
     await attack(i);
@@ -159,20 +220,23 @@ describe('AD model: the gateway alone never locks an account in AD', () => {
     await run(t, activity, (3 * 60 * MIN) / (31 * S), 31 * S, () => t.login('alice', 'Summer2026!', ATTACKER));
     await t.userSignsIn();
     t.expectAdSafe();
-    expect(t.alice.maxBad).toBeLessThanOrEqual(2);                  // at most one bind per quiet window
-    if (activity === 'idle') expect(t.ad.binds).toBeLessThanOrEqual(2 + 3 * 60 / 30);
+    expect(t.alice.maxBad).toBeLessThanOrEqual(2); // at most one bind per quiet window
+    if (activity === 'idle') expect(t.ad.binds).toBeLessThanOrEqual(2 + (3 * 60) / 30);
   });
 
-  it.each(ACTIVITY)('B: a new wrong password every windowSeconds / threshold (6 min) for 6 hours, user %s', async (activity) => {
-    const t = setup();
-    await t.userSignsIn();
-    const step = (LOCKOUT.windowSeconds * S) / LOCKOUT.threshold;
-    await run(t, activity, (6 * 60 * MIN) / step, step, (i) => t.login('alice', `guess-${i}`, ATTACKER));
-    await t.userSignsIn();
-    t.expectAdSafe();
-  });
+  it.each(ACTIVITY)(
+    'B: a new wrong password every windowSeconds / threshold (6 min) for 6 hours, user %s',
+    async (activity) => {
+      const t = setup();
+      await t.userSignsIn();
+      const step = (LOCKOUT.windowSeconds * S) / LOCKOUT.threshold;
+      await run(t, activity, (6 * 60 * MIN) / step, step, (i) => t.login('alice', `guess-${i}`, ATTACKER));
+      await t.userSignsIn();
+      t.expectAdSafe();
+    },
+  );
 
-  it.each(ACTIVITY)('B\': the same, one second slower (the review\'s timing), user %s', async (activity) => {
+  it.each(ACTIVITY)("B': the same, one second slower (the review's timing), user %s", async (activity) => {
     const t = setup();
     await t.userSignsIn();
     await run(t, activity, 60, 6 * MIN + S, (i) => t.login('alice', `guess-${i}`, ATTACKER));
@@ -180,17 +244,22 @@ describe('AD model: the gateway alone never locks an account in AD', () => {
     t.expectAdSafe();
   });
 
-  it.each(ACTIVITY)('B\'\': a botnet, a new address and a new wrong password every 20 s for 3 hours, user %s', async (activity) => {
-    const t = setup();
-    await t.userSignsIn();
-    await run(t, activity, (3 * 60 * MIN) / (20 * S), 20 * S, (i) => t.login('alice', `guess-${i}`, `192.0.2.${i % 250}`));
-    await t.userSignsIn();
-    t.expectAdSafe();
-  });
+  it.each(ACTIVITY)(
+    "B'': a botnet, a new address and a new wrong password every 20 s for 3 hours, user %s",
+    async (activity) => {
+      const t = setup();
+      await t.userSignsIn();
+      await run(t, activity, (3 * 60 * MIN) / (20 * S), 20 * S, (i) =>
+        t.login('alice', `guess-${i}`, `192.0.2.${i % 250}`),
+      );
+      await t.userSignsIn();
+      t.expectAdSafe();
+    },
+  );
 
   it('C: attacker failures between cache-hit sign-ins from new addresses (a roaming phone)', async () => {
     const t = setup();
-    await t.userSignsIn();                                          // a bind: AD at 0
+    await t.userSignsIn(); // a bind: AD at 0
     for (let round = 0; round < 20; round++) {
       for (let i = 0; i < 4; i++) await t.login('alice', `r${round}-g${i}`, ATTACKER);
       t.advance(10 * S);
@@ -199,13 +268,13 @@ describe('AD model: the gateway alone never locks an account in AD', () => {
       // full and a new address is refused by the gateway: the price of smart lockout, not AD's.
       if (round === 0) expect(roam.ok && roam.cache).toBe('hit');
       else expect(roam.ok ? 'ok' : roam.reason).toBe('gateway-lockout');
-      await t.userSignsIn();                                        // home keeps working
+      await t.userSignsIn(); // home keeps working
     }
     await t.userSignsIn();
     t.expectAdSafe();
   });
 
-  it.each(ACTIVITY)('C\': attacker guesses fast (one a second) for an hour, user %s', async (activity) => {
+  it.each(ACTIVITY)("C': attacker guesses fast (one a second) for an hour, user %s", async (activity) => {
     const t = setup();
     await t.userSignsIn();
     await run(t, activity, 3600, S, (i) => t.login('alice', `guess-${i}`, ATTACKER));
@@ -213,7 +282,7 @@ describe('AD model: the gateway alone never locks an account in AD', () => {
     t.expectAdSafe();
   });
 
-  it('NTLM and Basic attempts mixed: Exchange\'s DC refusals count in the same class', async () => {
+  it("NTLM and Basic attempts mixed: Exchange's DC refusals count in the same class", async () => {
     const t = setup();
     await t.userSignsIn();
     for (let i = 0; i < 300; i++) {
@@ -227,14 +296,14 @@ describe('AD model: the gateway alone never locks an account in AD', () => {
 
   it('after a password reset, a phone retrying the old password every 30 s for 4 hours while the user works', async () => {
     const t = setup();
-    await t.login('alice', RIGHT, HOME);                            // the phone, with the password of the day
+    await t.login('alice', RIGHT, HOME); // the phone, with the password of the day
     t.advance(1 * MIN);
-    t.alice.password = 'New-2';                                     // the admin resets it
+    t.alice.password = 'New-2'; // the admin resets it
     t.alice.passwordSetAt = t.clock.t;
     let nextLaptop = t.clock.t;
     for (let i = 0; i < (4 * 60 * MIN) / (30 * S); i++) {
       const phone = await t.login('alice', RIGHT, HOME);
-      if (i > 2) expect(phone).toMatchObject({ ok: false });        // at most groupTtlSeconds of the old password
+      if (i > 2) expect(phone).toMatchObject({ ok: false }); // at most groupTtlSeconds of the old password
       if (t.clock.t >= nextLaptop) {
         expect((await t.login('alice', 'New-2', HOME)).ok).toBe(true);
         nextLaptop += 10 * MIN;
@@ -245,11 +314,11 @@ describe('AD model: the gateway alone never locks an account in AD', () => {
   });
   it('familiar and unfamiliar failures, staggered so that one class resets while AD still counts both', async () => {
     const t = setup();
-    await t.userSignsIn();                                          // a bind: AD at 0, HOME familiar
-    for (let i = 0; i < 5; i++) await t.login('alice', `attack-${i}`, ATTACKER);    // AD 5, unfamiliar class full
+    await t.userSignsIn(); // a bind: AD at 0, HOME familiar
+    for (let i = 0; i < 5; i++) await t.login('alice', `attack-${i}`, ATTACKER); // AD 5, unfamiliar class full
     t.advance(25 * MIN);
-    for (let i = 0; i < 5; i++) await t.login('alice', `typo-${i}`, HOME);         // AD 10, familiar class full
-    t.advance(5 * MIN + S);                                         // the unfamiliar class resets; AD does not
+    for (let i = 0; i < 5; i++) await t.login('alice', `typo-${i}`, HOME); // AD 10, familiar class full
+    t.advance(5 * MIN + S); // the unfamiliar class resets; AD does not
     for (let i = 0; i < 5; i++) await t.login('alice', `attack-more-${i}`, ATTACKER);
     t.expectAdSafe();
   });

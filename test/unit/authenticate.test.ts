@@ -17,7 +17,14 @@ import { authenticateBasic } from '../../src/auth/front-ends.js';
 import { Authenticator, type AuthOutcome, type ClaimOutcome, type Identity } from '../../src/auth/authenticate.js';
 import { parseLogon, type Logon } from '../../src/auth/credentials.js';
 import type { CacheSettings } from '../../src/auth/decision-cache.js';
-import type { Account, AccountStatus, Directory, GroupRef, PasswordCheck, PasswordRefusal } from '../../src/directory/directory.js';
+import type {
+  Account,
+  AccountStatus,
+  Directory,
+  GroupRef,
+  PasswordCheck,
+  PasswordRefusal,
+} from '../../src/directory/directory.js';
 import { FileDirectory } from '../../src/directory/file.js';
 import { DirectoryUnavailableError } from '../../src/errors.js';
 import type { Lockout, LockoutSettings } from '../../src/auth/lockout.js';
@@ -27,14 +34,27 @@ const PASSWORD = 'Right-Password-1';
 const NEW_PASSWORD = 'Reset-Password-2';
 const GROUP = 'cn=allowexternalaccess,cn=users,dc=lab,dc=test';
 const OTHER_GROUP = 'cn=mobileusers,cn=users,dc=lab,dc=test';
-const HOME = '198.51.100.7';       // becomes familiar to alice by signing in
-const ATTACKER = '203.0.113.5';    // never succeeds: unfamiliar
-const ELSEWHERE = '203.0.113.99';  // another unfamiliar address
-const NAT = '100.64.0.1';          // many users behind one address
+const HOME = '198.51.100.7'; // becomes familiar to alice by signing in
+const ATTACKER = '203.0.113.5'; // never succeeds: unfamiliar
+const ELSEWHERE = '203.0.113.99'; // another unfamiliar address
+const NAT = '100.64.0.1'; // many users behind one address
 const USERS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'] as const;
 
-const CACHE: CacheSettings = { max: 100, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 };
-const LOCKOUT: LockoutSettings = { threshold: 3, windowSeconds: 600, sourceAccounts: 4, sourceFailures: 50, familiarSeconds: 600, max: 100 };
+const CACHE: CacheSettings = {
+  max: 100,
+  authTtlSeconds: 300,
+  groupTtlSeconds: 60,
+  negativeTtlSeconds: 30,
+  staleIfErrorSeconds: 0,
+};
+const LOCKOUT: LockoutSettings = {
+  threshold: 3,
+  windowSeconds: 600,
+  sourceAccounts: 4,
+  sourceFailures: 50,
+  familiarSeconds: 600,
+  max: 100,
+};
 const S = 1000;
 
 /** A users-file hash with scrypt N=1024 (fast; the file directory accepts any power of two). */
@@ -65,13 +85,18 @@ class ObservedDirectory implements Directory {
     return Object.values(this.calls).reduce((a, b) => a + b, 0);
   }
 
-  down(): void { this.fail(new DirectoryUnavailableError('test: the DC is down')); }
+  down(): void {
+    this.fail(new DirectoryUnavailableError('test: the DC is down'));
+  }
   /** `err` thrown by `methods` (all when omitted). */
   fail(err: Error, methods?: readonly Counted[]): void {
     this.failure = err;
     this.failing = methods ? new Set(methods) : null;
   }
-  up(): void { this.failure = null; this.failing = null; }
+  up(): void {
+    this.failure = null;
+    this.failing = null;
+  }
 
   private async call<T>(method: Counted, answer: () => Promise<T>): Promise<T> {
     this.calls[method]++;
@@ -98,12 +123,24 @@ class ObservedDirectory implements Directory {
   memberships(account: Account, groupDns: readonly string[]): Promise<ReadonlySet<string>> {
     return this.call('memberships', () => this.inner.memberships(account, groupDns));
   }
-  groupsOf(account: Account): Promise<readonly GroupRef[]> { return this.inner.groupsOf(account); }
-  resolveGroup(name: string): Promise<GroupRef | null> { return this.inner.resolveGroup(name); }
-  ping(): Promise<void> { return this.inner.ping(); }
-  listMailboxes(): Promise<readonly Account[]> { return this.inner.listMailboxes(); }
-  membersOf(groupDn: string): Promise<ReadonlySet<string>> { return this.inner.membersOf(groupDn); }
-  close(): Promise<void> { return this.inner.close(); }
+  groupsOf(account: Account): Promise<readonly GroupRef[]> {
+    return this.inner.groupsOf(account);
+  }
+  resolveGroup(name: string): Promise<GroupRef | null> {
+    return this.inner.resolveGroup(name);
+  }
+  ping(): Promise<void> {
+    return this.inner.ping();
+  }
+  listMailboxes(): Promise<readonly Account[]> {
+    return this.inner.listMailboxes();
+  }
+  membersOf(groupDn: string): Promise<ReadonlySet<string>> {
+    return this.inner.membersOf(groupDn);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
 }
 
 let dir: string;
@@ -120,17 +157,29 @@ beforeAll(() => {
   const newHash = fastHash(NEW_PASSWORD);
   const write = (name: string, members: readonly string[], aliceHash = hash) => {
     const path = join(dir, name);
-    writeFileSync(path, [
-      'users:',
-      ...USERS.map((u) => `  ${u}: { password: '${u === 'alice' ? aliceHash : hash}', mail: ${u}@lab.test }`),
-      'groups:',
-      `  AllowExternalAccess: { members: [${members.join(', ')}] }`,
-      '  MobileUsers: { members: [bob] }',
-    ].join('\n'));
-    return FileDirectory.load({ type: 'file', path, baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: ['lab.test'] });
+    writeFileSync(
+      path,
+      [
+        'users:',
+        ...USERS.map((u) => `  ${u}: { password: '${u === 'alice' ? aliceHash : hash}', mail: ${u}@lab.test }`),
+        'groups:',
+        `  AllowExternalAccess: { members: [${members.join(', ')}] }`,
+        '  MobileUsers: { members: [bob] }',
+      ].join('\n'),
+    );
+    return FileDirectory.load({
+      type: 'file',
+      path,
+      baseDn: 'DC=lab,DC=test',
+      netbiosDomain: 'LAB',
+      upnSuffixes: ['lab.test'],
+    });
   };
   withGroup = write('users.yaml', USERS);
-  aliceRemoved = write('users-alice-removed.yaml', USERS.filter((u) => u !== 'alice'));
+  aliceRemoved = write(
+    'users-alice-removed.yaml',
+    USERS.filter((u) => u !== 'alice'),
+  );
   aliceReset = write('users-alice-reset.yaml', USERS, newHash);
 });
 
@@ -140,13 +189,21 @@ afterAll(() => {
 
 const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
 
-function setup(opts: { cache?: Partial<CacheSettings>; lockout?: Partial<LockoutSettings>; carry?: { lockout: Lockout } } = {}) {
+function setup(
+  opts: { cache?: Partial<CacheSettings>; lockout?: Partial<LockoutSettings>; carry?: { lockout: Lockout } } = {},
+) {
   const clock = { t: 1_700_000_000_000 };
   const directory = new ObservedDirectory(withGroup);
   /** Every error onStale was told about. */
   const staleErrors: DirectoryUnavailableError[] = [];
   const auth = new Authenticator(
-    { directory, domain: DOMAIN, cache: { ...CACHE, ...opts.cache }, lockout: { ...LOCKOUT, ...opts.lockout }, onStale: (err) => staleErrors.push(err) },
+    {
+      directory,
+      domain: DOMAIN,
+      cache: { ...CACHE, ...opts.cache },
+      lockout: { ...LOCKOUT, ...opts.lockout },
+      onStale: (err) => staleErrors.push(err),
+    },
     opts.carry ?? {},
     () => clock.t,
   );
@@ -155,7 +212,17 @@ function setup(opts: { cache?: Partial<CacheSettings>; lockout?: Partial<Lockout
   /** An NTLM Type 3 naming `user`, with a response digest of `fingerprint`. */
   const claim = (user: string, fingerprint: string, source = ATTACKER, policyVersion = 'v1') =>
     auth.claim({ logon: parseLogon(user, DOMAIN), fingerprint, source, groupDns: [GROUP], policyVersion });
-  return { auth, directory, login, claim, staleErrors, now: () => clock.t, advance: (ms: number) => { clock.t += ms; } };
+  return {
+    auth,
+    directory,
+    login,
+    claim,
+    staleErrors,
+    now: () => clock.t,
+    advance: (ms: number) => {
+      clock.t += ms;
+    },
+  };
 }
 
 /** The identity of a successful outcome (fails the test otherwise). */
@@ -171,7 +238,8 @@ function settleOf(o: ClaimOutcome): (accepted: boolean | null) => void {
 }
 
 /** Reason, cache use and (429 only) status: what the access record shows. */
-const seen = (o: AuthOutcome) => (o.ok ? { ok: true, cache: o.cache } : { reason: o.reason, cache: o.cache, status: o.status });
+const seen = (o: AuthOutcome) =>
+  o.ok ? { ok: true, cache: o.cache } : { reason: o.reason, cache: o.cache, status: o.status };
 
 describe('Authenticator: refusals that cost no directory call', () => {
   it.each<[what: string, header: string | undefined, reason: string, user: string | null]>([
@@ -198,7 +266,7 @@ describe('Authenticator: a scheme other than Basic', () => {
     ['NTLM TlRMTVNTUAABAAAABoIIAAAAAAAAAAAAAAAAAAAAAAA=', 'NTLM credentials; this service takes Basic'],
     ['Bearer eyJhbGciOi.secret.token', 'Bearer credentials; this service takes Basic'],
     ['sch\u00e9ma secret', 'credentials in a scheme other than Basic'],
-    ['Ym9iOmh1bnRlcjI0', 'credentials in a scheme other than Basic'],          // a bare token, no scheme: never echoed
+    ['Ym9iOmh1bnRlcjI0', 'credentials in a scheme other than Basic'], // a bare token, no scheme: never echoed
     ['hunter2', 'credentials in a scheme other than Basic'],
     ['Bearer', 'credentials in a scheme other than Basic'],
   ])('%s → detail %s, never the token', async (header, detail) => {
@@ -214,7 +282,12 @@ describe('Authenticator: decision caches', () => {
     const { login, directory } = setup();
     const first = await login('alice');
     expect(seen(first)).toEqual({ ok: true, cache: 'miss' });
-    expect(identity(first)).toMatchObject({ user: 'LAB\\alice', sam: 'alice', upn: 'alice@lab.test', mail: 'alice@lab.test' });
+    expect(identity(first)).toMatchObject({
+      user: 'LAB\\alice',
+      sam: 'alice',
+      upn: 'alice@lab.test',
+      mail: 'alice@lab.test',
+    });
     expect([...identity(first).groups]).toEqual([GROUP]);
     expect(directory.calls).toEqual({ findAccount: 1, verifyPassword: 1, accountStatus: 1, memberships: 1 });
 
@@ -226,7 +299,11 @@ describe('Authenticator: decision caches', () => {
 
   it('checks a wrong password once (negative cache) and answers bad-credentials both times', async () => {
     const { login, directory } = setup();
-    expect(seen(await login('alice', 'wrong'))).toEqual({ reason: 'bad-credentials', cache: 'miss', status: undefined });
+    expect(seen(await login('alice', 'wrong'))).toEqual({
+      reason: 'bad-credentials',
+      cache: 'miss',
+      status: undefined,
+    });
     expect(seen(await login('alice', 'wrong'))).toEqual({ reason: 'bad-credentials', cache: 'hit', status: undefined });
     expect(directory.calls.verifyPassword).toBe(1);
     expect(directory.calls.accountStatus + directory.calls.memberships).toBe(0);
@@ -237,10 +314,15 @@ describe('Authenticator: decision caches', () => {
   // lockout remembers it (knownBad) until its count resets: no bind for windowSeconds of quiet.
   it('does not ask again once negativeTtlSeconds have passed, while the lockout remembers the wrong password', async () => {
     const { login, directory, advance } = setup();
-    expect(seen(await login('alice', 'wrong'))).toEqual({ reason: 'bad-credentials', cache: 'miss', status: undefined });
-    advance(30 * S);                                          // negativeTtlSeconds: the negative entry is gone
+    expect(seen(await login('alice', 'wrong'))).toEqual({
+      reason: 'bad-credentials',
+      cache: 'miss',
+      status: undefined,
+    });
+    advance(30 * S); // negativeTtlSeconds: the negative entry is gone
     expect(seen(await login('alice', 'wrong'))).toEqual({ reason: 'bad-credentials', cache: 'hit', status: undefined });
-    for (let t = 60; t < 600; t += 31) {                      // a phone retrying every 31 s
+    for (let t = 60; t < 600; t += 31) {
+      // a phone retrying every 31 s
       advance(31 * S);
       expect(await login('alice', 'wrong')).toMatchObject({ ok: false, reason: 'bad-credentials' });
     }
@@ -251,8 +333,16 @@ describe('Authenticator: decision caches', () => {
     const { login, directory, advance } = setup();
     await login('alice', 'wrong', ATTACKER);
     advance(31 * S);
-    for (const [name, source] of [['alice', HOME], ['LAB\\alice', ELSEWHERE], ['alice@lab.test', ATTACKER]] as const) {
-      expect(await login(name, 'wrong', source)).toMatchObject({ ok: false, reason: 'bad-credentials', user: 'LAB\\alice' });
+    for (const [name, source] of [
+      ['alice', HOME],
+      ['LAB\\alice', ELSEWHERE],
+      ['alice@lab.test', ATTACKER],
+    ] as const) {
+      expect(await login(name, 'wrong', source)).toMatchObject({
+        ok: false,
+        reason: 'bad-credentials',
+        user: 'LAB\\alice',
+      });
     }
     expect(directory.calls.verifyPassword).toBe(1);
   });
@@ -261,7 +351,7 @@ describe('Authenticator: decision caches', () => {
     const { login, directory, advance } = setup();
     await login('alice', 'wrong');
     advance(599 * S);
-    await login('alice', 'wrong');                            // refused from memory: does not postpone the reset
+    await login('alice', 'wrong'); // refused from memory: does not postpone the reset
     expect(directory.calls.verifyPassword).toBe(1);
     advance(1 * S);
     await login('alice', 'wrong');
@@ -271,7 +361,7 @@ describe('Authenticator: decision caches', () => {
   it('checks a known wrong password again after a sign-in verified by a bind (AD reset its count)', async () => {
     const { login, directory, advance } = setup();
     await login('alice', 'wrong');
-    advance(30 * S);                                          // past negativeTtlSeconds
+    advance(30 * S); // past negativeTtlSeconds
     expect(seen(await login('alice', PASSWORD))).toEqual({ ok: true, cache: 'miss' });
     await login('alice', 'wrong');
     expect(directory.calls.verifyPassword).toBe(3);
@@ -301,7 +391,9 @@ describe('Authenticator: decision caches', () => {
   it('merges 20 concurrent identical first requests into one call of each kind', async () => {
     const { login, directory } = setup();
     let release!: () => void;
-    directory.hold = new Promise((r) => { release = r; });
+    directory.hold = new Promise((r) => {
+      release = r;
+    });
     const outcomes = Array.from({ length: 20 }, () => login('alice'));
     await new Promise((r) => setImmediate(r));
     directory.hold = null;
@@ -335,7 +427,12 @@ describe('Authenticator: decision caches', () => {
 
   it('remembers a name that matched no account for groupTtlSeconds', async () => {
     const { login, directory, advance } = setup();
-    expect(await login('nobody')).toMatchObject({ ok: false, reason: 'bad-credentials', user: 'LAB\\nobody', detail: 'no such account' });
+    expect(await login('nobody')).toMatchObject({
+      ok: false,
+      reason: 'bad-credentials',
+      user: 'LAB\\nobody',
+      detail: 'no such account',
+    });
     await login('nobody');
     expect(directory.calls.findAccount).toBe(1);
     advance(60 * S);
@@ -354,18 +451,18 @@ describe('Authenticator: smart lockout', () => {
     const binds = directory.calls.verifyPassword;
     const locked = await login('alice', PASSWORD, ATTACKER);
     expect(locked).toMatchObject({ ok: false, reason: 'gateway-lockout', user: 'LAB\\alice' });
-    expect(seen(locked).status).toBeUndefined();              // 401, not 429
+    expect(seen(locked).status).toBeUndefined(); // 401, not 429
     expect(directory.calls.verifyPassword).toBe(binds);
   });
 
   it('keeps a familiar source working while the unfamiliar class is locked', async () => {
     const { login, directory } = setup();
-    identity(await login('alice', PASSWORD, HOME));           // HOME becomes familiar
+    identity(await login('alice', PASSWORD, HOME)); // HOME becomes familiar
     for (const p of ['guess-1', 'guess-2', 'guess-3', 'guess-4']) await login('alice', p, ATTACKER);
     const binds = directory.calls.verifyPassword;
     expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ ok: false, reason: 'gateway-lockout' });
     expect(seen(await login('alice', PASSWORD, HOME))).toEqual({ ok: true, cache: 'hit' });
-    expect(directory.calls.verifyPassword).toBe(binds);       // neither asked the DC
+    expect(directory.calls.verifyPassword).toBe(binds); // neither asked the DC
   });
 
   it('counts repeats of one wrong password once', async () => {
@@ -403,22 +500,22 @@ describe('Authenticator: smart lockout', () => {
   // New: AD's quiet-period reset. Under the sliding window the first failure aged out at 600 s.
   it('stays locked while failures keep coming less than windowSeconds apart', async () => {
     const { login, advance } = setup();
-    await login('alice', 'guess-1', ATTACKER);                // t = 0
+    await login('alice', 'guess-1', ATTACKER); // t = 0
     advance(250 * S);
-    await login('alice', 'guess-2', ATTACKER);                // t = 250 s
+    await login('alice', 'guess-2', ATTACKER); // t = 250 s
     advance(250 * S);
-    await login('alice', 'guess-3', ATTACKER);                // t = 500 s
-    advance(100 * S);                                         // t = 600 s: the first is a window old
+    await login('alice', 'guess-3', ATTACKER); // t = 500 s
+    advance(100 * S); // t = 600 s: the first is a window old
     expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
-    advance(499 * S);                                         // t = 1099 s
+    advance(499 * S); // t = 1099 s
     expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
-    advance(1 * S);                                           // t = 1100 s: 600 s since the last failure
+    advance(1 * S); // t = 1100 s: 600 s since the last failure
     expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
   });
 
   it('does not reset the counts on a sign-in answered from the cache (review, pattern C)', async () => {
     const { login, directory } = setup();
-    identity(await login('alice', PASSWORD, HOME));           // a bind: AD and the gateway at 0
+    identity(await login('alice', PASSWORD, HOME)); // a bind: AD and the gateway at 0
     await login('alice', 'guess-1', ATTACKER);
     await login('alice', 'guess-2', ATTACKER);
     expect(seen(await login('alice', PASSWORD, ELSEWHERE))).toEqual({ ok: true, cache: 'hit' }); // the phone roams
@@ -433,7 +530,7 @@ describe('Authenticator: smart lockout', () => {
     identity(await login('alice', PASSWORD, HOME));
     for (const p of ['guess-1', 'guess-2', 'guess-3']) await login('alice', p, ATTACKER);
     expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
-    advance(300 * S);                                         // authTtlSeconds: the next sign-in binds
+    advance(300 * S); // authTtlSeconds: the next sign-in binds
     expect(seen(await login('alice', PASSWORD, HOME))).toEqual({ ok: true, cache: 'miss' });
     expect(identity(await login('alice', PASSWORD, ATTACKER)).user).toBe('LAB\\alice');
   });
@@ -453,16 +550,24 @@ describe('Authenticator: smart lockout', () => {
     ['names that match no account', ['nobody1', 'nobody2', 'nobody3', 'nobody4']],
     ['names of other domains', ['OTHER\\a', 'OTHER\\b', 'x@evil.test', 'y@evil.test']],
   ];
-  it.each(sprays)('blocks a source that sprays %s: 429 gateway-lockout for every account, no directory call', async (_what, names) => {
-    const { login, directory } = setup();
-    for (const n of names) expect(await login(n, 'Spring2025!', ATTACKER)).toMatchObject({ ok: false, reason: 'bad-credentials' });
-    const calls = directory.total;
-    for (const n of ['erin', 'alice', 'nobody9']) {
-      expect(seen(await login(n, PASSWORD, ATTACKER))).toEqual({ reason: 'gateway-lockout', cache: null, status: 429 });
-    }
-    expect(directory.total).toBe(calls);
-    expect(identity(await login('erin', PASSWORD, HOME)).user).toBe('LAB\\erin'); // other addresses unaffected
-  });
+  it.each(sprays)(
+    'blocks a source that sprays %s: 429 gateway-lockout for every account, no directory call',
+    async (_what, names) => {
+      const { login, directory } = setup();
+      for (const n of names)
+        expect(await login(n, 'Spring2025!', ATTACKER)).toMatchObject({ ok: false, reason: 'bad-credentials' });
+      const calls = directory.total;
+      for (const n of ['erin', 'alice', 'nobody9']) {
+        expect(seen(await login(n, PASSWORD, ATTACKER))).toEqual({
+          reason: 'gateway-lockout',
+          cache: null,
+          status: 429,
+        });
+      }
+      expect(directory.total).toBe(calls);
+      expect(identity(await login('erin', PASSWORD, HOME)).user).toBe('LAB\\erin'); // other addresses unaffected
+    },
+  );
 
   it('counts one made-up name per address once, however often and in whatever form it is tried', async () => {
     const { login } = setup();
@@ -471,14 +576,18 @@ describe('Authenticator: smart lockout', () => {
     expect(identity(await login('erin', PASSWORD, ATTACKER)).user).toBe('LAB\\erin');
     for (const name of ['nobody2', 'nobody3', 'nobody4']) await login(name, 'x', ATTACKER);
     // frank: erin signed in from ATTACKER just now, so the address is familiar to her (exempt).
-    expect(seen(await login('frank', PASSWORD, ATTACKER))).toEqual({ reason: 'gateway-lockout', cache: null, status: 429 });
+    expect(seen(await login('frank', PASSWORD, ATTACKER))).toEqual({
+      reason: 'gateway-lockout',
+      cache: null,
+      status: 429,
+    });
   });
 
   // Changed: a spraying address used to get 429 for every account (review, E: ten users with stale
   // phones behind one NAT locked out the one whose password was right).
   it('answers 429 to a spraying address, but not for an account that address is familiar to (its lookup cached)', async () => {
     const { login, directory } = setup();
-    identity(await login('alice', PASSWORD, NAT));            // alice signs in from behind the NAT: familiar
+    identity(await login('alice', PASSWORD, NAT)); // alice signs in from behind the NAT: familiar
     for (const u of ['bob', 'carol', 'dave', 'erin']) {
       expect(await login(u, 'old-password', NAT)).toMatchObject({ ok: false, reason: 'bad-credentials' });
     }
@@ -489,14 +598,18 @@ describe('Authenticator: smart lockout', () => {
     expect(seen(await login('LAB\\alice', PASSWORD, NAT))).toEqual({ ok: true, cache: 'hit' });
     expect(directory.total).toBe(calls);
     // Her own wrong password is a 401 counted for her, not a 429.
-    expect(seen(await login('alice', 'typo', NAT))).toEqual({ reason: 'bad-credentials', cache: 'miss', status: undefined });
+    expect(seen(await login('alice', 'typo', NAT))).toEqual({
+      reason: 'bad-credentials',
+      cache: 'miss',
+      status: undefined,
+    });
   });
   it('keeps the familiar account working past groupTtlSeconds into a spray', async () => {
     const { login, advance } = setup();
     identity(await login('alice', PASSWORD, NAT));
     for (const u of ['bob', 'carol', 'dave', 'erin']) await login(u, 'old-password', NAT);
     expect(seen(await login('alice', PASSWORD, NAT))).toEqual({ ok: true, cache: 'hit' });
-    advance(61 * S);                                          // the account lookup is no longer fresh; the spray still counts
+    advance(61 * S); // the account lookup is no longer fresh; the spray still counts
     expect(seen(await login('alice', PASSWORD, NAT))).toMatchObject({ ok: true });
   });
 
@@ -538,7 +651,7 @@ describe('Authenticator: account standing (groups and state)', () => {
     expect([...identity(after).groups]).toEqual([]);
     expect(after.cache).toBe('miss');
     expect(directory.calls.memberships).toBe(2);
-    expect(directory.calls.verifyPassword).toBe(1);           // the password is still cached
+    expect(directory.calls.verifyPassword).toBe(1); // the password is still cached
   });
 
   it('refuses an account disabled after it was cached, after groupTtlSeconds, with that reason', async () => {
@@ -548,7 +661,12 @@ describe('Authenticator: account standing (groups and state)', () => {
     advance(59 * S);
     expect(identity(await login('alice')).user).toBe('LAB\\alice');
     advance(1 * S);
-    expect(await login('alice')).toMatchObject({ ok: false, reason: 'account-disabled', user: 'LAB\\alice', cache: 'miss' });
+    expect(await login('alice')).toMatchObject({
+      ok: false,
+      reason: 'account-disabled',
+      user: 'LAB\\alice',
+      cache: 'miss',
+    });
     expect(directory.calls.verifyPassword).toBe(1);
   });
 
@@ -565,18 +683,18 @@ describe('Authenticator: account standing (groups and state)', () => {
 
   it('binds again after a password reset (passwordSetAt later than the cached check), within groupTtlSeconds', async () => {
     const { login, directory, advance, now } = setup();
-    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' });      // verified by a bind at t = 0
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' }); // verified by a bind at t = 0
     advance(10 * S);
-    directory.inner = aliceReset;                                                // an admin resets the password
+    directory.inner = aliceReset; // an admin resets the password
     directory.passwordSetAt = now();
-    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'hit' });       // the standing is still fresh
-    advance(50 * S);                                                             // groupTtlSeconds after the last refresh
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'hit' }); // the standing is still fresh
+    advance(50 * S); // groupTtlSeconds after the last refresh
     expect(seen(await login('alice'))).toEqual({ reason: 'bad-credentials', cache: 'miss', status: undefined });
     expect(directory.calls.verifyPassword).toBe(2);
-    await login('alice');                                                        // the old password is now a known wrong one
+    await login('alice'); // the old password is now a known wrong one
     expect(directory.calls.verifyPassword).toBe(2);
     expect(seen(await login('alice', NEW_PASSWORD))).toEqual({ ok: true, cache: 'miss' });
-    expect(seen(await login('alice', NEW_PASSWORD))).toEqual({ ok: true, cache: 'hit' });   // verified after the reset
+    expect(seen(await login('alice', NEW_PASSWORD))).toEqual({ ok: true, cache: 'hit' }); // verified after the reset
     expect(directory.calls.verifyPassword).toBe(3);
   });
 
@@ -589,7 +707,7 @@ describe('Authenticator: account standing (groups and state)', () => {
     expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' });
     expect(directory.calls.verifyPassword).toBe(2);
     advance(60 * S);
-    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' });      // standing refreshed, password not
+    expect(seen(await login('alice'))).toEqual({ ok: true, cache: 'miss' }); // standing refreshed, password not
     expect(directory.calls.verifyPassword).toBe(2);
   });
 
@@ -645,7 +763,7 @@ describe('Authenticator: directory unavailable', () => {
     const { login, directory, advance } = setup({ cache: { staleIfErrorSeconds: 600 } });
     await login('alice');
     directory.down();
-    advance(301 * S);                                         // past auth and group TTLs
+    advance(301 * S); // past auth and group TTLs
     const o = await login('alice');
     expect(seen(o)).toEqual({ ok: true, cache: 'stale' });
     expect([...identity(o).groups]).toEqual([GROUP]);
@@ -673,7 +791,7 @@ describe('Authenticator: directory unavailable', () => {
     const { login, directory, advance } = setup({ cache: { staleIfErrorSeconds: 600 } });
     await login('alice');
     directory.down();
-    advance(901 * S);                                         // auth TTL 300 + 600 (standing went at 660)
+    advance(901 * S); // auth TTL 300 + 600 (standing went at 660)
     expect(await login('alice')).toMatchObject({ ok: false, reason: 'directory-unavailable' });
   });
 
@@ -697,22 +815,30 @@ describe('Authenticator: directory unavailable', () => {
 
   // Review, F: a full bind queue is the gateway being busy, not the DCs being down; an expired
   // positive entry (perhaps for a password an admin has since reset) must not answer then.
-  it.each<[what: string, methods: readonly ('verifyPassword' | 'findAccount' | 'accountStatus' | 'memberships')[] | undefined]>([
+  it.each<
+    [what: string, methods: readonly ('verifyPassword' | 'findAccount' | 'accountStatus' | 'memberships')[] | undefined]
+  >([
     ['the binds', ['verifyPassword']],
     ['every call', undefined],
-  ])('never serves expired entries when %s fail with overload: true (the gateway is saturated)', async (_what, methods) => {
-    const { login, directory, advance, staleErrors } = setup({ cache: { staleIfErrorSeconds: 600 } });
-    await login('alice');
-    advance(301 * S);
-    directory.fail(new DirectoryUnavailableError('too many password checks waiting (256)', { overload: true }), methods);
-    expect(seen(await login('alice'))).toEqual({ reason: 'directory-unavailable', cache: 'miss', status: undefined });
-    expect(staleErrors).toEqual([]);
-  });
+  ])(
+    'never serves expired entries when %s fail with overload: true (the gateway is saturated)',
+    async (_what, methods) => {
+      const { login, directory, advance, staleErrors } = setup({ cache: { staleIfErrorSeconds: 600 } });
+      await login('alice');
+      advance(301 * S);
+      directory.fail(
+        new DirectoryUnavailableError('too many password checks waiting (256)', { overload: true }),
+        methods,
+      );
+      expect(seen(await login('alice'))).toEqual({ reason: 'directory-unavailable', cache: 'miss', status: undefined });
+      expect(staleErrors).toEqual([]);
+    },
+  );
 
   it('never serves an expired standing on overload: true either', async () => {
     const { login, directory, advance } = setup({ cache: { staleIfErrorSeconds: 600, authTtlSeconds: 3600 } });
     await login('alice');
-    advance(61 * S);                                          // password fresh, account and standing expired
+    advance(61 * S); // password fresh, account and standing expired
     directory.fail(new DirectoryUnavailableError('busy', { overload: true }), ['accountStatus', 'memberships']);
     expect(await login('alice')).toMatchObject({ ok: false, reason: 'directory-unavailable' });
     directory.fail(new DirectoryUnavailableError('down'), ['accountStatus', 'memberships']);
@@ -755,7 +881,7 @@ describe('Authenticator.claim (NTLM: Exchange checks the password) and settle', 
     settleOf(await claim('alice', 'f0', ELSEWHERE))(true);
     expect(auth.lockout.isFamiliar(ALICE_DN, ELSEWHERE)).toBe(true);
     expect(auth.lockout.knownBad(ALICE_DN, auth.cache.credentialKey(ALICE_DN, 'guess-1'))).toBe(true);
-    await login('alice', 'guess-3', ATTACKER);                // the third: threshold reached
+    await login('alice', 'guess-3', ATTACKER); // the third: threshold reached
     expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
   });
 
@@ -765,7 +891,7 @@ describe('Authenticator.claim (NTLM: Exchange checks the password) and settle', 
     for (const f of ['f0', 'f1', 'f2']) settleOf(await claim('alice', f))(false);
     const locked = await claim('alice', 'f3');
     expect(locked).toMatchObject({ ok: false, reason: 'gateway-lockout', user: 'LAB\\alice' });
-    expect(locked.ok === false && locked.status).toBeFalsy();           // 401, not 429
+    expect(locked.ok === false && locked.status).toBeFalsy(); // 401, not 429
     expect(await login('alice', PASSWORD, ATTACKER)).toMatchObject({ reason: 'gateway-lockout' });
     expect(seen(await login('alice', PASSWORD, HOME))).toEqual({ ok: true, cache: 'hit' });
     expect(directory.calls.verifyPassword).toBe(1);
@@ -784,7 +910,8 @@ describe('Authenticator.claim (NTLM: Exchange checks the password) and settle', 
   it("releases the reservation when the account's state refuses the claim", async () => {
     const { claim, directory, advance } = setup();
     directory.refusal = 'account-disabled';
-    for (const f of ['f0', 'f1', 'f2']) expect(await claim('alice', f)).toMatchObject({ ok: false, reason: 'account-disabled' });
+    for (const f of ['f0', 'f1', 'f2'])
+      expect(await claim('alice', f)).toMatchObject({ ok: false, reason: 'account-disabled' });
     directory.refusal = undefined;
     advance(60 * S);
     settleOf(await claim('alice', 'f3'))(null);
@@ -792,9 +919,10 @@ describe('Authenticator.claim (NTLM: Exchange checks the password) and settle', 
 
   it('releases the reservation when the standing lookup fails', async () => {
     const { claim, directory } = setup();
-    settleOf(await claim('alice', 'f0'))(null);               // the account is cached now
+    settleOf(await claim('alice', 'f0'))(null); // the account is cached now
     directory.down();
-    for (const v of ['v2', 'v3', 'v4']) {                     // new policy versions: the standing is looked up
+    for (const v of ['v2', 'v3', 'v4']) {
+      // new policy versions: the standing is looked up
       expect(await claim('alice', `f-${v}`, ATTACKER, v)).toMatchObject({ ok: false, reason: 'directory-unavailable' });
     }
     directory.up();
@@ -803,13 +931,25 @@ describe('Authenticator.claim (NTLM: Exchange checks the password) and settle', 
 
   it('refuses unknown names and foreign domains as bad-credentials, counted per name at the address', async () => {
     const { claim, login } = setup();
-    expect(await claim('nobody', 'f0')).toMatchObject({ ok: false, reason: 'bad-credentials', detail: 'no such account' });
-    expect(await claim('OTHER\\alice', 'f1')).toMatchObject({ ok: false, reason: 'bad-credentials', user: 'OTHER\\alice' });
+    expect(await claim('nobody', 'f0')).toMatchObject({
+      ok: false,
+      reason: 'bad-credentials',
+      detail: 'no such account',
+    });
+    expect(await claim('OTHER\\alice', 'f1')).toMatchObject({
+      ok: false,
+      reason: 'bad-credentials',
+      user: 'OTHER\\alice',
+    });
     expect(await claim('nobody', 'f2')).toMatchObject({ ok: false, reason: 'bad-credentials' });
     await login('nobody2', 'x', ATTACKER);
-    expect(identity(await login('erin', PASSWORD, ATTACKER)).user).toBe('LAB\\erin');  // 3 names so far
+    expect(identity(await login('erin', PASSWORD, ATTACKER)).user).toBe('LAB\\erin'); // 3 names so far
     await claim('nobody3', 'f3');
-    expect(seen(await login('frank', PASSWORD, ATTACKER))).toEqual({ reason: 'gateway-lockout', cache: null, status: 429 });
+    expect(seen(await login('frank', PASSWORD, ATTACKER))).toEqual({
+      reason: 'gateway-lockout',
+      cache: null,
+      status: 429,
+    });
   });
 
   it('answers 429 to claims from a spraying address, except for an account it is familiar to', async () => {
@@ -834,7 +974,11 @@ describe('Authenticator.refresh (an NTLM connection Exchange accepted)', () => {
     expect(after.cache).toBe('miss');
     directory.refusal = 'account-disabled';
     advance(60 * S);
-    expect(await auth.refresh(account, req)).toMatchObject({ ok: false, reason: 'account-disabled', user: 'LAB\\alice' });
+    expect(await auth.refresh(account, req)).toMatchObject({
+      ok: false,
+      reason: 'account-disabled',
+      user: 'LAB\\alice',
+    });
     directory.down();
     advance(60 * S);
     expect(await auth.refresh(account, req)).toMatchObject({ ok: false, reason: 'directory-unavailable' });

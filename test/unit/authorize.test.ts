@@ -7,7 +7,13 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { authorize, authorizeAnonymous, ruleMatches, type Decision, type Principal } from '../../src/pipeline/authorize.js';
+import {
+  authorize,
+  authorizeAnonymous,
+  ruleMatches,
+  type Decision,
+  type Principal,
+} from '../../src/pipeline/authorize.js';
 import { FileDirectory } from '../../src/directory/file.js';
 import { loadPolicy, type Policy } from '../../src/policy/compile.js';
 import { SERVICES, type Service } from '../../src/pipeline/services.js';
@@ -100,7 +106,13 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'users.yaml'), usersYaml(fastHash(PASSWORD)));
   writeFileSync(join(dir, 'policy.yaml'), policyYaml('enforce'));
   writeFileSync(join(dir, 'policy-report-only.yaml'), policyYaml('report-only'));
-  directory = FileDirectory.load({ type: 'file', path: join(dir, 'users.yaml'), baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: ['lab.test'] });
+  directory = FileDirectory.load({
+    type: 'file',
+    path: join(dir, 'users.yaml'),
+    baseDn: 'DC=lab,DC=test',
+    netbiosDomain: 'LAB',
+    upnSuffixes: ['lab.test'],
+  });
   enforce = await loadPolicy(join(dir, 'policy.yaml'), directory, DOMAIN);
   reportOnly = await loadPolicy(join(dir, 'policy-report-only.yaml'), directory, DOMAIN);
   for (const u of USERS) {
@@ -125,9 +137,10 @@ describe('fixture sanity', () => {
     if (!alice) return;
     expect(await directory.verifyPassword(alice, PASSWORD)).toEqual({ ok: true });
     expect([...(principals.get('alice')?.groups ?? [])]).toEqual(['cn=allowexternalaccess,cn=users,dc=lab,dc=test']);
-    expect(principals.get('bob')?.groups.size).toBe(0);   // Unrelated is in no rule, so it is not looked up
+    expect(principals.get('bob')?.groups.size).toBe(0); // Unrelated is in no rule, so it is not looked up
     expect([...(principals.get('dave')?.groups ?? [])].sort()).toEqual([
-      'cn=allowexternalaccess,cn=users,dc=lab,dc=test', 'cn=blocked,cn=users,dc=lab,dc=test',
+      'cn=allowexternalaccess,cn=users,dc=lab,dc=test',
+      'cn=blocked,cn=users,dc=lab,dc=test',
     ]);
   });
 });
@@ -139,8 +152,8 @@ describe('authorize (mode: enforce)', () => {
     ['alice', 'ews', allowed('outlook')],
     ['alice', 'autodiscover', allowed('outlook')],
     ['alice', 'activesync', allowed('mobile')],
-    ['erin', 'mapi', allowed('outlook')],                     // three levels of nesting
-    ['frank', 'activesync', allowed('mobile')],               // through a membership cycle
+    ['erin', 'mapi', allowed('outlook')], // three levels of nesting
+    ['frank', 'activesync', allowed('mobile')], // through a membership cycle
     ['carol', 'activesync', allowed('mobile')],
     // allow by user
     ['ceo', 'activesync', allowed('mobile')],
@@ -152,9 +165,9 @@ describe('authorize (mode: enforce)', () => {
     ['dave', 'mapi', denied('blocked')],
     ['dave', 'ews', denied('blocked')],
     ['dave', 'activesync', denied('blocked')],
-    ['dave', 'owa', denied('blocked')],                       // beats allow: authenticated
-    ['dave', 'autodiscover', allowed('outlook')],             // `blocked` does not cover it
-    ['bob', 'owa', denied('no-owa-for-bob')],                 // deny by user beats allow: authenticated
+    ['dave', 'owa', denied('blocked')], // beats allow: authenticated
+    ['dave', 'autodiscover', allowed('outlook')], // `blocked` does not cover it
+    ['bob', 'owa', denied('no-owa-for-bob')], // deny by user beats allow: authenticated
     // deny: all
     ['alice', 'ecp', denied('no-legacy-no-admin')],
     ['alice', 'rpc', denied('no-legacy-no-admin')],
@@ -166,7 +179,7 @@ describe('authorize (mode: enforce)', () => {
     ['carol', 'mapi', notAllowed],
     ['ceo', 'mapi', notAllowed],
     ['frank', 'ews', notAllowed],
-    ['gina', 'autodiscover', notAllowed],                      // EmptyAllow has no members
+    ['gina', 'autodiscover', notAllowed], // EmptyAllow has no members
     // an empty group list allows nobody
     ['alice', 'oab', notAllowed],
     ['ceo', 'oab', notAllowed],
@@ -180,11 +193,16 @@ describe('authorize (mode: enforce)', () => {
 
   it('matches a user rule whatever the case of the principal DN', () => {
     const ceo = principals.get('ceo') as Principal;
-    expect(authorize('activesync', { dn: ceo.dn.toUpperCase(), groups: new Set() }, enforce)).toEqual(allowed('mobile'));
+    expect(authorize('activesync', { dn: ceo.dn.toUpperCase(), groups: new Set() }, enforce)).toEqual(
+      allowed('mobile'),
+    );
   });
 
   it('a principal nobody knows gets only what `authenticated` gives', () => {
-    const stranger: Principal = { dn: 'CN=Stranger,CN=Users,DC=lab,DC=test', groups: new Set(['cn=somewhere,dc=lab,dc=test']) };
+    const stranger: Principal = {
+      dn: 'CN=Stranger,CN=Users,DC=lab,DC=test',
+      groups: new Set(['cn=somewhere,dc=lab,dc=test']),
+    };
     expect(authorize('owa', stranger, enforce)).toEqual(allowed('owa-everyone'));
     expect(authorize('mapi', stranger, enforce)).toEqual(notAllowed);
     expect(authorize('ecp', stranger, enforce)).toEqual(denied('no-legacy-no-admin'));
@@ -218,7 +236,7 @@ describe('authorizeAnonymous: what is decided before asking for credentials', ()
     ['ecp', denied('no-legacy-no-admin')],
     ['powershell', denied('no-legacy-no-admin')],
     ['mrsproxy', denied('no-legacy-no-admin')],
-    ['api', notAllowed],                                       // no rule allows it
+    ['api', notAllowed], // no rule allows it
     ['mapi', null],
     ['ews', null],
     ['activesync', null],
@@ -229,14 +247,18 @@ describe('authorizeAnonymous: what is decided before asking for credentials', ()
     expect(authorizeAnonymous(service, enforce)).toEqual(expected);
   });
 
-  it.each(rows.map(([service]) => service))('report-only: %s → null (authenticate, then log the would-be denial)', (service) => {
-    expect(authorizeAnonymous(service, reportOnly)).toBeNull();
-  });
+  it.each(rows.map(([service]) => service))(
+    'report-only: %s → null (authenticate, then log the would-be denial)',
+    (service) => {
+      expect(authorizeAnonymous(service, reportOnly)).toBeNull();
+    },
+  );
 
   it('agrees with authorize for every user whenever it answers', () => {
     for (const [service, expected] of rows) {
       if (expected === null) continue;
-      for (const user of USERS) expect(authorize(service, principals.get(user) as Principal, enforce), `${user} ${service}`).toEqual(expected);
+      for (const user of USERS)
+        expect(authorize(service, principals.get(user) as Principal, enforce), `${user} ${service}`).toEqual(expected);
     }
   });
 
@@ -247,21 +269,31 @@ describe('authorizeAnonymous: what is decided before asking for credentials', ()
 
 describe('ruleMatches: each rule as authorize weighs it (what `explain` shows)', () => {
   const shown = (user: User | null, service: Service) =>
-    ruleMatches(service, user ? principals.get(user) as Principal : null, enforce)
-      .map(({ rule, matched }) => [rule.id, rule.effect, matched]);
+    ruleMatches(service, user ? (principals.get(user) as Principal) : null, enforce).map(({ rule, matched }) => [
+      rule.id,
+      rule.effect,
+      matched,
+    ]);
 
   it('lists deny rules first, then allow rules, each with whether it names the user', () => {
     expect(shown('dave', 'owa')).toEqual([
-      ['blocked', 'deny', true], ['no-owa-for-bob', 'deny', false], ['owa-everyone', 'allow', true],
+      ['blocked', 'deny', true],
+      ['no-owa-for-bob', 'deny', false],
+      ['owa-everyone', 'allow', true],
     ]);
-    expect(shown('ceo', 'activesync')).toEqual([['blocked', 'deny', false], ['mobile', 'allow', true]]);
+    expect(shown('ceo', 'activesync')).toEqual([
+      ['blocked', 'deny', false],
+      ['mobile', 'allow', true],
+    ]);
     expect(shown('alice', 'oab')).toEqual([['oab-nobody', 'allow', false]]);
     expect(shown('alice', 'api')).toEqual([]);
   });
 
   it('matches nothing for no account, not even `authenticated` or `deny: all`', () => {
     expect(shown(null, 'owa')).toEqual([
-      ['blocked', 'deny', false], ['no-owa-for-bob', 'deny', false], ['owa-everyone', 'allow', false],
+      ['blocked', 'deny', false],
+      ['no-owa-for-bob', 'deny', false],
+      ['owa-everyone', 'allow', false],
     ]);
     expect(shown(null, 'ecp')).toEqual([['no-legacy-no-admin', 'deny', false]]);
   });

@@ -2,7 +2,15 @@
 // service table (INTERFACE.md "Services"). Each row is one request as a client could send it.
 import { describe, expect, it } from 'vitest';
 import { checkHead, MAX_HEADER_LINES } from '../../src/pipeline/check-head.js';
-import { classify, classifyRpc, hostName, nameTable, normalizePath, pathOf, serviceOf } from '../../src/pipeline/classify.js';
+import {
+  classify,
+  classifyRpc,
+  hostName,
+  nameTable,
+  normalizePath,
+  pathOf,
+  serviceOf,
+} from '../../src/pipeline/classify.js';
 import type { Service } from '../../src/pipeline/services.js';
 
 const EXTERNAL = 'outlook-ext.lab.test';
@@ -26,7 +34,7 @@ describe('classify: the service table (INTERFACE.md "Services")', () => {
     ['/ews/mrsproxy.svc', 'mrsproxy', '/ews/mrsproxy.svc'],
     ['/EWS/MRSProxy.svc', 'mrsproxy', '/ews/mrsproxy.svc'],
     ['/ews/mrsproxy.svc/extra', 'mrsproxy', '/ews/mrsproxy.svc/extra'],
-    ['/ews/mrsproxy.svcx', 'ews', '/ews/mrsproxy.svcx'],          // only the exact name is mrsproxy
+    ['/ews/mrsproxy.svcx', 'ews', '/ews/mrsproxy.svcx'], // only the exact name is mrsproxy
     ['/Microsoft-Server-ActiveSync?Cmd=Ping&User=alice&DeviceId=D1', 'activesync', '/microsoft-server-activesync'],
     ['/microsoft-server-activesync/default.eas', 'activesync', '/microsoft-server-activesync/default.eas'],
     ['/owa', 'owa', '/owa'],
@@ -53,8 +61,16 @@ describe('classify: the service table (INTERFACE.md "Services")', () => {
 
 describe('classify: anything outside the table is unknown-service (404)', () => {
   it.each([
-    '/', '/mapix', '/mapix/', '/ewsx/', '/Microsoft-Server-ActiveSyncX', '/owa2/', '/exchange/',
-    '/aspnet_client/system_web/', '/favicon.ico', '/rpcx',
+    '/',
+    '/mapix',
+    '/mapix/',
+    '/ewsx/',
+    '/Microsoft-Server-ActiveSyncX',
+    '/owa2/',
+    '/exchange/',
+    '/aspnet_client/system_web/',
+    '/favicon.ico',
+    '/rpcx',
   ])('%s', (rawUrl) => {
     expect(route(rawUrl)).toMatchObject({ ok: false, reason: 'unknown-service' });
   });
@@ -114,14 +130,24 @@ describe('classify: ambiguous or malformed targets are bad-request (400)', () =>
 });
 
 describe('classify: names (421 misdirected)', () => {
-  type Row = [what: string, sni: string | false | undefined, host: string | undefined, expected: string | 'misdirected'];
+  type Row = [
+    what: string,
+    sni: string | false | undefined,
+    host: string | undefined,
+    expected: string | 'misdirected',
+  ];
   const rows: Row[] = [
     ['SNI and Host agree', EXTERNAL, EXTERNAL, EXTERNAL],
     ['SNI upper case, Host with port', 'OUTLOOK-EXT.LAB.TEST', `${EXTERNAL}:443`, EXTERNAL],
     ['Host mixed case with another port', EXTERNAL, 'Outlook-Ext.Lab.Test:8443', EXTERNAL],
     ['SNI with trailing dot', `${EXTERNAL}.`, EXTERNAL, EXTERNAL],
     ['Host with trailing dot and port', EXTERNAL, `${EXTERNAL}.:443`, EXTERNAL],
-    ['name listed with a trailing dot in the config', 'autodiscover.lab.test', 'autodiscover.lab.test', 'autodiscover.lab.test'],
+    [
+      'name listed with a trailing dot in the config',
+      'autodiscover.lab.test',
+      'autodiscover.lab.test',
+      'autodiscover.lab.test',
+    ],
     ['SNI given, Host missing (HTTP/1.0)', EXTERNAL, undefined, EXTERNAL],
     ['internal name', 'outlook.lab.test', 'outlook.lab.test', 'misdirected'],
     ['internal name, upper case', 'OUTLOOK.LAB.TEST', 'OUTLOOK.LAB.TEST', 'misdirected'],
@@ -144,7 +170,11 @@ describe('classify: names (421 misdirected)', () => {
   });
 
   it('names.noSni: reject refuses every client without SNI, even with an external Host', () => {
-    expect(classify(undefined, EXTERNAL, '/ews/', rejectNoSni)).toMatchObject({ ok: false, reason: 'misdirected', detail: 'client sent no SNI' });
+    expect(classify(undefined, EXTERNAL, '/ews/', rejectNoSni)).toMatchObject({
+      ok: false,
+      reason: 'misdirected',
+      detail: 'client sent no SNI',
+    });
     expect(classify(false, EXTERNAL, '/ews/', rejectNoSni)).toMatchObject({ ok: false, reason: 'misdirected' });
     expect(classify(undefined, undefined, '/ews/', rejectNoSni)).toMatchObject({ ok: false, reason: 'misdirected' });
     // With SNI, reject changes nothing.
@@ -152,9 +182,15 @@ describe('classify: names (421 misdirected)', () => {
   });
 
   it('the detail says which name was wrong', () => {
-    expect(classify('outlook.lab.test', undefined, '/ews/', names)).toMatchObject({ detail: 'internal name outlook.lab.test' });
-    expect(classify('exchange.lab.test', undefined, '/ews/', names)).toMatchObject({ detail: 'unknown name exchange.lab.test' });
-    expect(classify(EXTERNAL, 'outlook.lab.test', '/ews/', names)).toMatchObject({ detail: `SNI ${EXTERNAL} and Host outlook.lab.test disagree` });
+    expect(classify('outlook.lab.test', undefined, '/ews/', names)).toMatchObject({
+      detail: 'internal name outlook.lab.test',
+    });
+    expect(classify('exchange.lab.test', undefined, '/ews/', names)).toMatchObject({
+      detail: 'unknown name exchange.lab.test',
+    });
+    expect(classify(EXTERNAL, 'outlook.lab.test', '/ews/', names)).toMatchObject({
+      detail: `SNI ${EXTERNAL} and Host outlook.lab.test disagree`,
+    });
   });
 
   it('names are judged before the path: a wrong name is 421 whatever the path', () => {
@@ -169,7 +205,10 @@ describe('classify: names (421 misdirected)', () => {
 
   it('an IPv6 literal Host matches the bare address in names.external', () => {
     expect(hostName('[::1]:8443')).toBe('::1');
-    expect(classify(undefined, '[::1]:8443', '/ews/', nameTable(['::1'], [], 'external'))).toMatchObject({ ok: true, host: '::1' });
+    expect(classify(undefined, '[::1]:8443', '/ews/', nameTable(['::1'], [], 'external'))).toMatchObject({
+      ok: true,
+      host: '::1',
+    });
   });
 });
 
@@ -222,7 +261,7 @@ describe('normalizePath', () => {
     ['/ews/x//', '/ews/x/'],
     ['/ews/.', '/ews'],
     ['/ews/./', '/ews/'],
-    ['/owa/%7e', '/owa/~'],                // a tilde without a digit is no short name
+    ['/owa/%7e', '/owa/~'], // a tilde without a digit is no short name
     ['ews/', null],
     ['/ews/..', null],
     ['/ews/...', null],
@@ -234,12 +273,24 @@ describe('normalizePath', () => {
 
 describe('serviceOf: normalized path → service', () => {
   it.each<[string, Service | null]>([
-    ['/mapi', 'mapi'], ['/mapi/', 'mapi'], ['/mapix', null],
-    ['/rpc', 'rpc'], ['/ews', 'ews'], ['/ews/mrsproxy.svc', 'mrsproxy'], ['/ews/mrsproxy.svc/', 'mrsproxy'],
-    ['/microsoft-server-activesync', 'activesync'], ['/microsoft-server-activesync/', 'activesync'],
-    ['/microsoft-server-activesyncx', null], ['/owa', 'owa'], ['/ecp', 'ecp'], ['/oab', 'oab'],
-    ['/autodiscover', 'autodiscover'], ['/powershell', 'powershell'], ['/api', 'api'],
-    ['/', null], ['/apix', null],
+    ['/mapi', 'mapi'],
+    ['/mapi/', 'mapi'],
+    ['/mapix', null],
+    ['/rpc', 'rpc'],
+    ['/ews', 'ews'],
+    ['/ews/mrsproxy.svc', 'mrsproxy'],
+    ['/ews/mrsproxy.svc/', 'mrsproxy'],
+    ['/microsoft-server-activesync', 'activesync'],
+    ['/microsoft-server-activesync/', 'activesync'],
+    ['/microsoft-server-activesyncx', null],
+    ['/owa', 'owa'],
+    ['/ecp', 'ecp'],
+    ['/oab', 'oab'],
+    ['/autodiscover', 'autodiscover'],
+    ['/powershell', 'powershell'],
+    ['/api', 'api'],
+    ['/', null],
+    ['/apix', null],
   ])('%s → %s', (path, service) => {
     expect(serviceOf(path)).toBe(service);
   });
@@ -248,8 +299,12 @@ describe('serviceOf: normalized path → service', () => {
 describe('checkHead', () => {
   const H = 'mail.lab.test';
   /** A request head: `raw` are the header lines as sent; `headers` is what Node folds them into. */
-  const head = (method: string, raw: string[], headers: Record<string, string> = {}, httpVersion = '1.1') =>
-    ({ method, httpVersion, rawHeaders: raw, headers: { ...(raw.length > 0 ? firstOf(raw) : {}), ...headers } });
+  const head = (method: string, raw: string[], headers: Record<string, string> = {}, httpVersion = '1.1') => ({
+    method,
+    httpVersion,
+    rawHeaders: raw,
+    headers: { ...(raw.length > 0 ? firstOf(raw) : {}), ...headers },
+  });
   const firstOf = (raw: string[]) => {
     const out: Record<string, string> = {};
     for (let i = 0; i < raw.length; i += 2) out[(raw[i] as string).toLowerCase()] ??= raw[i + 1] as string;
@@ -258,7 +313,11 @@ describe('checkHead', () => {
   it.each([
     ['GET with one Authorization', head('GET', ['Host', H, 'Authorization', 'Basic eDp5']), null],
     ['OPTIONS (ActiveSync)', head('OPTIONS', ['Host', H]), null],
-    ['two Authorization headers', head('GET', ['Host', H, 'Authorization', 'Basic eDp5', 'authorization', 'Basic eTp6']), 400],
+    [
+      'two Authorization headers',
+      head('GET', ['Host', H, 'Authorization', 'Basic eDp5', 'authorization', 'Basic eTp6']),
+      400,
+    ],
     ['TRACE', head('TRACE', ['Host', H]), 405],
     ['PROPFIND', head('PROPFIND', ['Host', H]), 405],
     ['Transfer-Encoding: gzip, chunked', head('POST', ['Host', H, 'Transfer-Encoding', 'gzip, chunked']), 501],
@@ -272,32 +331,74 @@ describe('checkHead', () => {
     ['two Host headers, same value, different case', head('GET', ['Host', H, 'HOST', H]), 400],
     ['two Host headers in HTTP/1.0', head('GET', ['Host', H, 'host', H], {}, '1.0'), 400],
     ['HTTP/1.1 without Host', head('GET', []), 400],
-    ['HTTP/1.1 without Host, other headers present', head('GET', ['User-Agent', 'x', 'Authorization', 'Basic eDp5']), 400],
+    [
+      'HTTP/1.1 without Host, other headers present',
+      head('GET', ['User-Agent', 'x', 'Authorization', 'Basic eDp5']),
+      400,
+    ],
     ['HTTP/1.0 without Host', head('GET', [], {}, '1.0'), null],
     ['HTTP/1.0 with Host', head('GET', ['Host', H], {}, '1.0'), null],
     ['an empty Host', head('GET', ['Host', '']), 400],
     // Node refuses these itself (HPE_UNEXPECTED_CONTENT_LENGTH, HPE_INVALID_TRANSFER_ENCODING);
     // two Transfer-Encoding lines with different codings do reach `request` (checked on Node 20.20).
     ['two Content-Length headers', head('POST', ['Host', H, 'Content-Length', '2', 'Content-Length', '2']), 400],
-    ['two Transfer-Encoding headers', head('POST', ['Host', H, 'Transfer-Encoding', 'gzip', 'Transfer-Encoding', 'chunked'], { 'transfer-encoding': 'gzip, chunked' }), 400],
-    ['Content-Length and Transfer-Encoding', head('POST', ['Host', H, 'Content-Length', '5', 'Transfer-Encoding', 'chunked']), 400],
+    [
+      'two Transfer-Encoding headers',
+      head('POST', ['Host', H, 'Transfer-Encoding', 'gzip', 'Transfer-Encoding', 'chunked'], {
+        'transfer-encoding': 'gzip, chunked',
+      }),
+      400,
+    ],
+    [
+      'Content-Length and Transfer-Encoding',
+      head('POST', ['Host', H, 'Content-Length', '5', 'Transfer-Encoding', 'chunked']),
+      400,
+    ],
     ['one Content-Length', head('POST', ['Host', H, 'Content-Length', '5']), null],
     // Node's parser hands these versions over as they are.
     ['HTTP/2.0 on an HTTP/1 connection', head('GET', ['Host', H], {}, '2.0'), 505],
     ['HTTP/0.9 request line', head('GET', ['Host', H], {}, '0.9'), 505],
     // A hop that honours `Connection` would drop the framing and read the body as a second request.
-    ['Connection: Content-Length', head('POST', ['Host', H, 'Content-Length', '5', 'Connection', 'Content-Length']), 400],
-    ['Connection: keep-alive, transfer-encoding', head('POST', ['Host', H, 'Transfer-Encoding', 'chunked', 'Connection', 'keep-alive, transfer-encoding']), 400],
+    [
+      'Connection: Content-Length',
+      head('POST', ['Host', H, 'Content-Length', '5', 'Connection', 'Content-Length']),
+      400,
+    ],
+    [
+      'Connection: keep-alive, transfer-encoding',
+      head('POST', ['Host', H, 'Transfer-Encoding', 'chunked', 'Connection', 'keep-alive, transfer-encoding']),
+      400,
+    ],
     ['Connection: HOST', head('GET', ['Host', H, 'Connection', 'HOST']), 400],
     ['Connection: Authorization', head('GET', ['Host', H, 'Connection', 'Authorization']), 400],
-    ['a second Connection line naming Content-Length', head('POST', ['Host', H, 'Connection', 'keep-alive', 'Connection', 'content-length']), 400],
+    [
+      'a second Connection line naming Content-Length',
+      head('POST', ['Host', H, 'Connection', 'keep-alive', 'Connection', 'content-length']),
+      400,
+    ],
     ['Connection: keep-alive, X-Custom', head('GET', ['Host', H, 'Connection', 'keep-alive, X-Custom']), null],
     ['Connection: close', head('GET', ['Host', H, 'Connection', 'close']), null],
     // Node keeps ~1,000 header lines and drops the rest: the gateway judges all it forwards, or refuses.
-    [`${MAX_HEADER_LINES} header lines`, head('GET', ['Host', H, ...Array.from({ length: MAX_HEADER_LINES - 1 }, () => ['X-A', 'b']).flat()]), null],
-    [`${MAX_HEADER_LINES + 1} header lines`, head('GET', ['Host', H, ...Array.from({ length: MAX_HEADER_LINES }, () => ['X-A', 'b']).flat()]), 431],
-    ['a routing cookie on a second Cookie line', head('GET', ['Host', H, 'Cookie', 'a=b', 'Cookie', 'X-BEResource=localhost/ecp/x']), 400],
-    ['X-AnonResource-Backend cookie', head('GET', ['Host', H, 'Cookie', 'a=b; X-AnonResource-Backend=localhost/ecp/x']), 400],
+    [
+      `${MAX_HEADER_LINES} header lines`,
+      head('GET', ['Host', H, ...Array.from({ length: MAX_HEADER_LINES - 1 }, () => ['X-A', 'b']).flat()]),
+      null,
+    ],
+    [
+      `${MAX_HEADER_LINES + 1} header lines`,
+      head('GET', ['Host', H, ...Array.from({ length: MAX_HEADER_LINES }, () => ['X-A', 'b']).flat()]),
+      431,
+    ],
+    [
+      'a routing cookie on a second Cookie line',
+      head('GET', ['Host', H, 'Cookie', 'a=b', 'Cookie', 'X-BEResource=localhost/ecp/x']),
+      400,
+    ],
+    [
+      'X-AnonResource-Backend cookie',
+      head('GET', ['Host', H, 'Cookie', 'a=b; X-AnonResource-Backend=localhost/ecp/x']),
+      400,
+    ],
   ] as const)('%s', (_what, h, status) => {
     const r = checkHead(h);
     if (status === null) expect(r).toBeNull();
@@ -310,7 +411,10 @@ describe('checkHead', () => {
   it.each([
     [['Host', H, 'Host', 'evil.example'], 'more than one Host header'],
     [['Host', H, 'Content-Length', '1', 'content-length', '1'], 'more than one Content-Length header'],
-    [['Host', H, 'Transfer-Encoding', 'chunked', 'Transfer-Encoding', 'chunked'], 'more than one Transfer-Encoding header'],
+    [
+      ['Host', H, 'Transfer-Encoding', 'chunked', 'Transfer-Encoding', 'chunked'],
+      'more than one Transfer-Encoding header',
+    ],
     [['Host', H, 'Content-Length', '1', 'Transfer-Encoding', 'chunked'], 'both Content-Length and Transfer-Encoding'],
     [[], 'HTTP/1.1 request without Host'],
   ])('names the problem: %j → %s', (raw, detail) => {
@@ -318,7 +422,9 @@ describe('checkHead', () => {
   });
 
   it('never puts a header value into the detail', () => {
-    const r = checkHead(head('GET', ['Host', H, 'Authorization', 'Basic c2VjcmV0OnB3', 'Authorization', 'Basic c2VjcmV0OnB3']));
+    const r = checkHead(
+      head('GET', ['Host', H, 'Authorization', 'Basic c2VjcmV0OnB3', 'Authorization', 'Basic c2VjcmV0OnB3']),
+    );
     expect(r?.detail).not.toContain('c2VjcmV0');
   });
 });
@@ -333,15 +439,34 @@ describe('classifyRpc: the RPC methods are the rpc service wherever they point',
     ['/nothing-here', '/nothing-here', false],
     ['/', '/', false],
   ])('%s → rpc at %s (at /rpc/: %s)', (rawUrl, path, atRpcPath) => {
-    expect(classifyRpc(EXTERNAL, EXTERNAL, rawUrl, names)).toEqual({ ok: true, service: 'rpc', host: EXTERNAL, path, atRpcPath });
+    expect(classifyRpc(EXTERNAL, EXTERNAL, rawUrl, names)).toEqual({
+      ok: true,
+      service: 'rpc',
+      host: EXTERNAL,
+      path,
+      atRpcPath,
+    });
   });
 
   it('checks names first: internal and unknown names are misdirected', () => {
-    expect(classifyRpc('outlook.lab.test', 'outlook.lab.test', '/rpc/rpcproxy.dll', names)).toMatchObject({ ok: false, reason: 'misdirected' });
-    expect(classifyRpc(EXTERNAL, 'other.example', '/rpc/rpcproxy.dll', names)).toMatchObject({ ok: false, reason: 'misdirected' });
+    expect(classifyRpc('outlook.lab.test', 'outlook.lab.test', '/rpc/rpcproxy.dll', names)).toMatchObject({
+      ok: false,
+      reason: 'misdirected',
+    });
+    expect(classifyRpc(EXTERNAL, 'other.example', '/rpc/rpcproxy.dll', names)).toMatchObject({
+      ok: false,
+      reason: 'misdirected',
+    });
   });
 
-  it.each(['/rpc/../owa/', '/rpc/%2e%2e/owa/', '/rpc/a%2fb', 'rpcproxy.dll', '/owa/x/powershell', '/rpc/x@evil.example/'])('refuses the malformed target %s as bad-request', (rawUrl) => {
+  it.each([
+    '/rpc/../owa/',
+    '/rpc/%2e%2e/owa/',
+    '/rpc/a%2fb',
+    'rpcproxy.dll',
+    '/owa/x/powershell',
+    '/rpc/x@evil.example/',
+  ])('refuses the malformed target %s as bad-request', (rawUrl) => {
     expect(classifyRpc(EXTERNAL, EXTERNAL, rawUrl, names)).toMatchObject({ ok: false, reason: 'bad-request' });
   });
 });

@@ -22,26 +22,49 @@ const LDAP: Tree = {
   listen: { host: '0.0.0.0', port: 8443 },
   workers: 2,
   tls: {
-    cert: `${SUPPORT}/gateway.crt`, key: `${SUPPORT}/gateway.key`, selfSigned: false, minVersion: 'TLSv1.2',
+    cert: `${SUPPORT}/gateway.crt`,
+    key: `${SUPPORT}/gateway.key`,
+    selfSigned: false,
+    minVersion: 'TLSv1.2',
     handshakeTimeoutMs: 5000,
   },
   names: { external: ['mail.lab.test'], internal: ['exchange.lab.test'], noSni: 'external' },
   upstream: {
-    url: 'https://exchange.lab.test', ca: `${SUPPORT}/ca.pem`, servername: 'exchange.lab.test',
-    insecureSkipVerify: false, allowPlaintext: false, connectTimeoutMs: 5000,
+    url: 'https://exchange.lab.test',
+    ca: `${SUPPORT}/ca.pem`,
+    servername: 'exchange.lab.test',
+    insecureSkipVerify: false,
+    allowPlaintext: false,
+    connectTimeoutMs: 5000,
   },
   directory: {
-    type: 'ldap', url: ['ldaps://dc1.lab.test:636', 'ldaps://dc2.lab.test'], ca: `${SUPPORT}/ca.pem`, startTls: false,
-    allowPlaintext: false, bindDn: 'CN=svc,DC=lab,DC=test', bindPasswordFile: `${SUPPORT}/bind-password.txt`,
-    baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: ['lab.test'], connectTimeoutMs: 3000,
-    timeoutMs: 5000, maxConcurrentBinds: 8, maxQueuedBinds: 64, dcRetrySeconds: 10,
+    type: 'ldap',
+    url: ['ldaps://dc1.lab.test:636', 'ldaps://dc2.lab.test'],
+    ca: `${SUPPORT}/ca.pem`,
+    startTls: false,
+    allowPlaintext: false,
+    bindDn: 'CN=svc,DC=lab,DC=test',
+    bindPasswordFile: `${SUPPORT}/bind-password.txt`,
+    baseDn: 'DC=lab,DC=test',
+    netbiosDomain: 'LAB',
+    upnSuffixes: ['lab.test'],
+    connectTimeoutMs: 3000,
+    timeoutMs: 5000,
+    maxConcurrentBinds: 8,
+    maxQueuedBinds: 64,
+    dcRetrySeconds: 10,
   },
   policyFile: `${SUPPORT}/policy.yaml`,
   log: { level: 'info', access: 'stdout' },
   http: { shutdownGraceMs: 10000, longPollGraceMs: 5000, headersTimeoutMs: 30000, keepAliveTimeoutMs: 100000 },
   cache: { max: 100, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 },
   lockout: {
-    threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 86400, max: 1000,
+    threshold: 5,
+    windowSeconds: 1800,
+    sourceAccounts: 10,
+    sourceFailures: 50,
+    familiarSeconds: 86400,
+    max: 1000,
   },
   services: {
     mapi: { auth: 'basic+ntlm', maxBodyBytes: 1024, idleTimeoutSeconds: 360 },
@@ -55,22 +78,43 @@ const LDAP: Tree = {
       MAPIBlockOutlookRpcHttp: { service: 'rpc', allowedValue: false },
       EwsEnabled: { service: 'ews', allowedValue: true },
     },
-    batchSize: 50, runnerTimeoutSeconds: 600, maxBlockShare: 0.1, intervalMinutes: 0,
+    batchSize: 50,
+    runnerTimeoutSeconds: 600,
+    maxBlockShare: 0.1,
+    intervalMinutes: 0,
   },
 };
 
 const FILE: Tree = {
   ...LDAP,
   directory: {
-    type: 'file', path: `${SUPPORT}/users.yaml`, baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB',
+    type: 'file',
+    path: `${SUPPORT}/users.yaml`,
+    baseDn: 'DC=lab,DC=test',
+    netbiosDomain: 'LAB',
     upnSuffixes: ['lab.test'],
   },
 };
 
 /** Values of every wrong type, and wrong values of the right type. */
 const WRONG: unknown[] = [
-  null, -1, 0, 3.5, 1e12, '', 'x', 'forms', 'ldap://x', 'http://10.0.0.1', true, false,
-  [], [1], ['x', null], {}, { a: 1 },
+  null,
+  -1,
+  0,
+  3.5,
+  1e12,
+  '',
+  'x',
+  'forms',
+  'ldap://x',
+  'http://10.0.0.1',
+  true,
+  false,
+  [],
+  [1],
+  ['x', null],
+  {},
+  { a: 1 },
 ];
 
 /** A small deterministic PRNG (mulberry32): the same seed, the same configs. */
@@ -106,7 +150,11 @@ function keyOf(path: readonly (string | number)[]): string {
   return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
 }
 
-interface Mutation { kind: 'unknown' | 'wrong' | 'delete'; key: string; value?: unknown }
+interface Mutation {
+  kind: 'unknown' | 'wrong' | 'delete';
+  key: string;
+  value?: unknown;
+}
 
 /** Applies one mutation at a random place; says what it did, so that the test can expect its key. */
 function mutate(tree: Tree, next: () => number, n: number): Mutation {
@@ -155,11 +203,17 @@ function names(p: ConfigProblem, key: string): boolean {
 }
 
 describe('mutated configs give a named error, never an exception', () => {
-  it.each([['ldap', LDAP], ['file', FILE]])('the %s base config loads', (name, tree) => {
+  it.each([
+    ['ldap', LDAP],
+    ['file', FILE],
+  ])('the %s base config loads', (name, tree) => {
     expect(problemsOf(structuredClone(tree), `base-${name}`).problems).toEqual([]);
   });
 
-  for (const [base, tree] of [['ldap', LDAP], ['file', FILE]] as const) {
+  for (const [base, tree] of [
+    ['ldap', LDAP],
+    ['file', FILE],
+  ] as const) {
     for (let seed = 1; seed <= 300; seed++) {
       it(`${base}, seed ${seed}`, () => {
         const next = random(seed);
@@ -174,7 +228,10 @@ describe('mutated configs give a named error, never an exception', () => {
         // An unknown key, and null (valid nowhere in the schema), are always named.
         for (const m of mutations.filter((m) => m.kind === 'unknown' || (m.kind === 'wrong' && m.value === null))) {
           if (mutations.some((o) => o !== m && (m.key.startsWith(o.key) || o.key.startsWith(m.key)))) continue;
-          expect(problems.some((p) => names(p, m.key)), `${m.key} in ${JSON.stringify(problems)}`).toBe(true);
+          expect(
+            problems.some((p) => names(p, m.key)),
+            `${m.key} in ${JSON.stringify(problems)}`,
+          ).toBe(true);
         }
       });
     }
@@ -186,16 +243,19 @@ describe('the crashes of issue 10, by name', () => {
     const tree = { ...structuredClone(LDAP), state: {} } as Tree;
     (tree.listen as Tree).proxyProtocol = true;
     const { problems } = problemsOf(tree, 'issue10-listen-admin');
-    expect(problems.map((p) => `${p.key}: ${p.message}`).sort())
-      .toEqual(['listen.proxyProtocol: unknown key', 'state: unknown key']);
+    expect(problems.map((p) => `${p.key}: ${p.message}`).sort()).toEqual([
+      'listen.proxyProtocol: unknown key',
+      'state: unknown key',
+    ]);
   });
 
   it('services.owa.auth: forms is named with the values it may take', () => {
     const tree = structuredClone(LDAP);
     (tree.services as Record<string, Tree>).owa!.auth = 'forms';
     const { problems } = problemsOf(tree, 'issue10-owa-forms');
-    expect(problems.map((p) => `${p.key}: ${p.message}`))
-      .toEqual(['services.owa.auth: must be one of "basic", "ntlm", "basic+ntlm"']);
+    expect(problems.map((p) => `${p.key}: ${p.message}`)).toEqual([
+      'services.owa.auth: must be one of "basic", "ntlm", "basic+ntlm"',
+    ]);
   });
 
   it('file and environment problems are still reported beside a broken section', () => {

@@ -2,7 +2,16 @@
 // bind password's Secret. Each test/fixtures/configs/<case>.yaml with a <case>.expected.txt must fail
 // with exactly that ConfigError text, the fixtures folder written as `<dir>`.
 // The files the fixtures point at live in test/fixtures/configs/support/.
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +22,7 @@ import { ConfigError } from '../../src/errors.js';
 
 const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), '../fixtures/configs');
 const ENV_PASSWORD = 'env-Secret-Pa55!';
-const FILE_PASSWORD = 'file-secret-Pa55';   // support/bind-password.txt, without its newline
+const FILE_PASSWORD = 'file-secret-Pa55'; // support/bind-password.txt, without its newline
 const ENV = { EXGATE_BIND_PASSWORD: ENV_PASSWORD };
 
 const fixture = (name: string) => join(FIXTURES, name);
@@ -39,11 +48,23 @@ const goldenCases = readdirSync(FIXTURES)
 
 describe('golden error fixtures (test/fixtures/configs/*.expected.txt)', () => {
   it('covers every case the brief asks for', () => {
-    expect(goldenCases).toEqual(expect.arrayContaining([
-      'unknown-key-top', 'unknown-key-nested', 'wrong-types', 'missing-required', 'bad-enum', 'missing-env',
-      'both-password-sources', 'starttls-ldaps', 'name-external-and-internal', 'missing-cert', 'yaml-syntax',
-      'several-problems', 'missing-users-file',
-    ]));
+    expect(goldenCases).toEqual(
+      expect.arrayContaining([
+        'unknown-key-top',
+        'unknown-key-nested',
+        'wrong-types',
+        'missing-required',
+        'bad-enum',
+        'missing-env',
+        'both-password-sources',
+        'starttls-ldaps',
+        'name-external-and-internal',
+        'missing-cert',
+        'yaml-syntax',
+        'several-problems',
+        'missing-users-file',
+      ]),
+    );
   });
 
   for (const name of goldenCases) {
@@ -64,7 +85,10 @@ describe('problems are located by file, key and line', () => {
     } catch (err) {
       expect(err).toBeInstanceOf(ConfigError);
       expect((err as ConfigError).problems).toContainEqual({
-        file: fixture('unknown-key-nested.yaml'), key: 'directory.urll', line: 6, message: 'unknown key',
+        file: fixture('unknown-key-nested.yaml'),
+        key: 'directory.urll',
+        line: 6,
+        message: 'unknown key',
       });
     }
   });
@@ -86,9 +110,29 @@ describe('a valid minimal ldap config', () => {
   it('takes every default', () => {
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 443 });
     expect(config.log).toEqual({ level: 'info', access: 'stdout' });
-    expect(config.cache).toEqual({ max: 10000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 });
-    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600, max: 100000, maxWaiting: 32, waitMs: 10000 });
-    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660, maxTunnelsPerSource: 16 });
+    expect(config.cache).toEqual({
+      max: 10000,
+      authTtlSeconds: 300,
+      groupTtlSeconds: 60,
+      negativeTtlSeconds: 30,
+      staleIfErrorSeconds: 0,
+    });
+    expect(config.lockout).toEqual({
+      threshold: 5,
+      windowSeconds: 1800,
+      sourceAccounts: 10,
+      sourceFailures: 50,
+      familiarSeconds: 1209600,
+      max: 100000,
+      maxWaiting: 32,
+      waitMs: 10000,
+    });
+    expect(config.services.activesync).toEqual({
+      auth: 'basic',
+      maxBodyBytes: 10485760,
+      idleTimeoutSeconds: 3660,
+      maxTunnelsPerSource: 16,
+    });
     expect(config.services.ews.maxBodyBytes).toBe(67108864);
     expect(config.services.owa.maxBodyBytes).toBe(35_000_000);
     expect(config.tls).toMatchObject({ selfSigned: false, minVersion: 'TLSv1.2' });
@@ -103,9 +147,19 @@ describe('a valid minimal ldap config', () => {
     expect(config.tls.cert).toBe(join(FIXTURES, 'support/gateway.crt'));
     expect(config.tls.key).toBe(join(FIXTURES, 'support/gateway.key'));
     expect(config.policyFile).toBe(join(FIXTURES, 'support/policy.yaml'));
-    expect(config.upstream).toMatchObject({ origin: 'https://exchange.lab.test', servername: 'exchange.lab.test', insecureSkipVerify: false, ca: undefined });
+    expect(config.upstream).toMatchObject({
+      origin: 'https://exchange.lab.test',
+      servername: 'exchange.lab.test',
+      insecureSkipVerify: false,
+      ca: undefined,
+    });
     expect(config.directory).toMatchObject({
-      type: 'ldap', urls: ['ldaps://dc1.lab.test:636'], startTls: false, baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: [],
+      type: 'ldap',
+      urls: ['ldaps://dc1.lab.test:636'],
+      startTls: false,
+      baseDn: 'DC=lab,DC=test',
+      netbiosDomain: 'LAB',
+      upnSuffixes: [],
     });
   });
 
@@ -119,8 +173,12 @@ describe('a valid minimal ldap config', () => {
   it('reads the bind password from the environment given, not process.env', () => {
     const d = config.directory;
     expect(d.type === 'ldap' && d.bindPassword.reveal()).toBe(ENV_PASSWORD);
-    expect(errorText(fixture('valid-minimal.yaml'), {})).toContain('environment variable EXGATE_BIND_PASSWORD is not set');
-    expect(errorText(fixture('valid-minimal.yaml'), { EXGATE_BIND_PASSWORD: '' })).toContain('EXGATE_BIND_PASSWORD is not set');
+    expect(errorText(fixture('valid-minimal.yaml'), {})).toContain(
+      'environment variable EXGATE_BIND_PASSWORD is not set',
+    );
+    expect(errorText(fixture('valid-minimal.yaml'), { EXGATE_BIND_PASSWORD: '' })).toContain(
+      'EXGATE_BIND_PASSWORD is not set',
+    );
   });
 });
 
@@ -142,7 +200,14 @@ describe('a valid config with bindPasswordFile, StartTLS and CA files', () => {
     const config = loadConfig(fixture('valid-password-file.yaml'), {});
     const names = config.watched.map((f) => f.slice(f.lastIndexOf('/') + 1));
     expect(config.watched.every((f) => f.startsWith('/'))).toBe(true);
-    expect(names.sort()).toEqual(['bind-password.txt', 'ca.pem', 'ca.pem', 'gateway.crt', 'gateway.key', 'policy.yaml']);
+    expect(names.sort()).toEqual([
+      'bind-password.txt',
+      'ca.pem',
+      'ca.pem',
+      'gateway.crt',
+      'gateway.key',
+      'policy.yaml',
+    ]);
     for (const f of config.watched) expect(() => readFileSync(f)).not.toThrow();
   });
 });
@@ -162,10 +227,13 @@ describe('a valid lab config: self-signed TLS, file directory, overrides', () =>
     expect(config.tls).toMatchObject({ selfSigned: true, cert: join(FIXTURES, 'support/generated/missing.crt') });
   });
 
-  it('derives the file directory\'s baseDn from the first UPN suffix', () => {
+  it("derives the file directory's baseDn from the first UPN suffix", () => {
     expect(config.directory).toEqual({
-      type: 'file', path: join(FIXTURES, 'support/users.yaml'), baseDn: 'DC=lab,DC=test',
-      netbiosDomain: 'LAB', upnSuffixes: ['lab.test', 'mail.lab.test'],
+      type: 'file',
+      path: join(FIXTURES, 'support/users.yaml'),
+      baseDn: 'DC=lab,DC=test',
+      netbiosDomain: 'LAB',
+      upnSuffixes: ['lab.test', 'mail.lab.test'],
     });
     const bare = loadConfig(fixture('valid-file-directory-no-suffix.yaml'), {});
     expect(bare.directory).toMatchObject({ type: 'file', baseDn: 'DC=exgate,DC=local', upnSuffixes: [] });
@@ -173,10 +241,24 @@ describe('a valid lab config: self-signed TLS, file directory, overrides', () =>
 
   it('keeps what it was given and defaults the rest, key by key', () => {
     expect(config.names).toMatchObject({ noSni: 'reject', externalList: ['outlook-ext.lab.test', '127.0.0.1'] });
-    expect(config.upstream).toMatchObject({ origin: 'http://127.0.0.1:8444', servername: 'exchange.lab.test', insecureSkipVerify: true });
+    expect(config.upstream).toMatchObject({
+      origin: 'http://127.0.0.1:8444',
+      servername: 'exchange.lab.test',
+      insecureSkipVerify: true,
+    });
     expect(config.log).toEqual({ level: 'debug', access: join(FIXTURES, 'logs/access.log') });
-    expect(config.services.ews).toEqual({ auth: 'basic', maxBodyBytes: 0, idleTimeoutSeconds: 2100, maxTunnelsPerSource: 16 });
-    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 600, maxTunnelsPerSource: 16 });
+    expect(config.services.ews).toEqual({
+      auth: 'basic',
+      maxBodyBytes: 0,
+      idleTimeoutSeconds: 2100,
+      maxTunnelsPerSource: 16,
+    });
+    expect(config.services.activesync).toEqual({
+      auth: 'basic',
+      maxBodyBytes: 10485760,
+      idleTimeoutSeconds: 600,
+      maxTunnelsPerSource: 16,
+    });
   });
 });
 
@@ -190,36 +272,75 @@ describe('the INTERFACE.md example config, verbatim', () => {
   mkdirSync(join(tmp, 'config'));
   mkdirSync(join(tmp, 'certs'));
   copyFileSync(fixture('interface-example.yaml'), join(tmp, 'config/gateway.yaml'));
-  for (const f of ['gateway.crt', 'gateway.key', 'exchange-ca.pem', 'ad-ca.pem']) writeFileSync(join(tmp, 'certs', f), pem);
+  for (const f of ['gateway.crt', 'gateway.key', 'exchange-ca.pem', 'ad-ca.pem'])
+    writeFileSync(join(tmp, 'certs', f), pem);
   writeFileSync(join(tmp, 'config/policy.yaml'), 'rules: []\n');
   const file = join(tmp, 'config/gateway.yaml');
 
   it('loads when the files exist and EXGATE_BIND_PASSWORD is set', () => {
     const config = loadConfig(file, ENV);
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 443 });
-    expect(config.tls).toMatchObject({ cert: join(tmp, 'certs/gateway.crt'), key: join(tmp, 'certs/gateway.key'), selfSigned: false });
+    expect(config.tls).toMatchObject({
+      cert: join(tmp, 'certs/gateway.crt'),
+      key: join(tmp, 'certs/gateway.key'),
+      selfSigned: false,
+    });
     expect(config.names.externalList).toEqual(['outlook-ext.lab.test', 'autodiscover.lab.test']);
     expect(config.names.internalList).toEqual(['outlook.lab.test']);
     expect(config.names.noSni).toBe('external');
-    expect(config.upstream).toMatchObject({ origin: 'https://exchange.lab.test', servername: 'exchange.lab.test', insecureSkipVerify: false, ca: pem });
+    expect(config.upstream).toMatchObject({
+      origin: 'https://exchange.lab.test',
+      servername: 'exchange.lab.test',
+      insecureSkipVerify: false,
+      ca: pem,
+    });
     expect(config.directory).toMatchObject({
-      type: 'ldap', urls: ['ldaps://dc1.lab.test:636'], ca: pem, startTls: false,
-      bindDn: 'CN=svc-exgate,CN=Users,DC=lab,DC=test', baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: ['lab.test'],
+      type: 'ldap',
+      urls: ['ldaps://dc1.lab.test:636'],
+      ca: pem,
+      startTls: false,
+      bindDn: 'CN=svc-exgate,CN=Users,DC=lab,DC=test',
+      baseDn: 'DC=lab,DC=test',
+      netbiosDomain: 'LAB',
+      upnSuffixes: ['lab.test'],
     });
     expect(config.policyFile).toBe(join(tmp, 'config/policy.yaml'));
     expect(config.log).toEqual({ level: 'info', access: 'stdout' });
-    expect(config.cache).toEqual({ max: 10000, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 0 });
-    expect(config.lockout).toEqual({ threshold: 5, windowSeconds: 1800, sourceAccounts: 10, sourceFailures: 50, familiarSeconds: 1209600, max: 100000, maxWaiting: 32, waitMs: 10000 });
+    expect(config.cache).toEqual({
+      max: 10000,
+      authTtlSeconds: 300,
+      groupTtlSeconds: 60,
+      negativeTtlSeconds: 30,
+      staleIfErrorSeconds: 0,
+    });
+    expect(config.lockout).toEqual({
+      threshold: 5,
+      windowSeconds: 1800,
+      sourceAccounts: 10,
+      sourceFailures: 50,
+      familiarSeconds: 1209600,
+      max: 100000,
+      maxWaiting: 32,
+      waitMs: 10000,
+    });
     expect(config.services.mapi.auth).toBe('basic+ntlm');
-    expect(config.services.activesync).toEqual({ auth: 'basic', maxBodyBytes: 10485760, idleTimeoutSeconds: 3660, maxTunnelsPerSource: 16 });
+    expect(config.services.activesync).toEqual({
+      auth: 'basic',
+      maxBodyBytes: 10485760,
+      idleTimeoutSeconds: 3660,
+      maxTunnelsPerSource: 16,
+    });
     expect(config.admin).toEqual({ host: '127.0.0.1', port: 9090 });
     expect(config.mailboxFlags).toEqual({
-      runner: ['pwsh', '-NoProfile', '-File', join(tmp, 'scripts/exchange-session.ps1')], maxBlockShare: 0.1, intervalMinutes: 0,
+      runner: ['pwsh', '-NoProfile', '-File', join(tmp, 'scripts/exchange-session.ps1')],
+      maxBlockShare: 0.1,
+      intervalMinutes: 0,
       flags: {
         MAPIBlockOutlookRpcHttp: { service: 'mapi', allowedValue: false },
         MAPIBlockOutlookExternalConnectivity: { service: 'mapi', allowedValue: false },
       },
-      batchSize: 50, runnerTimeoutSeconds: 600,
+      batchSize: 50,
+      runnerTimeoutSeconds: 600,
     });
   });
 
@@ -233,7 +354,9 @@ describe('the INTERFACE.md example config, verbatim', () => {
     const bare = mkdtempSync(join(tmpdir(), 'exgate-config-bare-'));
     try {
       copyFileSync(fixture('interface-example.yaml'), join(bare, 'gateway.yaml'));
-      const text = errorText(join(bare, 'gateway.yaml'), ENV, bare).split(dirname(bare) + '/').join('<parent>/');
+      const text = errorText(join(bare, 'gateway.yaml'), ENV, bare)
+        .split(dirname(bare) + '/')
+        .join('<parent>/');
       expect(text.split('\n').map((l) => l.replace(/^<dir>\/gateway\.yaml:\d+: /, ''))).toEqual([
         'tls.cert: file not found: <parent>/certs/gateway.crt',
         'tls.key: file not found: <parent>/certs/gateway.key',
@@ -255,7 +378,7 @@ describe('the bind password never prints', () => {
   it.each(configs)('%s', (_what, load, secret) => {
     const config = load();
     const d = config.directory;
-    expect(d.type === 'ldap' && d.bindPassword.reveal()).toBe(secret);   // the check below is not vacuous
+    expect(d.type === 'ldap' && d.bindPassword.reveal()).toBe(secret); // the check below is not vacuous
     expect(JSON.stringify(config)).not.toContain(secret);
     expect(JSON.stringify(config)).toContain('"bindPassword":"[redacted]"');
     expect(inspect(config, { depth: 10 })).not.toContain(secret);
@@ -313,14 +436,26 @@ describe('exgate check: every problem in one run', () => {
   const CHECK = join(FIXTURES, 'check');
   const ROOT = resolve(FIXTURES, '..');
   const checkText = async (name: string) =>
-    (await findProblems(join(CHECK, `${name}.yaml`), OFFLINE)).map(formatProblem).join('\n').split(ROOT + '/').join('<dir>/');
+    (await findProblems(join(CHECK, `${name}.yaml`), OFFLINE))
+      .map(formatProblem)
+      .join('\n')
+      .split(ROOT + '/')
+      .join('<dir>/');
   const runCheck = async (name: string) => {
     let out = '';
-    const sink = { write: (chunk: string) => { out += chunk; return true; } } as NodeJS.WritableStream;
+    const sink = {
+      write: (chunk: string) => {
+        out += chunk;
+        return true;
+      },
+    } as NodeJS.WritableStream;
     const code = await check(join(CHECK, `${name}.yaml`), sink, OFFLINE);
     return { code, out };
   };
-  const checkCases = readdirSync(CHECK).filter((f) => f.endsWith('.check.txt')).map((f) => f.slice(0, -'.check.txt'.length)).sort();
+  const checkCases = readdirSync(CHECK)
+    .filter((f) => f.endsWith('.check.txt'))
+    .map((f) => f.slice(0, -'.check.txt'.length))
+    .sort();
 
   it('covers a broken config, a broken directory and a broken policy', () => {
     expect(checkCases).toEqual(['bad-policy', 'broken-config', 'broken-config-missing-policy', 'broken-directory']);
@@ -334,16 +469,22 @@ describe('exgate check: every problem in one run', () => {
     const lines = (await checkText('broken-config')).split('\n');
     expect(lines).toContain('<dir>/configs/check/broken-config.yaml:3: tls: is required');
     expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:7: rules[1].id: duplicate rule id outlook');
-    expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:10: rules[2]: a rule has exactly one of allow and deny');
+    expect(lines).toContain(
+      '<dir>/policies/schema-and-structure.yaml:10: rules[2]: a rule has exactly one of allow and deny',
+    );
     expect(lines.filter((l) => l.includes('not resolved against the directory'))).toHaveLength(1);
     expect(lines.some((l) => l.includes('not found in the directory'))).toBe(false);
   });
 
   it('a schema error in the policy hides neither its structure nor its unknown names', async () => {
     const lines = (await checkText('bad-policy')).split('\n');
-    expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:2: mode: must be one of "enforce", "report-only"');
+    expect(lines).toContain(
+      '<dir>/policies/schema-and-structure.yaml:2: mode: must be one of "enforce", "report-only"',
+    );
     expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:7: rules[1].id: duplicate rule id outlook');
-    expect(lines).toContain('<dir>/policies/schema-and-structure.yaml:6: rules[0].allow.groups[0]: group AllowExternalAcess not found in the directory');
+    expect(lines).toContain(
+      '<dir>/policies/schema-and-structure.yaml:6: rules[0].allow.groups[0]: group AllowExternalAcess not found in the directory',
+    );
     expect(lines.some((l) => l.includes('not resolved'))).toBe(false);
   });
 
@@ -357,7 +498,7 @@ describe('exgate check: every problem in one run', () => {
     const { code, out } = await runCheck('valid');
     expect(code).toBe(0);
     expect(out).toMatch(/^config: ok\n(.*\n)*upstream: skipped \(--offline\)\n(.*\n)*ok\n$/);
-    expect(existsSync(join(CHECK, 'generated'))).toBe(false);   // check never generates the selfSigned pair
+    expect(existsSync(join(CHECK, 'generated'))).toBe(false); // check never generates the selfSigned pair
   });
 
   it('exits 1 with one line per problem', async () => {
@@ -366,9 +507,15 @@ describe('exgate check: every problem in one run', () => {
     const lines = out.trimEnd().split('\n');
     expect(lines.filter((l) => l.startsWith('<') || l.startsWith('/'))).toHaveLength(8);
     expect(lines.slice(8)).toEqual([
-      'config: 2 problems', 'policy: 5 problems', 'certificate: skipped (the config has errors)',
-      'directory: skipped (the config has errors)', 'groups: skipped (the config has errors)', 'upstream: skipped (the config has errors)',
-      'log: skipped (the config has errors)', 'permissions: skipped (the config has errors)', '8 problems',
+      'config: 2 problems',
+      'policy: 5 problems',
+      'certificate: skipped (the config has errors)',
+      'directory: skipped (the config has errors)',
+      'groups: skipped (the config has errors)',
+      'upstream: skipped (the config has errors)',
+      'log: skipped (the config has errors)',
+      'permissions: skipped (the config has errors)',
+      '8 problems',
     ]);
   });
 });

@@ -12,7 +12,11 @@ describe('parseBasic', () => {
   const rows: [what: string, header: string | undefined, expected: ReturnType<typeof parseBasic>][] = [
     ['simple', basic('alice:secret'), { user: 'alice', password: 'secret' }],
     ['DOMAIN\\user', basic('LAB\\alice:secret'), { user: 'LAB\\alice', password: 'secret' }],
-    ['split at the first colon; the password keeps later colons', basic('alice:se:cr:et:'), { user: 'alice', password: 'se:cr:et:' }],
+    [
+      'split at the first colon; the password keeps later colons',
+      basic('alice:se:cr:et:'),
+      { user: 'alice', password: 'se:cr:et:' },
+    ],
     ['empty password is parsed as ""', basic('alice:'), { user: 'alice', password: '' }],
     ['empty user', basic(':secret'), { user: '', password: 'secret' }],
     ['UTF-8 password', basic('alice:Pässwörd€😀'), { user: 'alice', password: 'Pässwörd€😀' }],
@@ -41,7 +45,13 @@ describe('parseBasic', () => {
 
   it('falls back to windows-1252 when the bytes are not UTF-8, 0x80 being €', () => {
     // "p€ss" and "Müller" as an old client sends them in windows-1252.
-    const bytes = Buffer.concat([Buffer.from('M'), Buffer.from([0xfc]), Buffer.from('ller:p'), Buffer.from([0x80]), Buffer.from('ss')]);
+    const bytes = Buffer.concat([
+      Buffer.from('M'),
+      Buffer.from([0xfc]),
+      Buffer.from('ller:p'),
+      Buffer.from([0x80]),
+      Buffer.from('ss'),
+    ]);
     expect(parseBasic(basic(bytes))).toEqual({ user: 'Müller', password: 'p€ss' });
   });
 
@@ -55,8 +65,8 @@ describe('parseBasic', () => {
 describe('decodeCp1252', () => {
   it.each<[number[], string]>([
     [[0x41, 0x42], 'AB'],
-    [[0x80], '\u20ac'],                  // €
-    [[0x81], '\u0081'],                  // undefined in windows-1252: passed through as in WHATWG
+    [[0x80], '\u20ac'], // €
+    [[0x81], '\u0081'], // undefined in windows-1252: passed through as in WHATWG
     [[0x83, 0x8e, 0x9e], '\u0192\u017d\u017e'],
     [[0x98, 0x9c], '\u02dc\u0153'],
     [[0xa0, 0xe9, 0xff], '\u00a0\u00e9\u00ff'],
@@ -68,11 +78,14 @@ describe('decodeCp1252', () => {
   it('agrees with the WHATWG windows-1252 table for all 256 bytes', () => {
     // The WHATWG index for 0x80–0x9F; everything else is latin1.
     const whatwg = [
-      0x20ac, 0x81, 0x201a, 0x192, 0x201e, 0x2026, 0x2020, 0x2021, 0x2c6, 0x2030, 0x160, 0x2039, 0x152, 0x8d, 0x17d, 0x8f,
-      0x90, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014, 0x2dc, 0x2122, 0x161, 0x203a, 0x153, 0x9d, 0x17e, 0x178,
+      0x20ac, 0x81, 0x201a, 0x192, 0x201e, 0x2026, 0x2020, 0x2021, 0x2c6, 0x2030, 0x160, 0x2039, 0x152, 0x8d, 0x17d,
+      0x8f, 0x90, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014, 0x2dc, 0x2122, 0x161, 0x203a, 0x153, 0x9d,
+      0x17e, 0x178,
     ];
     const all = Uint8Array.from({ length: 256 }, (_, i) => i);
-    const expected = String.fromCharCode(...[...all].map((b) => (b >= 0x80 && b <= 0x9f ? (whatwg[b - 0x80] as number) : b)));
+    const expected = String.fromCharCode(
+      ...[...all].map((b) => (b >= 0x80 && b <= 0x9f ? (whatwg[b - 0x80] as number) : b)),
+    );
     expect(decodeCp1252(all)).toBe(expected);
   });
 });
@@ -128,7 +141,16 @@ describe('parseLogon (domain LAB, UPN suffix lab.test)', () => {
   });
 
   it('never yields a sam or upn containing * \\0 \\ or ( ) from the injection names', () => {
-    const hostile = ['*', 'alice)(objectClass=*', '*)(|(sAMAccountName=*', 'alice\u0000', '\\2a', 'LAB\\*', 'LAB\\\\2a', '*@lab.test'];
+    const hostile = [
+      '*',
+      'alice)(objectClass=*',
+      '*)(|(sAMAccountName=*',
+      'alice\u0000',
+      '\\2a',
+      'LAB\\*',
+      'LAB\\\\2a',
+      '*@lab.test',
+    ];
     for (const name of hostile) {
       const logon = parseLogon(name, domain);
       const value = logon.kind === 'sam' ? logon.sam : logon.kind === 'upn' ? logon.upn : '';

@@ -6,12 +6,23 @@ import { describe, expect, it } from 'vitest';
 import { DecisionCache, type CacheSettings, type Standing, type Verified } from '../../src/auth/decision-cache.js';
 import type { Account } from '../../src/directory/directory.js';
 
-const SETTINGS: CacheSettings = { max: 100, authTtlSeconds: 300, groupTtlSeconds: 60, negativeTtlSeconds: 30, staleIfErrorSeconds: 120 };
+const SETTINGS: CacheSettings = {
+  max: 100,
+  authTtlSeconds: 300,
+  groupTtlSeconds: 60,
+  negativeTtlSeconds: 30,
+  staleIfErrorSeconds: 120,
+};
 
 function setup(settings: Partial<CacheSettings> = {}) {
   const clock = { t: 1_700_000_000_000 };
   const cache = new DecisionCache({ ...SETTINGS, ...settings }, () => clock.t);
-  return { cache, advance: (ms: number) => { clock.t += ms; } };
+  return {
+    cache,
+    advance: (ms: number) => {
+      clock.t += ms;
+    },
+  };
 }
 
 const standing = (...groups: string[]): Standing => ({ refusal: null, passwordSetAt: null, groups: new Set(groups) });
@@ -21,7 +32,10 @@ const ACCOUNT: Account = { dn: 'CN=alice', sam: 'alice', user: 'LAB\\alice', upn
 function deferred<T>() {
   let resolve!: (v: T) => void;
   let reject!: (e: unknown) => void;
-  const promise = new Promise<T>((res, rej) => { resolve = res; reject = rej; });
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
   return { promise, resolve, reject };
 }
 
@@ -103,13 +117,13 @@ describe('FreshCache: freshness and the stale window', () => {
     cache.auth.set('k', verified);
     cache.negative.set('k', { reason: 'bad-credentials' });
     cache.accounts.set('k', { account });
-    advance(30_000);                        // negativeTtlSeconds
+    advance(30_000); // negativeTtlSeconds
     expect(cache.negative.fresh('k')).toBeUndefined();
     expect(cache.accounts.fresh('k')).toEqual({ account });
-    advance(30_000);                        // groupTtlSeconds
+    advance(30_000); // groupTtlSeconds
     expect(cache.accounts.fresh('k')).toBeUndefined();
     expect(cache.auth.fresh('k')).toBe(verified);
-    advance(240_000);                       // authTtlSeconds
+    advance(240_000); // authTtlSeconds
     expect(cache.auth.fresh('k')).toBeUndefined();
   });
 
@@ -135,16 +149,24 @@ describe('FreshCache: freshness and the stale window', () => {
   it('keeps what a verified password was checked for, and when (the auth cache)', () => {
     const { cache, advance } = setup();
     cache.auth.set('k', { account: ACCOUNT, verifiedAt: 1_700_000_000_000 });
-    advance(301_000);                       // past authTtlSeconds, within the stale window
+    advance(301_000); // past authTtlSeconds, within the stale window
     expect(cache.auth.fresh('k')).toBeUndefined();
     expect(cache.auth.stale('k')).toEqual({ account: ACCOUNT, verifiedAt: 1_700_000_000_000 });
   });
 
   it('keeps an account standing with its refusal and passwordSetAt', () => {
     const { cache } = setup();
-    const value: Standing = { refusal: 'password-expired', passwordSetAt: 1_600_000_000_000, groups: new Set(['cn=g']) };
+    const value: Standing = {
+      refusal: 'password-expired',
+      passwordSetAt: 1_600_000_000_000,
+      groups: new Set(['cn=g']),
+    };
     cache.standing.set('k', value);
-    expect(cache.standing.fresh('k')).toEqual({ refusal: 'password-expired', passwordSetAt: 1_600_000_000_000, groups: new Set(['cn=g']) });
+    expect(cache.standing.fresh('k')).toEqual({
+      refusal: 'password-expired',
+      passwordSetAt: 1_600_000_000_000,
+      groups: new Set(['cn=g']),
+    });
   });
 
   it('keeps the negative cache out of the stale window (a wrong password is never served stale)', () => {
@@ -158,7 +180,7 @@ describe('FreshCache: freshness and the stale window', () => {
     const { cache } = setup({ max: 2 });
     cache.standing.set('a', standing());
     cache.standing.set('b', standing());
-    cache.standing.fresh('a');              // a is now more recent than b
+    cache.standing.fresh('a'); // a is now more recent than b
     cache.standing.set('c', standing());
     expect(cache.standing.size).toBe(2);
     expect(cache.standing.fresh('a')).toBeDefined();
@@ -172,7 +194,12 @@ describe('FreshCache: freshness and the stale window', () => {
     ['groupTtlSeconds', 'standing'],
   ])('%s 0 disables the %s cache, stale window included', (setting, name) => {
     const { cache } = setup({ [setting]: 0, staleIfErrorSeconds: 600 });
-    const c = cache[name] as { set(k: string, v: object): void; fresh(k: string): unknown; stale(k: string): unknown; size: number };
+    const c = cache[name] as {
+      set(k: string, v: object): void;
+      fresh(k: string): unknown;
+      stale(k: string): unknown;
+      size: number;
+    };
     c.set('k', { reason: 'bad-credentials' });
     expect(c.fresh('k')).toBeUndefined();
     expect(c.stale('k')).toBeUndefined();
@@ -185,7 +212,10 @@ describe('DecisionCache.coalesce', () => {
     const { cache } = setup();
     const gate = deferred<string>();
     let runs = 0;
-    const fn = () => { runs++; return gate.promise; };
+    const fn = () => {
+      runs++;
+      return gate.promise;
+    };
     const callers = Array.from({ length: 20 }, () => cache.coalesce('k', fn));
     expect(runs).toBe(1);
     gate.resolve('answer');
@@ -205,11 +235,21 @@ describe('DecisionCache.coalesce', () => {
     const { cache } = setup();
     const gate = deferred<number>();
     let runs = 0;
-    const callers = [1, 2, 3].map(() => cache.coalesce('k', () => { runs++; return gate.promise; }));
+    const callers = [1, 2, 3].map(() =>
+      cache.coalesce('k', () => {
+        runs++;
+        return gate.promise;
+      }),
+    );
     gate.reject(new Error('DC down'));
     for (const c of callers) await expect(c).rejects.toThrow('DC down');
     expect(runs).toBe(1);
-    expect(await cache.coalesce('k', async () => { runs++; return 7; })).toBe(7);
+    expect(
+      await cache.coalesce('k', async () => {
+        runs++;
+        return 7;
+      }),
+    ).toBe(7);
     expect(runs).toBe(2);
   });
 
@@ -217,8 +257,14 @@ describe('DecisionCache.coalesce', () => {
     const { cache } = setup();
     let runs = 0;
     const [a, b] = await Promise.all([
-      cache.coalesce('a', async () => { runs++; return 'A'; }),
-      cache.coalesce('b', async () => { runs++; return 'B'; }),
+      cache.coalesce('a', async () => {
+        runs++;
+        return 'A';
+      }),
+      cache.coalesce('b', async () => {
+        runs++;
+        return 'B';
+      }),
     ]);
     expect([a, b, runs]).toEqual(['A', 'B', 2]);
   });

@@ -2,14 +2,27 @@
 // `pwsh` with an Exchange session, used as the mailbox-flags runner. Each test runs it as a child
 // process with the script on stdin and a state file in a fresh temp dir.
 import { spawn } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  constants,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 const STANDIN = resolve(import.meta.dirname, '../../scripts/exchange-shell-standin.mjs');
 const FLAGS = [
-  'MAPIBlockOutlookRpcHttp', 'MAPIBlockOutlookExternalConnectivity', 'ActiveSyncEnabled', 'EwsEnabled', 'OWAEnabled',
+  'MAPIBlockOutlookRpcHttp',
+  'MAPIBlockOutlookExternalConnectivity',
+  'ActiveSyncEnabled',
+  'EwsEnabled',
+  'OWAEnabled',
 ] as const;
 type Flag = (typeof FLAGS)[number];
 
@@ -38,8 +51,11 @@ const SEAN_DN = `CN=Seán Ó Briain,${OU}`;
 const DARCY_DN = `CN=Jo D’Arcy,${OU}`; // U+2019 in the name
 
 const open = (): Omit<Mailbox, 'Identity'> => ({
-  MAPIBlockOutlookRpcHttp: false, MAPIBlockOutlookExternalConnectivity: false,
-  ActiveSyncEnabled: true, EwsEnabled: true, OWAEnabled: true,
+  MAPIBlockOutlookRpcHttp: false,
+  MAPIBlockOutlookExternalConnectivity: false,
+  ActiveSyncEnabled: true,
+  EwsEnabled: true,
+  OWAEnabled: true,
 });
 const mailboxes = (): Record<string, Mailbox> => ({
   [ALICE_DN]: { Identity: 'Alice Smith', UserPrincipalName: 'alice@contoso.test', ...open() },
@@ -75,8 +91,12 @@ function run(script: string | Buffer, args: string[] = [statePath], command: str
     const child = spawn(command, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
     child.on('error', reject);
     child.on('close', (code) => resolvePromise({ code, stdout, stderr }));
     child.stdin.end(script);
@@ -84,7 +104,10 @@ function run(script: string | Buffer, args: string[] = [statePath], command: str
 }
 
 /** Runs with the four standard mailboxes (plus overrides) and returns the run and the state after it. */
-async function runWith(script: string, extra: Partial<State> = {}): Promise<{ r: Run; state: ReturnType<typeof readState> }> {
+async function runWith(
+  script: string,
+  extra: Partial<State> = {},
+): Promise<{ r: Run; state: ReturnType<typeof readState> }> {
   writeState({ mailboxes: mailboxes(), failIdentities: [], calls: [], ...extra });
   const r = await run(script);
   return { r, state: readState() };
@@ -127,10 +150,23 @@ describe('Get-CASMailbox | Select-Object | ConvertTo-Json', () => {
     expect(Array.isArray(parsed)).toBe(true);
     expect(parsed).toHaveLength(4);
     expect(parsed[0]).toEqual({
-      DistinguishedName: ALICE_DN, UserPrincipalName: 'alice@contoso.test', MAPIBlockOutlookRpcHttp: false, EwsEnabled: true,
+      DistinguishedName: ALICE_DN,
+      UserPrincipalName: 'alice@contoso.test',
+      MAPIBlockOutlookRpcHttp: false,
+      EwsEnabled: true,
     });
-    expect(Object.keys(parsed[0])).toEqual(['DistinguishedName', 'UserPrincipalName', 'MAPIBlockOutlookRpcHttp', 'EwsEnabled']);
-    expect(parsed.map((m: { DistinguishedName: string }) => m.DistinguishedName)).toEqual([ALICE_DN, OBRIEN_DN, SEAN_DN, DARCY_DN]);
+    expect(Object.keys(parsed[0])).toEqual([
+      'DistinguishedName',
+      'UserPrincipalName',
+      'MAPIBlockOutlookRpcHttp',
+      'EwsEnabled',
+    ]);
+    expect(parsed.map((m: { DistinguishedName: string }) => m.DistinguishedName)).toEqual([
+      ALICE_DN,
+      OBRIEN_DN,
+      SEAN_DN,
+      DARCY_DN,
+    ]);
     expect(r.stdout).toBe(JSON.stringify(parsed, null, 2) + '\n'); // indented, like PowerShell 7
   });
 
@@ -143,10 +179,16 @@ describe('Get-CASMailbox | Select-Object | ConvertTo-Json', () => {
   });
 
   it('prints a single object, not an array, for exactly one mailbox (ConvertTo-Json quirk)', async () => {
-    writeState({ mailboxes: { [SEAN_DN]: { Identity: 'Seán Ó Briain', UserPrincipalName: 'seán@contoso.test', ...open() } } });
+    writeState({
+      mailboxes: { [SEAN_DN]: { Identity: 'Seán Ó Briain', UserPrincipalName: 'seán@contoso.test', ...open() } },
+    });
     const r = await run(GET('DistinguishedName,UserPrincipalName,ActiveSyncEnabled', '-Depth 3 -Compress'));
     expect(r.code).toBe(0);
-    expect(JSON.parse(r.stdout)).toEqual({ DistinguishedName: SEAN_DN, UserPrincipalName: 'seán@contoso.test', ActiveSyncEnabled: true });
+    expect(JSON.parse(r.stdout)).toEqual({
+      DistinguishedName: SEAN_DN,
+      UserPrincipalName: 'seán@contoso.test',
+      ActiveSyncEnabled: true,
+    });
   });
 
   it('prints nothing at all for no mailboxes', async () => {
@@ -159,8 +201,11 @@ describe('Get-CASMailbox | Select-Object | ConvertTo-Json', () => {
     writeState({ mailboxes: { [ALICE_DN]: { Identity: 'Alice Smith' } } });
     const r = await run(GET(FLAGS.join(','), '-Compress'));
     expect(JSON.parse(r.stdout)).toEqual({
-      MAPIBlockOutlookRpcHttp: false, MAPIBlockOutlookExternalConnectivity: false,
-      ActiveSyncEnabled: true, EwsEnabled: true, OWAEnabled: true,
+      MAPIBlockOutlookRpcHttp: false,
+      MAPIBlockOutlookExternalConnectivity: false,
+      ActiveSyncEnabled: true,
+      EwsEnabled: true,
+      OWAEnabled: true,
     });
   });
 
@@ -174,7 +219,8 @@ describe('Get-CASMailbox | Select-Object | ConvertTo-Json', () => {
 
 describe('Set-CASMailbox', () => {
   it.each(FLAGS.flatMap((flag) => [true, false].map((value) => [flag, value] as const)))(
-    'sets %s to %s and records the call', async (flag, value) => {
+    'sets %s to %s and records the call',
+    async (flag, value) => {
       const start = mailboxes();
       start[ALICE_DN]![flag] = !value;
       writeState({ mailboxes: start, calls: [] });
@@ -193,12 +239,17 @@ describe('Set-CASMailbox', () => {
     );
     expect(r).toEqual({ code: 0, stdout: '', stderr: '' });
     expect(state.mailboxes[ALICE_DN]).toMatchObject({
-      MAPIBlockOutlookRpcHttp: true, MAPIBlockOutlookExternalConnectivity: true, OWAEnabled: false, EwsEnabled: true,
+      MAPIBlockOutlookRpcHttp: true,
+      MAPIBlockOutlookExternalConnectivity: true,
+      OWAEnabled: false,
+      EwsEnabled: true,
     });
-    expect(state.calls).toEqual([{
-      identity: ALICE_DN,
-      flags: { MAPIBlockOutlookRpcHttp: true, MAPIBlockOutlookExternalConnectivity: true, OWAEnabled: false },
-    }]);
+    expect(state.calls).toEqual([
+      {
+        identity: ALICE_DN,
+        flags: { MAPIBlockOutlookRpcHttp: true, MAPIBlockOutlookExternalConnectivity: true, OWAEnabled: false },
+      },
+    ]);
   });
 
   it("finds O'Brien with the quote doubled, by DN, UPN or Identity", async () => {
@@ -213,7 +264,11 @@ describe('Set-CASMailbox', () => {
     expect(psQuote(OBRIEN_DN)).toBe("'CN=Pat O''Brien,OU=Staff,DC=contoso,DC=test'");
     const { r, state } = await runWith(script);
     expect(r).toEqual({ code: 0, stdout: 'ok\nok\nok\n', stderr: '' });
-    expect(state.mailboxes[OBRIEN_DN]).toMatchObject({ MAPIBlockOutlookRpcHttp: true, EwsEnabled: false, OWAEnabled: false });
+    expect(state.mailboxes[OBRIEN_DN]).toMatchObject({
+      MAPIBlockOutlookRpcHttp: true,
+      EwsEnabled: false,
+      OWAEnabled: false,
+    });
     expect(state.calls.map((c) => c.identity)).toEqual([OBRIEN_DN, "pat o'brien", 'POBRIEN@contoso.test']);
   });
 
@@ -238,15 +293,17 @@ describe('Set-CASMailbox', () => {
     expect(state.calls[0]!.identity).toBe(SEAN_DN);
   });
 
-  it('treats the typographic quotes like \' : doubled ’ is a literal ’, a lone one ends the string', async () => {
-    expect(psQuote(DARCY_DN)).toBe('\'CN=Jo D’’Arcy,OU=Staff,DC=contoso,DC=test\'');
-    const { r, state } = await runWith([
-      `Set-CASMailbox -Identity ${psQuote(DARCY_DN)} -MAPIBlockOutlookRpcHttp:$true`,
-      IF_OK,
-      // Opened with ‘ and closed with ’, as PowerShell allows.
-      `Set-CASMailbox -Identity ‘Jo D’’Arcy’ -EwsEnabled:$false`,
-      IF_OK,
-    ].join('\n'));
+  it("treats the typographic quotes like ' : doubled ’ is a literal ’, a lone one ends the string", async () => {
+    expect(psQuote(DARCY_DN)).toBe("'CN=Jo D’’Arcy,OU=Staff,DC=contoso,DC=test'");
+    const { r, state } = await runWith(
+      [
+        `Set-CASMailbox -Identity ${psQuote(DARCY_DN)} -MAPIBlockOutlookRpcHttp:$true`,
+        IF_OK,
+        // Opened with ‘ and closed with ’, as PowerShell allows.
+        `Set-CASMailbox -Identity ‘Jo D’’Arcy’ -EwsEnabled:$false`,
+        IF_OK,
+      ].join('\n'),
+    );
     expect(r).toEqual({ code: 0, stdout: 'ok\nok\n', stderr: '' });
     expect(state.mailboxes[DARCY_DN]).toMatchObject({ MAPIBlockOutlookRpcHttp: true, EwsEnabled: false });
     expect(state.calls.map((c) => c.identity)).toEqual([DARCY_DN, 'Jo D’Arcy']);
@@ -266,7 +323,9 @@ describe('Set-CASMailbox', () => {
   it('warns (on stdout, like Exchange) when nothing actually changed, and still succeeds', async () => {
     const { r, state } = await runWith(`Set-CASMailbox -Identity 'alice@contoso.test' -EwsEnabled:$true\n${IF_OK}\n`);
     expect(r.code).toBe(0);
-    expect(r.stdout).toBe("WARNING: The command completed successfully but no settings of 'Alice Smith' have been modified.\nok\n");
+    expect(r.stdout).toBe(
+      "WARNING: The command completed successfully but no settings of 'Alice Smith' have been modified.\nok\n",
+    );
     expect(state.calls).toEqual([{ identity: 'alice@contoso.test', flags: { EwsEnabled: true } }]);
   });
 
@@ -282,7 +341,9 @@ describe('Set-CASMailbox', () => {
     const { r, state } = await runWith(script);
     expect(r.code).toBe(0);
     expect(r.stdout).toBe('failed nobody\nthe if itself succeeded\nok alice\n');
-    expect(r.stderr).toBe("Set-CASMailbox: Couldn't find object 'CN=Nobody,DC=contoso,DC=test'. Please make sure that it was spelled correctly or specify a different object.\n");
+    expect(r.stderr).toBe(
+      "Set-CASMailbox: Couldn't find object 'CN=Nobody,DC=contoso,DC=test'. Please make sure that it was spelled correctly or specify a different object.\n",
+    );
     expect(state.mailboxes[ALICE_DN]!.EwsEnabled).toBe(false);
     expect(state.calls).toEqual([{ identity: ALICE_DN, flags: { EwsEnabled: false } }]);
   });
@@ -300,12 +361,16 @@ describe('Set-CASMailbox', () => {
     ].join('\n');
     const { r, state } = await runWith(script);
     expect(r.code).toBe(0);
-    expect(r.stdout).toBe("failed\nCouldn't find object 'CN=Nobody,DC=contoso,DC=test'. Please make sure that it was spelled correctly or specify a different object.\nok\n");
+    expect(r.stdout).toBe(
+      "failed\nCouldn't find object 'CN=Nobody,DC=contoso,DC=test'. Please make sure that it was spelled correctly or specify a different object.\nok\n",
+    );
     expect(state.calls).toEqual([{ identity: ALICE_DN, flags: { EwsEnabled: false } }]);
   });
 
   it('refuses an $Error check in another shape (the generated script has exactly one)', async () => {
-    const { r } = await runWith("if ($Error.Count -gt $exgateErrors) { 'x' } else { 'y'; $Error[0].Exception.Message }");
+    const { r } = await runWith(
+      "if ($Error.Count -gt $exgateErrors) { 'x' } else { 'y'; $Error[0].Exception.Message }",
+    );
     expect(r.code).not.toBe(0);
     expect(r.stdout).toBe('');
   });
@@ -336,12 +401,14 @@ describe('Set-CASMailbox', () => {
 
   it('rejects an unknown or repeated flag at run time ($? false, nothing changed)', async () => {
     const before = mailboxes();
-    const { r, state } = await runWith([
-      `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false -PopEnabled:$false`,
-      IF_OK,
-      `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false -ewsenabled:$true`,
-      IF_OK,
-    ].join('\n'));
+    const { r, state } = await runWith(
+      [
+        `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false -PopEnabled:$false`,
+        IF_OK,
+        `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false -ewsenabled:$true`,
+        IF_OK,
+      ].join('\n'),
+    );
     expect(r.code).toBe(0);
     expect(r.stdout).toBe('failed\nfailed\n');
     expect(r.stderr).toMatch(/parameter name 'PopEnabled'/);
@@ -353,21 +420,25 @@ describe('Set-CASMailbox', () => {
   it('refuses an identity that matches several mailboxes', async () => {
     const boxes = mailboxes();
     boxes[SEAN_DN]!.Identity = 'Alice Smith';
-    const { r, state } = await runWith(`Set-CASMailbox -Identity 'alice smith' -EwsEnabled:$false\n${IF_OK}\n`, { mailboxes: boxes });
+    const { r, state } = await runWith(`Set-CASMailbox -Identity 'alice smith' -EwsEnabled:$false\n${IF_OK}\n`, {
+      mailboxes: boxes,
+    });
     expect(r.stdout).toBe('failed\n');
     expect(r.stderr).toMatch(/matches multiple entries/);
     expect(state.calls).toEqual([]);
   });
 
   it("with $ErrorActionPreference = 'Stop' the first error ends the script (exit 1), earlier changes kept", async () => {
-    const { r, state } = await runWith([
-      "$ErrorActionPreference = 'Stop'",
-      `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false`,
-      "Write-Output 'after alice'",
-      "Set-CASMailbox -Identity 'nobody' -EwsEnabled:$false",
-      "Write-Output 'after nobody'",
-      `Set-CASMailbox -Identity ${psQuote(SEAN_DN)} -EwsEnabled:$false`,
-    ].join('\n'));
+    const { r, state } = await runWith(
+      [
+        "$ErrorActionPreference = 'Stop'",
+        `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false`,
+        "Write-Output 'after alice'",
+        "Set-CASMailbox -Identity 'nobody' -EwsEnabled:$false",
+        "Write-Output 'after nobody'",
+        `Set-CASMailbox -Identity ${psQuote(SEAN_DN)} -EwsEnabled:$false`,
+      ].join('\n'),
+    );
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('after alice\n');
     expect(r.stderr).toMatch(/Couldn't find object 'nobody'/);
@@ -385,11 +456,13 @@ describe('state file', () => {
       calls: [{ identity: 'earlier', flags: { OWAEnabled: true } }],
     });
     const inodeBefore = statSync(statePath).ino;
-    const r = await run([
-      `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false`,
-      `Set-CASMailbox -Identity ${psQuote(DARCY_DN)} -OWAEnabled:$false -ActiveSyncEnabled:$false`,
-      '',
-    ].join('\n'));
+    const r = await run(
+      [
+        `Set-CASMailbox -Identity '${ALICE_DN}' -EwsEnabled:$false`,
+        `Set-CASMailbox -Identity ${psQuote(DARCY_DN)} -OWAEnabled:$false -ActiveSyncEnabled:$false`,
+        '',
+      ].join('\n'),
+    );
     expect(r.code).toBe(0);
     expect(statSync(statePath).ino).not.toBe(inodeBefore);
     expect(readdirSync(dir)).toEqual(['state.json']);
@@ -416,8 +489,9 @@ describe('state file', () => {
 
 describe('script syntax', () => {
   it('accepts blank lines, # comments, a BOM, CRLF and surrounding whitespace', async () => {
-    const script = '\uFEFF# exgate mailbox-flags batch 1\r\n\r\n   \r\n  # indented comment\r\n'
-      + `  $ErrorActionPreference='Continue'  \r\n\tWrite-Output 'x'\r\nif($?){'y'}else{'z'}\r\n`;
+    const script =
+      '\uFEFF# exgate mailbox-flags batch 1\r\n\r\n   \r\n  # indented comment\r\n' +
+      `  $ErrorActionPreference='Continue'  \r\n\tWrite-Output 'x'\r\nif($?){'y'}else{'z'}\r\n`;
     const { r } = await runWith(script);
     expect(r).toEqual({ code: 0, stdout: 'x\ny\n', stderr: '' });
   });
@@ -439,10 +513,19 @@ describe('script syntax', () => {
     ['parameters in another order', "Set-CASMailbox -EwsEnabled:$false -Identity 'alice@contoso.test'"],
     ['another cmdlet', "Set-Mailbox -Identity 'alice@contoso.test' -HiddenFromAddressListsEnabled:$true"],
     ['Get-CASMailbox without Select-Object', 'Get-CASMailbox -ResultSize Unlimited | ConvertTo-Json -Depth 3'],
-    ['Get-CASMailbox without -ResultSize', 'Get-CASMailbox | Select-Object DistinguishedName | ConvertTo-Json -Depth 3'],
+    [
+      'Get-CASMailbox without -ResultSize',
+      'Get-CASMailbox | Select-Object DistinguishedName | ConvertTo-Json -Depth 3',
+    ],
     ['a wildcard property', 'Get-CASMailbox -ResultSize Unlimited | Select-Object * | ConvertTo-Json -Depth 3'],
-    ['a property selected twice', 'Get-CASMailbox -ResultSize Unlimited | Select-Object EwsEnabled,ewsenabled | ConvertTo-Json'],
-    ['an unknown ConvertTo-Json parameter', 'Get-CASMailbox -ResultSize Unlimited | Select-Object EwsEnabled | ConvertTo-Json -AsArray'],
+    [
+      'a property selected twice',
+      'Get-CASMailbox -ResultSize Unlimited | Select-Object EwsEnabled,ewsenabled | ConvertTo-Json',
+    ],
+    [
+      'an unknown ConvertTo-Json parameter',
+      'Get-CASMailbox -ResultSize Unlimited | Select-Object EwsEnabled | ConvertTo-Json -AsArray',
+    ],
     ['another ErrorActionPreference', "$ErrorActionPreference = 'SilentlyContinue'"],
     ['an if on something other than $?', "if ($x) { 'a' } else { 'b' }"],
     ['a bare string', "'hello'"],

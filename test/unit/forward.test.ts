@@ -17,7 +17,10 @@ import { Upstream } from '../../src/upstream/upstream.js';
 
 const servers: Server[] = [];
 afterEach(async () => {
-  for (const s of servers.splice(0)) { s.closeAllConnections(); s.close(); }
+  for (const s of servers.splice(0)) {
+    s.closeAllConnections();
+    s.close();
+  }
 });
 
 async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<number> {
@@ -29,33 +32,61 @@ async function listen(handler: (req: IncomingMessage, res: ServerResponse) => vo
 }
 
 /** A gateway that forwards everything to `upstreamPort`; resolves each record when its response closes. */
-async function gateway(upstreamPort: number, mode: 'basic' | 'ntlm' = 'basic'): Promise<{ port: number; records: AccessRecord[] }> {
+async function gateway(
+  upstreamPort: number,
+  mode: 'basic' | 'ntlm' = 'basic',
+): Promise<{ port: number; records: AccessRecord[] }> {
   const url = new URL(`http://127.0.0.1:${upstreamPort}`);
-  const upstream = new Upstream({ url, origin: url.origin, ca: undefined, servername: '127.0.0.1', insecureSkipVerify: false, allowPlaintext: false, connectTimeoutMs: 2000 }, 10_000);
+  const upstream = new Upstream(
+    {
+      url,
+      origin: url.origin,
+      ca: undefined,
+      servername: '127.0.0.1',
+      insecureSkipVerify: false,
+      allowPlaintext: false,
+      connectTimeoutMs: 2000,
+    },
+    10_000,
+  );
   const records: AccessRecord[] = [];
   const port = await listen((req, res) => {
     const record = newAccessRecord(req.socket, req);
-    record.decision = 'allow';                                   // as the pipeline leaves it
+    record.decision = 'allow'; // as the pipeline leaves it
     res.once('close', () => records.push(record));
-    forward(req, res, record, { host: 'mail.lab.test', settings: SERVICE_DEFAULTS.ews, idleMs: 5000, frontEnd: frontEndFor(mode, 'mail') }, upstream);
+    forward(
+      req,
+      res,
+      record,
+      { host: 'mail.lab.test', settings: SERVICE_DEFAULTS.ews, idleMs: 5000, frontEnd: frontEndFor(mode, 'mail') },
+      upstream,
+    );
   });
   return { port, records };
 }
 
-function call(port: number, method: string, path: string, body?: Buffer): Promise<{ status: number; headers: IncomingMessage['headers']; body: Buffer }> {
+function call(
+  port: number,
+  method: string,
+  path: string,
+  body?: Buffer,
+): Promise<{ status: number; headers: IncomingMessage['headers']; body: Buffer }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method, path, headers: { host: 'mail.lab.test', 'x-forwarded-for': '10.9.9.9' } }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (d: Buffer) => parts.push(d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts) }));
-    });
+    const req = request(
+      { host: '127.0.0.1', port, method, path, headers: { host: 'mail.lab.test', 'x-forwarded-for': '10.9.9.9' } },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts) }));
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
 }
 
 describe('forward', () => {
-  it('streams a 4 MiB body each way byte for byte, with the gateway\'s forwarding headers', async () => {
+  it("streams a 4 MiB body each way byte for byte, with the gateway's forwarding headers", async () => {
     const seen: IncomingMessage['headers'][] = [];
     const up = await listen((req, res) => {
       seen.push(req.headers);
@@ -69,14 +100,27 @@ describe('forward', () => {
     expect(reply.status).toBe(200);
     expect(reply.body.subarray(0, 64).toString()).toBe(createHash('sha256').update(body).digest('hex'));
     expect(reply.body.length).toBe(64 + 4 * 1024 * 1024);
-    expect(seen[0]).toMatchObject({ host: 'mail.lab.test', 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'https' });
+    expect(seen[0]).toMatchObject({
+      host: 'mail.lab.test',
+      'x-forwarded-for': '127.0.0.1',
+      'x-forwarded-proto': 'https',
+    });
     await expect.poll(() => records[0]?.bytesIn).toBe(body.length);
   });
 
-  it('drops Exchange\'s internal headers and the challenges the front-end does not take, keeping the rest in order', async () => {
+  it("drops Exchange's internal headers and the challenges the front-end does not take, keeping the rest in order", async () => {
     const up = await listen((_req, res) => {
-      res.writeHead(401, [['X-FEServer', 'EX1'], ['X-BEServer', 'EX2'], ['WWW-Authenticate', 'Negotiate'], ['WWW-Authenticate', 'NTLM'],
-        ['WWW-Authenticate', 'Basic realm="ex"'], ['X-Keep', 'yes']].flat());
+      res.writeHead(
+        401,
+        [
+          ['X-FEServer', 'EX1'],
+          ['X-BEServer', 'EX2'],
+          ['WWW-Authenticate', 'Negotiate'],
+          ['WWW-Authenticate', 'NTLM'],
+          ['WWW-Authenticate', 'Basic realm="ex"'],
+          ['X-Keep', 'yes'],
+        ].flat(),
+      );
       res.end();
     });
     const basic = await gateway(up, 'basic');
@@ -101,7 +145,11 @@ describe('forward', () => {
 
   it('aborts the upstream request when the client leaves', async () => {
     let upstreamClosed = false;
-    const up = await listen((req) => { req.socket.once('close', () => { upstreamClosed = true; }); });   // never answers
+    const up = await listen((req) => {
+      req.socket.once('close', () => {
+        upstreamClosed = true;
+      });
+    }); // never answers
     const { port } = await gateway(up);
     const req = request({ host: '127.0.0.1', port, path: '/ews/', headers: { host: 'mail.lab.test' } });
     req.on('error', () => {});

@@ -12,7 +12,12 @@ const ALL = [DC1, DC2, DC3];
 
 function breaker(cooldownMs = 30_000) {
   const clock = { t: 1_700_000_000_000 };
-  return { b: new DcBreaker(cooldownMs, () => clock.t), advance: (ms: number) => { clock.t += ms; } };
+  return {
+    b: new DcBreaker(cooldownMs, () => clock.t),
+    advance: (ms: number) => {
+      clock.t += ms;
+    },
+  };
 }
 
 describe('DcBreaker', () => {
@@ -51,7 +56,7 @@ describe('DcBreaker', () => {
     b.trip(DC1);
     advance(20_000);
     b.trip(DC1);
-    advance(20_000);                        // 40 s after the first trip, 20 s after the second
+    advance(20_000); // 40 s after the first trip, 20 s after the second
     expect(b.usable(ALL)).toEqual([DC2, DC3]);
     advance(10_000);
     expect(b.usable(ALL)).toEqual(ALL);
@@ -74,7 +79,10 @@ describe('DcBreaker', () => {
 function deferred<T = void>() {
   let resolve!: (v: T) => void;
   let reject!: (e: unknown) => void;
-  const promise = new Promise<T>((res, rej) => { resolve = res; reject = rej; });
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
   return { promise, resolve, reject };
 }
 
@@ -82,7 +90,9 @@ function deferred<T = void>() {
 const settle = () => new Promise<void>((r) => setImmediate(r));
 
 describe('Limiter', () => {
-  afterEach(() => { vi.useRealTimers(); });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
 
   it('runs at most `max` tasks at once under load, and reaches max', async () => {
     const limiter = new Limiter(3, 100, 60_000);
@@ -91,7 +101,7 @@ describe('Limiter', () => {
     const task = (i: number) => async () => {
       running++;
       peak = Math.max(peak, running);
-      for (let k = 0; k < (i % 4) + 1; k++) await settle();   // uneven task lengths
+      for (let k = 0; k < (i % 4) + 1; k++) await settle(); // uneven task lengths
       running--;
       return i;
     };
@@ -105,7 +115,12 @@ describe('Limiter', () => {
     const limiter = new Limiter(1, 10, 60_000);
     const started: number[] = [];
     const gates = Array.from({ length: 5 }, () => deferred());
-    const runs = gates.map((g, i) => limiter.run(async () => { started.push(i); await g.promise; }));
+    const runs = gates.map((g, i) =>
+      limiter.run(async () => {
+        started.push(i);
+        await g.promise;
+      }),
+    );
     await settle();
     expect(started).toEqual([0]);
     expect(limiter.pending).toBe(4);
@@ -120,7 +135,7 @@ describe('Limiter', () => {
   it('rejects at once with DirectoryUnavailableError when the queue is full, without running the task', async () => {
     const limiter = new Limiter(1, 2, 60_000);
     const gate = deferred();
-    const held = [0, 1, 2].map(() => limiter.run(() => gate.promise));   // 1 running + 2 waiting
+    const held = [0, 1, 2].map(() => limiter.run(() => gate.promise)); // 1 running + 2 waiting
     await settle();
     expect(limiter.pending).toBe(2);
     const overflow = vi.fn(async () => 'ran');
@@ -139,7 +154,10 @@ describe('Limiter', () => {
     const holder = limiter.run(() => gate.promise);
     const late = vi.fn(async () => 'ran');
     const waiting = limiter.run(late);
-    const outcome = waiting.then(() => 'resolved', (e: unknown) => e);
+    const outcome = waiting.then(
+      () => 'resolved',
+      (e: unknown) => e,
+    );
     await vi.advanceTimersByTimeAsync(99);
     expect(limiter.pending).toBe(1);
     await vi.advanceTimersByTimeAsync(1);
@@ -166,7 +184,11 @@ describe('Limiter', () => {
     // Both slots are free again: two tasks run side by side, a third waits.
     const second = deferred();
     let running = 0;
-    const task = async () => { running++; await second.promise; running--; };
+    const task = async () => {
+      running++;
+      await second.promise;
+      running--;
+    };
     const runs = [limiter.run(task), limiter.run(task), limiter.run(task)];
     await vi.advanceTimersByTimeAsync(0);
     expect(running).toBe(2);
@@ -177,8 +199,16 @@ describe('Limiter', () => {
 
   it('frees the slot when a task rejects or throws, and passes the error on', async () => {
     const limiter = new Limiter(1, 5, 60_000);
-    await expect(limiter.run(async () => { throw new Error('bind failed'); })).rejects.toThrow('bind failed');
-    await expect(limiter.run(() => { throw new Error('sync throw'); })).rejects.toThrow('sync throw');
+    await expect(
+      limiter.run(async () => {
+        throw new Error('bind failed');
+      }),
+    ).rejects.toThrow('bind failed');
+    await expect(
+      limiter.run(() => {
+        throw new Error('sync throw');
+      }),
+    ).rejects.toThrow('sync throw');
     expect(await limiter.run(async () => 'ok')).toBe('ok');
   });
 });

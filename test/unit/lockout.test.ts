@@ -7,13 +7,20 @@ import { describe, expect, it } from 'vitest';
 import { Lockout, sourceKey, type LockoutSettings, type LockoutVerdict } from '../../src/auth/lockout.js';
 import { Hub } from '../../src/state/local-bus.js';
 
-const SETTINGS: LockoutSettings = { threshold: 3, windowSeconds: 60, sourceAccounts: 5, sourceFailures: 20, familiarSeconds: 60, max: 100 };
+const SETTINGS: LockoutSettings = {
+  threshold: 3,
+  windowSeconds: 60,
+  sourceAccounts: 5,
+  sourceFailures: 20,
+  familiarSeconds: 60,
+  max: 100,
+};
 const WINDOW = SETTINGS.windowSeconds * 1000;
 
 const ALICE = 'cn=alice,cn=users,dc=lab,dc=test';
 const BOB = 'cn=bob,cn=users,dc=lab,dc=test';
-const HOME = '198.51.100.7';      // alice signed in from here: familiar
-const ATTACKER = '203.0.113.5';   // never succeeded: unfamiliar
+const HOME = '198.51.100.7'; // alice signed in from here: familiar
+const ATTACKER = '203.0.113.5'; // never succeeded: unfamiliar
 const ELSEWHERE = '203.0.113.99'; // another unfamiliar address
 
 /** A Lockout on a clock the test moves by hand. */
@@ -22,7 +29,9 @@ const tick = () => new Promise((r) => setTimeout(r, 0));
 function setup(settings: Partial<LockoutSettings> = {}) {
   const clock = { t: 1_700_000_000_000 };
   const lockout = new Lockout({ ...SETTINGS, ...settings }, () => clock.t);
-  const advance = (ms: number) => { clock.t += ms; };
+  const advance = (ms: number) => {
+    clock.t += ms;
+  };
   /** `n` failures with distinct passwords p<from>…p<from+n-1>. */
   const fail = (account: string | null, source: string, n: number, from = 0) => {
     for (let i = from; i < from + n; i++) lockout.failure(account, source, `p${i}`);
@@ -97,10 +106,10 @@ describe('Lockout: familiar and unfamiliar sources are counted apart', () => {
     lockout.success(ALICE, HOME, true);
     fail(ALICE, ATTACKER, 3);
     advance(WINDOW - 1);
-    fail(ALICE, ATTACKER, 3, 10);           // keep the unfamiliar class locked
+    fail(ALICE, ATTACKER, 3, 10); // keep the unfamiliar class locked
     expect(lockout.isFamiliar(ALICE, HOME)).toBe(true);
     expect(lockout.check(ALICE, HOME)).toBe('open');
-    advance(1);                             // HOME's success is familiarSeconds old now
+    advance(1); // HOME's success is familiarSeconds old now
     expect(lockout.isFamiliar(ALICE, HOME)).toBe(false);
     expect(lockout.check(ALICE, HOME)).toBe('account-locked');
   });
@@ -132,17 +141,17 @@ describe('Lockout: familiar and unfamiliar sources are counted apart', () => {
 describe('Lockout: quiet-period reset (AD observation window), not a sliding window', () => {
   it('keeps every failure until windowSeconds have passed since the last one', () => {
     const { lockout, fail, advance } = setup();
-    fail(ALICE, ATTACKER, 1, 0);            // t = 0
+    fail(ALICE, ATTACKER, 1, 0); // t = 0
     advance(20_000);
-    fail(ALICE, ATTACKER, 1, 1);            // t = 20 s
+    fail(ALICE, ATTACKER, 1, 1); // t = 20 s
     advance(20_000);
-    fail(ALICE, ATTACKER, 1, 2);            // t = 40 s
+    fail(ALICE, ATTACKER, 1, 2); // t = 40 s
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
-    advance(20_000);                        // t = 60 s: the first is a window old; a sliding window would open here
+    advance(20_000); // t = 60 s: the first is a window old; a sliding window would open here
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
-    advance(WINDOW - 20_000 - 1);           // t = 100 s − 1 ms: 60 s − 1 ms of quiet
+    advance(WINDOW - 20_000 - 1); // t = 100 s − 1 ms: 60 s − 1 ms of quiet
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
-    advance(1);                             // t = 100 s: a whole window without a failure
+    advance(1); // t = 100 s: a whole window without a failure
     expect(lockout.check(ALICE, ATTACKER)).toBe('open');
   });
 
@@ -160,7 +169,8 @@ describe('Lockout: quiet-period reset (AD observation window), not a sliding win
     const { lockout, advance } = setup();
     const step = WINDOW / SETTINGS.threshold;
     let allowed = 0;
-    for (let i = 0; i < 30; i++) {                  // 30 attempts over 10 windows
+    for (let i = 0; i < 30; i++) {
+      // 30 attempts over 10 windows
       if (lockout.check(ALICE, ATTACKER) === 'open') {
         allowed++;
         lockout.failure(ALICE, ATTACKER, `guess-${i}`);
@@ -177,7 +187,7 @@ describe('Lockout: quiet-period reset (AD observation window), not a sliding win
     fail(ALICE, ATTACKER, 3);
     advance(WINDOW - 1_000);
     lockout.failure(ALICE, ATTACKER, 'p0'); // the same password bound again: AD counted it
-    advance(1_000);                         // a window since p1, p2, but not since the repeat
+    advance(1_000); // a window since p1, p2, but not since the repeat
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
     advance(WINDOW - 1_001);
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
@@ -199,10 +209,10 @@ describe('Lockout: quiet-period reset (AD observation window), not a sliding win
   it('resets a class only once the whole account has been quiet for a window (AD counts per account)', () => {
     const { lockout, fail, advance } = setup();
     lockout.success(ALICE, HOME, true);
-    fail(ALICE, ATTACKER, 3);               // t = 0: unfamiliar 3, AD 3
+    fail(ALICE, ATTACKER, 3); // t = 0: unfamiliar 3, AD 3
     advance(50_000);
-    fail(ALICE, HOME, 3, 10);               // t = 50 s: familiar 3, AD 6
-    advance(10_000);                        // t = 60 s: AD has seen a failure 10 s ago: still 6
+    fail(ALICE, HOME, 3, 10); // t = 50 s: familiar 3, AD 6
+    advance(10_000); // t = 60 s: AD has seen a failure 10 s ago: still 6
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
   });
 });
@@ -213,7 +223,7 @@ describe('Lockout: success', () => {
     lockout.success(ALICE, HOME, true);
     fail(ALICE, HOME, 2);
     fail(ALICE, ATTACKER, 3, 10);
-    lockout.success(ALICE, ELSEWHERE, true);   // the user, from a new place, checked by a bind
+    lockout.success(ALICE, ELSEWHERE, true); // the user, from a new place, checked by a bind
     expect(lockout.check(ALICE, ATTACKER)).toBe('open');
     fail(ALICE, HOME, 2, 20);
     fail(ALICE, ATTACKER, 2, 30);
@@ -317,12 +327,14 @@ describe('Lockout.reserve: attempts in flight', () => {
     const { lockout } = setup();
     const attempts = ['a', 'b', 'c'].map((p) => lockout.reserve(ALICE, ATTACKER, p));
     expect(attempts.map((a) => a.verdict)).toEqual(['open', 'open', 'open']);
-    expect(lockout.check(ALICE, ATTACKER)).toBe('open');            // nothing settled: not locked
+    expect(lockout.check(ALICE, ATTACKER)).toBe('open'); // nothing settled: not locked
     let fourth: LockoutVerdict | null = null;
-    void lockout.acquire(ALICE, ATTACKER, 'd').then((a) => { fourth = a.verdict; });
+    void lockout.acquire(ALICE, ATTACKER, 'd').then((a) => {
+      fourth = a.verdict;
+    });
     await tick();
-    expect(fourth).toBeNull();                                       // waits while 3 are in flight
-    attempts[0]?.release();                                          // a success settles one
+    expect(fourth).toBeNull(); // waits while 3 are in flight
+    attempts[0]?.release(); // a success settles one
     await tick();
     expect(fourth).toBe('open');
   });
@@ -331,7 +343,9 @@ describe('Lockout.reserve: attempts in flight', () => {
     const { lockout } = setup();
     const attempts = ['a', 'b', 'c'].map((p) => lockout.reserve(ALICE, ATTACKER, p));
     let fourth: LockoutVerdict | null = null;
-    void lockout.acquire(ALICE, ATTACKER, 'd').then((a) => { fourth = a.verdict; });
+    void lockout.acquire(ALICE, ATTACKER, 'd').then((a) => {
+      fourth = a.verdict;
+    });
     for (const [i, a] of attempts.entries()) {
       lockout.failure(ALICE, ATTACKER, ['a', 'b', 'c'][i] as string);
       a.release();
@@ -381,7 +395,7 @@ describe('Lockout.reserve: attempts in flight', () => {
     const { lockout } = setup();
     for (const p of ['a', 'b', 'c']) {
       const attempt = lockout.reserve(ALICE, ATTACKER, p);
-      lockout.failure(ALICE, ATTACKER, p);    // the bind said no: recorded before the release
+      lockout.failure(ALICE, ATTACKER, p); // the bind said no: recorded before the release
       attempt.release();
     }
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
@@ -391,9 +405,12 @@ describe('Lockout.reserve: attempts in flight', () => {
     const { lockout } = setup({ waitMs: 100 });
     const attempts = Array.from({ length: 5 }, (_, i) => lockout.reserve(`cn=user${i}`, ATTACKER, 'Spring2025!'));
     expect(attempts.map((a) => a.verdict)).toEqual(Array(5).fill('open'));
-    expect(lockout.check(null, ATTACKER)).toBe('open');                  // nothing has failed yet
+    expect(lockout.check(null, ATTACKER)).toBe('open'); // nothing has failed yet
     expect((await lockout.acquire('cn=user9', ATTACKER, 'Spring2025!')).verdict).toBe('busy');
-    attempts.forEach((a, i) => { lockout.failure(`cn=user${i}`, ATTACKER, 'Spring2025!'); a.release(); });
+    attempts.forEach((a, i) => {
+      lockout.failure(`cn=user${i}`, ATTACKER, 'Spring2025!');
+      a.release();
+    });
     expect(lockout.check(null, ATTACKER)).toBe('source-blocked');
     expect((await lockout.acquire('cn=user9', ATTACKER, 'Spring2025!')).verdict).toBe('source-blocked');
   });
@@ -408,7 +425,7 @@ describe('Lockout.reserve: attempts in flight', () => {
   });
 });
 
-describe('Lockout.reserveShared: the state bus\'s authority reserves', () => {
+describe("Lockout.reserveShared: the state bus's authority reserves", () => {
   it('reserves locally without a primary', async () => {
     const { lockout } = setup({ waitMs: 100 });
     for (let i = 0; i < 3; i++) expect((await lockout.reserveShared(ALICE, ATTACKER, `p${i}`)).verdict).toBe('open');
@@ -417,13 +434,15 @@ describe('Lockout.reserveShared: the state bus\'s authority reserves', () => {
     expect((await lockout.reserveShared(ALICE, ATTACKER, 'p3')).verdict).toBe('account-locked');
   });
 
-  it('asks the bus\'s authority when the local state is open, and keeps no local reservation', async () => {
+  it("asks the bus's authority when the local state is open, and keeps no local reservation", async () => {
     const { lockout } = setup();
-    const primary = setup();                                   // the authority: locked where this one is open
+    const primary = setup(); // the authority: locked where this one is open
     primary.fail(ALICE, ATTACKER, 3);
     const asked: string[] = [];
     const authority = {
-      settings: SETTINGS, apply: () => {}, reconfigure: () => {},
+      settings: SETTINGS,
+      apply: () => {},
+      reconfigure: () => {},
       acquire: (account: string, source: string, fingerprint: string) => {
         asked.push(`${account}/${fingerprint}`);
         return primary.lockout.acquire(account, source, fingerprint);
@@ -441,8 +460,13 @@ describe('Lockout.reserveShared: the state bus\'s authority reserves', () => {
     const primary = setup();
     let asked = 0;
     const authority = {
-      settings: SETTINGS, apply: () => {}, reconfigure: () => {},
-      acquire: (account: string, source: string, fingerprint: string) => { asked++; return primary.lockout.acquire(account, source, fingerprint); },
+      settings: SETTINGS,
+      apply: () => {},
+      reconfigure: () => {},
+      acquire: (account: string, source: string, fingerprint: string) => {
+        asked++;
+        return primary.lockout.acquire(account, source, fingerprint);
+      },
     };
     lockout.connect(new Hub(authority).join());
     expect((await lockout.reserveShared(ALICE, ATTACKER, 'x')).verdict).toBe('account-locked');
@@ -458,7 +482,7 @@ describe('Lockout.reserveShared: the state bus\'s authority reserves', () => {
     a.fail(ALICE, ATTACKER, 3);
     expect(b.lockout.check(ALICE, ATTACKER)).toBe('account-locked');
     expect(primary.lockout.check(ALICE, ATTACKER)).toBe('account-locked');
-    b.lockout.reconfigure({ ...SETTINGS, threshold: 4 });       // reaches the authority, not the other member
+    b.lockout.reconfigure({ ...SETTINGS, threshold: 4 }); // reaches the authority, not the other member
     expect(primary.lockout.check(ALICE, ATTACKER)).toBe('open');
     expect(a.lockout.check(ALICE, ATTACKER)).toBe('account-locked');
   });
@@ -481,7 +505,7 @@ describe('Lockout.reconfigure', () => {
     fail(ALICE, ATTACKER, 3);
     advance(30_000);
     lockout.reconfigure({ ...SETTINGS, windowSeconds: 120 });
-    advance(60_000);                        // 90 s quiet: the old window would have reset it
+    advance(60_000); // 90 s quiet: the old window would have reset it
     expect(lockout.check(ALICE, ATTACKER)).toBe('account-locked');
     lockout.reconfigure({ ...SETTINGS, windowSeconds: 30 });
     expect(lockout.check(ALICE, ATTACKER)).toBe('open');
@@ -604,7 +628,7 @@ describe('Lockout: per-address limits (password spraying)', () => {
     advance(30_000);
     for (let i = 1; i < 4; i++) lockout.failure(ALICE, ATTACKER, `p${i}`);
     expect(lockout.check(null, ATTACKER)).toBe('source-blocked');
-    advance(30_000);                        // p0 is a window old
+    advance(30_000); // p0 is a window old
     expect(lockout.check(null, ATTACKER)).toBe('open');
   });
 });
@@ -631,7 +655,8 @@ describe('sourceKey: the key an address is tracked by', () => {
   });
 
   it('is idempotent (a key maps to itself)', () => {
-    for (const a of ['203.0.113.5', '::ffff:203.0.113.5', '2001:db8:1:2::1']) expect(sourceKey(sourceKey(a))).toBe(sourceKey(a));
+    for (const a of ['203.0.113.5', '::ffff:203.0.113.5', '2001:db8:1:2::1'])
+      expect(sourceKey(sourceKey(a))).toBe(sourceKey(a));
   });
 });
 
@@ -672,7 +697,7 @@ describe('Lockout: bounded state', () => {
     // b and c first: check() of an account it does not track evicts one (see the it.fails below).
     expect(lockout.check(b, ATTACKER)).toBe('account-locked');
     expect(lockout.check(c, ATTACKER)).toBe('account-locked');
-    expect(lockout.check(a, ATTACKER)).toBe('open');          // evicted
+    expect(lockout.check(a, ATTACKER)).toBe('open'); // evicted
   });
   it('does not evict a tracked account when it checks one it does not track', () => {
     const { lockout, fail } = setup({ max: 2, sourceAccounts: 100, sourceFailures: 100 });
@@ -686,7 +711,7 @@ describe('Lockout: bounded state', () => {
     const { lockout } = setup({ max: 2, sourceAccounts: 1 });
     const [x, y, z] = ['192.0.2.1', '192.0.2.2', '192.0.2.3'];
     for (const s of [x, y, z]) lockout.failure(ALICE, s, 'p');
-    expect(lockout.check(null, x)).toBe('open');               // evicted
+    expect(lockout.check(null, x)).toBe('open'); // evicted
     expect(lockout.check(null, y)).toBe('source-blocked');
     expect(lockout.check(null, z)).toBe('source-blocked');
   });

@@ -27,27 +27,44 @@ let memberships: Map<string, Set<string>>;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'exgate-mbx-'));
-  writeFileSync(join(dir, 'users.yaml'), stringify({
-    users: {
-      alice: { password: HASH, name: 'Alice Anders', mail: 'alice@lab.test' },
-      carol: { password: HASH, name: 'Carol Cole', mail: 'carol@lab.test' },
-      bob: { password: HASH, name: 'Bob Berg', mail: 'bob@lab.test' },
-      obrien: { password: HASH, name: "Seán O'Brien", mail: 'sean.obrien@lab.test' },
-      nomail: { password: HASH },
-    },
-    groups: { AllowExternalAccess: { members: ['alice', 'ExternalStaff', 'obrien'] }, ExternalStaff: { members: ['carol'] } },
-  }));
-  writeFileSync(join(dir, 'policy.yaml'), 'rules:\n  - id: outlook\n    services: [mapi, ews]\n    allow: { groups: [AllowExternalAccess] }\n');
-  directory = FileDirectory.load({ type: 'file', path: join(dir, 'users.yaml'), baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: ['lab.test'] });
+  writeFileSync(
+    join(dir, 'users.yaml'),
+    stringify({
+      users: {
+        alice: { password: HASH, name: 'Alice Anders', mail: 'alice@lab.test' },
+        carol: { password: HASH, name: 'Carol Cole', mail: 'carol@lab.test' },
+        bob: { password: HASH, name: 'Bob Berg', mail: 'bob@lab.test' },
+        obrien: { password: HASH, name: "Seán O'Brien", mail: 'sean.obrien@lab.test' },
+        nomail: { password: HASH },
+      },
+      groups: {
+        AllowExternalAccess: { members: ['alice', 'ExternalStaff', 'obrien'] },
+        ExternalStaff: { members: ['carol'] },
+      },
+    }),
+  );
+  writeFileSync(
+    join(dir, 'policy.yaml'),
+    'rules:\n  - id: outlook\n    services: [mapi, ews]\n    allow: { groups: [AllowExternalAccess] }\n',
+  );
+  directory = FileDirectory.load({
+    type: 'file',
+    path: join(dir, 'users.yaml'),
+    baseDn: 'DC=lab,DC=test',
+    netbiosDomain: 'LAB',
+    upnSuffixes: ['lab.test'],
+  });
   policy = await loadPolicy(join(dir, 'policy.yaml'), directory, { netbios: 'LAB', upnSuffixes: ['lab.test'] });
   mailboxes = await directory.listMailboxes();
   memberships = new Map();
-  for (const g of policy.groupDns) for (const u of await directory.membersOf(g)) memberships.set(u, new Set([...(memberships.get(u) ?? []), g]));
+  for (const g of policy.groupDns)
+    for (const u of await directory.membersOf(g)) memberships.set(u, new Set([...(memberships.get(u) ?? []), g]));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const state = (v: boolean | null) => ({ MAPIBlockOutlookRpcHttp: v, MAPIBlockOutlookExternalConnectivity: v });
-const currentOf = (values: Record<string, boolean | null>) => new Map(mailboxes.map((m) => [m.dn.toLowerCase(), state(values[m.sam] ?? false)]));
+const currentOf = (values: Record<string, boolean | null>) =>
+  new Map(mailboxes.map((m) => [m.dn.toLowerCase(), state(values[m.sam] ?? false)]));
 
 describe('plan', () => {
   it('lists only users with mail, and reads nested membership', () => {
@@ -73,7 +90,8 @@ describe('plan', () => {
   it('is idempotent: a plan over its own result is empty', () => {
     const first = plan({ mailboxes, current: currentOf({ alice: true }), memberships, policy, flags: MAPI });
     const after = currentOf({ alice: true });
-    for (const c of first.changes) (after.get(c.identity.toLowerCase()) as Record<string, boolean | null>)[c.flag] = c.to;
+    for (const c of first.changes)
+      (after.get(c.identity.toLowerCase()) as Record<string, boolean | null>)[c.flag] = c.to;
     expect(plan({ mailboxes, current: after, memberships, policy, flags: MAPI }).changes).toEqual([]);
   });
 
@@ -86,12 +104,17 @@ describe('plan', () => {
   });
 
   it('drives ActiveSyncEnabled and OWAEnabled from their services when mapped', () => {
-    const flags = { ActiveSyncEnabled: { service: 'activesync', allowedValue: true }, EwsEnabled: { service: 'ews', allowedValue: true } } as const;
+    const flags = {
+      ActiveSyncEnabled: { service: 'activesync', allowedValue: true },
+      EwsEnabled: { service: 'ews', allowedValue: true },
+    } as const;
     const current = new Map(mailboxes.map((m) => [m.dn.toLowerCase(), { ActiveSyncEnabled: true, EwsEnabled: true }]));
     const p = plan({ mailboxes, current, memberships, policy, flags });
     // nobody is allowed activesync (no rule): every mailbox loses it; only bob loses EWS
     expect(p.changes.filter((c) => c.flag === 'ActiveSyncEnabled').length).toBe(4);
-    expect(p.changes.filter((c) => c.flag === 'EwsEnabled').map((c) => c.identity.split(',')[0])).toEqual(['CN=Bob Berg']);
+    expect(p.changes.filter((c) => c.flag === 'EwsEnabled').map((c) => c.identity.split(',')[0])).toEqual([
+      'CN=Bob Berg',
+    ]);
   });
 });
 
@@ -112,10 +135,26 @@ describe('PowerShell', () => {
 
   it('writes one Set-CASMailbox line per mailbox, all its flags on it, and a result line after each', () => {
     const changes = byMailbox([
-      { identity: "CN=Seán O'Brien,CN=Users,DC=lab,DC=test", flag: 'MAPIBlockOutlookRpcHttp', from: false, to: true, reason: 'r', blocks: true },
-      { identity: "CN=Seán O'Brien,CN=Users,DC=lab,DC=test", flag: 'MAPIBlockOutlookExternalConnectivity', from: false, to: true, reason: 'r', blocks: true },
+      {
+        identity: "CN=Seán O'Brien,CN=Users,DC=lab,DC=test",
+        flag: 'MAPIBlockOutlookRpcHttp',
+        from: false,
+        to: true,
+        reason: 'r',
+        blocks: true,
+      },
+      {
+        identity: "CN=Seán O'Brien,CN=Users,DC=lab,DC=test",
+        flag: 'MAPIBlockOutlookExternalConnectivity',
+        from: false,
+        to: true,
+        reason: 'r',
+        blocks: true,
+      },
     ]);
-    expect(setLine(changes[0]!)).toBe("Set-CASMailbox -Identity 'CN=Seán O''Brien,CN=Users,DC=lab,DC=test' -MAPIBlockOutlookRpcHttp:$true -MAPIBlockOutlookExternalConnectivity:$true");
+    expect(setLine(changes[0]!)).toBe(
+      "Set-CASMailbox -Identity 'CN=Seán O''Brien,CN=Users,DC=lab,DC=test' -MAPIBlockOutlookRpcHttp:$true -MAPIBlockOutlookExternalConnectivity:$true",
+    );
     expect(changeScript(changes, 'n0nce', 7).split('\n')).toEqual([
       "$ErrorActionPreference = 'Continue'",
       '$exgateErrors = $Error.Count',
@@ -123,6 +162,8 @@ describe('PowerShell', () => {
       "if ($Error.Count -eq $exgateErrors) { 'exgate-ok n0nce 7' } else { 'exgate-failed n0nce 7'; $Error[0].Exception.Message }",
       '',
     ]);
-    expect(readScript(['MAPIBlockOutlookRpcHttp'])).toContain('Get-CASMailbox -ResultSize Unlimited | Select-Object DistinguishedName,MAPIBlockOutlookRpcHttp | ConvertTo-Json -Depth 2 -Compress');
+    expect(readScript(['MAPIBlockOutlookRpcHttp'])).toContain(
+      'Get-CASMailbox -ResultSize Unlimited | Select-Object DistinguishedName,MAPIBlockOutlookRpcHttp | ConvertTo-Json -Depth 2 -Compress',
+    );
   });
 });

@@ -15,14 +15,23 @@ const RULES = 'deploy/prometheus-rules.yml';
 const promtool = (...args: string[]) =>
   execFileSync('promtool', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
-interface Rule { alert: string; expr: string }
-interface Panel { title: string; type: string; targets?: { expr: string }[] }
+interface Rule {
+  alert: string;
+  expr: string;
+}
+interface Panel {
+  title: string;
+  type: string;
+  targets?: { expr: string }[];
+}
 
 const rules = (): Rule[] =>
   (parse(readFileSync(RULES, 'utf8')) as { groups: { rules: Rule[] }[] }).groups.flatMap((g) => g.rules);
-const dashboard = () => JSON.parse(readFileSync('deploy/grafana-dashboard.json', 'utf8')) as {
-  panels: Panel[]; templating: { list: { name: string; definition?: string }[] };
-};
+const dashboard = () =>
+  JSON.parse(readFileSync('deploy/grafana-dashboard.json', 'utf8')) as {
+    panels: Panel[];
+    templating: { list: { name: string; definition?: string }[] };
+  };
 
 /** The metric names a PromQL expression reads: identifiers left once strings, matchers, ranges,
  * grouping lists, variables, function calls and keywords are taken out. */
@@ -48,9 +57,17 @@ describe('alert rules', () => {
   });
 
   it('cover the DC, Exchange, lockouts, certificate expiry, failed reloads and 5xx', () => {
-    expect(rules().map((r) => r.alert).sort()).toEqual([
-      'ExgateCertificateExpiringSoon', 'ExgateDirectoryUnreachable', 'ExgateExchangeUnreachable', 'ExgateHigh5xxRate',
-      'ExgateLockoutsSurging', 'ExgateReloadFailed',
+    expect(
+      rules()
+        .map((r) => r.alert)
+        .sort(),
+    ).toEqual([
+      'ExgateCertificateExpiringSoon',
+      'ExgateDirectoryUnreachable',
+      'ExgateExchangeUnreachable',
+      'ExgateHigh5xxRate',
+      'ExgateLockoutsSurging',
+      'ExgateReloadFailed',
     ]);
     expect(rules().find((r) => r.alert === 'ExgateCertificateExpiringSoon')?.expr).toContain('- time() < 14 * 86400');
   });
@@ -91,8 +108,14 @@ describe('metric names in the rules and the dashboard', () => {
   it('the dashboard parses, has the panels the operators need, and names only exported metrics', () => {
     const d = dashboard();
     const titles = d.panels.map((p) => p.title);
-    const wanted = ['Requests by service and decision', 'Denials by reason', 'Authentication latency',
-      'Upstream latency (p95) by service', 'Open connections and requests in flight', 'Lockouts'];
+    const wanted = [
+      'Requests by service and decision',
+      'Denials by reason',
+      'Authentication latency',
+      'Upstream latency (p95) by service',
+      'Open connections and requests in flight',
+      'Lockouts',
+    ];
     for (const t of wanted) expect(titles).toContain(t);
     const exprs = d.panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr })));
     expect(exprs.length).toBeGreaterThanOrEqual(d.panels.length);

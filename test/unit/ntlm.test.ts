@@ -67,7 +67,13 @@ function type3(spec: Type3Spec = {}): Buffer {
     Buffer.isBuffer(value) ? value : Buffer.from(value ?? fallback, encoding);
   const parts: Record<FieldName, Buffer> = {
     lm: spec.lm ?? Buffer.alloc(24),
-    nt: spec.nt ?? Buffer.concat([Buffer.from('0123456789abcdef', 'latin1'), Buffer.from([1, 1, 0, 0, 0, 0, 0, 0]), Buffer.alloc(36)]),
+    nt:
+      spec.nt ??
+      Buffer.concat([
+        Buffer.from('0123456789abcdef', 'latin1'),
+        Buffer.from([1, 1, 0, 0, 0, 0, 0, 0]),
+        Buffer.alloc(36),
+      ]),
     domain: text(spec.domain, 'LAB'),
     user: text(spec.user, 'alice'),
     workstation: text(spec.workstation, 'WS01'),
@@ -132,7 +138,11 @@ const OID_KRB5 = Buffer.from('2a864886f712010202', 'hex'); // 1.2.840.113554.1.2
 
 /** SPNEGO NegTokenInit (RFC 4178) in a GSS-API InitialContextToken: mechTypes, then mechToken. */
 function negTokenInit(mechTypes: Buffer[], mechToken: Buffer): Buffer {
-  const init = der(0x30, der(0xa0, der(0x30, ...mechTypes.map((oid) => der(0x06, oid)))), der(0xa2, der(0x04, mechToken)));
+  const init = der(
+    0x30,
+    der(0xa0, der(0x30, ...mechTypes.map((oid) => der(0x06, oid)))),
+    der(0xa2, der(0x04, mechToken)),
+  );
   return der(0x60, der(0x06, OID_SPNEGO), der(0xa0, init));
 }
 
@@ -140,21 +150,39 @@ function negTokenInit(mechTypes: Buffer[], mechToken: Buffer): Buffer {
 function negTokenResp(responseToken: Buffer, supportedMech?: Buffer): Buffer {
   return der(
     0xa1,
-    der(0x30, der(0xa0, der(0x0a, Buffer.from([1]))), ...(supportedMech ? [der(0xa1, der(0x06, supportedMech))] : []), der(0xa2, der(0x04, responseToken))),
+    der(
+      0x30,
+      der(0xa0, der(0x0a, Buffer.from([1]))),
+      ...(supportedMech ? [der(0xa1, der(0x06, supportedMech))] : []),
+      der(0xa2, der(0x04, responseToken)),
+    ),
   );
 }
 
 /** A Kerberos GSS token (krb5 OID, TOK_ID 01 00, an AP-REQ-shaped body): no NTLMSSP anywhere. */
 function kerberosToken(): Buffer {
-  return der(0x60, der(0x06, OID_KRB5), Buffer.from([0x01, 0x00]), der(0x6e, der(0x30, der(0xa0, der(0x02, Buffer.from([5]))), Buffer.alloc(40, 0x42))));
+  return der(
+    0x60,
+    der(0x06, OID_KRB5),
+    Buffer.from([0x01, 0x00]),
+    der(0x6e, der(0x30, der(0xa0, der(0x02, Buffer.from([5]))), Buffer.alloc(40, 0x42))),
+  );
 }
 
 /** A Type 3 claiming LAB\\alice whose every byte is below 0x80, so it can pose as the content of a DER OID. */
 const DECOY = (): Buffer =>
-  type3({ flags: UNICODE, user: 'alice', lm: Buffer.alloc(0), nt: Buffer.alloc(16, 0x41), sessionKey: Buffer.alloc(0), versionAndMic: false });
+  type3({
+    flags: UNICODE,
+    user: 'alice',
+    lm: Buffer.alloc(0),
+    nt: Buffer.alloc(16, 0x41),
+    sessionKey: Buffer.alloc(0),
+    versionAndMic: false,
+  });
 
 function expectToken(result: ReturnType<typeof readNtlmHeader>): Extract<NtlmToken, { message: Buffer }> {
-  if (result === null || result === 'malformed' || result.type === 'kerberos') throw new Error(`not an NTLM message: ${JSON.stringify(result)}`);
+  if (result === null || result === 'malformed' || result.type === 'kerberos')
+    throw new Error(`not an NTLM message: ${JSON.stringify(result)}`);
   return result;
 }
 
@@ -183,7 +211,7 @@ describe('readNtlmHeader', () => {
     ['extra spaces around the token', `NTLM   ${CURL_TYPE1}  `, 'NTLM'],
     ['Negotiate with raw NTLMSSP', `Negotiate ${CURL_TYPE1}`, 'Negotiate'],
     ['NEGOTIATE upper case', `NEGOTIATE ${CURL_TYPE1}`, 'Negotiate'],
-  ])('reads curl\'s Type 1 under %s', (_, header, scheme) => {
+  ])("reads curl's Type 1 under %s", (_, header, scheme) => {
     const token = expectToken(readNtlmHeader(header));
     expect(token).toMatchObject({ scheme, type: 1 });
     expect(token.message.equals(fromB64(CURL_TYPE1))).toBe(true);
@@ -191,7 +219,13 @@ describe('readNtlmHeader', () => {
 
   it('reads Type 1, 2 and 3 by their MessageType (a Type 2 from a client is for the caller to refuse)', () => {
     expect(expectToken(readNtlmHeader(`NTLM ${b64(type1())}`)).type).toBe(1);
-    const challenge = buildType2({ challenge: Buffer.alloc(8, 1), clientFlags: 0, domain: 'LAB', computer: 'EX', dnsDomain: 'lab.test' });
+    const challenge = buildType2({
+      challenge: Buffer.alloc(8, 1),
+      clientFlags: 0,
+      domain: 'LAB',
+      computer: 'EX',
+      dnsDomain: 'lab.test',
+    });
     expect(expectToken(readNtlmHeader(`NTLM ${b64(challenge)}`)).type).toBe(2);
     expect(expectToken(readNtlmHeader(`NTLM ${CURL_TYPE3_UNICODE}`)).type).toBe(3);
   });
@@ -241,7 +275,10 @@ describe('readNtlmHeader', () => {
     ['NTLM with NTLMSSP not at offset 0', `NTLM ${b64(Buffer.concat([Buffer.from([0x60, 0x00]), type1()]))}`],
     ['NTLM with a SPNEGO-wrapped message', `NTLM ${b64(negTokenInit([OID_NTLMSSP], type1()))}`],
     ['a signature with no MessageType (< 12 bytes)', `NTLM ${b64(Buffer.concat([signature, Buffer.from([1, 0])]))}`],
-    ['Negotiate with a truncated NTLMSSP', `Negotiate ${b64(Buffer.concat([Buffer.from([0xa1, 0x0a]), signature, Buffer.from([3])]))}`],
+    [
+      'Negotiate with a truncated NTLMSSP',
+      `Negotiate ${b64(Buffer.concat([Buffer.from([0xa1, 0x0a]), signature, Buffer.from([3])]))}`,
+    ],
     ['the signature without its NUL', `NTLM ${b64(Buffer.concat([Buffer.from('NTLMSSP!'), Buffer.alloc(8)]))}`],
   ])('is malformed for %s', (_, header) => {
     expect(readNtlmHeader(header)).toBe('malformed');
@@ -266,7 +303,10 @@ describe('readNtlmHeader', () => {
     expect([...decoy].every((byte) => byte < 0x80)).toBe(true); // so it is valid DER OID content
     const real = type3({ user: 'mallory' });
     const result = readNtlmHeader(`Negotiate ${b64(negTokenResp(real, decoy))}`);
-    const user = result === 'malformed' || result === null || result.type === 'kerberos' ? 'refused' : parseType3(result.message)?.user;
+    const user =
+      result === 'malformed' || result === null || result.type === 'kerberos'
+        ? 'refused'
+        : parseType3(result.message)?.user;
     expect(user).not.toBe('alice'); // today: alice
     expect(['refused', 'mallory']).toContain(user);
   });
@@ -298,9 +338,23 @@ describe('SPNEGO: the tokens clients send are read', () => {
   it.each([
     ['NegTokenResp: negState, responseToken', resp(ctx(0, negState()), ctx(2, octets(bob)))],
     ['NegTokenResp: responseToken alone', resp(ctx(2, octets(bob)))],
-    ['NegTokenResp: supportedMech NTLMSSP', resp(ctx(0, negState()), ctx(1, der(0x06, OID_NTLMSSP)), ctx(2, octets(bob)))],
-    ['NegTokenResp: responseToken, mechListMIC (Windows with a MIC)', resp(ctx(2, octets(bob)), ctx(3, octets(Buffer.alloc(16, 1))))],
-    ['NegTokenResp: all four fields', resp(ctx(0, negState()), ctx(1, der(0x06, OID_NTLMSSP)), ctx(2, octets(bob)), ctx(3, octets(Buffer.alloc(16, 1))))],
+    [
+      'NegTokenResp: supportedMech NTLMSSP',
+      resp(ctx(0, negState()), ctx(1, der(0x06, OID_NTLMSSP)), ctx(2, octets(bob))),
+    ],
+    [
+      'NegTokenResp: responseToken, mechListMIC (Windows with a MIC)',
+      resp(ctx(2, octets(bob)), ctx(3, octets(Buffer.alloc(16, 1)))),
+    ],
+    [
+      'NegTokenResp: all four fields',
+      resp(
+        ctx(0, negState()),
+        ctx(1, der(0x06, OID_NTLMSSP)),
+        ctx(2, octets(bob)),
+        ctx(3, octets(Buffer.alloc(16, 1))),
+      ),
+    ],
   ])('%s', (_, token) => {
     const read = expectToken(readNtlmHeader(negotiate(token)));
     expect(read).toMatchObject({ scheme: 'Negotiate', type: 3 });
@@ -310,7 +364,10 @@ describe('SPNEGO: the tokens clients send are read', () => {
   it.each([
     ['mechTypes, mechToken', init(ctx(0, mechList(OID_NTLMSSP)), ctx(2, octets(type1())))],
     ['mechTypes NTLMSSP then Kerberos', init(ctx(0, mechList(OID_NTLMSSP, OID_KRB5)), ctx(2, octets(type1())))],
-    ['reqFlags (BIT STRING, RFC 2478 clients)', init(ctx(0, mechList(OID_NTLMSSP)), ctx(1, der(0x03, Buffer.from([1, 0x7e]))), ctx(2, octets(type1())))],
+    [
+      'reqFlags (BIT STRING, RFC 2478 clients)',
+      init(ctx(0, mechList(OID_NTLMSSP)), ctx(1, der(0x03, Buffer.from([1, 0x7e]))), ctx(2, octets(type1()))),
+    ],
     ['mechListMIC', init(ctx(0, mechList(OID_NTLMSSP)), ctx(2, octets(type1())), ctx(3, octets(Buffer.alloc(16))))],
   ])('NegTokenInit: %s', (_, token) => {
     expect(expectToken(readNtlmHeader(negotiate(token))).message.equals(type1())).toBe(true);
@@ -318,7 +375,8 @@ describe('SPNEGO: the tokens clients send are read', () => {
 
   it('reads a NegTokenInit laid out as Windows SSPI sends it (NTLMSSP only, Type 1 with Version)', () => {
     // 60 48 06 06 <spnego> a0 3e 30 3c a0 0e 30 0c 06 0a <ntlmssp> a2 2a 04 28 <Type 1, 40 bytes>
-    const windows = 'YEgGBisGAQUFAqA+MDygDjAMBgorBgEEAYI3AgIKoioEKE5UTE1TU1AAAQAAAJeCCOIAAAAAAAAAAAAAAAAAAAAACgBhSgAAAA8=';
+    const windows =
+      'YEgGBisGAQUFAqA+MDygDjAMBgorBgEEAYI3AgIKoioEKE5UTE1TU1AAAQAAAJeCCOIAAAAAAAAAAAAAAAAAAAAACgBhSgAAAA8=';
     expect(expectToken(readNtlmHeader(`Negotiate ${windows}`))).toMatchObject({ scheme: 'Negotiate', type: 1 });
   });
 
@@ -372,7 +430,10 @@ describe('SPNEGO: anything but strict DER is malformed (400)', () => {
     ['two mechTypes', init(mechs, mechs, token1)],
     ['mechToken before mechTypes', init(token1, mechs)],
     ['mechListMIC before mechToken', init(mechs, ctx(3, octets(Buffer.alloc(16))), token1)],
-    ['an unknown context tag [4] (negHints/NegTokenInit2 is the server\'s)', init(mechs, token1, ctx(4, octets(type1())))],
+    [
+      "an unknown context tag [4] (negHints/NegTokenInit2 is the server's)",
+      init(mechs, token1, ctx(4, octets(type1()))),
+    ],
     ['no mechTypes', init(token1)],
     ['an empty mechTypes', init(ctx(0, der(0x30)), token1)],
     ['a mechTypes entry that is not an OID', init(ctx(0, der(0x30, der(0x06, OID_NTLMSSP), octets(type1()))), token1)],
@@ -382,8 +443,14 @@ describe('SPNEGO: anything but strict DER is malformed (400)', () => {
     ['reqFlags with 8 unused bits', init(mechs, ctx(1, der(0x03, Buffer.from([8, 0]))), token1)],
     ['reqFlags with its unused bits set', init(mechs, ctx(1, der(0x03, Buffer.from([1, 0x7f]))), token1)],
     ['reqFlags empty', init(mechs, ctx(1, der(0x03)), token1)],
-    ['two NegTokenInits in [0]', der(0x60, der(0x06, OID_SPNEGO), der(0xa0, der(0x30, mechs, token1), der(0x30, mechs, token1)))],
-    ['bytes after [0] inside the GSS wrapper', der(0x60, der(0x06, OID_SPNEGO), der(0xa0, der(0x30, mechs, token1)), Buffer.from([0]))],
+    [
+      'two NegTokenInits in [0]',
+      der(0x60, der(0x06, OID_SPNEGO), der(0xa0, der(0x30, mechs, token1), der(0x30, mechs, token1))),
+    ],
+    [
+      'bytes after [0] inside the GSS wrapper',
+      der(0x60, der(0x06, OID_SPNEGO), der(0xa0, der(0x30, mechs, token1)), Buffer.from([0])),
+    ],
     ['a NegTokenResp ([1]) inside the GSS wrapper', der(0x60, der(0x06, OID_SPNEGO), resp(ctx(2, octets(bob))))],
     ['trailing bytes after the outer element', Buffer.concat([init(mechs, token1), Buffer.from([0, 0])])],
   ])('NegTokenInit: %s', (_, token) => {
@@ -392,14 +459,20 @@ describe('SPNEGO: anything but strict DER is malformed (400)', () => {
 
   // Lengths by hand (X.690 §10.1: definite, shortest form). bob is 128..255 bytes: its minimal length is 81 xx.
   const len = (n: number): number[] => (n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff]);
-  const tlv = (tag: number, lengthOctets: number[], content: Buffer): Buffer => Buffer.concat([Buffer.from([tag, ...lengthOctets]), content]);
+  const tlv = (tag: number, lengthOctets: number[], content: Buffer): Buffer =>
+    Buffer.concat([Buffer.from([tag, ...lengthOctets]), content]);
   const seqOf = (...fields: Buffer[]): Buffer => {
     const seq = der(0x30, ...fields);
     return tlv(0xa1, len(seq.length), seq);
   };
   const bobOctets = (lengthOctets: number[]): Buffer => tlv(0x04, lengthOctets, bob);
   const field2 = (inner: Buffer): Buffer => tlv(0xa2, len(inner.length), inner);
-  const indefiniteContent = Buffer.concat([Buffer.from([0x30, 0x80]), ctx(0, negState()), ctx(2, octets(bob)), Buffer.from([0, 0])]);
+  const indefiniteContent = Buffer.concat([
+    Buffer.from([0x30, 0x80]),
+    ctx(0, negState()),
+    ctx(2, octets(bob)),
+    Buffer.from([0, 0]),
+  ]);
   const indefinite = tlv(0xa1, len(indefiniteContent.length), indefiniteContent);
 
   it.each([
@@ -409,15 +482,21 @@ describe('SPNEGO: anything but strict DER is malformed (400)', () => {
     ['the indefinite form (BER): 30 80 … 00 00', indefinite],
     ['an indefinite OCTET STRING', seqOf(field2(Buffer.concat([bobOctets([0x80]), Buffer.from([0, 0])])))],
     // the OCTET STRING claims 5 bytes more than [2] holds, running into the [3] that follows
-    ['a nested length running past its parent', seqOf(field2(bobOctets(len(bob.length + 5))), ctx(3, octets(Buffer.alloc(3))))],
-    ['an outer length running past the buffer', Buffer.concat([Buffer.from([0xa1, 0x82, 0x10, 0x00]), der(0x30, ctx(2, octets(bob)))])],
+    [
+      'a nested length running past its parent',
+      seqOf(field2(bobOctets(len(bob.length + 5))), ctx(3, octets(Buffer.alloc(3)))),
+    ],
+    [
+      'an outer length running past the buffer',
+      Buffer.concat([Buffer.from([0xa1, 0x82, 0x10, 0x00]), der(0x30, ctx(2, octets(bob)))]),
+    ],
     ['a high tag number (bf 02)', seqOf(tlv(0xbf, [0x02], Buffer.alloc(0)), ctx(2, octets(bob)))],
     ['a tag and no length', Buffer.from([0xa1])],
   ])('%s', (_, token) => {
     expect(readNtlmHeader(negotiate(token))).toBe('malformed');
   });
 
-  it('accepts the same hand-built encodings with minimal lengths (so each refusal above is the variant\'s)', () => {
+  it("accepts the same hand-built encodings with minimal lengths (so each refusal above is the variant's)", () => {
     expect(bob.length).toBeGreaterThanOrEqual(0x80); // one length byte after 0x81
     expect(bob.length).toBeLessThan(0x100);
     for (const token of [
@@ -432,7 +511,7 @@ describe('SPNEGO: anything but strict DER is malformed (400)', () => {
 });
 
 describe('parseType3', () => {
-  it('reads curl\'s UNICODE Type 3 (64-byte header, no Version or MIC)', () => {
+  it("reads curl's UNICODE Type 3 (64-byte header, no Version or MIC)", () => {
     const msg = fromB64(CURL_TYPE3_UNICODE);
     const claim = claimOf(msg);
     expect(claim).toMatchObject({ domain: 'LAB', user: 'alice', workstation: 'WORKSTATION', anonymous: false });
@@ -440,7 +519,7 @@ describe('parseType3', () => {
     expect(claim.responseDigest.equals(msg.subarray(nt.offset, nt.offset + 16))).toBe(true);
   });
 
-  it('reads curl\'s OEM Type 3', () => {
+  it("reads curl's OEM Type 3", () => {
     const msg = fromB64(CURL_TYPE3_OEM);
     expect(msg.readUInt32LE(60) & (UNICODE | OEM)).toBe(OEM);
     expect(claimOf(msg)).toMatchObject({ domain: 'LAB', user: 'alice', workstation: 'WORKSTATION', anonymous: false });
@@ -457,20 +536,41 @@ describe('parseType3', () => {
     ['OEM only', OEM, 'latin1' as const],
     ['both: UNICODE wins', UNICODE | OEM, 'utf16le' as const],
   ])('decodes names by the flags: %s', (_, flags, encoding) => {
-    const msg = type3({ flags, domain: Buffer.from('LAB', encoding), user: Buffer.from('émile', encoding), workstation: Buffer.alloc(0) });
+    const msg = type3({
+      flags,
+      domain: Buffer.from('LAB', encoding),
+      user: Buffer.from('émile', encoding),
+      workstation: Buffer.alloc(0),
+    });
     expect(claimOf(msg)).toMatchObject({ domain: 'LAB', user: 'émile', workstation: '' });
   });
 
   it('refuses a message with neither UNICODE nor OEM', () => {
-    expect(parseType3(type3({ flags: VERSION_FLAG, domain: Buffer.from('LAB'), user: Buffer.from('alice') }))).toBeNull();
+    expect(
+      parseType3(type3({ flags: VERSION_FLAG, domain: Buffer.from('LAB'), user: Buffer.from('alice') })),
+    ).toBeNull();
     expect(parseType3(type3({ flags: 0, domain: Buffer.from('LAB'), user: Buffer.from('alice') }))).toBeNull();
   });
 
   it.each([
     ['shorter than the 64-byte header', type3().subarray(0, 63)],
     ['a wrong signature', Buffer.concat([Buffer.from('NTLMSSX\0', 'latin1'), type3().subarray(8)])],
-    ['MessageType 1', (() => { const m = type3(); m.writeUInt32LE(1, 8); return m; })()],
-    ['MessageType 2', (() => { const m = type3(); m.writeUInt32LE(2, 8); return m; })()],
+    [
+      'MessageType 1',
+      (() => {
+        const m = type3();
+        m.writeUInt32LE(1, 8);
+        return m;
+      })(),
+    ],
+    [
+      'MessageType 2',
+      (() => {
+        const m = type3();
+        m.writeUInt32LE(2, 8);
+        return m;
+      })(),
+    ],
     ['an empty buffer', Buffer.alloc(0)],
   ])('refuses %s', (_, msg) => {
     expect(parseType3(msg)).toBeNull();
@@ -537,11 +637,14 @@ describe('parseType3', () => {
     });
   });
 
-  it.each(['domain', 'user', 'workstation'] as const)('refuses odd-length UTF-16 in %s, but not odd-length OEM', (name) => {
-    const odd = Buffer.from('abc', 'latin1');
-    expect(parseType3(type3({ [name]: odd }))).toBeNull();
-    expect(claimOf(type3({ flags: OEM, [name]: odd }))[name]).toBe('abc');
-  });
+  it.each(['domain', 'user', 'workstation'] as const)(
+    'refuses odd-length UTF-16 in %s, but not odd-length OEM',
+    (name) => {
+      const odd = Buffer.from('abc', 'latin1');
+      expect(parseType3(type3({ [name]: odd }))).toBeNull();
+      expect(claimOf(type3({ flags: OEM, [name]: odd }))[name]).toBe('abc');
+    },
+  );
 
   describe.each(['domain', 'user', 'workstation'] as const)('control characters in %s', (name) => {
     it.each([
@@ -570,7 +673,9 @@ describe('parseType3', () => {
 
   it('calls empty user and empty NT response anonymous (LM Z(1)), and nothing else', () => {
     expect(claimOf(type3({ user: '', nt: Buffer.alloc(0), lm: Buffer.alloc(1) })).anonymous).toBe(true);
-    expect(claimOf(type3({ user: '', domain: '', nt: Buffer.alloc(0), lm: Buffer.alloc(0), sessionKey: Buffer.alloc(0) }))).toMatchObject({
+    expect(
+      claimOf(type3({ user: '', domain: '', nt: Buffer.alloc(0), lm: Buffer.alloc(0), sessionKey: Buffer.alloc(0) })),
+    ).toMatchObject({
       anonymous: true,
       responseDigest: Buffer.alloc(0),
     });
@@ -581,7 +686,10 @@ describe('parseType3', () => {
   });
 
   it('reads a UPN with an empty domain', () => {
-    expect(claimOf(type3({ domain: '', user: 'alice@lab.test' }))).toMatchObject({ domain: '', user: 'alice@lab.test' });
+    expect(claimOf(type3({ domain: '', user: 'alice@lab.test' }))).toMatchObject({
+      domain: '',
+      user: 'alice@lab.test',
+    });
     expect(claimOf(type3({ domain: 'lab.test', user: 'alice' }))).toMatchObject({ domain: 'lab.test', user: 'alice' });
   });
 
@@ -591,7 +699,9 @@ describe('parseType3', () => {
     expect(a.responseDigest).toEqual(Buffer.alloc(16, 1));
     expect(b.responseDigest).toEqual(Buffer.alloc(16, 2));
     expect(claimOf(type3({ nt: Buffer.alloc(24, 7) })).responseDigest).toEqual(Buffer.alloc(16, 7)); // NTLMv1-sized
-    expect(claimOf(fromB64(CURL_TYPE3_UNICODE)).responseDigest).not.toEqual(claimOf(fromB64(CURL_TYPE3_OEM)).responseDigest);
+    expect(claimOf(fromB64(CURL_TYPE3_UNICODE)).responseDigest).not.toEqual(
+      claimOf(fromB64(CURL_TYPE3_OEM)).responseDigest,
+    );
   });
   it('gives LM-only messages different fingerprints', () => {
     const first = claimOf(type3({ nt: Buffer.alloc(0), lm: Buffer.alloc(24, 1) }));
@@ -622,7 +732,13 @@ describe('what the installed curl sends', () => {
         return void res.end();
       }
       if (token.type === 1) {
-        const challenge = buildType2({ challenge: Buffer.alloc(8, 7), clientFlags: 0, domain: 'LAB', computer: 'EX', dnsDomain: 'lab.test' });
+        const challenge = buildType2({
+          challenge: Buffer.alloc(8, 7),
+          clientFlags: 0,
+          domain: 'LAB',
+          computer: 'EX',
+          dnsDomain: 'lab.test',
+        });
         if (req.url === '/oem') challenge.writeUInt32LE(((challenge.readUInt32LE(20) & ~UNICODE) | OEM) >>> 0, 20);
         res.writeHead(401, { 'WWW-Authenticate': `NTLM ${b64(challenge)}` });
         return void res.end();
@@ -631,7 +747,11 @@ describe('what the installed curl sends', () => {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    for (const [path, user] of [['/unicode', 'LAB\\alice:pw'], ['/oem', 'LAB\\alice:pw'], ['/upn', 'alice@lab.test:pw:with:colons']] as const) {
+    for (const [path, user] of [
+      ['/unicode', 'LAB\\alice:pw'],
+      ['/oem', 'LAB\\alice:pw'],
+      ['/upn', 'alice@lab.test:pw:with:colons'],
+    ] as const) {
       await execFileAsync('curl', ['--silent', '--ntlm', '--user', user, `${base}${path}`], { timeout: 10_000 });
     }
   });

@@ -19,7 +19,13 @@ const fixture = (name: string) => join(FIXTURES, name);
 
 let directory: FileDirectory;
 beforeAll(() => {
-  directory = FileDirectory.load({ type: 'file', path: fixture('users.yaml'), baseDn: 'DC=lab,DC=test', netbiosDomain: 'LAB', upnSuffixes: ['lab.test'] });
+  directory = FileDirectory.load({
+    type: 'file',
+    path: fixture('users.yaml'),
+    baseDn: 'DC=lab,DC=test',
+    netbiosDomain: 'LAB',
+    upnSuffixes: ['lab.test'],
+  });
 });
 
 /** The ConfigError text of compiling `file`, with `dir` written as `<dir>`; fails if it compiles. */
@@ -40,10 +46,19 @@ const goldenCases = readdirSync(FIXTURES)
 
 describe('golden error fixtures (test/fixtures/policies/*.expected.txt)', () => {
   it('covers every case the brief asks for', () => {
-    expect(goldenCases).toEqual(expect.arrayContaining([
-      'unknown-group', 'unknown-user', 'duplicate-id', 'allow-and-deny', 'neither-allow-nor-deny',
-      'unknown-service', 'empty-services', 'unknown-top-level-key', 'schema-and-structure',
-    ]));
+    expect(goldenCases).toEqual(
+      expect.arrayContaining([
+        'unknown-group',
+        'unknown-user',
+        'duplicate-id',
+        'allow-and-deny',
+        'neither-allow-nor-deny',
+        'unknown-service',
+        'empty-services',
+        'unknown-top-level-key',
+        'schema-and-structure',
+      ]),
+    );
   });
 
   it.each(goldenCases)('%s', async (name) => {
@@ -56,10 +71,14 @@ describe('problems are located by file, key and line', () => {
   it('an unknown group is named, with rules[i].allow.groups[j] and its line', async () => {
     const err = await loadPolicy(fixture('unknown-group.yaml'), directory, DOMAIN).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ConfigError);
-    expect((err as ConfigError).problems).toEqual([{
-      file: fixture('unknown-group.yaml'), key: 'rules[0].allow.groups[1]', line: 5,
-      message: 'group AllowExternalAcess not found in the directory',
-    }]);
+    expect((err as ConfigError).problems).toEqual([
+      {
+        file: fixture('unknown-group.yaml'),
+        key: 'rules[0].allow.groups[1]',
+        line: 5,
+        message: 'group AllowExternalAcess not found in the directory',
+      },
+    ]);
   });
 
   it('a missing policy file is a ConfigError naming it', async () => {
@@ -92,12 +111,15 @@ describe('every problem at once (schema errors hide nothing)', () => {
     expect(text.parsed?.rules.map((r) => r.id)).toEqual(['outlook', 'mobile', 'no-legacy-no-admin']);
   });
 
-  it('rules that are not mappings, and a file that is not one, are the schema\'s to report, once', () => {
+  it("rules that are not mappings, and a file that is not one, are the schema's to report, once", () => {
     const tmp = mkdtempSync(join(tmpdir(), 'exgate-policy-shape-'));
     try {
       writeFileSync(join(tmp, 'list.yaml'), '- id: a\n');
       expect(readPolicy(join(tmp, 'list.yaml')).problems.map((p) => p.message)).toHaveLength(1);
-      writeFileSync(join(tmp, 'rules.yaml'), 'rules:\n  - just-a-string\n  - id: ""\n    services: [owa]\n    deny: all\n  - id: ""\n    services: [owa]\n    deny: all\n');
+      writeFileSync(
+        join(tmp, 'rules.yaml'),
+        'rules:\n  - just-a-string\n  - id: ""\n    services: [owa]\n    deny: all\n  - id: ""\n    services: [owa]\n    deny: all\n',
+      );
       const problems = readPolicy(join(tmp, 'rules.yaml')).problems.map((p) => `${p.key}: ${p.message}`);
       expect(problems.some((p) => p.includes('duplicate'))).toBe(false);
       expect(problems.some((p) => p.includes('exactly one'))).toBe(false);
@@ -110,19 +132,27 @@ describe('every problem at once (schema errors hide nothing)', () => {
   it('a name that does not resolve is reported at each place it stands, looked up once', async () => {
     const tmp = mkdtempSync(join(tmpdir(), 'exgate-policy-twice-'));
     try {
-      writeFileSync(join(tmp, 'policy.yaml'), [
-        'rules:',
-        '  - id: a',
-        '    services: [owa]',
-        '    allow: { groups: [Nope] }',
-        '  - id: b',
-        '    services: [ews]',
-        '    allow: { groups: [Nope, AllowExternalAccess] }',
-        '',
-      ].join('\n'));
+      writeFileSync(
+        join(tmp, 'policy.yaml'),
+        [
+          'rules:',
+          '  - id: a',
+          '    services: [owa]',
+          '    allow: { groups: [Nope] }',
+          '  - id: b',
+          '    services: [ews]',
+          '    allow: { groups: [Nope, AllowExternalAccess] }',
+          '',
+        ].join('\n'),
+      );
       let lookups = 0;
       const counting = Object.create(directory, {
-        resolveGroup: { value: (name: string) => { lookups++; return directory.resolveGroup(name); } },
+        resolveGroup: {
+          value: (name: string) => {
+            lookups++;
+            return directory.resolveGroup(name);
+          },
+        },
       }) as FileDirectory;
       const err = await loadPolicy(join(tmp, 'policy.yaml'), counting, DOMAIN).catch((e: unknown) => e);
       expect((err as ConfigError).problems.map((p) => `${p.line}: ${p.key}: ${p.message}`)).toEqual([
@@ -152,7 +182,9 @@ describe('a valid policy', () => {
     expect(mobile?.deny).toEqual([]);
     expect(mobile?.allow.map((r) => r.id)).toEqual(['mobile']);
     expect([...(mobile?.allow[0]?.users ?? [])]).toEqual(['cn=chief executive,cn=users,dc=lab,dc=test']);
-    expect(policy.byService.get('ecp')?.deny.map((r) => ({ id: r.id, everyone: r.everyone }))).toEqual([{ id: 'no-legacy-no-admin', everyone: true }]);
+    expect(policy.byService.get('ecp')?.deny.map((r) => ({ id: r.id, everyone: r.everyone }))).toEqual([
+      { id: 'no-legacy-no-admin', everyone: true },
+    ]);
     expect(policy.byService.get('owa')).toEqual({ deny: [], allow: [] });
     expect(Object.isFrozen(policy)).toBe(true);
   });
@@ -160,19 +192,25 @@ describe('a valid policy', () => {
   it('matches service names case-insensitively and groups by DN or name in any case', async () => {
     const tmp = mkdtempSync(join(tmpdir(), 'exgate-policy-case-'));
     try {
-      writeFileSync(join(tmp, 'policy.yaml'), [
-        'mode: report-only',
-        'rules:',
-        '  - id: outlook',
-        '    services: [MAPI, Ews]',
-        "    allow: { groups: ['cn=AllowExternalAccess,CN=Users,DC=lab,DC=test', externalstaff], users: [LAB\\alice, ALICE@LAB.TEST] }",
-        '',
-      ].join('\n'));
+      writeFileSync(
+        join(tmp, 'policy.yaml'),
+        [
+          'mode: report-only',
+          'rules:',
+          '  - id: outlook',
+          '    services: [MAPI, Ews]',
+          "    allow: { groups: ['cn=AllowExternalAccess,CN=Users,DC=lab,DC=test', externalstaff], users: [LAB\\alice, ALICE@LAB.TEST] }",
+          '',
+        ].join('\n'),
+      );
       const policy = await loadPolicy(join(tmp, 'policy.yaml'), directory, DOMAIN);
       expect(policy.mode).toBe('report-only');
       const rule = policy.byService.get('ews')?.allow[0];
       expect(rule?.services).toEqual(['mapi', 'ews']);
-      expect([...(rule?.groups ?? [])]).toEqual(['cn=allowexternalaccess,cn=users,dc=lab,dc=test', 'cn=externalstaff,cn=users,dc=lab,dc=test']);
+      expect([...(rule?.groups ?? [])]).toEqual([
+        'cn=allowexternalaccess,cn=users,dc=lab,dc=test',
+        'cn=externalstaff,cn=users,dc=lab,dc=test',
+      ]);
       expect([...(rule?.users ?? [])]).toEqual(['cn=alice anders,cn=users,dc=lab,dc=test']);
     } finally {
       rmSync(tmp, { recursive: true, force: true });
@@ -207,7 +245,7 @@ describe('policy version', () => {
     const original = await loadPolicy(fixture('valid.yaml'), directory, DOMAIN);
     expect(first.version).toMatch(/^[0-9a-f]{16}$/);
     expect(again.version).toBe(first.version);
-    expect(original.version).toBe(first.version);     // content, not path
+    expect(original.version).toBe(first.version); // content, not path
 
     writeFileSync(file, readFileSync(file, 'utf8').replace('users: [ceo]', 'users: [ceo, bob]'));
     const changed = await loadPolicy(file, directory, DOMAIN);

@@ -23,52 +23,107 @@ afterAll(() => rmSync(DIR, { recursive: true, force: true }));
 /** A complete access record as the gateway writes it (pino adds `level`). */
 function rec(time: string, fields: Partial<AccessRecord>): string {
   const r: AccessRecord & { level: string } = {
-    level: 'info', time, requestId: '00000000-0000-4000-8000-000000000000',
-    client: '198.51.100.1', sni: 'outlook-ext.lab.test', host: 'outlook-ext.lab.test',
-    method: 'POST', path: '/mapi/emsmdb/', service: 'mapi', user: 'LAB\\alice', decision: 'allow', reason: 'allowed',
-    rule: 'outlook', status: 200, durationMs: 4, cache: 'hit', upstreamMs: 3, bytesIn: 100, bytesOut: 200,
-    userAgent: 'Microsoft Office/16.0', operation: 'Execute', detail: null, ...fields,
+    level: 'info',
+    time,
+    requestId: '00000000-0000-4000-8000-000000000000',
+    client: '198.51.100.1',
+    sni: 'outlook-ext.lab.test',
+    host: 'outlook-ext.lab.test',
+    method: 'POST',
+    path: '/mapi/emsmdb/',
+    service: 'mapi',
+    user: 'LAB\\alice',
+    decision: 'allow',
+    reason: 'allowed',
+    rule: 'outlook',
+    status: 200,
+    durationMs: 4,
+    cache: 'hit',
+    upstreamMs: 3,
+    bytesIn: 100,
+    bytesOut: 200,
+    userAgent: 'Microsoft Office/16.0',
+    operation: 'Execute',
+    detail: null,
+    ...fields,
   };
   return JSON.stringify(r);
 }
 
 const day = (hhmmss: string) => `2024-05-01T${hhmmss}.000Z`;
-const deny = (reason: AccessRecord['reason'], status: number, fields: Partial<AccessRecord> = {}): Partial<AccessRecord> =>
-  ({ decision: 'deny', reason, status, rule: null, cache: null, upstreamMs: null, ...fields });
+const deny = (
+  reason: AccessRecord['reason'],
+  status: number,
+  fields: Partial<AccessRecord> = {},
+): Partial<AccessRecord> => ({
+  decision: 'deny',
+  reason,
+  status,
+  rule: null,
+  cache: null,
+  upstreamMs: null,
+  ...fields,
+});
 const SECRET_DETAIL = 'detail-that-must-never-be-printed';
 
 /** The known day: 22 records on 2024-05-01, 4 outside it, 3 lines that are not records, 1 blank. */
-const DAY_LOG = [
-  // LAB\alice, mapi: 4 served from two addresses; ews: 2 served; one mapi request Exchange failed (502)
-  rec(day('08:00:00'), { client: '198.51.100.1' }),
-  rec(day('09:00:00'), { client: '198.51.100.2' }),
-  rec(day('10:00:00'), { client: '198.51.100.1' }),
-  rec(day('11:00:00'), { client: '198.51.100.2', status: 304 }),
-  rec(day('12:00:00'), { service: 'ews', path: '/EWS/Exchange.asmx' }),
-  rec(day('13:00:00'), { service: 'ews', path: '/EWS/Exchange.asmx' }),
-  rec(day('13:30:00'), { status: 502, reason: 'allowed', detail: SECRET_DETAIL }),
-  // LAB\bob, activesync, let through by report-only mode
-  ...['07:00:00', '07:30:00', '18:00:00'].map((t) => rec(day(t), { client: '203.0.113.9', service: 'activesync', user: 'LAB\\bob', reason: 'report-only', rule: 'mobile' })),
-  // LAB\carol, ews, not allowed by the policy
-  ...['14:00:00', '14:05:00'].map((t) => rec(day(t), { client: '203.0.113.9', service: 'ews', user: 'LAB\\carol', ...deny('not-allowed', 403, { detail: SECRET_DETAIL }) })),
-  '{"level":"warn","time":"2024-05-01T14:06:00.000Z","name":"exgate","msg":"directory slow","err":{"message":"timeout"}}',
-  // no credentials, then a password guesser, from one address
-  ...['01:00:00', '01:01:00', '01:02:00', '01:03:00', '01:04:00'].map((t) => rec(day(t), { client: '192.0.2.50', user: null, ...deny('no-credentials', 401) })),
-  ...['02:00:00', '02:01:00', '02:02:00'].map((t) => rec(day(t), { client: '192.0.2.50', user: 'LAB\\mallory', ...deny('bad-credentials', 401) })),
-  rec(day('02:03:00'), { client: '192.0.2.50', user: 'LAB\\mallory', ...deny('gateway-lockout', 401) }),
-  '{"level":"info","time":"2024-05-01T02:04:00.000Z","method":"GET","decision":"allow"',   // cut off mid-line
-  '',
-  rec(day('23:59:59'), { client: '192.0.2.51', service: null, user: null, path: '/nothing', ...deny('unknown-service', 404) }),
-  '{"time":"2024-05-01T03:00:00.000Z","method":"GET","decision":"allow"}',                // no status: not a record
-  // just outside 2024-05-01 (until is exclusive), and well outside
-  rec('2024-04-30T23:59:59.999Z', {}),
-  rec('2024-05-02T00:00:00.000Z', {}),
-  rec('2024-04-29T12:00:00.000Z', { user: 'LAB\\old', ...deny('bad-credentials', 401) }),
-  rec('2024-05-03T12:00:00.000Z', { user: 'LAB\\late', ...deny('bad-credentials', 401) }),
-].join('\n') + '\n';
+const DAY_LOG =
+  [
+    // LAB\alice, mapi: 4 served from two addresses; ews: 2 served; one mapi request Exchange failed (502)
+    rec(day('08:00:00'), { client: '198.51.100.1' }),
+    rec(day('09:00:00'), { client: '198.51.100.2' }),
+    rec(day('10:00:00'), { client: '198.51.100.1' }),
+    rec(day('11:00:00'), { client: '198.51.100.2', status: 304 }),
+    rec(day('12:00:00'), { service: 'ews', path: '/EWS/Exchange.asmx' }),
+    rec(day('13:00:00'), { service: 'ews', path: '/EWS/Exchange.asmx' }),
+    rec(day('13:30:00'), { status: 502, reason: 'allowed', detail: SECRET_DETAIL }),
+    // LAB\bob, activesync, let through by report-only mode
+    ...['07:00:00', '07:30:00', '18:00:00'].map((t) =>
+      rec(day(t), {
+        client: '203.0.113.9',
+        service: 'activesync',
+        user: 'LAB\\bob',
+        reason: 'report-only',
+        rule: 'mobile',
+      }),
+    ),
+    // LAB\carol, ews, not allowed by the policy
+    ...['14:00:00', '14:05:00'].map((t) =>
+      rec(day(t), {
+        client: '203.0.113.9',
+        service: 'ews',
+        user: 'LAB\\carol',
+        ...deny('not-allowed', 403, { detail: SECRET_DETAIL }),
+      }),
+    ),
+    '{"level":"warn","time":"2024-05-01T14:06:00.000Z","name":"exgate","msg":"directory slow","err":{"message":"timeout"}}',
+    // no credentials, then a password guesser, from one address
+    ...['01:00:00', '01:01:00', '01:02:00', '01:03:00', '01:04:00'].map((t) =>
+      rec(day(t), { client: '192.0.2.50', user: null, ...deny('no-credentials', 401) }),
+    ),
+    ...['02:00:00', '02:01:00', '02:02:00'].map((t) =>
+      rec(day(t), { client: '192.0.2.50', user: 'LAB\\mallory', ...deny('bad-credentials', 401) }),
+    ),
+    rec(day('02:03:00'), { client: '192.0.2.50', user: 'LAB\\mallory', ...deny('gateway-lockout', 401) }),
+    '{"level":"info","time":"2024-05-01T02:04:00.000Z","method":"GET","decision":"allow"', // cut off mid-line
+    '',
+    rec(day('23:59:59'), {
+      client: '192.0.2.51',
+      service: null,
+      user: null,
+      path: '/nothing',
+      ...deny('unknown-service', 404),
+    }),
+    '{"time":"2024-05-01T03:00:00.000Z","method":"GET","decision":"allow"}', // no status: not a record
+    // just outside 2024-05-01 (until is exclusive), and well outside
+    rec('2024-04-30T23:59:59.999Z', {}),
+    rec('2024-05-02T00:00:00.000Z', {}),
+    rec('2024-04-29T12:00:00.000Z', { user: 'LAB\\old', ...deny('bad-credentials', 401) }),
+    rec('2024-05-03T12:00:00.000Z', { user: 'LAB\\late', ...deny('bad-credentials', 401) }),
+  ].join('\n') + '\n';
 
 const PLAIN = join(DIR, 'access.log');
-const GZIP = join(DIR, 'access.log.1');   // gzip without a .gz name: detected by its magic bytes
+const GZIP = join(DIR, 'access.log.1'); // gzip without a .gz name: detected by its magic bytes
 writeFileSync(PLAIN, DAY_LOG);
 writeFileSync(GZIP, gzipSync(DAY_LOG));
 
@@ -82,7 +137,12 @@ async function run(...argv: string[]): Promise<{ code: number; out: string; err:
 
 function collector(): { stream: Writable; text(): string } {
   const chunks: string[] = [];
-  const stream = new Writable({ write(chunk: Buffer | string, _enc, done) { chunks.push(chunk.toString()); done(); } });
+  const stream = new Writable({
+    write(chunk: Buffer | string, _enc, done) {
+      chunks.push(chunk.toString());
+      done();
+    },
+  });
   return { stream, text: () => chunks.join('') };
 }
 
@@ -99,25 +159,60 @@ describe('report --json over the known day', () => {
   it('totals: records read, in range, skipped lines (blank lines are not), span', async () => {
     const r = await json(PLAIN, ...ONE_DAY);
     expect(r.range).toEqual({ since: '2024-05-01T00:00:00.000Z', until: '2024-05-02T00:00:00.000Z' });
-    expect(r.totals).toEqual({ records: 26, inRange: 22, skipped: 3, allowed: 10, denied: 12, first: day('01:00:00'), last: day('23:59:59') });
+    expect(r.totals).toEqual({
+      records: 26,
+      inRange: 22,
+      skipped: 3,
+      allowed: 10,
+      denied: 12,
+      first: day('01:00:00'),
+      last: day('23:59:59'),
+    });
   });
 
   it('access: allowed and served (status < 400) per user and service, report-only counted, by user then service', async () => {
     const r = await json(PLAIN, ...ONE_DAY);
     expect(r.access).toEqual([
-      { user: 'LAB\\alice', service: 'ews', requests: 2, reportOnly: 0, clients: 1, firstSeen: day('12:00:00'), lastSeen: day('13:00:00') },
-      { user: 'LAB\\alice', service: 'mapi', requests: 4, reportOnly: 0, clients: 2, firstSeen: day('08:00:00'), lastSeen: day('11:00:00') },
-      { user: 'LAB\\bob', service: 'activesync', requests: 3, reportOnly: 3, clients: 1, firstSeen: day('07:00:00'), lastSeen: day('18:00:00') },
+      {
+        user: 'LAB\\alice',
+        service: 'ews',
+        requests: 2,
+        reportOnly: 0,
+        clients: 1,
+        firstSeen: day('12:00:00'),
+        lastSeen: day('13:00:00'),
+      },
+      {
+        user: 'LAB\\alice',
+        service: 'mapi',
+        requests: 4,
+        reportOnly: 0,
+        clients: 2,
+        firstSeen: day('08:00:00'),
+        lastSeen: day('11:00:00'),
+      },
+      {
+        user: 'LAB\\bob',
+        service: 'activesync',
+        requests: 3,
+        reportOnly: 3,
+        clients: 1,
+        firstSeen: day('07:00:00'),
+        lastSeen: day('18:00:00'),
+      },
     ]);
   });
 
   it('access leaves out allowed requests without an account (NTLM Type 1 legs, autodiscover.json)', async () => {
     const file = join(DIR, 'no-account.log');
-    writeFileSync(file, [
-      rec(day('08:00:00'), { user: null, detail: 'NTLM negotiate (Type 1) forwarded for the challenge' }),
-      rec(day('08:00:01'), { user: null, service: 'autodiscover', path: '/autodiscover/autodiscover.json' }),
-      rec(day('08:00:02'), {}),
-    ].join('\n') + '\n');
+    writeFileSync(
+      file,
+      [
+        rec(day('08:00:00'), { user: null, detail: 'NTLM negotiate (Type 1) forwarded for the challenge' }),
+        rec(day('08:00:01'), { user: null, service: 'autodiscover', path: '/autodiscover/autodiscover.json' }),
+        rec(day('08:00:02'), {}),
+      ].join('\n') + '\n',
+    );
     const r = await json(file);
     expect(r.access.map((a: { user: string | null }) => a.user)).toEqual(['LAB\\alice']);
     expect(r.totals.allowed).toBe(3);
@@ -126,7 +221,11 @@ describe('report --json over the known day', () => {
   it('denials by reason (most first, ties by name) and by user (null user kept null)', async () => {
     const r = await json(PLAIN, ...ONE_DAY);
     expect(Object.entries(r.denials.byReason)).toEqual([
-      ['no-credentials', 5], ['bad-credentials', 3], ['not-allowed', 2], ['gateway-lockout', 1], ['unknown-service', 1],
+      ['no-credentials', 5],
+      ['bad-credentials', 3],
+      ['not-allowed', 2],
+      ['gateway-lockout', 1],
+      ['unknown-service', 1],
     ]);
     expect(r.denials.byUser).toEqual([
       { user: null, denials: 6, byReason: { 'no-credentials': 5, 'unknown-service': 1 } },
@@ -157,7 +256,13 @@ describe('report --json over the known day', () => {
   it('without a window every record counts', async () => {
     const r = await json(PLAIN);
     expect(r.range).toEqual({ since: null, until: null });
-    expect(r.totals).toMatchObject({ records: 26, inRange: 26, skipped: 3, first: '2024-04-29T12:00:00.000Z', last: '2024-05-03T12:00:00.000Z' });
+    expect(r.totals).toMatchObject({
+      records: 26,
+      inRange: 26,
+      skipped: 3,
+      first: '2024-04-29T12:00:00.000Z',
+      last: '2024-05-03T12:00:00.000Z',
+    });
     expect(r.access.find((a) => a.service === 'mapi')?.requests).toBe(6);
     expect(r.denials.byReason['bad-credentials']).toBe(5);
   });
@@ -186,7 +291,10 @@ describe('report tables', () => {
 
   it('show a user name with terminal controls escaped, in tables and JSON', async () => {
     const file = join(DIR, 'hostile.log');
-    writeFileSync(file, rec(day('08:00:00'), { user: 'x\u001b]0;owned\u0007\u009b31m', ...deny('bad-credentials', 401) }) + '\n');
+    writeFileSync(
+      file,
+      rec(day('08:00:00'), { user: 'x\u001b]0;owned\u0007\u009b31m', ...deny('bad-credentials', 401) }) + '\n',
+    );
     const table = (await run(file)).out;
     expect(table).toContain('x\\x1b]0;owned\\x07\\x9b31m');
     const raw = (await run(file, '--json')).out;
@@ -197,8 +305,12 @@ describe('report tables', () => {
 
 describe('report --since/--until', () => {
   it('absolute date-times: since inclusive, until exclusive, offsets honoured, no offset = UTC', async () => {
-    expect((await json(PLAIN, '--since', '2024-05-01T08:00:00Z', '--until', '2024-05-01T10:00:00Z')).totals.inRange).toBe(2);
-    expect((await json(PLAIN, '--since', '2024-05-01T10:00:00+02:00', '--until', '2024-05-01 12:00')).totals.inRange).toBe(4);
+    expect(
+      (await json(PLAIN, '--since', '2024-05-01T08:00:00Z', '--until', '2024-05-01T10:00:00Z')).totals.inRange,
+    ).toBe(2);
+    expect(
+      (await json(PLAIN, '--since', '2024-05-01T10:00:00+02:00', '--until', '2024-05-01 12:00')).totals.inRange,
+    ).toBe(4);
     expect((await json(PLAIN, '--until', '2024-05-01')).totals.inRange).toBe(2);
     expect((await json(PLAIN, '--since', '2024-05-02')).totals.inRange).toBe(2);
   });
@@ -208,7 +320,10 @@ describe('report --since/--until', () => {
     const ago = (ms: number) => new Date(now - ms).toISOString();
     const H = 3_600_000;
     const file = join(DIR, 'recent.log');
-    writeFileSync(file, [ago(10 * 60_000), ago(2 * H), ago(3 * 24 * H), ago(10 * 24 * H)].map((t) => rec(t, {})).join('\n') + '\n');
+    writeFileSync(
+      file,
+      [ago(10 * 60_000), ago(2 * H), ago(3 * 24 * H), ago(10 * 24 * H)].map((t) => rec(t, {})).join('\n') + '\n',
+    );
     expect((await json(file, '--since', '30m')).totals.inRange).toBe(1);
     expect((await json(file, '--since', '24h')).totals.inRange).toBe(2);
     expect((await json(file, '--since', '7d', '--until', '1h')).totals.inRange).toBe(2);
@@ -260,7 +375,11 @@ describe('report: unreadable files', () => {
   });
 
   it('a directory or a truncated gzip → exit 1 naming it', async () => {
-    expect(await run(DIR)).toMatchObject({ code: 1, out: '', err: `exgate report: cannot read ${DIR}: is a directory\n` });
+    expect(await run(DIR)).toMatchObject({
+      code: 1,
+      out: '',
+      err: `exgate report: cannot read ${DIR}: is a directory\n`,
+    });
     const cut = join(DIR, 'cut.gz');
     writeFileSync(cut, gzipSync(DAY_LOG).subarray(0, 200));
     const { code, out, err } = await run(cut);
@@ -271,17 +390,22 @@ describe('report: unreadable files', () => {
 
 describe('report: a large file streams', () => {
   const RECORDS = 100_000;
-  const PADDING = 'x'.repeat(1500);   // ~1.9 KB per line: ~190 MB uncompressed
+  const PADDING = 'x'.repeat(1500); // ~1.9 KB per line: ~190 MB uncompressed
 
   /** Writes RECORDS records through gzip without building the file in memory. */
   async function writeBigLog(file: string): Promise<void> {
     function* lines() {
       const start = Date.UTC(2024, 4, 1);
       for (let i = 0; i < RECORDS; i++) {
-        const fields: Partial<AccessRecord> = i % 10 === 0
-          ? { user: `LAB\\guess${i % 50}`, ...deny('bad-credentials', 401) }
-          : { user: `LAB\\user${i % 100}`, service: i % 2 ? 'mapi' : 'activesync' };
-        yield rec(new Date(start + i * 1000).toISOString(), { client: `10.0.${i % 7}.${i % 30}`, detail: PADDING, ...fields }) + '\n';
+        const fields: Partial<AccessRecord> =
+          i % 10 === 0
+            ? { user: `LAB\\guess${i % 50}`, ...deny('bad-credentials', 401) }
+            : { user: `LAB\\user${i % 100}`, service: i % 2 ? 'mapi' : 'activesync' };
+        yield rec(new Date(start + i * 1000).toISOString(), {
+          client: `10.0.${i % 7}.${i % 30}`,
+          detail: PADDING,
+          ...fields,
+        }) + '\n';
       }
     }
     await pipeline(Readable.from(lines()), createGzip({ level: 1 }), createWriteStream(file));
@@ -290,13 +414,19 @@ describe('report: a large file streams', () => {
   it(`${RECORDS.toLocaleString('en')} records in bounded memory, with exact counts`, { timeout: 120_000 }, async () => {
     const file = join(DIR, 'big.log.gz');
     await writeBigLog(file);
-    const before = process.resourceUsage().maxRSS;   // KiB, the process's high-water mark
+    const before = process.resourceUsage().maxRSS; // KiB, the process's high-water mark
     const r = await json(file);
     const grownKiB = process.resourceUsage().maxRSS - before;
-    expect(r.totals).toMatchObject({ records: RECORDS, inRange: RECORDS, skipped: 0, denied: RECORDS / 10, allowed: RECORDS * 0.9 });
-    expect(r.access).toHaveLength(90);   // user<i % 100> for i % 10 ≠ 0, each on one service (i % 100 fixes i % 2)
+    expect(r.totals).toMatchObject({
+      records: RECORDS,
+      inRange: RECORDS,
+      skipped: 0,
+      denied: RECORDS / 10,
+      allowed: RECORDS * 0.9,
+    });
+    expect(r.access).toHaveLength(90); // user<i % 100> for i % 10 ≠ 0, each on one service (i % 100 fixes i % 2)
     expect(r.access.reduce((n, a) => n + a.requests, 0)).toBe(RECORDS * 0.9);
-    expect(r.denials.byUser).toHaveLength(5);   // i % 10 === 0 → i % 50 ∈ {0, 10, 20, 30, 40}
+    expect(r.denials.byUser).toHaveLength(5); // i % 10 === 0 → i % 50 ∈ {0, 10, 20, 30, 40}
     expect(r.sources).toHaveLength(20);
     // The uncompressed log is ~190 MB: reading it whole raises the peak RSS by more than that
     // (about 550 MB when tried); streaming it leaves the peak where writing the file put it.

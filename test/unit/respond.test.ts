@@ -12,25 +12,41 @@ import { DENY_STATUS, REASONS, type DenyReason } from '../../src/errors.js';
 import { deny, refuseSocket, statusOf, type DenyOptions } from '../../src/pipeline/respond.js';
 
 const closers: (() => void)[] = [];
-afterEach(() => { for (const c of closers.splice(0)) c(); });
+afterEach(() => {
+  for (const c of closers.splice(0)) c();
+});
 
 const DENY_REASONS = REASONS.filter((r): r is DenyReason => r !== 'allowed' && r !== 'report-only');
 
 describe('statusOf', () => {
-  it.each(DENY_REASONS)('%s answers with the catalogue\'s status', (reason) => {
+  it.each(DENY_REASONS)("%s answers with the catalogue's status", (reason) => {
     expect(statusOf(reason)).toBe(DENY_STATUS[reason]);
   });
   it.each([
-    ['bad-request', 431, 431], ['bad-request', 505, 505], ['gateway-lockout', 429, 429], ['gateway-lockout', 503, 503],
-    ['not-allowed', 500, 403], ['bad-credentials', 200, 401], ['too-large', 400, 413],
-  ] as const)('%s with a stage\'s status %s answers %s (only bad-request and gateway-lockout are refined)', (reason, status, expected) => {
-    expect(statusOf(reason, { status })).toBe(expected);
-  });
+    ['bad-request', 431, 431],
+    ['bad-request', 505, 505],
+    ['gateway-lockout', 429, 429],
+    ['gateway-lockout', 503, 503],
+    ['not-allowed', 500, 403],
+    ['bad-credentials', 200, 401],
+    ['too-large', 400, 413],
+  ] as const)(
+    "%s with a stage's status %s answers %s (only bad-request and gateway-lockout are refined)",
+    (reason, status, expected) => {
+      expect(statusOf(reason, { status })).toBe(expected);
+    },
+  );
 });
 
 /** What a client reads when the server side of a loopback connection is refused raw. */
-async function rawRefusal(reason: DenyReason, opts: DenyOptions & { keepDecision?: boolean }, record: AccessRecord): Promise<string> {
-  const server = createServer((socket: Socket) => { refuseSocket(socket, record, reason, opts); });
+async function rawRefusal(
+  reason: DenyReason,
+  opts: DenyOptions & { keepDecision?: boolean },
+  record: AccessRecord,
+): Promise<string> {
+  const server = createServer((socket: Socket) => {
+    refuseSocket(socket, record, reason, opts);
+  });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   closers.push(() => server.close());
@@ -44,11 +60,17 @@ async function rawRefusal(reason: DenyReason, opts: DenyOptions & { keepDecision
 const fresh = () => newAccessRecord({ remoteAddress: '127.0.0.1' } as Socket, { headers: {} });
 
 describe('refuseSocket', () => {
-  it('answers a 401 with the front-end\'s challenges, then closes', async () => {
+  it("answers a 401 with the front-end's challenges, then closes", async () => {
     const record = fresh();
-    const reply = await rawRefusal('bad-credentials', { challenges: ['NTLM', 'Basic realm="mail"'], detail: 'x' }, record);
-    expect(reply).toBe('HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\nWWW-Authenticate: Basic realm="mail"\r\n' +
-      'Content-Length: 0\r\nConnection: close\r\n\r\n');
+    const reply = await rawRefusal(
+      'bad-credentials',
+      { challenges: ['NTLM', 'Basic realm="mail"'], detail: 'x' },
+      record,
+    );
+    expect(reply).toBe(
+      'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\nWWW-Authenticate: Basic realm="mail"\r\n' +
+        'Content-Length: 0\r\nConnection: close\r\n\r\n',
+    );
     expect(record).toMatchObject({ decision: 'deny', reason: 'bad-credentials', status: 401, detail: 'x' });
   });
   it.each([
@@ -62,7 +84,7 @@ describe('refuseSocket', () => {
     expect(reply.startsWith(start)).toBe(true);
     expect(reply.endsWith('Content-Length: 0\r\nConnection: close\r\n\r\n')).toBe(true);
   });
-  it('keeps an allowed record\'s decision when Exchange failed (502)', async () => {
+  it("keeps an allowed record's decision when Exchange failed (502)", async () => {
     const record = fresh();
     record.decision = 'allow';
     const reply = await rawRefusal('upstream-error', { keepDecision: true }, record);
@@ -72,11 +94,17 @@ describe('refuseSocket', () => {
 });
 
 describe('deny on a parsed request', () => {
-  async function served(handler: (req: IncomingMessage, res: ServerResponse) => void, request: string): Promise<string> {
+  async function served(
+    handler: (req: IncomingMessage, res: ServerResponse) => void,
+    request: string,
+  ): Promise<string> {
     const server = createHttpServer(handler);
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    closers.push(() => { server.closeAllConnections(); server.close(); });
+    closers.push(() => {
+      server.closeAllConnections();
+      server.close();
+    });
     const client = connect((server.address() as AddressInfo).port, '127.0.0.1');
     const parts: Buffer[] = [];
     client.on('data', (d: Buffer) => parts.push(d));
@@ -85,12 +113,17 @@ describe('deny on a parsed request', () => {
     client.destroy();
     return Buffer.concat(parts).toString('latin1');
   }
-  const refuse = (reason: DenyReason, opts: DenyOptions = {}) => (req: IncomingMessage, res: ServerResponse) => {
-    deny(req, res, newAccessRecord(req.socket, req), reason, opts);
-  };
+  const refuse =
+    (reason: DenyReason, opts: DenyOptions = {}) =>
+    (req: IncomingMessage, res: ServerResponse) => {
+      deny(req, res, newAccessRecord(req.socket, req), reason, opts);
+    };
 
-  it('gives the same status and headers as the raw refusal, and keeps a body-less request\'s connection', async () => {
-    const reply = await served(refuse('bad-credentials', { challenges: ['Basic realm="mail"'] }), 'GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n');
+  it("gives the same status and headers as the raw refusal, and keeps a body-less request's connection", async () => {
+    const reply = await served(
+      refuse('bad-credentials', { challenges: ['Basic realm="mail"'] }),
+      'GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n',
+    );
     expect([...reply.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1])).toEqual(['401', '401']);
     expect(reply).toContain('WWW-Authenticate: Basic realm="mail"');
     expect(reply).not.toMatch(/connection: close/i);
@@ -103,7 +136,10 @@ describe('deny on a parsed request', () => {
     }
   });
   it('reads and drops a small body sent after the refusal, then serves the next request', async () => {
-    const reply = await served(refuse('no-credentials'), 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n');
+    const reply = await served(
+      refuse('no-credentials'),
+      'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n',
+    );
     expect([...reply.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1])).toEqual(['401', '401']);
   });
 });

@@ -17,7 +17,7 @@ import { startExchangeStandin, type ExchangeStandin } from '../../src/standin/ex
 const PASSWORD = 'Alice-Secret-1';
 const USERS = { alice: PASSWORD, Bob: 'Bob-Secret-1' };
 const FBA = ['cadata', 'cadataKey', 'cadataIV', 'cadataSig', 'cadataTTL'];
-const BAD_CREDENTIALS = 'The user name or password you entered isn\'t correct';
+const BAD_CREDENTIALS = "The user name or password you entered isn't correct";
 
 type RequestOptions = NonNullable<Parameters<typeof request>[1]>;
 
@@ -25,9 +25,29 @@ function makeCert(): { cert: string; key: string } {
   const dir = mkdtempSync(join(tmpdir(), 'standin-forms-'));
   try {
     const [certPath, keyPath] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
-      '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '1',
-      '-keyout', keyPath, '-out', certPath], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-days',
+        '1',
+        '-keyout',
+        keyPath,
+        '-out',
+        certPath,
+      ],
+      { stdio: 'ignore' },
+    );
     return { cert: readFileSync(certPath, 'utf8'), key: readFileSync(keyPath, 'utf8') };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -93,7 +113,8 @@ describe('without a sign-in', () => {
 
   it('GET /ecp/ goes to the same logon page; other methods get 440 Login Timeout', async () => {
     expect((await call('/ecp/')).location).toBe(
-      `${standin.url}/owa/auth/logon.aspx?url=${encodeURIComponent(`${standin.url}/ecp/`)}&reason=0`);
+      `${standin.url}/owa/auth/logon.aspx?url=${encodeURIComponent(`${standin.url}/ecp/`)}&reason=0`,
+    );
     const r = await call('/owa/service.svc?action=GetFolder', { method: 'POST', body: '{}' });
     expect(r.status).toBe(440);
     expect(r.text).toBe('<HTML><BODY>440 Login Timeout</BODY></HTML>');
@@ -125,7 +146,7 @@ describe('logon.aspx and its resources', () => {
     expect(r.text).toContain('&#38;replaceCurrent=1');
   });
 
-  it('shows the form with Exchange\'s fields posting to /owa/auth.owa, and the error only for reason=2', async () => {
+  it("shows the form with Exchange's fields posting to /owa/auth.owa, and the error only for reason=2", async () => {
     const dest = `${standin.url}/owa/#path=/mail`;
     const r = await call(`/owa/auth/logon.aspx?replaceCurrent=1&url=${encodeURIComponent(dest)}&reason=0`);
     expect(r.status).toBe(200);
@@ -163,7 +184,9 @@ describe('logon.aspx and its resources', () => {
       types.set(ref.slice(ref.lastIndexOf('.')), String(r.headers['content-type']));
     }
     expect(Object.fromEntries(types)).toEqual({
-      '.css': 'text/css', '.js': 'application/javascript', '.svg': 'image/svg+xml',
+      '.css': 'text/css',
+      '.js': 'application/javascript',
+      '.svg': 'image/svg+xml',
     });
     expect((await call('/owa/auth/15.2.1544/themes/resources/missing.png')).status).toBe(404);
   });
@@ -195,15 +218,18 @@ describe('the POST to /owa/auth.owa', () => {
     const r = await call('/owa/auth.owa', signInForm(u, p, destination));
     expect(r.status).toBe(302);
     expect(r.location).toBe(
-      `${standin.url}/owa/auth/logon.aspx?replaceCurrent=1&reason=2&url=${encodeURIComponent(destination)}`);
+      `${standin.url}/owa/auth/logon.aspx?replaceCurrent=1&reason=2&url=${encodeURIComponent(destination)}`,
+    );
     expect(r.setCookie).toHaveLength(FBA.length);
     for (const line of r.setCookie) expect(line).toMatch(/^cadata[A-Za-z]*=; expires=Thu, 01-Jan-1970/);
   });
 
   it.each([
     ['a missing field', { destination: 'https://x/owa/', username: 'alice', password: PASSWORD }],
-    ['a destination on another host', { destination: 'https://evil.test/owa/', flags: '4', username: 'alice',
-      password: PASSWORD }],
+    [
+      'a destination on another host',
+      { destination: 'https://evil.test/owa/', flags: '4', username: 'alice', password: PASSWORD },
+    ],
     ['a relative destination', { destination: '/owa/', flags: '4', username: 'alice', password: PASSWORD }],
   ])('answers 400 for %s, setting no cookie', async (_, fields) => {
     const r = await call('/owa/auth.owa', form(fields));
@@ -274,7 +300,8 @@ describe('signed in', () => {
     const short = await startExchangeStandin({ tls: pem, formsUsers: USERS, formsSessionMs: 150 });
     try {
       const post = await request(`${short.url}/owa/auth.owa`, {
-        dispatcher, ...signInForm('alice', PASSWORD, `${short.url}/owa/`),
+        dispatcher,
+        ...signInForm('alice', PASSWORD, `${short.url}/owa/`),
       });
       await post.body.dump();
       const raw = post.headers['set-cookie'];
@@ -295,13 +322,18 @@ describe('signed in', () => {
 
 describe('names and the demo', () => {
   it.each([
-    ['alice', 'alice'], ['LAB\\Alice', 'alice'], ['lab.test\\alice', 'alice'], ['Alice@LAB.test', 'alice'],
-    ['OTHER\\alice', null], ['alice@other.test', null], ['', null],
+    ['alice', 'alice'],
+    ['LAB\\Alice', 'alice'],
+    ['lab.test\\alice', 'alice'],
+    ['Alice@LAB.test', 'alice'],
+    ['OTHER\\alice', null],
+    ['alice@other.test', null],
+    ['', null],
   ])('accountName(%j) is %j', (typed, expected) => {
     expect(accountName(typed, 'LAB', 'lab.test')).toBe(expected);
   });
 
-  it('the demo stand-in\'s forms passwords are the demo directory\'s', async () => {
+  it("the demo stand-in's forms passwords are the demo directory's", async () => {
     const config = loadConfig(DEMO_CONFIG);
     if (config.directory.type !== 'file') throw new Error('the demo uses the file directory');
     const directory = FileDirectory.load(config.directory);

@@ -52,17 +52,24 @@ afterEach(async () => {
 /** One request on a fresh TLS connection, checked against the pool's CA and name. */
 function get(s: ExchangeStandin, path: string, opts: { method?: string; auth?: string; timeoutMs?: number } = {}) {
   return new Promise<Answer>((resolve, reject) => {
-    const req = httpsRequest(`${s.url}${path}`, {
-      method: opts.method ?? 'GET', ca: pool.ca, servername: POOL_SERVERNAME, agent: false,
-      headers: opts.auth ? { authorization: opts.auth } : {},
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() });
-      });
-      res.on('error', reject);
-    });
+    const req = httpsRequest(
+      `${s.url}${path}`,
+      {
+        method: opts.method ?? 'GET',
+        ca: pool.ca,
+        servername: POOL_SERVERNAME,
+        agent: false,
+        headers: opts.auth ? { authorization: opts.auth } : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() });
+        });
+        res.on('error', reject);
+      },
+    );
     const timedOut = Object.assign(new Error('timeout'), { code: 'TIMEOUT' });
     if (opts.timeoutMs) req.setTimeout(opts.timeoutMs, () => req.destroy(timedOut));
     req.on('error', reject);
@@ -103,8 +110,13 @@ describe('healthy probes', () => {
   });
 
   it('is no probe when not a GET, outside a probed vdir, or not healthcheck.htm', async () => {
-    for (const [method, path] of [['POST', '/mapi/healthcheck.htm'], ['HEAD', '/owa/healthcheck.htm'],
-      ['GET', '/healthcheck.htm'], ['GET', '/owa/healthcheck.html'], ['GET', '/api/healthcheck.htm']] as const) {
+    for (const [method, path] of [
+      ['POST', '/mapi/healthcheck.htm'],
+      ['HEAD', '/owa/healthcheck.htm'],
+      ['GET', '/healthcheck.htm'],
+      ['GET', '/owa/healthcheck.html'],
+      ['GET', '/api/healthcheck.htm'],
+    ] as const) {
       expect((await get(ex1, path, { method })).status, `${method} ${path}`).toBe(401);
     }
     expect(ex1.seen((r) => r.probe)).toBe(0);

@@ -13,7 +13,16 @@ import { Agent, Client, errors, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startExchangeStandin, type ExchangeStandin } from '../../src/standin/exchange.js';
 import {
-  avPair, buildType2, hmacMd5, md4, ntowfV2, rc4, readAvPairs, readType3, upcase, verifyType3,
+  avPair,
+  buildType2,
+  hmacMd5,
+  md4,
+  ntowfV2,
+  rc4,
+  readAvPairs,
+  readType3,
+  upcase,
+  verifyType3,
 } from '../../src/standin/ntlm-server.js';
 
 const USER = 'CONTOSO\\alice';
@@ -42,8 +51,25 @@ function makeCert(): Pem {
     const [certPath, keyPath] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
     execFileSync(
       'openssl',
-      ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost',
-        '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '1', '-keyout', keyPath, '-out', certPath],
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-days',
+        '1',
+        '-keyout',
+        keyPath,
+        '-out',
+        certPath,
+      ],
       { stdio: 'ignore' },
     );
     return { cert: readFileSync(certPath, 'utf8'), key: readFileSync(keyPath, 'utf8') };
@@ -534,7 +560,7 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in over
 const NTLM_USERS: Record<string, string> = {
   alice: 'Al1ce-Passw0rd!',
   bob: 'Bob:has:colons:in:it',
-  'zoë': 'Zoë-Pw3',
+  zoë: 'Zoë-Pw3',
   ...Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`user${i}`, `Pw-${i}-${'x'.repeat(i)}`])),
 };
 const NTLM_FLAG = { UNICODE: 0x1, OEM: 0x2, NTLM: 0x200, ESS: 0x80000, TARGET_INFO: 0x800000, KEY_EXCH: 0x40000000 };
@@ -628,7 +654,8 @@ function ntlmType3(spec: Type3Spec): Buffer {
   header.writeUInt32LE(flags, 60);
   Buffer.from([10, 0, 0x5a, 0x29, 0, 0, 0, 15]).copy(header, 64);
   const message = Buffer.concat([header, ...payload]);
-  if (spec.mic) hmacMd5(spec.keyExch ? exported : hmacMd5(key, proof), spec.type1, spec.type2, message).copy(message, 72);
+  if (spec.mic)
+    hmacMd5(spec.keyExch ? exported : hmacMd5(key, proof), spec.type1, spec.type2, message).copy(message, 72);
   return message;
 }
 
@@ -676,13 +703,29 @@ describe('NTLM server pieces (src/standin/ntlm-server.ts)', () => {
 
   it('builds a Type 2 with the required flags, target info and an 8-byte challenge', () => {
     const challenge = randomBytes(8);
-    const type2 = buildType2({ challenge, clientFlags: 0, domain: 'LAB', computer: 'EXCH-FE01', dnsDomain: 'lab.test' });
+    const type2 = buildType2({
+      challenge,
+      clientFlags: 0,
+      domain: 'LAB',
+      computer: 'EXCH-FE01',
+      dnsDomain: 'lab.test',
+    });
     const view = readType2(type2);
     for (const flag of [NTLM_FLAG.UNICODE, NTLM_FLAG.NTLM, NTLM_FLAG.ESS, NTLM_FLAG.TARGET_INFO]) {
       expect(view.flags & flag).toBe(flag);
     }
     expect(view.flags & NTLM_FLAG.KEY_EXCH).toBe(0); // echoed only when the client asks
-    expect(readType2(buildType2({ challenge, clientFlags: WINDOWS_TYPE1_FLAGS, domain: 'LAB', computer: 'X', dnsDomain: 'lab.test' })).flags & NTLM_FLAG.KEY_EXCH).toBe(NTLM_FLAG.KEY_EXCH);
+    expect(
+      readType2(
+        buildType2({
+          challenge,
+          clientFlags: WINDOWS_TYPE1_FLAGS,
+          domain: 'LAB',
+          computer: 'X',
+          dnsDomain: 'lab.test',
+        }),
+      ).flags & NTLM_FLAG.KEY_EXCH,
+    ).toBe(NTLM_FLAG.KEY_EXCH);
     expect(view.challenge.equals(challenge)).toBe(true);
     const pairs = readAvPairs(view.targetInfo);
     expect(pairs?.get(2)?.toString('utf16le')).toBe('LAB');
@@ -691,13 +734,21 @@ describe('NTLM server pieces (src/standin/ntlm-server.ts)', () => {
     expect(pairs?.get(7)).toHaveLength(8);
     expect(view.targetInfo.subarray(-4).equals(Buffer.alloc(4))).toBe(true); // MsvAvEOL last
     // TargetName is the NetBIOS domain in UTF-16
-    expect(type2.subarray(type2.readUInt32LE(16), type2.readUInt32LE(16) + type2.readUInt16LE(12)).toString('utf16le')).toBe('LAB');
+    expect(
+      type2.subarray(type2.readUInt32LE(16), type2.readUInt32LE(16) + type2.readUInt16LE(12)).toString('utf16le'),
+    ).toBe('LAB');
   });
 
   it('verifies a Type 3 only with the right password, challenge, names and (when announced) MIC', () => {
     const type1 = ntlmType1();
     const challenge = randomBytes(8);
-    const type2 = buildType2({ challenge, clientFlags: WINDOWS_TYPE1_FLAGS, domain: 'LAB', computer: 'EXCH-FE01', dnsDomain: 'lab.test' });
+    const type2 = buildType2({
+      challenge,
+      clientFlags: WINDOWS_TYPE1_FLAGS,
+      domain: 'LAB',
+      computer: 'EXCH-FE01',
+      dnsDomain: 'lab.test',
+    });
     const handshake = { type1, type2, challenge };
     const check = (message: Buffer, password: string | null = 'Al1ce-Passw0rd!', hs = handshake) => {
       const parsed = readType3(message);
@@ -712,9 +763,18 @@ describe('NTLM server pieces (src/standin/ntlm-server.ts)', () => {
     expect(check(ntlmType3(base), 'wrong')).toEqual({ ok: false, reason: 'wrong NTProofStr' });
     expect(check(ntlmType3(base), null)).toEqual({ ok: false, reason: 'no such account' });
     const otherChallenge = { ...handshake, challenge: randomBytes(8) };
-    expect(check(ntlmType3(base), 'Al1ce-Passw0rd!', otherChallenge)).toEqual({ ok: false, reason: 'wrong NTProofStr' });
-    expect(check(ntlmType3({ ...base, ntResponse: randomBytes(24) }))).toEqual({ ok: false, reason: 'not an NTLMv2 response' });
-    expect(check(ntlmType3({ ...base, user: '', ntResponse: Buffer.alloc(0) }))).toEqual({ ok: false, reason: 'anonymous' });
+    expect(check(ntlmType3(base), 'Al1ce-Passw0rd!', otherChallenge)).toEqual({
+      ok: false,
+      reason: 'wrong NTProofStr',
+    });
+    expect(check(ntlmType3({ ...base, ntResponse: randomBytes(24) }))).toEqual({
+      ok: false,
+      reason: 'not an NTLMv2 response',
+    });
+    expect(check(ntlmType3({ ...base, user: '', ntResponse: Buffer.alloc(0) }))).toEqual({
+      ok: false,
+      reason: 'anonymous',
+    });
 
     // The domain is part of the proof: a message computed for LAB does not verify as another domain.
     const relabelled = ntlmType3(base);
@@ -724,7 +784,10 @@ describe('NTLM server pieces (src/standin/ntlm-server.ts)', () => {
     // With a MIC, a Type 1 or Type 2 changed on the way (say, by a proxy) is caught.
     const withMic = ntlmType3({ ...base, mic: true, keyExch: true });
     const otherType1 = ntlmType1(WINDOWS_TYPE1_FLAGS ^ 0x10); // SIGN dropped
-    expect(check(withMic, 'Al1ce-Passw0rd!', { ...handshake, type1: otherType1 })).toEqual({ ok: false, reason: 'wrong MIC' });
+    expect(check(withMic, 'Al1ce-Passw0rd!', { ...handshake, type1: otherType1 })).toEqual({
+      ok: false,
+      reason: 'wrong MIC',
+    });
     const tampered = Buffer.from(withMic);
     tampered[80] = (tampered[80] ?? 0) ^ 1;
     expect(check(tampered)).toEqual({ ok: false, reason: 'wrong MIC' });
@@ -762,8 +825,21 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in NTLM
 
   /** curl --ntlm; `--fail` is not used, so a final 401 is a status, not an error. */
   async function curlNtlm(credentials: string, paths: string[] = ['/owa/'], extra: string[] = []) {
-    const args = ['--silent', '--show-error', '--ntlm', '--user', credentials, ...(caFile ? ['--cacert', caFile] : []), ...extra];
-    const urls = paths.flatMap((path, i) => [...(i > 0 ? ['--next', '--ntlm', '--user', credentials, ...(caFile ? ['--cacert', caFile] : [])] : []), '--write-out', '\n%{http_code}', `${standin.url}${path}`]);
+    const args = [
+      '--silent',
+      '--show-error',
+      '--ntlm',
+      '--user',
+      credentials,
+      ...(caFile ? ['--cacert', caFile] : []),
+      ...extra,
+    ];
+    const urls = paths.flatMap((path, i) => [
+      ...(i > 0 ? ['--next', '--ntlm', '--user', credentials, ...(caFile ? ['--cacert', caFile] : [])] : []),
+      '--write-out',
+      '\n%{http_code}',
+      `${standin.url}${path}`,
+    ]);
     const { stdout } = await execFileAsync('curl', [...args, ...urls], { timeout: 15_000 });
     const lines = stdout.split('\n');
     return { status: Number(lines.at(-1)), body: lines.slice(0, -1).join('\n') };
@@ -806,7 +882,12 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in NTLM
     expect(type1).toMatchObject({ url: '/owa/', ntlm: 'type1', user: null });
     expect(type3).toMatchObject({ url: '/owa/', ntlm: 'type3', user: 'LAB\\alice', socketId: type1?.socketId });
     // curl reuses the authenticated connection and sends no Authorization on it: IIS runs that as alice
-    expect(session).toMatchObject({ url: '/owa/second', ntlm: 'session', user: 'LAB\\alice', socketId: type1?.socketId });
+    expect(session).toMatchObject({
+      url: '/owa/second',
+      ntlm: 'session',
+      user: 'LAB\\alice',
+      socketId: type1?.socketId,
+    });
     expect(session?.headers.authorization).toBeUndefined();
     expect(res.body).toContain(`hello LAB\\alice (socket ${type1?.socketId}): GET /owa/\n`);
     expect(res.body).toContain(`hello LAB\\alice (socket ${type1?.socketId}): GET /owa/second\n`);
@@ -824,7 +905,9 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in NTLM
     expect(res.body.match(/^WWW-Authenticate: .*$/gim)?.slice(-3)).toEqual(
       CHALLENGES.map((c) => `WWW-Authenticate: ${c}`),
     );
-    expect(await logLineFor(logLines, 'wrong NTProofStr')).toMatch(/^standin GET \/owa\/ 401 LAB\\alice ntlm=wrong NTProofStr$/);
+    expect(await logLineFor(logLines, 'wrong NTProofStr')).toMatch(
+      /^standin GET \/owa\/ 401 LAB\\alice ntlm=wrong NTProofStr$/,
+    );
   });
 
   it('accepts colons in the password, an empty domain, the DNS domain and non-ASCII passwords', async () => {
@@ -885,7 +968,15 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in NTLM
     try {
       const type1 = ntlmType1();
       const type2 = await negotiate(a, type1);
-      const type3 = ntlmType3({ type1, type2, user: 'zoë', domain: 'LAB', password: 'Zoë-Pw3', mic: true, keyExch: true });
+      const type3 = ntlmType3({
+        type1,
+        type2,
+        user: 'zoë',
+        domain: 'LAB',
+        password: 'Zoë-Pw3',
+        mic: true,
+        keyExch: true,
+      });
       expect((await get(a, `NTLM ${type3.toString('base64')}`)).status).toBe(200);
       const later = await get(a, undefined, '/ews/exchange.asmx');
       expect(later.status).toBe(200);
@@ -904,7 +995,14 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in NTLM
     try {
       const type1 = ntlmType1();
       const type2 = await negotiate(c, type1, 'Negotiate');
-      const type3 = ntlmType3({ type1, type2, user: 'alice', domain: 'LAB', password: NTLM_USERS.alice ?? '', mic: true });
+      const type3 = ntlmType3({
+        type1,
+        type2,
+        user: 'alice',
+        domain: 'LAB',
+        password: NTLM_USERS.alice ?? '',
+        mic: true,
+      });
       expect((await get(c, `Negotiate ${type3.toString('base64')}`)).status).toBe(200);
       expect(standin.requests.map((r) => r.ntlm)).toEqual(['type1', 'type3']);
     } finally {
@@ -920,7 +1018,14 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in NTLM
       // a proxy that dropped KEY_EXCH from the challenge: the client's MIC covers what it saw
       const seenByClient = Buffer.from(type2);
       seenByClient.writeUInt32LE((seenByClient.readUInt32LE(20) & ~NTLM_FLAG.KEY_EXCH) >>> 0, 20);
-      const type3 = ntlmType3({ type1, type2: seenByClient, user: 'alice', domain: 'LAB', password: NTLM_USERS.alice ?? '', mic: true });
+      const type3 = ntlmType3({
+        type1,
+        type2: seenByClient,
+        user: 'alice',
+        domain: 'LAB',
+        password: NTLM_USERS.alice ?? '',
+        mic: true,
+      });
       expect((await get(c, `NTLM ${type3.toString('base64')}`)).status).toBe(401);
       expect(await logLineFor(logLines, 'ntlm=')).toContain('ntlm=wrong MIC');
     } finally {
@@ -931,14 +1036,26 @@ describe.each([{ scheme: 'http' }, { scheme: 'https' }])('Exchange stand-in NTLM
   it('answers Kerberos, SPNEGO, malformed and NTLMv1 tokens with the 401 challenges', async () => {
     const c = client();
     try {
-      for (const header of ['Negotiate YIIBhwYGKwYBBQUCoIIBezCCAXeg', 'NTLM !!!', 'NTLM', `NTLM ${Buffer.from('NTLMSSP\0\x02\0\0\0').toString('base64')}`]) {
+      for (const header of [
+        'Negotiate YIIBhwYGKwYBBQUCoIIBezCCAXeg',
+        'NTLM !!!',
+        'NTLM',
+        `NTLM ${Buffer.from('NTLMSSP\0\x02\0\0\0').toString('base64')}`,
+      ]) {
         const res = await get(c, header);
         expect(res.status).toBe(401);
         expect(res.headers['www-authenticate']).toEqual(CHALLENGES);
       }
       const type1 = ntlmType1();
       const type2 = await negotiate(c, type1);
-      const v1 = ntlmType3({ type1, type2, user: 'alice', domain: 'LAB', password: NTLM_USERS.alice ?? '', ntResponse: randomBytes(24) });
+      const v1 = ntlmType3({
+        type1,
+        type2,
+        user: 'alice',
+        domain: 'LAB',
+        password: NTLM_USERS.alice ?? '',
+        ntResponse: randomBytes(24),
+      });
       expect((await get(c, `NTLM ${v1.toString('base64')}`)).status).toBe(401);
       expect(await logLineFor(logLines, 'ntlm=not an')).toContain('ntlm=not an NTLMv2 response');
     } finally {

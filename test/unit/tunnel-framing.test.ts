@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { rpcBodyLength, rpcFraming } from '../../src/exchange/client-error.js';
-import { parseHead, rebuildHead } from '../../src/exchange/rpc-tunnel.js';
+import { parseHead, rebuildHead } from '../../src/exchange/rpc-head.js';
 
 const LINE = 'RPC_IN_DATA /rpc/rpcproxy.dll?ex:6001 HTTP/1.1';
 const head = (...lines: string[]) => Buffer.from([LINE, ...lines].join('\r\n'), 'latin1');
@@ -56,7 +56,16 @@ describe('rpcBodyLength and rpcFraming', () => {
 describe('rebuildHead', () => {
   const client = { remoteAddress: '192.0.2.7' } as Socket;
   it('writes Host, exactly one Content-Length and the Authorization itself, whatever Connection names', () => {
-    const h = parseHead(head('Host: mail', 'Authorization: Basic eDp5', 'Content-Length: 67', 'Connection: Content-Length, Host, X-Drop', 'X-Drop: 1', 'X-Keep: 2'))!;
+    const h = parseHead(
+      head(
+        'Host: mail',
+        'Authorization: Basic eDp5',
+        'Content-Length: 67',
+        'Connection: Content-Length, Host, X-Drop',
+        'X-Drop: 1',
+        'X-Keep: 2',
+      ),
+    )!;
     const out = rebuildHead(h, 67, client, 'rid-1');
     const lines = out.split('\r\n');
     expect(lines[0]).toBe(LINE);
@@ -70,7 +79,16 @@ describe('rebuildHead', () => {
     expect(out.endsWith('\r\n\r\n')).toBe(true);
   });
   it('drops hop-by-hop, Expect and gateway-owned headers from the client', () => {
-    const h = parseHead(head('Host: mail', 'Content-Length: 0', 'Expect: 100-continue', 'X-Forwarded-For: 10.0.0.1', 'X-Request-Id: evil', 'Keep-Alive: 5'))!;
+    const h = parseHead(
+      head(
+        'Host: mail',
+        'Content-Length: 0',
+        'Expect: 100-continue',
+        'X-Forwarded-For: 10.0.0.1',
+        'X-Request-Id: evil',
+        'Keep-Alive: 5',
+      ),
+    )!;
     const out = rebuildHead(h, 0, client, 'rid-2');
     expect(out).not.toMatch(/expect:|10\.0\.0\.1|evil|keep-alive:/i);
     expect(out).toContain('X-Request-Id: rid-2');

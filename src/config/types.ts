@@ -1,0 +1,62 @@
+/** The loaded configuration's shape: validated, resolved (paths, secrets, defaults) and frozen by load.ts. */
+import type { NameTable } from '../pipeline/classify.js';
+import type { Service, ServiceDefaults } from '../pipeline/services.js';
+import type { GatewayFile } from './schema.js';
+import type { Secret } from './yaml.js';
+
+export interface LdapSettings {
+  readonly type: 'ldap';
+  readonly urls: readonly string[];
+  readonly ca: string | undefined;
+  readonly startTls: boolean;
+  readonly bindDn: string;
+  readonly bindPassword: Secret;
+  /** The key the password came from, named when the DC refuses it. */
+  readonly bindPasswordKey?: 'bindPasswordEnv' | 'bindPasswordFile';
+  readonly baseDn: string;
+  readonly netbiosDomain: string;
+  readonly upnSuffixes: readonly string[];
+  readonly connectTimeoutMs: number;
+  readonly timeoutMs: number;
+  readonly maxConcurrentBinds: number;
+  readonly maxQueuedBinds: number;
+  readonly dcRetrySeconds: number;
+}
+
+export interface FileSettings {
+  readonly type: 'file';
+  readonly path: string;
+  readonly baseDn: string;
+  readonly netbiosDomain: string;
+  readonly upnSuffixes: readonly string[];
+}
+
+/** The loaded gateway configuration. Frozen; a reload builds a new one. */
+export interface Config {
+  readonly file: string;
+  /** How many worker processes serve (`auto` resolved to the CPU count). */
+  readonly workers: number;
+  readonly listen: GatewayFile['listen'];
+  readonly tls: GatewayFile['tls'] & { readonly cert: string; readonly key: string };
+  readonly names: NameTable & { readonly externalList: readonly string[]; readonly internalList: readonly string[] };
+  readonly upstream: {
+    readonly url: URL;
+    readonly origin: string;
+    readonly ca: string | undefined;
+    readonly servername: string;
+    readonly insecureSkipVerify: boolean;
+    readonly allowPlaintext: boolean;
+    readonly connectTimeoutMs: number;
+  };
+  readonly directory: LdapSettings | FileSettings;
+  readonly policyFile: string;
+  readonly log: GatewayFile['log'];
+  readonly http: GatewayFile['http'];
+  readonly cache: GatewayFile['cache'];
+  readonly lockout: GatewayFile['lockout'];
+  readonly services: Readonly<Record<Service, ServiceDefaults>>;
+  readonly admin: GatewayFile['admin'];
+  readonly mailboxFlags: GatewayFile['mailboxFlags'];
+  /** Every file the gateway reads besides this one: a change to any of them reloads it. */
+  readonly watched: readonly string[];
+}
