@@ -4,7 +4,11 @@
  * chunked, nothing else), answering each request `200 ok`. What it parsed is what Exchange would
  * have served: a request the gateway never judged shows up here.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
+import { makeCert } from './gateway-harness.js';
 
 export interface RawRequest {
   readonly method: string;
@@ -120,4 +124,24 @@ function takeChunked(
     parts.push(buf.subarray(dataStart, dataStart + size));
     at = dataStart + size + 2;
   }
+}
+
+/** A raw Exchange with its own certificate, and the gateway's `upstream` section that trusts it. */
+export async function startRawExchangeBehind(): Promise<{
+  exchange: RawExchange;
+  upstream: { url: string; ca: string; servername: string };
+  close(): Promise<void>;
+}> {
+  const dir = mkdtempSync(join(tmpdir(), 'exgate-raw-'));
+  const cert = makeCert(dir, 'raw', ['exchange-be.lab.test']);
+  writeFileSync(join(dir, 'ca.pem'), cert.cert);
+  const exchange = await startRawExchange(cert);
+  return {
+    exchange,
+    upstream: { url: exchange.url, ca: join(dir, 'ca.pem'), servername: 'exchange-be.lab.test' },
+    close: async () => {
+      await exchange.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -5,8 +5,6 @@
  * RTS PDUs impacket wrote after it, behind a head without `Expect`.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -15,12 +13,11 @@ import {
   AUTODISCOVER,
   EXTERNAL,
   INTERNAL,
-  makeCert,
   startHarness,
   TEST_POLICY,
   type Harness,
 } from '../helpers/gateway-harness.js';
-import { startRawExchange, type RawExchange } from '../helpers/raw-exchange.js';
+import { startRawExchangeBehind, type RawExchange } from '../helpers/raw-exchange.js';
 
 const run = promisify(execFile);
 // Debian installs impacket for the system interpreter only (/usr/lib/python3/dist-packages).
@@ -32,18 +29,16 @@ const POLICY =
 
 let h: Harness;
 let exchange: RawExchange;
-let certDir: string;
+let raw: Awaited<ReturnType<typeof startRawExchangeBehind>>;
 
 beforeAll(async () => {
-  certDir = mkdtempSync(join(tmpdir(), 'exgate-impacket-'));
-  const cert = makeCert(certDir, 'raw', ['exchange-be.lab.test']);
-  writeFileSync(join(certDir, 'ca.pem'), cert.cert);
-  exchange = await startRawExchange(cert);
+  raw = await startRawExchangeBehind();
+  exchange = raw.exchange;
   h = await startHarness({
     directory: 'file',
     policy: POLICY,
     gateway: {
-      upstream: { url: exchange.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
+      upstream: raw.upstream,
       // impacket connects to an address and sends no SNI; its Host is 127.0.0.1:<port>
       names: { external: [EXTERNAL, AUTODISCOVER, '127.0.0.1'], internal: [INTERNAL], noSni: 'external' },
     },
@@ -51,8 +46,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await h?.close();
-  await exchange?.close();
-  rmSync(certDir, { recursive: true, force: true });
+  await raw?.close();
 });
 
 /** What impacket-rpch.py prints: the interim answers it read, and the PDUs it wrote (hex). */

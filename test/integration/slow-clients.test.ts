@@ -1,17 +1,8 @@
-/**
- * Clients that send their body slowly or in a second write: an anonymous NTLM handshake leg may not
- * hold an upstream connection with a trickled body, and a refusal of a small body sent in a second
- * TLS record keeps the connection (DavMail sends every call anonymously first), while a large,
- * chunked or held-back (`Expect`) body still closes it.
- */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { basic, EXTERNAL, makeCert, startHarness, type Harness } from '../helpers/gateway-harness.js';
-import { startRawExchange, type RawExchange } from '../helpers/raw-exchange.js';
+import { basic, EXTERNAL, startHarness, type Harness } from '../helpers/gateway-harness.js';
+import { startRawExchangeBehind, type RawExchange } from '../helpers/raw-exchange.js';
 
 const ALICE = basic(USERS.alice.sam, USERS.alice.password);
 const HOST = `Host: ${EXTERNAL}\r\n`;
@@ -19,25 +10,22 @@ const TYPE1 = 'NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==';
 
 let h: Harness;
 let exchange: RawExchange;
-let certDir: string;
+let raw: Awaited<ReturnType<typeof startRawExchangeBehind>>;
 
 beforeAll(async () => {
-  certDir = mkdtempSync(join(tmpdir(), 'exgate-slow-'));
-  const cert = makeCert(certDir, 'raw', ['exchange-be.lab.test']);
-  writeFileSync(join(certDir, 'ca.pem'), cert.cert);
-  exchange = await startRawExchange(cert);
+  raw = await startRawExchangeBehind();
+  exchange = raw.exchange;
   h = await startHarness({
     directory: 'file',
     gateway: {
-      upstream: { url: exchange.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
+      upstream: raw.upstream,
       services: { mapi: { auth: 'basic+ntlm' } },
     },
   });
 });
 afterAll(async () => {
   await h?.close();
-  await exchange?.close();
-  rmSync(certDir, { recursive: true, force: true });
+  await raw?.close();
 });
 beforeEach(() => exchange.reset());
 

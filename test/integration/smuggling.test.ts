@@ -1,18 +1,9 @@
-/**
- * A differential smuggling suite: hostile request framings over raw TLS, on the HTTP path and on
- * the Outlook Anywhere tunnel, with a raw listener as Exchange that reads the forwarded bytes as a
- * strict HTTP/1.1 server would. For each variant it asserts what that listener served: a request
- * the gateway did not judge (here always `/ecp/`, denied to everyone) must never appear there.
- */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { USERS } from '../helpers/ad-fixtures.js';
-import { basic, EXTERNAL, makeCert, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
+import { basic, EXTERNAL, startHarness, TEST_POLICY, type Harness } from '../helpers/gateway-harness.js';
 import { negTokenResp, type3 } from '../helpers/ntlm-client.js';
-import { startRawExchange, type RawExchange } from '../helpers/raw-exchange.js';
+import { startRawExchangeBehind, type RawExchange } from '../helpers/raw-exchange.js';
 import { buildType2 } from '../../src/standin/ntlm-server.js';
 
 const POLICY =
@@ -29,26 +20,23 @@ const RPC = 'RPC_IN_DATA /rpc/rpcproxy.dll?exchange-be.lab.test:6001 HTTP/1.1\r\
 
 let h: Harness;
 let exchange: RawExchange;
-let certDir: string;
+let raw: Awaited<ReturnType<typeof startRawExchangeBehind>>;
 
 beforeAll(async () => {
-  certDir = mkdtempSync(join(tmpdir(), 'exgate-smuggle-'));
-  const cert = makeCert(certDir, 'raw', ['exchange-be.lab.test']);
-  writeFileSync(join(certDir, 'ca.pem'), cert.cert);
-  exchange = await startRawExchange(cert);
+  raw = await startRawExchangeBehind();
+  exchange = raw.exchange;
   h = await startHarness({
     directory: 'file',
     policy: POLICY,
     gateway: {
-      upstream: { url: exchange.url, ca: join(certDir, 'ca.pem'), servername: 'exchange-be.lab.test' },
+      upstream: raw.upstream,
       services: { mapi: { auth: 'basic+ntlm' } },
     },
   });
 });
 afterAll(async () => {
   await h?.close();
-  await exchange?.close();
-  rmSync(certDir, { recursive: true, force: true });
+  await raw?.close();
 });
 beforeEach(() => exchange.reset());
 
