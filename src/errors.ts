@@ -26,6 +26,7 @@ export const REASONS = [
   'directory-unavailable',
   'upstream-error',
   'upstream-timeout',
+  'no-session',
 ] as const;
 
 export type Reason = (typeof REASONS)[number];
@@ -63,6 +64,9 @@ export const DENY_STATUS: Readonly<Record<DenyReason, number>> = {
   'directory-unavailable': 503,
   'upstream-error': 502,
   'upstream-timeout': 504,
+  // A browser request without a live session (forms): 302 to the sign-in page for GET, else 440
+  // (Exchange's Login Timeout); the forms front-end answers with its page.
+  'no-session': 440,
 };
 
 /** `HTTP/1.1 403 Forbidden`: the status line for a status, with Node's reason phrase. */

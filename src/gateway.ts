@@ -12,10 +12,11 @@ import type { Logger } from 'pino';
 import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
 import { authorize } from './pipeline/authorize.js';
 import type { Route } from './pipeline/classify.js';
-import type { FrontEndOutcome } from './auth/front-ends.js';
+import type { FrontEndOutcome, FrontEndRequest } from './auth/front-ends.js';
 import { admit, admitRpc, claiming, type Judged, type Request } from './pipeline/admit.js';
 import { forward } from './upstream/forward.js';
 import { deny, fail, respond } from './pipeline/respond.js';
+import { readBody } from './pipeline/read-body.js';
 import { requestIdleMs, type Service } from './pipeline/services.js';
 import type { Metrics } from './runtime/metrics.js';
 import type { State } from './runtime/state.js';
@@ -63,14 +64,14 @@ async function pipeline(
   const admitted = admit(req, record, state);
   const judged =
     admitted.kind === 'route'
-      ? await decide(admitted.route, req, record, state, metrics)
+      ? await decide(admitted.route, req, record, state, metrics, (limit, ms) => readBody(req, limit, ms))
       : claiming(admitted, req, record, state);
   if (judged.kind === 'refuse') return deny(req, res, record, judged.reason, judged);
   if (judged.kind === 'answer')
     return respond(res, record, 'application/json; charset=utf-8', judged.body, judged.detail);
   // An NTLM Type 3 whose client left meanwhile never reaches Exchange.
   if (res.destroyed) return judged.settle?.(null);
-  const { route, identity, settle } = judged;
+  const { route, identity, settle, forms } = judged;
   const settings = state.config.services[route.service];
   if (!identity) boundHandshakeBody(req, res, record);
   metrics.inFlight.inc({ service: route.service });
@@ -81,7 +82,7 @@ async function pipeline(
     req,
     res,
     record,
-    { host: route.host, settings, idleMs, frontEnd: state.frontEnds[route.service], onStatus: settle },
+    { host: route.host, settings, idleMs, frontEnd: state.frontEnds[route.service], onStatus: settle, forms },
     state.upstream,
   );
 }
@@ -102,20 +103,21 @@ export async function judge(
   return decide(admitted.route, req, record, state, metrics);
 }
 
-/** After admission: the service's front-end authenticates, the policy authorizes. */
+/**
+ * After admission: the service's front-end authenticates, the policy authorizes. `readBody`: the
+ * request's body, for a front-end that reads one (the forms sign-in); absent for a tunnel head.
+ */
 async function decide(
   route: Route,
   req: Request,
   record: AccessRecord,
   state: State,
   metrics?: Metrics,
+  readBody?: FrontEndRequest['readBody'],
 ): Promise<Judged> {
   const frontEnd = state.frontEnds[route.service];
   const started = performance.now();
-  const auth = await frontEnd.authenticate(
-    { header: req.headers.authorization, socket: req.socket, path: route.path, query: queryOf(req.url ?? '') },
-    state,
-  );
+  const auth = await frontEnd.authenticate(frontEndRequest(req, route, readBody), state);
   metrics?.authDuration.observe({ cache: auth.cache ?? 'none' }, (performance.now() - started) / 1000);
   record.user = (auth.ok ? auth.identity?.user : auth.user) || null;
   record.cache = auth.cache;
@@ -127,18 +129,37 @@ async function decide(
         challenges: frontEnd.challenges,
         detail: auth.detail,
         status: auth.status,
+        page: auth.page,
       },
       req,
       record,
       state,
     );
   const settle = 'onStatus' in auth ? ntlmVerdict(record, auth.onStatus) : undefined;
-  const refused = authorized(req, record, route.service, auth, state);
+  if (auth.forms?.service) record.service = auth.forms.service; // a sign-in is logged for its destination
+  const refused = authorized(req, record, auth.forms?.service ?? route.service, auth, state);
   if (refused) {
     settle?.(null); // an NTLM Type 3 refused here never reaches Exchange
-    return refused;
+    return refused.kind === 'refuse' && auth.forms?.refused ? { ...refused, page: auth.forms.refused() } : refused;
   }
-  return { kind: 'allow', route, identity: auth.identity, settle };
+  if (auth.forms?.detail) record.detail = auth.forms.detail;
+  return { kind: 'allow', route, identity: auth.identity, settle, forms: auth.forms };
+}
+
+/** The request as a front-end reads it. */
+function frontEndRequest(req: Request, route: Route, readBody: FrontEndRequest['readBody']): FrontEndRequest {
+  return {
+    header: req.headers.authorization,
+    socket: req.socket,
+    path: route.path,
+    query: queryOf(req.url ?? ''),
+    method: req.method ?? 'GET',
+    host: route.host,
+    url: req.url ?? '/',
+    cookies: headerLines(req.rawHeaders, 'cookie'),
+    contentType: req.headers['content-type'],
+    readBody,
+  };
 }
 
 /**
@@ -206,6 +227,13 @@ const LONG_POLL_MS = 300_000;
 const HANDSHAKE_MAX_BODY = 64 * 1024;
 const HANDSHAKE_IDLE_MS = 30_000;
 const HANDSHAKE_BODY_MS = 10_000;
+
+function headerLines(raw: readonly string[], lower: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2)
+    if ((raw[i] as string).toLowerCase() === lower) out.push(raw[i + 1] as string);
+  return out;
+}
 
 function queryOf(url: string): string {
   const q = url.indexOf('?');

@@ -1,50 +1,24 @@
 /**
- * Auth front-ends: how a service's clients present credentials (`services.<name>.auth`). Each one
- * authenticates a request, names the challenges of a refusal and the ones of Exchange that may
- * pass, and reads the account a request claims for the log. Chosen per service when the state is
- * built (state.ts); the pipeline never switches on the mode. Basic and NTLM today; forms next.
+ * The Basic and NTLM front-ends (the seam is front-end.ts; forms is forms.ts), and frontEndFor, which
+ * picks one per service when the state is built (state.ts): the pipeline never switches on the mode.
  */
-import type { Socket } from 'node:net';
 import type { AuthOutcome, Authenticator } from './authenticate.js';
-import { parseBasic, parseLogon, type LogonDomain } from './credentials.js';
+import { parseBasic, parseLogon } from './credentials.js';
 import { parseType3, readNtlmHeader } from './ntlm.js';
-import { authenticateNtlm, logonOf, type NtlmOutcome } from './ntlm-auth.js';
+import { authenticateNtlm, logonOf } from './ntlm-auth.js';
 import type { AuthMode } from '../pipeline/services.js';
-import type { Upstream } from '../upstream/upstream.js';
+import type { AuthFrontEnd, FrontEndContext, FrontEndOutcome, FrontEndRequest } from './front-end.js';
+import { FormsFrontEnd } from './forms.js';
 
-/** What a front-end reads of the gateway's state. */
-export interface FrontEndContext {
-  readonly authenticator: Authenticator;
-  readonly upstream: Upstream;
-  readonly domain: LogonDomain;
-  /** DNS names of the domain an NTLM Type 3 may carry instead of the NetBIOS name. */
-  readonly dnsDomains: ReadonlySet<string>;
-  readonly policy: { readonly groupDns: readonly string[]; readonly version: string };
-}
-
-/** One request, as a front-end sees it. */
-export interface FrontEndRequest {
-  /** The Authorization header, when there is exactly one. */
-  readonly header: string | undefined;
-  /** The client connection: NTLM sessions and proven Basic headers live on it. */
-  readonly socket: Socket;
-  /** The normalized path and the raw query. */
-  readonly path: string;
-  readonly query: string;
-}
-
-/** An identity; an NTLM handshake leg to forward (no identity yet); or a refusal with its reason. */
-export type FrontEndOutcome = AuthOutcome | NtlmOutcome;
-
-export interface AuthFrontEnd {
-  authenticate(req: FrontEndRequest, ctx: FrontEndContext): Promise<FrontEndOutcome>;
-  /** The challenges the gateway's own 401 offers. */
-  readonly challenges: readonly string[];
-  /** Whether one of Exchange's `WWW-Authenticate` values may reach this service's clients. */
-  passes(challenge: string): boolean;
-  /** The account the credentials name, never verified: for the record of a refusal. */
-  claimedUser(header: string | undefined, ctx: Pick<FrontEndContext, 'domain' | 'dnsDomains'>): string | null;
-}
+export type {
+  AuthFrontEnd,
+  BrowserPage,
+  FormsRefusal,
+  FormsStep,
+  FrontEndContext,
+  FrontEndOutcome,
+  FrontEndRequest,
+} from './front-end.js';
 
 /** The Basic challenge of the gateway (INTERFACE.md: `Basic realm="…", charset="UTF-8"`). */
 export function basicChallenge(realm: string): string {
@@ -54,6 +28,7 @@ export function basicChallenge(realm: string): string {
 /** The front-end for a service's mode. */
 export function frontEndFor(mode: AuthMode, realm: string): AuthFrontEnd {
   if (mode === 'basic') return new BasicFrontEnd(realm);
+  if (mode === 'forms') return new FormsFrontEnd();
   if (mode === 'ntlm') return new NtlmFrontEnd();
   return new EitherFrontEnd(new BasicFrontEnd(realm), new NtlmFrontEnd());
 }

@@ -143,6 +143,7 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
     cache: raw.cache,
     lockout: raw.lockout,
     services: serviceSettings(raw),
+    session: raw.session,
     admin: raw.admin,
     mailboxFlags,
     watched: [

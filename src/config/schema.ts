@@ -163,18 +163,37 @@ const lockout = z.strictObject({
   waitMs: positive.default(10_000),
 });
 
-const serviceSettings = z.strictObject({
-  /** basic (default) | ntlm | basic+ntlm. */
-  auth: z.enum(['basic', 'ntlm', 'basic+ntlm']).optional(),
-  /** Largest request body forwarded; 0 = no limit. Defaults in services.ts. */
-  maxBodyBytes: z.number().int().min(0).optional(),
-  /** Longest silence on a request before it is cut. Defaults in services.ts. */
-  idleTimeoutSeconds: positive.optional(),
-  /** rpc only: Outlook Anywhere tunnels one address may hold open at once. Default: 16. */
-  maxTunnelsPerSource: positive.optional(),
-});
+/** A service's settings; `auth` takes the modes its clients speak. */
+function serviceSettingsWith<A extends readonly [string, ...string[]]>(modes: A) {
+  return z.strictObject({
+    /** Rich clients: basic (default) | ntlm | basic+ntlm. OWA and ECP: forms (default) | basic. */
+    auth: z.enum(modes).optional(),
+    /** Largest request body forwarded; 0 = no limit. Defaults in services.ts. */
+    maxBodyBytes: z.number().int().min(0).optional(),
+    /** Longest silence on a request before it is cut. Defaults in services.ts. */
+    idleTimeoutSeconds: positive.optional(),
+    /** rpc only: Outlook Anywhere tunnels one address may hold open at once. Default: 16. */
+    maxTunnelsPerSource: positive.optional(),
+  });
+}
+const serviceSettings = serviceSettingsWith(['basic', 'ntlm', 'basic+ntlm', 'forms'] as const);
+const richClient = serviceSettingsWith(['basic', 'ntlm', 'basic+ntlm'] as const);
+const browser = serviceSettingsWith(['forms', 'basic'] as const);
 
-const services = z.partialRecord(z.enum(SERVICES), serviceSettings);
+const services = z.strictObject(
+  Object.fromEntries(
+    SERVICES.map((s) => [s, (s === 'owa' || s === 'ecp' ? browser : richClient).optional()]),
+  ) as Record<Service, z.ZodOptional<typeof serviceSettings>>,
+);
+
+const session = z.strictObject({
+  /** A browser session unused this long ends. Default: 480 (OWA's private-computer timeout). */
+  idleMinutes: z.number().positive().default(480),
+  /** A browser session ends this long after its sign-in. Default: 24. */
+  maxHours: z.number().positive().default(24),
+  /** Browser sessions held at most; the oldest go first. Default: 100000. */
+  max: positive.default(100_000),
+});
 
 const admin = z.strictObject({
   /** Default: 127.0.0.1 (never the public interface unless you say so). */
@@ -247,6 +266,8 @@ export const gatewaySchema = z.strictObject({
   cache: cache.prefault({}),
   lockout: lockout.prefault({}),
   services: services.default({}),
+  /** Browser sessions of the forms sign-in (OWA, ECP). */
+  session: session.prefault({}),
   admin: admin.optional(),
   mailboxFlags: mailboxFlags.optional(),
 });

@@ -55,6 +55,7 @@ export interface Config {
   readonly cache: GatewayFile['cache'];
   readonly lockout: GatewayFile['lockout'];
   readonly services: Readonly<Record<Service, ServiceDefaults>>;
+  readonly session: GatewayFile['session'];
   readonly admin: GatewayFile['admin'];
   readonly mailboxFlags: GatewayFile['mailboxFlags'];
   /** Every file the gateway reads besides this one: a change to any of them reloads it. */

@@ -6,6 +6,7 @@
 import type { Socket } from 'node:net';
 import { connectionTokens, dropsRequestHeader } from '../pipeline/headers.js';
 import { RPC_METHODS } from '../pipeline/services.js';
+import { withoutSessionCookie } from '../state/sessions.js';
 
 /** A parsed RPC request head. */
 export interface RpcHead {
@@ -28,7 +29,9 @@ export function rebuildHead(head: RpcHead, length: number, client: Socket, reque
   for (let i = 0; i < head.rawHeaders.length; i += 2) {
     const name = head.rawHeaders[i] as string;
     const lower = name.toLowerCase();
-    if (!FRAMED.has(lower) && !dropsRequestHeader(lower, named)) out += `${name}: ${head.rawHeaders[i + 1]}\r\n`;
+    if (FRAMED.has(lower) || dropsRequestHeader(lower, named)) continue;
+    const value = lower === 'cookie' ? withoutSessionCookie(head.rawHeaders[i + 1] as string) : head.rawHeaders[i + 1];
+    if (value !== null) out += `${name}: ${value}\r\n`;
   }
   if (head.headers.host !== undefined) out += `Host: ${head.headers.host}\r\n`;
   out += `Content-Length: ${length}\r\n`;

@@ -11,7 +11,7 @@ import { checkHead, type Head } from './check-head.js';
 import { classify, type Route } from './classify.js';
 import { rpcFraming, rpcPrecheck } from '../exchange/client-error.js';
 import type { DenyReason } from '../errors.js';
-import { claimedUser } from '../auth/front-ends.js';
+import { claimedUser, type FormsStep } from '../auth/front-ends.js';
 import type { DenyOptions } from './respond.js';
 import { answerAutodiscoverJson, isAutodiscoverJson } from '../exchange/autodiscover.js';
 import type { State } from '../runtime/state.js';
@@ -24,6 +24,7 @@ export interface Request extends Head {
     readonly authorization?: string | undefined;
     readonly 'content-length'?: string | undefined;
     readonly expect?: string | undefined;
+    readonly 'content-type'?: string | undefined;
   };
   readonly socket: Socket;
 }
@@ -39,6 +40,8 @@ export type Judged =
       readonly identity: Identity | null;
       /** NTLM: settles the Type 3 with Exchange's status (null: never forwarded). */
       readonly settle?: ((status: number | null) => void) | undefined;
+      /** Forms: the sign-in form's body, cookies to add, Authorization to drop (front-ends.ts). */
+      readonly forms?: FormsStep | undefined;
     };
 
 export type Admitted = Exclude<Judged, { kind: 'allow' }> | { readonly kind: 'route'; readonly route: Route };

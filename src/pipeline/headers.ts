@@ -7,6 +7,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { AuthFrontEnd } from '../auth/front-ends.js';
+import { withoutSessionCookie } from '../state/sessions.js';
 
 const REQUEST_DROP: ReadonlySet<string> = new Set([
   'connection',
@@ -82,7 +83,12 @@ const RESPONSE_DROP: ReadonlySet<string> = new Set([
  * their order and case; Host (the SNI name when the client sent none), Content-Length and
  * Authorization once; X-Forwarded-For / -Proto and X-Request-Id (the access record's) set by the gateway.
  */
-export function requestHeaders(req: IncomingMessage, host: string, requestId: string): string[] {
+export function requestHeaders(
+  req: IncomingMessage,
+  host: string,
+  requestId: string,
+  opts: { authorization?: boolean; bodyLength?: number | undefined } = {},
+): string[] {
   const raw = req.rawHeaders;
   const named = connectionTokens(req.headers.connection);
   const out: string[] = [];
@@ -90,12 +96,18 @@ export function requestHeaders(req: IncomingMessage, host: string, requestId: st
     const name = raw[i] as string;
     const lower = name.toLowerCase();
     if (SINGLE.has(lower) || dropsRequestHeader(lower, named)) continue;
+    if (lower === 'cookie') {
+      const kept = withoutSessionCookie(raw[i + 1] as string); // the gateway's cookie is its own
+      if (kept !== null) out.push(name, kept);
+      continue;
+    }
     out.push(name, raw[i + 1] as string);
   }
   out.push('Host', req.headers.host ?? host);
-  const length = req.headers['content-length'];
+  const length = opts.bodyLength !== undefined ? String(opts.bodyLength) : req.headers['content-length'];
   if (length !== undefined && length !== '0') out.push('Content-Length', length);
-  if (req.headers.authorization !== undefined) out.push('Authorization', req.headers.authorization);
+  if (req.headers.authorization !== undefined && opts.authorization !== false)
+    out.push('Authorization', req.headers.authorization);
   out.push('X-Forwarded-For', req.socket.remoteAddress ?? '', 'X-Forwarded-Proto', 'https');
   out.push('X-Request-Id', requestId);
   return out;

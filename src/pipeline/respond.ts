@@ -8,7 +8,8 @@ import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type Serv
 import type { Socket } from 'node:net';
 import type { AccessRecord } from './access-log.js';
 import { DENY_STATUS, statusLine, type DenyReason } from '../errors.js';
-import { basicChallenge } from '../auth/front-ends.js';
+import { basicChallenge, type BrowserPage } from '../auth/front-ends.js';
+import { PAGE_CSP } from '../auth/forms-pages.js';
 
 /** Seconds a client is told to wait after a 503. */
 const RETRY_AFTER_SECONDS = 10;
@@ -21,6 +22,8 @@ export interface DenyOptions {
   readonly retryAfterSeconds?: number;
   /** A more precise status than the catalog's: `bad-request` 405/417/501, `gateway-lockout` 429. */
   readonly status?: number | undefined;
+  /** A browser's answer instead (forms): a redirect to the sign-in page, a 440, the 403 page. */
+  readonly page?: BrowserPage | undefined;
 }
 
 /**
@@ -56,13 +59,13 @@ export function fail(
     res.destroy();
     return;
   }
-  const status = statusOf(reason, opts);
-  const body = `${status} ${STATUS_CODES[status] ?? ''}\n`;
+  const status = opts.page?.status ?? statusOf(reason, opts);
+  const body = opts.page ? (opts.page.html ?? '') : `${status} ${STATUS_CODES[status] ?? ''}\n`;
   const headers: Record<string, string | number | string[]> = {
-    'content-type': 'text/plain; charset=utf-8',
+    'content-type': opts.page ? 'text/html; charset=utf-8' : 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-store',
-    ...refusalHeaders(status, opts),
+    ...(opts.page ? pageHeaders(opts.page) : refusalHeaders(status, opts)),
   };
   // A request without a body is whole even while its 'request' event runs (req.complete is set after).
   const unread =
@@ -74,8 +77,17 @@ export function fail(
   } else if (drain) {
     drainBody(req);
   }
-  res.writeHead(status, headers);
+  if (opts.page?.statusMessage) res.writeHead(status, opts.page.statusMessage, headers);
+  else res.writeHead(status, headers);
   res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+/** A browser page's own headers: where it sends the browser, the cookies it drops, a CSP. */
+function pageHeaders(page: BrowserPage): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = { 'content-security-policy': PAGE_CSP };
+  if (page.location) headers.location = page.location;
+  if (page.setCookie?.length) headers['set-cookie'] = [...page.setCookie];
+  return headers;
 }
 
 /** Refusals after which the connection cannot be trusted to carry another request. */

@@ -27,8 +27,8 @@ export const SERVICES = [
 
 export type Service = (typeof SERVICES)[number];
 
-/** How the gateway authenticates a service's clients. NTLM arrives with issue 4. */
-export type AuthMode = 'basic' | 'ntlm' | 'basic+ntlm';
+/** How the gateway authenticates a service's clients; `forms`: OWA and ECP's sign-in page and a session. */
+export type AuthMode = 'basic' | 'ntlm' | 'basic+ntlm' | 'forms';
 
 export interface ServiceDefaults {
   readonly auth: AuthMode;
@@ -49,8 +49,8 @@ export const SERVICE_DEFAULTS: Readonly<Record<Service, ServiceDefaults>> = {
   ews: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 2100, maxTunnelsPerSource: 16 },
   mrsproxy: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
   activesync: { auth: 'basic', maxBodyBytes: 10 * MiB, idleTimeoutSeconds: 3660, maxTunnelsPerSource: 16 },
-  owa: { auth: 'basic', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
-  ecp: { auth: 'basic', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
+  owa: { auth: 'forms', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
+  ecp: { auth: 'forms', maxBodyBytes: 35_000_000, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
   oab: { auth: 'basic', maxBodyBytes: 1 * MiB, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },
   autodiscover: { auth: 'basic', maxBodyBytes: 1 * MiB, idleTimeoutSeconds: 120, maxTunnelsPerSource: 16 },
   powershell: { auth: 'basic', maxBodyBytes: 64 * MiB, idleTimeoutSeconds: 300, maxTunnelsPerSource: 16 },

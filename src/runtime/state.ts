@@ -16,6 +16,7 @@ import { frontEndFor, type AuthFrontEnd } from '../auth/front-ends.js';
 import type { Service } from '../pipeline/services.js';
 import type { BusFactory, StateBus } from '../state/bus.js';
 import { localBus } from '../state/local-bus.js';
+import { Sessions } from '../state/sessions.js';
 
 export interface State {
   readonly config: Config;
@@ -30,6 +31,8 @@ export interface State {
   readonly realm: string;
   /** The domain's DNS name (from baseDn), which an NTLM Type 3 may carry instead of the NetBIOS name. */
   readonly dnsDomains: ReadonlySet<string>;
+  /** Browser sessions of the forms sign-in, on the bus; built once, kept across reloads. */
+  readonly sessions: Sessions;
   /** How each service's clients authenticate (`services.<name>.auth`). */
   readonly frontEnds: Readonly<Record<Service, AuthFrontEnd>>;
 }
@@ -78,13 +81,16 @@ export async function buildState(
       { directory, domain, cache: config.cache, lockout: config.lockout, onStale: staleWarning(log) },
       carry,
     );
+    const bus = previous?.bus ?? connected(authenticator.lockout, makeBus);
+    previous?.sessions.reconfigure(config.session);
     return Object.freeze({
       config,
       directory,
       domain,
       policy,
       authenticator,
-      bus: previous?.bus ?? connected(authenticator.lockout, makeBus),
+      bus,
+      sessions: previous?.sessions ?? new Sessions(bus, config.session),
       upstream:
         previous && sameJson(previous.config.upstream, config.upstream) && sameJson(previous.config.http, config.http)
           ? previous.upstream // keep the pinned upstream connections (and NTLM sessions)

@@ -139,6 +139,8 @@ export interface ExchangeStandin extends HealthControls {
   seen(pred?: (r: SeenRequest) => boolean): number;
   /** reset empties `requests` in place. */
   reset(): void;
+  /** Lets one more user through the forms sign-in (with `formsUsers`). */
+  addFormsUser(user: string, password: string): void;
   /** close stops listening, destroys open sockets and clears all timers. Safe to call twice. */
   close(): Promise<void>;
 }
@@ -335,6 +337,7 @@ export async function startExchangeStandin(opts: StandinOptions = {}): Promise<E
     port,
     requests: state.requests,
     seen: (pred) => (pred ? state.requests.filter(pred).length : state.requests.length),
+    addFormsUser: (user, password) => state.forms?.addUser(user, password),
     reset: () => {
       state.requests.length = 0;
     },
@@ -448,7 +451,7 @@ function pick(c: Call): Handler {
   const method = c.req.method ?? 'GET';
   // autodiscover.json is anonymous by design (research §4, Autodiscover)
   if (path.startsWith('/autodiscover/autodiscover.json')) return autodiscoverJson;
-  if (!c.authenticated || path === '/owa/standin/401') return challenge;
+  if (!c.authenticated || path.endsWith('/standin/401')) return challenge;
   if (method === 'POST' && (under(path, '/mapi/emsmdb') || under(path, '/mapi/nspi'))) return mapi;
   if (under(path, '/microsoft-server-activesync')) return activeSync;
   if (method === 'POST' && path === '/ews/exchange.asmx') return ews;

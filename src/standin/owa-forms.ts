@@ -75,11 +75,16 @@ const LANDING = new Set(['/owa', '/owa/', '/ecp', '/ecp/']);
 
 /** OwaForms is the stand-in's FBA: built once per stand-in, holding its signed-in cookie sets. */
 export class OwaForms {
-  readonly #users: ReadonlyMap<string, string>;
+  readonly #users: Map<string, string>;
   readonly #sessions = new Map<string, Session>();
 
   constructor(private readonly opts: FormsOptions) {
     this.#users = new Map(Object.entries(opts.users).map(([user, password]) => [user.toLowerCase(), password]));
+  }
+
+  /** addUser lets one more user sign in (a test's own AD account). */
+  addUser(user: string, password: string): void {
+    this.#users.set(user.toLowerCase(), password);
   }
 
   /** keepsBody says whether the request's body is the sign-in form, which {@link serve} must read. */

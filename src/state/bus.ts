@@ -4,6 +4,7 @@
  * Its authority is the one place that reserves and counts; a holder that dies gives back what it held.
  */
 import type { Attempt, LockoutSettings } from '../auth/lockout-reserve.js';
+import type { Account } from '../directory/directory.js';
 
 /** A failure or success, as one member tells the others (lockout.ts `failure`, `success`, `apply`). */
 export type LockoutEvent =
@@ -23,12 +24,26 @@ export type LockoutEvent =
       readonly t: number;
     };
 
+/** One browser session as the members know it (sessions.ts); `key` is a hash of its ID, never the ID. */
+export interface SessionRecord {
+  readonly key: string;
+  readonly account: Account;
+  /** The service of its sign-in: a policy that no longer allows it ends the session. */
+  readonly service: 'owa' | 'ecp';
+  readonly createdAt: number;
+  readonly lastSeenAt: number;
+  /** When it was ended (sign-out, AD); null while it lives. Final: an ended session never lives again. */
+  readonly endedAt: number | null;
+}
+
 /** What one member tells the others. */
 export type BusEvent =
   /** A failure or success seen by one member; kept for members that join later until `until` (ms). */
   | { readonly kind: 'lockout'; readonly event: LockoutEvent; readonly until: number }
   /** New lockout settings (a reload): the authority's reservations must use them too. */
-  | { readonly kind: 'settings'; readonly settings: LockoutSettings };
+  | { readonly kind: 'settings'; readonly settings: LockoutSettings }
+  /** A session started, used or ended; kept for members that join later until `until` (ms). */
+  | { readonly kind: 'session'; readonly session: SessionRecord; readonly until: number };
 
 /** A place held under a cap (e.g. one Outlook Anywhere tunnel of one address); release() once. */
 export interface Slot {

@@ -4,7 +4,8 @@
  * whose members are the workers (ipc-primary.ts). What a member holds is released when it leaves.
  */
 import type { Attempt } from '../auth/lockout.js';
-import type { Authority, BusEvent, Slot, StateBus } from './bus.js';
+import type { Authority, BusEvent, SessionRecord, Slot, StateBus } from './bus.js';
+import { mergeSession } from './sessions.js';
 
 /** How a member is told what the others published (a batch: a replay, or one event). */
 export type Deliver = (events: readonly BusEvent[]) => void;
@@ -46,6 +47,8 @@ export class Hub {
   /** Retained events, oldest first, from index #head (a queue without O(n) shifts). */
   #retained: BusEvent[] = [];
   #head = 0;
+  /** Sessions kept for members that join later: one merged record each, not every use. */
+  readonly #sessions = new Map<string, { session: SessionRecord; until: number }>();
   readonly #retainMax: number;
   readonly #now: () => number;
 
@@ -73,16 +76,22 @@ export class Hub {
   /** Events still kept for members that join later. */
   retained(): BusEvent[] {
     const now = this.#now();
-    return this.#retained.slice(this.#head).filter((e) => e.kind !== 'lockout' || e.until > now);
+    const events = this.#retained.slice(this.#head).filter((e) => e.kind !== 'lockout' || e.until > now);
+    for (const [key, s] of this.#sessions) {
+      if (s.until > now) events.push({ kind: 'session', ...s });
+      else this.#sessions.delete(key);
+    }
+    return events;
   }
 
   /** @internal by LocalBus */
   publish(from: LocalBus, event: BusEvent): void {
     if (!from.owner) {
       if (event.kind === 'lockout') this.authority.apply(event.event);
-      else this.authority.reconfigure(event.settings);
+      else if (event.kind === 'settings') this.authority.reconfigure(event.settings);
     }
     if (event.kind === 'lockout') this.retain(event);
+    else if (event.kind === 'session') this.retainSession(event.session, event.until);
     for (const m of this.#members) if (m !== from) m.deliver([event]);
   }
 
@@ -118,6 +127,15 @@ export class Hub {
   leave(member: LocalBus): void {
     this.#members.delete(member);
     for (const h of [...member.held]) h.release();
+  }
+
+  private retainSession(session: SessionRecord, until: number): void {
+    if (this.#retainMax === 0) return;
+    const known = this.#sessions.get(session.key);
+    this.#sessions.set(session.key, { session: known ? mergeSession(known.session, session) : session, until });
+    if (known || this.#sessions.size <= this.#retainMax) return;
+    const oldest = this.#sessions.keys().next();
+    if (!oldest.done) this.#sessions.delete(oldest.value);
   }
 
   private retain(event: BusEvent): void {

@@ -10,7 +10,7 @@ import type { Dispatcher } from 'undici';
 import type { AccessRecord } from '../pipeline/access-log.js';
 import { requestHeaders, responseHeaders } from '../pipeline/headers.js';
 import { deny, fail, relayHead } from '../pipeline/respond.js';
-import type { AuthFrontEnd } from '../auth/front-ends.js';
+import type { AuthFrontEnd, FormsStep } from '../auth/front-ends.js';
 import type { ServiceDefaults } from '../pipeline/services.js';
 import type { Upstream } from './upstream.js';
 
@@ -29,6 +29,8 @@ export interface Forwarding {
   readonly frontEnd: Pick<AuthFrontEnd, 'passes' | 'challenges'>;
   /** Called with Exchange's status once its response starts (NTLM settles a Type 3 with it). */
   readonly onStatus?: ((status: number) => void) | undefined;
+  /** Forms: the sign-in form already read, the Authorization to drop, the cookies to add. */
+  readonly forms?: FormsStep | undefined;
 }
 
 /** Streams the request to Exchange and the response back. */
@@ -42,7 +44,8 @@ export function forward(
   // The client side waits a little longer than the upstream side, so that a silent Exchange is
   // answered with 504 before the client connection itself is dropped as idle.
   req.socket.setTimeout(route.idleMs + CLIENT_IDLE_GRACE_MS);
-  const body = requestBody(req, route.settings, record);
+  const body = route.forms?.body ?? requestBody(req, route.settings, record);
+  if (route.forms?.body) record.bytesIn = route.forms.body.length;
   if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
   const relay = new ResponseRelay(req, res, record, route, upstream);
   upstream.clientFor(req.socket).dispatch(
@@ -51,7 +54,10 @@ export function forward(
       servername: upstream.servername,
       path: req.url ?? '/',
       method: req.method ?? 'GET',
-      headers: requestHeaders(req, route.host, record.requestId),
+      headers: requestHeaders(req, route.host, record.requestId, {
+        authorization: !route.forms?.dropAuthorization,
+        bodyLength: route.forms?.body?.length,
+      }),
       body,
       // Per-request limits sized to the operation: an ActiveSync Ping answers only after its heartbeat.
       headersTimeout: route.idleMs,
@@ -128,11 +134,29 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     if (!this.req.complete) this.res.shouldKeepAlive = false;
     this.route.onStatus?.(statusCode);
     const headers = responseHeaders(controller.rawHeaders as Buffer[] | undefined, statusCode, this.route.frontEnd);
+    if (this.route.forms?.answered) this.#formsAnswered(statusCode, headers, this.route.forms.answered);
     relayHead(this.res, statusCode, statusMessage || undefined, headers);
     // Head, body and end of a small response that arrive in one tick leave in one TLS write;
     // a streamed response is uncorked at the end of each tick, so nothing waits.
     this.res.cork();
     this.#uncorkSoon();
+  }
+
+  /** Forms: the gateway's cookie joins Exchange's answer; a form Exchange refused is logged as such. */
+  #formsAnswered(status: number, headers: string[], answered: NonNullable<FormsStep['answered']>): void {
+    const setCookies: string[] = [];
+    for (let i = 0; i < headers.length; i += 2)
+      if ((headers[i] as string).toLowerCase() === 'set-cookie') setCookies.push(headers[i + 1] as string);
+    const added = answered(status, setCookies);
+    if (added === null) {
+      Object.assign(this.record, {
+        decision: 'deny',
+        reason: 'bad-credentials',
+        detail: 'Exchange refused the sign-in form',
+      });
+      return;
+    }
+    for (const cookie of added) headers.push('Set-Cookie', cookie);
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {

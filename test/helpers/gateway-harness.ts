@@ -50,6 +50,8 @@ export interface HarnessOptions {
   readonly directory?: DirectoryKind;
   /** Policy YAML text. Default: TEST_POLICY. */
   readonly policy?: string;
+  /** Keep OWA and ECP on their default, the forms sign-in (otherwise the harness sets them to Basic). */
+  readonly forms?: boolean;
   /** Top-level gateway config keys to set or replace (e.g. `{ services: {...} }`). */
   readonly gateway?: Record<string, unknown>;
   /** Replaces keys of the `directory:` section. */
@@ -101,6 +103,11 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     // Many tests send many wrong names from 127.0.0.1; only the lockout tests want the spray limit.
     lockout: { sourceAccounts: 1000, sourceFailures: 100000 },
     ...opts.gateway,
+    // OWA takes Basic in the tests of the rich-client doors (it still may); the browser door's tests
+    // (`forms: true`) keep the default, forms.
+    services: opts.forms
+      ? (opts.gateway?.services ?? {})
+      : { owa: { auth: 'basic' }, ecp: { auth: 'basic' }, ...(opts.gateway?.services as object | undefined) },
   };
   writeFileSync(join(dir, 'upstream-ca.pem'), upstreamCert.cert);
   writeFileSync(join(dir, 'policy.yaml'), opts.policy ?? TEST_POLICY);

@@ -322,9 +322,9 @@ describe('invalid configs of issue 10: named, never a TypeError', () => {
       ['listen.proxyProtocol: unknown key', 'state: unknown key'],
     ],
     [
-      'services.owa.auth: forms',
-      (y: string) => `${y}services: { owa: { auth: forms } }\n`,
-      ['services.owa.auth: must be one of "basic", "ntlm", "basic+ntlm"'],
+      'services.mapi.auth: forms',
+      (y: string) => `${y}services: { mapi: { auth: forms } }\n`,
+      ['services.mapi.auth: must be one of "basic", "ntlm", "basic+ntlm"'],
     ],
   ])('%s: check and serve name each key with file and line', async (_, edit, expected) => {
     const file = join(dir, 'bad.yaml');

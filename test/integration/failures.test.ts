@@ -263,9 +263,9 @@ describe('Exchange failing', () => {
 
 describe('challenges of a service that also speaks NTLM', () => {
   it('passes several WWW-Authenticate headers from Exchange as separate headers, in order, without a bare Negotiate', async () => {
-    const h = await startHarness({ directory: 'file', gateway: { services: { owa: { auth: 'basic+ntlm' } } } });
+    const h = await startHarness({ directory: 'file', gateway: { services: { ews: { auth: 'basic+ntlm' } } } });
     try {
-      const r = await send(h, '/owa/standin/401', creds);
+      const r = await send(h, '/ews/standin/401', creds);
       expect(r.status).toBe(401);
       expect(r.headers['www-authenticate']).toEqual(['NTLM', 'Basic realm="exchange-standin"']);
     } finally {

@@ -249,18 +249,20 @@ describe('the crashes of issue 10, by name', () => {
     ]);
   });
 
-  it('services.owa.auth: forms is named with the values it may take', () => {
+  it('services.<name>.auth is named with the values that service may take', () => {
     const tree = structuredClone(LDAP);
-    (tree.services as Record<string, Tree>).owa!.auth = 'forms';
+    (tree.services as Record<string, Tree>).owa!.auth = 'ntlm';
+    (tree.services as Record<string, Tree>).mapi = { auth: 'forms' };
     const { problems } = problemsOf(tree, 'issue10-owa-forms');
-    expect(problems.map((p) => `${p.key}: ${p.message}`)).toEqual([
-      'services.owa.auth: must be one of "basic", "ntlm", "basic+ntlm"',
+    expect(problems.map((p) => `${p.key}: ${p.message}`).sort()).toEqual([
+      'services.mapi.auth: must be one of "basic", "ntlm", "basic+ntlm"',
+      'services.owa.auth: must be one of "forms", "basic"',
     ]);
   });
 
   it('file and environment problems are still reported beside a broken section', () => {
     const tree = structuredClone(LDAP);
-    (tree.services as Record<string, Tree>).owa!.auth = 'forms';
+    (tree.services as Record<string, Tree>).owa!.auth = 'ntlm';
     (tree.tls as Tree).cert = `${SUPPORT}/no-such.crt`;
     const { problems } = problemsOf(tree, 'issue10-beside');
     expect(problems.map((p) => p.key).sort()).toEqual(['services.owa.auth', 'tls.cert']);

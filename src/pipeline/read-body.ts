@@ -1,0 +1,37 @@
+/**
+ * readBody: the one place the gateway reads a request body itself, the forms sign-in (at most 16 KiB,
+ * so that the gateway can check the credentials before Exchange sees them). Every other body streams.
+ */
+import type { IncomingMessage } from 'node:http';
+
+/** The whole body, or `too-large` past `limit` bytes (declared or sent), or `aborted` (gone, or not whole within `ms`). */
+export function readBody(req: IncomingMessage, limit: number, ms: number): Promise<Buffer | 'too-large' | 'aborted'> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too-large');
+  if (req.complete || req.readableEnded) return Promise.resolve(req.readableLength === 0 ? Buffer.alloc(0) : 'aborted');
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (result: Buffer | 'too-large' | 'aborted') => {
+      clearTimeout(timer);
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      if (result !== 'too-large' && result !== 'aborted') return resolve(result);
+      req.pause(); // the rest is not read: the refusal closes the connection
+      resolve(result);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) return done('too-large');
+      chunks.push(chunk);
+    };
+    const onEnd = () => done(Buffer.concat(chunks, size));
+    const onClose = () => done('aborted');
+    const timer = setTimeout(() => done('aborted'), ms);
+    timer.unref();
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('close', onClose);
+  });
+}
