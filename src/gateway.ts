@@ -154,7 +154,7 @@ function frontEndRequest(req: Request, route: Route, readBody: FrontEndRequest['
     path: route.path,
     query: queryOf(req.url ?? ''),
     method: req.method ?? 'GET',
-    host: route.host,
+    host: req.headers.host ?? route.host, // as sent (with its port): the URLs Exchange builds use it
     url: req.url ?? '/',
     cookies: headerLines(req.rawHeaders, 'cookie'),
     contentType: req.headers['content-type'],

@@ -36,6 +36,7 @@ export interface FrontEndRequest {
   readonly query: string;
   /** What forms reads besides: the method, Host, the raw request target, the `Cookie` lines. */
   readonly method: string;
+  /** The Host header as sent, port included (checked by admit), or the SNI name when there is none. */
   readonly host: string;
   readonly url: string;
   readonly cookies: readonly string[];

@@ -35,15 +35,20 @@ export interface TestBrowser {
   close(): Promise<void>;
 }
 
-/** launchBrowser starts headless Chromium with a new empty user-data-dir; TLS errors are ignored (test CA). */
-export async function launchBrowser(): Promise<TestBrowser> {
+/**
+ * launchBrowser starts headless Chromium with a new empty user-data-dir; TLS errors are ignored (test CA).
+ * `resolve`: host names the browser resolves to 127.0.0.1 (e.g. the gateway's external name), so that it
+ * sends that name as SNI and Host, as a user's browser would.
+ */
+export async function launchBrowser(opts: { resolve?: readonly string[] } = {}): Promise<TestBrowser> {
+  const rules = (opts.resolve ?? []).map((name) => `MAP ${name} 127.0.0.1`).join(', ');
   const profile = mkdtempSync(join(tmpdir(), 'exgate-chromium-'));
   let context: BrowserContext;
   try {
     context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
-      args: ARGS,
+      args: rules ? [...ARGS, `--host-resolver-rules=${rules}`] : ARGS,
       ignoreHTTPSErrors: true,
       viewport: { width: 1024, height: 640 },
     });

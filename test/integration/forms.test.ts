@@ -263,6 +263,11 @@ describe('requests without a live session', () => {
       expect(post.text()).toBe('<HTML><BODY>440 Login Timeout</BODY></HTML>');
       const ecp = await expectNotForwarded(h, () => b.get('/ecp/'));
       expect(ecp.status).toBe(302);
+      // The Host as the browser sent it, port and all: the sign-in page must be on the same origin.
+      const ported = await expectNotForwarded(h, () => sendOn(b.client, '/owa/', `${EXTERNAL}:8443`));
+      expect(ported.headers.location).toBe(
+        `https://${EXTERNAL}:8443/owa/auth/logon.aspx?url=${encodeURIComponent(`https://${EXTERNAL}:8443/owa/`)}&reason=0`,
+      );
       const rec = await h.record((x) => x.path === '/owa/service.svc');
       expect(rec).toMatchObject({ decision: 'deny', reason: 'no-session', status: 440, user: null });
     } finally {
