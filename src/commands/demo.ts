@@ -84,7 +84,8 @@ exgate demo: gateway on ${base}, Exchange stand-in on ${upstream} (not real Exch
   wrong password: curl -k -u 'alice:nope'         ${base}/EWS/Exchange.asmx -d '<x/>'   (401)
   denied to all:  curl -k ${base}/ecp/                                                   (403)
   internal name:  curl -k --resolve exchange.demo.test:${port}:127.0.0.1 https://exchange.demo.test:${port}/owa/   (421)
-  stand-in's own OWA sign-in (forms, not through exgate): ${upstream}/owa/  as alice / Alice-Demo-1
+  Outlook on the web in a browser: ${base}/owa/  (accept the self-signed certificate)
+    sign in as alice / Alice-Demo-1 → her inbox;  bob / Bob-Demo-1 → "not available from outside"
 Access records follow on stdout, one JSON line per request. Ctrl-C stops.
 
 `;

@@ -36,6 +36,11 @@ export interface Explanation {
   notes: string[];
 }
 
+/** What `explain` says of a service that signs in with forms (OWA, ECP by default). */
+const FORMS_NOTE =
+  'signs in with forms: the gateway checks the sign-in form as it checks a Basic password, then keeps a ' +
+  'session, re-checked against AD every cache.groupTtlSeconds; a browser without one gets the sign-in page (no-session)';
+
 export const EXPLAIN_USAGE =
   'usage: exgate explain --config FILE --user NAME --service SVC [--name HOST] [--ip ADDR] [--json]';
 
@@ -118,7 +123,10 @@ export async function decide(
         effect: rule.effect,
         matched,
       })),
-      notes: ip ? [`smart lockout state for ${ip} lives in the running gateway; not consulted here`] : [],
+      notes: [
+        ...(ip ? [`smart lockout state for ${ip} lives in the running gateway; not consulted here`] : []),
+        ...(config.services[service].auth === 'forms' ? [FORMS_NOTE] : []),
+      ],
     };
     const refused = (reason: Reason, note?: string): Explanation => ({
       ...answer,

@@ -111,6 +111,19 @@ export class Metrics {
     help: '1 when Exchange answered the last probe (any HTTP status), 0 when not.',
   });
 
+  /** Every worker holds every session (they share them), so the workers' values agree: `max`. */
+  readonly sessions = new Gauge({
+    name: 'exgate_sessions',
+    aggregator: 'max',
+    registers: [this.registry],
+    help: 'Live browser sessions (forms sign-in to OWA and ECP).',
+    collect: () => {
+      if (this.liveSessions) this.sessions.set(this.liveSessions());
+    },
+  });
+  /** Where the sessions gauge reads its value at each scrape. */
+  liveSessions: (() => number) | null = null;
+
   /** Where the certificate gauge reads its dates at each scrape (null: none, e.g. plain-HTTP upstream). */
   certificates: { gateway?: () => Date | null; upstream?: () => Date | null } = {};
 

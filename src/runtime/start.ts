@@ -90,6 +90,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       'exgate listening',
     );
     metrics.certificates = { gateway: () => served.notAfter, upstream: () => gw.state.upstream.peerNotAfter };
+    metrics.liveSessions = () => gw.state.sessions.live();
     const adminAt =
       config.admin && opts.adminPort !== false
         ? { host: config.admin.host, port: opts.adminPort ?? config.admin.port }

@@ -168,6 +168,9 @@ describe('the sign-in page and the form', () => {
       expect(rec).toMatchObject({ decision: 'allow', reason: 'allowed', status: 302, detail: 'sign-in form' });
       expect(await h.record((x) => x.path === '/owa/' && x.user === 'LAB\\alice')).toMatchObject({ status: 200 });
       expect(leakedCookies()).toBe(0);
+      expect(await h.running.metrics.registry.getSingleMetricAsString('exgate_sessions')).toMatch(
+        /^exgate_sessions [1-9]/m,
+      );
       expect(h.allLogText()).not.toContain(b.jar.get('exgate-session'));
       expect(h.allLogText()).not.toContain(alice.password);
     } finally {
@@ -448,6 +451,42 @@ describe('smart lockout on the form', () => {
     } finally {
       await again.close();
       await home.close();
+    }
+  });
+});
+
+describe('report-only mode', () => {
+  let ro: Harness;
+  beforeAll(async () => {
+    ro = await startHarness({
+      directory: 'ldap',
+      forms: true,
+      policy: POLICY.replace('mode: enforce', 'mode: report-only'),
+      standin: { formsUsers: FORMS_USERS },
+    });
+  });
+  afterAll(async () => {
+    await ro?.close();
+  });
+
+  it('lets bob sign in and use OWA, logged as report-only; a request without a session still needs one', async () => {
+    const b = new Browser(ro);
+    try {
+      expect((await b.signIn(bob.sam, bob.password)).status).toBe(302);
+      expect(b.jar.has('exgate-session')).toBe(true);
+      expect((await b.get('/owa/')).status).toBe(200);
+      expect(await ro.record((x) => x.user === 'LAB\\bob' && x.path === '/owa/auth.owa')).toMatchObject({
+        decision: 'allow',
+        reason: 'report-only',
+        status: 302,
+      });
+      expect(await ro.record((x) => x.user === 'LAB\\bob' && x.path === '/owa/')).toMatchObject({
+        reason: 'report-only',
+      });
+      b.jar.clear();
+      expect((await expectNotForwarded(ro, () => b.get('/owa/'))).status).toBe(302); // authentication is not policy
+    } finally {
+      await b.close();
     }
   });
 });

@@ -31,7 +31,7 @@ let stderr = '';
 let file: string;
 
 beforeAll(async () => {
-  h = await startHarness({ directory: 'file' });
+  h = await startHarness({ directory: 'file', standin: { formsUsers: { alice: USERS.alice.password } } });
   await h.running.close(); // keep the stand-in and the files; serve as processes
   port = await freePort();
   adminPort = await freePort();
@@ -221,5 +221,74 @@ describe('workers: one Outlook Anywhere tunnel cap for all of them', () => {
     const pids = new Set([...err.matchAll(/"pid":(\d+)[^\n]*"msg":"exgate listening"/g)].map((m) => m[1]));
     expect(pids.size).toBe(2);
     for (const s of sockets) s.destroy();
+  });
+});
+
+// Browser sessions live on the state bus: one made on a worker is valid on the other, and a sign-out
+// on one ends it on both (INTERFACE.md "Browser sign-in": sessions work across workers).
+describe('workers: one browser session for all of them', () => {
+  let gw: ChildProcess;
+  let formsPort: number;
+  let err = '';
+  beforeAll(async () => {
+    formsPort = await freePort();
+    const config = parse(readFileSync(h.configFile, 'utf8')) as Record<string, unknown>;
+    Object.assign(config, { workers: 2, listen: { host: '127.0.0.1', port: formsPort }, services: {} });
+    const forms = join(h.dir, 'forms-workers.yaml');
+    writeFileSync(forms, stringify(config));
+    gw = serveWorkers(forms, (d) => {
+      err += d;
+    });
+    gw.stdout!.resume();
+    await listening(() => err);
+  });
+  afterAll(() => {
+    gw?.kill('SIGKILL');
+  });
+
+  const at = () => ({ ...h, origin: `https://127.0.0.1:${formsPort}`, port: formsPort });
+  it('a session made on one worker works on the other; a sign-out on one ends it on both', async () => {
+    const form =
+      `destination=${encodeURIComponent(`https://${EXTERNAL}/owa/`)}&flags=4&username=alice` +
+      `&password=${encodeURIComponent(USERS.alice.password)}`;
+    const signIn = await send(at(), '/owa/auth.owa', {
+      method: 'POST',
+      body: form,
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    });
+    expect(signIn.status).toBe(302);
+    const raw = signIn.headers['set-cookie'];
+    const cookie = (Array.isArray(raw) ? raw : [String(raw)]).map((c) => c.split(';')[0]).join('; ');
+    expect(cookie).toContain('exgate-session=');
+    await new Promise((r) => setTimeout(r, 200)); // the relay through the primary
+    // A new connection each: the cluster hands connections to the workers in turn, so both serve it.
+    for (let i = 0; i < 6; i++) expect((await send(at(), '/owa/', { headers: { cookie } })).status).toBe(200);
+
+    expect((await send(at(), '/owa/logoff.owa', { headers: { cookie } })).status).toBe(302);
+    await new Promise((r) => setTimeout(r, 200));
+    for (let i = 0; i < 6; i++) {
+      const r = await send(at(), '/owa/', { headers: { cookie } });
+      expect(r.status).toBe(302);
+      expect(r.headers.location).toMatch(/\/owa\/auth\/logon\.aspx\?url=/);
+    }
+  });
+
+  it('a worker that starts later hears the sessions made before it', async () => {
+    const form =
+      `destination=${encodeURIComponent(`https://${EXTERNAL}/owa/`)}&flags=4&username=alice` +
+      `&password=${encodeURIComponent(USERS.alice.password)}`;
+    const signIn = await send(at(), '/owa/auth.owa', {
+      method: 'POST',
+      body: form,
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    });
+    const raw = signIn.headers['set-cookie'];
+    const cookie = (Array.isArray(raw) ? raw : [String(raw)]).map((c) => c.split(';')[0]).join('; ');
+    const before = new Set([...err.matchAll(/"pid":(\d+)[^\n]*"msg":"exgate listening"/g)].map((m) => m[1]));
+    for (const pid of before) process.kill(Number(pid), 'SIGKILL'); // the primary forks new workers
+    const end = Date.now() + 20_000;
+    while ([...err.matchAll(/"msg":"exgate listening"/g)].length < 4 && Date.now() < end)
+      await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 4; i++) expect((await send(at(), '/owa/', { headers: { cookie } })).status).toBe(200);
   });
 });
