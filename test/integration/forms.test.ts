@@ -490,3 +490,44 @@ describe('report-only mode', () => {
     }
   });
 });
+
+describe('session limits', () => {
+  let short: Harness;
+  beforeAll(async () => {
+    short = await startHarness({
+      directory: 'ldap',
+      forms: true,
+      policy: POLICY,
+      standin: { formsUsers: FORMS_USERS },
+      gateway: { session: { idleMinutes: 0.02, maxHours: 0.001 } }, // 1.2 s idle, 3.6 s in all
+    });
+  });
+  afterAll(async () => {
+    await short?.close();
+  });
+
+  it('an expired session ID is refused like a forged one: idle, then past its absolute limit', async () => {
+    const b = new Browser(short);
+    try {
+      await b.signIn(alice.sam, alice.password);
+      const id = b.jar.get('exgate-session');
+      expect((await b.get('/owa/')).status).toBe(200);
+      await new Promise((r) => setTimeout(r, 1500)); // idle past 1.2 s
+      const idle = await expectNotForwarded(short, () => b.get('/owa/'));
+      expect(idle.status).toBe(302);
+      expect(await short.record((x) => x.path === '/owa/' && x.status === 302)).toMatchObject({ reason: 'no-session' });
+
+      await b.signIn(alice.sam, alice.password);
+      const signedIn = Date.now();
+      expect(b.jar.get('exgate-session')).not.toBe(id); // a new ID at every sign-in
+      while (Date.now() - signedIn < 3300) {
+        expect((await b.get('/owa/')).status).toBe(200); // kept alive, never idle
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      await new Promise((r) => setTimeout(r, Math.max(0, signedIn + 3800 - Date.now())));
+      expect((await expectNotForwarded(short, () => b.get('/owa/'))).status).toBe(302); // past 3.6 s in all
+    } finally {
+      await b.close();
+    }
+  });
+});
