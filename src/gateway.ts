@@ -64,7 +64,7 @@ async function pipeline(
   const admitted = admit(req, record, state);
   const judged =
     admitted.kind === 'route'
-      ? await decide(admitted.route, req, record, state, metrics, (limit, ms) => readBody(req, limit, ms))
+      ? await decide(admitted.route, req, record, state, metrics, (limit, ms) => readBody(req, res, limit, ms))
       : claiming(admitted, req, record, state);
   if (judged.kind === 'refuse') return deny(req, res, record, judged.reason, judged);
   if (judged.kind === 'answer')

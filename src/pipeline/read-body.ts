@@ -2,12 +2,21 @@
  * readBody: the one place the gateway reads a request body itself, the forms sign-in (at most 16 KiB,
  * so that the gateway can check the credentials before Exchange sees them). Every other body streams.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 
-/** The whole body, or `too-large` past `limit` bytes (declared or sent), or `aborted` (gone, or not whole within `ms`). */
-export function readBody(req: IncomingMessage, limit: number, ms: number): Promise<Buffer | 'too-large' | 'aborted'> {
+/**
+ * The whole body, or `too-large` past `limit` bytes (declared or sent), or `aborted` (gone, or not
+ * whole within `ms`). A client that waits for `100 Continue` gets it here, once its size is fine.
+ */
+export function readBody(
+  req: IncomingMessage,
+  res: ServerResponse,
+  limit: number,
+  ms: number,
+): Promise<Buffer | 'too-large' | 'aborted'> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too-large');
+  if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
   if (req.complete || req.readableEnded) return Promise.resolve(req.readableLength === 0 ? Buffer.alloc(0) : 'aborted');
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];

@@ -46,7 +46,8 @@ export function forward(
   req.socket.setTimeout(route.idleMs + CLIENT_IDLE_GRACE_MS);
   const body = route.forms?.body ?? requestBody(req, route.settings, record);
   if (route.forms?.body) record.bytesIn = route.forms.body.length;
-  if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
+  // A body the gateway read itself (the sign-in form) had its 100 Continue already (read-body.ts).
+  if (req.headers.expect?.toLowerCase() === '100-continue' && !route.forms?.body) res.writeContinue();
   const relay = new ResponseRelay(req, res, record, route, upstream);
   upstream.clientFor(req.socket).dispatch(
     {

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Client } from 'undici';
 import { USERS } from '../helpers/ad-fixtures.js';
@@ -243,6 +244,31 @@ describe('the sign-in page and the form', () => {
     } finally {
       await c.close();
     }
+  });
+});
+
+describe('the form and 100 Continue', () => {
+  it('answers Expect: 100-continue before reading the form, and the sign-in goes through', async () => {
+    const body =
+      `destination=${encodeURIComponent(`https://${EXTERNAL}/owa/`)}&flags=4&username=${alice.sam}` +
+      `&password=${encodeURIComponent(alice.password)}`;
+    const socket = tlsConnect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa });
+    let got = '';
+    socket.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+      if (got.startsWith('HTTP/1.1 100 Continue\r\n\r\n') && !got.includes('302')) socket.write(body);
+    });
+    socket.write(
+      `POST /owa/auth.owa HTTP/1.1\r\nHost: ${EXTERNAL}\r\nContent-Type: application/x-www-form-urlencoded\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nExpect: 100-continue\r\n\r\n`,
+    );
+    const end = Date.now() + 5000;
+    const answered = () => got.includes('HTTP/1.1 302') && got.endsWith('\r\n\r\n');
+    while (!answered() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    socket.destroy();
+    expect(got).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 302 /);
+    expect(got).toContain('exgate-session=');
+    expect(got.match(/100 Continue/g)).toHaveLength(1);
   });
 });
 
