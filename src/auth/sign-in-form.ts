@@ -111,9 +111,10 @@ export function logonUrl(host: string, url: string, reason: number, replaceCurre
 export function isAnonymousPage(method: string, path: string): boolean {
   if (method !== 'GET' && method !== 'HEAD') return false;
   if (path === '/owa/auth/logon.aspx' || path === '/owa/auth/logoff.aspx') return true;
-  return path.startsWith('/owa/auth/') && STATIC_FILE.test(path);
+  return STATIC_FILE.test(path);
 }
-const STATIC_FILE = /\.(js|css|png|gif|jpg|svg|ico|woff|woff2|ttf|eot|htm)$/;
+/** Plain file names only: no `;`, `%`, `~` or other characters a server might read as more than a name. */
+const STATIC_FILE = /^\/owa\/auth\/[a-z0-9._/-]+\.(js|css|png|gif|jpg|svg|ico|woff|woff2|ttf|eot|htm)$/;
 
 /**
  * The sign-in form's target. Exchange's FbaModule takes any POST whose last path segment is `auth.owa`

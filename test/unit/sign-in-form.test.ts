@@ -87,6 +87,10 @@ describe('the sign-in paths', () => {
     ['GET', '/owa/', false],
     ['GET', '/owa/service.svc', false],
     ['GET', '/ecp/auth/logon.aspx', false],
+    ['GET', '/owa/auth/x.aspx;.js', false],
+    ['GET', '/owa/auth/x.aspx%3b.js', false],
+    ['GET', '/owa/auth/~x.js', false],
+    ['GET', '/ecp/y.js', false],
   ])('%s %s anonymous: %s', (method, path, anonymous) => {
     expect(isAnonymousPage(method, path)).toBe(anonymous);
   });
