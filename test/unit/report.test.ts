@@ -218,6 +218,31 @@ describe('report --json over the known day', () => {
     expect(r.totals.allowed).toBe(3);
   });
 
+  it('covers the browser door: sign-ins under their user and service, no-session and refused forms as denials', async () => {
+    const file = join(DIR, 'browser.log');
+    const owa = { method: 'GET', path: '/owa/', service: 'owa' as const, operation: null };
+    writeFileSync(
+      file,
+      [
+        rec(day('08:00:00'), { ...owa, user: null, path: '/owa/auth/logon.aspx', detail: 'sign-in page' }),
+        rec(day('08:00:01'), { ...deny('no-session', 302), ...owa, user: null }),
+        rec(day('08:00:02'), { ...owa, method: 'POST', path: '/owa/auth.owa', status: 302, detail: 'sign-in form' }),
+        rec(day('08:00:03'), { ...owa }),
+        rec(day('08:00:04'), { ...owa, method: 'POST', path: '/owa/auth.owa', service: 'ecp', status: 302 }),
+        rec(day('08:00:05'), { ...deny('not-allowed', 403), ...owa, path: '/owa/auth.owa', user: 'LAB\\bob' }),
+        rec(day('08:00:06'), { ...deny('bad-credentials', 302), ...owa, path: '/owa/auth.owa', user: 'LAB\\bob' }),
+      ].join('\n') + '\n',
+    );
+    const r = await json(file);
+    expect(
+      r.access.map((a: { user: string; service: string; requests: number }) => [a.user, a.service, a.requests]),
+    ).toEqual([
+      ['LAB\\alice', 'ecp', 1],
+      ['LAB\\alice', 'owa', 2],
+    ]);
+    expect(r.denials.byReason).toEqual({ 'bad-credentials': 1, 'no-session': 1, 'not-allowed': 1 });
+  });
+
   it('denials by reason (most first, ties by name) and by user (null user kept null)', async () => {
     const r = await json(PLAIN, ...ONE_DAY);
     expect(Object.entries(r.denials.byReason)).toEqual([
