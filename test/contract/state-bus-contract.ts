@@ -6,6 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Lockout, LockoutSettings } from '../../src/auth/lockout.js';
 import type { BusEvent, StateBus } from '../../src/state/bus.js';
+import { Sessions } from '../../src/state/sessions.js';
 
 export const SETTINGS: LockoutSettings = {
   threshold: 3,
@@ -96,6 +97,23 @@ export function runStateBusContract(name: string, make: MakeCluster): void {
       await until(() => late.length >= 1, 'the late member hears the kept event');
       await new Promise((r) => setTimeout(r, 100));
       expect(fingerprints(late)).toEqual(['kept']);
+    });
+
+    it('carries browser sessions: made on one member, valid on another and on a late one; ended on any, ended on all', async () => {
+      const c = await start();
+      const [a, b] = [await c.join(), await c.join()];
+      const settings = { idleMinutes: 10, maxHours: 1, max: 100 };
+      const [onA, onB] = [new Sessions(a, settings), new Sessions(b, settings)];
+      const account = { dn: `CN=User ${++uniq},DC=lab`, sam: 'u', user: 'LAB\\u', upn: null, mail: null };
+      const id = onA.start(account, 'owa');
+      await until(() => onB.find(id) !== null, 'b knows the session');
+      const onLate = new Sessions(await c.join(), settings);
+      await until(() => onLate.find(id) !== null, 'a member that joins later knows it');
+      onLate.endId(id);
+      await until(() => onA.find(id) === null && onB.find(id) === null, 'ended on every member');
+      const onLater = new Sessions(await c.join(), settings);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(onLater.find(id)).toBeNull(); // an ended session is told as ended to later members too
     });
 
     it('reserves atomically: a burst of wrong passwords from three members opens at most threshold', async () => {
