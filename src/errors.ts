@@ -26,6 +26,7 @@ export const REASONS = [
   'directory-unavailable',
   'upstream-error',
   'upstream-timeout',
+  'upstream-unavailable',
 ] as const;
 
 export type Reason = (typeof REASONS)[number];
@@ -63,6 +64,8 @@ export const DENY_STATUS: Readonly<Record<DenyReason, number>> = {
   'directory-unavailable': 503,
   'upstream-error': 502,
   'upstream-timeout': 504,
+  /** No healthy Exchange server for the service (issue 14); 503 carries Retry-After (respond.ts). */
+  'upstream-unavailable': 503,
 };
 
 /** `HTTP/1.1 403 Forbidden`: the status line for a status, with Node's reason phrase. */

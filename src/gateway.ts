@@ -81,7 +81,14 @@ async function pipeline(
     req,
     res,
     record,
-    { host: route.host, settings, idleMs, frontEnd: state.frontEnds[route.service], onStatus: settle },
+    {
+      service: route.service,
+      host: route.host,
+      settings,
+      idleMs,
+      frontEnd: state.frontEnds[route.service],
+      onStatus: settle,
+    },
     state.upstream,
   );
 }

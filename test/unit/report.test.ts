@@ -40,6 +40,7 @@ function rec(time: string, fields: Partial<AccessRecord>): string {
     durationMs: 4,
     cache: 'hit',
     upstreamMs: 3,
+    upstream: null,
     bytesIn: 100,
     bytesOut: 200,
     userAgent: 'Microsoft Office/16.0',
