@@ -238,7 +238,9 @@ export class Pool {
     if (change === 'out') {
       this.hooks.log?.warn({ ...fields, cause: result.cause }, 'Exchange server out of the pool for this service');
       // A server that stops answering at all fails its connections now; clients reconnect to a healthy one.
-      if (result.unreachable) for (const c of [...member.clients]) member.end(c, false);
+      // Deferred: a passive failure is told from inside undici's connect callback, whose request
+      // must first fail with the connect error (so forward() fails it over) rather than "destroyed".
+      if (result.unreachable) setImmediate(() => [...member.clients].forEach((c) => member.end(c, false)));
     }
     if (change === 'back')
       this.hooks.log?.info?.({ ...fields, outForSeconds: outFor }, 'Exchange server back in the pool');
