@@ -253,7 +253,10 @@ describe('several Exchange servers behind one gateway', () => {
       onB = connection();
     const lastSocket = (s: ExchangeStandin) => {
       let id = -1;
-      s.seen((r) => ((id = r.probe ? id : r.socketId), false));
+      s.seen((r) => {
+        if (!r.probe) id = r.socketId;
+        return false;
+      });
       return id;
     };
     const bSocket = lastSocket(b);
