@@ -26,6 +26,7 @@ export const REASONS = [
   'directory-unavailable',
   'upstream-error',
   'upstream-timeout',
+  'upstream-unavailable',
   'no-session',
 ] as const;
 
@@ -64,6 +65,8 @@ export const DENY_STATUS: Readonly<Record<DenyReason, number>> = {
   'directory-unavailable': 503,
   'upstream-error': 502,
   'upstream-timeout': 504,
+  /** No healthy Exchange server for the service; 503 carries Retry-After (respond.ts). */
+  'upstream-unavailable': 503,
   // A browser request without a live session (forms): 302 to the sign-in page for GET, else 440
   // (Exchange's Login Timeout); the forms front-end answers with its page.
   'no-session': 440,

@@ -82,7 +82,15 @@ async function pipeline(
     req,
     res,
     record,
-    { host: route.host, settings, idleMs, frontEnd: state.frontEnds[route.service], onStatus: settle, forms },
+    {
+      service: route.service,
+      host: route.host,
+      settings,
+      idleMs,
+      frontEnd: state.frontEnds[route.service],
+      onStatus: settle,
+      forms,
+    },
     state.upstream,
   );
 }

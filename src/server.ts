@@ -148,6 +148,7 @@ export class Gateway {
     for (const s of this.#sockets) s.destroy();
     this.httpServer.close();
     await closed;
+    this.#state.upstream.close(); // the health checks
     await this.#state.directory.close();
   }
 

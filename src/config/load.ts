@@ -10,6 +10,7 @@ import { nameTable } from '../pipeline/classify.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { SERVICE_DEFAULTS, SERVICES, type Service, type ServiceDefaults } from '../pipeline/services.js';
 import { gatewaySchema, type GatewayFile } from './schema.js';
+import { resolveUpstream } from './upstream.js';
 import type { Config, FileSettings, LdapSettings } from './types.js';
 import { keyPath, readYaml, Secret, validate, type YamlFile } from './yaml.js';
 
@@ -93,22 +94,7 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
     internalList: raw.names.internal,
   };
 
-  const url = new URL(raw.upstream.url);
-  if (url.protocol === 'http:' && !isLoopback(url.hostname) && !raw.upstream.allowPlaintext) {
-    at(
-      ['upstream', 'url'],
-      'http:// sends every Basic password in clear; use https:// (or allowPlaintext: true, lab only)',
-    );
-  }
-  const upstream = {
-    url,
-    origin: url.origin,
-    ca: readPem(raw.upstream.ca, ['upstream', 'ca']),
-    servername: raw.upstream.servername ?? url.hostname.replace(/^\[|\]$/g, ''),
-    insecureSkipVerify: raw.upstream.insecureSkipVerify,
-    allowPlaintext: raw.upstream.allowPlaintext,
-    connectTimeoutMs: raw.upstream.connectTimeoutMs,
-  };
+  const upstream = resolveUpstream(raw.upstream, readPem(raw.upstream.ca, ['upstream', 'ca']), at);
 
   const directory = resolveDirectory(raw.directory, rel, readPem, at, env);
 

@@ -41,20 +41,45 @@ const namesSection = z.strictObject({
   noSni: z.enum(['external', 'reject']).default('external'),
 });
 
-const upstream = z.strictObject({
-  /** Exchange, e.g. https://exchange.lab.test:443. */
-  url: z.url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' }),
-  /** PEM file of the CA(s) that issued Exchange's certificate. Default: Node's built-in CA list. */
-  ca: nonEmpty.optional(),
-  /** SNI sent to Exchange and the name verified on its certificate. Default: the URL's host. */
-  servername: nonEmpty.optional(),
-  /** Lab only: do not verify Exchange's certificate. Default: false. */
-  insecureSkipVerify: z.boolean().default(false),
-  /** Lab only: allow an http:// Exchange that is not on loopback (Basic passwords in clear). Default: false. */
-  allowPlaintext: z.boolean().default(false),
-  /** Default: 10000. */
-  connectTimeoutMs: positive.default(10_000),
+const upstreamUrl = z.url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' });
+
+/** Active health checks of every server and service (`GET /<vdir>/healthcheck.htm`). */
+const healthCheck = z.strictObject({
+  /** Time between two probes of one server and service (fractions allowed). Default: 10. */
+  intervalSeconds: z.number().min(0.05).max(3600).default(10),
+  /** A probe without an answer within this fails. Default: 3000. */
+  timeoutMs: positive.default(3000),
+  /** Consecutive failed probes before a server is out for a service. Default: 2. */
+  failures: positive.default(2),
+  /** Consecutive good probes before it is back. Default: 2. */
+  successes: positive.default(2),
 });
+
+const upstream = z
+  .strictObject({
+    /** One Exchange server, e.g. https://exchange.lab.test:443. Either this or `servers`. */
+    url: upstreamUrl.optional(),
+    /** Every Exchange server behind the gateway (a DAG): a pool with health checks. Either this or `url`. */
+    servers: z.array(upstreamUrl).min(1, 'needs at least one server').optional(),
+    /** PEM file of the CA(s) that issued Exchange's certificate. Default: Node's built-in CA list. */
+    ca: nonEmpty.optional(),
+    /** SNI sent to Exchange and the name verified on its certificate. Default: each URL's host. */
+    servername: nonEmpty.optional(),
+    /** Lab only: do not verify Exchange's certificate. Default: false. */
+    insecureSkipVerify: z.boolean().default(false),
+    /** Lab only: allow an http:// Exchange that is not on loopback (Basic passwords in clear). Default: false. */
+    allowPlaintext: z.boolean().default(false),
+    /** Default: 10000. */
+    connectTimeoutMs: positive.default(10_000),
+    /** Default with `servers`: the defaults above; with `url`: none (one server, nowhere else to go). */
+    healthCheck: healthCheck.optional(),
+  })
+  .superRefine((u, ctx) => {
+    if (u.url === undefined && u.servers === undefined)
+      ctx.addIssue({ code: 'custom', path: ['url'], message: 'required: `url` (one server) or `servers` (a list)' });
+    if (u.url !== undefined && u.servers !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['servers'], message: '`url` and `servers` are alternatives: keep one' });
+  });
 
 const directoryCommon = {
   /** `DOMAIN\user` is accepted for this NetBIOS name only; a bare `user` means `DOMAIN\user`. */

@@ -2,6 +2,7 @@
 import type { NameTable } from '../pipeline/classify.js';
 import type { Service, ServiceDefaults } from '../pipeline/services.js';
 import type { GatewayFile } from './schema.js';
+import type { UpstreamSettings } from './upstream.js';
 import type { Secret } from './yaml.js';
 
 export interface LdapSettings {
@@ -39,15 +40,7 @@ export interface Config {
   readonly listen: GatewayFile['listen'];
   readonly tls: GatewayFile['tls'] & { readonly cert: string; readonly key: string };
   readonly names: NameTable & { readonly externalList: readonly string[]; readonly internalList: readonly string[] };
-  readonly upstream: {
-    readonly url: URL;
-    readonly origin: string;
-    readonly ca: string | undefined;
-    readonly servername: string;
-    readonly insecureSkipVerify: boolean;
-    readonly allowPlaintext: boolean;
-    readonly connectTimeoutMs: number;
-  };
+  readonly upstream: UpstreamSettings;
   readonly directory: LdapSettings | FileSettings;
   readonly policyFile: string;
   readonly log: GatewayFile['log'];

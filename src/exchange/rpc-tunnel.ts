@@ -4,8 +4,8 @@
  * head (≤ 16 KiB) runs the gateway's stages (judge) and, when allowed, the connection becomes a raw
  * tunnel to Exchange carrying exactly the declared body, cut after idleTimeoutSeconds of silence.
  */
-import { isIP, connect as netConnect, type Socket } from 'node:net';
-import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord } from '../pipeline/access-log.js';
 import { authorize } from '../pipeline/authorize.js';
 import { failedHead, rpcBodyLength } from './client-error.js';
@@ -18,6 +18,7 @@ import { parseHead, rebuildHead, type RpcHead } from './rpc-head.js';
 import type { State } from '../runtime/state.js';
 import type { Identity } from '../auth/authenticate.js';
 import { sourceKey } from '../auth/lockout.js';
+import { connectHealthy } from '../upstream/connect.js';
 
 const MAX_HEAD = 16 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
@@ -94,7 +95,7 @@ async function tunnel(
   if (!head) return refuseRaw(socket, writeRecord, rawHead, 400, 'malformed RPC request head');
   const record = newAccessRecord(socket, head);
   const started = performance.now();
-  const refuse = (reason: DenyReason, opts: DenyOptions = {}) => {
+  const refuse = (reason: DenyReason, opts: DenyOptions & { keepDecision?: boolean } = {}) => {
     refuseSocket(socket, record, reason, opts);
     record.durationMs = Math.round(performance.now() - started);
     writeRecord(record);
@@ -126,11 +127,20 @@ async function tunnel(
       detail: `more than ${cap} Outlook Anywhere tunnels from one address`,
     });
   if (socket.destroyed) return slot.release();
+  // A healthy server for rpc; a connect failure tries the next (connect.ts).
+  const connected = await connectHealthy(state.upstream, 'rpc');
+  if (!connected.ok || socket.destroyed) {
+    slot.release();
+    if (connected.ok) return void connected.socket.destroy();
+    return refuse(connected.reason, { detail: connected.detail, keepDecision: true });
+  }
+  record.upstream = connected.member.server.key;
+  record.upstreamMs = Math.round(performance.now() - started);
   // A client that waits for 100 before its body (impacket, IIS answers at once) hears it only now,
   // once allowed; Exchange never sees the Expect (rebuildHead drops it).
   if (head.headers.expect !== undefined) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
   const recheck = recheckPeriodically(socket, judged.identity, state, record);
-  pipeTunnel(socket, head, rest, length, state, record, started, () => {
+  pipeTunnel(socket, connected.socket, head, rest, length, state, record, started, () => {
     clearInterval(recheck);
     slot.release();
     writeRecord(record);
@@ -169,6 +179,7 @@ function recheckPeriodically(
 
 function pipeTunnel(
   client: TLSSocket,
+  upstream: Socket,
   head: RpcHead,
   rest: Buffer,
   length: number,
@@ -177,25 +188,6 @@ function pipeTunnel(
   started: number,
   done: () => void,
 ): void {
-  const { url, servername, ca, insecureSkipVerify, connectTimeoutMs } = state.config.upstream;
-  const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
-  // No SNI for an IP address (RFC 6066 §3; Node warns, DEP0123), as on the HTTP path; the
-  // certificate is checked against upstream.servername all the same.
-  const sni = isIP(servername) ? {} : { servername };
-  const host = url.hostname.replace(/^\[|\]$/g, ''); // URL keeps an IPv6 literal's brackets
-  const upstream: Socket =
-    url.protocol === 'https:'
-      ? tlsConnect({
-          host,
-          port,
-          ...sni,
-          ...(ca ? { ca } : {}),
-          rejectUnauthorized: !insecureSkipVerify,
-          ALPNProtocols: ['http/1.1'],
-          minVersion: 'TLSv1.2',
-          checkServerIdentity: (_name, cert) => checkServerIdentity(servername, cert),
-        })
-      : netConnect({ host, port });
   const idleMs = state.config.services.rpc.idleTimeoutSeconds * 1000;
   let finished = false;
   let answered = false; // a byte from Exchange reached the client
@@ -214,41 +206,36 @@ function pipeTunnel(
     }
     done();
   };
-  const connectTimer = setTimeout(() => finish('upstream connect timed out', 504), connectTimeoutMs);
-  upstream.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
-    clearTimeout(connectTimer);
-    record.upstreamMs = Math.round(performance.now() - started);
-    upstream.write(rebuildHead(head, length, client, record.requestId));
-    // Exactly the declared body goes on; a byte beyond it would be a second request smuggled
-    // past the checks, so the tunnel ends there (one request per tunnel).
-    let remaining = length;
-    const relay = (d: Buffer): void => {
-      if (finished) return;
-      if (d.length > remaining) {
-        record.detail = 'bytes beyond the declared Content-Length';
-        finish(null);
-        return;
-      }
-      remaining -= d.length;
-      record.bytesIn += d.length;
-      if (d.length > 0 && !upstream.write(d)) client.pause();
-    };
-    upstream.on('drain', () => client.resume());
-    relay(rest);
-    client.on('data', relay);
-    let first = true;
-    upstream.on('data', (d: Buffer) => {
-      if (first) {
-        first = false;
-        answered = true;
-        const status = /^HTTP\/1\.[01] (\d{3})/.exec(d.subarray(0, 16).toString('latin1'));
-        record.status = status ? Number(status[1]) : 0;
-      }
-      record.bytesOut += d.length;
-    });
-    upstream.pipe(client);
-    client.resume();
+  upstream.write(rebuildHead(head, length, client, record.requestId));
+  // Exactly the declared body goes on; a byte beyond it would be a second request smuggled
+  // past the checks, so the tunnel ends there (one request per tunnel).
+  let remaining = length;
+  const relay = (d: Buffer): void => {
+    if (finished) return;
+    if (d.length > remaining) {
+      record.detail = 'bytes beyond the declared Content-Length';
+      finish(null);
+      return;
+    }
+    remaining -= d.length;
+    record.bytesIn += d.length;
+    if (d.length > 0 && !upstream.write(d)) client.pause();
+  };
+  upstream.on('drain', () => client.resume());
+  relay(rest);
+  client.on('data', relay);
+  let first = true;
+  upstream.on('data', (d: Buffer) => {
+    if (first) {
+      first = false;
+      answered = true;
+      const status = /^HTTP\/1\.[01] (\d{3})/.exec(d.subarray(0, 16).toString('latin1'));
+      record.status = status ? Number(status[1]) : 0;
+    }
+    record.bytesOut += d.length;
   });
+  upstream.pipe(client);
+  client.resume();
   // Both directions must be silent for idleMs before the tunnel is cut (Outlook Anywhere's own
   // keep-alive is 720/900 s, research/node-proxy.md §4).
   let lastActivity = Date.now();
@@ -266,7 +253,6 @@ function pipeTunnel(
   idle.unref();
   const end = (detail: string | null, failure?: 502 | 504) => () => {
     clearInterval(idle);
-    clearTimeout(connectTimer);
     finish(detail, failure);
   };
   upstream.once('error', (err: NodeJS.ErrnoException) => end(`upstream: ${err.code ?? err.message}`, 502)());

@@ -39,6 +39,8 @@ export interface AccessRecord {
   cache: 'hit' | 'miss' | 'stale' | null;
   /** Time from dispatch to Exchange's response headers; null when not forwarded. */
   upstreamMs: number | null;
+  /** The Exchange server the request went to (`host:port`); null when not forwarded. */
+  upstream: string | null;
   bytesIn: number;
   bytesOut: number;
   userAgent: string | null;
@@ -77,6 +79,7 @@ export function newAccessRecord(socket: Socket, req: RequestHead, started = Date
     durationMs: 0,
     cache: null,
     upstreamMs: null,
+    upstream: null,
     bytesIn: 0,
     bytesOut: 0,
     userAgent: clipOrNull(req.headers['user-agent']),

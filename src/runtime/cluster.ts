@@ -161,6 +161,7 @@ async function startPrimaryAdmin(config: Config, listening: () => number): Promi
   const upstream = new Upstream(config.upstream, 10_000);
   const own = new Metrics(false);
   own.certificates = { upstream: () => upstream.peerNotAfter };
+  own.upstreamPool = () => upstream.pool;
   const { server } = await startAdmin(config.admin!.host, config.admin!.port, {
     directory: () => directory.ping(),
     upstream: () => upstream.probe(),
@@ -173,6 +174,7 @@ async function startPrimaryAdmin(config: Config, listening: () => number): Promi
   return {
     close: () => {
       server.close();
+      upstream.close();
       void directory.close();
     },
   };

@@ -5,6 +5,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AccessRecord } from '../pipeline/access-log.js';
+import type { Pool } from '../upstream/pool.js';
 
 const SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
@@ -104,12 +105,28 @@ export class Metrics {
     registers: [this.registry],
     help: '1 when the directory answered the last probe, 0 when not.',
   });
+  /**
+   * Without labels: /readyz's answer for Exchange (any HTTP status with one `url`; with health checks,
+   * a healthy server for every service some rule allows). With {server,service}: the pool's health.
+   */
   readonly upstreamUp = new Gauge({
     name: 'exgate_upstream_up',
     aggregator: 'max',
+    labelNames: ['server', 'service'],
     registers: [this.registry],
-    help: '1 when Exchange answered the last probe (any HTTP status), 0 when not.',
+    help: 'Without labels: 1 when Exchange passed the last readiness probe. {server,service}: 1 while healthy.',
+    collect: () => this.#collectUpstream(),
   });
+  readonly upstreamConnections = new Gauge({
+    name: 'exgate_upstream_connections',
+    aggregator: 'sum',
+    labelNames: ['server'],
+    registers: [this.registry],
+    help: 'Upstream connections open to each Exchange server (one per client connection and server).',
+  });
+  #upstreamReady = 0;
+  /** Where the upstream gauges read the pool at each scrape. */
+  upstreamPool?: () => Pool;
 
   /** Every worker holds every session (they share them), so the workers' values agree: `max`. */
   readonly sessions = new Gauge({
@@ -135,7 +152,21 @@ export class Metrics {
   /** Records a probe's answer (admin.ts). */
   probed(check: string, ok: boolean): void {
     if (check === 'directory') this.directoryUp.set(ok ? 1 : 0);
-    if (check === 'upstream') this.upstreamUp.set(ok ? 1 : 0);
+    if (check === 'upstream') this.upstreamUp.set((this.#upstreamReady = ok ? 1 : 0));
+  }
+
+  #collectUpstream(): void {
+    const pool = this.upstreamPool?.();
+    if (!pool) return;
+    this.upstreamUp.reset(); // a server a reload removed leaves no series behind
+    this.upstreamConnections.reset();
+    this.upstreamUp.set(this.#upstreamReady);
+    for (const m of pool.members) {
+      this.upstreamConnections.set({ server: m.server.key }, m.connections);
+      if (pool.settings.healthCheck === null) continue; // one `url`: never probed per service
+      for (const [service, health] of m.health)
+        this.upstreamUp.set({ server: m.server.key, service }, health.up ? 1 : 0);
+    }
   }
 
   #collectCertificates(): void {

@@ -14,7 +14,7 @@ import { ConfigError, ServiceAccountRefusedError, systemErrorText } from '../err
 import { Metrics } from './metrics.js';
 import { Gateway } from '../server.js';
 import type { BusFactory } from '../state/bus.js';
-import { buildState, type State } from './state.js';
+import { allowedServices, buildState, type State } from './state.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from './tls.js';
 import { watchFiles } from './watch.js';
 
@@ -91,6 +91,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     );
     metrics.certificates = { gateway: () => served.notAfter, upstream: () => gw.state.upstream.peerNotAfter };
     metrics.liveSessions = () => gw.state.sessions.live();
+    metrics.upstreamPool = () => gw.state.upstream.pool;
     const adminAt =
       config.admin && opts.adminPort !== false
         ? { host: config.admin.host, port: opts.adminPort ?? config.admin.port }
@@ -99,7 +100,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       ? await bound(config, 'admin', adminAt.host, adminAt.port, () =>
           startAdmin(adminAt.host, adminAt.port, {
             directory: () => gw.state.directory.ping(),
-            upstream: () => gw.state.upstream.probe(),
+            upstream: () => gw.state.upstream.probe(allowedServices(gw.state.policy)),
             metrics: async () => ({
               body: await metrics.registry.metrics(),
               contentType: metrics.registry.contentType,

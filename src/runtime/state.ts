@@ -94,7 +94,8 @@ export async function buildState(
       upstream:
         previous && sameJson(previous.config.upstream, config.upstream) && sameJson(previous.config.http, config.http)
           ? previous.upstream // keep the pinned upstream connections (and NTLM sessions)
-          : new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000), log),
+          : // the servers that stay keep their connections, health and NTLM sessions
+            new Upstream(config.upstream, Math.min(config.http.keepAliveTimeoutMs, 110_000), log, previous?.upstream),
       realm: config.names.externalList[0] ?? 'exgate',
       frontEnds: frontEndsFor(config, config.names.externalList[0] ?? 'exgate'),
       dnsDomains: new Set([dnToDomain(config.directory.baseDn ?? '')].map((d) => d.toLowerCase()).filter(Boolean)),
@@ -103,6 +104,11 @@ export async function buildState(
     await directory.close();
     throw err;
   }
+}
+
+/** The services some policy rule allows: /readyz wants a healthy Exchange server for each of them. */
+export function allowedServices(policy: Policy): Service[] {
+  return [...policy.byService].filter(([, rules]) => rules.allow.length > 0).map(([service]) => service);
 }
 
 /** One front-end per service, as its `auth` says. */

@@ -11,7 +11,9 @@ import type { AccessRecord } from '../pipeline/access-log.js';
 import { requestHeaders, responseHeaders } from '../pipeline/headers.js';
 import { deny, fail, relayHead } from '../pipeline/respond.js';
 import type { AuthFrontEnd, FormsStep } from '../auth/front-ends.js';
-import type { ServiceDefaults } from '../pipeline/services.js';
+import type { Service, ServiceDefaults } from '../pipeline/services.js';
+import { isConnectFailure } from './health.js';
+import type { Binding, Member } from './pool.js';
 import type { Upstream } from './upstream.js';
 
 /** How much longer than the upstream side the client side of a request may stay silent. */
@@ -19,6 +21,8 @@ const CLIENT_IDLE_GRACE_MS = 10_000;
 
 /** What forward() needs to know about the request's route. */
 export interface Forwarding {
+  /** Which protocol's healthy servers may take it. */
+  readonly service: Service;
   /** The name the client reached (its Host when it sent none). */
   readonly host: string;
   readonly settings: ServiceDefaults;
@@ -44,28 +48,18 @@ export function forward(
   // The client side waits a little longer than the upstream side, so that a silent Exchange is
   // answered with 504 before the client connection itself is dropped as idle.
   req.socket.setTimeout(route.idleMs + CLIENT_IDLE_GRACE_MS);
+  const binding = upstream.bind(req.socket, route.service);
+  if (!binding) {
+    return fail(req, res, record, 'upstream-unavailable', {
+      detail: `no healthy Exchange server for ${route.service}`,
+    });
+  }
   const body = route.forms?.body ?? requestBody(req, route.settings, record);
   if (route.forms?.body) record.bytesIn = route.forms.body.length;
   // A body the gateway read itself (the sign-in form) had its 100 Continue already (read-body.ts).
   if (req.headers.expect?.toLowerCase() === '100-continue' && !route.forms?.body) res.writeContinue();
-  const relay = new ResponseRelay(req, res, record, route, upstream);
-  upstream.clientFor(req.socket).dispatch(
-    {
-      origin: upstream.config.origin,
-      servername: upstream.servername,
-      path: req.url ?? '/',
-      method: req.method ?? 'GET',
-      headers: requestHeaders(req, route.host, record.requestId, {
-        authorization: !route.forms?.dropAuthorization,
-        bodyLength: route.forms?.body?.length,
-      }),
-      body,
-      // Per-request limits sized to the operation: an ActiveSync Ping answers only after its heartbeat.
-      headersTimeout: route.idleMs,
-      bodyTimeout: route.idleMs,
-    } as Dispatcher.DispatchOptions,
-    relay,
-  );
+  const relay = new ResponseRelay(req, res, record, route, upstream, body);
+  relay.send(binding);
   res.once('close', () => relay.clientClosed());
 }
 
@@ -107,6 +101,9 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   #controller: Dispatcher.DispatchController | null = null;
   #done = false;
   readonly #started = performance.now();
+  /** The servers tried for this request: a connect failure moves it to the next healthy one. */
+  readonly #tried = new Set<Member>();
+  #server = '';
 
   constructor(
     private readonly req: IncomingMessage,
@@ -114,7 +111,43 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     private readonly record: AccessRecord,
     private readonly route: Forwarding,
     private readonly upstream: Upstream,
+    private readonly body: IncomingMessage | Transform | Buffer | null,
   ) {}
+
+  /** Dispatches the request on the binding's pinned connection. */
+  send(binding: Binding): void {
+    this.#tried.add(binding.member);
+    this.#server = this.record.upstream = binding.member.server.key;
+    binding.client.dispatch(
+      {
+        origin: binding.member.server.origin,
+        servername: binding.member.server.servername,
+        path: this.req.url ?? '/',
+        method: this.req.method ?? 'GET',
+        headers: requestHeaders(this.req, this.route.host, this.record.requestId, {
+          authorization: !this.route.forms?.dropAuthorization,
+          bodyLength: this.route.forms?.body?.length,
+        }),
+        body: this.body,
+        // Per-request limits sized to the operation: an ActiveSync Ping answers only after its heartbeat.
+        headersTimeout: this.route.idleMs,
+        bodyTimeout: this.route.idleMs,
+      } as Dispatcher.DispatchOptions,
+      this,
+    );
+  }
+
+  /**
+   * Connecting failed, so no byte of the request left (undici starts a request only on a connected
+   * socket): the next healthy server may take it, within connectTimeoutMs. True when it was sent on.
+   */
+  #failover(err: Error): boolean {
+    if (this.#controller !== null || !isConnectFailure(err) || !this.upstream.checked) return false;
+    if (performance.now() - this.#started >= this.upstream.config.connectTimeoutMs) return false;
+    const next = this.upstream.bind(this.req.socket, this.route.service, this.#tried);
+    if (next) this.send(next);
+    return next !== null;
+  }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
@@ -185,6 +218,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (!this.res.destroyed && this.#failover(err)) return;
     this.#done = true;
     if (this.record.upstreamMs === null) this.route.onStatus?.(0); // no answer: not accepted
     if (this.res.destroyed) return; // the client left first; nothing to tell
@@ -195,10 +229,13 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     }
     const timeout =
       code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
-    if (!timeout) this.upstream.failed(`${code ?? err.name}: ${err.message}`);
-    fail(this.req, this.res, this.record, timeout ? 'upstream-timeout' : 'upstream-error', {
-      detail: `${code ?? err.name}: ${err.message}`,
-    });
+    const detail = `${code ?? err.name}: ${err.message}`;
+    if (this.upstream.checked && this.#controller === null && isConnectFailure(err)) {
+      // Every healthy server was tried (or the connect timeout spent): none can take it.
+      return fail(this.req, this.res, this.record, 'upstream-unavailable', { detail: `${this.#server}: ${detail}` });
+    }
+    if (!timeout) this.upstream.failed(detail, this.#server);
+    fail(this.req, this.res, this.record, timeout ? 'upstream-timeout' : 'upstream-error', { detail });
   }
 
   /** The client response closed: if the upstream exchange is still running, abort it. */

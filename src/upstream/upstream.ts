@@ -1,36 +1,58 @@
 /**
- * Pinned upstream connections to Exchange: one undici Client per client socket (NTLM authenticates
- * the TCP connection, and a shared pool hands one user's session to another), the TLS options
- * every connection to Exchange uses, the readiness probe, and the NTLM session of a connection.
+ * Pinned upstream connections to Exchange: one undici Client per client socket and server (NTLM
+ * authenticates the TCP connection, and a shared pool hands one user's session to another), the TLS
+ * options every connection to Exchange uses, readiness, and the NTLM session of a connection.
  */
 import { isIP, type Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import type { Logger } from 'pino';
-import { buildConnector, Client } from 'undici';
+import { buildConnector, type Client } from 'undici';
 import type { Config } from '../config/load.js';
+import type { UpstreamServer } from '../config/upstream.js';
 import type { Account } from '../directory/directory.js';
+import { SERVICES, type Service } from '../pipeline/services.js';
+import { CONNECT_FAILED, PROBE_PATH, probeOnce } from './health.js';
+import { Pool, type Binding, type Member, type OpsLog } from './pool.js';
 
 /**
- * Pinned upstream connections: one undici Client per client socket, and the account Exchange
- * accepted on it by NTLM (a session lives exactly as long as its upstream connection).
+ * The upstream side of the gateway: the pool of Exchange servers (one with `url`), the pinned
+ * connection of each client connection per protocol, and the account Exchange accepted on it by
+ * NTLM (a session lives exactly as long as its upstream connection).
  */
 export class Upstream {
-  readonly #clients = new WeakMap<Socket, Client>();
-  readonly #sessions = new WeakMap<Socket, Account>();
-  readonly #options: Client.Options;
-  /** The name every request is sent under; see the connector below. */
+  readonly #sessions: WeakMap<Socket, Account>;
+  readonly pool: Pool;
+  /** The first server's name (every server's with one `servername`). */
   readonly servername: string;
 
   /** Causes of 502 already in the operational log; cleared when Exchange answers again. */
   readonly #causes = new Set<string>();
 
+  /** `previous` (a reload): the servers that stay keep their connections, health and NTLM sessions. */
   constructor(
     readonly config: Config['upstream'],
     keepAliveTimeoutMs: number,
-    private readonly log?: Pick<Logger, 'warn'>,
+    private readonly log?: OpsLog,
+    previous?: Upstream,
   ) {
-    const https = config.url.protocol === 'https:';
     this.servername = config.servername;
+    const sessions = (this.#sessions = previous ? previous.#sessions : new WeakMap());
+    this.pool = new Pool(
+      config,
+      (server, pool) => ({
+        options: this.#options(server, keepAliveTimeoutMs, pool),
+        probeOptions: this.#options(server, keepAliveTimeoutMs),
+        settingsKey: JSON.stringify([server, config.ca, config.insecureSkipVerify, config.connectTimeoutMs]),
+      }),
+      { log, disconnected: (socket) => sessions.delete(socket) },
+      previous?.pool,
+    );
+    this.pool.start();
+  }
+
+  /** `pool`: connect failures count against the server (real traffic; a probe counts its own result). */
+  #options(server: UpstreamServer, keepAliveTimeoutMs: number, pool?: Pool): Client.Options {
+    const config = this.config;
+    const https = server.url.protocol === 'https:';
     const connector = buildConnector({
       timeout: config.connectTimeoutMs,
       keepAlive: true, // 59-minute-silent ActiveSync sockets must survive internal firewalls
@@ -47,63 +69,66 @@ export class Upstream {
     // (undici 7 lib/core/request.js: `servername || getServerName(this.host)`), and drops the
     // connection when it changes. The connector pins SNI and the verified name to the config
     // (none for an IP address), and forward() gives every request the same servername.
-    const sni = isIP(config.servername) ? undefined : config.servername;
-    this.#options = {
+    const sni = isIP(server.servername) ? undefined : server.servername;
+    return {
       pipelining: 1,
       keepAliveTimeout: keepAliveTimeoutMs,
       keepAliveMaxTimeout: keepAliveTimeoutMs,
       connect: (opts, callback) =>
-        connector({ ...opts, servername: sni }, (...args) => {
-          if (args[1] && 'getPeerCertificate' in args[1]) this.#notePeer(args[1] as TLSSocket); // the expiry gauge
-          callback(...args);
+        connector({ ...opts, servername: sni }, (err, socket) => {
+          if (err) {
+            // Nothing of any request was sent: forward() may try another server (isConnectFailure).
+            Object.assign(err, { [CONNECT_FAILED]: true });
+            const member = pool?.members.find((m) => m.server === server);
+            if (member) pool?.connectFailed(member, describe(err));
+            return callback(err, null);
+          }
+          if (socket && 'getPeerCertificate' in socket) this.#notePeer(socket as TLSSocket); // the expiry gauge
+          callback(null, socket as Socket);
         }),
     };
   }
 
-  /** The upstream connection of this client connection; made on first use, destroyed with it. */
-  clientFor(socket: Socket): Client {
-    let client = this.#clients.get(socket);
-    if (!client) {
-      const c = new Client(this.config.origin, this.#options);
-      c.on('connectionError', () => {}); // reported per request through the handler
-      // A new upstream connection is a new NTLM context: the client must authenticate again.
-      c.on('disconnect', () => {
-        this.#sessions.delete(socket);
-      });
-      socket.once('close', () => {
-        c.destroy().catch(() => {});
-      });
-      this.#clients.set(socket, c);
-      client = c;
-    }
-    return client;
+  /**
+   * The server and pinned connection for a request of this client connection to `service`
+   * (healthy, fewest connections; the same while it stays healthy); null when no server is healthy.
+   */
+  bind(socket: Socket, service: Service, exclude?: ReadonlySet<Member>): Binding | null {
+    return this.pool.bind(socket, service, exclude);
   }
 
-  /** Resolves when Exchange answers an HTTP request on a connection of its own (any status). */
-  async probe(timeoutMs = 5000): Promise<void> {
-    const client = new Client(this.config.origin, {
-      ...this.#options,
-      headersTimeout: timeoutMs,
-      bodyTimeout: timeoutMs,
-    });
-    try {
-      const res = await client.request({
-        path: '/owa/healthcheck.htm',
-        method: 'GET',
-        headers: { host: this.servername },
-      });
-      await res.body.dump();
-    } finally {
-      await client.destroy().catch(() => {});
+  /** The pool has health checks (`servers`, or `healthCheck`): running out of servers is 503, not 502. */
+  get checked(): boolean {
+    return this.config.healthCheck !== null;
+  }
+
+  /** Stops the health checks (the gateway stops). */
+  close(): void {
+    this.pool.stop();
+  }
+
+  /**
+   * Readiness. With health checks: rejects naming the protocols of `services` no server is healthy
+   * for. Without (one `url`): resolves when Exchange answers an HTTP request on a connection of its own.
+   */
+  async probe(services: Iterable<Service> = SERVICES, timeoutMs = 5000): Promise<void> {
+    if (this.checked) {
+      const missing = this.pool.unavailable(services);
+      if (missing.length > 0) throw new Error(`no healthy Exchange server for ${missing.join(', ')}`);
+      return;
     }
+    const member = this.pool.members[0] as Member;
+    const { origin } = member.server;
+    const result = await probeOnce(origin, member.probeOptions, this.servername, PROBE_PATH.owa, timeoutMs);
+    if (!result.ok && result.cause !== null && !result.cause.startsWith('HTTP ')) throw new Error(result.cause);
   }
 
   /** Logs why Exchange cannot be reached once per distinct cause, not once per request. */
-  failed(cause: string): void {
+  failed(cause: string, server: string): void {
     if (this.#causes.has(cause)) return;
     this.#causes.add(cause);
     this.log?.warn(
-      { upstream: this.config.origin, cause },
+      { upstream: server, cause },
       'cannot reach Exchange: allowed requests get 502 (exgate check says why)',
     );
   }
@@ -129,4 +154,9 @@ export class Upstream {
     if (account) this.#sessions.set(socket, account);
     else this.#sessions.delete(socket);
   }
+}
+
+function describe(err: Error): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  return `${code ?? err.name}: ${err.message}`;
 }

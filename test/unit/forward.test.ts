@@ -43,6 +43,8 @@ async function gateway(
       origin: url.origin,
       ca: undefined,
       servername: '127.0.0.1',
+      servers: [{ url, origin: url.origin, key: url.host, servername: '127.0.0.1' }],
+      healthCheck: null,
       insecureSkipVerify: false,
       allowPlaintext: false,
       connectTimeoutMs: 2000,
@@ -58,7 +60,13 @@ async function gateway(
       req,
       res,
       record,
-      { host: 'mail.lab.test', settings: SERVICE_DEFAULTS.ews, idleMs: 5000, frontEnd: frontEndFor(mode, 'mail') },
+      {
+        service: 'ews',
+        host: 'mail.lab.test',
+        settings: SERVICE_DEFAULTS.ews,
+        idleMs: 5000,
+        frontEnd: frontEndFor(mode, 'mail'),
+      },
       upstream,
     );
   });

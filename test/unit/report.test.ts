@@ -40,6 +40,7 @@ function rec(time: string, fields: Partial<AccessRecord>): string {
     durationMs: 4,
     cache: 'hit',
     upstreamMs: 3,
+    upstream: null,
     bytesIn: 100,
     bytesOut: 200,
     userAgent: 'Microsoft Office/16.0',
@@ -234,9 +235,7 @@ describe('report --json over the known day', () => {
       ].join('\n') + '\n',
     );
     const r = await json(file);
-    expect(
-      r.access.map((a: { user: string; service: string; requests: number }) => [a.user, a.service, a.requests]),
-    ).toEqual([
+    expect(r.access.map((a) => [a.user, a.service, a.requests])).toEqual([
       ['LAB\\alice', 'ecp', 1],
       ['LAB\\alice', 'owa', 2],
     ]);
