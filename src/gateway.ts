@@ -13,7 +13,9 @@ import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
 import { authorize } from './pipeline/authorize.js';
 import type { Route } from './pipeline/classify.js';
 import type { FrontEndOutcome, FrontEndRequest } from './auth/front-ends.js';
-import { admit, admitRpc, claiming, type Judged, type Request } from './pipeline/admit.js';
+import { admit, admitRpc, claiming, type Admitted, type Judged, type Request } from './pipeline/admit.js';
+import { endTurn, takeTurn } from './pipeline/turns.js';
+import { frontEndRequest } from './pipeline/request-view.js';
 import { forward } from './upstream/forward.js';
 import { deny, fail, respond } from './pipeline/respond.js';
 import { readBody } from './pipeline/read-body.js';
@@ -62,9 +64,28 @@ async function pipeline(
   // Admitted synchronously: a refusal that closes the connection is known before Node parses a
   // request pipelined behind it (which is then never served; client-error.ts OwedResponses).
   const admitted = admit(req, record, state);
+  const turn = takeTurn(req.socket, res);
+  try {
+    if (turn && !(await turn)) return notServed(req, res, record);
+    await judgeAndAct(req, res, record, state, metrics, admitted, onLongPoll);
+  } finally {
+    endTurn(res);
+  }
+}
+
+/** Decides a request in its turn, then refuses, answers or forwards it. */
+async function judgeAndAct(
+  req: IncomingMessage,
+  res: ServerResponse,
+  record: AccessRecord,
+  state: State,
+  metrics: Metrics,
+  admitted: Admitted,
+  onLongPoll?: LongPollHook,
+): Promise<void> {
   const judged =
     admitted.kind === 'route'
-      ? await decide(admitted.route, req, record, state, metrics, (limit, ms) => readBody(req, res, limit, ms))
+      ? await decide(admitted.route, req, record, state, metrics, (limit, ms) => readBody(req, res, limit, ms, record))
       : claiming(admitted, req, record, state);
   if (judged.kind === 'refuse') return deny(req, res, record, judged.reason, judged);
   if (judged.kind === 'answer')
@@ -151,23 +172,8 @@ async function decide(
     return refused.kind === 'refuse' && auth.forms?.refused ? { ...refused, page: auth.forms.refused() } : refused;
   }
   if (auth.forms?.detail) record.detail = auth.forms.detail;
+  auth.forms?.allowed?.();
   return { kind: 'allow', route, identity: auth.identity, settle, forms: auth.forms };
-}
-
-/** The request as a front-end reads it. */
-function frontEndRequest(req: Request, route: Route, readBody: FrontEndRequest['readBody']): FrontEndRequest {
-  return {
-    header: req.headers.authorization,
-    socket: req.socket,
-    path: route.path,
-    query: queryOf(req.url ?? ''),
-    method: req.method ?? 'GET',
-    host: req.headers.host ?? route.host, // as sent (with its port): the URLs Exchange builds use it
-    url: req.url ?? '/',
-    cookies: headerLines(req.rawHeaders, 'cookie'),
-    contentType: req.headers['content-type'],
-    readBody,
-  };
 }
 
 /**
@@ -229,24 +235,29 @@ function ntlmVerdict(
   };
 }
 
+/**
+ * A request pipelined behind an answer that closes the connection: never judged, never forwarded. Node
+ * never writes its response; the record says why when the connection closes (status 499).
+ */
+function notServed(req: IncomingMessage, res: ServerResponse, record: AccessRecord): void {
+  res.shouldKeepAlive = false; // and the one after it is not served either
+  // Node never closes a queued response it drops with its connection: close it, so it is logged.
+  req.socket.once('close', () => {
+    if (!res.closed) res.emit('close');
+  });
+  Object.assign(record, {
+    decision: 'deny',
+    reason: 'bad-request',
+    detail: 'pipelined behind an answer that closes the connection (RFC 9112 §9.6)',
+  });
+}
+
 /** A request allowed to stay silent longer than this counts as a long-poll. */
 const LONG_POLL_MS = 300_000;
 /** An NTLM handshake leg (no identity yet) may carry this much body, and wait this long. */
 const HANDSHAKE_MAX_BODY = 64 * 1024;
 const HANDSHAKE_IDLE_MS = 30_000;
 const HANDSHAKE_BODY_MS = 10_000;
-
-function headerLines(raw: readonly string[], lower: string): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2)
-    if ((raw[i] as string).toLowerCase() === lower) out.push(raw[i + 1] as string);
-  return out;
-}
-
-function queryOf(url: string): string {
-  const q = url.indexOf('?');
-  return q < 0 ? '' : url.slice(q + 1);
-}
 
 /**
  * Writes the record once both the response has closed and the pipeline has settled: a client

@@ -95,10 +95,11 @@ export class FormsFrontEnd implements AuthFrontEnd {
       return { ...outcome, page: noSession(req) };
     }
     const signOut = isSignOut(req.path);
-    if (signOut) ctx.sessions.end(session); // before Exchange answers: requests racing it find none
     const step: FormsStep = {
       dropAuthorization: true,
-      ...(signOut ? { detail: 'sign-out' } : {}),
+      // Allowed, before Exchange answers: requests racing the sign-out find no session. Refused (ECP's
+      // sign-out with an OWA session), it ends nothing.
+      ...(signOut ? { detail: 'sign-out', allowed: () => ctx.sessions.end(session) } : {}),
       refused: () => {
         // The policy no longer allows the service the user signed in for: the session ends with it.
         // Refused another one (ECP to an OWA user), it lives on, and so does its cookie.

@@ -64,6 +64,8 @@ export interface FormsStep {
   readonly detail?: string;
   /** The client's Authorization never reaches Exchange: the cookies say who the browser is. */
   readonly dropAuthorization?: boolean;
+  /** The policy allowed the request (a sign-out ends its session here, before Exchange answers). */
+  readonly allowed?: () => void;
   /** The policy refused the request: how to answer it. */
   readonly refused?: () => BrowserPage;
   /** Exchange's answer started: the Set-Cookie values the gateway adds (null: Exchange refused the form). */

@@ -19,6 +19,11 @@ export interface SignInForm {
 export type FormParse = { readonly ok: true; readonly form: SignInForm } | { readonly ok: false; readonly why: string };
 
 const READ = ['username', 'password', 'destination', 'flags'] as const;
+/**
+ * The form's type, with no parameter but `charset=utf-8`: ASP.NET decodes the fields with the charset
+ * the Content-Type names, so `charset=utf-16` made Exchange read a second, hidden set of fields.
+ */
+const FORM_TYPE = /^application\/x-www-form-urlencoded\s*(?:;\s*charset\s*=\s*(?:utf-8|"utf-8")\s*)?$/i;
 
 /**
  * The form's fields, or why the gateway will not read it. ASP.NET joins a repeated field with commas
@@ -26,8 +31,8 @@ const READ = ['username', 'password', 'destination', 'flags'] as const;
  * not UTF-8 could make Exchange sign in a user other than the one the gateway checked: refused.
  */
 export function parseSignInForm(body: Buffer, contentType: string | undefined): FormParse {
-  if (!/^application\/x-www-form-urlencoded\s*(;|$)/i.test(contentType ?? '')) {
-    return { ok: false, why: 'the sign-in form is not application/x-www-form-urlencoded' };
+  if (!FORM_TYPE.test(contentType ?? '')) {
+    return { ok: false, why: 'the sign-in form is not application/x-www-form-urlencoded (UTF-8)' };
   }
   const text = body.toString('utf8');
   if (!Buffer.from(text, 'utf8').equals(body)) return { ok: false, why: 'the sign-in form is not UTF-8' };
@@ -113,8 +118,12 @@ export function isAnonymousPage(method: string, path: string): boolean {
   if (path === '/owa/auth/logon.aspx' || path === '/owa/auth/logoff.aspx') return true;
   return STATIC_FILE.test(path);
 }
-/** Plain file names only: no `;`, `%`, `~` or other characters a server might read as more than a name. */
-const STATIC_FILE = /^\/owa\/auth\/[a-z0-9._/-]+\.(js|css|png|gif|jpg|svg|ico|woff|woff2|ttf|eot|htm)$/;
+/**
+ * Plain file names only: folders are names or version numbers (`15.2.1118.26`), never a page with
+ * the rest as PATH_INFO (`logon.aspx/x.js` runs logon.aspx in IIS); no `;`, `%`, `~` or empty segment.
+ */
+const STATIC_FILE =
+  /^\/owa\/auth\/(?:(?:[a-z0-9_-]+|\d+(?:\.\d+)*)\/)*[a-z0-9_-][a-z0-9._-]*\.(?:js|css|png|gif|jpg|svg|ico|woff|woff2|ttf|eot|htm)$/;
 
 /**
  * The sign-in form's target. Exchange's FbaModule takes any POST whose last path segment is `auth.owa`

@@ -70,6 +70,8 @@ export async function demo(configFile = DEMO_CONFIG): Promise<number> {
         .then(resolve);
     };
     process.once('SIGTERM', stop);
+    // The demo's files are built in; `exgate serve` reloads on SIGHUP. Here it must not end the demo.
+    process.on('SIGHUP', () => process.stderr.write('exgate demo: SIGHUP ignored (the demo does not reload)\n'));
     process.once('SIGINT', stop);
   });
   return 0;

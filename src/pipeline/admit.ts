@@ -16,6 +16,8 @@ import type { DenyOptions } from './respond.js';
 import { answerAutodiscoverJson, isAutodiscoverJson } from '../exchange/autodiscover.js';
 import type { State } from '../runtime/state.js';
 import type { Identity } from '../auth/authenticate.js';
+import { sessionIdOf } from '../state/sessions.js';
+import { headerLines } from './request-view.js';
 
 /** A request as the stages read it: Node's parsed request, or the tunnel's own parse of an RPC head. */
 export interface Request extends Head {
@@ -68,6 +70,9 @@ export function admit(req: Request, record: AccessRecord, state: State): Admitte
   const refused = authorizeAnonymous(route.service, state.policy);
   if (refused) {
     record.rule = refused.rule;
+    // A browser door closed to everyone closes its sessions too: they must not come back with it.
+    if (route.service === 'owa' || route.service === 'ecp')
+      state.sessions.endId(sessionIdOf(headerLines(req.rawHeaders, 'cookie')), route.service);
     return { kind: 'refuse', reason: refused.reason };
   }
   // Anonymous by design, never forwarded: see autodiscover.ts.

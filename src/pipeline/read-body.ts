@@ -13,6 +13,7 @@ export function readBody(
   res: ServerResponse,
   limit: number,
   ms: number,
+  record?: { bytesIn: number },
 ): Promise<Buffer | 'too-large' | 'aborted'> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too-large');
@@ -32,6 +33,7 @@ export function readBody(
     };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
+      if (record) record.bytesIn = size;
       if (size > limit) return done('too-large');
       chunks.push(chunk);
     };

@@ -15,7 +15,10 @@ export function isTls(req: IncomingMessage): boolean {
 
 /** The request's own scheme and Host. Exchange forces https; the stand-in keeps its own scheme to work over HTTP. */
 export function origin(req: IncomingMessage): string {
-  return `${isTls(req) ? 'https' : 'http'}://${req.headers.host ?? 'localhost'}`;
+  // Behind a gateway that terminates TLS (the demo), the browser still speaks https: Exchange builds
+  // its sign-in URLs with https whatever it was reached by (research A1).
+  const https = isTls(req) || req.headers['x-forwarded-proto'] === 'https';
+  return `${https ? 'https' : 'http'}://${req.headers.host ?? 'localhost'}`;
 }
 
 /** onOwnHost: `destination` is an absolute URL on the request's own Host (Exchange's check, A2). */

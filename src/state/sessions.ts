@@ -91,9 +91,11 @@ export class Sessions {
     this.#tell(ended);
   }
 
-  /** Ends the session a cookie value names, if any. */
-  endId(id: string | null): void {
-    if (id !== null && ID_SHAPE.test(id)) this.end({ key: keyOf(id) });
+  /** Ends the session a cookie value names, if any; with `service`, only a session signed in for it. */
+  endId(id: string | null, service?: 'owa' | 'ecp'): void {
+    if (id === null || !ID_SHAPE.test(id)) return;
+    const key = keyOf(id);
+    if (service === undefined || this.#table.get(key)?.service === service) this.end({ key });
   }
 
   /** New limits (a reload): they apply to the sessions already made too. */

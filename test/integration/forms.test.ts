@@ -4,7 +4,7 @@
  * twice: the answer, and that the stand-in never saw the request.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -271,6 +271,99 @@ describe('the form and 100 Continue', () => {
     expect(got.match(/100 Continue/g)).toHaveLength(1);
   });
 });
+
+describe('found by attacking the form', () => {
+  it('refuses a form whose Content-Type names another charset, or comes twice: Exchange would read other fields', async () => {
+    const b = new Browser(h);
+    try {
+      const form = `destination=${encodeURIComponent(`https://${EXTERNAL}/owa/`)}&flags=4&username=${alice.sam}&password=x`;
+      const utf16 = await expectNotForwarded(h, () =>
+        b.send('/owa/auth.owa', {
+          method: 'POST',
+          body: form,
+          headers: { 'content-type': 'application/x-www-form-urlencoded; charset=utf-16' },
+        }),
+      );
+      expect(utf16.status).toBe(400);
+      const socket = tlsConnect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa });
+      const got = await rawExchange(
+        socket,
+        `POST /owa/auth.owa HTTP/1.1\r\nHost: ${EXTERNAL}\r\nContent-Type: application/x-www-form-urlencoded\r\n` +
+          `Content-Type: text/plain\r\nContent-Length: ${form.length}\r\n\r\n${form}`,
+      );
+      expect(got).toMatch(/^HTTP\/1\.1 400 /);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('never forwards a request pipelined behind a refused form, and logs it', async () => {
+    const b = new Browser(h);
+    try {
+      await b.signIn(alice.sam, alice.password);
+      const cookie = [...b.jar].map(([k, v]) => `${k}=${v}`).join('; ');
+      const twice = `destination=x&flags=4&username=${alice.sam}&username=${bob.sam}&password=p`;
+      const before = h.standin.requests.length;
+      const socket = tlsConnect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa });
+      const got = await rawExchange(
+        socket,
+        `POST /owa/auth.owa HTTP/1.1\r\nHost: ${EXTERNAL}\r\nContent-Type: application/x-www-form-urlencoded\r\n` +
+          `Content-Length: ${twice.length}\r\n\r\n${twice}` +
+          `POST /owa/pipelined-action HTTP/1.1\r\nHost: ${EXTERNAL}\r\nCookie: ${cookie}\r\nContent-Length: 2\r\n\r\n{}`,
+      );
+      expect(got).toMatch(/^HTTP\/1\.1 400 /);
+      expect(got.match(/HTTP\/1\.1 /g)).toHaveLength(1);
+      expect(h.standin.requests.slice(before).map((r) => r.url)).toEqual([]);
+      expect(await h.record((x) => x.path === '/owa/pipelined-action')).toMatchObject({
+        decision: 'deny',
+        reason: 'bad-request',
+        status: 499,
+      });
+    } finally {
+      await b.close();
+    }
+  });
+
+  it("ECP's sign-out with an OWA-only session ends nothing; OWA closed to everyone ends OWA sessions for good", async () => {
+    const b = new Browser(h);
+    try {
+      await b.signIn(carol.sam, carol.password);
+      expect((await expectNotForwarded(h, () => b.get('/ecp/logoff.aspx'))).status).toBe(302);
+      expect((await b.get('/owa/')).status).toBe(200);
+      const cookie = b.jar.get('exgate-session');
+      writeFileSync(join(h.dir, 'policy.yaml'), POLICY.replace('services: [owa]', 'services: [activesync]'));
+      expect(await h.running.reload()).toBe(true);
+      expect((await expectNotForwarded(h, () => b.get('/owa/'))).status).toBe(403); // deny: all, at once
+      writeFileSync(join(h.dir, 'policy.yaml'), POLICY);
+      expect(await h.running.reload()).toBe(true);
+      b.jar.set('exgate-session', cookie ?? '');
+      expect((await expectNotForwarded(h, () => b.get('/owa/'))).status).toBe(302); // not revived
+    } finally {
+      writeFileSync(join(h.dir, 'policy.yaml'), POLICY);
+      await h.running.reload();
+      await b.close();
+    }
+  });
+});
+
+/** Writes `text` on a fresh TLS connection and returns everything read until the server closes it (or 3 s). */
+async function rawExchange(socket: ReturnType<typeof tlsConnect>, text: string): Promise<string> {
+  let got = '';
+  socket.on('data', (d: Buffer) => {
+    got += d.toString('latin1');
+  });
+  socket.on('error', () => {});
+  socket.write(text);
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, 3000);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  socket.destroy();
+  return got;
+}
 
 describe('requests without a live session', () => {
   it('GET gets a 302 to the sign-in page with the original URL; other methods 440; nothing is forwarded', async () => {

@@ -48,6 +48,10 @@ describe('parseSignInForm', () => {
     expect(form(`${DEST}&username=a&password=b`, 'multipart/form-data; boundary=x').ok).toBe(false);
     expect(parseSignInForm(Buffer.from(`${DEST}&username=a&password=b`), undefined).ok).toBe(false);
     expect(form(`${DEST}&username=a&password=b`, 'application/x-www-form-urlencoded; charset=UTF-8').ok).toBe(true);
+    expect(form(`${DEST}&username=a&password=b`, 'application/x-www-form-urlencoded;charset="utf-8"').ok).toBe(true);
+    // ASP.NET decodes with the named charset: a UTF-16 set of fields Exchange would read, the gateway not.
+    for (const type of ['; charset=utf-16', '; charset=utf-7', '; charset=iso-8859-1', '; foo=bar', ', text/plain'])
+      expect(form(`${DEST}&username=a&password=b`, `application/x-www-form-urlencoded${type}`).ok).toBe(false);
     const latin1 = Buffer.concat([Buffer.from(`${DEST}&username=a&password=`), Buffer.from([0xe9])]);
     expect(parseSignInForm(latin1, FORM).ok).toBe(false);
   });
@@ -91,6 +95,12 @@ describe('the sign-in paths', () => {
     ['GET', '/owa/auth/x.aspx%3b.js', false],
     ['GET', '/owa/auth/~x.js', false],
     ['GET', '/ecp/y.js', false],
+    ['GET', '/owa/auth/logon.aspx/x.js', false],
+    ['GET', '/owa/auth/x.ashx/y.css', false],
+    ['GET', '/owa/auth/ext.owa/y.js', false],
+    ['GET', '/owa/auth//x.js', false],
+    ['GET', '/owa/auth/15.2.1118.26/themes/resources/favicon.ico', true],
+    ['GET', '/owa/auth/current/scripts/x.min.js', true],
   ])('%s %s anonymous: %s', (method, path, anonymous) => {
     expect(isAnonymousPage(method, path)).toBe(anonymous);
   });
