@@ -11,6 +11,7 @@ import { parseType3, readNtlmHeader } from './ntlm.js';
 import { authenticateNtlm, logonOf, type NtlmOutcome } from './ntlm-auth.js';
 import type { AuthMode } from '../pipeline/services.js';
 import type { Upstream } from '../upstream/upstream.js';
+import { clientAddress } from '../runtime/client-address.js';
 
 /** What a front-end reads of the gateway's state. */
 export interface FrontEndContext {
@@ -67,7 +68,7 @@ export class BasicFrontEnd implements AuthFrontEnd {
 
   authenticate(req: FrontEndRequest, ctx: FrontEndContext): Promise<AuthOutcome> {
     return authenticateBasic(ctx.authenticator, req.header, {
-      source: req.socket.remoteAddress ?? '',
+      source: clientAddress(req.socket) ?? '',
       groupDns: ctx.policy.groupDns,
       policyVersion: ctx.policy.version,
       connection: req.socket,
@@ -136,7 +137,7 @@ export class NtlmFrontEnd implements AuthFrontEnd {
       upstream: ctx.upstream,
       domain: ctx.domain,
       dnsDomains: ctx.dnsDomains,
-      source: req.socket.remoteAddress ?? '',
+      source: clientAddress(req.socket) ?? '',
       groupDns: ctx.policy.groupDns,
       policyVersion: ctx.policy.version,
     });

@@ -18,6 +18,7 @@ import { parseHead, rebuildHead, type RpcHead } from './rpc-head.js';
 import type { State } from '../runtime/state.js';
 import type { Identity } from '../auth/authenticate.js';
 import { sourceKey } from '../auth/lockout.js';
+import { clientAddress } from '../runtime/client-address.js';
 
 const MAX_HEAD = 16 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
@@ -116,7 +117,7 @@ async function tunnel(
     });
   }
   const length = rpcBodyLength(head.rawHeaders, head.headers) as number; // admitted: exactly one
-  const source = socket.remoteAddress ?? '';
+  const source = clientAddress(socket) ?? '';
   const cap = state.config.services.rpc.maxTunnelsPerSource;
   // Counted on the state bus: with workers, the cap holds for the address across all of them.
   const slot = await state.bus.acquireSlot(`tunnel\0${sourceKey(source)}`, cap);
@@ -151,7 +152,7 @@ function recheckPeriodically(
   const timer = setInterval(() => {
     void state.authenticator
       .refresh(identity, {
-        source: socket.remoteAddress ?? '',
+        source: clientAddress(socket) ?? '',
         groupDns: state.policy.groupDns,
         policyVersion: state.policy.version,
       })

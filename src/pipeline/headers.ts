@@ -7,6 +7,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { AuthFrontEnd } from '../auth/front-ends.js';
+import { clientAddress } from '../runtime/client-address.js';
 
 const REQUEST_DROP: ReadonlySet<string> = new Set([
   'connection',
@@ -96,7 +97,7 @@ export function requestHeaders(req: IncomingMessage, host: string, requestId: st
   const length = req.headers['content-length'];
   if (length !== undefined && length !== '0') out.push('Content-Length', length);
   if (req.headers.authorization !== undefined) out.push('Authorization', req.headers.authorization);
-  out.push('X-Forwarded-For', req.socket.remoteAddress ?? '', 'X-Forwarded-Proto', 'https');
+  out.push('X-Forwarded-For', clientAddress(req.socket) ?? '', 'X-Forwarded-Proto', 'https');
   out.push('X-Request-Id', requestId);
   return out;
 }
