@@ -38,6 +38,11 @@ const tls = z.strictObject({
   minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
   /** A client that has not finished the handshake by then is dropped. Default: 10000. */
   handshakeTimeoutMs: positive.default(10_000),
+  /**
+   * A new session-ticket key this often (made by the primary, shared by the workers); a ticket made
+   * with the previous key gets a full handshake. Default: 43200 (12 h).
+   */
+  ticketKeyRotationSeconds: positive.default(43_200),
 });
 
 const namesSection = z.strictObject({
