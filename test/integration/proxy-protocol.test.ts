@@ -9,11 +9,15 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
+import pino from 'pino';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import type { AccessRecord } from '../../src/pipeline/access-log.js';
+import { loadConfig } from '../../src/config/load.js';
+import { holdWith503 } from '../../src/runtime/holding.js';
 import { V2_SIGNATURE } from '../../src/runtime/proxy-protocol.js';
+import { loadTlsMaterial } from '../../src/runtime/tls.js';
 import { USERS } from '../helpers/ad-fixtures.js';
 import { EXTERNAL, freePort, send, startHarness, watchForwarded, type Harness } from '../helpers/gateway-harness.js';
 import { startHaproxy, type Haproxy } from '../helpers/haproxy.js';
@@ -219,5 +223,24 @@ describe('refused at the connection', () => {
     const g = gateways[0]!;
     expect(await sendWithHeader(g.port, null, '127.0.0.9', '/owa/?direct')).toMatch(/^answered: HTTP\/1.1 401/);
     expect(await recordsWhere((r) => r.client === '127.0.0.9', 1)).toHaveLength(1);
+  });
+});
+
+describe('the 503 holding server (directory down at startup) behind the balancer', () => {
+  it('reads the PROXY header too, and logs the client it names', async () => {
+    const config = loadConfig(join(h.dir, 'gateway-1.yaml'));
+    const lines: string[] = [];
+    const access = pino({ base: null }, { write: (l: string) => void lines.push(l) });
+    const port = await freePort();
+    const held = await holdWith503(config, loadTlsMaterial(config), access, { port, host: '127.0.0.1' });
+    try {
+      const header = Buffer.from('PROXY TCP4 203.0.113.9 127.0.0.1 50000 443\r\n');
+      expect(await sendWithHeader(port, header, BALANCER, '/owa/')).toBe('answered: HTTP/1.1 503 Service Unavailable');
+      expect(await sendWithHeader(port, null, BALANCER, '/owa/')).toMatch(/^closed/); // listed: header required
+      await new Promise((r) => setTimeout(r, 50));
+      expect(lines.map((l) => (JSON.parse(l) as AccessRecord).client)).toEqual(['203.0.113.9']);
+    } finally {
+      await held.close();
+    }
   });
 });
