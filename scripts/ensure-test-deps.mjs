@@ -12,6 +12,8 @@
 //   /usr/bin/chromium  -> Debian package chromium (or set EXGATE_TEST_CHROMIUM to another Chromium binary)
 // and test/integration/impacket-rpch.test.ts runs a third-party Outlook Anywhere client:
 //   impacket           -> Debian package python3-impacket (for /usr/bin/python3)
+// and test/integration/proxy-protocol.test.ts puts a layer-4 balancer in front of two gateways:
+//   /usr/sbin/haproxy  -> Debian package haproxy
 //
 // When something is missing and we are root on a Debian/Ubuntu machine, install it with apt-get.
 // When we are not root, print what to install and exit 1. When everything is present, do nothing (fast).
@@ -49,6 +51,7 @@ function missingPackages() {
   if (!which('promtool')) missing.add('prometheus');
   if (!existsSync(CHROMIUM)) missing.add('chromium');
   if (spawnSync('/usr/bin/python3', ['-c', 'import impacket']).status !== 0) missing.add('python3-impacket');
+  if (!existsSync('/usr/sbin/haproxy')) missing.add('haproxy');
   return [...missing];
 }
 

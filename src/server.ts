@@ -9,7 +9,7 @@ import {
   type Server as HttpServer,
   type ServerResponse,
 } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
 import { authorizeAnonymous } from './pipeline/authorize.js';
@@ -19,6 +19,8 @@ import { deny } from './pipeline/respond.js';
 import { peek } from './exchange/rpc-tunnel.js';
 import type { State } from './runtime/state.js';
 import { createTlsServer, type TlsMaterial } from './runtime/tls.js';
+import { clientAddress } from './runtime/client-address.js';
+import { listenerFor } from './runtime/proxy-front.js';
 
 /** A running gateway: TLS listener → HTTP server → handle(). */
 export class Gateway {
@@ -29,6 +31,8 @@ export class Gateway {
   readonly #pending = new Set<ServerResponse>();
   readonly tlsServer: TlsServer;
   readonly httpServer: HttpServer;
+  /** What listens: the TLS server, or the PROXY protocol listener in front of it (proxy-front.ts). */
+  readonly #listener: NetServer;
   readonly #sockets = new Set<Socket>();
   /** Per connection, the responses a raw answer must not overtake (client-error.ts). */
   readonly #owed = new OwedResponses();
@@ -57,7 +61,7 @@ export class Gateway {
         state: this.#state,
         owed: this.#owed,
         write: (r) => this.write(r),
-        note: (s, message) => logs.app.info({ client: s.remoteAddress }, message),
+        note: (s, message) => logs.app.info({ client: clientAddress(s) }, message),
       });
     });
     // An `Expect` other than 100-continue: refused through deny() and logged (Node would send a bare 417).
@@ -76,9 +80,13 @@ export class Gateway {
       tls,
       (socket) => this.accept(socket),
       (err, socket) => {
-        logs.app.debug({ client: socket.remoteAddress, code: err.code }, 'TLS handshake failed');
+        logs.app.debug({ client: clientAddress(socket), code: err.code }, 'TLS handshake failed');
       },
     );
+    this.#listener = listenerFor(this.tlsServer, state.config, (peer, reason, detail) => {
+      logs.app.warn({ client: peer, reason, detail }, 'PROXY protocol: connection refused');
+      logs.metrics.proxyRefused.inc({ reason });
+    });
   }
 
   get state(): State {
@@ -92,10 +100,10 @@ export class Gateway {
 
   listen(port = this.#state.config.listen.port, host = this.#state.config.listen.host): Promise<AddressInfo> {
     return new Promise((resolve, reject) => {
-      this.tlsServer.once('error', reject);
-      this.tlsServer.listen({ port, host, backlog: 4096 }, () => {
-        this.tlsServer.off('error', reject);
-        resolve(this.tlsServer.address() as AddressInfo);
+      this.#listener.once('error', reject);
+      this.#listener.listen({ port, host, backlog: 4096 }, () => {
+        this.#listener.off('error', reject);
+        resolve(this.#listener.address() as AddressInfo);
       });
     });
   }
@@ -103,10 +111,10 @@ export class Gateway {
   /** Listens on an inherited socket (systemd socket activation). */
   listenOn(fd: number): Promise<AddressInfo> {
     return new Promise((resolve, reject) => {
-      this.tlsServer.once('error', reject);
-      this.tlsServer.listen({ fd }, () => {
-        this.tlsServer.off('error', reject);
-        resolve(this.tlsServer.address() as AddressInfo);
+      this.#listener.once('error', reject);
+      this.#listener.listen({ fd }, () => {
+        this.#listener.off('error', reject);
+        resolve(this.#listener.address() as AddressInfo);
       });
     });
   }
@@ -137,7 +145,7 @@ export class Gateway {
   ): Promise<void> {
     this.#draining = true;
     for (const res of this.#pending) if (!res.headersSent) res.shouldKeepAlive = false;
-    const closed = new Promise<void>((resolve) => this.tlsServer.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.#listener.close(() => resolve()));
     const started = Date.now();
     const deadline = started + graceMs;
     while (this.#sockets.size > 0 && Date.now() < deadline) {

@@ -25,6 +25,7 @@ import {
 } from './sign-in-form.js';
 import { EXPIRED_SESSION_COOKIE, sessionCookie, sessionIdOf } from '../state/sessions.js';
 import { forbiddenPage, LOGIN_TIMEOUT_PAGE } from './forms-pages.js';
+import { clientAddress } from '../runtime/client-address.js';
 
 /** How long a sign-in form may take to arrive whole. */
 const FORM_BODY_MS = 10_000;
@@ -50,7 +51,7 @@ export class FormsFrontEnd implements AuthFrontEnd {
     const { username, password, destination } = parsed.form;
     const target = formDestination(destination, req.host);
     const outcome = await ctx.authenticator.verify(username, password, {
-      source: req.socket.remoteAddress ?? '',
+      source: clientAddress(req.socket) ?? '',
       groupDns: ctx.policy.groupDns,
       policyVersion: ctx.policy.version,
     });
@@ -85,7 +86,7 @@ export class FormsFrontEnd implements AuthFrontEnd {
     const session = ctx.sessions.find(sessionIdOf(req.cookies));
     if (!session) return { ...refusal('no-session' as const, 'no live session'), page: noSession(req) };
     const outcome = await ctx.authenticator.refresh(session.account, {
-      source: req.socket.remoteAddress ?? '',
+      source: clientAddress(req.socket) ?? '',
       groupDns: ctx.policy.groupDns,
       policyVersion: ctx.policy.version,
     });

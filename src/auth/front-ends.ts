@@ -9,6 +9,7 @@ import { authenticateNtlm, logonOf } from './ntlm-auth.js';
 import type { AuthMode } from '../pipeline/services.js';
 import type { AuthFrontEnd, FrontEndContext, FrontEndOutcome, FrontEndRequest } from './front-end.js';
 import { FormsFrontEnd } from './forms.js';
+import { clientAddress } from '../runtime/client-address.js';
 
 export type {
   AuthFrontEnd,
@@ -42,7 +43,7 @@ export class BasicFrontEnd implements AuthFrontEnd {
 
   authenticate(req: FrontEndRequest, ctx: FrontEndContext): Promise<AuthOutcome> {
     return authenticateBasic(ctx.authenticator, req.header, {
-      source: req.socket.remoteAddress ?? '',
+      source: clientAddress(req.socket) ?? '',
       groupDns: ctx.policy.groupDns,
       policyVersion: ctx.policy.version,
       connection: req.socket,
@@ -111,7 +112,7 @@ export class NtlmFrontEnd implements AuthFrontEnd {
       upstream: ctx.upstream,
       domain: ctx.domain,
       dnsDomains: ctx.dnsDomains,
-      source: req.socket.remoteAddress ?? '',
+      source: clientAddress(req.socket) ?? '',
       groupDns: ctx.policy.groupDns,
       policyVersion: ctx.policy.version,
     });

@@ -11,7 +11,7 @@ import { holdWith503, type Holding } from '../runtime/holding.js';
 import { scheduleMailboxFlags } from '../mailbox-flags/schedule.js';
 import { startGateway, systemdSocket, systemdSocketPassed, type RunningGateway } from '../runtime/start.js';
 import { ensureSelfSigned, loadTlsMaterial } from '../runtime/tls.js';
-import { joinCluster, runPrimary, workerBus } from '../runtime/cluster.js';
+import { joinCluster, runPrimary, workerBus, workerTicketKeys } from '../runtime/cluster.js';
 
 const RETRY_MS = 5000;
 /**
@@ -68,7 +68,7 @@ export async function serve(file: string): Promise<number> {
   for (;;) {
     try {
       running = await startGateway(file, {
-        ...(cluster.isWorker ? { adminPort: false, bus: workerBus } : {}),
+        ...(cluster.isWorker ? { adminPort: false, bus: workerBus, ticketKeys: workerTicketKeys } : {}),
         beforeListen: release,
       });
       break;

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { SERVICES, type Service } from '../pipeline/services.js';
+import { parseCidr } from '../runtime/cidr.js';
 
 const port = z.number().int().min(0).max(65535);
 const nonEmpty = z.string().min(1, 'must not be empty');
@@ -12,11 +13,18 @@ const names = z.array(nonEmpty);
 const seconds = z.number().int().min(0);
 const positive = z.number().int().min(1);
 
+const cidr = z.string().refine((s) => parseCidr(s) !== null, 'expected an address or a CIDR such as 10.0.0.0/24');
+
 const listen = z.strictObject({
   /** Address to listen on. Default: all IPv4 addresses. */
   host: nonEmpty.default('0.0.0.0'),
   /** Default: 443. */
   port: port.default(443),
+  /**
+   * Behind a layer-4 balancer: a PROXY protocol header (v1 or v2) is required from these addresses
+   * and refused from all others. Default: absent (no PROXY protocol).
+   */
+  proxyProtocol: z.strictObject({ from: z.array(cidr).min(1, 'needs at least one address or CIDR') }).optional(),
 });
 
 const tls = z.strictObject({
@@ -30,6 +38,11 @@ const tls = z.strictObject({
   minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
   /** A client that has not finished the handshake by then is dropped. Default: 10000. */
   handshakeTimeoutMs: positive.default(10_000),
+  /**
+   * A new session-ticket key this often (made by the primary, shared by the workers); a ticket made
+   * with the previous key gets a full handshake. Default: 43200 (12 h).
+   */
+  ticketKeyRotationSeconds: positive.default(43_200),
 });
 
 const namesSection = z.strictObject({

@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import { connectionTokens, dropsRequestHeader } from '../pipeline/headers.js';
 import { RPC_METHODS } from '../pipeline/services.js';
 import { withoutSessionCookie } from '../state/sessions.js';
+import { clientAddress } from '../runtime/client-address.js';
 
 /** A parsed RPC request head. */
 export interface RpcHead {
@@ -37,7 +38,7 @@ export function rebuildHead(head: RpcHead, length: number, client: Socket, reque
   out += `Content-Length: ${length}\r\n`;
   if (head.headers.authorization !== undefined) out += `Authorization: ${head.headers.authorization}\r\n`;
   out += `X-Request-Id: ${requestId}\r\n`;
-  return `${out}X-Forwarded-For: ${client.remoteAddress ?? ''}\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`;
+  return `${out}X-Forwarded-For: ${clientAddress(client) ?? ''}\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`;
 }
 
 /** Written by rebuildHead itself, from the values the gateway judged. */

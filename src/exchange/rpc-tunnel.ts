@@ -19,6 +19,7 @@ import type { State } from '../runtime/state.js';
 import type { Identity } from '../auth/authenticate.js';
 import { sourceKey } from '../auth/lockout.js';
 import { connectHealthy } from '../upstream/connect.js';
+import { clientAddress } from '../runtime/client-address.js';
 
 const MAX_HEAD = 16 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
@@ -117,7 +118,7 @@ async function tunnel(
     });
   }
   const length = rpcBodyLength(head.rawHeaders, head.headers) as number; // admitted: exactly one
-  const source = socket.remoteAddress ?? '';
+  const source = clientAddress(socket) ?? '';
   const cap = state.config.services.rpc.maxTunnelsPerSource;
   // Counted on the state bus: with workers, the cap holds for the address across all of them.
   const slot = await state.bus.acquireSlot(`tunnel\0${sourceKey(source)}`, cap);
@@ -161,7 +162,7 @@ function recheckPeriodically(
   const timer = setInterval(() => {
     void state.authenticator
       .refresh(identity, {
-        source: socket.remoteAddress ?? '',
+        source: clientAddress(socket) ?? '',
         groupDns: state.policy.groupDns,
         policyVersion: state.policy.version,
       })

@@ -10,6 +10,7 @@ import type { TLSSocket } from 'node:tls';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import { pathOf, hostName } from './classify.js';
 import { AccessFile, type AccessFileEvents } from '../runtime/access-file.js';
+import { clientAddress } from '../runtime/client-address.js';
 import type { Reason } from '../errors.js';
 import type { Service } from './services.js';
 
@@ -65,7 +66,7 @@ export function newAccessRecord(socket: Socket, req: RequestHead, started = Date
   return {
     time: new Date(started).toISOString(),
     requestId: randomUUID(),
-    client: socket.remoteAddress ?? null,
+    client: clientAddress(socket) ?? null,
     sni: typeof sni === 'string' ? sni.toLowerCase() : null,
     host: hostName(req.headers.host),
     method: req.method ?? '',

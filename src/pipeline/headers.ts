@@ -8,6 +8,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { AuthFrontEnd } from '../auth/front-ends.js';
 import { withoutSessionCookie } from '../state/sessions.js';
+import { clientAddress } from '../runtime/client-address.js';
 
 const REQUEST_DROP: ReadonlySet<string> = new Set([
   'connection',
@@ -108,7 +109,7 @@ export function requestHeaders(
   if (length !== undefined && length !== '0') out.push('Content-Length', length);
   if (req.headers.authorization !== undefined && opts.authorization !== false)
     out.push('Authorization', req.headers.authorization);
-  out.push('X-Forwarded-For', req.socket.remoteAddress ?? '', 'X-Forwarded-Proto', 'https');
+  out.push('X-Forwarded-For', clientAddress(req.socket) ?? '', 'X-Forwarded-Proto', 'https');
   out.push('X-Request-Id', requestId);
   return out;
 }

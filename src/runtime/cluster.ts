@@ -12,6 +12,7 @@ import { Metrics } from './metrics.js';
 import type { Config } from '../config/load.js';
 import { Lockout } from '../auth/lockout.js';
 import { servePrimary } from '../state/ipc-primary.js';
+import { RotatingTicketKeys, serveTicketKeys } from './ticket-keys.js';
 import { Hub } from '../state/local-bus.js';
 import { openDirectory } from './state.js';
 import { Upstream } from '../upstream/upstream.js';
@@ -19,6 +20,7 @@ import { appLogger } from '../pipeline/access-log.js';
 import type { RunningGateway } from './start.js';
 
 export { workerBus } from '../state/ipc-bus.js';
+export { workerTicketKeys } from './ticket-keys.js';
 
 const METRICS = 'exgate:metrics';
 const METRICS_ANSWER = 'exgate:metrics-answer';
@@ -51,6 +53,11 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   // The bus's authority: the primary's own lockout (every worker's events and attempts in flight)
   // and the slot counts (tunnels per address). A worker that exits releases what it held.
   const bus = servePrimary(new Hub(new Lockout(config.lockout), { retainMax: REPLAY_MAX }));
+  // One session-ticket key for every worker: a client resumes on whichever it lands on.
+  const keys = new RotatingTicketKeys(config.tls.ticketKeyRotationSeconds * 1000, () =>
+    log.info('rotated the TLS session-ticket key'),
+  );
+  const tickets = serveTicketKeys(keys);
   const fork = () => {
     if (stopping) return;
     const worker = cluster.fork({ EXGATE_WORKER: '1' });
@@ -64,6 +71,7 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
     });
     worker.once('exit', () => serving.delete(worker.id));
     bus.attach(worker);
+    tickets.attach(worker);
     worker.once('exit', () => {
       if (stopping) return;
       if (Date.now() - started > 60_000) delay = RESTART_MIN_MS;
@@ -132,6 +140,8 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+  tickets.close();
+  keys.close();
   return code;
 }
 

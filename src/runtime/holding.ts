@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { newAccessRecord } from '../pipeline/access-log.js';
 import type { Config } from '../config/load.js';
 import { deny } from '../pipeline/respond.js';
+import { listenerFor } from './proxy-front.js';
 import { cutFailedHandshakes, secureContextOptions, type TlsMaterial } from './tls.js';
 
 export interface Holding {
@@ -52,14 +53,16 @@ export async function holdWith503(
   });
   // https.Server cuts a failed handshake itself only while nobody listens for clientError.
   cutFailedHandshakes(server);
+  // Behind a balancer that sends PROXY headers, the header is read and dropped here too.
+  const listener = listenerFor(server, config, () => {});
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => resolve());
+    listener.once('error', reject);
+    listener.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => resolve());
   });
   return {
     close: () =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve());
+        listener.close(() => resolve());
         server.closeIdleConnections();
         setTimeout(() => {
           for (const s of sockets) s.destroy();

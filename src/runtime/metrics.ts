@@ -53,6 +53,12 @@ export class Metrics {
     help: 'Failed writes to the access log (the records went to stderr).',
     registers: [this.registry],
   });
+  readonly proxyRefused = new Counter({
+    name: 'exgate_proxy_protocol_refused_total',
+    help: 'Connections refused for their PROXY protocol header (listen.proxyProtocol), by reason.',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
   readonly openConnections = new Gauge({
     name: 'exgate_open_connections',
     help: 'Client TLS connections open now.',

@@ -16,6 +16,7 @@ import { Gateway } from '../server.js';
 import type { BusFactory } from '../state/bus.js';
 import { allowedServices, buildState, type State } from './state.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from './tls.js';
+import { RotatingTicketKeys, useTicketKeys, type TicketKeys } from './ticket-keys.js';
 import { watchFiles } from './watch.js';
 
 export interface StartOptions {
@@ -36,6 +37,8 @@ export interface StartOptions {
   readonly beforeListen?: () => Promise<void>;
   /** The state bus (src/state): a worker's goes to the primary. Default: this process alone. */
   readonly bus?: BusFactory;
+  /** The TLS session-ticket key source: a worker's is the primary's. Default: this process's own, rotated. */
+  readonly ticketKeys?: (rotateMs: number, log: Logger) => Promise<TicketKeys>;
 }
 
 export interface RunningGateway {
@@ -65,7 +68,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   warnAboutCertificate(material, config, log);
   const metrics = opts.metrics ?? new Metrics();
   const access = openAccessLog(config, log, metrics, opts.accessStream);
-  const opened: { state?: State; gateway?: Gateway } = {};
+  const opened: { state?: State; gateway?: Gateway; tickets?: TicketKeys } = {};
   let served = material; // the certificate the listener serves now
   let lastReload: LastReload | null = null;
   let address: AddressInfo;
@@ -73,6 +76,11 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   try {
     const state = (opened.state = await buildState(config, log, undefined, opts.bus));
     const gw = (opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics }));
+    const tickets = (opened.tickets = await (opts.ticketKeys ?? ownTicketKeys)(
+      config.tls.ticketKeyRotationSeconds * 1000,
+      log,
+    ));
+    useTicketKeys(gw.tlsServer, tickets);
     await opts.beforeListen?.();
     const inherited = systemdSocket();
     const port = opts.port ?? config.listen.port;
@@ -115,12 +123,14 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     // not listen alive, deaf to SIGTERM (issue 10).
     if (opened.gateway) await opened.gateway.close();
     else await opened.state?.directory.close();
+    opened.tickets?.close();
     await access.close();
     throw err instanceof ServiceAccountRefusedError
       ? new ConfigError([{ file: config.file, key: err.key, message: err.message }], { cause: err })
       : err;
   }
   const gateway = opened.gateway;
+  const tickets = opened.tickets as TicketKeys;
   if (admin) log.info({ address: admin.address.address, port: admin.address.port }, 'admin listener');
 
   const reload = async (): Promise<boolean> => {
@@ -131,6 +141,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
       const nextState = await buildState(next, log, gateway.state);
       const old = gateway.state;
       gateway.tlsServer.setSecureContext(secureContextOptions(nextMaterial, next.tls));
+      gateway.tlsServer.setTicketKeys(tickets.current()); // setSecureContext drops them (Node 20)
       gateway.setState(nextState);
       // The old directory serves requests still running on the old state; closed a little later.
       if (old.directory !== nextState.directory) retire(old.directory);
@@ -173,6 +184,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     watcher?.close();
     admin?.server.close();
     await gateway.close(graceMs);
+    tickets.close();
     await Promise.all([...retired].map((d) => d.close()));
     await access.close();
   };
@@ -219,6 +231,11 @@ async function bound<T>(
     const message = `cannot listen on ${host}:${port}: ${systemErrorText(err)}${hint}`;
     throw new ConfigError([{ file: config.file, key, message }]);
   }
+}
+
+/** One process's own ticket keys (no workers), rotated; a rotation is logged, never the key. */
+async function ownTicketKeys(rotateMs: number, log: Logger): Promise<TicketKeys> {
+  return new RotatingTicketKeys(rotateMs, () => log.info('rotated the TLS session-ticket key'));
 }
 
 /** ensureSelfSigned, with a certificate that cannot be written named by its key. */

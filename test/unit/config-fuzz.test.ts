@@ -241,10 +241,10 @@ describe('mutated configs give a named error, never an exception', () => {
 describe('the crashes of issue 10, by name', () => {
   it('unknown keys in listen and at the top, beside admin: each key named, no TypeError', () => {
     const tree = { ...structuredClone(LDAP), state: {} } as Tree;
-    (tree.listen as Tree).proxyProtocol = true;
+    (tree.listen as Tree).reusePort = true;
     const { problems } = problemsOf(tree, 'issue10-listen-admin');
     expect(problems.map((p) => `${p.key}: ${p.message}`).sort()).toEqual([
-      'listen.proxyProtocol: unknown key',
+      'listen.reusePort: unknown key',
       'state: unknown key',
     ]);
   });
