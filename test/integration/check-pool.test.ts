@@ -51,7 +51,8 @@ describe('exgate check with several Exchange servers', () => {
     await pool?.close();
   });
 
-  const [ex1, ex2, ex3] = [0, 1, 2].map((i) => () => pool.standins[i] as ExchangeStandin);
+  const standin = (i: number) => () => pool.standins[i] as ExchangeStandin;
+  const [ex1, ex2, ex3] = [standin(0), standin(1), standin(2)];
   const key = (s: ExchangeStandin) => `127.0.0.1:${s.port}`;
 
   it('prints the table; a failing page is a warning, a killed server a problem (exit 1)', async () => {
@@ -94,7 +95,13 @@ describe('exgate check with several Exchange servers', () => {
     ]);
     // Each page of a reached server asked once, by check alone (the gateway's own checker never ran).
     expect(ex1().seen((q) => q.probe)).toBe(9);
-    expect(new Set(ex1().requests.filter((q) => q.probe).map((q) => q.url)).size).toBe(9);
+    expect(
+      new Set(
+        ex1()
+          .requests.filter((q) => q.probe)
+          .map((q) => q.url),
+      ).size,
+    ).toBe(9);
   });
 
   it('a server in maintenance (ServerWideOffline) is a warning that says so: exit 0', async () => {
