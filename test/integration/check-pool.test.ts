@@ -41,7 +41,8 @@ describe('exgate check with several Exchange servers', () => {
       servers: pool.urls,
       ca: pool.caFile,
       servername: pool.servername,
-      healthCheck: { intervalSeconds: 1, timeoutMs: 500, failures: 2, successes: 2 },
+      // Generous: 27 TLS probes at once on a shared test machine; the `hang` page costs it once.
+      healthCheck: { intervalSeconds: 1, timeoutMs: 2500, failures: 2, successes: 2 },
     };
     file = join(h.dir, 'pool.yaml');
     writeFileSync(file, stringify(config));
@@ -119,5 +120,20 @@ describe('exgate check with several Exchange servers', () => {
     expect(r.stdout).toContain('\nupstream: ok (3 servers as exchange-be.lab.test, certificate verified), 1 warning\n');
     expect(r.stdout).toContain(`\n  mapi          ${'200'.padEnd(key(ex1()).length)}  closed without an answer  200\n`);
     expect(r.stdout).toMatch(/\nok\n$/);
+  });
+  it("judges every server's certificate: a wrong servername is a problem for each, named", async () => {
+    ex2().setOffline(false);
+    const wrong = join(h.dir, 'pool-wrong-name.yaml');
+    writeFileSync(wrong, readFileSync(file, 'utf8').replace(/servername: .*/, 'servername: exchange.lab.test'));
+    const r = await check(wrong);
+    expect(r.code, r.stdout).toBe(1);
+    const problems = r.stdout.split('\n').filter((l) => l.includes('upstream.servername: '));
+    expect(problems).toEqual(
+      pool.standins.map((s) =>
+        expect.stringContaining(`upstream.servername: ${key(s)}: name mismatch — Exchange's certificate does not`),
+      ),
+    );
+    expect(r.stdout).toContain('\nupstream: 3 problems\n');
+    expect(r.stdout).toMatch(/\n {2}mapi +connect error +connect error +connect error\n/);
   });
 });
