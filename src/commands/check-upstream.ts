@@ -7,6 +7,7 @@
 import { connect as connectTcp, isIP, type Socket } from 'node:net';
 import { checkServerIdentity, connect as connectTls, TLSSocket, type PeerCertificate } from 'node:tls';
 import type { Config } from '../config/load.js';
+import type { UpstreamServer } from '../config/upstream.js';
 import type { ConfigProblem } from '../errors.js';
 
 /** Builds a problem at a key of the gateway config (with its line). */
@@ -26,43 +27,83 @@ export interface UpstreamResult {
   readonly problems: ConfigProblem[];
   /** What was reached, for the summary line. */
   readonly note: string;
+  /** Worth knowing, but forwarding works: an unhealthy health page (check-pool.ts). */
+  readonly warnings?: ConfigProblem[];
+  /** Lines printed under the summary line: the health table of a pool. */
+  readonly details?: string[];
+}
+
+/** Where a server's own problems are keyed (`upstream.url` or `upstream.servers[i]`), and its name in them. */
+export interface ServerPlace {
+  readonly key: readonly (string | number)[];
+  /** Put before each message when there are several servers (`127.0.0.1:8443: `); '' with one. */
+  readonly prefix: string;
 }
 
 /** Connects to Exchange as forwarding would, and says in words what stops it. */
 export async function probeUpstream(upstream: Config['upstream'], at: Locate): Promise<UpstreamResult> {
-  const { url } = upstream;
-  const host = url.hostname.replace(/^\[|\]$/g, '');
-  const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
-  const failed = (message: string, err: unknown) => {
-    const e = err as NodeJS.ErrnoException;
-    return { problems: [at(['upstream', 'url'], `${message}: ${e.code ?? e.name}: ${e.message}`)], note: '' };
-  };
-  let socket: Socket;
+  const server = upstream.servers[0] as UpstreamServer;
+  const reached = await reach(upstream, server, at, { key: ['upstream', 'url'], prefix: '' });
+  if (!reached.socket) return { problems: reached.problems, note: '' };
+  const { socket } = reached;
   try {
-    socket = await (url.protocol === 'https:' ? tlsConnect : tcpConnect)(upstream, host, port);
+    const status = await firstStatus(socket, server.servername, upstream.connectTimeoutMs);
+    return { problems: [], note: `${server.origin} as ${server.servername}, ${trustOf(upstream)}, HTTP ${status}` };
   } catch (err) {
-    return failed(`cannot connect to ${url.origin}`, err);
-  }
-  try {
-    const problems = socket instanceof TLSSocket ? certificateProblems(socket, upstream, at) : [];
-    if (problems.length > 0) return { problems, note: '' };
-    const status = await firstStatus(socket, upstream.servername, upstream.connectTimeoutMs);
-    const trust =
-      url.protocol !== 'https:'
-        ? 'plain HTTP'
-        : upstream.insecureSkipVerify
-          ? 'certificate NOT verified (insecureSkipVerify)'
-          : 'certificate verified';
-    return { problems: [], note: `${url.origin} as ${upstream.servername}, ${trust}, HTTP ${status}` };
-  } catch (err) {
-    return failed(`${url.origin} did not answer an HTTP request`, err);
+    return {
+      problems: [failure(at, ['upstream', 'url'], `${server.origin} did not answer an HTTP request`, err)],
+      note: '',
+    };
   } finally {
     socket.destroy();
   }
 }
 
-function certificateProblems(socket: TLSSocket, upstream: Config['upstream'], at: Locate): ConfigProblem[] {
+/** How Exchange's certificate is judged, for the summary line. */
+export function trustOf(upstream: Config['upstream']): string {
+  if (upstream.url.protocol !== 'https:') return 'plain HTTP';
+  return upstream.insecureSkipVerify ? 'certificate NOT verified (insecureSkipVerify)' : 'certificate verified';
+}
+
+/**
+ * One connection to `server` with the trust and name forwarding uses, its certificate judged: the open
+ * socket when all is well (the caller ends it), else null and what stops it.
+ */
+export async function reach(
+  upstream: Config['upstream'],
+  server: UpstreamServer,
+  at: Locate,
+  place: ServerPlace,
+): Promise<{ socket: Socket | null; problems: ConfigProblem[] }> {
+  const { url, servername } = server;
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+  let socket: Socket;
+  try {
+    socket = await (url.protocol === 'https:' ? tlsConnect : tcpConnect)(upstream, servername, host, port);
+  } catch (err) {
+    return { socket: null, problems: [failure(at, place.key, `cannot connect to ${url.origin}`, err)] };
+  }
+  const problems = socket instanceof TLSSocket ? certificateProblems(socket, upstream, servername, at, place) : [];
+  if (problems.length === 0) return { socket, problems };
+  socket.destroy();
+  return { socket: null, problems };
+}
+
+function failure(at: Locate, key: readonly (string | number)[], message: string, err: unknown): ConfigProblem {
+  const e = err as NodeJS.ErrnoException;
+  return at(key, `${message}: ${e.code ?? e.name}: ${e.message}`);
+}
+
+function certificateProblems(
+  socket: TLSSocket,
+  upstream: Config['upstream'],
+  servername: string,
+  located: Locate,
+  place: ServerPlace,
+): ConfigProblem[] {
   if (upstream.insecureSkipVerify) return [];
+  const at: Locate = (path, message) => located(path, place.prefix + message);
   const cert = socket.getPeerCertificate(true);
   const problems: ConfigProblem[] = [];
   const code = socket.authorized ? '' : String((socket.authorizationError as unknown as string | null) ?? '');
@@ -80,15 +121,15 @@ function certificateProblems(socket: TLSSocket, upstream: Config['upstream'], at
     );
   } else if (code === 'CERT_HAS_EXPIRED') {
     const expired = new Date(cert.valid_to).toISOString();
-    problems.push(at(['upstream', 'url'], `Exchange's certificate expired on ${expired}`));
+    problems.push(at(place.key, `Exchange's certificate expired on ${expired}`));
   } else if (code) {
-    problems.push(at(['upstream', 'url'], `Exchange's certificate is refused: ${code}`));
+    problems.push(at(place.key, `Exchange's certificate is refused: ${code}`));
   }
-  if (checkServerIdentity(upstream.servername, cert as PeerCertificate)) {
+  if (checkServerIdentity(servername, cert as PeerCertificate)) {
     problems.push(
       at(
         ['upstream', 'servername'],
-        `name mismatch — Exchange's certificate does not name ${upstream.servername}; ` +
+        `name mismatch — Exchange's certificate does not name ${servername}; ` +
           `set upstream.servername to a name in Exchange's certificate: ${namesOf(cert)}`,
       ),
     );
@@ -105,13 +146,13 @@ function namesOf(cert: PeerCertificate): string {
 }
 
 /** A TLS connection with the forwarding settings; verification is judged afterwards, not refused. */
-function tlsConnect(upstream: Config['upstream'], host: string, port: number): Promise<TLSSocket> {
+function tlsConnect(upstream: Config['upstream'], servername: string, host: string, port: number): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     const socket = connectTls({
       host,
       port,
       // SNI as forwarding sends it: the configured name, none for an IP address (RFC 6066 §3).
-      ...(isIP(upstream.servername) ? {} : { servername: upstream.servername }),
+      ...(isIP(servername) ? {} : { servername }),
       ...(upstream.ca ? { ca: upstream.ca } : {}),
       // Judged afterwards, each failure in its own words: the chain here, the name by certificateProblems.
       rejectUnauthorized: false,
@@ -128,7 +169,7 @@ function tlsConnect(upstream: Config['upstream'], host: string, port: number): P
   });
 }
 
-function tcpConnect(upstream: Config['upstream'], host: string, port: number): Promise<Socket> {
+function tcpConnect(upstream: Config['upstream'], _name: string, host: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connectTcp({ host, port });
     bound(socket, upstream.connectTimeoutMs, reject);

@@ -23,6 +23,7 @@ import { certificateGaps, loadTlsMaterial } from '../runtime/tls.js';
 import { domainProblems } from './check-directory.js';
 import { logProblems, permissionProblems, serviceUser } from './check-permissions.js';
 import { missingIntermediate } from './check-tls.js';
+import { checkPool } from './check-pool.js';
 import { probeUpstream, type Locate } from './check-upstream.js';
 
 export interface CheckOptions {
@@ -38,7 +39,8 @@ export interface CheckReport {
   readonly problems: ConfigProblem[];
   /** Worth fixing, but `serve` works: printed, exit 0. */
   readonly warnings: ConfigProblem[];
-  /** One line per area: `upstream: ok (…)`, `groups: 2 problems`, `log: skipped (…)`. */
+  /** One line per area: `upstream: ok (…)`, `groups: 2 problems`, `log: skipped (…)`; a pool's health table
+   * follows the upstream line, indented. */
   readonly summary: string[];
 }
 
@@ -99,8 +101,10 @@ export async function runChecks(file: string, opts: CheckOptions = {}): Promise<
   await directoryAndPolicy(config, areas, at, opts);
   if (opts.offline) areas.skip('upstream', '--offline');
   else {
-    const up = await probeUpstream(config.upstream, at);
-    areas.add('upstream', up.problems, up.note);
+    // A pool (or a healthCheck): every server, and the health table the gateway's checker would see.
+    const up = config.upstream.healthCheck ? await checkPool(config, at) : await probeUpstream(config.upstream, at);
+    areas.add('upstream', up.problems, up.note, up.warnings);
+    areas.summary.push(...(up.details ?? []));
   }
   areas.add('log', logProblems(config, at), config.log.access === 'stdout' ? 'stdout' : config.log.access);
   const user = serviceUser(opts.asUser);

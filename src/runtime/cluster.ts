@@ -6,6 +6,7 @@
  * worker; SIGTERM stops them gracefully, then the primary. A worker that dies is replaced.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { statSync } from 'node:fs';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import { startAdmin } from './admin.js';
 import { Metrics } from './metrics.js';
@@ -15,6 +16,8 @@ import { servePrimary } from '../state/ipc-primary.js';
 import { RotatingTicketKeys, serveTicketKeys } from './ticket-keys.js';
 import { Hub } from '../state/local-bus.js';
 import { openDirectory } from './state.js';
+import { SERVICES, type Service } from '../pipeline/services.js';
+import { readPolicy } from '../policy/structure.js';
 import { Upstream } from '../upstream/upstream.js';
 import { appLogger } from '../pipeline/access-log.js';
 import type { RunningGateway } from './start.js';
@@ -172,9 +175,10 @@ async function startPrimaryAdmin(config: Config, listening: () => number): Promi
   const own = new Metrics(false);
   own.certificates = { upstream: () => upstream.peerNotAfter };
   own.upstreamPool = () => upstream.pool;
+  const allowed = allowedInFile(config.policyFile);
   const { server } = await startAdmin(config.admin!.host, config.admin!.port, {
     directory: () => directory.ping(),
-    upstream: () => upstream.probe(),
+    upstream: () => upstream.probe(allowed()),
     gateway: async () => {
       if (listening() === 0) throw new Error('no worker is listening');
     },
@@ -187,6 +191,29 @@ async function startPrimaryAdmin(config: Config, listening: () => number): Promi
       upstream.close();
       void directory.close();
     },
+  };
+}
+
+/**
+ * The services some rule of the policy file allows, as the workers' readiness asks (state.ts allowedServices):
+ * the primary resolves no names, so it reads the file's rules as written, again when the file changes. A file
+ * that does not validate keeps what it last said (the workers keep their policy too); at first, every service.
+ */
+export function allowedInFile(file: string): () => readonly Service[] {
+  let seen = '';
+  let services: readonly Service[] = SERVICES;
+  return () => {
+    try {
+      const stat = statSync(file);
+      const version = `${stat.mtimeMs}:${stat.size}`;
+      if (version === seen) return services;
+      seen = version;
+      const rules = readPolicy(file).parsed?.rules;
+      if (rules) services = SERVICES.filter((s) => rules.some((r) => r.allow !== undefined && r.services.includes(s)));
+    } catch {
+      // unreadable now: the workers keep their policy, and so does this
+    }
+    return services;
   };
 }
 

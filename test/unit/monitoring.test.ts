@@ -56,7 +56,7 @@ describe('alert rules', () => {
     expect(promtool('test', 'rules', 'deploy/prometheus-rules.test.yml')).toContain('SUCCESS');
   });
 
-  it('cover the DC, Exchange, lockouts, certificate expiry, failed reloads and 5xx', () => {
+  it('cover the DC, Exchange, a server out of the pool, lockouts, certificate expiry, failed reloads and 5xx', () => {
     expect(
       rules()
         .map((r) => r.alert)
@@ -64,6 +64,7 @@ describe('alert rules', () => {
     ).toEqual([
       'ExgateCertificateExpiringSoon',
       'ExgateDirectoryUnreachable',
+      'ExgateExchangeServerOut',
       'ExgateExchangeUnreachable',
       'ExgateHigh5xxRate',
       'ExgateLockoutsSurging',
