@@ -317,9 +317,9 @@ describe('invalid configs of issue 10: named, never a TypeError', () => {
 
   it.each([
     [
-      'listen.proxyProtocol and state beside admin',
-      (y: string) => y.replace('listen:\n', 'listen:\n  proxyProtocol: true\n') + 'state: {}\nadmin: { port: 9191 }\n',
-      ['listen.proxyProtocol: unknown key', 'state: unknown key'],
+      'listen.proxyProtocol: true and an unknown key beside admin',
+      (y: string) => y.replace('listen:\n', 'listen:\n  proxyProtocol: true\n') + 'status: {}\nadmin: { port: 9191 }\n',
+      ['listen.proxyProtocol: expected object, received boolean', 'status: unknown key'],
     ],
     [
       'services.mapi.auth: forms',
