@@ -210,6 +210,12 @@ describe('pipelined requests are answered strictly in order', () => {
     expect(echoed(responses[0] as Response)).toBe(`hello alice: GET ${slow('pl-f=1')}\n`);
     expect(ended).toBe('end');
     expect(seenUrls('pl-f')).toEqual([`alice ${slow('pl-f=1')}`]);
+    // Parsed while the 421 was undecided, never served: logged when its connection closes (gateway.ts
+    // notServed); parsed after it, never handled at all (OwedResponses). Either way, never forwarded.
+    await new Promise((r) => setTimeout(r, 300));
+    h.mark();
+    for (const r of h.access.filter((x) => x.path === '/owa/pl-f/3'))
+      expect(r).toMatchObject({ decision: 'deny', status: 499 });
   });
 });
 
