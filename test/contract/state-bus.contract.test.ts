@@ -1,16 +1,19 @@
 /**
  * Runs the one StateBus contract (state-bus-contract.ts) against every implementation: members of
  * an in-process Hub, and workers (real forked processes on the built IpcBus; `npm run build`
- * first) with this process as their primary (servePrimary). A killed worker is a dead member.
+ * first) with this process as their primary (servePrimary). A killed worker is a dead member. And
+ * gateways on one real Redis (RedisBus; test/helpers/redis.ts): a gateway that stops beating is a dead one.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Lockout, type Attempt, type LockoutVerdict } from '../../src/auth/lockout.js';
 import type { BusEvent, Slot, StateBus } from '../../src/state/bus.js';
 import { IpcBus } from '../../src/state/ipc-bus.js';
 import { servePrimary } from '../../src/state/ipc-primary.js';
 import { Hub } from '../../src/state/local-bus.js';
+import { RedisBus } from '../../src/state/redis-bus.js';
+import { startRedis, type RedisProcess } from '../helpers/redis.js';
 import { runStateBusContract, SETTINGS, type BusCluster } from './state-bus-contract.js';
 
 runStateBusContract('in-process members of a Hub', async (settings) => {
@@ -63,6 +66,45 @@ runStateBusContract('workers over IPC to the primary', async (settings) => {
     },
   };
   return cluster;
+});
+
+let redis: Promise<RedisProcess> | null = null;
+afterAll(async () => (await redis)?.stop());
+let prefixes = 0;
+
+runStateBusContract('gateways on one Redis', async (settings) => {
+  const server = await (redis ??= startRedis());
+  const redisSettings = {
+    url: server.url,
+    sentinels: [],
+    name: null,
+    tls: false,
+    ca: undefined,
+    password: null,
+    keyPrefix: `contract${++prefixes}:`, // each test its own deployment
+    commandTimeoutMs: 500,
+  };
+  const silent = { warn: () => {}, info: () => {} };
+  const member = async (lockout: Lockout) => {
+    const bus = new RedisBus(lockout, { redis: redisSettings, instances: 1, log: silent, holdMs: 600 });
+    await bus.whenUp();
+    return bus;
+  };
+  const authority = new Lockout(settings);
+  const members = new Set<RedisBus>([await member(authority)]);
+  authority.connect([...members][0] as RedisBus);
+  return {
+    authority,
+    join: async () => {
+      const m = await member(new Lockout(settings)); // its own: the replica and the fallback
+      members.add(m);
+      return m;
+    },
+    kill: async (m) => (m as RedisBus).abandon(),
+    close: async () => {
+      for (const m of members) m.close();
+    },
+  };
 });
 
 /** The test's handle on a forked member: each call is a `ctl` message, answered by the child. */
