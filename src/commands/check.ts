@@ -23,6 +23,7 @@ import { certificateGaps, loadTlsMaterial } from '../runtime/tls.js';
 import { domainProblems } from './check-directory.js';
 import { logProblems, permissionProblems, serviceUser } from './check-permissions.js';
 import { missingIntermediate } from './check-tls.js';
+import { probeState } from './check-state.js';
 import { probeUpstream, type Locate } from './check-upstream.js';
 
 export interface CheckOptions {
@@ -101,6 +102,11 @@ export async function runChecks(file: string, opts: CheckOptions = {}): Promise<
   else {
     const up = await probeUpstream(config.upstream, at);
     areas.add('upstream', up.problems, up.note);
+  }
+  if (config.state.redis && opts.offline) areas.skip('state', '--offline');
+  else if (config.state.redis) {
+    const state = await probeState(config, at);
+    areas.add('state', state.problems, state.note);
   }
   areas.add('log', logProblems(config, at), config.log.access === 'stdout' ? 'stdout' : config.log.access);
   const user = serviceUser(opts.asUser);

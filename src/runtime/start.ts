@@ -14,7 +14,7 @@ import { ConfigError, ServiceAccountRefusedError, systemErrorText } from '../err
 import { Metrics } from './metrics.js';
 import { Gateway } from '../server.js';
 import type { BusFactory } from '../state/bus.js';
-import { buildState, type State } from './state.js';
+import { buildState, sharedBus, type State } from './state.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from './tls.js';
 import { watchFiles } from './watch.js';
 
@@ -34,7 +34,8 @@ export interface StartOptions {
   readonly watch?: boolean;
   /** Called once the state is built, just before listening (serve.ts frees the port here). */
   readonly beforeListen?: () => Promise<void>;
-  /** The state bus (src/state): a worker's goes to the primary. Default: this process alone. */
+  /** The state bus (src/state): a worker's goes to the primary. Default: this process alone.
+   * `state.redis` in the config wins over both. */
   readonly bus?: BusFactory;
 }
 
@@ -71,7 +72,9 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   let address: AddressInfo;
   let admin: Admin | null;
   try {
-    const state = (opened.state = await buildState(config, log, undefined, opts.bus));
+    const onUp = (up: boolean) => metrics.stateUp.set(up ? 1 : 0);
+    const bus = sharedBus(config, log, onUp, opts.bus, cluster.isWorker);
+    const state = (opened.state = await buildState(config, log, undefined, bus));
     const gw = (opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics }));
     await opts.beforeListen?.();
     const inherited = systemdSocket();
@@ -114,6 +117,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     // not listen alive, deaf to SIGTERM (issue 10).
     if (opened.gateway) await opened.gateway.close();
     else await opened.state?.directory.close();
+    opened.state?.bus.close();
     await access.close();
     throw err instanceof ServiceAccountRefusedError
       ? new ConfigError([{ file: config.file, key: err.key, message: err.message }], { cause: err })
@@ -172,6 +176,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     watcher?.close();
     admin?.server.close();
     await gateway.close(graceMs);
+    gateway.state.bus.close(); // Redis: what this gateway holds goes back at once, not when it expires
     await Promise.all([...retired].map((d) => d.close()));
     await access.close();
   };
