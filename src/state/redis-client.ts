@@ -74,7 +74,10 @@ export function subscriberClient(s: RedisSettings): Redis {
 /** What `exgate check` says about the Redis it reached: its version and role (master, or a replica). */
 export async function probeRedis(s: RedisSettings): Promise<{ version: string; role: string; where: string }> {
   const r = new Redis(redisOptions(s, { retryStrategy: () => null, lazyConnect: true, maxRetriesPerRequest: 0 }));
-  r.on('error', () => {}); // the rejected connect() below says it
+  let first: Error | null = null; // the server's own answer (WRONGPASS, a TLS error), not "Connection is closed"
+  r.on('error', (err: Error) => {
+    first ??= err;
+  });
   try {
     await r.connect();
     const info = await r.info('server');
@@ -82,6 +85,8 @@ export async function probeRedis(s: RedisSettings): Promise<{ version: string; r
     const role = String(((await r.role()) as unknown[])[0]);
     const where = s.url ? new URL(s.url).host : `master ${s.name} via ${s.sentinels.length} sentinel(s)`;
     return { version, role, where };
+  } catch (err) {
+    throw first ?? err;
   } finally {
     r.disconnect();
   }

@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { connect as connectTls } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './gateway-harness.js';
@@ -19,10 +20,10 @@ export interface RedisProcess {
   stop(): Promise<void>;
 }
 
-/** Answers PING with +PONG (and, for a replica, is in sync: master_link_status:up)? */
-export function command(port: number, line: string, ms = 500): Promise<string> {
+/** One command line's raw answer ('' when none came within `ms`); `tls`: over TLS (any certificate). */
+export function command(port: number, line: string, ms = 500, tls = false): Promise<string> {
   return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
+    const s = tls ? connectTls({ port, host: '127.0.0.1', rejectUnauthorized: false }) : connect(port, '127.0.0.1');
     let out = '';
     const done = (v: string) => {
       clearTimeout(timer);
@@ -30,7 +31,7 @@ export function command(port: number, line: string, ms = 500): Promise<string> {
       resolve(v);
     };
     const timer = setTimeout(() => done(out), ms);
-    s.on('connect', () => s.write(`${line}\r\n`));
+    s.on(tls ? 'secureConnect' : 'connect', () => s.write(`${line}\r\n`));
     s.on('data', (d) => {
       out += d.toString();
       if (out.endsWith('\r\n') && (!out.startsWith('$') || out.split('\r\n').length > 2)) done(out);
@@ -47,14 +48,15 @@ async function until(cond: () => Promise<boolean>, what: string, ms = 10_000): P
   }
 }
 
-function supervise(what: string, bin: string, args: string[], port: number, dir: string): RedisProcess {
+function supervise(what: string, bin: string, args: string[], port: number, dir: string, tls = false): RedisProcess {
   let child: ChildProcess | null = null;
   const proc: RedisProcess = {
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: `${tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`,
     async start() {
       child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-      await until(async () => (await command(port, 'PING')).startsWith('+PONG'), `${what} on ${port}`);
+      // PING answers -NOAUTH when a password is required: either way it is up
+      await until(async () => /^(\+PONG|-NOAUTH)/.test(await command(port, 'PING', 500, tls)), `${what} on ${port}`);
     },
     async kill() {
       const c = child;
@@ -72,15 +74,22 @@ function supervise(what: string, bin: string, args: string[], port: number, dir:
   return proc;
 }
 
-/** A redis-server on a free loopback port; `replicaOf`: a replica of that port. */
-export async function startRedis(opts: { replicaOf?: number } = {}): Promise<RedisProcess> {
+/** A redis-server on a free loopback port; `replicaOf`: a replica of that port; `tls`: TLS only, with that pair. */
+export async function startRedis(
+  opts: { replicaOf?: number; tls?: { cert: string; key: string }; password?: string } = {},
+): Promise<RedisProcess> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'exgate-redis-'));
   const args = [
-    ...['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+    ...['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+    ...(opts.tls
+      ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key]
+      : ['--port', String(port)]),
+    ...(opts.tls ? ['--tls-auth-clients', 'no'] : []),
+    ...(opts.password ? ['--requirepass', opts.password] : []),
     ...(opts.replicaOf ? ['--replicaof', '127.0.0.1', String(opts.replicaOf)] : []),
   ];
-  const proc = supervise('redis-server', 'redis-server', args, port, dir);
+  const proc = supervise('redis-server', 'redis-server', args, port, dir, opts.tls !== undefined);
   await proc.start();
   return proc;
 }
