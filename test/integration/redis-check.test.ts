@@ -16,7 +16,13 @@ const PASSWORD = 'redis-Secret-Pa55';
 
 async function run(file: string): Promise<{ code: number; out: string }> {
   let out = '';
-  const code = await check(file, { write: (s: string) => ((out += s), true) } as unknown as NodeJS.WritableStream);
+  const sink = {
+    write: (s: string) => {
+      out += s;
+      return true;
+    },
+  };
+  const code = await check(file, sink as unknown as NodeJS.WritableStream);
   return { code, out };
 }
 
