@@ -282,7 +282,7 @@ export class RedisBus implements StateBus {
     const threshold = this.#fallback.settings.threshold;
     this.opts.log.warn(
       { err: err?.message, threshold },
-      'state.redis: Redis unreachable; this gateway decides alone (its share of the lockout threshold) until it is back',
+      'state.redis: Redis unreachable; this gateway decides alone (its share of lockout.threshold) until it is back',
     );
   }
 
