@@ -192,3 +192,63 @@ describe('IpcBus without an answering primary', () => {
     bus.close();
   });
 });
+
+// Not part of the contract: what only the Redis bus has. One wrong password in flight on two gateways
+// binds once (AD counts every bad bind); and with Redis away each gateway counts against its share.
+describe('RedisBus beyond the contract', () => {
+  const silent = { warn: () => {}, info: () => {} };
+  const settingsFor = (url: string) => ({
+    url,
+    sentinels: [],
+    name: null,
+    tls: false,
+    ca: undefined,
+    password: null,
+    keyPrefix: `extra${++prefixes}:`,
+    commandTimeoutMs: 300,
+  });
+
+  it('makes a second gateway wait for the same wrong password in flight, then refuse it as known-bad', async () => {
+    const server = await (redis ??= startRedis());
+    const redisSettings = settingsFor(server.url);
+    const [la, lb] = [new Lockout(SETTINGS), new Lockout({ ...SETTINGS, waitMs: 3000 })];
+    const [a, b] = [la, lb].map((l) => new RedisBus(l, { redis: redisSettings, instances: 2, log: silent })) as [
+      RedisBus,
+      RedisBus,
+    ];
+    try {
+      await Promise.all([a.whenUp(), b.whenUp()]);
+      const held = await a.reserve('cn=alice', '203.0.113.5', 'same');
+      expect(held.verdict).toBe('open');
+      let settled = false;
+      const second = b.reserve('cn=alice', '203.0.113.5', 'same').finally(() => {
+        settled = true;
+      });
+      await new Promise((r) => setTimeout(r, 150));
+      expect(settled).toBe(false); // not bound twice at once
+      la.connect(a);
+      la.failure('cn=alice', '203.0.113.5', 'same'); // recorded, then released (authenticate.ts)
+      held.release();
+      expect((await second).verdict).toBe('open');
+      expect(lb.knownBad('cn=alice', 'same')).toBe(true); // so authenticate refuses it without a bind
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it('with Redis unreachable, reserves against max(1, floor(threshold / instances)) and caps slots alone', async () => {
+    const lockout = new Lockout({ ...SETTINGS, waitMs: 200 }); // threshold 3, 2 instances: 1
+    const bus = new RedisBus(lockout, { redis: settingsFor('redis://127.0.0.1:1'), instances: 2, log: silent });
+    try {
+      const first = await bus.reserve('cn=alice', '203.0.113.5', 'p0');
+      expect(first.verdict).toBe('open');
+      expect((await bus.reserve('cn=alice', '203.0.113.5', 'p1')).verdict).toBe('busy'); // waits on p0, alone
+      const [one, two] = [await bus.acquireSlot('k', 1), await bus.acquireSlot('k', 1)];
+      expect(one).not.toBeNull();
+      expect(two).toBeNull();
+    } finally {
+      bus.close();
+    }
+  });
+});
