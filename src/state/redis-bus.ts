@@ -6,26 +6,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { Logger } from 'pino';
 import { Lockout, type Attempt, type LockoutSettings } from '../auth/lockout.js';
-import type { RedisSettings } from '../config/state-load.js';
 import type { Authority, BusEvent, Slot, StateBus } from './bus.js';
 import { Slots } from './local-bus.js';
-import { commandClient, subscriberClient, type Client } from './redis-client.js';
-import { Deferred, idOf, keysOf, parseEnvelope, readKept, type Envelope, type Keys, type Kept } from './redis-kept.js';
+import { commandClient, subscriberClient, type Client, type RedisBusOptions } from './redis-client.js';
 
-export interface RedisBusOptions {
-  readonly redis: RedisSettings;
-  /** Gateways sharing the Redis (`state.instances`): the fallback threshold's divisor. */
-  readonly instances: number;
-  readonly log: Pick<Logger, 'warn' | 'info'>;
-  /** Told true or false as Redis comes and goes (the exgate_state_up gauge). */
-  readonly onUp?: (up: boolean) => void;
-  /** How long a dead gateway's reservations and slots outlive it. Default: 15000. */
-  readonly holdMs?: number;
-  /** Lockout events kept for gateways that start later, at most. Default: 100000. */
-  readonly keepMax?: number;
-}
+export type { RedisBusOptions } from './redis-client.js';
+import { Deferred, idOf, keysOf, parseEnvelope, readKept, type Envelope, type Keys, type Kept } from './redis-kept.js';
 
 /** The lockout settings a gateway uses alone: its share of the threshold. */
 export function fallbackSettings(s: LockoutSettings, instances: number): LockoutSettings {
@@ -123,6 +110,7 @@ export class RedisBus implements StateBus {
         const argv = [cls, fingerprint, s.threshold, k.member, this.#me, this.#holdSeq, this.#holdMs];
         answer = await this.#cmd.exReserve(k.fail(account), k.holds(account), ...argv);
       } catch {
+        this.#unhold(k.holds(account), hold); // a script that timed out may still have run
         return this.#fallback.acquire(account, source, fingerprint); // timed out, or Redis went away
       }
       const [verdict, t] = answer;
@@ -147,6 +135,7 @@ export class RedisBus implements StateBus {
       const got = await this.#cmd.exSlot(this.#keys.slot(key), cap, this.#keys.member, entry, this.#holdMs);
       return got === 1 ? { release: this.#hold(this.#keys.slot(key), entry) } : null;
     } catch {
+      this.#unhold(this.#keys.slot(key), entry);
       return this.#alone.take(key, cap);
     }
   }
@@ -200,11 +189,15 @@ export class RedisBus implements StateBus {
       const n = (this.#heldKeys.get(key) ?? 1) - 1;
       if (n > 0) this.#heldKeys.set(key, n);
       else this.#heldKeys.delete(key);
-      if (this.#closed) return;
-      this.#cmd.srem(key, entry).catch(() => this.#unreleased.push([key, entry]));
+      if (!this.#closed) this.#unhold(key, entry);
     };
     this.#held.add(release);
     return release;
+  }
+
+  /** Removes a hold from Redis, now or when it is back (after the command that made it, on one connection). */
+  #unhold(key: string, entry: string): void {
+    this.#cmd.srem(key, entry).catch(() => this.#unreleased.push([key, entry]));
   }
 
   /** Tells Redis this gateway lives, and keeps the keys it holds something in. */

@@ -4,8 +4,22 @@
  * try per command; the bus decides alone meanwhile, and ioredis keeps reconnecting (and asking Sentinel).
  */
 import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from 'pino';
 import type { RedisSettings } from '../config/state-load.js';
 import { EMIT, FAIL, RESERVE, SESSION, SLOT } from './redis-scripts.js';
+
+export interface RedisBusOptions {
+  readonly redis: RedisSettings;
+  /** Gateways sharing the Redis (`state.instances`): the fallback threshold's divisor. */
+  readonly instances: number;
+  readonly log: Pick<Logger, 'warn' | 'info'>;
+  /** Told true or false as Redis comes and goes (the exgate_state_up gauge). */
+  readonly onUp?: (up: boolean) => void;
+  /** How long a dead gateway's reservations and slots outlive it. Default: 15000. */
+  readonly holdMs?: number;
+  /** Lockout events kept for gateways that start later, at most. Default: 100000. */
+  readonly keepMax?: number;
+}
 
 type Arg = string | number;
 
