@@ -195,8 +195,16 @@ describe('two gateways on one Redis', () => {
   });
 
   it('keeps serving with Redis killed (split threshold, one log line, state_up 0), shares once back', async () => {
+    const jar = new Jar();
+    expect((await signIn(g[0], jar, alice.sam, alice.password)).status).toBe(302);
+    await until(async () => (await get(g[1], jar, '/owa/')).status === 200, 'the session on gateway 2', 1000);
+    const copy = new Jar();
+    for (const [k, v] of jar.cookies) copy.cookies.set(k, v);
     await redis.kill();
     for (const h of g) await until(async () => (await stateUp(h)) === 0, 'exgate_state_up 0');
+    for (const h of g) expect((await get(h, copy, '/owa/')).status).toBe(200); // sessions made before: kept
+    expect((await get(g[1], jar, '/owa/logoff.owa')).status).toBe(302); // a sign-out during the outage
+    expect((await get(g[0], copy, '/owa/')).status).toBe(200); // …reaches gateway 1 when Redis is back
     const u = await createUser(ldapUrl, `alone${tag()}`, 'Alone-Passw0rd!', ['AllowExternalAccess']);
     await adLockoutAt10(u.sam);
     const statuses = await attack(g, u.sam, 200);
@@ -212,6 +220,7 @@ describe('two gateways on one Redis', () => {
 
     await redis.start();
     for (const h of g) await until(async () => (await stateUp(h)) === 1, 'exgate_state_up 1 again');
+    await until(async () => (await get(g[0], copy, '/owa/')).status !== 200, 'the sign-out told when back', 3000);
     const v = await createUser(ldapUrl, `back${tag()}`, 'Back-Passw0rd!', ['AllowExternalAccess']);
     await attack([g[0]], v.sam, 20); // all on gateway 1: shared, it may bind the whole threshold…
     await attack([g[1]], v.sam, 20); // …and then gateway 2 none
