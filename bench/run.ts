@@ -5,11 +5,13 @@
  */
 import { coldAuthBench, cachedAuthBench } from './auth.js';
 import { idleMemoryBench, proxyBench, uploadMemoryBench } from './proxy.js';
+import { sharedStateBench } from './shared-state.js';
 import { machine } from './stats.js';
 
 const SUITES: Record<string, () => Promise<string>> = {
   'auth-cached': () => cachedAuthBench(),
   'auth-cold': () => coldAuthBench(),
+  'auth-cached-redis': () => sharedStateBench(),
   proxy: () => proxyBench(),
   'memory-idle': () => idleMemoryBench(),
   'memory-upload': () => uploadMemoryBench(),

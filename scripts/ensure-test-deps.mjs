@@ -14,6 +14,9 @@
 //   impacket           -> Debian package python3-impacket (for /usr/bin/python3)
 // and test/integration/proxy-protocol.test.ts puts a layer-4 balancer in front of two gateways:
 //   /usr/sbin/haproxy  -> Debian package haproxy
+// and the shared-state tests (test/helpers/redis.ts) start a real Redis, its replica and three Sentinels:
+//   redis-server, redis-sentinel -> Debian packages redis-server and redis-sentinel (their packaged services
+//                         listen on 6379/26379; the tests use other loopback ports)
 //
 // When something is missing and we are root on a Debian/Ubuntu machine, install it with apt-get.
 // When we are not root, print what to install and exit 1. When everything is present, do nothing (fast).
@@ -52,6 +55,8 @@ function missingPackages() {
   if (!existsSync(CHROMIUM)) missing.add('chromium');
   if (spawnSync('/usr/bin/python3', ['-c', 'import impacket']).status !== 0) missing.add('python3-impacket');
   if (!existsSync('/usr/sbin/haproxy')) missing.add('haproxy');
+  if (!which('redis-server')) missing.add('redis-server');
+  if (!which('redis-sentinel')) missing.add('redis-sentinel');
   return [...missing];
 }
 

@@ -24,6 +24,7 @@ import { domainProblems } from './check-directory.js';
 import { logProblems, permissionProblems, serviceUser } from './check-permissions.js';
 import { missingIntermediate } from './check-tls.js';
 import { checkPool } from './check-pool.js';
+import { probeState } from './check-state.js';
 import { probeUpstream, type Locate } from './check-upstream.js';
 
 export interface CheckOptions {
@@ -105,6 +106,11 @@ export async function runChecks(file: string, opts: CheckOptions = {}): Promise<
     const up = config.upstream.healthCheck ? await checkPool(config, at) : await probeUpstream(config.upstream, at);
     areas.add('upstream', up.problems, up.note, up.warnings);
     areas.summary.push(...(up.details ?? []));
+  }
+  if (config.state.redis && opts.offline) areas.skip('state', '--offline');
+  else if (config.state.redis) {
+    const state = await probeState(config, at);
+    areas.add('state', state.problems, state.note);
   }
   areas.add('log', logProblems(config, at), config.log.access === 'stdout' ? 'stdout' : config.log.access);
   const user = serviceUser(opts.asUser);

@@ -11,6 +11,7 @@ import { ConfigError, type ConfigProblem } from '../errors.js';
 import { SERVICE_DEFAULTS, SERVICES, type Service, type ServiceDefaults } from '../pipeline/services.js';
 import { gatewaySchema, type GatewayFile } from './schema.js';
 import { resolveUpstream } from './upstream.js';
+import { resolveState } from './state-load.js';
 import type { Config, FileSettings, LdapSettings } from './types.js';
 import { keyPath, readYaml, Secret, validate, type YamlFile } from './yaml.js';
 
@@ -130,6 +131,7 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
     lockout: raw.lockout,
     services: serviceSettings(raw),
     session: raw.session,
+    state: resolveState(raw.state, rel, readPem, at, env),
     admin: raw.admin,
     mailboxFlags,
     watched: [
@@ -140,6 +142,8 @@ function resolveConfig(raw: GatewayFile, yaml: YamlFile, env: NodeJS.ProcessEnv,
         raw.upstream.ca,
         'ca' in raw.directory ? raw.directory.ca : undefined,
         'bindPasswordFile' in raw.directory ? raw.directory.bindPasswordFile : undefined,
+        raw.state.redis?.ca,
+        raw.state.redis?.passwordFile,
       ]
         .filter((f): f is string => f !== undefined)
         .map(rel),

@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { SERVICES, type Service } from '../pipeline/services.js';
 import { parseCidr } from '../runtime/cidr.js';
+import { stateSection } from './state-schema.js';
 
 const port = z.number().int().min(0).max(65535);
 const nonEmpty = z.string().min(1, 'must not be empty');
@@ -306,6 +307,8 @@ export const gatewaySchema = z.strictObject({
   services: services.default({}),
   /** Browser sessions of the forms sign-in (OWA, ECP). */
   session: session.prefault({}),
+  /** What several gateways share (Redis); without it, each gateway alone. */
+  state: stateSection.prefault({}),
   admin: admin.optional(),
   mailboxFlags: mailboxFlags.optional(),
 });

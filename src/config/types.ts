@@ -3,6 +3,7 @@ import type { NameTable } from '../pipeline/classify.js';
 import type { Service, ServiceDefaults } from '../pipeline/services.js';
 import type { GatewayFile } from './schema.js';
 import type { UpstreamSettings } from './upstream.js';
+import type { StateSettings } from './state-load.js';
 import type { Secret } from './yaml.js';
 
 export interface LdapSettings {
@@ -49,6 +50,8 @@ export interface Config {
   readonly lockout: GatewayFile['lockout'];
   readonly services: Readonly<Record<Service, ServiceDefaults>>;
   readonly session: GatewayFile['session'];
+  /** What several gateways share (`state:`); `redis` null: each gateway alone. */
+  readonly state: StateSettings;
   readonly admin: GatewayFile['admin'];
   readonly mailboxFlags: GatewayFile['mailboxFlags'];
   /** Every file the gateway reads besides this one: a change to any of them reloads it. */

@@ -134,6 +134,14 @@ export class Metrics {
   /** Where the upstream gauges read the pool at each scrape. */
   upstreamPool?: () => Pool;
 
+  /** Each worker has its own Redis connection: `min`, so one that lost it shows. */
+  readonly stateUp = new Gauge({
+    name: 'exgate_state_up',
+    aggregator: 'min',
+    registers: [this.registry],
+    help: '1 while the state shared with the other gateways (state.redis) is reachable, 0 while each decides alone.',
+  });
+
   /** Every worker holds every session (they share them), so the workers' values agree: `max`. */
   readonly sessions = new Gauge({
     name: 'exgate_sessions',
@@ -153,6 +161,7 @@ export class Metrics {
   constructor(defaults = true) {
     if (defaults) collectDefaultMetrics({ register: this.registry, prefix: '' });
     this.lastReloadOk.set(1);
+    this.stateUp.set(1); // without state.redis the state is this gateway's own, always there
   }
 
   /** Records a probe's answer (admin.ts). */

@@ -14,7 +14,7 @@ import { ConfigError, ServiceAccountRefusedError, systemErrorText } from '../err
 import { Metrics } from './metrics.js';
 import { Gateway } from '../server.js';
 import type { BusFactory } from '../state/bus.js';
-import { allowedServices, buildState, type State } from './state.js';
+import { allowedServices, buildState, sharedBus, type State } from './state.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from './tls.js';
 import { RotatingTicketKeys, useTicketKeys, type TicketKeys } from './ticket-keys.js';
 import { watchFiles } from './watch.js';
@@ -35,7 +35,8 @@ export interface StartOptions {
   readonly watch?: boolean;
   /** Called once the state is built, just before listening (serve.ts frees the port here). */
   readonly beforeListen?: () => Promise<void>;
-  /** The state bus (src/state): a worker's goes to the primary. Default: this process alone. */
+  /** The state bus (src/state): a worker's goes to the primary. Default: this process alone.
+   * `state.redis` in the config wins over both. */
   readonly bus?: BusFactory;
   /** The TLS session-ticket key source: a worker's is the primary's. Default: this process's own, rotated. */
   readonly ticketKeys?: (rotateMs: number, log: Logger) => Promise<TicketKeys>;
@@ -74,7 +75,9 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
   let address: AddressInfo;
   let admin: Admin | null;
   try {
-    const state = (opened.state = await buildState(config, log, undefined, opts.bus));
+    const onUp = (up: boolean) => metrics.stateUp.set(up ? 1 : 0);
+    const bus = sharedBus(config, log, onUp, opts.bus, cluster.isWorker);
+    const state = (opened.state = await buildState(config, log, undefined, bus));
     const gw = (opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics }));
     const tickets = (opened.tickets = await (opts.ticketKeys ?? ownTicketKeys)(
       config.tls.ticketKeyRotationSeconds * 1000,
@@ -124,6 +127,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     if (opened.gateway) await opened.gateway.close();
     else await opened.state?.directory.close();
     opened.tickets?.close();
+    opened.state?.bus.close();
     await access.close();
     throw err instanceof ServiceAccountRefusedError
       ? new ConfigError([{ file: config.file, key: err.key, message: err.message }], { cause: err })
@@ -185,6 +189,7 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     admin?.server.close();
     await gateway.close(graceMs);
     tickets.close();
+    gateway.state.bus.close(); // Redis: what this gateway holds goes back at once, not when it expires
     await Promise.all([...retired].map((d) => d.close()));
     await access.close();
   };

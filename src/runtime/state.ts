@@ -16,6 +16,7 @@ import { frontEndFor, type AuthFrontEnd } from '../auth/front-ends.js';
 import type { Service } from '../pipeline/services.js';
 import type { BusFactory, StateBus } from '../state/bus.js';
 import { localBus } from '../state/local-bus.js';
+import { RedisBus } from '../state/redis-bus.js';
 import { Sessions } from '../state/sessions.js';
 
 export interface State {
@@ -118,6 +119,26 @@ function frontEndsFor(config: Config, realm: string): Readonly<Record<Service, A
     frontEndFor(settings.auth, realm),
   ]);
   return Object.freeze(Object.fromEntries(entries) as Record<Service, AuthFrontEnd>);
+}
+
+/**
+ * The bus `state.redis` names, else `local` (this process alone, or a worker's IPC to the primary).
+ * With workers, each worker is a member of its own on Redis and the primary's Hub carries nothing: one
+ * path for shared state, and no primary in the way of a reservation. While Redis is away each worker
+ * decides alone, so the split counts every process: threshold / (instances × workers).
+ */
+export function sharedBus(
+  config: Config,
+  log: Pick<Logger, 'warn' | 'info'>,
+  onUp: (up: boolean) => void,
+  local: BusFactory | undefined,
+  inWorker: boolean,
+): BusFactory | undefined {
+  const redis = config.state.redis;
+  if (!redis) return local;
+  const instances = config.state.instances * (inWorker ? config.workers : 1);
+  onUp(false); // until it connects
+  return (lockout) => new RedisBus(lockout, { redis, instances, log, onUp });
 }
 
 function connected(lockout: Lockout, makeBus: BusFactory): StateBus {

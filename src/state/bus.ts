@@ -1,6 +1,6 @@
 /**
  * The state bus: what the processes (and, later, the gateways) of one deployment share. One
- * implementation per topology: in-process (local-bus.ts), IPC to the primary (ipc-bus.ts), Redis.
+ * implementation per topology: in-process (local-bus.ts), IPC to the primary (ipc-bus.ts), Redis (redis-bus.ts).
  * Its authority is the one place that reserves and counts; a holder that dies gives back what it held.
  */
 import type { Attempt, LockoutSettings } from '../auth/lockout-reserve.js';
@@ -70,6 +70,8 @@ export interface Authority {
   apply(event: LockoutEvent): void;
   reconfigure(settings: LockoutSettings): void;
   readonly settings: LockoutSettings;
+  /** Is this address familiar to the account (which counter a failure from it fills)? Absent: never. */
+  isFamiliar?(account: string, source: string): boolean;
 }
 
 /** Builds the bus of a gateway's state around its Lockout (the authority, or the fallback). */

@@ -1,16 +1,19 @@
 /**
  * Runs the one StateBus contract (state-bus-contract.ts) against every implementation: members of
  * an in-process Hub, and workers (real forked processes on the built IpcBus; `npm run build`
- * first) with this process as their primary (servePrimary). A killed worker is a dead member.
+ * first) with this process as their primary (servePrimary). A killed worker is a dead member. And
+ * gateways on one real Redis (RedisBus; test/helpers/redis.ts): a gateway that stops beating is a dead one.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Lockout, type Attempt, type LockoutVerdict } from '../../src/auth/lockout.js';
 import type { BusEvent, Slot, StateBus } from '../../src/state/bus.js';
 import { IpcBus } from '../../src/state/ipc-bus.js';
 import { servePrimary } from '../../src/state/ipc-primary.js';
 import { Hub } from '../../src/state/local-bus.js';
+import { RedisBus } from '../../src/state/redis-bus.js';
+import { startRedis, type RedisProcess } from '../helpers/redis.js';
 import { runStateBusContract, SETTINGS, type BusCluster } from './state-bus-contract.js';
 
 runStateBusContract('in-process members of a Hub', async (settings) => {
@@ -63,6 +66,45 @@ runStateBusContract('workers over IPC to the primary', async (settings) => {
     },
   };
   return cluster;
+});
+
+let redis: Promise<RedisProcess> | null = null;
+afterAll(async () => (await redis)?.stop());
+let prefixes = 0;
+
+runStateBusContract('gateways on one Redis', async (settings) => {
+  const server = await (redis ??= startRedis());
+  const redisSettings = {
+    url: server.url,
+    sentinels: [],
+    name: null,
+    tls: false,
+    ca: undefined,
+    password: null,
+    keyPrefix: `contract${++prefixes}:`, // each test its own deployment
+    commandTimeoutMs: 500,
+  };
+  const silent = { warn: () => {}, info: () => {} };
+  const member = async (lockout: Lockout) => {
+    const bus = new RedisBus(lockout, { redis: redisSettings, instances: 1, log: silent, holdMs: 600 });
+    await bus.whenUp();
+    return bus;
+  };
+  const authority = new Lockout(settings);
+  const members = new Set<RedisBus>([await member(authority)]);
+  authority.connect([...members][0] as RedisBus);
+  return {
+    authority,
+    join: async () => {
+      const m = await member(new Lockout(settings)); // its own: the replica and the fallback
+      members.add(m);
+      return m;
+    },
+    kill: async (m) => (m as RedisBus).abandon(),
+    close: async () => {
+      for (const m of members) m.close();
+    },
+  };
 });
 
 /** The test's handle on a forked member: each call is a `ctl` message, answered by the child. */
@@ -148,5 +190,65 @@ describe('IpcBus without an answering primary', () => {
     expect(await bus.acquireSlot('k', 1)).not.toBeNull();
     expect(Date.now() - started).toBeLessThan(1000);
     bus.close();
+  });
+});
+
+// Not part of the contract: what only the Redis bus has. One wrong password in flight on two gateways
+// binds once (AD counts every bad bind); and with Redis away each gateway counts against its share.
+describe('RedisBus beyond the contract', () => {
+  const silent = { warn: () => {}, info: () => {} };
+  const settingsFor = (url: string) => ({
+    url,
+    sentinels: [],
+    name: null,
+    tls: false,
+    ca: undefined,
+    password: null,
+    keyPrefix: `extra${++prefixes}:`,
+    commandTimeoutMs: 300,
+  });
+
+  it('makes a second gateway wait for the same wrong password in flight, then refuse it as known-bad', async () => {
+    const server = await (redis ??= startRedis());
+    const redisSettings = settingsFor(server.url);
+    const [la, lb] = [new Lockout(SETTINGS), new Lockout({ ...SETTINGS, waitMs: 3000 })];
+    const [a, b] = [la, lb].map((l) => new RedisBus(l, { redis: redisSettings, instances: 2, log: silent })) as [
+      RedisBus,
+      RedisBus,
+    ];
+    try {
+      await Promise.all([a.whenUp(), b.whenUp()]);
+      const held = await a.reserve('cn=alice', '203.0.113.5', 'same');
+      expect(held.verdict).toBe('open');
+      let settled = false;
+      const second = b.reserve('cn=alice', '203.0.113.5', 'same').finally(() => {
+        settled = true;
+      });
+      await new Promise((r) => setTimeout(r, 150));
+      expect(settled).toBe(false); // not bound twice at once
+      la.connect(a);
+      la.failure('cn=alice', '203.0.113.5', 'same'); // recorded, then released (authenticate.ts)
+      held.release();
+      expect((await second).verdict).toBe('open');
+      expect(lb.knownBad('cn=alice', 'same')).toBe(true); // so authenticate refuses it without a bind
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it('with Redis unreachable, reserves against max(1, floor(threshold / instances)) and caps slots alone', async () => {
+    const lockout = new Lockout({ ...SETTINGS, waitMs: 200 }); // threshold 3, 2 instances: 1
+    const bus = new RedisBus(lockout, { redis: settingsFor('redis://127.0.0.1:1'), instances: 2, log: silent });
+    try {
+      const first = await bus.reserve('cn=alice', '203.0.113.5', 'p0');
+      expect(first.verdict).toBe('open');
+      expect((await bus.reserve('cn=alice', '203.0.113.5', 'p1')).verdict).toBe('busy'); // waits on p0, alone
+      const [one, two] = [await bus.acquireSlot('k', 1), await bus.acquireSlot('k', 1)];
+      expect(one).not.toBeNull();
+      expect(two).toBeNull();
+    } finally {
+      bus.close();
+    }
   });
 });

@@ -519,3 +519,31 @@ describe('exgate check: every problem in one run', () => {
     ]);
   });
 });
+
+describe('state.redis (several gateways)', () => {
+  it('loads a TLS Redis with its CA, password and prefix; the password stays a Secret', () => {
+    const config = loadConfig(fixture('valid-redis.yaml'), ENV);
+    expect(config.state.instances).toBe(2);
+    expect(config.state.redis).toMatchObject({ url: 'rediss://redis.lab.test:6380', tls: true, keyPrefix: 'gw-eu:' });
+    expect(config.state.redis?.ca).toContain('-----BEGIN');
+    expect(config.state.redis?.password?.reveal()).toBe(ENV_PASSWORD);
+    expect(inspect(config)).not.toContain(ENV_PASSWORD);
+    expect(JSON.stringify(config)).not.toContain(ENV_PASSWORD);
+  });
+
+  it('is absent by default: each gateway alone, one instance', () => {
+    const config = loadConfig(fixture('valid-minimal.yaml'), ENV);
+    expect(config.state).toEqual({ redis: null, instances: 1 });
+  });
+
+  it('takes redis:// on loopback without allowPlaintext', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'exgate-state-'));
+    try {
+      const text = readFileSync(fixture('valid-minimal.yaml'), 'utf8').replaceAll('support/', `${FIXTURES}/support/`);
+      writeFileSync(join(dir, 'g.yaml'), `${text}state: { redis: { url: "redis://127.0.0.1:6379" } }\n`);
+      expect(loadConfig(join(dir, 'g.yaml'), ENV).state.redis).toMatchObject({ tls: false, password: null });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

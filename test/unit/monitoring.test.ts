@@ -56,7 +56,7 @@ describe('alert rules', () => {
     expect(promtool('test', 'rules', 'deploy/prometheus-rules.test.yml')).toContain('SUCCESS');
   });
 
-  it('cover the DC, Exchange, a server out of the pool, lockouts, certificate expiry, failed reloads and 5xx', () => {
+  it('cover the DC, Exchange, a server out of the pool, lockouts, certificate expiry, failed reloads, 5xx and shared state', () => {
     expect(
       rules()
         .map((r) => r.alert)
@@ -69,6 +69,7 @@ describe('alert rules', () => {
       'ExgateHigh5xxRate',
       'ExgateLockoutsSurging',
       'ExgateReloadFailed',
+      'ExgateSharedStateUnreachable',
     ]);
     expect(rules().find((r) => r.alert === 'ExgateCertificateExpiringSoon')?.expr).toContain('- time() < 14 * 86400');
   });
