@@ -4,13 +4,18 @@
  * The cold-auth suite starts a throwaway Samba AD DC (root; see test/helpers/samba.ts).
  */
 import { coldAuthBench, cachedAuthBench } from './auth.js';
-import { idleMemoryBench, proxyBench, uploadMemoryBench } from './proxy.js';
+import { idleMemoryBench, uploadMemoryBench } from './memory.js';
+import { newConnectionBench } from './newconn.js';
+import { policyScaleBench } from './policy-scale.js';
+import { proxyBench } from './proxy.js';
 import { machine } from './stats.js';
 
 const SUITES: Record<string, () => Promise<string>> = {
   'auth-cached': () => cachedAuthBench(),
   'auth-cold': () => coldAuthBench(),
   proxy: () => proxyBench(),
+  newconn: () => newConnectionBench(),
+  policy: () => policyScaleBench(),
   'memory-idle': () => idleMemoryBench(),
   'memory-upload': () => uploadMemoryBench(),
 };
