@@ -2,17 +2,23 @@
  * The floor of a Node proxy built like the gateway (issue 16): the same TLS server feeding Node's
  * HTTP server, one undici Client per client socket, dispatch() with the response corked for a
  * tick, and nothing else: no auth, no policy, no access log, no metrics. Its own process:
- *   node .bench/bench/bare-forwarder.js --cert FILE --key FILE --upstream PORT   → prints {"port":N}
+ *   node .bench/bench/bare-forwarder.js --cert FILE --key FILE --upstream PORT [--pool]   → prints {"port":N}
+ * `--pool`: one shared undici Pool instead of a Client per socket, to price the gateway's pinning.
  */
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { parseArgs } from 'node:util';
-import { Client, type Dispatcher } from 'undici';
+import { Client, type Dispatcher, Pool } from 'undici';
 
 const { values } = parseArgs({
-  options: { cert: { type: 'string' }, key: { type: 'string' }, upstream: { type: 'string' } },
+  options: {
+    cert: { type: 'string' },
+    key: { type: 'string' },
+    upstream: { type: 'string' },
+    pool: { type: 'boolean', default: false },
+  },
   strict: true,
 });
 const origin = `http://127.0.0.1:${Number(values.upstream)}`;
@@ -67,7 +73,9 @@ class Relay implements Dispatcher.DispatchHandler {
 }
 
 const clients = new WeakMap<Socket, Client>();
-function clientFor(socket: Socket): Client {
+const shared = values.pool ? new Pool(origin, { pipelining: 1, keepAliveTimeout: 300_000 }) : null;
+function clientFor(socket: Socket): Dispatcher {
+  if (shared) return shared;
   let c = clients.get(socket);
   if (!c) {
     const client = new Client(origin, { pipelining: 1, keepAliveTimeout: 300_000, keepAliveMaxTimeout: 300_000 });

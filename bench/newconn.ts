@@ -41,12 +41,14 @@ export async function newConnectionBench(): Promise<string> {
     const nginx = await startNginx(lab, 'nginx', upstream.port);
     const haproxy = await startHaproxy(lab, 'haproxy', upstream.port);
     const bare = await startBare(lab, upstream.port);
+    const pooled = await startBare(lab, upstream.port, true);
     const gateway = await startGatewayProcess(lab, 'gateway', 'gateway, single process', upstream.port);
     const targets: Target[] = [
       { ...direct, id: 'direct', label: 'direct: Node TLS server alone (no proxy)' },
       nginx,
       haproxy,
       bare,
+      pooled,
       gateway,
     ].map((s) => ({
       ...s,
@@ -70,7 +72,7 @@ export async function newConnectionBench(): Promise<string> {
     return [
       header([
         `Load: wrk as in \`proxy\` plus \`Connection: close\`: every request opens a TCP connection and makes a full TLS handshake (wrk offers no session). ${S.rounds} interleaved rounds of ${S.seconds} s after a ${S.warmup} s warm-up. Key exchange X25519, TLS 1.3, ECDSA P-256 signature.`,
-        'The gateway and the bare forwarder open one upstream connection per client connection (undici Client per socket: NTLM binds a session to the TCP connection), so each request here also costs a TCP connect upstream; nginx and HAProxy reuse a pool.',
+        'The gateway and the bare forwarder open one upstream connection per client connection (undici Client per socket: NTLM binds a session to the TCP connection), so each request here also costs a TCP connect upstream; nginx and HAProxy reuse a pool, and so does the "shared undici Pool" row, which prices that pinning.',
       ]),
       '',
       '### GET 1 KiB, a new TLS connection per request',
@@ -83,7 +85,7 @@ export async function newConnectionBench(): Promise<string> {
       '',
       '### TLS resumption',
       '',
-      `Client: bench/load.ts \`resume\`, ${S.resumeConns} connections one after another, each one GET with \`Connection: close\`; "full" offers no session, "resumed" offers the session of one earlier full handshake on every connection. Median of ${S.rounds} rounds. CPU: the server's process tree ÷ connections; with workers, the share each worker used says where the primary sent the connections.`,
+      `Client: bench/load.ts \`resume\`, ${S.resumeConns} connections one after another, each one GET with \`Connection: close\`; "full" offers no session, "resumed" offers the session of one earlier full handshake on every connection. Median of ${S.rounds} rounds. CPU: the server's process tree ÷ connections; with workers, the share each worker used says where the primary sent the connections (round-robin), and the ticket key names seen say whether the workers seal tickets with one key. TLS 1.3 resumption still runs an X25519 exchange (psk_dhe_ke): it saves the certificate and the ECDSA signature, not the key exchange.`,
       '',
       resumption.table,
       ...(workers.ok ? [] : ['', `gateway with workers not run: ${workers.why}`]),

@@ -199,13 +199,24 @@ export function haproxyVersion(): string {
 }
 
 /** The bare forwarder (bare-forwarder.ts): a Node TLS server and undici, nothing else. */
-export async function startBare(lab: Lab, upstreamPort: number): Promise<Server> {
-  const args = ['--cert', lab.cert, '--key', lab.key, '--upstream', String(upstreamPort)];
-  const child = new Child('bare', process.execPath, [join(HERE, 'bare-forwarder.js'), ...args]);
+export async function startBare(lab: Lab, upstreamPort: number, pooled = false): Promise<Server> {
+  const args = [
+    '--cert',
+    lab.cert,
+    '--key',
+    lab.key,
+    '--upstream',
+    String(upstreamPort),
+    ...(pooled ? ['--pool'] : []),
+  ];
+  const id = pooled ? 'bare-pooled' : 'bare';
+  const child = new Child(id, process.execPath, [join(HERE, 'bare-forwarder.js'), ...args]);
   const port = await child.waitFor((o) => (typeof o.port === 'number' ? o.port : undefined), 15_000, 'its port');
   return {
-    id: 'bare',
-    label: 'bare forwarder: Node TLS + undici Client per connection, no auth/log/metrics',
+    id,
+    label: pooled
+      ? 'bare forwarder with one shared undici Pool (not the gateway design)'
+      : 'bare forwarder: Node TLS + undici Client per connection, no auth/log/metrics',
     child,
     port,
   };
