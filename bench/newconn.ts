@@ -21,6 +21,7 @@ import {
   verdict,
   x,
 } from './measure.js';
+import { profileGateway } from './profile.js';
 import {
   type Server,
   startBare,
@@ -60,6 +61,10 @@ export async function newConnectionBench(): Promise<string> {
     for (const t of targets) await sanity(t);
     const runs = await interleave(targets, 'newconn');
     const gwNginx = ratio(runs, 'gateway', 'nginx');
+    const profile =
+      S.profile === 'always' || (S.profile === 'auto' && !(gwNginx <= TARGETS.newConnNginx))
+        ? await profileGateway(lab, upstream, 'gw-newconn-profiled', 'gateway, a new connection per request', {}, CLOSE)
+        : '';
 
     const workers = workersSupported(lab);
     const servers: Server[] = [nginx, gateway];
@@ -104,6 +109,7 @@ export async function newConnectionBench(): Promise<string> {
           ...resumption.targets,
         ],
       ),
+      ...(profile ? ['', profile] : []),
     ].join('\n');
   });
 }

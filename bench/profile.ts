@@ -24,6 +24,7 @@ export async function profileGateway(
   id: string,
   label: string,
   extra: Record<string, unknown>,
+  headers?: Readonly<Record<string, string>>,
 ): Promise<string> {
   const dir = join(lab.dir, `${id}-cpu-prof`);
   mkdirSync(dir, { recursive: true });
@@ -32,7 +33,8 @@ export async function profileGateway(
     extra,
     nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir],
   });
-  const t: Target = { ...gw, url: `https://127.0.0.1:${gw.port}${GET_PATH}`, upstream, baseline: false };
+  const url = `https://127.0.0.1:${gw.port}${GET_PATH}`;
+  const t: Target = { ...gw, url, upstream, baseline: false, ...(headers ? { headers } : {}) };
   await sanity(t);
   const processes = processTree(gw.child.pid).length;
   const run = await measureOnce(t, 0, 1);
