@@ -16,7 +16,7 @@ import { startBare, startGatewayProcess, startNginx, startUpstream } from './ser
 const SERVICES = ['owa', 'ews', 'activesync'];
 
 /** A users file and a policy with `rules` rules over `groups` groups; the user is in 10 of them. */
-function writePolicy(lab: Lab, tag: string, rules: number, groups: number): Record<string, unknown> {
+export function writePolicy(lab: Lab, tag: string, rules: number, groups: number): Record<string, unknown> {
   const alice = (parse(readFileSync(lab.users, 'utf8')) as { users: Record<string, unknown> }).users[USER];
   const name = (i: number) => `G${String(i).padStart(5, '0')}`;
   const mine = Array.from({ length: 9 }, (_, i) => name(groups - 10 + i)); // plus BenchUsers: 10 groups

@@ -72,7 +72,9 @@ export async function startGatewayProcess(
   opts: { extra?: Record<string, unknown>; nodeArgs?: string[]; env?: NodeJS.ProcessEnv } = {},
 ): Promise<Server> {
   const port = await freePort();
-  const accessLog = join(lab.dir, `${id}-access.log`);
+  // Apart from the config, as in production: the gateway watches its config's folder (watch.ts).
+  mkdirSync(join(lab.dir, 'logs'), { recursive: true });
+  const accessLog = join(lab.dir, 'logs', `${id}-access.log`);
   const config = join(lab.dir, `${id}.yaml`);
   writeFileSync(config, stringify(gatewayConfig(lab, port, upstreamPort, accessLog, opts.extra)));
   const child = new Child(
