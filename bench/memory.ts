@@ -234,7 +234,7 @@ export async function idleMemoryBench(): Promise<string> {
       '',
       'JS heap + external: growth of `process.memoryUsage()` heapUsed and external after GC, per connection; the rest of the RSS growth is native memory (OpenSSL TLS state and buffers, libuv/socket structures, allocator slack).',
       '',
-      '### Target (issue 5)',
+      '### Target (issue 16)',
       '',
       table(
         ['target', 'measured', 'limit', 'result'],
@@ -384,7 +384,7 @@ export async function uploadMemoryBench(): Promise<string> {
         rows,
       ),
       '',
-      '### Target (issue 5)',
+      '### Target (issue 16)',
       '',
       table(
         ['target', 'measured', 'limit', 'result'],
