@@ -4,6 +4,7 @@
  *
  *   node .bench/bench/load.js hold   --port P --n N [--conc C] [--sources 127.0.0.2,…] --auth HDR --servername NAME [--heartbeat-ms MS]
  *   node .bench/bench/load.js upload --port P --bytes N --auth HDR --servername NAME [--path PATH]
+ *   node .bench/bench/load.js resume --port P --n N --auth HDR --servername NAME [--ticket none|fixed] [--path PATH]
  *
  * hold: opens N TLS connections, C handshakes at a time, and sends on each an ActiveSync Ping
  * that the upstream holds for `--heartbeat-ms` (sending nothing meanwhile): N idle long-polls.
@@ -14,6 +15,12 @@
  *
  * upload: one POST of `--bytes` bytes (a repeated 64 KiB pattern, with backpressure) and prints
  * `{"status":…,"ms":…,"body":…}` once the response is read.
+ *
+ * resume: N TLS connections one after another, each one GET with `Connection: close`. With
+ * `--ticket fixed` a first full handshake's session is offered on every later connection (a TLS
+ * 1.3 ticket can be presented again). Prints `{"done":…,"ok":…,"reused":…,"keys":[…]}`: `reused`
+ * counts `isSessionReused()`, `keys` the distinct ticket key names seen (the first 16 bytes of a
+ * ticket in OpenSSL's format: one name per key, so one per worker unless the workers share keys).
  */
 import { request } from 'node:https';
 import { connect, type TLSSocket } from 'node:tls';
@@ -31,6 +38,7 @@ const { values } = parseArgs({
     servername: { type: 'string', default: 'bench.lab.test' },
     'heartbeat-ms': { type: 'string', default: '3600000' },
     bytes: { type: 'string', default: String(2 ** 30) },
+    ticket: { type: 'string', default: 'none' },
     path: { type: 'string', default: '/EWS/Exchange.asmx' },
   },
   strict: true,
@@ -153,9 +161,72 @@ function upload(): void {
   pump();
 }
 
+/** One GET on a new TLS connection offering `session`; its status, whether it resumed, and its tickets. */
+function oneConnection(
+  session: Buffer | undefined,
+): Promise<{ status: string; reused: boolean; sessions: Buffer[]; keys: string[] }> {
+  return new Promise((resolveConn) => {
+    const sessions: Buffer[] = [];
+    const keys: string[] = [];
+    const s = connect({
+      port,
+      host: '127.0.0.1',
+      servername: values.servername,
+      rejectUnauthorized: false,
+      ALPNProtocols: ['http/1.1'],
+      ...(session ? { session } : {}),
+    });
+    let head = '';
+    let reused = false;
+    s.on('session', (t: Buffer) => {
+      sessions.push(t);
+      // OpenSSL's ticket starts with the 16-byte name of the key that sealed it.
+      keys.push(s.getTLSTicket()?.subarray(0, 16).toString('hex') ?? 'unknown');
+    });
+    s.once('secureConnect', () => {
+      reused = s.isSessionReused();
+      s.write(
+        `GET ${values.path} HTTP/1.1\r\nHost: ${values.servername}\r\nAuthorization: ${values.auth}\r\n` +
+          'Connection: close\r\nUser-Agent: exgate-bench\r\n\r\n',
+      );
+    });
+    s.on('data', (d: Buffer) => {
+      if (head.length < 64) head += d.toString('latin1', 0, 64);
+    });
+    s.on('error', () => {});
+    s.on('close', () => resolveConn({ status: head.split('\r\n')[0] ?? '', reused, sessions, keys }));
+  });
+}
+
+async function resume(): Promise<void> {
+  const n = Number(values.n);
+  const keys = new Set<string>();
+  let session: Buffer | undefined;
+  if (values.ticket === 'fixed') {
+    const first = await oneConnection(undefined);
+    session = first.sessions[first.sessions.length - 1];
+    for (const k of first.keys) keys.add(k);
+    if (!session) throw new Error(`no session ticket from the server (${first.status})`);
+  }
+  let ok = 0;
+  let reused = 0;
+  let firstStatus = '';
+  const started = performance.now();
+  for (let i = 0; i < n; i++) {
+    const c = await oneConnection(session);
+    firstStatus ||= c.status;
+    if (/^HTTP\/1\.1 200 /.test(c.status)) ok++;
+    if (c.reused) reused++;
+    for (const k of c.keys) keys.add(k);
+  }
+  say({ done: n, ok, reused, keys: [...keys], firstStatus, ms: Math.round(performance.now() - started) });
+  process.exit(0);
+}
+
 if (mode === 'hold') hold();
+else if (mode === 'resume') void resume();
 else if (mode === 'upload') upload();
 else {
-  process.stderr.write('usage: load.js hold|upload …\n');
+  process.stderr.write('usage: load.js hold|upload|resume …\n');
   process.exit(2);
 }

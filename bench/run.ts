@@ -4,7 +4,10 @@
  * The cold-auth suite starts a throwaway Samba AD DC (root; see test/helpers/samba.ts).
  */
 import { coldAuthBench, cachedAuthBench } from './auth.js';
-import { idleMemoryBench, proxyBench, uploadMemoryBench } from './proxy.js';
+import { idleMemoryBench, uploadMemoryBench } from './memory.js';
+import { newConnectionBench } from './newconn.js';
+import { policyScaleBench } from './policy-scale.js';
+import { proxyBench } from './proxy.js';
 import { sharedStateBench } from './shared-state.js';
 import { machine } from './stats.js';
 
@@ -13,6 +16,8 @@ const SUITES: Record<string, () => Promise<string>> = {
   'auth-cold': () => coldAuthBench(),
   'auth-cached-redis': () => sharedStateBench(),
   proxy: () => proxyBench(),
+  newconn: () => newConnectionBench(),
+  policy: () => policyScaleBench(),
   'memory-idle': () => idleMemoryBench(),
   'memory-upload': () => uploadMemoryBench(),
 };
