@@ -35,13 +35,53 @@ function evaluate(service: Service, principal: Principal, policy: Policy): Decis
   const rules = policy.byService.get(service);
   if (!rules) return { allow: false, reason: 'not-allowed', rule: null };
   const userKey = principal.dn.toLowerCase();
-  for (const rule of rules.deny) {
-    if (matches(rule, userKey, principal.groups)) return { allow: false, reason: 'denied-by-rule', rule: rule.id };
-  }
-  for (const rule of rules.allow) {
-    if (matches(rule, userKey, principal.groups)) return { allow: true, reason: 'allowed', rule: rule.id };
-  }
+  const denied = firstMatch(indexOf(rules.deny), userKey, principal.groups);
+  if (denied) return { allow: false, reason: 'denied-by-rule', rule: denied.id };
+  const allowed = firstMatch(indexOf(rules.allow), userKey, principal.groups);
+  if (allowed) return { allow: true, reason: 'allowed', rule: allowed.id };
   return { allow: false, reason: 'not-allowed', rule: null };
+}
+
+/**
+ * Rules by what names them, each pointing at the first rule (in policy order) that does: a request
+ * costs one lookup per group of the user, however many rules and groups the policy has (1,000 rules
+ * and 10,000 groups walked every rule's groups: 2.98× the cost of one rule, issue 16).
+ */
+interface RuleIndex {
+  readonly rules: readonly Rule[];
+  /** The first rule naming everyone, or Infinity. */
+  readonly everyone: number;
+  readonly byGroup: ReadonlyMap<string, number>;
+  readonly byUser: ReadonlyMap<string, number>;
+}
+
+/** Built once per rule list (a policy is frozen; a reload makes new lists). */
+const indexes = new WeakMap<readonly Rule[], RuleIndex>();
+
+function indexOf(rules: readonly Rule[]): RuleIndex {
+  let index = indexes.get(rules);
+  if (index) return index;
+  const byGroup = new Map<string, number>();
+  const byUser = new Map<string, number>();
+  let everyone = Number.POSITIVE_INFINITY;
+  rules.forEach((rule, i) => {
+    if (rule.everyone && everyone === Number.POSITIVE_INFINITY) everyone = i;
+    for (const g of rule.groups) if (!byGroup.has(g)) byGroup.set(g, i);
+    for (const u of rule.users) if (!byUser.has(u)) byUser.set(u, i);
+  });
+  index = { rules, everyone, byGroup, byUser };
+  indexes.set(rules, index);
+  return index;
+}
+
+/** The first rule of the list that names the principal, or null (the same answer as trying each in turn). */
+function firstMatch(index: RuleIndex, userKey: string, groups: ReadonlySet<string>): Rule | null {
+  let first = Math.min(index.everyone, index.byUser.get(userKey) ?? Number.POSITIVE_INFINITY);
+  for (const g of groups) {
+    const i = index.byGroup.get(g);
+    if (i !== undefined && i < first) first = i;
+  }
+  return first === Number.POSITIVE_INFINITY ? null : (index.rules[first] ?? null);
 }
 
 /** A rule for a service, and whether it names the principal. */

@@ -309,3 +309,45 @@ describe('ruleMatches: each rule as authorize weighs it (what `explain` shows)',
     }
   });
 });
+
+describe('authorize over an indexed policy (issue 16): the same answers as trying each rule in turn', () => {
+  it('agrees with a rule-by-rule walk on 300 random policies and principals', () => {
+    let seed = 42;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const groupDn = (i: number) => `cn=g${i},dc=lab`;
+    for (let round = 0; round < 300; round++) {
+      const rules = Array.from({ length: 1 + rand(30) }, (_, i) => ({
+        id: `r${i}`,
+        effect: rand(3) === 0 ? ('deny' as const) : ('allow' as const),
+        services: ['owa' as Service],
+        everyone: rand(25) === 0,
+        groups: new Set(Array.from({ length: rand(6) }, () => groupDn(rand(20)))),
+        users: new Set(rand(5) === 0 ? [`cn=u${rand(4)},dc=lab`] : []),
+      }));
+      const policy = {
+        mode: 'enforce',
+        version: `v${round}`,
+        file: 'random.yaml',
+        byService: new Map([
+          ['owa', { deny: rules.filter((r) => r.effect === 'deny'), allow: rules.filter((r) => r.effect === 'allow') }],
+        ]),
+      } as unknown as Policy;
+      const principal: Principal = {
+        dn: `CN=U${rand(4)},DC=lab`,
+        groups: new Set(Array.from({ length: rand(5) }, () => groupDn(rand(20)))),
+      };
+      const walk = (list: typeof rules) =>
+        list.find(
+          (r) =>
+            r.everyone || r.users.has(principal.dn.toLowerCase()) || [...r.groups].some((g) => principal.groups.has(g)),
+        );
+      const deny = walk(rules.filter((r) => r.effect === 'deny'));
+      const allow = walk(rules.filter((r) => r.effect === 'allow'));
+      const expected: Decision = deny ? denied(deny.id) : allow ? allowed(allow.id) : notAllowed;
+      expect(authorize('owa', principal, policy), `round ${round}`).toEqual(expected);
+    }
+  });
+});
