@@ -147,7 +147,7 @@ export async function measure(t: Target, round: number): Promise<Run> {
 
 /** A request through the target that must answer 200 with the 1 KiB body. */
 export async function sanity(t: Target): Promise<void> {
-  const r = await httpsRequest(t.port, 'GET', GET_PATH);
+  const r = await httpsRequest(t.port, 'GET', GET_PATH, t.headers ? { headers: { ...t.headers } } : {});
   if (r.status !== 200 || r.body.length !== 1024) {
     throw new Error(
       `${t.label}: GET ${GET_PATH} answered ${r.status} with ${r.body.length} bytes (want 200, 1024): ${r.body.toString('utf8', 0, 200)} ${lastAccessRecord(t)}`,

@@ -6,7 +6,7 @@
  */
 import { cpus } from 'node:os';
 import { fmt, table } from './stats.js';
-import { GET_PATH, type Lab, S, suite, TARGETS } from './lab.js';
+import { GET_PATH, type Lab, NAME, PASSWORD, S, suite, TARGETS, USER } from './lab.js';
 import {
   comparison,
   header,
@@ -21,6 +21,7 @@ import {
 } from './measure.js';
 import { profileGateway } from './profile.js';
 import {
+  httpsRequest,
   nginxErrors,
   startBare,
   startGatewayProcess,
@@ -47,11 +48,21 @@ interface NotRun {
  * cookie), and return the gateway as a Target with `headers: { Cookie: … }` and no Authorization;
  * the table, the ratios and the rounds take it from there. Until then it says why it was not run.
  */
-async function owaFormsTarget(_lab: Lab, _upstream: UpstreamServer): Promise<Target | NotRun> {
-  return {
-    label: 'gateway, OWA request with a live forms session',
-    why: 'not run: the gateway has no forms sessions on this branch yet (bench/proxy.ts owaFormsTarget)',
-  };
+async function owaFormsTarget(lab: Lab, upstream: UpstreamServer): Promise<Target | NotRun> {
+  const label = 'gateway, OWA request with a live forms session';
+  const extra = { services: { ews: { maxBodyBytes: 0 }, owa: { auth: 'forms' } } };
+  const gw = await startGatewayProcess(lab, 'gateway-forms', label, upstream.port, { extra });
+  const form = `destination=${encodeURIComponent(`https://${NAME}/owa/`)}&flags=4&username=${USER}&password=${encodeURIComponent(PASSWORD)}`;
+  const signIn = await httpsRequest(gw.port, 'POST', '/owa/auth.owa', {
+    body: Buffer.from(form),
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+  });
+  const cookies = ([] as string[]).concat(signIn.headers['set-cookie'] ?? []).map((c) => c.split(';')[0]);
+  if (signIn.status !== 302 || !cookies.some((c) => c?.startsWith('exgate-session='))) {
+    gw.child.killTree();
+    return { label, why: `not run: the sign-in answered ${signIn.status} without a session cookie` };
+  }
+  return { ...gw, url: url(gw.port), upstream, baseline: false, headers: { Cookie: cookies.join('; ') } };
 }
 
 export async function proxyBench(): Promise<string> {
@@ -99,6 +110,16 @@ export async function proxyBench(): Promise<string> {
       ['(context) bare forwarder CPU/req ÷ nginx: the floor of a Node proxy', x(bareNginx), '–', '–'],
       ['(context) HAProxy CPU/req ÷ nginx', x(ratio(runs, 'haproxy', 'nginx')), '–', '–'],
     ];
+    if (!('why' in forms)) {
+      // Issue 13: a request with a live forms session costs no more than a cached Basic request.
+      const f = ratio(runs, 'gateway-forms', 'gateway');
+      targetRows.push([
+        'OWA forms session CPU/req ÷ cached Basic (gateway)',
+        x(f),
+        '≤ 1.00× (noise ±5 %)',
+        verdict(f, 1.05, 'max'),
+      ]);
+    }
     if (workers.ok) {
       const wk = ratio(runs, 'gateway-workers', 'nginx', (r) => r.rps);
       const cores = cpus().length <= 2 ? ' (2 vCPUs shared with wrk and the upstream)' : '';

@@ -105,7 +105,8 @@ export function gatewayConfig(
     http: { keepAliveTimeoutMs: 300_000, shutdownGraceMs: 1000 }, // nginx: keepalive_timeout 300s
     cache: { authTtlSeconds: 3600, groupTtlSeconds: 3600 }, // stays warm for the whole run
     lockout: { threshold: 1_000_000, sourceAccounts: 1_000_000, sourceFailures: 1_000_000 },
-    services: { ews: { maxBodyBytes: 0 } }, // the 1 GiB upload
+    // The 1 GiB upload; OWA on Basic, as the rows compare a cached Basic request (forms: owaFormsTarget).
+    services: { ews: { maxBodyBytes: 0 }, owa: { auth: 'basic' } },
     ...extra,
   };
 }
@@ -243,7 +244,7 @@ export function httpsRequest(
   method: string,
   path: string,
   opts: { body?: Buffer; headers?: Record<string, string> } = {},
-): Promise<{ status: number; body: Buffer }> {
+): Promise<{ status: number; body: Buffer; headers: import('node:http').IncomingHttpHeaders }> {
   return new Promise((resolveReq, reject) => {
     const req = request(
       {
@@ -264,7 +265,9 @@ export function httpsRequest(
       (res) => {
         const parts: Buffer[] = [];
         res.on('data', (d: Buffer) => parts.push(d));
-        res.on('end', () => resolveReq({ status: res.statusCode ?? 0, body: Buffer.concat(parts) }));
+        res.on('end', () =>
+          resolveReq({ status: res.statusCode ?? 0, body: Buffer.concat(parts), headers: res.headers }),
+        );
       },
     );
     req.setTimeout(15_000, () => req.destroy(new Error(`no answer from 127.0.0.1:${port}${path}`)));
