@@ -13,7 +13,8 @@ import { Metrics } from './metrics.js';
 import type { Config } from '../config/load.js';
 import { Lockout } from '../auth/lockout.js';
 import { servePrimary } from '../state/ipc-primary.js';
-import { RotatingTicketKeys, serveTicketKeys } from './ticket-keys.js';
+import { serveTicketKeys } from './ticket-keys.js';
+import { ticketKeysFor } from '../state/redis-tickets.js';
 import { Hub } from '../state/local-bus.js';
 import { openDirectory } from './state.js';
 import { SERVICES, type Service } from '../pipeline/services.js';
@@ -57,9 +58,9 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   // and the slot counts (tunnels per address). A worker that exits releases what it held.
   const bus = servePrimary(new Hub(new Lockout(config.lockout), { retainMax: REPLAY_MAX }));
   // One session-ticket key for every worker: a client resumes on whichever it lands on.
-  const keys = new RotatingTicketKeys(config.tls.ticketKeyRotationSeconds * 1000, () =>
-    log.info('rotated the TLS session-ticket key'),
-  );
+  // With state.redis, the key every gateway shares (state/redis-tickets.ts); else the primary's own.
+  const rotateMs = config.tls.ticketKeyRotationSeconds * 1000;
+  const keys = await ticketKeysFor(rotateMs, log, config.state.redis);
   const tickets = serveTicketKeys(keys);
   const fork = () => {
     if (stopping) return;

@@ -16,7 +16,8 @@ import { Gateway } from '../server.js';
 import type { BusFactory } from '../state/bus.js';
 import { allowedServices, buildState, sharedBus, type State } from './state.js';
 import { certificateGaps, ensureSelfSigned, loadTlsMaterial, secureContextOptions, type TlsMaterial } from './tls.js';
-import { RotatingTicketKeys, useTicketKeys, type TicketKeys } from './ticket-keys.js';
+import { useTicketKeys, type TicketKeys } from './ticket-keys.js';
+import { ticketKeysFor } from '../state/redis-tickets.js';
 import { watchFiles } from './watch.js';
 
 export interface StartOptions {
@@ -79,10 +80,9 @@ export async function startGateway(file: string, opts: StartOptions = {}): Promi
     const bus = sharedBus(config, log, onUp, opts.bus, cluster.isWorker);
     const state = (opened.state = await buildState(config, log, undefined, bus));
     const gw = (opened.gateway = new Gateway(state, material, { access: access.log, app: log, metrics }));
-    const tickets = (opened.tickets = await (opts.ticketKeys ?? ownTicketKeys)(
-      config.tls.ticketKeyRotationSeconds * 1000,
-      log,
-    ));
+    const tickets = (opened.tickets = await (
+      opts.ticketKeys ?? ((ms: number, l: Logger) => ticketKeysFor(ms, l, config.state.redis))
+    )(config.tls.ticketKeyRotationSeconds * 1000, log));
     useTicketKeys(gw.tlsServer, tickets);
     await opts.beforeListen?.();
     const inherited = systemdSocket();
@@ -236,11 +236,6 @@ async function bound<T>(
     const message = `cannot listen on ${host}:${port}: ${systemErrorText(err)}${hint}`;
     throw new ConfigError([{ file: config.file, key, message }]);
   }
-}
-
-/** One process's own ticket keys (no workers), rotated; a rotation is logged, never the key. */
-async function ownTicketKeys(rotateMs: number, log: Logger): Promise<TicketKeys> {
-  return new RotatingTicketKeys(rotateMs, () => log.info('rotated the TLS session-ticket key'));
 }
 
 /** ensureSelfSigned, with a certificate that cannot be written named by its key. */
