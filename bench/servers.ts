@@ -105,7 +105,8 @@ export function gatewayConfig(
     http: { keepAliveTimeoutMs: 300_000, shutdownGraceMs: 1000 }, // nginx: keepalive_timeout 300s
     cache: { authTtlSeconds: 3600, groupTtlSeconds: 3600 }, // stays warm for the whole run
     lockout: { threshold: 1_000_000, sourceAccounts: 1_000_000, sourceFailures: 1_000_000 },
-    services: { ews: { maxBodyBytes: 0 } }, // the 1 GiB upload
+    // OWA with Basic (forms is its default since the forms sign-in landed): the load sends Basic auth.
+    services: { ews: { maxBodyBytes: 0 }, owa: { auth: 'basic' } }, // ews: the 1 GiB upload
     ...extra,
   };
 }
