@@ -9,7 +9,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
+import { newAccessRecord, writeRecord, type AccessRecord } from './pipeline/access-log.js';
 import { authorize } from './pipeline/authorize.js';
 import type { Route } from './pipeline/classify.js';
 import type { FrontEndOutcome, FrontEndRequest } from './auth/front-ends.js';
@@ -271,7 +271,7 @@ export function recordOnceDone(out: Telemetry, record: AccessRecord, res: Server
     if (!closed || !settled) return;
     record.status = res.headersSent ? res.statusCode : 499;
     record.durationMs = Math.round(performance.now() - started);
-    out.access.info(record);
+    writeRecord(out.access, record);
     out.metrics.observe(record);
   };
   res.once('close', () => {

@@ -11,7 +11,7 @@ import {
 } from 'node:http';
 import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
-import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
+import { newAccessRecord, writeRecord, type AccessRecord } from './pipeline/access-log.js';
 import { authorizeAnonymous } from './pipeline/authorize.js';
 import { answerRaw, handleClientError, OwedResponses } from './exchange/client-error.js';
 import { handle, recordOnceDone, type Telemetry } from './gateway.js';
@@ -197,7 +197,7 @@ export class Gateway {
 
   /** Writes a record made outside handle() (parser refusals, tunnels, CONNECT). */
   private write(record: AccessRecord): void {
-    this.logs.access.info(record);
+    writeRecord(this.logs.access, record);
     this.logs.metrics.observe(record);
   }
 }
