@@ -14,6 +14,7 @@ import { authorize } from './pipeline/authorize.js';
 import type { Route } from './pipeline/classify.js';
 import type { FrontEndOutcome, FrontEndRequest } from './auth/front-ends.js';
 import { admit, admitRpc, claiming, type Admitted, type Judged, type Request } from './pipeline/admit.js';
+import { onClose } from './pipeline/on-close.js';
 import { endTurn, takeTurn } from './pipeline/turns.js';
 import { frontEndRequest } from './pipeline/request-view.js';
 import { forward } from './upstream/forward.js';
@@ -96,7 +97,7 @@ async function judgeAndAct(
   const settings = state.config.services[route.service];
   if (!identity) boundHandshakeBody(req, res, record);
   metrics.inFlight.inc({ service: route.service });
-  res.once('close', () => metrics.inFlight.dec({ service: route.service }));
+  onClose(res, () => metrics.inFlight.dec({ service: route.service }));
   const idleMs = identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
   if (idleMs > LONG_POLL_MS) onLongPoll?.(res);
   forward(
@@ -274,7 +275,7 @@ export function recordOnceDone(out: Telemetry, record: AccessRecord, res: Server
     writeRecord(out.access, record);
     out.metrics.observe(record);
   };
-  res.once('close', () => {
+  onClose(res, () => {
     closed = true;
     write();
   });

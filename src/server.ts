@@ -15,6 +15,7 @@ import { newAccessRecord, writeRecord, type AccessRecord } from './pipeline/acce
 import { authorizeAnonymous } from './pipeline/authorize.js';
 import { answerRaw, handleClientError, OwedResponses } from './exchange/client-error.js';
 import { handle, recordOnceDone, type Telemetry } from './gateway.js';
+import { onClose } from './pipeline/on-close.js';
 import { deny } from './pipeline/respond.js';
 import { peek } from './exchange/rpc-tunnel.js';
 import type { State } from './runtime/state.js';
@@ -125,11 +126,11 @@ export class Gateway {
       res.shouldKeepAlive = false; // answered, then the connection closes
     else {
       this.#pending.add(res);
-      res.once('close', () => this.#pending.delete(res));
+      onClose(res, () => this.#pending.delete(res));
     }
     void handle(req, res, this.#state, this.logs, (r) => {
       this.#longPolls.add(r);
-      r.once('close', () => this.#longPolls.delete(r));
+      onClose(r, () => this.#longPolls.delete(r));
     });
   }
 
