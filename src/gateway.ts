@@ -96,8 +96,8 @@ async function judgeAndAct(
   const { route, identity, settle, forms } = judged;
   const settings = state.config.services[route.service];
   if (!identity) boundHandshakeBody(req, res, record);
-  metrics.inFlight.inc({ service: route.service });
-  onClose(res, () => metrics.inFlight.dec({ service: route.service }));
+  metrics.forwarding(route.service, 1);
+  onClose(res, () => metrics.forwarding(route.service, -1));
   const idleMs = identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
   if (idleMs > LONG_POLL_MS) onLongPoll?.(res);
   forward(
