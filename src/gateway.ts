@@ -9,11 +9,12 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
+import { newAccessRecord, writeRecord, type AccessRecord } from './pipeline/access-log.js';
 import { authorize } from './pipeline/authorize.js';
 import type { Route } from './pipeline/classify.js';
 import type { FrontEndOutcome, FrontEndRequest } from './auth/front-ends.js';
 import { admit, admitRpc, claiming, type Admitted, type Judged, type Request } from './pipeline/admit.js';
+import { onClose } from './pipeline/on-close.js';
 import { endTurn, takeTurn } from './pipeline/turns.js';
 import { frontEndRequest } from './pipeline/request-view.js';
 import { forward } from './upstream/forward.js';
@@ -95,8 +96,8 @@ async function judgeAndAct(
   const { route, identity, settle, forms } = judged;
   const settings = state.config.services[route.service];
   if (!identity) boundHandshakeBody(req, res, record);
-  metrics.inFlight.inc({ service: route.service });
-  res.once('close', () => metrics.inFlight.dec({ service: route.service }));
+  metrics.forwarding(route.service, 1);
+  onClose(res, () => metrics.forwarding(route.service, -1));
   const idleMs = identity ? requestIdleMs(route.service, settings, record.operation) : HANDSHAKE_IDLE_MS;
   if (idleMs > LONG_POLL_MS) onLongPoll?.(res);
   forward(
@@ -271,10 +272,10 @@ export function recordOnceDone(out: Telemetry, record: AccessRecord, res: Server
     if (!closed || !settled) return;
     record.status = res.headersSent ? res.statusCode : 499;
     record.durationMs = Math.round(performance.now() - started);
-    out.access.info(record);
+    writeRecord(out.access, record);
     out.metrics.observe(record);
   };
-  res.once('close', () => {
+  onClose(res, () => {
     closed = true;
     write();
   });

@@ -11,10 +11,11 @@ import {
 } from 'node:http';
 import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
-import { newAccessRecord, type AccessRecord } from './pipeline/access-log.js';
+import { newAccessRecord, writeRecord, type AccessRecord } from './pipeline/access-log.js';
 import { authorizeAnonymous } from './pipeline/authorize.js';
 import { answerRaw, handleClientError, OwedResponses } from './exchange/client-error.js';
 import { handle, recordOnceDone, type Telemetry } from './gateway.js';
+import { onClose } from './pipeline/on-close.js';
 import { deny } from './pipeline/respond.js';
 import { peek } from './exchange/rpc-tunnel.js';
 import type { State } from './runtime/state.js';
@@ -125,11 +126,11 @@ export class Gateway {
       res.shouldKeepAlive = false; // answered, then the connection closes
     else {
       this.#pending.add(res);
-      res.once('close', () => this.#pending.delete(res));
+      onClose(res, () => this.#pending.delete(res));
     }
     void handle(req, res, this.#state, this.logs, (r) => {
       this.#longPolls.add(r);
-      r.once('close', () => this.#longPolls.delete(r));
+      onClose(r, () => this.#longPolls.delete(r));
     });
   }
 
@@ -197,7 +198,7 @@ export class Gateway {
 
   /** Writes a record made outside handle() (parser refusals, tunnels, CONNECT). */
   private write(record: AccessRecord): void {
-    this.logs.access.info(record);
+    writeRecord(this.logs.access, record);
     this.logs.metrics.observe(record);
   }
 }

@@ -11,6 +11,7 @@ import { newAccessRecord, type AccessRecord, type RequestHead } from '../pipelin
 import { authorizeAnonymous } from '../pipeline/authorize.js';
 import { classifyRpc } from '../pipeline/classify.js';
 import { DENY_STATUS, type DenyReason } from '../errors.js';
+import { onClose } from '../pipeline/on-close.js';
 import { refuseSocket } from '../pipeline/respond.js';
 import { RPC_METHODS } from '../pipeline/services.js';
 import type { State } from '../runtime/state.js';
@@ -101,7 +102,7 @@ export class OwedResponses {
     if (!open) this.#open.set(socket, (open = new Set()));
     for (const earlier of open) if (!earlier.shouldKeepAlive) return false;
     open.add(res);
-    res.once('close', () => {
+    onClose(res, () => {
       open.delete(res);
       // After the response's other 'close' listeners: its access record is written first.
       if (open.size === 0) process.nextTick(() => this.#closing.get(socket)?.());

@@ -140,6 +140,8 @@ export function accessLogger(target: string, stream?: DestinationStream, events:
   // No redaction here: a record has a fixed shape with no header, cookie or password in it
   // (newAccessRecord), and wildcard redaction cost ~9 % of a request's CPU (bench profile).
   const log = pino({ base: null, timestamp: false, messageKey: 'msg', formatters: FORMATTERS }, file ?? stream);
+  const sink = file ?? stream;
+  if (sink) SINKS.set(log, sink);
   return {
     log,
     reopen: () => file?.reopen(),
@@ -148,6 +150,20 @@ export function accessLogger(target: string, stream?: DestinationStream, events:
       else if (stream) flush(stream);
     },
   };
+}
+
+/** The destination of each access logger accessLogger() built: writeRecord() writes to it directly. */
+const SINKS = new WeakMap<Logger, DestinationStream>();
+
+/**
+ * Writes one access record: the same JSON line pino writes for `log.info(record)` (`level` first, then
+ * the record's fields in order), made by one JSON.stringify instead of pino's per-key serializer, which
+ * cost ~4 % of a proxied request's CPU (issue 16 profile). Any other logger gets `log.info(record)`.
+ */
+export function writeRecord(log: Logger, record: AccessRecord): void {
+  const sink = SINKS.get(log);
+  if (sink === undefined || !log.isLevelEnabled('info')) log.info(record);
+  else sink.write(`{"level":"info",${JSON.stringify(record).slice(1)}\n`);
 }
 
 /** The operational log: startup, reloads, faults. JSON lines to stderr. */

@@ -8,7 +8,7 @@
 import { createServer, type Server } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { newAccessRecord } from '../pipeline/access-log.js';
+import { newAccessRecord, writeRecord } from '../pipeline/access-log.js';
 import type { Config } from '../config/load.js';
 import { deny } from '../pipeline/respond.js';
 import { listenerFor } from './proxy-front.js';
@@ -40,7 +40,7 @@ export async function holdWith503(
       res.once('close', () => {
         record.status = res.statusCode;
         record.durationMs = Date.now() - Date.parse(record.time);
-        access.info(record);
+        writeRecord(access, record);
       });
       req.resume(); // a body is read and dropped, never kept
     },

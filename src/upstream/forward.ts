@@ -9,6 +9,7 @@ import { pipeline, Transform } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { AccessRecord } from '../pipeline/access-log.js';
 import { requestHeaders, responseHeaders } from '../pipeline/headers.js';
+import { onClose } from '../pipeline/on-close.js';
 import { deny, fail, relayHead } from '../pipeline/respond.js';
 import type { AuthFrontEnd, FormsStep } from '../auth/front-ends.js';
 import type { Service, ServiceDefaults } from '../pipeline/services.js';
@@ -60,7 +61,7 @@ export function forward(
   if (req.headers.expect?.toLowerCase() === '100-continue' && !route.forms?.body) res.writeContinue();
   const relay = new ResponseRelay(req, res, record, route, upstream, body);
   relay.send(binding);
-  res.once('close', () => relay.clientClosed());
+  onClose(res, () => relay.clientClosed());
 }
 
 /** The request body as undici should read it: the request stream itself, counted; null when none. */

@@ -268,6 +268,16 @@ describe('normalizePath', () => {
     ['/ews/%2f', null],
   ])('%j → %j', (raw, expected) => {
     expect(normalizePath(raw)).toBe(expected);
+    expect(normalizePath(raw)).toBe(expected); // again, from the memo
+  });
+
+  it('answers the same from its memo, across a refill and for long paths', () => {
+    const raws = ['/ews/..', '/EWS/Exchange.asmx', '/ews/%2f', '/owa/x~1', `/owa/${'a'.repeat(300)}`, '/ecp./'];
+    const first = raws.map((r) => normalizePath(r));
+    expect(first).toEqual([null, '/ews/exchange.asmx', null, null, `/owa/${'a'.repeat(300)}`, null]);
+    for (let i = 0; i < 3000; i++) normalizePath(`/ews/${i}`); // more than the memo holds
+    expect(raws.map((r) => normalizePath(r))).toEqual(first);
+    expect(normalizePath('/ews/2999')).toBe('/ews/2999');
   });
 });
 
