@@ -2,8 +2,9 @@
  * The table of contents of a request (server.ts calls handle()). Every request, and every Outlook
  * Anywhere head (judge), takes the same stages, then is forwarded or refused, with one access record:
  *
- *   admit (head, name, path, size, deny-all) → authenticate (the service's front-end) → authorize
- *   → forward | deny
+ *   admit (head, name, path, size, deny-all) → its turn on the connection (pipelined requests are
+ *   decided in order) → authenticate (the service's front-end: Basic, NTLM, forms) → authorize
+ *   → forward | deny → one access record when the response closes (recordOnceDone)
  *
  * Each stage returns a value and the pipeline branches on it; respond.ts writes every refusal.
  */
@@ -62,8 +63,9 @@ async function pipeline(
   metrics: Metrics,
   onLongPoll?: LongPollHook,
 ): Promise<void> {
-  // Admitted synchronously: a refusal that closes the connection is known before Node parses a
-  // request pipelined behind it (which is then never served; client-error.ts OwedResponses).
+  // Admitted synchronously: with nothing undecided before it, a refusal that closes the connection
+  // is known before Node parses a request pipelined behind it (never served: OwedResponses); with
+  // an earlier request still undecided, the turns (turns.ts) keep that order.
   const admitted = admit(req, record, state);
   const turn = takeTurn(req.socket, res);
   try {

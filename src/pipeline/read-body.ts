@@ -18,7 +18,9 @@ export function readBody(
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too-large');
   if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
-  if (req.complete || req.readableEnded) return Promise.resolve(req.readableLength === 0 ? Buffer.alloc(0) : 'aborted');
+  // Ended and read: nothing left. Complete but not yet read (a form pipelined behind a request still
+  // being judged: Node buffered it meanwhile) is read below like any other.
+  if (req.readableEnded) return Promise.resolve(Buffer.alloc(0));
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;

@@ -15,7 +15,10 @@ interface Viewed {
   readonly socket: Socket;
 }
 
-/** The request as a front-end reads it. */
+/**
+ * The request as a front-end reads it. The cookies and the Content-Type are read from the raw lines
+ * only when asked (the forms front-end does; Basic and NTLM, on the hot path, never do).
+ */
 export function frontEndRequest(req: Viewed, route: Route, readBody: FrontEndRequest['readBody']): FrontEndRequest {
   return {
     header: req.headers.authorization,
@@ -25,9 +28,13 @@ export function frontEndRequest(req: Viewed, route: Route, readBody: FrontEndReq
     method: req.method ?? 'GET',
     host: req.headers.host ?? route.host, // as sent (with its port): the URLs Exchange builds use it
     url: req.url ?? '/',
-    cookies: headerLines(req.rawHeaders, 'cookie'),
+    get cookies() {
+      return headerLines(req.rawHeaders, 'cookie');
+    },
     // Exactly one Content-Type: with two, Exchange and the gateway could read the form differently.
-    contentType: oneOf(headerLines(req.rawHeaders, 'content-type')),
+    get contentType() {
+      return oneOf(headerLines(req.rawHeaders, 'content-type'));
+    },
     readBody,
   };
 }

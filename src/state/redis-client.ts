@@ -87,7 +87,9 @@ export function subscriberClient(s: RedisSettings): Redis {
 
 /** What `exgate check` says about the Redis it reached: its version and role (master, or a replica). */
 export async function probeRedis(s: RedisSettings): Promise<{ version: string; role: string; where: string }> {
-  const r = new Redis(redisOptions(s, { retryStrategy: () => null, lazyConnect: true, maxRetriesPerRequest: 0 }));
+  // No retries of any kind, Sentinel's included: `check` asks once and answers (it hung on dead Sentinels).
+  const once = { retryStrategy: () => null, sentinelRetryStrategy: () => null, lazyConnect: true };
+  const r = new Redis(redisOptions(s, { ...once, maxRetriesPerRequest: 0 }));
   let first: Error | null = null; // the server's own answer (WRONGPASS, a TLS error), not "Connection is closed"
   r.on('error', (err: Error) => {
     first ??= err;

@@ -11,6 +11,8 @@ import type { RedisSettings } from '../config/state-load.js';
 import { HeldTicketKeys, RotatingTicketKeys, TICKET_KEY_BYTES, type TicketKeys } from '../runtime/ticket-keys.js';
 import { redisOptions } from './redis-client.js';
 
+/** How long a starting gateway waits for Redis before it starts on a key of its own. */
+const READY_MS = 2000;
 /** How often a gateway asks again, within a period (a gateway that could not reach Redis catches up). */
 const RETRY_MS = 30_000;
 
@@ -42,8 +44,23 @@ export class RedisTicketKeys extends HeldTicketKeys {
     now: () => number = Date.now,
   ): Promise<RedisTicketKeys> {
     const keys = new RedisTicketKeys(settings, rotateMs, log, now);
+    await keys.#ready(READY_MS); // without an offline queue, a command before 'ready' fails at once
     await keys.#refresh();
     return keys;
+  }
+
+  /** Resolves once connected, or after `ms` (Redis away: the gateway starts on its own key). */
+  #ready(ms: number): Promise<void> {
+    if (this.#redis.status === 'ready') return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#redis.off('ready', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#redis.once('ready', done);
+    });
   }
 
   async #refresh(): Promise<void> {

@@ -324,6 +324,20 @@ describe('found by attacking the form', () => {
     }
   });
 
+  it('reads a form pipelined behind a request still being judged (Node buffered it meanwhile)', async () => {
+    const form = `destination=${encodeURIComponent(`https://${EXTERNAL}/owa/`)}&flags=4&username=${alice.sam}&password=${encodeURIComponent(alice.password)}`;
+    const basicAuth = `Basic ${Buffer.from(`${carol.sam}:${carol.password}`).toString('base64')}`;
+    const socket = tlsConnect({ host: '127.0.0.1', port: h.port, servername: EXTERNAL, ca: h.gatewayCa });
+    const got = await rawExchange(
+      socket,
+      `GET /EWS/Exchange.asmx HTTP/1.1\r\nHost: ${EXTERNAL}\r\nAuthorization: ${basicAuth}\r\n\r\n` +
+        `POST /owa/auth.owa HTTP/1.1\r\nHost: ${EXTERNAL}\r\nContent-Type: application/x-www-form-urlencoded\r\n` +
+        `Content-Length: ${form.length}\r\nConnection: close\r\n\r\n${form}`,
+    );
+    expect(got.match(/^HTTP\/1\.1 \d+/gm)).toEqual(['HTTP/1.1 403', 'HTTP/1.1 302']); // EWS is not in this policy
+    expect(got).toContain('exgate-session=');
+  });
+
   it("ECP's sign-out with an OWA-only session ends nothing; OWA closed to everyone ends OWA sessions for good", async () => {
     const b = new Browser(h);
     try {
