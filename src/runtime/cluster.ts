@@ -11,6 +11,7 @@ import { AggregatorRegistry, type Registry } from 'prom-client';
 import { startAdmin } from './admin.js';
 import { Metrics } from './metrics.js';
 import type { Config } from '../config/load.js';
+import { ConfigError, fatalText, systemErrorText } from '../errors.js';
 import { Lockout } from '../auth/lockout.js';
 import { servePrimary } from '../state/ipc-primary.js';
 import { serveTicketKeys } from './ticket-keys.js';
@@ -62,6 +63,18 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   const rotateMs = config.tls.ticketKeyRotationSeconds * 1000;
   const keys = await ticketKeysFor(rotateMs, log, config.state.redis);
   const tickets = serveTicketKeys(keys);
+  // The admin listener before any worker: a port in use ends the primary with one line, exit 1 (it
+  // kept running with a live worker and an open Redis connection, and printed a bare EADDRINUSE).
+  let admin: { close(): void } | null = null;
+  try {
+    admin = config.admin ? await startPrimaryAdmin(config, () => serving.size) : null;
+  } catch (err) {
+    tickets.close();
+    keys.close();
+    onStop();
+    process.stderr.write(fatalText(adminListenError(config, err)));
+    return 1;
+  }
   const fork = () => {
     if (stopping) return;
     const worker = cluster.fork({ EXGATE_WORKER: '1' });
@@ -113,7 +126,6 @@ export async function runPrimary(config: Config, onStop: () => void): Promise<nu
   });
   log.info({ workers: config.workers }, 'exgate primary started');
 
-  const admin = config.admin ? await startPrimaryAdmin(config, () => serving.size) : null;
   process.on('SIGHUP', () => {
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
   });
@@ -177,7 +189,7 @@ async function startPrimaryAdmin(config: Config, listening: () => number): Promi
   own.certificates = { upstream: () => upstream.peerNotAfter };
   own.upstreamPool = () => upstream.pool;
   const allowed = allowedInFile(config.policyFile);
-  const { server } = await startAdmin(config.admin!.host, config.admin!.port, {
+  const started = startAdmin(config.admin!.host, config.admin!.port, {
     directory: () => directory.ping(),
     upstream: () => upstream.probe(allowed()),
     gateway: async () => {
@@ -185,6 +197,11 @@ async function startPrimaryAdmin(config: Config, listening: () => number): Promi
     },
     metrics: async () => ({ body: await clusterMetrics(own.registry), contentType: own.registry.contentType }),
     probed: (check, ok) => own.probed(check, ok),
+  });
+  const { server } = await started.catch((err: unknown) => {
+    upstream.close(); // its health checks would keep the process alive
+    void directory.close();
+    throw err;
   });
   return {
     close: () => {
@@ -252,4 +269,12 @@ async function clusterMetrics(own: Registry): Promise<string> {
   );
   const all = [await own.getMetricsAsJSON(), ...answers.filter((a): a is object => a !== null)];
   return AggregatorRegistry.aggregate(all).metrics();
+}
+
+/** The admin listener could not listen: the error names `admin.host` or `admin.port`, as one process says it. */
+function adminListenError(config: Config, err: unknown): ConfigError {
+  const code = (err as NodeJS.ErrnoException).code;
+  const key = code === 'EADDRNOTAVAIL' ? 'admin.host' : 'admin.port';
+  const where = `${config.admin?.host}:${config.admin?.port}`;
+  return new ConfigError([{ file: config.file, key, message: `cannot listen on ${where}: ${systemErrorText(err)}` }]);
 }
